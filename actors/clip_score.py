@@ -1,0 +1,40 @@
+"""CLIP score with open_clip: 100 x cosine(image, text), floored at 0 (CLIPScore as AGFSync uses it).
+
+On a cluster pass a real checkpoint, e.g. model='ViT-L-14' with pretrained='openai', or
+model='hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K'. Locally, 'local-dir:/path' loads an
+open_clip directory (open_clip_config.json + weights) with no network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raypref.scoring import Scorer, pick_device
+
+
+class CLIPScore(Scorer):
+    def __init__(self, name: str = "clip", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0, **_):
+        import open_clip
+
+        from raypref.models import check_model_ref
+
+        super().__init__(name)
+        check_model_ref(model, what=f"scorer {name!r} model")
+        self.device = pick_device(num_gpus)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=self.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+
+    @torch.no_grad()
+    def embed(self, images, prompts):
+        pix = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        tok = self.tokenizer(prompts).to(self.device)
+        img = torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1)
+        txt = torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1)
+        return img, txt
+
+    def score(self, images, prompts):
+        img, txt = self.embed(images, prompts)
+        cos = (img * txt).sum(-1)
+        return np.maximum(100.0 * cos.cpu().numpy(), 0.0).astype(np.float32)

@@ -1,0 +1,26 @@
+"""JPEG compressibility / incompressibility (DDPO, Black et al. 2023): the JPEG size is the reward."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from raypref.scoring import Scorer
+
+
+class JpegCompressibility(Scorer):
+    """score = -(JPEG size in kB) at the given quality; with ``incompressible`` the sign flips."""
+
+    def __init__(self, name: str = "jpeg_compressibility", quality: int = 95, incompressible: bool = False, **_):
+        super().__init__(name)
+        self.quality = quality
+        self.sign = 1.0 if incompressible else -1.0
+
+    def score(self, images, prompts):
+        sizes = []
+        for im in images:
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=self.quality)
+            sizes.append(buf.tell() / 1000.0)
+        return self.sign * np.asarray(sizes, dtype=np.float32)

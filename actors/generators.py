@@ -1,0 +1,117 @@
+"""Generators: diffusers text-to-image pipelines that append N samples to each prompt group.
+
+On a cluster pass a hub name (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or a local
+pipeline directory; the pipeline is loaded once per actor with from_pretrained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raypref import images as I
+from raypref import schema as S
+from raypref.models import check_model_ref
+from raypref.scoring import pick_device
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def sample_seed(base_seed: int, pid: str, index: int) -> int:
+    """Per-sample seed: the same prompt, base seed and index give the same image everywhere."""
+    return int(S.stable_id("seed", base_seed, pid, index), 16) % (2**31 - 1)
+
+
+def _list_column(values: list[list], typ: pa.DataType) -> pa.Array:
+    return pa.array(values, type=pa.list_(typ))
+
+
+class DiffusersGenerator:
+    def __init__(
+        self,
+        model: str,
+        name: str = "sd",
+        lora: str | None = None,
+        num_samples: int = 8,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        embedding_noise_sigma: float = 0.0,
+        seed: int = 0,
+        dtype: str = "float32",
+        num_gpus: float = 0.0,
+        **_,
+    ):
+        from diffusers import DiffusionPipeline
+
+        check_model_ref(model, what=f"generator {name!r} model")
+        self.device = pick_device(num_gpus)
+        self.pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=_DTYPES[dtype])
+        if lora:
+            check_model_ref(lora, what=f"generator {name!r} lora")
+            self.pipe.load_lora_weights(lora)
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.name, self.n = name, num_samples
+        self.steps, self.guidance = num_inference_steps, guidance_scale
+        self.height, self.width = height, width
+        self.sigma, self.seed = embedding_noise_sigma, seed
+
+    @torch.no_grad()
+    def _embeds(self, prompts: list[str], seeds: list[int]):
+        cond, uncond = self.pipe.encode_prompt(
+            prompts, self.device, num_images_per_prompt=1, do_classifier_free_guidance=self.guidance > 1.0
+        )
+        if self.sigma > 0:
+            # AGFSync: each sample sees the prompt embedding plus N(0, sigma^2) noise, seeded per sample.
+            gens = [torch.Generator().manual_seed(s ^ 0x5EED) for s in seeds]
+            noise = torch.stack([torch.randn(cond.shape[1:], generator=g) for g in gens])
+            cond = cond + self.sigma * noise.to(cond.device, cond.dtype)
+        return cond, uncond
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        pids = batch.column(S.PROMPT_ID).to_pylist()
+        prompts = batch.column(S.PROMPT).to_pylist()
+        flat_prompts, seeds = [], []
+        for pid, prompt in zip(pids, prompts):
+            for i in range(self.n):
+                flat_prompts.append(prompt)
+                seeds.append(sample_seed(self.seed, pid + "|" + self.name, i))
+        cond, uncond = self._embeds(flat_prompts, seeds)
+        out = self.pipe(
+            prompt_embeds=cond,
+            negative_prompt_embeds=uncond,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            height=self.height,
+            width=self.width,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            output_type="pil",
+        )
+        encoded = [I.encode(im) for im in out.images]
+        new = {
+            S.SAMPLE_ID: [S.sample_id(pid, self.name, s) for pid, s in zip(np.repeat(pids, self.n), seeds)],
+            S.GENERATOR: [self.name] * len(seeds),
+            S.SEED: seeds,
+            S.STEPS: [self.steps] * len(seeds),
+            S.GUIDANCE: [self.guidance] * len(seeds),
+            S.NOISE_SIGMA: [self.sigma] * len(seeds),
+            S.IMAGE: encoded,
+        }
+        return append_samples(batch, new, self.n)
+
+
+def append_samples(batch: pa.Table, new: dict[str, list], n: int) -> pa.Table:
+    """Append n new samples per group to the group's list columns (creating them if absent),
+    so several generator pools can each add their samples to the same row."""
+    fields = {f.name: f.type for f in S.SAMPLE_FIELDS}
+    for name in S.SAMPLE_LIST_FIELDS:
+        chunks = [new[name][k * n : (k + 1) * n] for k in range(batch.num_rows)]
+        if name in batch.column_names:
+            old = batch.column(name).to_pylist()
+            chunks = [a + b for a, b in zip(old, chunks)]
+            batch = batch.drop_columns([name])
+        batch = batch.append_column(name, _list_column(chunks, fields[name]))
+    return batch

@@ -1,0 +1,203 @@
+"""The build pipeline (Ray Data, streaming, no shuffle).
+
+prompts -> generator pool(s) -> one actor pool per scorer -> aggregate + pair (row-local) ->
+groups (resumable) -> samples and pairs tables.
+
+A row is one prompt with its samples as list columns, so pairing never needs a shuffle. The
+groups table is written with Ray Data checkpointing keyed on prompt_id: a rerun after a crash
+skips prompts already written and never duplicates one. samples and pairs are then derived from
+groups by streaming row-local maps, without re-running a model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from raypref import aggregate as A
+from raypref import pairs as P
+from raypref import schema as S
+from raypref.config import Config, GeneratorConf, PoolConf, ScorerConf, write_run_meta
+from raypref.models import resolve_model
+from raypref.paths import resolve_path
+from raypref.prompts import read_prompts, write_prompt_shards
+from raypref.registry import resolve
+
+
+def pool_args(pool: PoolConf) -> dict:
+    """Ray Data map_batches arguments for one actor pool."""
+    return {
+        "concurrency": pool.concurrency,
+        "batch_size": pool.batch_size,
+        "num_cpus": pool.num_cpus,
+        "num_gpus": pool.num_gpus,
+    }
+
+
+def generator_kwargs(g: GeneratorConf) -> dict:
+    """Constructor arguments for a generator actor, model references resolved on the driver."""
+    kw = g.model_dump(exclude={"pool", "cls"})
+    kw["model"] = resolve_model(g.model, what=f"generator {g.name!r} model")
+    if g.lora:
+        kw["lora"] = resolve_model(g.lora, what=f"generator {g.name!r} lora")
+    kw["num_gpus"] = g.pool.num_gpus
+    return kw
+
+
+def scorer_kwargs(s: ScorerConf) -> dict:
+    """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none."""
+    model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
+    kw = {"name": s.name, "model": model, "pretrained": s.pretrained, "num_gpus": s.pool.num_gpus}
+    kw.update(s.args)
+    return kw
+
+
+def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_margin: float) -> pa.Table:
+    """Row-local: aggregate each group's scores and choose its pairs (index lists)."""
+    pair_fn = P.STRATEGIES[strategy]
+    score_lists = {s["column"]: batch.column(s["column"]).to_pylist() for s in scorers}
+    totals, chosen, rejected, margins = [], [], [], []
+    for r in range(batch.num_rows):
+        cols = [
+            A.normalize(np.asarray(score_lists[s["column"]][r], dtype=np.float64), s["normalize"], s["value_range"])
+            for s in scorers
+        ]
+        total = A.weighted_sum(cols, [s["weight"] for s in scorers])
+        pairs = pair_fn(total, min_margin=min_margin)
+        totals.append(total.astype(np.float32).tolist())
+        chosen.append([p.chosen for p in pairs])
+        rejected.append([p.rejected for p in pairs])
+        margins.append([p.margin for p in pairs])
+    for name, values, typ in (
+        (S.SCORE, totals, pa.float32()),
+        (S.PAIR_CHOSEN, chosen, pa.int32()),
+        (S.PAIR_REJECTED, rejected, pa.int32()),
+        (S.PAIR_MARGIN, margins, pa.float32()),
+    ):
+        batch = batch.append_column(name, pa.array(values, type=pa.list_(typ)))
+    return batch
+
+
+def explode_samples(batch: pa.Table, scorer_names: list[str]) -> pa.Table:
+    """groups -> samples: one row per image."""
+    counts = [len(x) for x in batch.column(S.SAMPLE_ID).to_pylist()]
+    idx = np.repeat(np.arange(batch.num_rows), counts)
+    cols = {S.PROMPT_ID: batch.column(S.PROMPT_ID).take(idx), S.PROMPT: batch.column(S.PROMPT).take(idx)}
+    for name in list(S.SAMPLE_LIST_FIELDS) + S.score_columns(scorer_names) + [S.SCORE]:
+        cols[name] = batch.column(name).combine_chunks().flatten()
+    return pa.table(cols).cast(S.samples_schema(scorer_names))
+
+
+def explode_pairs(batch: pa.Table, label_source: str) -> pa.Table:
+    """groups -> pairs: one row per pair, images inline."""
+    rows = []
+    g = {c: batch.column(c).to_pylist() for c in (S.PROMPT_ID, S.PROMPT, S.SAMPLE_ID, S.IMAGE, S.SCORE, S.PAIR_CHOSEN, S.PAIR_REJECTED, S.PAIR_MARGIN)}
+    for r in range(batch.num_rows):
+        for c, j, m in zip(g[S.PAIR_CHOSEN][r], g[S.PAIR_REJECTED][r], g[S.PAIR_MARGIN][r]):
+            rows.append(
+                {
+                    S.PROMPT_ID: g[S.PROMPT_ID][r],
+                    S.PROMPT: g[S.PROMPT][r],
+                    S.CHOSEN_ID: g[S.SAMPLE_ID][r][c],
+                    S.REJECTED_ID: g[S.SAMPLE_ID][r][j],
+                    S.CHOSEN_IMAGE: g[S.IMAGE][r][c],
+                    S.REJECTED_IMAGE: g[S.IMAGE][r][j],
+                    S.CHOSEN_SCORE: g[S.SCORE][r][c],
+                    S.REJECTED_SCORE: g[S.SCORE][r][j],
+                    S.MARGIN: m,
+                    S.QUALITY: m,  # default quality metric: the aggregate margin
+                    S.LABEL_SOURCE: label_source,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=S.PAIRS_SCHEMA)
+
+
+def generate_and_score(ds, generators: list[GeneratorConf], scorers: list[ScorerConf]):
+    """Append each generator pool's samples, then each scorer pool's score column."""
+    for g in generators:
+        ds = ds.map_batches(
+            resolve(g.cls), fn_constructor_kwargs=generator_kwargs(g), batch_format="pyarrow", **pool_args(g.pool)
+        )
+    for s in scorers:
+        ds = ds.map_batches(
+            resolve(s.cls), fn_constructor_kwargs=scorer_kwargs(s), batch_format="pyarrow", **pool_args(s.pool)
+        )
+    return ds
+
+
+def run_build(cfg: Config) -> dict:
+    """Run the build stage; returns its summary (also written to build/summary.json)."""
+    import ray
+    from ray.data import DataContext
+    from ray.data.checkpoint import CheckpointConfig
+
+    b = cfg.build
+    if not b.scorers:
+        raise ValueError("build.scorers: at least one scorer is needed to make pairs")
+    if not b.generators:
+        raise ValueError("build.generators: at least one generator is needed")
+    t0 = time.time()
+    out = write_run_meta(cfg, cfg.stage_dir("build"), "build")
+    prompts = read_prompts(resolve_path(b.prompts), limit=b.limit)
+    write_prompt_shards(prompts, out / "prompts", b.shard_size)
+
+    scorer_specs = [
+        {"column": S.score_column(s.name), "normalize": s.normalize, "value_range": s.value_range, "weight": s.weight}
+        for s in b.scorers
+    ]
+    ctx = DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column=S.PROMPT_ID, checkpoint_path=str((out / "_checkpoint").resolve()), delete_checkpoint_on_success=False
+    )
+    try:
+        ds = ray.data.read_parquet(str((out / "prompts").resolve()))
+        ds = generate_and_score(ds, b.generators, b.scorers)
+        ds = ds.map_batches(
+            finalize_groups,
+            fn_kwargs={"scorers": scorer_specs, "strategy": b.pairs.strategy, "min_margin": b.pairs.min_margin},
+            batch_format="pyarrow",
+            num_cpus=b.task_cpus,
+        )
+        ds.write_parquet(str((out / "groups").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
+    finally:
+        ctx.checkpoint_config = None
+
+    names = [s.name for s in b.scorers]
+    groups = ray.data.read_parquet(str((out / "groups").resolve()))
+    groups.map_batches(explode_samples, fn_kwargs={"scorer_names": names}, batch_format="pyarrow", num_cpus=b.task_cpus).write_parquet(
+        str((out / "samples").resolve()), mode="overwrite", ray_remote_args={"num_cpus": b.task_cpus}
+    )
+    label = "ai:" + "+".join(f"{s.name}*{s.weight:g}" for s in b.scorers)
+    groups.map_batches(explode_pairs, fn_kwargs={"label_source": label}, batch_format="pyarrow", num_cpus=b.task_cpus).write_parquet(
+        str((out / "pairs").resolve()), mode="overwrite", ray_remote_args={"num_cpus": b.task_cpus}
+    )
+    summary = summarize_build(out, prompts, time.time() - t0)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summarize_build(out: Path, prompts: pa.Table, seconds: float) -> dict:
+    import pyarrow.dataset as pds
+
+    groups = pds.dataset(out / "groups", format="parquet").to_table(columns=[S.PROMPT_ID, S.SCORE, S.PAIR_CHOSEN])
+    n_groups = groups.num_rows
+    n_unique = len(set(groups.column(S.PROMPT_ID).to_pylist()))
+    scores = groups.column(S.SCORE).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    n_pairs = pds.dataset(out / "pairs", format="parquet").count_rows()
+    no_pair = sum(1 for x in groups.column(S.PAIR_CHOSEN).to_pylist() if not x)
+    meta = prompts.schema.metadata or {}
+    return {
+        "prompts": prompts.num_rows,
+        "duplicate_prompts_dropped": int(meta.get(b"duplicates_dropped", b"0")),
+        "groups_written": n_groups,
+        "duplicate_groups": n_groups - n_unique,
+        "samples": int(scores.size),
+        "samples_without_score": int(np.isnan(scores).sum()),
+        "prompts_without_pair": no_pair,
+        "pairs": n_pairs,
+        "seconds": round(seconds, 1),
+    }

@@ -1,0 +1,256 @@
+"""Typed, documented configuration, loaded from YAML with dotted command-line overrides.
+
+One experiment is one ``Config``: the stages (build, train, eval) each read their own section.
+``raypref config --doc`` prints every field with its description.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConf(_Strict):
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', 'ray://host:10001', ...). None: the RAY_ADDRESS "
+        "environment variable if set, else a new local Ray.",
+    )
+    num_cpus: int | None = Field(None, description="CPUs for a new local Ray (None: all).")
+    include_dashboard: bool = Field(False, description="Start the dashboard with a local Ray.")
+    dashboard_host: str = Field(
+        "127.0.0.1", description="Dashboard bind address; loopback unless you open it on purpose."
+    )
+
+
+class PoolConf(_Strict):
+    """One Ray Data actor pool: its size, batch size and per-actor resources."""
+
+    concurrency: int = Field(1, ge=1, description="Number of actors in the pool.")
+    batch_size: int = Field(4, ge=1, description="Rows per call (prompts for generators, prompt groups for scorers).")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor (fractional allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per actor (fractional allowed, e.g. 0.25).")
+
+
+class GeneratorConf(_Strict):
+    name: str = Field("sd", description="Generator name recorded in the 'generator' column.")
+    cls: str = Field("diffusers", description="Actor class: registry name or 'module:Class' import path.")
+    model: str = Field("", description="Hub name (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or local directory.")
+    lora: str | None = Field(None, description="Optional LoRA weights directory loaded with load_lora_weights.")
+    num_samples: int = Field(8, ge=1, description="Images per prompt (N).")
+    num_inference_steps: int = Field(20, ge=1, description="Denoising steps.")
+    guidance_scale: float = Field(7.5, description="Classifier-free guidance scale.")
+    height: int | None = Field(None, description="Image height (None: the model's default).")
+    width: int | None = Field(None, description="Image width (None: the model's default).")
+    embedding_noise_sigma: float = Field(
+        0.0, ge=0, description="AGFSync: std of Gaussian noise added to the prompt embedding per sample."
+    )
+    seed: int = Field(0, description="Base seed; per-sample seeds derive from it and the prompt id.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights dtype.")
+    pool: PoolConf = Field(default_factory=PoolConf)
+
+
+class ScorerConf(_Strict):
+    name: str = Field(..., description="Scorer name; its column is 'score_<name>'.")
+    cls: str = Field(..., description="Actor class: registry name (clip_score, jpeg_compressibility) or 'module:Class'.")
+    model: str = Field("", description="Weights: hub name, open_clip name, or 'local-dir:/path'.")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or weights file, for built-in names.")
+    weight: float = Field(1.0, description="Weight in the aggregate score.")
+    normalize: Literal["raw", "rescale100", "zscore", "rank"] = Field(
+        "raw", description="Normalisation before weighting: raw, rescale100 (needs value_range), per-prompt zscore or rank."
+    )
+    value_range: tuple[float, float] | None = Field(None, description="[lo, hi] of the raw score, for rescale100.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the actor.")
+    pool: PoolConf = Field(default_factory=PoolConf)
+
+
+class PairConf(_Strict):
+    strategy: Literal["best_vs_worst"] = Field("best_vs_worst", description="How pairs are formed per prompt.")
+    min_margin: float = Field(0.0, ge=0, description="Drop pairs whose aggregate-score margin is below this.")
+
+
+class BuildConf(_Strict):
+    prompts: str = Field("", description="Prompts file: .txt (one per line), .jsonl or .parquet with a 'prompt' column.")
+    generators: list[GeneratorConf] = Field(
+        default_factory=lambda: [GeneratorConf()], description="Generators; one actor pool each, each appends samples."
+    )
+    shard_size: int = Field(64, ge=1, description="Prompts per input shard (the unit of parallel reading and resume).")
+    scorers: list[ScorerConf] = Field(default_factory=list, description="Judges; one actor pool each.")
+    pairs: PairConf = Field(default_factory=PairConf)
+    limit: int | None = Field(None, description="Use only the first N prompts.")
+    task_cpus: float = Field(0.5, gt=0, description="CPUs per Ray Data task for the cheap stages (pairing, writing).")
+
+
+class TrainConf(_Strict):
+    pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
+    base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
+    method: Literal["dpo"] = Field("dpo", description="Training objective.")
+    beta: float = Field(5000.0, gt=0, description="Diffusion-DPO beta (Wallace et al. use 5000 for SD1.5).")
+    lora_rank: int = Field(4, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(4.0, gt=0, description="LoRA alpha.")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules that get LoRA."
+    )
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(4, ge=1, description="Pairs per worker per step.")
+    max_steps: int = Field(100, ge=1, description="Optimizer steps in total.")
+    checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints.")
+    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
+    seed: int = Field(0, description="Training seed (noise, timesteps).")
+
+
+class EvalConf(_Strict):
+    prompts: str = Field("", description="Held-out prompts file.")
+    lora: str | None = Field(None, description="LoRA to evaluate (None: this run's train/lora).")
+    num_samples: int = Field(2, ge=1, description="Images per prompt per model, same seeds for base and tuned.")
+    scorer: str = Field("", description="Name of a build scorer used to judge base vs tuned.")
+    tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")
+
+
+class Config(_Strict):
+    output_dir: str = Field("runs/demo", description="Run directory: build/, train/, eval/ go under it.")
+    ray: RayConf = Field(default_factory=RayConf)
+    build: BuildConf = Field(default_factory=BuildConf)
+    train: TrainConf = Field(default_factory=TrainConf)
+    eval: EvalConf = Field(default_factory=EvalConf)
+
+    def stage_dir(self, stage: str) -> Path:
+        return Path(self.output_dir) / stage
+
+    def scorer(self, name: str) -> ScorerConf:
+        for s in self.build.scorers:
+            if s.name == name:
+                return s
+        known = [s.name for s in self.build.scorers]
+        raise ConfigError(f"eval.scorer: no build scorer named {name!r} (known: {known})")
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key!r}: {where!r} is not an index of a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {key!r}: {where!r} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {key!r}: {last!r} is not an index of a list of {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """'a.b=3' -> ('a.b', 3). Values are parsed as YAML, so 'x=[1,2]' and 'x=null' work."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw != "" else "")) 
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (default: the embedded demo config), apply dotted overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = copy.deepcopy(data)
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+    return validate(data, source=str(path))
+
+
+def validate(data: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {key}: {msg}")
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+
+
+def git_sha() -> str:
+    """The commit of the raypref checkout in use, '+dirty' if it has changes; 'unknown' if not a git checkout."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:
+    """Write the resolved config and the git SHA next to a stage's outputs."""
+    d = Path(stage_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    meta = {"stage": stage, "git_sha": git_sha()}
+    (d / "run_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return d
+
+
+def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, type, default, description."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{key}:  ({ann.__name__})")
+            lines.extend(describe(ann, key + "."))
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        tname = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+        lines.append(f"{key}  [{tname}] = {default}  {field.description or ''}")
+        args = getattr(ann, "__args__", ())
+        for a in args:
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                lines.extend(describe(a, key + ".<i>."))
+    return lines

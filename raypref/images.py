@@ -1,0 +1,36 @@
+"""Image codecs: images travel as encoded bytes (PNG by default) in Arrow binary columns."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    """Decode bytes to an RGB image; raises ValueError for bytes that are not an image."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # PIL raises several types for bad data
+        raise ValueError(f"undecodable image bytes ({len(data or b'')} bytes): {e}") from e
+    return img.convert("RGB")
+
+
+def to_tensor(images: list[Image.Image], size: int | None = None):
+    """PIL images -> float tensor in [-1, 1], shape (B, 3, H, W): the VAE's input range."""
+    import torch
+
+    arrs = []
+    for im in images:
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.BICUBIC)
+        arrs.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()

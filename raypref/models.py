@@ -1,0 +1,67 @@
+"""Model references: a hub name, a local path, or ``tiny:<kind>`` (a random-weight tiny model of
+the real architecture, built once into the cache). Resolved on the driver, before any actor
+spends time loading, so a wrong path fails fast with its name."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_LOCAL_DIR = "local-dir:"
+_TINY = "tiny:"
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAYPREF_CACHE", Path.home() / ".cache" / "raypref"))
+
+
+def _tiny_builders():
+    from raypref import tiny
+
+    return {"sd": (tiny.build_tiny_sd, ""), "clip": (tiny.build_tiny_open_clip, _LOCAL_DIR)}
+
+
+def _resolve_tiny(kind: str, what: str) -> str:
+    builders = _tiny_builders()
+    if kind not in builders:
+        raise ModelNotFound(f"{what}: unknown tiny model {kind!r} (known: {sorted(builders)})")
+    build, prefix = builders[kind]
+    target = cache_dir() / "tiny" / kind
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{kind}-"))
+        build(tmp)
+        try:
+            tmp.rename(target)  # atomic: a concurrent builder's copy wins, ours is dropped
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return prefix + str(target)
+
+
+def resolve_model(ref: str, what: str = "model") -> str:
+    """Return a reference the loading library accepts; raise ModelNotFound naming ``what``."""
+    if not ref:
+        raise ModelNotFound(f"{what}: no model given")
+    if ref.startswith(_TINY):
+        return _resolve_tiny(ref[len(_TINY):], what)
+    if ref.startswith("hf-hub:"):
+        return ref
+    local = ref[len(_LOCAL_DIR):] if ref.startswith(_LOCAL_DIR) else ref
+    if Path(local).expanduser().exists():
+        return ref
+    if ref.startswith(_LOCAL_DIR) or not _HUB_NAME.match(ref):
+        raise ModelNotFound(f"{what}: model path does not exist: {local}")
+    return ref  # a hub name: resolved (and possibly downloaded) by the loading library
+
+
+def check_model_ref(ref: str, what: str = "model") -> str:
+    """In actors: the driver already resolved the ref; fail clearly if it still does not exist."""
+    return resolve_model(ref, what)

@@ -1,0 +1,35 @@
+"""Resolve actor classes named in config: a registry name or a 'module:Class' import path.
+
+Actors are imported here, at pipeline construction, never at module top: a user adds a scorer
+by writing one class and naming its import path in a config, without touching raypref.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BUILTIN = {
+    # generators
+    "diffusers": "actors.generators:DiffusersGenerator",
+    # scorers
+    "clip_score": "actors.clip_score:CLIPScore",
+    "jpeg_compressibility": "actors.compressibility:JpegCompressibility",
+}
+
+
+def resolve(name: str) -> type:
+    path = BUILTIN.get(name, name)
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"actor {name!r}: not a registry name ({sorted(BUILTIN)}) nor 'module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"actor {name!r}: cannot import module {module_name!r}: {e}") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"actor {name!r}: module {module_name!r} has no {attr!r}") from None

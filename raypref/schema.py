@@ -1,0 +1,137 @@
+"""The one place that spells column names and Arrow schemas.
+
+Tables (DESIGN.md, "Data model"):
+- prompts: one row per prompt.
+- groups: one row per prompt with its samples as list columns. This is the row the build
+  pipeline streams (generators append samples, scorers add score lists, pairing is a row-local
+  map), and the resumable staging table the build writes first.
+- samples: one row per image (groups exploded).
+- pairs: one row per preference pair, images inline so training streams without a join.
+- quarantine: rows that could not be used, with the reason.
+
+Score columns are named ``score_<scorer name>``; the aggregate is ``score``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+# prompts
+PROMPT_ID = "prompt_id"
+PROMPT = "prompt"
+SOURCE = "source"
+CLASS_LABEL = "class_label"
+
+# samples
+SAMPLE_ID = "sample_id"
+GENERATOR = "generator"
+SEED = "seed"
+STEPS = "num_inference_steps"
+GUIDANCE = "guidance_scale"
+NOISE_SIGMA = "embedding_noise_sigma"
+IMAGE = "image"
+SCORE = "score"  # weighted aggregate of the scorer columns
+SCORE_PREFIX = "score_"
+
+# groups: the sample fields above as list columns, one list element per sample
+SAMPLE_LIST_FIELDS = (SAMPLE_ID, GENERATOR, SEED, STEPS, GUIDANCE, NOISE_SIGMA, IMAGE)
+
+# groups: pairs as index lists into the group's samples (written by the row-local pairing map)
+PAIR_CHOSEN = "pair_chosen"
+PAIR_REJECTED = "pair_rejected"
+PAIR_MARGIN = "pair_margin"
+
+# pairs
+CHOSEN_ID = "chosen_id"
+REJECTED_ID = "rejected_id"
+CHOSEN_IMAGE = "chosen_image"
+REJECTED_IMAGE = "rejected_image"
+CHOSEN_SCORE = "chosen_score"
+REJECTED_SCORE = "rejected_score"
+MARGIN = "margin"
+QUALITY = "quality"
+LABEL_SOURCE = "label_source"
+
+# quarantine
+REASON = "reason"
+STAGE = "stage"
+ROW = "row"
+
+PROMPTS_SCHEMA = pa.schema(
+    [
+        pa.field(PROMPT_ID, pa.string(), nullable=False),
+        pa.field(PROMPT, pa.string(), nullable=False),
+        pa.field(SOURCE, pa.string()),
+        pa.field(CLASS_LABEL, pa.string()),
+    ]
+)
+
+SAMPLE_FIELDS = [
+    pa.field(SAMPLE_ID, pa.string(), nullable=False),
+    pa.field(GENERATOR, pa.string()),
+    pa.field(SEED, pa.int64()),
+    pa.field(STEPS, pa.int32()),
+    pa.field(GUIDANCE, pa.float32()),
+    pa.field(NOISE_SIGMA, pa.float32()),
+    pa.field(IMAGE, pa.binary()),
+]
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field(PROMPT_ID, pa.string(), nullable=False),
+        pa.field(PROMPT, pa.string(), nullable=False),
+        pa.field(CHOSEN_ID, pa.string(), nullable=False),
+        pa.field(REJECTED_ID, pa.string(), nullable=False),
+        pa.field(CHOSEN_IMAGE, pa.binary(), nullable=False),
+        pa.field(REJECTED_IMAGE, pa.binary(), nullable=False),
+        pa.field(CHOSEN_SCORE, pa.float32()),
+        pa.field(REJECTED_SCORE, pa.float32()),
+        pa.field(MARGIN, pa.float32()),
+        pa.field(QUALITY, pa.float32()),
+        pa.field(LABEL_SOURCE, pa.string()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field(STAGE, pa.string()),
+        pa.field(ROW, pa.string()),
+        pa.field(REASON, pa.string()),
+    ]
+)
+
+
+def score_column(scorer_name: str) -> str:
+    """Column holding one scorer's raw output."""
+    return SCORE_PREFIX + scorer_name
+
+
+def score_columns(names) -> list[str]:
+    return [score_column(n) for n in names]
+
+
+def samples_schema(scorer_names) -> pa.Schema:
+    """Samples table: prompt fields, sample fields, one float32 column per scorer, aggregate."""
+    scores = [pa.field(c, pa.float32()) for c in score_columns(scorer_names)]
+    return pa.schema(
+        [PROMPTS_SCHEMA.field(PROMPT_ID), PROMPTS_SCHEMA.field(PROMPT)]
+        + SAMPLE_FIELDS
+        + scores
+        + [pa.field(SCORE, pa.float32())]
+    )
+
+
+def stable_id(*parts) -> str:
+    """A stable hash id (16 hex chars), the same on every machine and run."""
+    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def prompt_id(prompt: str) -> str:
+    return stable_id("prompt", prompt)
+
+
+def sample_id(pid: str, generator: str, seed: int) -> str:
+    return stable_id("sample", pid, generator, seed)

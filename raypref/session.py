@@ -1,0 +1,32 @@
+"""Ray session handling: a new local Ray by default; RAY_ADDRESS or ray.address joins a cluster.
+
+Token auth (Ray >= 2.60): a new local Ray started by ray.init() turns token auth on and makes a
+token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH); joining a cluster reads the token from
+RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. raypref never turns auth off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from raypref.config import RayConf
+
+
+def init_ray(conf: RayConf):
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return ray
+    address = conf.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=conf.num_cpus,
+            include_dashboard=conf.include_dashboard,
+            dashboard_host=conf.dashboard_host,
+            logging_level=logging.WARNING,
+        )
+    return ray
