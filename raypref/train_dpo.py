@@ -1,0 +1,189 @@
+"""Diffusion-DPO with a LoRA on the UNet, data-parallel in a Ray Train TorchTrainer.
+
+The reference model is the same UNet with the adapter disabled, so one copy of the weights is
+in memory. Checkpoints (LoRA in diffusers format + optimizer + step) are reported with
+ray.train.report to <output_dir>/train/ray; rerunning the same config resumes from the latest.
+The final LoRA is copied to <output_dir>/train/lora, loadable with ``pipe.load_lora_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from raypref import schema as S
+from raypref.config import Config, write_run_meta
+from raypref.lora import LORA_FILE
+
+STATE_FILE = "train_state.json"
+METRICS_FILE = "metrics.jsonl"  # every step's metrics since step 1, carried in each checkpoint
+OPTIM_FILE = "optimizer.pt"
+
+
+def load_frozen_parts(base: str, device):
+    """Tokenizer, text encoder, VAE and noise scheduler of a diffusers SD pipeline directory."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    text = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").to(device).requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae").to(device).requires_grad_(False)
+    sched = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet").to(device)
+    return tok, text, vae, sched, unet
+
+
+def pair_batch_to_latents(batch: dict, tok, text, vae, size: int, device):
+    """Decode chosen/rejected images and encode them (frozen VAE, text encoder): (2B latents, 2B text)."""
+    import torch
+
+    from raypref import images as I
+
+    chosen = [I.decode(b) for b in batch[S.CHOSEN_IMAGE]]
+    rejected = [I.decode(b) for b in batch[S.REJECTED_IMAGE]]
+    pix = I.to_tensor(chosen + rejected, size=size).to(device)
+    with torch.no_grad():
+        latents = vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor
+        ids = tok(list(batch[S.PROMPT]), padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids
+        enc = text(ids.to(device))[0]
+    return latents, enc.repeat(2, 1, 1)
+
+
+def dpo_step(unet_ddp, unet, latents, enc, sched, beta: float, gen):
+    """One Diffusion-DPO forward: the same noise and timestep for winner and loser."""
+    import torch
+
+    from raypref.losses import diffusion_dpo_loss
+
+    b = latents.shape[0] // 2
+    noise = torch.randn(latents[:b].shape, generator=gen).to(latents.device).repeat(2, 1, 1, 1)
+    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(latents.device).repeat(2)
+    noisy = sched.add_noise(latents, noise, t)
+    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+
+    pred = unet_ddp(noisy, t, enc).sample
+    err = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    with torch.no_grad():
+        unet.disable_adapters()  # the reference: same weights, adapter off
+        ref = unet(noisy, t, enc).sample
+        unet.enable_adapters()
+        ref_err = ((ref.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    return diffusion_dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)
+
+
+def train_loop_per_worker(c: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from raypref.lora import add_lora, load_lora_into, save_lora
+
+    torch.manual_seed(c["seed"])
+    device = ray.train.torch.get_device()
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    tok, text, vae, sched, unet = load_frozen_parts(c["base_model"], device)
+    params = add_lora(unet, c["lora_rank"], c["lora_alpha"], c["lora_targets"])
+    opt = torch.optim.AdamW(params, lr=c["learning_rate"])
+    size = unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
+
+    step, history = 0, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            load_lora_into(unet, d)
+            opt.load_state_dict(torch.load(Path(d) / OPTIM_FILE, weights_only=True))
+            step = json.loads((Path(d) / STATE_FILE).read_text())["step"]
+            history = [json.loads(x) for x in (Path(d) / METRICS_FILE).read_text().splitlines()]
+
+    unet_ddp = ray.train.torch.prepare_model(unet)
+    gen = torch.Generator().manual_seed(c["seed"] * 100003 + rank * 1009 + step)
+    shard = ray.train.get_dataset_shard("train")
+    while step < c["max_steps"]:
+        seen = 0
+        for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False):
+            latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
+            loss, m = dpo_step(unet_ddp, unet, latents, enc, sched, c["beta"], gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += 1
+            metrics = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in m.items()}}
+            history.append(metrics)
+            if step % c["checkpoint_every"] == 0 or step == c["max_steps"]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    if rank == 0:
+                        save_lora(unet, tmp)
+                        torch.save(opt.state_dict(), Path(tmp) / OPTIM_FILE)
+                        (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step}))
+                        (Path(tmp) / METRICS_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
+                    ckpt_out = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+                    ray.train.report(metrics, checkpoint=ckpt_out)
+            else:
+                ray.train.report(metrics)
+            if step >= c["max_steps"]:
+                break
+        if seen == 0:
+            raise ValueError("train: the pairs dataset gave this worker no batch; is it empty?")
+
+
+def run_train_dpo(cfg: Config) -> dict:
+    import ray.data
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raypref.models import resolve_model
+
+    t = cfg.train
+    out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
+    pairs_dir = Path(t.pairs or cfg.stage_dir("build") / "pairs").resolve()
+    if not pairs_dir.exists():
+        raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
+    base = t.base_model or (cfg.build.generators[0].model if cfg.build.generators else "")
+    base = resolve_model(base, what="train.base_model")
+    ds = ray.data.read_parquet(str(pairs_dir), columns=[S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE])
+    n_pairs = ds.count()
+    if n_pairs == 0:
+        raise ValueError(f"train.pairs: {pairs_dir} has no pairs")
+    loop_cfg = t.model_dump()
+    loop_cfg["base_model"] = base
+    t0 = time.time()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name="dpo",
+            storage_path=str((out / "ray").resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("train: the run finished without a checkpoint")
+    lora_dir = out / "lora"
+    with result.checkpoint.as_directory() as d:
+        lora_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(d) / LORA_FILE, lora_dir / LORA_FILE)
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+        shutil.copy2(Path(d) / METRICS_FILE, out / METRICS_FILE)
+    history = [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines()]
+    summary = {
+        "pairs": n_pairs,
+        "workers": t.num_workers,
+        "final_step": state["step"],
+        "first_loss": history[0]["loss"] if history else None,
+        "last_loss": history[-1]["loss"] if history else None,
+        "last_implicit_acc": history[-1]["implicit_acc"] if history else None,
+        "lora": str(lora_dir / LORA_FILE),
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
