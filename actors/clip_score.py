@@ -1,4 +1,5 @@
-"""CLIP score with open_clip: 100 x cosine(image, text), floored at 0 (CLIPScore as AGFSync uses it).
+"""CLIP score with open_clip: 100 x cosine(image, text), floored at 0 (CLIPScore as AGFSync uses it;
+``floor_at_zero=False`` keeps negative values, useful for weak models whose cosines are often < 0).
 
 On a cluster pass a real checkpoint, e.g. model='ViT-L-14' with pretrained='openai', or
 model='hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K'. Locally, 'local-dir:/path' loads an
@@ -14,12 +15,14 @@ from raypref.scoring import Scorer, pick_device
 
 
 class CLIPScore(Scorer):
-    def __init__(self, name: str = "clip", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0, **_):
+    def __init__(self, name: str = "clip", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
+                 floor_at_zero: bool = True, **_):
         import open_clip
 
         from raypref.models import check_model_ref
 
         super().__init__(name)
+        self.floor = floor_at_zero
         check_model_ref(model, what=f"scorer {name!r} model")
         self.device = pick_device(num_gpus)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=self.device)
@@ -37,4 +40,5 @@ class CLIPScore(Scorer):
     def score(self, images, prompts):
         img, txt = self.embed(images, prompts)
         cos = (img * txt).sum(-1)
-        return np.maximum(100.0 * cos.cpu().numpy(), 0.0).astype(np.float32)
+        s = 100.0 * cos.cpu().numpy()
+        return (np.maximum(s, 0.0) if self.floor else s).astype(np.float32)

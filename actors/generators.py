@@ -45,6 +45,9 @@ class DiffusersGenerator:
         **_,
     ):
         from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # per-actor load bars drown the stage progress
 
         check_model_ref(model, what=f"generator {name!r} model")
         self.device = pick_device(num_gpus)

@@ -1,0 +1,14 @@
+"""Build: generate, score, pair.  `ray job submit -- python -m jobs.build --config C key=value ...`"""
+
+from raypref import stages
+from raypref.config import Config
+
+
+def main(config: Config) -> dict:
+    return stages.build(config)
+
+
+if __name__ == "__main__":
+    from jobs._args import parse_config
+
+    main(parse_config(__doc__))

@@ -1,0 +1,14 @@
+"""Evaluate: base vs tuned win rate.  `ray job submit -- python -m jobs.evaluate --config C key=value ...`"""
+
+from raypref import stages
+from raypref.config import Config
+
+
+def main(config: Config) -> dict:
+    return stages.evaluate(config)
+
+
+if __name__ == "__main__":
+    from jobs._args import parse_config
+
+    main(parse_config(__doc__))

@@ -1,0 +1,30 @@
+"""One summary line per stage, for people; the full summaries are JSON in each stage dir."""
+
+from __future__ import annotations
+
+
+def _f(x, spec=".4f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def summary_line(stage: str, s: dict, where: str) -> str:
+    if stage == "build":
+        return (
+            f"[build] {s['prompts']} prompts -> {s['samples']} samples -> {s['pairs']} pairs "
+            f"({s['prompts_without_pair']} prompts without a pair, {s['samples_without_score']} samples unscored, "
+            f"{s['duplicate_prompts_dropped']} duplicate prompts dropped) in {s['seconds']}s -> {where}"
+        )
+    if stage == "train":
+        return (
+            f"[train] dpo on {s['pairs']} pairs, {s['workers']} worker(s), step {s['final_step']}: "
+            f"loss {_f(s['first_loss'])} -> {_f(s['last_loss'])}, implicit acc {_f(s['last_implicit_acc'], '.2f')} "
+            f"in {s['seconds']}s -> {s['lora']}"
+        )
+    if stage == "eval":
+        lo, hi = s["win_rate_ci95"]
+        return (
+            f"[eval] tuned vs base on {s['prompts']} held-out prompts x seeds (n={s['n']}), judged by {s['scorer']}: "
+            f"win rate {s['win_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), wins/ties/losses "
+            f"{s['wins']}/{s['ties']}/{s['losses']}, mean {s['base_mean']:.3f} -> {s['tuned_mean']:.3f} -> {where}"
+        )
+    raise ValueError(f"unknown stage {stage!r}")

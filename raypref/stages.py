@@ -1,0 +1,51 @@
+"""The stages as the CLI and jobs run them: start or join Ray, run, print the summary line."""
+
+from __future__ import annotations
+
+from raypref.config import Config
+from raypref.report import summary_line
+from raypref.session import init_ray
+
+RANDOM_WEIGHTS_NOTE = (
+    "NOTE: tiny:* models have random weights (built by this run into the cache). Their images are "
+    "noise-like; the numbers below show the pipeline works, not that alignment improved."
+)
+
+
+def _uses_tiny(cfg: Config) -> bool:
+    refs = [g.model for g in cfg.build.generators] + [s.model for s in cfg.build.scorers] + [cfg.train.base_model or ""]
+    return any(r.startswith("tiny:") for r in refs)
+
+
+def build(cfg: Config) -> dict:
+    from raypref.build import run_build
+
+    init_ray(cfg.ray)
+    s = run_build(cfg)
+    print(summary_line("build", s, str(cfg.stage_dir("build"))), flush=True)
+    return s
+
+
+def train_dpo(cfg: Config) -> dict:
+    from raypref.train_dpo import run_train_dpo
+
+    init_ray(cfg.ray)
+    s = run_train_dpo(cfg)
+    print(summary_line("train", s, str(cfg.stage_dir("train"))), flush=True)
+    return s
+
+
+def evaluate(cfg: Config) -> dict:
+    from raypref.evaluate import run_eval
+
+    init_ray(cfg.ray)
+    s = run_eval(cfg)
+    print(summary_line("eval", s, str(cfg.stage_dir("eval"))), flush=True)
+    print(open(cfg.stage_dir("eval") / "win_rate.md").read(), flush=True)
+    return s
+
+
+def demo(cfg: Config) -> dict:
+    if _uses_tiny(cfg):
+        print(RANDOM_WEIGHTS_NOTE, flush=True)
+    return {"build": build(cfg), "train": train_dpo(cfg), "eval": evaluate(cfg)}
