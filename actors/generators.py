@@ -51,7 +51,7 @@ class DiffusersGenerator:
 
         check_model_ref(model, what=f"generator {name!r} model")
         self.device = pick_device(num_gpus)
-        self.pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=_DTYPES[dtype])
+        self.pipe = DiffusionPipeline.from_pretrained(model, dtype=_DTYPES[dtype])
         if lora:
             check_model_ref(lora, what=f"generator {name!r} lora")
             self.pipe.load_lora_weights(lora)

@@ -1,0 +1,112 @@
+"""Shared fixtures: offline hub, a token-authenticated session-wide local Ray, tiny models."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports huggingface_hub or ray: no hub lookups (they hang ~46 s offline), no
+# usage stats, and token auth turned on deliberately with a token this test session owns, so
+# local Ray, `ray start` and `ray job submit` all run authenticated, as Ray 2.60 does by default.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="raypref-tests-"))
+_TOKEN = _SESSION_DIR / "ray_auth_token"
+_TOKEN.write_text(secrets.token_hex(32))
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(_TOKEN),
+        "RAYPREF_CACHE": os.environ.get("RAYPREF_TEST_CACHE", str(_SESSION_DIR / "cache")),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+os.environ.pop("RAY_ADDRESS", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_config_dict(out: Path, prompts: Path, **build) -> dict:
+    """A small config on the tiny models: 4 samples/prompt, 2 denoising steps."""
+    cfg = {
+        "output_dir": str(out),
+        "ray": {"num_cpus": 8},
+        "build": {
+            "prompts": str(prompts),
+            "shard_size": 2,
+            "generators": [
+                {
+                    "name": "tiny",
+                    "model": "tiny:sd",
+                    "num_samples": 4,
+                    "num_inference_steps": 2,
+                    "guidance_scale": 2.0,
+                    "embedding_noise_sigma": 0.1,
+                    "pool": {"batch_size": 2, "num_cpus": 1},
+                }
+            ],
+            "scorers": [
+                {"name": "clip", "cls": "clip_score", "model": "tiny:clip", "weight": 0.9, "normalize": "zscore",
+                 "args": {"floor_at_zero": False}, "pool": {"batch_size": 4, "num_cpus": 1}},
+                {"name": "jpeg", "cls": "jpeg_compressibility", "weight": 0.1, "normalize": "zscore",
+                 "pool": {"batch_size": 4, "num_cpus": 0.5}},
+            ],
+        },
+        "train": {"beta": 500.0, "batch_size": 2, "max_steps": 2, "checkpoint_every": 1, "learning_rate": 1e-3},
+        "eval": {"prompts": str(prompts), "num_samples": 1, "scorer": "clip"},
+    }
+    cfg["build"].update(build)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd() -> str:
+    from raypref.models import resolve_model
+
+    return resolve_model("tiny:sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> str:
+    from raypref.models import resolve_model
+
+    return resolve_model("tiny:clip")
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    p = tmp_path / "prompts.txt"
+    p.write_text("a red circle\na blue square on the left\ntwo green stars\na yellow triangle at the top\n")
+    return p
+
+
+@pytest.fixture(scope="session")
+def built_run(ray_session, session_dir, tiny_sd, tiny_clip):
+    """One small build shared by the train and eval tests."""
+    from raypref.build import run_build
+    from raypref.config import validate
+
+    prompts = session_dir / "shared_prompts.txt"
+    prompts.write_text("a red circle\na blue square on the left\ntwo green stars\na yellow triangle at the top\n")
+    cfg = validate(tiny_config_dict(session_dir / "run", prompts))
+    summary = run_build(cfg)
+    return cfg, summary

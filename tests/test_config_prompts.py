@@ -1,0 +1,114 @@
+"""Config loading and overrides, run metadata, prompts reading, model references: clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from raypref import schema as S
+from raypref.config import ConfigError, describe, load_config, write_run_meta
+from raypref.models import ModelNotFound, resolve_model
+from raypref.prompts import PromptsError, read_prompts
+
+
+def test_default_config_and_overrides():
+    cfg = load_config(None, ["train.max_steps=7", "build.generators.0.num_samples=3", "ray.address=null", "build.scorers.1.weight=0.25"])
+    assert cfg.train.max_steps == 7
+    assert cfg.build.generators[0].num_samples == 3
+    assert cfg.ray.address is None
+    assert cfg.build.scorers[1].weight == 0.25
+    assert cfg.ray.dashboard_host == "127.0.0.1"
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.max_stepz: unknown key"):
+        load_config(None, ["train.max_stepz=3"])
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"build": {"generators": [{"modle": "x"}]}}))
+    with pytest.raises(ConfigError, match=r"build\.generators\.0\.modle: unknown key"):
+        load_config(p)
+
+
+def test_bad_values_and_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.num_workers"):
+        load_config(None, ["train.num_workers=0"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(None, ["build.scorers.9.weight=1"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.max_steps"])
+
+
+def test_run_meta_written(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    d = write_run_meta(cfg, tmp_path / "build", "build")
+    again = yaml.safe_load((d / "config.yaml").read_text())
+    assert again["output_dir"] == str(tmp_path)
+    meta = json.loads((d / "run_meta.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert meta["git_sha"].startswith(head or "unknown")
+
+
+def test_describe_documents_every_field():
+    lines = describe()
+    assert any(l.startswith("train.beta ") and "Diffusion-DPO" in l for l in lines)
+    assert all("  " in l for l in lines)
+
+
+def test_prompts_formats(tmp_path):
+    (tmp_path / "p.txt").write_text("a cat\na dog\na cat\n\n")
+    t = read_prompts(tmp_path / "p.txt")
+    assert t.column(S.PROMPT).to_pylist() == ["a cat", "a dog"]
+    assert t.schema.metadata[b"duplicates_dropped"] == b"1"
+    assert t.column(S.PROMPT_ID)[0].as_py() == S.prompt_id("a cat")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "x", "class_label": 3}\n{"prompt": "y"}\n')
+    t = read_prompts(tmp_path / "p.jsonl")
+    assert t.column(S.CLASS_LABEL).to_pylist() == ["3", None]
+    pq.write_table(t, tmp_path / "p.parquet")
+    assert read_prompts(tmp_path / "p.parquet", limit=1).num_rows == 1
+
+
+def test_prompt_errors_name_the_row(tmp_path):
+    with pytest.raises(PromptsError, match="prompts file not found"):
+        read_prompts(tmp_path / "missing.txt")
+    (tmp_path / "e.txt").write_text("ok\n   \nfine\n")
+    with pytest.raises(PromptsError, match=r"e\.txt:2: empty prompt"):
+        read_prompts(tmp_path / "e.txt")
+    (tmp_path / "e.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(PromptsError, match=r"e\.jsonl:2: expected an object with a 'prompt' key"):
+        read_prompts(tmp_path / "e.jsonl")
+
+
+def test_model_refs(tmp_path):
+    with pytest.raises(ModelNotFound, match="model path does not exist: /no/such/model"):
+        resolve_model("/no/such/model", what="generator 'sd' model")
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        resolve_model("local-dir:" + str(tmp_path / "nope"))
+    with pytest.raises(ModelNotFound, match="unknown tiny model"):
+        resolve_model("tiny:gpt")
+    assert resolve_model("stable-diffusion-v1-5/stable-diffusion-v1-5") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "raypref.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_help_on_every_subcommand():
+    for args in (["--help"], ["build", "--help"], ["train", "--help"], ["train", "dpo", "--help"], ["eval", "--help"], ["demo", "--help"], ["config", "--help"]):
+        r = _cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert "usage: raypref" in r.stdout
+
+
+def test_cli_errors_are_clear(tmp_path):
+    r = _cli("config", "train.bogus=1")
+    assert r.returncode == 2 and "train.bogus: unknown key" in r.stderr
+    r = _cli("build", f"output_dir={tmp_path}", f"build.prompts={tmp_path}/none.txt")
+    assert r.returncode == 2 and "prompts file not found" in r.stderr
+    r = _cli("build", f"output_dir={tmp_path}", "build.generators.0.model=/no/such/sd")
+    assert r.returncode == 2 and "model path does not exist: /no/such/sd" in r.stderr

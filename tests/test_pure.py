@@ -1,0 +1,92 @@
+"""Pure functions on hand-computed values: DPO loss, normalisation, aggregation, pairs, metrics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raypref.aggregate import normalize, weighted_sum
+from raypref.losses import diffusion_dpo_loss
+from raypref.metrics import wilson_interval, win_rate
+from raypref.pairs import best_vs_worst
+
+
+def test_dpo_loss_hand_values():
+    # pair 1: model improves the winner by 0.1 relative to ref, loser unchanged
+    #   inside = -0.5*beta*((0.9-1.0) - (1.0-1.0)) = -0.5*10*(-0.1) = 0.5
+    # pair 2: model worsens the winner by 0.2:  inside = -0.5*10*(0.2) = -1.0
+    mw = torch.tensor([0.9, 1.2])
+    ml = torch.tensor([1.0, 1.0])
+    rw = torch.tensor([1.0, 1.0])
+    rl = torch.tensor([1.0, 1.0])
+    loss, m = diffusion_dpo_loss(mw, ml, rw, rl, beta=10.0)
+    softplus = lambda x: math.log1p(math.exp(-x))  # -log sigmoid(x)
+    expected = (softplus(0.5) + softplus(-1.0)) / 2  # mean of per-pair terms
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert m["implicit_acc"].item() == pytest.approx(0.5)
+    assert m["inside_term"].item() == pytest.approx(-0.25)
+    # not the logsigmoid of the batch-mean inside term
+    assert loss.item() != pytest.approx(softplus(-0.25), rel=1e-3)
+
+
+def test_dpo_loss_is_log2_when_model_equals_reference():
+    e = torch.tensor([0.3, 0.7, 1.1])
+    loss, _ = diffusion_dpo_loss(e, e.flip(0), e, e.flip(0), beta=5000.0)
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_dpo_loss_gradient_favours_winner():
+    mw = torch.tensor([1.0], requires_grad=True)
+    ml = torch.tensor([1.0], requires_grad=True)
+    loss, _ = diffusion_dpo_loss(mw, ml, torch.tensor([1.0]), torch.tensor([1.0]), beta=2.0)
+    loss.backward()
+    # d/d(mw) = -sigmoid(-x)*(-beta/2) at x=0 = 0.5*1 = 0.5 > 0: lowering winner error lowers loss
+    assert mw.grad.item() == pytest.approx(0.5)
+    assert ml.grad.item() == pytest.approx(-0.5)
+
+
+def test_normalize_hand_values():
+    x = [1.0, 2.0, 3.0, float("nan")]
+    assert normalize(x, "raw")[:3].tolist() == [1.0, 2.0, 3.0]
+    z = normalize(x, "zscore")
+    s = math.sqrt(2 / 3)  # population std of 1,2,3
+    assert z[:3] == pytest.approx([-1 / s, 0.0, 1 / s])
+    assert math.isnan(z[3])
+    assert normalize([2.0, 1.0, 2.0], "rank").tolist() == pytest.approx([0.75, 0.0, 0.75])
+    assert normalize([0.2, 0.5], "rescale100", (0.0, 1.0)).tolist() == pytest.approx([20.0, 50.0])
+    assert normalize([5.0, 5.0], "zscore").tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="value range"):
+        normalize([1.0], "rescale100")
+    with pytest.raises(ValueError, match="unknown"):
+        normalize([1.0], "softmax")
+
+
+def test_weighted_sum_agfsync_weights():
+    # AGFSync total = 0.35*VQA + 0.55*CLIP + 0.10*aesthetic, each on 0..100
+    vqa, clip, aes = np.array([100.0, 50.0]), np.array([30.0, 20.0]), np.array([60.0, 80.0])
+    total = weighted_sum([vqa, clip, aes], [0.35, 0.55, 0.10])
+    assert total.tolist() == pytest.approx([35 + 16.5 + 6.0, 17.5 + 11.0 + 8.0])
+    assert math.isnan(weighted_sum([np.array([1.0, np.nan])], [1.0])[1])
+    with pytest.raises(ValueError):
+        weighted_sum([vqa], [0.5, 0.5])
+
+
+def test_best_vs_worst():
+    p = best_vs_worst([0.2, 0.9, float("nan"), 0.1])
+    assert [(x.chosen, x.rejected) for x in p] == [(1, 3)]
+    assert p[0].margin == pytest.approx(0.8)
+    assert best_vs_worst([0.5, 0.5]) == []  # tie: no preference
+    assert best_vs_worst([0.5, float("nan")]) == []  # fewer than two valid
+    assert best_vs_worst([0.1, 0.3], min_margin=0.5) == []
+    assert best_vs_worst([0.3, 0.3, 0.1])[0].chosen == 0  # first of tied best
+
+
+def test_win_rate_and_wilson():
+    r = win_rate([1.0, 2.0, 3.0, 4.0, np.nan], [2.0, 2.0, 1.0, 5.0, 1.0], tie_tolerance=0.0)
+    assert (r["wins"], r["ties"], r["losses"], r["n"], r["skipped_nan"]) == (2, 1, 1, 4, 1)
+    assert r["win_rate"] == pytest.approx((2 + 0.5) / 4)
+    lo, hi = wilson_interval(5, 10)
+    # Wilson, p=0.5, n=10, z=1.96: centre 0.5, half = 1.96*sqrt(0.025+0.009604)/1.38416
+    half = 1.96 * math.sqrt(0.025 + 1.96**2 / 400) / (1 + 1.96**2 / 10)
+    assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half))
