@@ -30,8 +30,10 @@ from raypref.registry import resolve
 
 def pool_args(pool: PoolConf) -> dict:
     """Ray Data map_batches arguments for one actor pool."""
+    from ray.data import ActorPoolStrategy
+
     return {
-        "concurrency": pool.concurrency,
+        "compute": ActorPoolStrategy(size=pool.concurrency),
         "batch_size": pool.batch_size,
         "num_cpus": pool.num_cpus,
         "num_gpus": pool.num_gpus,

@@ -1,0 +1,85 @@
+"""`ray job submit` against a token-authenticated `ray start` head: the build job end to end."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_config_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, tiny_clip, prompts_file):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = dict(os.environ)  # carries RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH from conftest
+    gcs, dash = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # unix socket paths must stay under 108 bytes
+    # --block keeps the head tied to this process: terminating it stops this cluster only, where
+    # `ray stop` would also kill the test session's own local Ray.
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--num-cpus=8", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_dashboard(dash, head)
+        cfg = tiny_config_dict(tmp_path / "run", prompts_file)
+        cfg["build"]["limit"] = 2
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
+        job_env = dict(env, RAY_ADDRESS=f"http://127.0.0.1:{dash}")
+        sub = subprocess.run(
+            [ray_bin, "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--",
+             sys.executable, "-m", "jobs.build", "--config", str(tmp_path / "job.yaml")],
+            env=job_env, capture_output=True, text=True, timeout=600, cwd=REPO,
+        )
+        assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-3000:])
+        assert "succeeded" in sub.stdout + sub.stderr
+        assert "[build] 2 prompts -> 8 samples -> 2 pairs" in sub.stdout
+        summary = json.loads((tmp_path / "run" / "build" / "summary.json").read_text())
+        assert summary["pairs"] == 2
+
+        # without the token the cluster refuses the job
+        bad = dict(job_env, RAY_AUTH_TOKEN="wrong-token")
+        bad.pop("RAY_AUTH_TOKEN_PATH", None)
+        refused = subprocess.run([ray_bin, "job", "list"], env=bad, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert head.poll() is None, "ray start --head exited early"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:  # 401 without the token: the dashboard is up
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"Ray dashboard on 127.0.0.1:{port} did not come up in {timeout}s")

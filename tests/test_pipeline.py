@@ -1,0 +1,89 @@
+"""The build pipeline on a local Ray: tables, schemas, resume without duplicates, pool resources."""
+
+import json
+
+import pyarrow.dataset as pds
+import pytest
+
+from raypref import schema as S
+from raypref.build import pool_args, run_build
+from raypref.config import PoolConf, validate
+
+from conftest import tiny_config_dict
+
+
+def test_build_writes_samples_and_pairs(built_run):
+    cfg, summary = built_run
+    out = cfg.stage_dir("build")
+    samples = pds.dataset(out / "samples", format="parquet").to_table()
+    pairs = pds.dataset(out / "pairs", format="parquet").to_table()
+    assert summary["prompts"] == 4 and summary["samples"] == 16 and summary["pairs"] == 4
+    assert samples.num_rows == 16 and pairs.num_rows == 4
+    assert samples.schema.equals(S.samples_schema(["clip", "jpeg"]), check_metadata=False)
+    assert pairs.schema.equals(S.PAIRS_SCHEMA, check_metadata=False)
+    assert all(m > 0 for m in pairs.column(S.MARGIN).to_pylist())
+    # chosen has the prompt's best aggregate score, rejected its worst
+    by_prompt = {}
+    for r in samples.select([S.PROMPT_ID, S.SAMPLE_ID, S.SCORE]).to_pylist():
+        by_prompt.setdefault(r[S.PROMPT_ID], {})[r[S.SAMPLE_ID]] = r[S.SCORE]
+    for p in pairs.to_pylist():
+        scores = by_prompt[p[S.PROMPT_ID]]
+        assert scores[p[S.CHOSEN_ID]] == max(scores.values())
+        assert scores[p[S.REJECTED_ID]] == min(scores.values())
+    assert (out / "config.yaml").is_file() and json.loads((out / "run_meta.json").read_text())["git_sha"]
+
+
+def test_build_resumes_without_duplicates(ray_session, tmp_path, tiny_sd, tiny_clip):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    base = tiny_config_dict(tmp_path / "run", prompts)
+    base["build"]["scorers"] = base["build"]["scorers"][1:]  # jpeg only: fast
+    first = run_build(validate(base))
+    assert first["groups_written"] == 2
+    groups_dir = tmp_path / "run" / "build" / "groups"
+    files_before = sorted(p.name for p in groups_dir.iterdir())
+    prompts.write_text("a red circle\na blue square\ntwo green stars\n")
+    second = run_build(validate(base))
+    files_after = sorted(p.name for p in groups_dir.iterdir())
+    assert set(files_before) < set(files_after)  # earlier shards kept, new ones added
+    assert second["groups_written"] == 3 and second["duplicate_groups"] == 0
+    new = pds.dataset([str(groups_dir / f) for f in set(files_after) - set(files_before)], format="parquet").to_table()
+    assert new.column(S.PROMPT).to_pylist() == ["two green stars"]  # only the new prompt ran
+    assert second["pairs"] == 3
+
+
+def test_pool_resources_reach_ray_remote_args():
+    args = pool_args(PoolConf(concurrency=3, batch_size=16, num_cpus=2, num_gpus=0.25))
+    compute = args.pop("compute")
+    assert (compute.min_size, compute.max_size) == (3, 3)
+    assert args == {"batch_size": 16, "num_cpus": 2.0, "num_gpus": 0.25}
+
+
+def test_pool_args_applied_to_map_batches(ray_session, tmp_path, tiny_sd):
+    """The Ray Data operator built for a pool carries the configured resources."""
+    import ray.data
+
+    from raypref.build import generate_and_score
+    from raypref.config import GeneratorConf, ScorerConf
+
+    g = GeneratorConf(name="g", model=tiny_sd, pool=PoolConf(concurrency=2, batch_size=3, num_cpus=0.5, num_gpus=0.25))
+    s = ScorerConf(name="j", cls="jpeg_compressibility", pool=PoolConf(num_cpus=0.75))
+    ds = generate_and_score(ray.data.from_items([{"prompt": "x"}]), [g], [s])
+    ops = []
+    op = ds._logical_plan.dag
+    while op is not None:
+        ops.append(op)
+        op = op.input_dependencies[0] if op.input_dependencies else None
+    by_name = {o.name: o for o in ops}
+    gen_op = next(v for k, v in by_name.items() if "DiffusersGenerator" in k)
+    jpeg_op = next(v for k, v in by_name.items() if "JpegCompressibility" in k)
+    assert gen_op.ray_remote_args["num_gpus"] == 0.25 and gen_op.ray_remote_args["num_cpus"] == 0.5
+    assert gen_op.compute.min_size == 2 and gen_op.compute.max_size == 2
+    assert jpeg_op.ray_remote_args["num_cpus"] == 0.75
+
+
+def test_build_rejects_config_without_scorers(ray_session, tmp_path, prompts_file):
+    cfg = tiny_config_dict(tmp_path, prompts_file)
+    cfg["build"]["scorers"] = []
+    with pytest.raises(ValueError, match="build.scorers"):
+        run_build(validate(cfg))
