@@ -43,11 +43,14 @@ def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, tiny_clip, prompts_file
         cfg["build"]["limit"] = 2
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
         job_env = dict(env, RAY_ADDRESS=f"http://127.0.0.1:{dash}")
-        sub = subprocess.run(
-            [ray_bin, "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--",
-             sys.executable, "-m", "jobs.build", "--config", str(tmp_path / "job.yaml")],
-            env=job_env, capture_output=True, text=True, timeout=600, cwd=REPO,
-        )
+        cmd = [ray_bin, "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--",
+               sys.executable, "-m", "jobs.build", "--config", str(tmp_path / "job.yaml")]
+        for _ in range(30):
+            sub = subprocess.run(cmd, env=job_env, capture_output=True, text=True, timeout=600, cwd=REPO)
+            # the dashboard answers before the head's job agent is up; Ray says to try again later
+            if "No available agent to submit job" not in sub.stdout + sub.stderr:
+                break
+            time.sleep(2)
         assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-3000:])
         assert "succeeded" in sub.stdout + sub.stderr
         assert "[build] 2 prompts -> 8 samples -> 2 pairs" in sub.stdout

@@ -54,8 +54,12 @@ def test_dpo_trains_saves_and_resumes(built_run, tmp_path, tiny_sd):
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     pipe.load_lora_weights(str(lora.parent))
     pipe.fuse_lora()
+    pipe.unload_lora_weights()  # keeps the fused weights, restores the plain module names
     after = pipe.unet.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    # exactly the adapted projections' weights changed: to_q/k/v/out.0 of every attention
+    assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out.0")) for k in changed)
 
 
 def test_dpo_two_workers(built_run, tmp_path):
