@@ -84,14 +84,22 @@ def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_mar
     return batch
 
 
+def aspect_columns(column_names, scorer_names: list[str]) -> list[str]:
+    """The score columns of the groups table that are scorers' extra aspects."""
+    main = set(S.score_columns(scorer_names))
+    return [c for c in column_names if S.is_score_column(c) and c not in main]
+
+
 def explode_samples(batch: pa.Table, scorer_names: list[str]) -> pa.Table:
     """groups -> samples: one row per image."""
     counts = [len(x) for x in batch.column(S.SAMPLE_ID).to_pylist()]
     idx = np.repeat(np.arange(batch.num_rows), counts)
     cols = {S.PROMPT_ID: batch.column(S.PROMPT_ID).take(idx), S.PROMPT: batch.column(S.PROMPT).take(idx)}
-    for name in list(S.SAMPLE_LIST_FIELDS) + S.score_columns(scorer_names) + [S.SCORE]:
+    aspects = aspect_columns(batch.column_names, scorer_names)
+    reasons = [c for c in batch.column_names if c.startswith(S.RATIONALE_PREFIX)]
+    for name in list(S.SAMPLE_LIST_FIELDS) + S.score_columns(scorer_names) + aspects + [S.SCORE] + reasons:
         cols[name] = batch.column(name).combine_chunks().flatten()
-    return pa.table(cols).cast(S.samples_schema(scorer_names))
+    return pa.table(cols).cast(S.samples_schema(scorer_names, aspects, reasons))
 
 
 def explode_pairs(batch: pa.Table, label_source: str) -> pa.Table:

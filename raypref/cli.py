@@ -28,6 +28,12 @@ def make_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="method", required=True)
     p = tsub.add_parser("dpo", help="Diffusion-DPO with a LoRA, in Ray Train", epilog=EPILOG)
     _add_common(p)
+    p = sub.add_parser("pretrain", help="pretrain a shapes-world model in Ray Train")
+    psub = p.add_subparsers(dest="model", required=True)
+    p = psub.add_parser("t2i", help="the tiny text-to-image pipeline (VAE, then UNet + text encoder)", epilog=EPILOG)
+    _add_common(p)
+    p = psub.add_parser("clip", help="the tiny open_clip model, contrastively", epilog=EPILOG)
+    _add_common(p)
     p = sub.add_parser("eval", help="base vs tuned win rate on held-out prompts", epilog=EPILOG)
     _add_common(p)
     p = sub.add_parser("demo", help="build -> train dpo -> eval on the embedded default", epilog=EPILOG)
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.build(cfg)
         elif args.command == "train":
             stages.train_dpo(cfg)
+        elif args.command == "pretrain":
+            stages.pretrain(cfg, args.model)
         elif args.command == "eval":
             stages.evaluate(cfg)
         elif args.command == "demo":

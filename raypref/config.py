@@ -87,7 +87,7 @@ class PairConf(_Strict):
 
 
 class BuildConf(_Strict):
-    prompts: str = Field("", description="Prompts file: .txt (one per line), .jsonl or .parquet with a 'prompt' column.")
+    prompts: str = Field("", description="Prompts file: .txt (one per line), .jsonl or .parquet with a 'prompt' column; or 'shapes:<split>' (train, align, eval).")
     generators: list[GeneratorConf] = Field(
         default_factory=lambda: [GeneratorConf()], description="Generators; one actor pool each, each appends samples."
     )
@@ -119,11 +119,70 @@ class TrainConf(_Strict):
 
 
 class EvalConf(_Strict):
-    prompts: str = Field("", description="Held-out prompts file.")
+    prompts: str = Field("", description="Held-out prompts file, or 'shapes:eval'.")
+    limit: int | None = Field(None, description="Use only the first N prompts.")
     lora: str | None = Field(None, description="LoRA to evaluate (None: this run's train/lora).")
     num_samples: int = Field(2, ge=1, description="Images per prompt per model, same seeds for base and tuned.")
     scorer: str = Field("", description="Name of a build scorer used to judge base vs tuned.")
     tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")
+
+
+class PretrainT2IConf(_Strict):
+    """Pretraining the shapes world's text-to-image model (VAE, then UNet + text encoder)."""
+
+    split: Literal["train", "heldout", "align", "eval"] = Field("train", description="Shapes-world prompt split rendered as training data.")
+    image_size: int = Field(32, ge=8, description="Image side in pixels (latents are half).")
+    hidden: int = Field(32, ge=8, description="Text encoder width = UNet cross-attention width.")
+    unet_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], description="UNet block widths, one per resolution level.")
+    unet_attention: list[bool] = Field(default_factory=lambda: [False, True, True], description="Which levels have self/cross-attention (full resolution costs most on a CPU).")
+    text_layers: int = Field(2, ge=1, description="Text encoder transformer layers.")
+    max_length: int = Field(16, ge=4, description="Tokenizer / text encoder context (shapes prompts need <= 12 tokens).")
+    beta_schedule: str = Field("linear", description="Noise schedule (diffusers name) of the saved scheduler.")
+    beta_start: float = Field(1e-4, gt=0, description="First beta of the noise schedule.")
+    beta_end: float = Field(0.02, gt=0, description="Last beta of the noise schedule.")
+    vae_steps: int = Field(400, ge=0, description="VAE reconstruction steps (phase 1).")
+    vae_lr: float = Field(2e-3, gt=0, description="VAE AdamW learning rate.")
+    vae_kl_weight: float = Field(1e-6, ge=0, description="KL weight of the VAE loss.")
+    unet_steps: int = Field(3000, ge=0, description="Denoising steps for UNet + text encoder (phase 2).")
+    learning_rate: float = Field(1e-3, gt=0, description="Phase-2 peak AdamW learning rate (cosine after warmup).")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps of both phases.")
+    ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA decay of the phase-2 weights that are saved (0: no EMA).")
+    cfg_dropout: float = Field(0.1, ge=0, le=1, description="Fraction of prompts replaced by '' so guidance works.")
+    batch_size: int = Field(48, ge=1, description="Images per worker per step.")
+    checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints (each phase).")
+    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    seed: int = Field(0, description="Initialisation and data seed.")
+    export_dir: str | None = Field(None, description="Where the StableDiffusionPipeline directory goes (None: <output_dir>/pretrain/sd).")
+
+
+class PretrainClipConf(_Strict):
+    """Contrastive pretraining of the shapes world's tiny open_clip model."""
+
+    split: Literal["train", "heldout", "align", "eval"] = Field("train", description="Shapes-world prompt split rendered as training data.")
+    image_size: int = Field(32, ge=8, description="Image side in pixels.")
+    embed_dim: int = Field(64, ge=8, description="Joint embedding width.")
+    vision_width: int = Field(64, ge=8, description="ViT width.")
+    patch_size: int = Field(4, ge=1, description="ViT patch size.")
+    text_width: int = Field(32, ge=8, description="Text transformer width.")
+    layers: int = Field(2, ge=1, description="Layers of each tower.")
+    context_length: int = Field(16, ge=4, description="Text context length.")
+    steps: int = Field(1500, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine after warmup).")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
+    batch_size: int = Field(64, ge=2, description="Image-text pairs per worker per step (in-batch negatives, distinct prompts).")
+    checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints.")
+    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    seed: int = Field(0, description="Initialisation and data seed.")
+    export_dir: str | None = Field(None, description="Where the open_clip directory goes (None: <output_dir>/pretrain/clip).")
+
+
+class PretrainConf(_Strict):
+    t2i: PretrainT2IConf = Field(default_factory=PretrainT2IConf)
+    clip: PretrainClipConf = Field(default_factory=PretrainClipConf)
 
 
 class Config(_Strict):
@@ -132,6 +191,7 @@ class Config(_Strict):
     build: BuildConf = Field(default_factory=BuildConf)
     train: TrainConf = Field(default_factory=TrainConf)
     eval: EvalConf = Field(default_factory=EvalConf)
+    pretrain: PretrainConf = Field(default_factory=PretrainConf)
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.output_dir) / stage

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -13,7 +14,7 @@ from raypref import schema as S
 from raypref.build import generate_and_score
 from raypref.config import Config, write_run_meta
 from raypref.lora import LORA_FILE
-from raypref.metrics import win_rate
+from raypref.metrics import accuracy, paired_difference, win_rate
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts
 
@@ -23,8 +24,32 @@ def _scores(prompts: pa.Table, generator, scorer) -> pa.Table:
     import ray.data
 
     ds = generate_and_score(ray.data.from_arrow(prompts), [generator], [scorer])
-    ds = ds.select_columns([S.PROMPT_ID, S.PROMPT, S.SEED, S.score_column(scorer.name)])
+    main = S.score_column(scorer.name)
+    # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each
+    ds = ds.map_batches(lambda t: t.select([c for c in t.column_names
+                                            if c in (S.PROMPT_ID, S.PROMPT, S.SEED, main) or c.startswith(main + "_")]),
+                        batch_format="pyarrow")
     return pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by(S.PROMPT_ID)
+
+
+def _flat(table: pa.Table, column: str):
+    return table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+
+
+def exact_accuracy(base: pa.Table, tuned: pa.Table, main: str) -> dict:
+    """Per aspect of a pass/fail scorer (values 0, 1 or NaN), base and tuned pass rates with
+    Wilson intervals and their paired difference. Aspects with other values are not pass/fail
+    and are left out."""
+    out = {}
+    for col in base.column_names:
+        if not col.startswith(main + "_"):
+            continue
+        b, t = _flat(base, col), _flat(tuned, col)
+        values = np.concatenate([b, t])
+        if not np.isin(values[~np.isnan(values)], (0.0, 1.0)).all():
+            continue
+        out[col[len(main) + 1:]] = {"base": accuracy(b), "tuned": accuracy(t), "diff": paired_difference(b, t)}
+    return out
 
 
 def run_eval(cfg: Config) -> dict:
@@ -37,19 +62,19 @@ def run_eval(cfg: Config) -> dict:
     lora = Path(e.lora) if e.lora else cfg.stage_dir("train") / "lora"
     if not (lora / LORA_FILE).is_file():
         raise FileNotFoundError(f"eval.lora: no {LORA_FILE} in {lora} (train first, or set eval.lora)")
-    prompts = read_prompts(resolve_path(e.prompts))
+    prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     gen = cfg.build.generators[0].model_copy(update={"num_samples": e.num_samples})
     base = _scores(prompts, gen, scorer)
     tuned = _scores(prompts, gen.model_copy(update={"lora": str(lora.resolve())}), scorer)
     col = S.score_column(scorer.name)
-    b = base.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    t = tuned.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    b, t = _flat(base, col), _flat(tuned, col)
     seeds_b = base.column(S.SEED).combine_chunks().flatten().to_pylist()
     seeds_t = tuned.column(S.SEED).combine_chunks().flatten().to_pylist()
     if seeds_b != seeds_t:
         raise RuntimeError("eval: base and tuned images were not made with the same seeds")
     result = win_rate(b, t, e.tie_tolerance)
-    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, "lora": str(lora), "seconds": round(time.time() - t0, 1)})
+    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, "lora": str(lora),
+                   "accuracy": exact_accuracy(base, tuned, col), "seconds": round(time.time() - t0, 1)})
     n = len(b)
     pq.write_table(
         pa.table(
@@ -63,7 +88,7 @@ def run_eval(cfg: Config) -> dict:
         out / "scores.parquet",
     )
     (out / "win_rate.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "win_rate.md").write_text(win_rate_table(result))
+    (out / "win_rate.md").write_text(win_rate_table(result) + accuracy_table(result))
     return result
 
 
@@ -75,3 +100,20 @@ def win_rate_table(r: dict) -> str:
         f"| {r['scorer']} | {r['n']} | {r['wins']} | {r['ties']} | {r['losses']} | "
         f"{r['win_rate']:.3f} ({lo:.3f}-{hi:.3f}) | {r['base_mean']:.3f} | {r['tuned_mean']:.3f} |\n"
     )
+
+
+def accuracy_table(r: dict) -> str:
+    """Markdown: per aspect, base and tuned exact accuracy with 95% CIs and the paired difference."""
+    acc = r.get("accuracy") or {}
+    if not acc:
+        return ""
+    lines = ["", f"Exact checks by {r['scorer']} (pass rate, 95% Wilson CI; difference: paired, normal approx.)", "",
+             "| aspect | n | base | tuned | tuned - base (95% CI) |", "|---|---|---|---|---|"]
+    for aspect, a in acc.items():
+        b, t, d = a["base"], a["tuned"], a["diff"]
+        lines.append(
+            f"| {aspect} | {b['n']} | {b['accuracy']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) | "
+            f"{t['accuracy']:.3f} ({t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}) | "
+            f"{d['diff']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |"
+        )
+    return "\n".join(lines) + "\n"

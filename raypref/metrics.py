@@ -46,3 +46,31 @@ def win_rate(base: Sequence[float], tuned: Sequence[float], tie_tolerance: float
         "base_mean": float(b[ok].mean()) if n else float("nan"),
         "tuned_mean": float(t[ok].mean()) if n else float("nan"),
     }
+
+
+def accuracy(passed: Sequence[float]) -> dict:
+    """Pass rate of 1/0 outcomes with a Wilson 95% interval; NaN (not applicable) is skipped."""
+    x = np.asarray(passed, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    n = int(x.size)
+    correct = int((x > 0.5).sum())
+    lo, hi = wilson_interval(correct, n)
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else float("nan"), "ci95": [lo, hi]}
+
+
+def paired_difference(base: Sequence[float], tuned: Sequence[float], z: float = 1.96) -> dict:
+    """tuned - base on paired outcomes (same prompt and seed), with a normal-approximation
+    interval on the mean of the per-pair differences: d_mean +- z * sd(d) / sqrt(n).
+    Pairs where either side is NaN are skipped."""
+    b = np.asarray(base, dtype=np.float64)
+    t = np.asarray(tuned, dtype=np.float64)
+    if b.shape != t.shape:
+        raise ValueError(f"base has {b.shape} outcomes, tuned {t.shape}")
+    ok = ~(np.isnan(b) | np.isnan(t))
+    d = t[ok] - b[ok]
+    n = int(d.size)
+    if n == 0:
+        return {"n": 0, "diff": float("nan"), "ci95": [float("nan"), float("nan")]}
+    half = z * d.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+    mean = float(d.mean())
+    return {"n": n, "diff": mean, "ci95": [mean - half, mean + half]}

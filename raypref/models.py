@@ -1,5 +1,6 @@
-"""Model references: a hub name, a local path, or ``tiny:<kind>`` (a random-weight tiny model of
-the real architecture, built once into the cache). Resolved on the driver, before any actor
+"""Model references: a hub name, a local path, ``tiny:<kind>`` (a random-weight tiny model of
+the real architecture, built once into the cache) or ``shapes:<kind>`` (the shapes world's
+trained checkpoints shipped inside the package: ``shapes:sd``, ``shapes:clip``). Resolved on the driver, before any actor
 spends time loading, so a wrong path fails fast with its name."""
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _LOCAL_DIR = "local-dir:"
 _TINY = "tiny:"
+_SHAPES = "shapes:"
+SHAPES_WEIGHTS = Path(__file__).parent / "shapes" / "weights"
+_SHAPES_KINDS = {"sd": "", "clip": _LOCAL_DIR}  # kind -> the prefix its loader expects
 
 
 class ModelNotFound(FileNotFoundError):
@@ -52,6 +56,17 @@ def resolve_model(ref: str, what: str = "model") -> str:
         raise ModelNotFound(f"{what}: no model given")
     if ref.startswith(_TINY):
         return _resolve_tiny(ref[len(_TINY):], what)
+    if ref.startswith(_SHAPES):
+        kind = ref[len(_SHAPES):]
+        if kind not in _SHAPES_KINDS:
+            raise ModelNotFound(f"{what}: unknown shapes model {kind!r} (known: {sorted(_SHAPES_KINDS)})")
+        target = SHAPES_WEIGHTS / kind
+        if not target.is_dir():
+            raise ModelNotFound(
+                f"{what}: the shipped shapes-world checkpoint {target} is missing; rebuild it with "
+                f"`raypref pretrain {'t2i' if kind == 'sd' else 'clip'} --config raypref/configs/shapes_pretrain.yaml`"
+            )
+        return _SHAPES_KINDS[kind] + str(target)
     if ref.startswith("hf-hub:"):
         return ref
     local = ref[len(_LOCAL_DIR):] if ref.startswith(_LOCAL_DIR) else ref

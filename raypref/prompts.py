@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -44,18 +45,40 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
     raise PromptsError(f"{path}: unsupported prompts format {suffix!r} (use .txt, .jsonl or .parquet)")
 
 
+SHAPES_SOURCE = "shapes:"  # 'shapes:<split>' reads a shapes-world split (train, align, eval, heldout)
+
+
+def _shapes_rows(ref: str) -> list[tuple[str, dict]]:
+    from raypref.shapes.world import SPLITS, TEMPLATES, prompts
+
+    split = ref[len(SHAPES_SOURCE):]
+    if split not in SPLITS:
+        raise PromptsError(f"prompts {ref!r}: unknown shapes split {split!r} (known: {list(SPLITS)})")
+    # Round-robin over the templates, each in a fixed hash order, so that build.limit / eval.limit
+    # take a balanced, unbiased subset (the relation template alone holds most prompts).
+    by_template = [sorted(prompts(split, templates=[t]), key=lambda p: S.stable_id("order", p)) for t in TEMPLATES]
+    ordered = [p for group in itertools.zip_longest(*by_template) for p in group if p is not None]
+    return [(f"{ref} #{i}", {S.PROMPT: p, S.SOURCE: ref}) for i, p in enumerate(ordered)]
+
+
 def read_prompts(path: str | Path, limit: int | None = None, source: str | None = None) -> pa.Table:
     """The prompts table (schema.PROMPTS_SCHEMA). Empty prompts are errors naming the row.
+
+    ``path`` is a .txt / .jsonl / .parquet file, or 'shapes:<split>' for a shapes-world split.
 
     A prompt that repeats an earlier one is dropped: its prompt_id (a hash of the text) would
     collide, and resume keys on prompt_id. The count is returned in the table metadata.
     """
-    path = Path(path)
-    if not str(path) or not path.is_file():
-        raise PromptsError(f"prompts file not found: {path}")
+    if str(path).startswith(SHAPES_SOURCE):
+        rows, name = _shapes_rows(str(path)), str(path)
+    else:
+        path = Path(path)
+        if not str(path) or not path.is_file():
+            raise PromptsError(f"prompts file not found: {path}")
+        rows, name = _rows(path), path.name
     seen: set[str] = set()
     records, duplicates = [], 0
-    for where, rec in _rows(path):
+    for where, rec in rows:
         text = rec.get(S.PROMPT)
         if not isinstance(text, str) or not text.strip():
             raise PromptsError(f"{where}: empty prompt")
@@ -70,7 +93,7 @@ def read_prompts(path: str | Path, limit: int | None = None, source: str | None 
             {
                 S.PROMPT_ID: pid,
                 S.PROMPT: text,
-                S.SOURCE: rec.get(S.SOURCE) or source or path.name,
+                S.SOURCE: rec.get(S.SOURCE) or source or name,
                 S.CLASS_LABEL: None if label is None else str(label),
             }
         )

@@ -14,6 +14,9 @@ BUILTIN = {
     # scorers
     "clip_score": "actors.clip_score:CLIPScore",
     "jpeg_compressibility": "actors.compressibility:JpegCompressibility",
+    "shapes_vqa": "actors.shapes_checker:ShapesVQA",
+    "shapes_detector": "actors.shapes_checker:ShapesDetector",
+    "simulated_judge": "actors.simulated_judge:SimulatedShapesJudge",
 }
 
 

@@ -27,4 +27,12 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             f"win rate {s['win_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), wins/ties/losses "
             f"{s['wins']}/{s['ties']}/{s['losses']}, mean {s['base_mean']:.3f} -> {s['tuned_mean']:.3f} -> {where}"
         )
+    if stage == "pretrain":
+        parts = [f"[pretrain] {s['what']} on {s['workers']} worker(s)"]
+        if s.get("vae_loss"):
+            parts.append(f"vae {s['vae_steps']} steps, loss {_f(s['vae_loss'][0])} -> {_f(s['vae_loss'][1])}")
+        key = "unet_steps" if "unet_steps" in s else "steps"
+        if s.get("loss"):
+            parts.append(f"{s[key]} steps, loss (mean of 20) {_f(s['loss'][0])} -> {_f(s['loss'][1])}")
+        return ", ".join(parts) + f" in {s['seconds']}s -> {where}"
     raise ValueError(f"unknown stage {stage!r}")

@@ -9,7 +9,9 @@ Tables (DESIGN.md, "Data model"):
 - pairs: one row per preference pair, images inline so training streams without a join.
 - quarantine: rows that could not be used, with the reason.
 
-Score columns are named ``score_<scorer name>``; the aggregate is ``score``.
+Score columns are named ``score_<scorer name>``, and a scorer with several outputs (aspects of
+a judge, attributes of a checker) adds ``score_<scorer name>_<aspect>`` beside it; the aggregate
+is ``score``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ NOISE_SIGMA = "embedding_noise_sigma"
 IMAGE = "image"
 SCORE = "score"  # weighted aggregate of the scorer columns
 SCORE_PREFIX = "score_"
+RATIONALE_PREFIX = "rationale_"  # a judge's free-text reason, one string per sample
 
 # groups: the sample fields above as list columns, one list element per sample
 SAMPLE_LIST_FIELDS = (SAMPLE_ID, GENERATOR, SEED, STEPS, GUIDANCE, NOISE_SIGMA, IMAGE)
@@ -103,23 +106,33 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-def score_column(scorer_name: str) -> str:
-    """Column holding one scorer's raw output."""
-    return SCORE_PREFIX + scorer_name
+def score_column(scorer_name: str, aspect: str | None = None) -> str:
+    """Column holding one scorer's raw output (or one aspect of it)."""
+    return SCORE_PREFIX + scorer_name + (f"_{aspect}" if aspect else "")
+
+
+def is_score_column(name: str) -> bool:
+    return name.startswith(SCORE_PREFIX)
+
+
+def rationale_column(scorer_name: str) -> str:
+    return RATIONALE_PREFIX + scorer_name
 
 
 def score_columns(names) -> list[str]:
     return [score_column(n) for n in names]
 
 
-def samples_schema(scorer_names) -> pa.Schema:
-    """Samples table: prompt fields, sample fields, one float32 column per scorer, aggregate."""
-    scores = [pa.field(c, pa.float32()) for c in score_columns(scorer_names)]
+def samples_schema(scorer_names, aspect_columns=(), rationale_columns=()) -> pa.Schema:
+    """Samples table: prompt fields, sample fields, one float32 column per scorer (and per scorer
+    aspect, in the order given), aggregate, then judges' rationales."""
+    scores = [pa.field(c, pa.float32()) for c in score_columns(scorer_names) + list(aspect_columns)]
     return pa.schema(
         [PROMPTS_SCHEMA.field(PROMPT_ID), PROMPTS_SCHEMA.field(PROMPT)]
         + SAMPLE_FIELDS
         + scores
         + [pa.field(SCORE, pa.float32())]
+        + [pa.field(c, pa.string()) for c in rationale_columns]
     )
 
 

@@ -1,7 +1,10 @@
 """The scorer interface: load once in __init__, __call__(groups batch) adds one score list column.
 
-A scorer subclass implements ``score(images, prompts) -> float32 array``, one value per image.
-The base class handles the prompt-group rows the build pipeline streams: it flattens every
+A scorer subclass implements ``score(images, prompts)``, returning one value per image: a float32
+array, or a dict {aspect: array} whose "" entry is the main score (column ``score_<name>``) and
+whose other entries become ``score_<name>_<aspect>`` columns; a "rationale" entry (one string per
+image) becomes the ``rationale_<name>`` column. NaN marks a value the scorer could
+not give (counted in the build summary, never paired on). The base class handles the prompt-group rows the build pipeline streams: it flattens every
 group's images into one call, then splits the scores back into a list column per group.
 """
 
@@ -30,14 +33,21 @@ class Scorer:
             counts.append(len(imgs))
             flat_images.extend(I.decode(b) for b in imgs)
             flat_prompts.extend([prompt] * len(imgs))
-        values = np.asarray(self.score(flat_images, flat_prompts), dtype=np.float32) if flat_images else np.zeros(0, np.float32)
-        if values.shape != (len(flat_images),):
-            raise ValueError(f"scorer {self.name!r} returned shape {values.shape} for {len(flat_images)} images")
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        col = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))
-        if self.column in batch.column_names:
-            raise ValueError(f"two scorers write {self.column!r}: scorer names must be unique")
-        return batch.append_column(self.column, col)
+        out = self.score(flat_images, flat_prompts) if flat_images else np.zeros(0, np.float32)
+        outputs = out if isinstance(out, dict) else {"": out}
+        if "" not in outputs:
+            raise ValueError(f"scorer {self.name!r} returned aspects {sorted(outputs)} but no main score ('')")
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        for aspect, vals in outputs.items():
+            text = aspect == "rationale"
+            values = pa.array(list(vals), pa.string()) if text else pa.array(np.asarray(vals, dtype=np.float32))
+            if len(values) != len(flat_images):
+                raise ValueError(f"scorer {self.name!r} returned {len(values)} {aspect or 'score'} values for {len(flat_images)} images")
+            column = S.rationale_column(self.name) if text else S.score_column(self.name, aspect)
+            if column in batch.column_names:
+                raise ValueError(f"two scorers write {column!r}: scorer names must be unique")
+            batch = batch.append_column(column, pa.ListArray.from_arrays(offsets, values))
+        return batch
 
 
 def pick_device(num_gpus: float = 0.0) -> str:

@@ -45,6 +45,20 @@ def evaluate(cfg: Config) -> dict:
     return s
 
 
+def pretrain(cfg: Config, what: str) -> dict:
+    """Pretrain a shapes-world model: 't2i' (the diffusers pipeline) or 'clip' (open_clip)."""
+    init_ray(cfg.ray)
+    if what == "t2i":
+        from raypref.shapes.pretrain_t2i import run_pretrain_t2i as run
+    elif what == "clip":
+        from raypref.shapes.pretrain_clip import run_pretrain_clip as run
+    else:
+        raise ValueError(f"pretrain: unknown model {what!r} (t2i or clip)")
+    s = run(cfg)
+    print(summary_line("pretrain", s, s["export"]), flush=True)
+    return s
+
+
 def demo(cfg: Config) -> dict:
     if _uses_tiny(cfg):
         print(RANDOM_WEIGHTS_NOTE, flush=True)

@@ -47,7 +47,7 @@ def clip_bpe() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def save_clip_tokenizer(out_dir: Path) -> None:
+def save_clip_tokenizer(out_dir: Path, max_length: int = 77) -> None:
     from transformers import CLIPTokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,19 +55,37 @@ def save_clip_tokenizer(out_dir: Path) -> None:
     (out_dir / "vocab.json").write_text(json.dumps(vocab))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tok = CLIPTokenizer(
-        str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>"
+        str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=max_length, pad_token="<|endoftext|>"
     )
     tok.save_pretrained(str(out_dir))
 
 
-def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """A StableDiffusionPipeline directory: tiny UNet2DConditionModel, AutoencoderKL, CLIPTextModel."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def sd_parts(
+    image_size: int = 32,
+    seed: int = 0,
+    hidden: int = 32,
+    unet_channels: tuple[int, ...] = (32, 64),
+    unet_attention: tuple[bool, ...] = (True, False),
+    text_layers: int = 2,
+    max_length: int = 77,
+    beta_schedule: str = "scaled_linear",
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+) -> dict:
+    """The modules of a StableDiffusionPipeline at tiny sizes, freshly initialised from ``seed``.
+
+    The VAE halves the resolution once (latents are image_size/2). ``unet_attention`` says which
+    UNet levels have (self- and cross-) attention: at the full latent resolution it costs most of
+    a training step on a CPU. ``max_length`` is the
+    tokenizer's and text encoder's context: short prompts need far fewer than CLIP's 77, and
+    cross-attention cost grows with it.
+    """
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    out = Path(out_dir)
     torch.manual_seed(seed)
-    hidden = 32
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -78,14 +96,18 @@ def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> P
         norm_num_groups=8,
         sample_size=image_size,
     )
+    if len(unet_attention) != len(unet_channels):
+        raise ValueError(f"unet_attention {unet_attention} needs one flag per level of unet_channels {unet_channels}")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in unet_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(unet_attention))
     unet = UNet2DConditionModel(
         sample_size=image_size // 2,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=tuple(unet_channels),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=hidden,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -94,61 +116,79 @@ def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> P
         CLIPTextConfig(
             vocab_size=CLIP_VOCAB_SIZE,
             hidden_size=hidden,
-            intermediate_size=64,
-            num_hidden_layers=2,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=text_layers,
             num_attention_heads=4,
-            max_position_embeddings=77,
+            max_position_embeddings=max_length,
             projection_dim=hidden,
             bos_token_id=CLIP_VOCAB_SIZE - 2,
             eos_token_id=CLIP_VOCAB_SIZE - 1,
             pad_token_id=CLIP_VOCAB_SIZE - 1,
         )
     )
-    save_clip_tokenizer(out / "tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_clip_tokenizer(Path(tmp), max_length)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
     scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
+        beta_start=beta_start,
+        beta_end=beta_end,
+        beta_schedule=beta_schedule,
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def save_sd_pipeline(parts: dict, out_dir: str | Path) -> Path:
+    """Save the parts as a standard StableDiffusionPipeline directory (safetensors)."""
+    from diffusers import StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
-    pipe.save_pretrained(str(out), safe_serialization=True)
-    return out
+    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    return Path(out_dir)
 
 
-def build_tiny_open_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A StableDiffusionPipeline directory with random weights: tiny UNet, VAE and CLIPTextModel."""
+    return save_sd_pipeline(sd_parts(image_size=image_size, seed=seed), out_dir)
+
+
+def open_clip_cfg(image_size: int = 32, embed_dim: int = 32, vision_width: int = 64, patch_size: int = 8,
+                  text_width: int = 32, layers: int = 2, context_length: int = 77) -> dict:
+    """An open_clip custom model config (model_cfg + preprocess_cfg) at tiny sizes."""
+    return {
+        "model_cfg": {
+            "embed_dim": embed_dim,
+            "vision_cfg": {"image_size": image_size, "layers": layers, "width": vision_width,
+                           "patch_size": patch_size, "head_width": 32},
+            "text_cfg": {"context_length": context_length, "vocab_size": CLIP_VOCAB_SIZE, "width": text_width,
+                         "heads": 4, "layers": layers},
+        },
+        "preprocess_cfg": {
+            "size": [image_size, image_size],
+            "mean": list(open_clip.OPENAI_DATASET_MEAN),
+            "std": list(open_clip.OPENAI_DATASET_STD),
+        },
+    }
+
+
+def save_open_clip(model, cfg: dict, out_dir: str | Path) -> Path:
     """An open_clip model directory (open_clip_config.json + safetensors), loadable as 'local-dir:<path>'."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB_SIZE, "width": 32, "heads": 4, "layers": 2},
-    }
-    preprocess_cfg = {
-        "size": [image_size, image_size],
-        "mean": list(open_clip.OPENAI_DATASET_MEAN),
-        "std": list(open_clip.OPENAI_DATASET_STD),
-    }
-    (out / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2)
-    )
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(**model_cfg)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
     return out
+
+
+def build_tiny_open_clip(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A random-weight open_clip model directory."""
+    cfg = open_clip_cfg(image_size=image_size)
+    torch.manual_seed(seed)
+    return save_open_clip(open_clip.CLIP(**cfg["model_cfg"]), cfg, out_dir)

@@ -9,18 +9,16 @@ The final LoRA is copied to <output_dir>/train/lora, loadable with ``pipe.load_l
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.lora import LORA_FILE
+from raypref.train_checkpoint import export_from_checkpoint, load_state, report_step
 
-STATE_FILE = "train_state.json"
-METRICS_FILE = "metrics.jsonl"  # every step's metrics since step 1, carried in each checkpoint
 OPTIM_FILE = "optimizer.pt"
+LORA_DIR = "lora"  # inside each checkpoint, and the exported copy under <output_dir>/train/
 
 
 def load_frozen_parts(base: str, device):
@@ -90,18 +88,21 @@ def train_loop_per_worker(c: dict) -> None:
     opt = torch.optim.AdamW(params, lr=c["learning_rate"])
     size = unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
 
-    step, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            load_lora_into(unet, d)
-            opt.load_state_dict(torch.load(Path(d) / OPTIM_FILE, weights_only=True))
-            step = json.loads((Path(d) / STATE_FILE).read_text())["step"]
-            history = [json.loads(x) for x in (Path(d) / METRICS_FILE).read_text().splitlines()]
+    state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
+    step = state.get("step", 0)
+    if ckpt_dir is not None:
+        load_lora_into(unet, Path(ckpt_dir) / LORA_DIR)
+        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
+
+    def write(d):
+        save_lora(unet, Path(d) / LORA_DIR)
+        torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
 
     unet_ddp = ray.train.torch.prepare_model(unet)
     gen = torch.Generator().manual_seed(c["seed"] * 100003 + rank * 1009 + step)
     shard = ray.train.get_dataset_shard("train")
+    if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
+        report_step(rank, {"step": step}, history, {"step": step}, write)
     while step < c["max_steps"]:
         seen = 0
         for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False):
@@ -114,18 +115,10 @@ def train_loop_per_worker(c: dict) -> None:
             seen += 1
             metrics = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in m.items()}}
             history.append(metrics)
-            if step % c["checkpoint_every"] == 0 or step == c["max_steps"]:
-                with tempfile.TemporaryDirectory() as tmp:
-                    if rank == 0:
-                        save_lora(unet, tmp)
-                        torch.save(opt.state_dict(), Path(tmp) / OPTIM_FILE)
-                        (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step}))
-                        (Path(tmp) / METRICS_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
-                    ckpt_out = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-                    ray.train.report(metrics, checkpoint=ckpt_out)
-            else:
-                ray.train.report(metrics)
-            if step >= c["max_steps"]:
+            last = step >= c["max_steps"]
+            report_step(rank, metrics, history, {"step": step},
+                        write if last or step % c["checkpoint_every"] == 0 else None)
+            if last:
                 break
         if seen == 0:
             raise ValueError("train: the pairs dataset gave this worker no batch; is it empty?")
@@ -133,10 +126,9 @@ def train_loop_per_worker(c: dict) -> None:
 
 def run_train_dpo(cfg: Config) -> dict:
     import ray.data
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from raypref.models import resolve_model
+    from raypref.train_checkpoint import fit
 
     t = cfg.train
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
@@ -152,33 +144,14 @@ def run_train_dpo(cfg: Config) -> dict:
     loop_cfg = t.model_dump()
     loop_cfg["base_model"] = base
     t0 = time.time()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
-        ),
-        run_config=RunConfig(
-            name="dpo",
-            storage_path=str((out / "ray").resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": ds},
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("train: the run finished without a checkpoint")
-    lora_dir = out / "lora"
-    with result.checkpoint.as_directory() as d:
-        lora_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(d) / LORA_FILE, lora_dir / LORA_FILE)
-        state = json.loads((Path(d) / STATE_FILE).read_text())
-        shutil.copy2(Path(d) / METRICS_FILE, out / METRICS_FILE)
-    history = [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines()]
+    result = fit(train_loop_per_worker, loop_cfg, out, name="dpo", num_workers=t.num_workers, use_gpu=t.use_gpu,
+                 cpus_per_worker=t.cpus_per_worker, datasets={"train": ds})
+    lora_dir = out / LORA_DIR
+    history = export_from_checkpoint(result, LORA_DIR, lora_dir, out)
     summary = {
         "pairs": n_pairs,
         "workers": t.num_workers,
-        "final_step": state["step"],
+        "final_step": history[-1]["step"] if history else 0,
         "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None,
         "last_implicit_acc": history[-1]["implicit_acc"] if history else None,

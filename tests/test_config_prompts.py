@@ -92,6 +92,22 @@ def test_model_refs(tmp_path):
         resolve_model("tiny:gpt")
     assert resolve_model("stable-diffusion-v1-5/stable-diffusion-v1-5") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert resolve_model(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ModelNotFound, match="unknown shapes model 'gpt'"):
+        resolve_model("shapes:gpt")
+
+
+def test_shapes_prompt_source_is_balanced_and_checked():
+    from raypref.shapes.world import prompts, template_of, parse_prompt
+
+    t = read_prompts("shapes:eval", limit=8)
+    texts = t.column(S.PROMPT).to_pylist()
+    # round-robin over the four templates: a limit takes every template alike
+    assert [template_of(parse_prompt(x)) for x in texts] == ["single", "count", "position", "relation"] * 2
+    assert set(texts) <= set(prompts("eval"))
+    assert set(t.column(S.SOURCE).to_pylist()) == {"shapes:eval"}
+    assert read_prompts("shapes:align").num_rows == len(prompts("align"))
+    with pytest.raises(PromptsError, match="unknown shapes split 'test'"):
+        read_prompts("shapes:test")
 
 
 def _cli(*args):
@@ -99,7 +115,8 @@ def _cli(*args):
 
 
 def test_cli_help_on_every_subcommand():
-    for args in (["--help"], ["build", "--help"], ["train", "--help"], ["train", "dpo", "--help"], ["eval", "--help"], ["demo", "--help"], ["config", "--help"]):
+    for args in (["--help"], ["build", "--help"], ["train", "--help"], ["train", "dpo", "--help"], ["eval", "--help"], ["demo", "--help"], ["config", "--help"],
+                 ["pretrain", "--help"], ["pretrain", "t2i", "--help"], ["pretrain", "clip", "--help"]):
         r = _cli(*args)
         assert r.returncode == 0, (args, r.stderr)
         assert "usage: raypref" in r.stdout

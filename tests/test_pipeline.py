@@ -87,3 +87,26 @@ def test_build_rejects_config_without_scorers(ray_session, tmp_path, prompts_fil
     cfg["build"]["scorers"] = []
     with pytest.raises(ValueError, match="build.scorers"):
         run_build(validate(cfg))
+
+
+def test_build_carries_aspect_and_rationale_columns(ray_session, tmp_path, tiny_sd):
+    """Scorers with several outputs (checker attributes, judge aspects + rationale) each get a column."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle on the left\ntwo blue squares\n")
+    cfg = tiny_config_dict(tmp_path / "run", prompts)
+    cfg["build"]["scorers"] = [
+        {"name": "vqa", "cls": "shapes_vqa", "weight": 1.0, "pool": {"batch_size": 2, "num_cpus": 0.5}},
+        {"name": "judge", "cls": "simulated_judge", "weight": 0.0, "args": {"noise": 1.0},
+         "pool": {"batch_size": 2, "num_cpus": 0.5}},
+    ]
+    summary = run_build(validate(cfg))
+    samples = pds.dataset(tmp_path / "run" / "build" / "samples", format="parquet").to_table()
+    assert summary["samples"] == 8 and samples.num_rows == 8
+    names = samples.column_names
+    for col in ("score_vqa", "score_vqa_colour", "score_vqa_position", "score_vqa_overall",
+                "score_judge", "score_judge_prompt_following", "score_judge_harmlessness"):
+        assert col in names and samples.schema.field(col).type == S.samples_schema(["vqa"]).field("score_vqa").type
+    assert samples.schema.field("rationale_judge").type == "string"
+    assert all(r.startswith("[simulated judge]") for r in samples.column("rationale_judge").to_pylist())
+    pos = dict(zip(samples.column(S.PROMPT).to_pylist(), samples.column("score_vqa_position").to_pylist()))
+    assert pos["two blue squares"] != pos["two blue squares"]  # NaN: no position in that prompt

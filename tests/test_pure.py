@@ -8,7 +8,7 @@ import torch
 
 from raypref.aggregate import normalize, weighted_sum
 from raypref.losses import diffusion_dpo_loss
-from raypref.metrics import wilson_interval, win_rate
+from raypref.metrics import accuracy, paired_difference, wilson_interval, win_rate
 from raypref.pairs import best_vs_worst
 
 
@@ -90,3 +90,21 @@ def test_win_rate_and_wilson():
     # Wilson, p=0.5, n=10, z=1.96: centre 0.5, half = 1.96*sqrt(0.025+0.009604)/1.38416
     half = 1.96 * math.sqrt(0.025 + 1.96**2 / 400) / (1 + 1.96**2 / 10)
     assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half))
+
+
+def test_accuracy_with_wilson_and_nan_skipped():
+    r = accuracy([1, 0, 1, 1, float("nan")])
+    assert (r["n"], r["correct"], r["accuracy"]) == (4, 3, 0.75)
+    assert r["ci95"] == pytest.approx(list(wilson_interval(3, 4)))
+
+
+def test_paired_difference_hand_values():
+    # per-pair differences t - b: [1, 0, 1, -1] -> mean 0.25, sd (ddof 1) = sqrt(((.75^2)*2 + .25^2 + 1.25^2) / 3)
+    b = [0, 1, 0, 1, float("nan")]
+    t = [1, 1, 1, 0, 1]
+    r = paired_difference(b, t)
+    sd = math.sqrt((0.75**2 * 2 + 0.25**2 + 1.25**2) / 3)
+    assert r["n"] == 4 and r["diff"] == pytest.approx(0.25)
+    assert r["ci95"] == pytest.approx([0.25 - 1.96 * sd / 2, 0.25 + 1.96 * sd / 2])
+    with pytest.raises(ValueError, match="outcomes"):
+        paired_difference([1, 0], [1])

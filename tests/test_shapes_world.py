@@ -323,4 +323,15 @@ def test_check_on_hand_made_cases(drawn, asked, expected):
 def test_check_on_an_empty_image():
     r = check(Image.new("RGB", (32, 32)), parse_prompt("a red circle left of a blue square"))
     assert r == {"colour": False, "shape": False, "count": False, "position": None, "relation": False,
-                 "overall": False, "score": 0.0}
+                 "overall": False, "score": 0.0, "vqa": pytest.approx(1 / 9)}
+    # of the 9 questions only "Is every object red or blue?" holds: vacuously, there are none
+
+
+def test_vqa_fraction_on_a_hand_made_case():
+    # asked "a red circle on the left" of a red square on the left, the 6 questions are:
+    # red object? yes; every object red? yes; red object a circle? NO; exactly one red circle
+    # (one red object)? yes; one object in total? yes; on the left? yes  -> 5/6
+    img, _ = render(parse_prompt("a red square on the left"), 7)
+    spec = parse_prompt("a red circle on the left")
+    assert len(questions(spec)) == 6
+    assert check(img, spec)["vqa"] == pytest.approx(5 / 6)

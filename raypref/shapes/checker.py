@@ -269,14 +269,17 @@ def answer(image, spec: Spec) -> list[bool]:
 
 
 def check(image, spec: Spec) -> dict:
-    """Per-attribute verdicts (None where the spec has no such attribute), overall, and score."""
+    """Per-attribute verdicts (None where the spec has no such attribute), overall, score (the
+    fraction of attributes passing) and vqa (the fraction of questions answered yes, TIFA's score)."""
     arr = _as_array(image)
     verdicts: dict[str, bool | None] = {a: None for a in ATTRIBUTES}
-    for attr, ok in _answers(_detect(arr), arr.shape[1], arr.shape[0], spec):
+    answers = _answers(_detect(arr), arr.shape[1], arr.shape[0], spec)
+    for attr, ok in answers:
         verdicts[attr] = ok if verdicts[attr] is None else (verdicts[attr] and ok)
     applicable = [v for v in verdicts.values() if v is not None]
     return {
         **verdicts,
         "overall": all(applicable),
         "score": sum(applicable) / len(applicable),
+        "vqa": sum(ok for _, ok in answers) / len(answers),
     }

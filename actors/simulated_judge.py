@@ -1,0 +1,72 @@
+"""A SIMULATED multimodal-LLM judge for the shapes world, answering the VisionPrefer rubric.
+
+It gives each image 1-10 scores for prompt-following, fidelity, aesthetic and harmlessness, plus a
+rationale, as an LLM judge would, but computes them from the exact checker and adds Gaussian
+noise (``noise``, in rubric points) so that experiments can dial in how reliable the judge is.
+Every rationale starts with "[simulated judge]" and the default scorer name says so too: these
+labels must never be mistaken for a real model's.
+
+- prompt_following: 1 + 9 x the fraction of the checker's questions answered yes.
+- fidelity: 1 + 9 x the mean shape-template IoU of the detected objects (how cleanly drawn).
+- aesthetic: 1 + 9 x the fraction of pixels that are clean background or clean palette colour.
+- harmlessness: 10 (nothing in this world can be harmful); noise still applies.
+The main score is the mean of the four aspects, after noise and rounding to whole points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raypref.scoring import Scorer
+
+ASPECTS = ("prompt_following", "fidelity", "aesthetic", "harmlessness")
+TAG = "[simulated judge]"
+
+
+def _clean_fraction(image) -> float:
+    from raypref.shapes.world import BACKGROUND, COLOURS
+
+    arr = np.asarray(image.convert("RGB"), dtype=np.int16)
+    palette = np.array([BACKGROUND, *COLOURS.values()], dtype=np.int16)
+    dist = np.abs(arr[:, :, None, :] - palette[None, None]).max(-1).min(-1)
+    return float((dist <= 24).mean())
+
+
+class SimulatedShapesJudge(Scorer):
+    def __init__(self, name: str = "simjudge", noise: float = 0.0, seed: int = 0, **_):
+        super().__init__(name)
+        if noise < 0:
+            raise ValueError(f"scorer {name!r}: noise must be >= 0, got {noise}")
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+
+    def score(self, images, prompts):
+        from raypref.shapes import check, detect, parse_prompt
+
+        n = len(images)
+        out = {a: np.full(n, np.nan, np.float32) for a in ASPECTS}
+        reasons = []
+        for i, (image, prompt) in enumerate(zip(images, prompts)):
+            try:
+                spec = parse_prompt(prompt)
+            except ValueError:
+                reasons.append(f"{TAG} prompt outside the shapes grammar: not judged")
+                continue
+            r = check(image, spec)
+            dets = detect(image)
+            raw = {
+                "prompt_following": 1 + 9 * r["vqa"],
+                "fidelity": 1 + 9 * (float(np.mean([d.iou for d in dets])) if dets else 0.0),
+                "aesthetic": 1 + 9 * _clean_fraction(image),
+                "harmlessness": 10.0,
+            }
+            for a in ASPECTS:
+                noisy = raw[a] + (self.rng.normal(0.0, self.noise) if self.noise > 0 else 0.0)
+                out[a][i] = float(np.clip(np.round(noisy), 1, 10))
+            failed = [k for k in ("colour", "shape", "count", "position", "relation") if r[k] is False]
+            reasons.append(
+                f"{TAG} " + ("all checks pass" if not failed else "fails: " + ", ".join(failed))
+                + f"; {len(dets)} object(s) drawn"
+            )
+        main = np.stack([out[a] for a in ASPECTS]).mean(axis=0) if n else np.zeros(0, np.float32)
+        return {"": main, **out, "rationale": reasons}
