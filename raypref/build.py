@@ -153,7 +153,7 @@ def run_build(cfg: Config) -> dict:
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir("build"), "build")
     prompts = read_prompts(resolve_path(b.prompts), limit=b.limit)
-    write_prompt_shards(prompts, out / "prompts", b.shard_size)
+    shards = write_prompt_shards(prompts, out / "prompts", b.shard_size)
 
     scorer_specs = [
         {"column": S.score_column(s.name), "normalize": s.normalize, "value_range": s.value_range, "weight": s.weight}
@@ -164,7 +164,9 @@ def run_build(cfg: Config) -> dict:
         id_column=S.PROMPT_ID, checkpoint_path=str((out / "_checkpoint").resolve()), delete_checkpoint_on_success=False
     )
     try:
-        ds = ray.data.read_parquet(str((out / "prompts").resolve()))
+        # one block per shard: small shard files would otherwise be merged into one block, and a
+        # block is the unit that streams from pool to pool and that resume skips
+        ds = ray.data.read_parquet(str((out / "prompts").resolve()), override_num_blocks=len(shards))
         ds = generate_and_score(ds, b.generators, b.scorers)
         ds = ds.map_batches(
             finalize_groups,

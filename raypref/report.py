@@ -7,6 +7,18 @@ def _f(x, spec=".4f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def _exact(acc: dict) -> str:
+    """', exact accuracy base A (CI) -> tuned B (CI), +D points (CI)' for the 'overall' aspect."""
+    if "overall" not in acc:
+        return ""
+    b, t, d = acc["overall"]["base"], acc["overall"]["tuned"], acc["overall"]["diff"]
+    return (
+        f"; exact accuracy base {b['accuracy']:.3f} (95% CI {b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) -> tuned "
+        f"{t['accuracy']:.3f} (95% CI {t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}), {100 * d['diff']:+.1f} points "
+        f"(95% CI {100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f})"
+    )
+
+
 def summary_line(stage: str, s: dict, where: str) -> str:
     if stage == "build":
         return (
@@ -25,7 +37,8 @@ def summary_line(stage: str, s: dict, where: str) -> str:
         return (
             f"[eval] tuned vs base on {s['prompts']} held-out prompts x seeds (n={s['n']}), judged by {s['scorer']}: "
             f"win rate {s['win_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), wins/ties/losses "
-            f"{s['wins']}/{s['ties']}/{s['losses']}, mean {s['base_mean']:.3f} -> {s['tuned_mean']:.3f} -> {where}"
+            f"{s['wins']}/{s['ties']}/{s['losses']}, mean {s['base_mean']:.3f} -> {s['tuned_mean']:.3f}"
+            + _exact(s.get("accuracy") or {}) + f" -> {where}"
         )
     if stage == "pretrain":
         parts = [f"[pretrain] {s['what']} on {s['workers']} worker(s)"]

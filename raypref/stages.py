@@ -12,9 +12,15 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
-def _uses_tiny(cfg: Config) -> bool:
-    refs = [g.model for g in cfg.build.generators] + [s.model for s in cfg.build.scorers] + [cfg.train.base_model or ""]
-    return any(r.startswith("tiny:") for r in refs)
+SHAPES_NOTE = (
+    "Shapes world: shapes:sd and shapes:clip are tiny models trained on rendered coloured shapes "
+    "(shipped in the package); the 'shapes_vqa' scorer is the exact programmatic checker, so its "
+    "accuracies are ground truth, not a learned judge's opinion."
+)
+
+
+def _refs(cfg: Config) -> list[str]:
+    return [g.model for g in cfg.build.generators] + [s.model for s in cfg.build.scorers] + [cfg.train.base_model or ""]
 
 
 def build(cfg: Config) -> dict:
@@ -60,6 +66,9 @@ def pretrain(cfg: Config, what: str) -> dict:
 
 
 def demo(cfg: Config) -> dict:
-    if _uses_tiny(cfg):
+    refs = _refs(cfg)
+    if any(r.startswith("tiny:") for r in refs):
         print(RANDOM_WEIGHTS_NOTE, flush=True)
+    if any(r.startswith("shapes:") for r in refs):
+        print(SHAPES_NOTE, flush=True)
     return {"build": build(cfg), "train": train_dpo(cfg), "eval": evaluate(cfg)}
