@@ -58,7 +58,7 @@ def scorer_kwargs(s: ScorerConf) -> dict:
     return kw
 
 
-def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_margin: float) -> pa.Table:
+def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_margin: float, k: int = 1) -> pa.Table:
     """Row-local: aggregate each group's scores and choose its pairs (index lists)."""
     pair_fn = P.STRATEGIES[strategy]
     score_lists = {s["column"]: batch.column(s["column"]).to_pylist() for s in scorers}
@@ -69,7 +69,7 @@ def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_mar
             for s in scorers
         ]
         total = A.weighted_sum(cols, [s["weight"] for s in scorers])
-        pairs = pair_fn(total, min_margin=min_margin)
+        pairs = pair_fn(total, min_margin=min_margin, **({"k": k} if strategy == "top_k_vs_bottom_k" else {}))
         totals.append(total.astype(np.float32).tolist())
         chosen.append([p.chosen for p in pairs])
         rejected.append([p.rejected for p in pairs])
@@ -170,7 +170,8 @@ def run_build(cfg: Config) -> dict:
         ds = generate_and_score(ds, b.generators, b.scorers)
         ds = ds.map_batches(
             finalize_groups,
-            fn_kwargs={"scorers": scorer_specs, "strategy": b.pairs.strategy, "min_margin": b.pairs.min_margin},
+            fn_kwargs={"scorers": scorer_specs, "strategy": b.pairs.strategy, "min_margin": b.pairs.min_margin,
+                       "k": b.pairs.k},
             batch_format="pyarrow",
             num_cpus=b.task_cpus,
         )
@@ -199,7 +200,8 @@ def summarize_build(out: Path, prompts: pa.Table, seconds: float) -> dict:
     n_groups = groups.num_rows
     n_unique = len(set(groups.column(S.PROMPT_ID).to_pylist()))
     scores = groups.column(S.SCORE).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    n_pairs = pds.dataset(out / "pairs", format="parquet").count_rows()
+    # Ray Data writes no files for an empty table: a build where every prompt tied has no pairs dir
+    n_pairs = pds.dataset(out / "pairs", format="parquet").count_rows() if (out / "pairs").exists() else 0
     no_pair = sum(1 for x in groups.column(S.PAIR_CHOSEN).to_pylist() if not x)
     meta = prompts.schema.metadata or {}
     return {

@@ -82,7 +82,10 @@ class ScorerConf(_Strict):
 
 
 class PairConf(_Strict):
-    strategy: Literal["best_vs_worst"] = Field("best_vs_worst", description="How pairs are formed per prompt.")
+    strategy: Literal["best_vs_worst", "top_k_vs_bottom_k"] = Field(
+        "best_vs_worst", description="How pairs are formed per prompt: best_vs_worst (AGFSync) or top_k_vs_bottom_k (k x k pairs)."
+    )
+    k: int = Field(2, ge=1, description="For top_k_vs_bottom_k: how many of the best and of the worst samples pair up.")
     min_margin: float = Field(0.0, ge=0, description="Drop pairs whose aggregate-score margin is below this.")
 
 
@@ -116,6 +119,9 @@ class TrainConf(_Strict):
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
     seed: int = Field(0, description="Training seed (noise, timesteps).")
+    cache_pairs_max_mb: float = Field(
+        1024.0, ge=0, description="Pairs whose Parquet files total less than this are read once into Ray's object "
+        "store (each epoch of a small dataset would otherwise restart the streaming read); larger ones stream.")
 
 
 class EvalConf(_Strict):

@@ -138,6 +138,9 @@ def run_train_dpo(cfg: Config) -> dict:
     base = t.base_model or (cfg.build.generators[0].model if cfg.build.generators else "")
     base = resolve_model(base, what="train.base_model")
     ds = ray.data.read_parquet(str(pairs_dir), columns=[S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE])
+    on_disk_mb = sum(f.stat().st_size for f in pairs_dir.rglob("*.parquet")) / 2**20
+    if on_disk_mb < t.cache_pairs_max_mb:
+        ds = ds.materialize()
     n_pairs = ds.count()
     if n_pairs == 0:
         raise ValueError(f"train.pairs: {pairs_dir} has no pairs")

@@ -96,12 +96,14 @@ def test_build_carries_aspect_and_rationale_columns(ray_session, tmp_path, tiny_
     cfg = tiny_config_dict(tmp_path / "run", prompts)
     cfg["build"]["scorers"] = [
         {"name": "vqa", "cls": "shapes_vqa", "weight": 1.0, "pool": {"batch_size": 2, "num_cpus": 0.5}},
-        {"name": "judge", "cls": "simulated_judge", "weight": 0.0, "args": {"noise": 1.0},
+        {"name": "judge", "cls": "simulated_judge", "weight": 1.0, "args": {"noise": 1.0},
          "pool": {"batch_size": 2, "num_cpus": 0.5}},
     ]
     summary = run_build(validate(cfg))
     samples = pds.dataset(tmp_path / "run" / "build" / "samples", format="parquet").to_table()
     assert summary["samples"] == 8 and samples.num_rows == 8
+    pairs = pds.dataset(tmp_path / "run" / "build" / "pairs", format="parquet").count_rows()
+    assert summary["pairs"] == pairs and summary["pairs"] + summary["prompts_without_pair"] == 2
     names = samples.column_names
     for col in ("score_vqa", "score_vqa_colour", "score_vqa_position", "score_vqa_overall",
                 "score_judge", "score_judge_prompt_following", "score_judge_harmlessness"):
@@ -110,3 +112,19 @@ def test_build_carries_aspect_and_rationale_columns(ray_session, tmp_path, tiny_
     assert all(r.startswith("[simulated judge]") for r in samples.column("rationale_judge").to_pylist())
     pos = dict(zip(samples.column(S.PROMPT).to_pylist(), samples.column("score_vqa_position").to_pylist()))
     assert pos["two blue squares"] != pos["two blue squares"]  # NaN: no position in that prompt
+
+
+def test_summary_of_a_build_without_pairs(tmp_path):
+    """Every prompt tied: Ray Data writes no pairs files, and the summary says 0 pairs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raypref.build import summarize_build
+
+    groups = tmp_path / "groups"
+    groups.mkdir()
+    pq.write_table(pa.table({S.PROMPT_ID: ["p"], S.SCORE: pa.array([[0.5, 0.5]], pa.list_(pa.float32())),
+                             S.PAIR_CHOSEN: pa.array([[]], pa.list_(pa.int32()))}), groups / "g.parquet")
+    prompts = pa.table({S.PROMPT_ID: ["p"]})
+    s = summarize_build(tmp_path, prompts, 1.0)
+    assert (s["pairs"], s["prompts_without_pair"], s["samples"]) == (0, 1, 2)

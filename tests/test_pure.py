@@ -9,7 +9,7 @@ import torch
 from raypref.aggregate import normalize, weighted_sum
 from raypref.losses import diffusion_dpo_loss
 from raypref.metrics import accuracy, paired_difference, wilson_interval, win_rate
-from raypref.pairs import best_vs_worst
+from raypref.pairs import best_vs_worst, top_k_vs_bottom_k
 
 
 def test_dpo_loss_hand_values():
@@ -80,6 +80,23 @@ def test_best_vs_worst():
     assert best_vs_worst([0.5, float("nan")]) == []  # fewer than two valid
     assert best_vs_worst([0.1, 0.3], min_margin=0.5) == []
     assert best_vs_worst([0.3, 0.3, 0.1])[0].chosen == 0  # first of tied best
+
+
+def test_top_k_vs_bottom_k():
+    #            idx: 0    1    2    3    4
+    scores = [0.5, 0.9, float("nan"), 0.1, 0.7]
+    # top 2 = [1 (0.9), 4 (0.7)], bottom 2 = [3 (0.1), 0 (0.5)] -> 4 pairs
+    p = top_k_vs_bottom_k(scores, k=2)
+    assert [(x.chosen, x.rejected) for x in p] == [(1, 3), (1, 0), (4, 3), (4, 0)]
+    assert [x.margin for x in p] == pytest.approx([0.8, 0.4, 0.6, 0.2])
+    assert [(x.chosen, x.rejected) for x in top_k_vs_bottom_k(scores, k=2, min_margin=0.5)] == [(1, 3), (4, 3)]
+    assert [(x.chosen, x.rejected) for x in top_k_vs_bottom_k(scores, k=1)] == [
+        (x.chosen, x.rejected) for x in best_vs_worst(scores)]
+    # 3 valid samples, k=2: the middle one is in both top and bottom and pairs with neither itself
+    assert [(x.chosen, x.rejected) for x in top_k_vs_bottom_k([0.3, 0.2, 0.1], k=2)] == [(0, 2), (0, 1), (1, 2)]
+    assert top_k_vs_bottom_k([0.4, 0.4], k=2) == []  # ties: no preference
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        top_k_vs_bottom_k(scores, k=0)
 
 
 def test_win_rate_and_wilson():
