@@ -101,7 +101,15 @@ class BuildConf(_Strict):
     task_cpus: float = Field(0.5, gt=0, description="CPUs per Ray Data task for the cheap stages (pairing, writing).")
 
 
-class TrainConf(_Strict):
+class _RayTrainScale(_Strict):
+    """Ray Train scaling: shared by every training section."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker (Ray sets the worker's torch threads from it).")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+
+
+class TrainConf(_RayTrainScale):
     pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
     base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
     method: Literal["dpo"] = Field("dpo", description="Training objective.")
@@ -115,9 +123,6 @@ class TrainConf(_Strict):
     batch_size: int = Field(4, ge=1, description="Pairs per worker per step.")
     max_steps: int = Field(100, ge=1, description="Optimizer steps in total.")
     checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints.")
-    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
-    use_gpu: bool = Field(False, description="One GPU per worker.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
     seed: int = Field(0, description="Training seed (noise, timesteps).")
     cache_pairs_max_mb: float = Field(
         1024.0, ge=0, description="Pairs whose Parquet files total less than this are read once into Ray's object "
@@ -133,7 +138,7 @@ class EvalConf(_Strict):
     tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")
 
 
-class PretrainT2IConf(_Strict):
+class PretrainT2IConf(_RayTrainScale):
     """Pretraining the shapes world's text-to-image model (VAE, then UNet + text encoder)."""
 
     split: Literal["train", "heldout", "align", "eval"] = Field("train", description="Shapes-world prompt split rendered as training data.")
@@ -156,14 +161,11 @@ class PretrainT2IConf(_Strict):
     cfg_dropout: float = Field(0.1, ge=0, le=1, description="Fraction of prompts replaced by '' so guidance works.")
     batch_size: int = Field(48, ge=1, description="Images per worker per step.")
     checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints (each phase).")
-    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
-    use_gpu: bool = Field(False, description="One GPU per worker.")
     seed: int = Field(0, description="Initialisation and data seed.")
     export_dir: str | None = Field(None, description="Where the StableDiffusionPipeline directory goes (None: <output_dir>/pretrain/sd).")
 
 
-class PretrainClipConf(_Strict):
+class PretrainClipConf(_RayTrainScale):
     """Contrastive pretraining of the shapes world's tiny open_clip model."""
 
     split: Literal["train", "heldout", "align", "eval"] = Field("train", description="Shapes-world prompt split rendered as training data.")
@@ -179,9 +181,6 @@ class PretrainClipConf(_Strict):
     warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
     batch_size: int = Field(64, ge=2, description="Image-text pairs per worker per step (in-batch negatives, distinct prompts).")
     checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints.")
-    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker.")
-    use_gpu: bool = Field(False, description="One GPU per worker.")
     seed: int = Field(0, description="Initialisation and data seed.")
     export_dir: str | None = Field(None, description="Where the open_clip directory goes (None: <output_dir>/pretrain/clip).")
 
