@@ -1,11 +1,12 @@
-"""The scorer interface: load once in __init__, __call__(groups batch) adds one score list column.
+"""The scorer interface: load once in __init__, __call__(groups batch) adds score list columns.
 
 A scorer subclass implements ``score(images, prompts)``, returning one value per image: a float32
 array, or a dict {aspect: array} whose "" entry is the main score (column ``score_<name>``) and
 whose other entries become ``score_<name>_<aspect>`` columns; a "rationale" entry (one string per
-image) becomes the ``rationale_<name>`` column. NaN marks a value the scorer could
-not give (counted in the build summary, never paired on). The base class handles the prompt-group rows the build pipeline streams: it flattens every
-group's images into one call, then splits the scores back into a list column per group.
+image) becomes the ``rationale_<name>`` column. NaN marks a value the scorer could not give
+(counted in the build summary, never paired on). The base class handles the prompt-group rows
+the build pipeline streams: it flattens every group's images into one call, then splits the
+scores back into a list column per group.
 """
 
 from __future__ import annotations
