@@ -155,10 +155,6 @@ def run_build(cfg: Config) -> dict:
     prompts = read_prompts(resolve_path(b.prompts), limit=b.limit)
     shards = write_prompt_shards(prompts, out / "prompts", b.shard_size)
 
-    scorer_specs = [
-        {"column": S.score_column(s.name), "normalize": s.normalize, "value_range": s.value_range, "weight": s.weight}
-        for s in b.scorers
-    ]
     ctx = DataContext.get_current()
     ctx.checkpoint_config = CheckpointConfig(
         id_column=S.PROMPT_ID, checkpoint_path=str((out / "_checkpoint").resolve()), delete_checkpoint_on_success=False
@@ -168,17 +164,37 @@ def run_build(cfg: Config) -> dict:
         # block is the unit that streams from pool to pool and that resume skips
         ds = ray.data.read_parquet(str((out / "prompts").resolve()), override_num_blocks=len(shards))
         ds = generate_and_score(ds, b.generators, b.scorers)
-        ds = ds.map_batches(
-            finalize_groups,
-            fn_kwargs={"scorers": scorer_specs, "strategy": b.pairs.strategy, "min_margin": b.pairs.min_margin,
-                       "k": b.pairs.k},
-            batch_format="pyarrow",
-            num_cpus=b.task_cpus,
-        )
+        ds = ds.map_batches(finalize_groups, fn_kwargs=_pairing_kwargs(cfg), batch_format="pyarrow", num_cpus=b.task_cpus)
         ds.write_parquet(str((out / "groups").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
     finally:
         ctx.checkpoint_config = None
 
+    summary = write_samples_and_pairs(cfg, out, time.time() - t0, prompts.num_rows, _duplicates(prompts))
+    return summary
+
+
+def _duplicates(prompts: pa.Table) -> int:
+    return int((prompts.schema.metadata or {}).get(b"duplicates_dropped", b"0"))
+
+
+def _scorer_specs(cfg: Config) -> list[dict]:
+    return [
+        {"column": S.score_column(s.name), "normalize": s.normalize, "value_range": s.value_range, "weight": s.weight}
+        for s in cfg.build.scorers
+    ]
+
+
+def _pairing_kwargs(cfg: Config) -> dict:
+    p = cfg.build.pairs
+    return {"scorers": _scorer_specs(cfg), "strategy": p.strategy, "min_margin": p.min_margin, "k": p.k}
+
+
+def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: int, duplicates: int) -> dict:
+    """<out>/groups -> <out>/samples and <out>/pairs (streaming row-local maps), then the summary."""
+    import ray
+
+    b = cfg.build
+    t0 = time.time()
     names = [s.name for s in b.scorers]
     groups = ray.data.read_parquet(str((out / "groups").resolve()))
     groups.map_batches(explode_samples, fn_kwargs={"scorer_names": names}, batch_format="pyarrow", num_cpus=b.task_cpus).write_parquet(
@@ -188,12 +204,42 @@ def run_build(cfg: Config) -> dict:
     groups.map_batches(explode_pairs, fn_kwargs={"label_source": label}, batch_format="pyarrow", num_cpus=b.task_cpus).write_parquet(
         str((out / "pairs").resolve()), mode="overwrite", ray_remote_args={"num_cpus": b.task_cpus}
     )
-    summary = summarize_build(out, prompts, time.time() - t0)
+    summary = summarize_build(out, n_prompts, duplicates, seconds + time.time() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def summarize_build(out: Path, prompts: pa.Table, seconds: float) -> dict:
+def regroup(batch: pa.Table, **pairing) -> pa.Table:
+    """Re-aggregate and re-pair one batch of stored groups from its score columns alone."""
+    missing = [s["column"] for s in pairing["scorers"] if s["column"] not in batch.column_names]
+    if missing:
+        raise ValueError(
+            f"pair: the stored groups have no column {missing} (score columns there: "
+            f"{[c for c in batch.column_names if S.is_score_column(c)]}); re-pairing never runs a scorer"
+        )
+    stale = [c for c in (S.SCORE, S.PAIR_CHOSEN, S.PAIR_REJECTED, S.PAIR_MARGIN) if c in batch.column_names]
+    return finalize_groups(batch.drop_columns(stale), **pairing)
+
+
+def run_pair(cfg: Config) -> dict:
+    """Re-pair stored groups with this config's scorer weights, normalisation and pair strategy,
+    without running any model; writes <output_dir>/pair/{groups,samples,pairs}."""
+    import ray
+
+    src = Path(cfg.pair.groups) if cfg.pair.groups else cfg.stage_dir("build") / "groups"
+    if not src.exists():
+        raise FileNotFoundError(f"pair.groups: no stored groups at {src} (run the build first, or set pair.groups)")
+    t0 = time.time()
+    out = write_run_meta(cfg, cfg.stage_dir("pair"), "pair")
+    groups = ray.data.read_parquet(str(src.resolve()))
+    groups.map_batches(regroup, fn_kwargs=_pairing_kwargs(cfg), batch_format="pyarrow", num_cpus=cfg.build.task_cpus).write_parquet(
+        str((out / "groups").resolve()), mode="overwrite", ray_remote_args={"num_cpus": cfg.build.task_cpus}
+    )
+    n = ray.data.read_parquet(str((out / "groups").resolve())).count()
+    return write_samples_and_pairs(cfg, out, time.time() - t0, n, 0)
+
+
+def summarize_build(out: Path, n_prompts: int, duplicates: int, seconds: float) -> dict:
     import pyarrow.dataset as pds
 
     groups = pds.dataset(out / "groups", format="parquet").to_table(columns=[S.PROMPT_ID, S.SCORE, S.PAIR_CHOSEN])
@@ -203,10 +249,9 @@ def summarize_build(out: Path, prompts: pa.Table, seconds: float) -> dict:
     # Ray Data writes no files for an empty table: a build where every prompt tied has no pairs dir
     n_pairs = pds.dataset(out / "pairs", format="parquet").count_rows() if (out / "pairs").exists() else 0
     no_pair = sum(1 for x in groups.column(S.PAIR_CHOSEN).to_pylist() if not x)
-    meta = prompts.schema.metadata or {}
     return {
-        "prompts": prompts.num_rows,
-        "duplicate_prompts_dropped": int(meta.get(b"duplicates_dropped", b"0")),
+        "prompts": n_prompts,
+        "duplicate_prompts_dropped": duplicates,
         "groups_written": n_groups,
         "duplicate_groups": n_groups - n_unique,
         "samples": int(scores.size),

@@ -24,6 +24,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="generate -> score -> pair; writes build/{samples,pairs}", epilog=EPILOG)
     _add_common(p)
+    p = sub.add_parser("pair", help="re-pair stored groups from their scores (no model runs); writes pair/{samples,pairs}", epilog=EPILOG)
+    _add_common(p)
     p = sub.add_parser("train", help="train on the pairs")
     tsub = p.add_subparsers(dest="method", required=True)
     p = tsub.add_parser("dpo", help="Diffusion-DPO with a LoRA, in Ray Train", epilog=EPILOG)
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         elif args.command == "build":
             stages.build(cfg)
+        elif args.command == "pair":
+            stages.pair(cfg)
         elif args.command == "train":
             stages.train_dpo(cfg)
         elif args.command == "pretrain":

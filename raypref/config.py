@@ -190,6 +190,12 @@ class PretrainConf(_Strict):
     clip: PretrainClipConf = Field(default_factory=PretrainClipConf)
 
 
+class RepairConf(_Strict):
+    groups: str | None = Field(
+        None, description="Stored groups to re-pair with build.scorers' weights and build.pairs (None: this run's build/groups)."
+    )
+
+
 class Config(_Strict):
     output_dir: str = Field("runs/demo", description="Run directory: build/, train/, eval/ go under it.")
     ray: RayConf = Field(default_factory=RayConf)
@@ -197,6 +203,7 @@ class Config(_Strict):
     train: TrainConf = Field(default_factory=TrainConf)
     eval: EvalConf = Field(default_factory=EvalConf)
     pretrain: PretrainConf = Field(default_factory=PretrainConf)
+    pair: RepairConf = Field(default_factory=RepairConf)
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.output_dir) / stage

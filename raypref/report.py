@@ -20,9 +20,9 @@ def _exact(acc: dict) -> str:
 
 
 def summary_line(stage: str, s: dict, where: str) -> str:
-    if stage == "build":
+    if stage in ("build", "pair"):
         return (
-            f"[build] {s['prompts']} prompts -> {s['samples']} samples -> {s['pairs']} pairs "
+            f"[{stage}] {s['prompts']} prompts -> {s['samples']} samples -> {s['pairs']} pairs "
             f"({s['prompts_without_pair']} prompts without a pair, {s['samples_without_score']} samples unscored, "
             f"{s['duplicate_prompts_dropped']} duplicate prompts dropped) in {s['seconds']}s -> {where}"
         )

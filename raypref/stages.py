@@ -32,6 +32,15 @@ def build(cfg: Config) -> dict:
     return s
 
 
+def pair(cfg: Config) -> dict:
+    from raypref.build import run_pair
+
+    init_ray(cfg.ray)
+    s = run_pair(cfg)
+    print(summary_line("pair", s, str(cfg.stage_dir("pair"))), flush=True)
+    return s
+
+
 def train_dpo(cfg: Config) -> dict:
     from raypref.train_dpo import run_train_dpo
 

@@ -116,7 +116,7 @@ def _cli(*args):
 
 def test_cli_help_on_every_subcommand():
     for args in (["--help"], ["build", "--help"], ["train", "--help"], ["train", "dpo", "--help"], ["eval", "--help"], ["demo", "--help"], ["config", "--help"],
-                 ["pretrain", "--help"], ["pretrain", "t2i", "--help"], ["pretrain", "clip", "--help"]):
+                 ["pretrain", "--help"], ["pretrain", "t2i", "--help"], ["pretrain", "clip", "--help"], ["pair", "--help"]):
         r = _cli(*args)
         assert r.returncode == 0, (args, r.stderr)
         assert "usage: raypref" in r.stdout

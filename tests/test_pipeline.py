@@ -125,6 +125,27 @@ def test_summary_of_a_build_without_pairs(tmp_path):
     groups.mkdir()
     pq.write_table(pa.table({S.PROMPT_ID: ["p"], S.SCORE: pa.array([[0.5, 0.5]], pa.list_(pa.float32())),
                              S.PAIR_CHOSEN: pa.array([[]], pa.list_(pa.int32()))}), groups / "g.parquet")
-    prompts = pa.table({S.PROMPT_ID: ["p"]})
-    s = summarize_build(tmp_path, prompts, 1.0)
+    s = summarize_build(tmp_path, 1, 0, 1.0)
     assert (s["pairs"], s["prompts_without_pair"], s["samples"]) == (0, 1, 2)
+
+
+def test_repair_from_stored_scores_runs_no_model(built_run, tmp_path):
+    """Re-pairing reads the stored score columns only: with the generator's model path broken it
+    still works, and top-2 vs bottom-2 gives up to 4 pairs per prompt where the build made 1."""
+    from raypref.build import run_pair
+
+    cfg, summary = built_run
+    d = cfg.model_dump(mode="json")
+    d["output_dir"] = str(tmp_path / "re")
+    d["pair"] = {"groups": str(cfg.stage_dir("build") / "groups")}
+    d["build"]["pairs"] = {"strategy": "top_k_vs_bottom_k", "k": 2}
+    d["build"]["generators"][0]["model"] = "/no/such/model"
+    s = run_pair(validate(d))
+    pairs = pds.dataset(tmp_path / "re" / "pair" / "pairs", format="parquet").to_table()
+    assert s["pairs"] == pairs.num_rows and summary["pairs"] < pairs.num_rows <= 4 * summary["prompts"]
+    assert pairs.schema.equals(S.PAIRS_SCHEMA, check_metadata=False)
+    assert all(m > 0 for m in pairs.column(S.MARGIN).to_pylist())
+    # a scorer whose column was never stored is a clear error, not a model run
+    d["build"]["scorers"].append({"name": "nope", "cls": "jpeg_compressibility"})
+    with pytest.raises(Exception, match="no column \\['score_nope'\\]"):
+        run_pair(validate(d))
