@@ -51,9 +51,12 @@ def report_step(rank: int, metrics: dict, history: list[dict], state: dict,
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
-def fit(loop, loop_cfg: dict, out: Path, name: str, num_workers: int, use_gpu: bool, cpus_per_worker: float,
-        datasets: dict | None = None):
-    """Run ``loop`` in a TorchTrainer whose checkpoints go to <out>/ray; a rerun resumes from them."""
+def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,
+                   datasets: dict | None = None) -> list[dict]:
+    """Run ``loop`` in a TorchTrainer scaled by ``scale`` (num_workers, use_gpu, cpus_per_worker),
+    with checkpoints under <out>/ray so that a rerun resumes from them; then copy the final
+    checkpoint's ``subdir`` to ``export`` (replacing it) and its metric history to
+    <out>/metrics.jsonl. Returns the history."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -61,7 +64,7 @@ def fit(loop, loop_cfg: dict, out: Path, name: str, num_workers: int, use_gpu: b
         loop,
         train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+            num_workers=scale.num_workers, use_gpu=scale.use_gpu, resources_per_worker={"CPU": scale.cpus_per_worker}
         ),
         run_config=RunConfig(
             name=name, storage_path=str((out / "ray").resolve()), checkpoint_config=CheckpointConfig(num_to_keep=2)
@@ -71,15 +74,16 @@ def fit(loop, loop_cfg: dict, out: Path, name: str, num_workers: int, use_gpu: b
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: the run finished without a checkpoint")
-    return result
-
-
-def export_from_checkpoint(result, subdir: str, export: Path, out: Path) -> list[dict]:
-    """Copy <checkpoint>/<subdir> to ``export`` (replacing it) and the metric history to
-    <out>/metrics.jsonl; return the history."""
     with result.checkpoint.as_directory() as d:
         if export.exists():
             shutil.rmtree(export)
         shutil.copytree(Path(d) / subdir, export)
         shutil.copy2(Path(d) / METRICS_FILE, out / METRICS_FILE)
     return [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines() if x]
+
+
+def first_last_means(values: list[float], n: int = 20) -> list[float] | None:
+    """[mean of the first n, mean of the last n]: a loss trend that one noisy step cannot fake."""
+    if not values:
+        return None
+    return [sum(values[:n]) / len(values[:n]), sum(values[-n:]) / len(values[-n:])]

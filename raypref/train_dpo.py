@@ -15,7 +15,7 @@ from pathlib import Path
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.lora import LORA_FILE
-from raypref.train_checkpoint import export_from_checkpoint, load_state, report_step
+from raypref.train_checkpoint import fit_and_export, load_state, report_step
 
 OPTIM_FILE = "optimizer.pt"
 LORA_DIR = "lora"  # inside each checkpoint, and the exported copy under <output_dir>/train/
@@ -128,7 +128,6 @@ def run_train_dpo(cfg: Config) -> dict:
     import ray.data
 
     from raypref.models import resolve_model
-    from raypref.train_checkpoint import fit
 
     t = cfg.train
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
@@ -147,10 +146,8 @@ def run_train_dpo(cfg: Config) -> dict:
     loop_cfg = t.model_dump()
     loop_cfg["base_model"] = base
     t0 = time.time()
-    result = fit(train_loop_per_worker, loop_cfg, out, name="dpo", num_workers=t.num_workers, use_gpu=t.use_gpu,
-                 cpus_per_worker=t.cpus_per_worker, datasets={"train": ds})
     lora_dir = out / LORA_DIR
-    history = export_from_checkpoint(result, LORA_DIR, lora_dir, out)
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", LORA_DIR, lora_dir, datasets={"train": ds})
     summary = {
         "pairs": n_pairs,
         "workers": t.num_workers,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import export_from_checkpoint, load_state, report_step
+from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, report_step
 
 MODEL_DIR = "clip"
 OPTIM_FILE = "optimizer.pt"
@@ -83,21 +83,17 @@ def clip_loop(c: dict) -> None:
 
 
 def run_pretrain_clip(cfg: Config) -> dict:
-    from raypref.train_checkpoint import fit
-
     p = cfg.pretrain.clip
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip")
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "clip"
     t0 = time.time()
-    result = fit(clip_loop, p.model_dump(), out, name="clip", num_workers=p.num_workers, use_gpu=p.use_gpu,
-                 cpus_per_worker=p.cpus_per_worker)
-    history = export_from_checkpoint(result, MODEL_DIR, export, out)
+    history = fit_and_export(clip_loop, p, p.model_dump(), out, "clip", MODEL_DIR, export)
     losses = [h["loss"] for h in history]
     summary = {
         "what": "clip",
         "workers": p.num_workers,
         "steps": len(losses),
-        "loss": [sum(losses[:20]) / len(losses[:20]), sum(losses[-20:]) / len(losses[-20:])],
+        "loss": first_last_means(losses),
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }

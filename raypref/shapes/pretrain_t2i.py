@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import export_from_checkpoint, load_state, report_step
+from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, report_step
 
 PIPELINE_DIR = "pipeline"  # inside each checkpoint: the loadable pipeline (EMA weights)
 RAW_FILE = "raw.safetensors"  # the trained (non-EMA) weights of the current phase, for resume
@@ -162,15 +162,11 @@ def t2i_loop(c: dict) -> None:
 
 def run_pretrain_t2i(cfg: Config) -> dict:
     """Train (or resume), then export the pipeline directory; returns the summary."""
-    from raypref.train_checkpoint import fit
-
     p = cfg.pretrain.t2i
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i")
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "sd"
     t0 = time.time()
-    result = fit(t2i_loop, p.model_dump(), out, name="t2i", num_workers=p.num_workers, use_gpu=p.use_gpu,
-                 cpus_per_worker=p.cpus_per_worker)
-    history = export_from_checkpoint(result, PIPELINE_DIR, export, out)
+    history = fit_and_export(t2i_loop, p, p.model_dump(), out, "t2i", PIPELINE_DIR, export)
     vae_losses = [h["vae_loss"] for h in history if "vae_loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
     summary = {
@@ -179,13 +175,9 @@ def run_pretrain_t2i(cfg: Config) -> dict:
         "vae_steps": len(vae_losses),
         "unet_steps": len(losses),
         "vae_loss": [vae_losses[0], vae_losses[-1]] if vae_losses else None,
-        "loss": [_mean(losses[:20]), _mean(losses[-20:])] if losses else None,
+        "loss": first_last_means(losses),
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _mean(xs):
-    return sum(xs) / len(xs) if xs else None
