@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
@@ -96,7 +97,7 @@ class PairConf(_Strict):
         "instead of the weighted aggregate of build.scorers.")
 
 class BuildConf(_Strict):
-    prompts: str = Field("", description="Prompts file: .txt (one per line), .jsonl or .parquet with a 'prompt' column; or 'shapes:<split>' (train, align, eval).")
+    prompts: str = Field("", description="Prompts file: .txt (one per line), .jsonl or .parquet with a 'prompt' column; or 'shapes:<split>' (train, align, eval), or a union such as 'shapes:train+align'.")
     generators: list[GeneratorConf] = Field(
         default_factory=lambda: [GeneratorConf()], description="Generators; one actor pool each, each appends samples."
     )
@@ -298,6 +299,23 @@ class Config(_Strict):
         raise ConfigError(f"eval.scorer: no build scorer named {name!r} (known: {known})")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false are bools. PyYAML's 1.1 rules would turn the
+    key ``on`` (build.pairs.on) and values such as ``no`` or ``off`` into booleans."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:bool"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def _set_dotted(data: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node: Any = data
@@ -327,7 +345,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw) if raw != "" else "")) 
+        out.append((key.strip(), _yaml(raw) if raw != "" else "")) 
     return out
 
 
@@ -337,7 +355,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):

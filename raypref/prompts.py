@@ -45,18 +45,21 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
     raise PromptsError(f"{path}: unsupported prompts format {suffix!r} (use .txt, .jsonl or .parquet)")
 
 
-SHAPES_SOURCE = "shapes:"  # 'shapes:<split>' reads a shapes-world split (train, align, eval, heldout)
+SHAPES_SOURCE = "shapes:"  # 'shapes:<split>[+<split>...]' reads shapes-world splits (train, align, eval, heldout)
 
 
 def _shapes_rows(ref: str) -> list[tuple[str, dict]]:
     from raypref.shapes.world import SPLITS, TEMPLATES, prompts
 
-    split = ref[len(SHAPES_SOURCE):]
-    if split not in SPLITS:
-        raise PromptsError(f"prompts {ref!r}: unknown shapes split {split!r} (known: {list(SPLITS)})")
+    splits = ref[len(SHAPES_SOURCE):].split("+")
+    for split in splits:
+        if split not in SPLITS:
+            raise PromptsError(f"prompts {ref!r}: unknown shapes split {split!r} (known: {list(SPLITS)})")
     # Round-robin over the templates, each in a fixed hash order, so that build.limit / eval.limit
-    # take a balanced, unbiased subset (the relation template alone holds most prompts).
-    by_template = [sorted(prompts(split, templates=[t]), key=lambda p: S.stable_id("order", p)) for t in TEMPLATES]
+    # take a balanced, unbiased subset (the relation template alone holds most prompts). A union
+    # of splits that overlap ('heldout+eval') lists each prompt once.
+    by_template = [sorted({p for s in splits for p in prompts(s, templates=[t])}, key=lambda p: S.stable_id("order", p))
+                   for t in TEMPLATES]
     ordered = [p for group in itertools.zip_longest(*by_template) for p in group if p is not None]
     return [(f"{ref} #{i}", {S.PROMPT: p, S.SOURCE: ref}) for i, p in enumerate(ordered)]
 

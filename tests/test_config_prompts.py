@@ -23,6 +23,15 @@ def test_default_config_and_overrides():
     assert cfg.ray.dashboard_host == "127.0.0.1"
 
 
+def test_yaml_on_is_a_key_not_a_boolean(tmp_path):
+    # YAML 1.1 reads a bare `on` as True; the config loader keeps YAML 1.2 booleans only
+    p = tmp_path / "c.yaml"
+    p.write_text("build:\n  pairs: {strategy: all_pairs, on: score_vqa_colour, keep_ties: true}\n")
+    cfg = load_config(p, ["build.pairs.tie_tolerance=0.5"])
+    assert cfg.build.pairs.on == "score_vqa_colour" and cfg.build.pairs.keep_ties is True
+    assert load_config(None, ["build.pairs.on=off"]).build.pairs.on == "off"
+
+
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.max_stepz: unknown key"):
         load_config(None, ["train.max_stepz=3"])
@@ -106,8 +115,13 @@ def test_shapes_prompt_source_is_balanced_and_checked():
     assert set(texts) <= set(prompts("eval"))
     assert set(t.column(S.SOURCE).to_pylist()) == {"shapes:eval"}
     assert read_prompts("shapes:align").num_rows == len(prompts("align"))
+    union = read_prompts("shapes:train+align").column(S.PROMPT).to_pylist()
+    assert sorted(union) == sorted(prompts("train") + prompts("align"))
+    assert read_prompts("shapes:heldout+eval").num_rows == len(prompts("heldout"))  # overlap listed once
     with pytest.raises(PromptsError, match="unknown shapes split 'test'"):
         read_prompts("shapes:test")
+    with pytest.raises(PromptsError, match="unknown shapes split 'tset'"):
+        read_prompts("shapes:train+tset")
 
 
 def _cli(*args):
