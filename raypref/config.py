@@ -117,7 +117,7 @@ class _RayTrainScale(_Strict):
 
 
 class TrainConf(_RayTrainScale):
-    pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
+    pairs: str | list[str] | None = Field(None, description="Pairs Parquet dir, or a list of them trained on as one dataset (None: this run's build/pairs).")
     base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
     method: Literal["dpo"] = Field("dpo", description="Training objective.")
     beta: float = Field(5000.0, gt=0, description="Diffusion-DPO beta (Wallace et al. use 5000 for SD1.5).")
@@ -221,7 +221,7 @@ class RankConf(_Strict):
 class RewardConf(_RayTrainScale):
     """Reward model training (raypref.train_reward): backbone + overall and per-aspect heads, Bradley-Terry loss."""
 
-    pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
+    pairs: str | list[str] | None = Field(None, description="Pairs Parquet dir, or a list of them trained on as one dataset (None: this run's build/pairs).")
     backbone: str = Field("ViT-L-14", description="Backbone checkpoint. open_clip: built-in name (with backbone_pretrained), 'hf-hub:...', 'local-dir:/path', 'tiny:clip' or 'shapes:clip'; blip: a BlipForImageTextRetrieval hub name or path (e.g. Salesforce/blip-itm-base-coco) or 'tiny:blip_itm'.")
     backbone_pretrained: str | None = Field("openai", description="open_clip pretrained tag or weights file, for built-in names (ignored by hf-hub:/local-dir: and by backbone_kind=blip).")
     backbone_kind: Literal["open_clip", "blip"] = Field("open_clip", description="Backbone family: open_clip (image and text embeddings fused as [img, txt, img*txt]) or blip (transformers BLIP; the text encoder cross-attends to the image, ImageReward's fused feature).")
@@ -235,6 +235,9 @@ class RewardConf(_RayTrainScale):
     learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate of the heads.")
     backbone_learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the unfrozen backbone.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over max_steps (diffusers.optimization.get_scheduler), both parameter groups.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the schedule (ignored by 'constant').")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     batch_size: int = Field(32, ge=1, description="Pairs per worker per step.")
     max_steps: int = Field(500, ge=1, description="Optimizer steps in total.")

@@ -27,6 +27,7 @@ from raypref.train_checkpoint import first_last_means, fit_and_export, load_stat
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
+SCHED_FILE = "lr_scheduler.pt"
 STAGE = "reward"
 
 
@@ -124,6 +125,7 @@ def reward_loop(c: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
+    from diffusers.optimization import get_scheduler
 
     from raypref.losses import reward_model_loss
     from raypref.reward_model import RewardModel
@@ -142,14 +144,18 @@ def reward_loop(c: dict) -> None:
     if model.backbone_parameters():
         groups.append({"params": model.backbone_parameters(), "lr": c["backbone_learning_rate"]})
     opt = torch.optim.AdamW(groups, weight_decay=c["weight_decay"])
+    sched = get_scheduler(c["lr_schedule"], opt, num_warmup_steps=c["warmup_steps"], num_training_steps=c["max_steps"])
     if ckpt_dir is not None:
         opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
+        if (Path(ckpt_dir) / SCHED_FILE).exists():
+            sched.load_state_dict(torch.load(Path(ckpt_dir) / SCHED_FILE, weights_only=True))
     backbone = model.backbone
     ddp = ray.train.torch.prepare_model(model)
 
     def write(d):
         model.save(Path(d) / MODEL_DIR)
         torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
+        torch.save(sched.state_dict(), Path(d) / SCHED_FILE)
 
     shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval")
@@ -170,9 +176,10 @@ def reward_loop(c: dict) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
             opt.step()
+            sched.step()
             step += 1
             seen += 1
-            metrics = {"step": step, "epoch": epoch, "loss": float(loss.detach()),
+            metrics = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
                        **{k: float(v) for k, v in m.items()}, "seconds": round(time.time() - t0, 2)}
             last = step >= c["max_steps"]
             if last or step % c["eval_every"] == 0:
@@ -187,22 +194,24 @@ def reward_loop(c: dict) -> None:
         epoch += 1
 
 
-def _read_pairs(path: str, aspect_columns: list[str], cache_max_mb: float):
+def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float):
+    """One Ray dataset over every pairs dir in ``paths`` (each checked for the needed columns)."""
     import pyarrow.dataset as pds
     import ray.data
 
-    names = pds.dataset(path, format="parquet").schema.names
     needed = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]
-    missing = [c for c in needed if c not in names]
     side = [f(c) for c in aspect_columns for f in (S.chosen_column, S.rejected_column)]
-    missing_aspects = [c for c in side if c not in names]
-    if missing or missing_aspects:
-        raise ValueError(f"reward.pairs: {path} lacks columns {missing + missing_aspects} "
-                         f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
-                         "whose aspect columns label the aspect heads)")
-    ds = ray.data.read_parquet(path, columns=needed + side)
-    local = Path(path)
-    if local.exists() and sum(f.stat().st_size for f in local.rglob("*.parquet")) / 2**20 < cache_max_mb:
+    for path in paths:
+        names = pds.dataset(path, format="parquet").schema.names
+        missing = [c for c in needed + side if c not in names]
+        if missing:
+            raise ValueError(f"reward.pairs: {path} lacks columns {missing} "
+                             f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
+                             "whose aspect columns label the aspect heads)")
+    ds = ray.data.read_parquet(paths if len(paths) > 1 else paths[0], columns=needed + side)
+    local = [Path(p) for p in paths]
+    if all(p.exists() for p in local) and \
+            sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20 < cache_max_mb:
         ds = ds.materialize()  # small: read once, not once per epoch
     return ds
 
@@ -213,13 +222,15 @@ def run_train_reward(cfg: Config) -> dict:
 
     r = cfg.reward
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
-    pairs = r.pairs or str(cfg.stage_dir("build") / "pairs")
-    if "://" not in pairs:
-        pairs = str(Path(pairs).resolve())
-        if not Path(pairs).exists():
-            raise FileNotFoundError(f"reward.pairs: no pairs at {pairs} (run the build first, or set reward.pairs)")
+    paths = list(r.pairs) if isinstance(r.pairs, list) else [r.pairs or str(cfg.stage_dir("build") / "pairs")]
+    for i, p in enumerate(paths):
+        if "://" not in p:
+            paths[i] = p = str(Path(p).resolve())
+            if not Path(p).exists():
+                raise FileNotFoundError(f"reward.pairs: no pairs at {p} (run the build first, or set reward.pairs)")
+    pairs = ", ".join(paths)
     aspect_cols = aspect_score_columns(r.aspect_scorer, r.aspects) if r.aspect_scorer else []
-    ds = _read_pairs(pairs, aspect_cols, r.cache_pairs_max_mb)
+    ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}
     train = ds.map_batches(_split, fn_kwargs={**fn, "heldout": False}, batch_format="pyarrow").materialize()
     held = ds.map_batches(_split, fn_kwargs={**fn, "heldout": True}, batch_format="pyarrow").materialize()

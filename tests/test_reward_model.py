@@ -184,18 +184,19 @@ def synthetic_pairs(d, n_prompts=48, per_prompt=2, seed=0):
             k += 1
     base = {f.name: rows.get(f.name, [None] * k) for f in S.PAIRS_SCHEMA}
     table = pa.table({**base, **side}).cast(S.pairs_schema(cols))
-    d.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.slice(0, k // 2), d / "part-0.parquet")
-    pq.write_table(table.slice(k // 2), d / "part-1.parquet")
+    for i, part in enumerate(("a", "b")):  # two pairs dirs: reward.pairs may be a list
+        (d / part).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.slice(0, k // 2) if i == 0 else table.slice(k // 2), d / part / "part-0.parquet")
     return table
 
 
 def _cfg(out, pairs, **reward):
     from raypref.config import validate
 
-    r = {"pairs": str(pairs), "backbone": "tiny:clip", "backbone_pretrained": None, "aspects": ASPECTS,
+    r = {"pairs": pairs if isinstance(pairs, list) else str(pairs), "backbone": "tiny:clip", "backbone_pretrained": None, "aspects": ASPECTS,
          "aspect_scorer": "judge", "hidden": 32, "learning_rate": 3e-3, "backbone_learning_rate": 1e-4,
-         "batch_size": 8, "heldout_fraction": 0.25, "shuffle_buffer": 16}
+         "batch_size": 8, "heldout_fraction": 0.25, "shuffle_buffer": 16,
+         "lr_schedule": "cosine", "warmup_steps": 5}
     r.update(reward)
     return validate({"output_dir": str(out), "ray": {"num_cpus": 8}, "reward": r})
 
@@ -234,11 +235,18 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
 
     # a rerun with a longer budget, now data-parallel on 2 workers, resumes at step 30: the history
     # continues, not restarts
-    s2 = run_train_reward(_cfg(out, pairs, max_steps=36, eval_every=15, checkpoint_every=30, num_workers=2))
+    # (the same pairs given as a list of its two dirs)
+    s2 = run_train_reward(_cfg(out, [str(pairs / "a"), str(pairs / "b")], max_steps=36, eval_every=15,
+                               checkpoint_every=30, num_workers=2))
     hist2 = _history(out)
     assert s2["workers"] == 2 and s2["final_step"] == 36
+    assert (s2["pairs_train"], s2["pairs_heldout"]) == (s1["pairs_train"], s1["pairs_heldout"])
     assert [h["step"] for h in hist2] == list(range(37))
     assert hist2[:31] == hist1
+    # the cosine schedule warmed up, decayed, and resumed where it was (its state is checkpointed):
+    # after step 31 of 36 the rate is lr * (1 + cos(pi * (31 - 5) / (36 - 5))) / 2
+    assert hist1[1]["lr"] < hist1[5]["lr"] == pytest.approx(3e-3) and hist1[30]["lr"] < hist1[10]["lr"]
+    assert hist2[31]["lr"] == pytest.approx(3e-3 * (1 + math.cos(math.pi * 26 / 31)) / 2, rel=1e-6)
     last = hist2[-1]
     assert math.isfinite(last["loss"]) and last["eval_loss"] < evals[0]["eval_loss"]
     # the held-out pairs are split between the workers and their sums all-reduced: every pair counted
