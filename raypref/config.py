@@ -117,7 +117,7 @@ class _RayTrainScale(_Strict):
 
 
 class TrainConf(_RayTrainScale):
-    pairs: str | list[str] | None = Field(None, description="Pairs Parquet dir, or a list of them trained on as one dataset (None: this run's build/pairs).")
+    pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
     base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
     method: Literal["dpo"] = Field("dpo", description="Training objective.")
     beta: float = Field(5000.0, gt=0, description="Diffusion-DPO beta (Wallace et al. use 5000 for SD1.5).")
