@@ -145,10 +145,14 @@ class EvalConf(_Strict):
     tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")
 
 
+_SHAPES_SPLITS = r"^(train|heldout|align|eval)(\+(train|heldout|align|eval))*$"
+
+
 class PretrainT2IConf(_RayTrainScale):
     """Pretraining the shapes world's text-to-image model (VAE, then UNet + text encoder)."""
 
-    split: Literal["train", "heldout", "align", "eval"] = Field("train", description="Shapes-world prompt split rendered as training data.")
+    split: str = Field("train", pattern=_SHAPES_SPLITS,
+                       description="Shapes-world prompt split rendered as training data (train, heldout, align, eval), or a union such as 'train+align'.")
     image_size: int = Field(32, ge=8, description="Image side in pixels (latents are half).")
     hidden: int = Field(32, ge=8, description="Text encoder width = UNet cross-attention width.")
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], description="UNet block widths, one per resolution level.")
@@ -175,7 +179,8 @@ class PretrainT2IConf(_RayTrainScale):
 class PretrainClipConf(_RayTrainScale):
     """Contrastive pretraining of the shapes world's tiny open_clip model."""
 
-    split: Literal["train", "heldout", "align", "eval"] = Field("train", description="Shapes-world prompt split rendered as training data.")
+    split: str = Field("train", pattern=_SHAPES_SPLITS,
+                       description="Shapes-world prompt split rendered as training data (train, heldout, align, eval), or a union such as 'train+align'.")
     image_size: int = Field(32, ge=8, description="Image side in pixels.")
     embed_dim: int = Field(64, ge=8, description="Joint embedding width.")
     vision_width: int = Field(64, ge=8, description="ViT width.")

@@ -32,6 +32,18 @@ def test_yaml_on_is_a_key_not_a_boolean(tmp_path):
     assert load_config(None, ["build.pairs.on=off"]).build.pairs.on == "off"
 
 
+def test_pretrain_split_takes_a_union():
+    from raypref.shapes.data import prompts_by_template
+
+    assert load_config(None, ["pretrain.clip.split=train+align"]).pretrain.clip.split == "train+align"
+    with pytest.raises(ConfigError, match=r"pretrain\.clip\.split"):
+        load_config(None, ["pretrain.clip.split=train+bogus"])
+    union = prompts_by_template("train+align")
+    train, align = prompts_by_template("train"), prompts_by_template("align")
+    assert sum(map(len, union.values())) == sum(map(len, train.values())) + sum(map(len, align.values()))
+    assert set(union["relation"]) == set(train["relation"]) | set(align["relation"])
+
+
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.max_stepz: unknown key"):
         load_config(None, ["train.max_stepz=3"])
