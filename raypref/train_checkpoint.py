@@ -7,6 +7,7 @@ writes; every rank reports, as Ray Train requires.
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -22,7 +23,11 @@ def load_state(ckpt) -> tuple[dict, list[dict], str | None]:
     """(state, metric history, local checkpoint dir) of the checkpoint to resume from, or empties."""
     if ckpt is None:
         return {}, [], None
-    d = ckpt.to_directory()  # a local copy that outlives this call, whatever the storage
+    # A private local copy per worker: with to_directory()'s shared default dir, a worker that
+    # takes the download lock after another finished copies the files again while that one reads.
+    d = tempfile.mkdtemp(prefix="raypref-resume-")
+    atexit.register(shutil.rmtree, d, True)
+    ckpt.to_directory(d)
     state = json.loads((Path(d) / STATE_FILE).read_text())
     history = [json.loads(x) for x in (Path(d) / METRICS_FILE).read_text().splitlines() if x]
     return state, history, d
