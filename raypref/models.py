@@ -83,7 +83,9 @@ def resolve_model(ref: str, what: str = "model") -> str:
         return ref
     local = ref[len(_LOCAL_DIR):] if ref.startswith(_LOCAL_DIR) else ref
     if Path(local).expanduser().exists():
-        return ref
+        # absolute, so that a relative path still resolves in Ray workers, whose cwd differs
+        absolute = str(Path(local).expanduser().resolve())
+        return _LOCAL_DIR + absolute if ref.startswith(_LOCAL_DIR) else absolute
     if ref.startswith(_LOCAL_DIR) or not _HUB_NAME.match(ref):
         raise ModelNotFound(f"{what}: model path does not exist: {local}")
     return ref  # a hub name: resolved (and possibly downloaded) by the loading library

@@ -104,15 +104,19 @@ def test_prompt_errors_name_the_row(tmp_path):
         read_prompts(tmp_path / "e.jsonl")
 
 
-def test_model_refs(tmp_path):
+def test_model_refs(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFound, match="model path does not exist: /no/such/model"):
         resolve_model("/no/such/model", what="generator 'sd' model")
     with pytest.raises(ModelNotFound, match="does not exist"):
         resolve_model("local-dir:" + str(tmp_path / "nope"))
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("local-dir:m") == "local-dir:" + str((tmp_path / "m").resolve())
+    assert resolve_model("m") == str((tmp_path / "m").resolve())
     with pytest.raises(ModelNotFound, match="unknown tiny model"):
         resolve_model("tiny:gpt")
     assert resolve_model("stable-diffusion-v1-5/stable-diffusion-v1-5") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model(str(tmp_path)) == str(tmp_path.resolve())
     with pytest.raises(ModelNotFound, match="unknown shapes model 'gpt'"):
         resolve_model("shapes:gpt")
 
