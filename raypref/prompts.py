@@ -51,15 +51,14 @@ SHAPES_SOURCE = "shapes:"  # 'shapes:<split>[+<split>...]' reads shapes-world sp
 def _shapes_rows(ref: str) -> list[tuple[str, dict]]:
     from raypref.shapes.world import SPLITS, TEMPLATES, prompts
 
-    splits = ref[len(SHAPES_SOURCE):].split("+")
-    for split in splits:
+    union = ref[len(SHAPES_SOURCE):]
+    for split in union.split("+"):
         if split not in SPLITS:
             raise PromptsError(f"prompts {ref!r}: unknown shapes split {split!r} (known: {list(SPLITS)})")
     # Round-robin over the templates, each in a fixed hash order, so that build.limit / eval.limit
     # take a balanced, unbiased subset (the relation template alone holds most prompts). A union
-    # of splits that overlap ('heldout+eval') lists each prompt once.
-    by_template = [sorted({p for s in splits for p in prompts(s, templates=[t])}, key=lambda p: S.stable_id("order", p))
-                   for t in TEMPLATES]
+    # of splits that overlap ('heldout+eval') lists each prompt once (world.prompts).
+    by_template = [sorted(prompts(union, templates=[t]), key=lambda p: S.stable_id("order", p)) for t in TEMPLATES]
     ordered = [p for group in itertools.zip_longest(*by_template) for p in group if p is not None]
     return [(f"{ref} #{i}", {S.PROMPT: p, S.SOURCE: ref}) for i, p in enumerate(ordered)]
 

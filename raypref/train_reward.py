@@ -27,7 +27,6 @@ from raypref.train_checkpoint import first_last_means, fit_and_export, load_stat
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
-SCHED_FILE = "lr_scheduler.pt"
 STAGE = "reward"
 
 
@@ -147,15 +146,14 @@ def reward_loop(c: dict) -> None:
     sched = get_scheduler(c["lr_schedule"], opt, num_warmup_steps=c["warmup_steps"], num_training_steps=c["max_steps"])
     if ckpt_dir is not None:
         opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
-        if (Path(ckpt_dir) / SCHED_FILE).exists():
-            sched.load_state_dict(torch.load(Path(ckpt_dir) / SCHED_FILE, weights_only=True))
+        for _ in range(step):  # the schedule is a function of the step: replay it, as the pretrain loops do
+            sched.step()
     backbone = model.backbone
     ddp = ray.train.torch.prepare_model(model)
 
     def write(d):
         model.save(Path(d) / MODEL_DIR)
         torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
-        torch.save(sched.state_dict(), Path(d) / SCHED_FILE)
 
     shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval")
@@ -208,7 +206,7 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
             raise ValueError(f"reward.pairs: {path} lacks columns {missing} "
                              f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
                              "whose aspect columns label the aspect heads)")
-    ds = ray.data.read_parquet(paths if len(paths) > 1 else paths[0], columns=needed + side)
+    ds = ray.data.read_parquet(paths, columns=needed + side)
     local = [Path(p) for p in paths]
     if all(p.exists() for p in local) and \
             sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20 < cache_max_mb:
@@ -222,12 +220,11 @@ def run_train_reward(cfg: Config) -> dict:
 
     r = cfg.reward
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
-    paths = list(r.pairs) if isinstance(r.pairs, list) else [r.pairs or str(cfg.stage_dir("build") / "pairs")]
-    for i, p in enumerate(paths):
-        if "://" not in p:
-            paths[i] = p = str(Path(p).resolve())
-            if not Path(p).exists():
-                raise FileNotFoundError(f"reward.pairs: no pairs at {p} (run the build first, or set reward.pairs)")
+    given = r.pairs if isinstance(r.pairs, list) else [r.pairs or str(cfg.stage_dir("build") / "pairs")]
+    paths = [p if "://" in p else str(Path(p).resolve()) for p in given]
+    for p in paths:
+        if "://" not in p and not Path(p).exists():
+            raise FileNotFoundError(f"reward.pairs: no pairs at {p} (run the build first, or set reward.pairs)")
     pairs = ", ".join(paths)
     aspect_cols = aspect_score_columns(r.aspect_scorer, r.aspects) if r.aspect_scorer else []
     ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb)

@@ -243,7 +243,7 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     assert (s2["pairs_train"], s2["pairs_heldout"]) == (s1["pairs_train"], s1["pairs_heldout"])
     assert [h["step"] for h in hist2] == list(range(37))
     assert hist2[:31] == hist1
-    # the cosine schedule warmed up, decayed, and resumed where it was (its state is checkpointed):
+    # the cosine schedule warmed up, decayed, and resumed where it was (replayed to the resumed step):
     # after step 31 of 36 the rate is lr * (1 + cos(pi * (31 - 5) / (36 - 5))) / 2
     assert hist1[1]["lr"] < hist1[5]["lr"] == pytest.approx(3e-3) and hist1[30]["lr"] < hist1[10]["lr"]
     assert hist2[31]["lr"] == pytest.approx(3e-3 * (1 + math.cos(math.pi * 26 / 31)) / 2, rel=1e-6)

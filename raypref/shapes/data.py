@@ -14,8 +14,7 @@ from raypref.shapes.world import TEMPLATES, parse_prompt, prompts
 
 def prompts_by_template(split: str) -> dict[str, list[str]]:
     """Prompts of a split, or of a union of splits ('train+align'), by template."""
-    splits = split.split("+")
-    out = {t: list(dict.fromkeys(p for s in splits for p in prompts(s, templates=[t]))) for t in TEMPLATES}
+    out = {t: prompts(split, templates=[t]) for t in TEMPLATES}
     return {t: p for t, p in out.items() if p}
 
 

@@ -204,22 +204,20 @@ def _heldout_halves() -> dict[str, str]:
 
 
 def prompts(split: str, templates: Iterable[str] | None = None) -> list[str]:
-    """Prompt texts of a split ('train', 'heldout', 'align' or 'eval'), in all_specs() order.
+    """Prompt texts of a split ('train', 'heldout', 'align' or 'eval'), in all_specs() order; or
+    of a union of splits ('train+align'), split after split, each prompt once.
 
     ``templates`` optionally restricts to some of TEMPLATES.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    parts = split.split("+")
+    unknown = [p for p in parts if p not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split {unknown[0]!r} in {split!r}; expected one of {list(SPLITS)}, or a union of them")
     wanted = set(TEMPLATES if templates is None else templates)
     if not wanted <= set(TEMPLATES):
         raise ValueError(f"unknown templates {sorted(wanted - set(TEMPLATES))}; expected from {list(TEMPLATES)}")
-    halves = _heldout_halves() if split in ("align", "eval") else {}
-    out = []
-    for spec in all_specs():
-        if template_of(spec) not in wanted:
-            continue
-        base = split_of(spec)
-        text = prompt_text(spec)
-        if split == base or (base == "heldout" and halves.get(text) == split):
-            out.append(text)
-    return out
+    halves = _heldout_halves() if {"align", "eval"} & set(parts) else {}
+    specs = [(split_of(spec), prompt_text(spec)) for spec in all_specs() if template_of(spec) in wanted]
+    out = [text for part in parts for base, text in specs
+           if part == base or (base == "heldout" and halves.get(text) == part)]
+    return list(dict.fromkeys(out))
