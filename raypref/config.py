@@ -223,14 +223,23 @@ class RankConf(_Strict):
     batch_mb: float = Field(256.0, gt=0, description="Approximate uncompressed size of one batch of rows read at a time (bounds memory).")
 
 
+class FilmConf(_Strict):
+    """The FiLM image tower of reward.backbone_kind=film (raypref.reward_film), trained from scratch."""
+
+    width: int = Field(32, ge=1, description="Channels of every conv block.")
+    blocks: int = Field(4, ge=1, description="FiLM-conditioned residual blocks (a 2x max-pool after the first half).")
+    coords: bool = Field(True, description="Add x/y coordinate channels to the input, so positions and relations are readable.")
+
+
 class RewardConf(_RayTrainScale):
     """Reward model training (raypref.train_reward): backbone + overall and per-aspect heads, Bradley-Terry loss."""
 
     pairs: str | list[str] | None = Field(None, description="Pairs Parquet dir, or a list of them trained on as one dataset (None: this run's build/pairs).")
     backbone: str = Field("ViT-L-14", description="Backbone checkpoint. open_clip: built-in name (with backbone_pretrained), 'hf-hub:...', 'local-dir:/path', 'tiny:clip' or 'shapes:clip'; blip: a BlipForImageTextRetrieval hub name or path (e.g. Salesforce/blip-itm-base-coco) or 'tiny:blip_itm'.")
     backbone_pretrained: str | None = Field("openai", description="open_clip pretrained tag or weights file, for built-in names (ignored by hf-hub:/local-dir: and by backbone_kind=blip).")
-    backbone_kind: Literal["open_clip", "blip"] = Field("open_clip", description="Backbone family: open_clip (image and text embeddings fused as [img, txt, img*txt]) or blip (transformers BLIP; the text encoder cross-attends to the image, ImageReward's fused feature).")
-    freeze: Literal["none", "all", "all_but_last"] = Field("none", description="Backbone freezing: none, all, or all but the last unfrozen_blocks blocks of each tower (and their final norm/projection; for blip the ViT's final LayerNorm).")
+    backbone_kind: Literal["open_clip", "blip", "film"] = Field("open_clip", description="Backbone family: open_clip (image and text embeddings fused as [img, txt, img*txt]), blip (transformers BLIP; the text encoder cross-attends to the image, ImageReward's fused feature), or film (reward.backbone's open_clip text tower conditions a conv image tower trained from scratch; see reward.film).")
+    film: FilmConf = Field(default_factory=FilmConf, description="The conv image tower of backbone_kind=film.")
+    freeze: Literal["none", "all", "all_but_last"] = Field("none", description="Backbone freezing: none, all, or all but the last unfrozen_blocks blocks of each tower (and their final norm/projection; for blip the ViT's final LayerNorm). For film it applies to the text tower; the conv tower always trains.")
     unfrozen_blocks: int = Field(1, ge=0, description="For freeze=all_but_last: trainable residual blocks (blip: encoder layers) at the end of each tower.")
     hidden: int = Field(256, ge=1, description="Width of the shared head trunk over the fused [img, txt, img*txt] features.")
     aspects: list[str] = Field(default_factory=lambda: ["prompt_following", "fidelity", "aesthetic", "harmlessness"],
@@ -244,6 +253,8 @@ class RewardConf(_RayTrainScale):
         "constant", description="Learning-rate schedule over max_steps (diffusers.optimization.get_scheduler), both parameter groups.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the schedule (ignored by 'constant').")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    hflip: float = Field(0.0, ge=0, le=1, description="Training augmentation: the probability that a pair (both images) is mirrored left-right, its prompt's hflip_swap words swapped to match. Only for prompts whose meaning the swap keeps (e.g. the shapes world); 0 turns it off.")
+    hflip_swap: dict[str, str] = Field(default_factory=lambda: {"left": "right", "right": "left"}, description="Whole words swapped in the prompt of a mirrored pair (hflip).")
     batch_size: int = Field(32, ge=1, description="Pairs per worker per step.")
     max_steps: int = Field(500, ge=1, description="Optimizer steps in total.")
     eval_every: int = Field(100, ge=1, description="Steps between held-out evaluations (also at step 0 and the last step).")

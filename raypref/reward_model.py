@@ -2,6 +2,8 @@
 features, an overall head and one head per aspect. No Ray here.
 
 Backbone (``kind``):
+- 'film': an open_clip text tower whose embedding conditions a conv image tower trained from
+  scratch (raypref.reward_film): early fusion, for attribute binding.
 - 'open_clip': an open_clip model by reference (built-in name + pretrained tag, 'hf-hub:...' or
   'local-dir:/path', as actors/clip_score.py loads it). The image and text embeddings (unit norm)
   are fused as [img, txt, img * txt].
@@ -131,7 +133,11 @@ def _backbone_class(kind: str, what: str = "reward.backbone_kind") -> type:
         from raypref.reward_blip import BlipBackbone
 
         return BlipBackbone
-    raise ValueError(f"{what}: {kind!r} is not supported (open_clip, blip)")
+    if kind == "film":
+        from raypref.reward_film import FilmBackbone
+
+        return FilmBackbone
+    raise ValueError(f"{what}: {kind!r} is not supported (open_clip, blip, film)")
 
 
 class RewardModel(nn.Module):
@@ -147,8 +153,10 @@ class RewardModel(nn.Module):
 
     @classmethod
     def create(cls, backbone: str, pretrained: str | None = None, aspects: Sequence[str] = ASPECTS, hidden: int = 256,
-               freeze: str = "none", unfrozen_blocks: int = 1, kind: str = "open_clip") -> "RewardModel":
-        bb = _backbone_class(kind).from_ref(backbone, pretrained)
+               freeze: str = "none", unfrozen_blocks: int = 1, kind: str = "open_clip",
+               film: dict | None = None) -> "RewardModel":
+        """``film``: the FiLM tower's settings (raypref.reward_film), for kind='film' only."""
+        bb = _backbone_class(kind).from_ref(backbone, pretrained, **({"film": film} if kind == "film" else {}))
         bb.freeze(freeze, unfrozen_blocks)
         return cls(bb, aspects, hidden)
 
@@ -159,11 +167,16 @@ class RewardModel(nn.Module):
         out.update({a: head(h).squeeze(-1) for a, head in self.aspect_heads.items()})
         return out
 
+    def _scratch(self) -> list[nn.Parameter]:
+        """Backbone parameters that start untrained (the FiLM tower): they learn at the heads' rate."""
+        return list(getattr(self.backbone, "scratch_parameters", list)())
+
     def head_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")] + self._scratch()
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.backbone.parameters() if p.requires_grad]
+        scratch = {id(p) for p in self._scratch()}
+        return [p for p in self.backbone.parameters() if p.requires_grad and id(p) not in scratch]
 
     @torch.no_grad()
     def score(self, images: Sequence, prompts: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:

@@ -65,15 +65,37 @@ def _check_labels(batch: dict) -> None:
                          f"({bad.size} such rows in this batch)")
 
 
-def forward_pairs(model, backbone, batch: dict, aspect_columns: list[str], device):
-    """One forward over both images of every pair: (chosen outputs, rejected outputs, targets)."""
+def swap_words(prompt: str, swap: dict[str, str]) -> str:
+    """The prompt with each whole word in ``swap`` replaced by its partner ("left" <-> "right")."""
+    return " ".join(swap.get(w, w) for w in prompt.split(" "))
+
+
+def mirror_pairs(chosen: list, rejected: list, prompts: list[str], flip: np.ndarray, swap: dict[str, str]):
+    """Mirror both images of each pair where ``flip`` is True and swap the prompt's words to match,
+    so that the label still holds (a red circle on the left is on the right once mirrored)."""
+    from PIL import ImageOps
+
+    def pick(images):
+        return [ImageOps.mirror(im) if f else im for im, f in zip(images, flip)]
+
+    return pick(chosen), pick(rejected), [swap_words(p, swap) if f else p for p, f in zip(prompts, flip)]
+
+
+def forward_pairs(model, backbone, batch: dict, aspect_columns: list[str], device, flip: np.ndarray | None = None,
+                  swap: dict[str, str] | None = None):
+    """One forward over both images of every pair: (chosen outputs, rejected outputs, targets).
+    ``flip``: per pair, mirror it (mirror_pairs with ``swap``): the training-time augmentation."""
     import torch
 
     from raypref.reward_model import batch_targets
 
     _check_labels(batch)
-    images = _images(batch, S.CHOSEN_IMAGE) + _images(batch, S.REJECTED_IMAGE)
-    prompts = list(batch[S.PROMPT]) * 2
+    chosen, rejected = _images(batch, S.CHOSEN_IMAGE), _images(batch, S.REJECTED_IMAGE)
+    prompts = list(batch[S.PROMPT])
+    if flip is not None and flip.any():
+        chosen, rejected, prompts = mirror_pairs(chosen, rejected, prompts, flip, swap or {})
+    images = chosen + rejected
+    prompts = prompts * 2
     pix, tok = backbone.inputs(images, prompts)
     out = model(pix.to(device), tok.to(device))
     b = len(batch[S.PROMPT])
@@ -134,7 +156,7 @@ def reward_loop(c: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     aspects = c["aspects"] if c["aspect_columns"] else []
     model = RewardModel.create(c["backbone"], c["backbone_pretrained"], aspects, c["hidden"], c["freeze"],
-                               c["unfrozen_blocks"], c["backbone_kind"])
+                               c["unfrozen_blocks"], c["backbone_kind"], c["film"])
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
     step = state.get("step", 0)
     if ckpt_dir is not None:
@@ -163,12 +185,15 @@ def reward_loop(c: dict) -> None:
         report_step(rank, {"step": step}, history, {"step": step}, write)
     t0 = time.time()
     epoch = state.get("epoch", 0)
+    flips = np.random.default_rng([c["seed"], rank, step])  # a resumed run draws anew from its step
     while step < c["max_steps"]:
         seen = 0
         for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
                                         local_shuffle_buffer_size=c["shuffle_buffer"] or None,
                                         local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank):
-            oc, orj, ac, ar, label, target, mask = forward_pairs(ddp, backbone, batch, c["aspect_columns"], device)
+            flip = flips.random(len(batch[S.PROMPT])) < c["hflip"]
+            oc, orj, ac, ar, label, target, mask = forward_pairs(ddp, backbone, batch, c["aspect_columns"], device,
+                                                                 flip, c["hflip_swap"])
             loss, m = reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, c["aspect_weight"])
             opt.zero_grad(set_to_none=True)
             loss.backward()

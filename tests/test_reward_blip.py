@@ -4,17 +4,10 @@ Bradley-Terry step under each freeze mode, the export round trip and the 'reward
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
-from raypref import images as I
-from raypref import schema as S
-from raypref.losses import reward_model_loss
 from raypref.reward_model import CONFIG_FILE, WEIGHTS_FILE, RewardModel
-from raypref.train_reward import forward_pairs
-
-ASPECTS = ["prompt_following", "aesthetic"]
-PROMPTS = ["a red circle", "a blue square on the left"]
+from reward_steps import ASPECTS, PROMPTS, bt_step, img
 
 
 @pytest.fixture(scope="module")
@@ -22,47 +15,6 @@ def tiny_blip_itm() -> str:
     from raypref.models import resolve_model
 
     return resolve_model("tiny:blip_itm")
-
-
-def _img(rgb, size=32):
-    return Image.new("RGB", (size, size), tuple(int(c) for c in rgb))
-
-
-def _pairs_batch() -> tuple[dict, list[str]]:
-    """Two pairs as the training loop receives them (numpy batch), with one judge's aspect columns."""
-    cols = [S.score_column("judge", a) for a in ASPECTS]
-    return {
-        S.PROMPT: np.array(PROMPTS, dtype=object),
-        S.CHOSEN_ID: np.array(["c0", "c1"], dtype=object),
-        S.CHOSEN_IMAGE: np.array([I.encode(_img((250, 10, 10))), I.encode(_img((10, 10, 250)))], dtype=object),
-        S.REJECTED_IMAGE: np.array([I.encode(_img((20, 20, 20))), I.encode(_img((200, 200, 0)))], dtype=object),
-        S.LABEL: np.array([1.0, 1.0], dtype=np.float32),
-        S.chosen_column(cols[0]): np.array([8.0, 7.0]), S.rejected_column(cols[0]): np.array([3.0, 2.0]),
-        S.chosen_column(cols[1]): np.array([6.0, np.nan]), S.rejected_column(cols[1]): np.array([4.0, 5.0]),
-    }, cols
-
-
-def _step(model: RewardModel) -> dict[str, torch.Tensor]:
-    """One AdamW step on the Bradley-Terry loss (overall + aspects), as train_reward.reward_loop takes it."""
-    batch, cols = _pairs_batch()
-    groups = [{"params": model.head_parameters(), "lr": 1e-2}]
-    if model.backbone_parameters():
-        groups.append({"params": model.backbone_parameters(), "lr": 1e-3})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    model.train()
-    oc, orj, ac, ar, label, target, mask = forward_pairs(model, model.backbone, batch, cols, "cpu")
-    for out in (oc, orj):
-        assert set(out) == {"", *ASPECTS}
-        assert all(v.shape == (2,) and torch.isfinite(v).all() for v in out.values())
-    loss, m = reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, 1.0)
-    assert torch.isfinite(loss) and "loss_aspects" in m
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    # DDP needs a gradient for every trainable parameter: none may sit outside the forward
-    assert [n for n in trainable if dict(model.named_parameters())[n].grad is None] == []
-    opt.step()
-    return {n: p.detach() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("freeze", ["none", "all", "all_but_last"])
@@ -75,7 +27,7 @@ def test_blip_reward_step_trains_what_freeze_allows(tiny_blip_itm, freeze):
                                kind=r.backbone_kind)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")}
-    after = _step(model)
+    after = bt_step(model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert {"overall.weight", "trunk.1.weight", "aspect_heads.prompt_following.weight"} <= changed
     backbone_changed = {n for n in changed if n.startswith("backbone.")}
@@ -99,8 +51,8 @@ def test_blip_export_roundtrip_and_scorer(tiny_blip_itm, tmp_path):
 
     torch.manual_seed(1)
     model = RewardModel.create(tiny_blip_itm, aspects=ASPECTS, hidden=16, kind="blip")
-    _step(model)  # trained weights, so a load that re-initialised anything would show
-    images = [_img((255, 0, 0)), _img((0, 0, 255)), _img((30, 200, 30))]
+    bt_step(model)  # trained weights, so a load that re-initialised anything would show
+    images = [img((255, 0, 0)), img((0, 0, 255)), img((30, 200, 30))]
     prompts = PROMPTS + ["two green stars"]
     before = model.score(images, prompts, batch_size=2)
     assert set(before) == {"", *ASPECTS} and before[""].shape == (3,)

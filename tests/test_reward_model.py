@@ -93,6 +93,23 @@ def test_preference_accuracy_tie_rule():
     assert (wide["agree"], wide["scorer_ties"], wide["disagree"]) == (2, 3, 0)  # |d| 0.6 and 0.5 now tie too
 
 
+def test_hflip_mirrors_both_images_and_swaps_whole_words():
+    from raypref.train_reward import mirror_pairs, swap_words
+
+    swap = {"left": "right", "right": "left"}
+    assert swap_words("a red circle left of a blue square", swap) == "a red circle right of a blue square"
+    assert swap_words("a red circle on the right", swap) == "a red circle on the left"
+    assert swap_words("a leftover rightward circle", swap) == "a leftover rightward circle"  # whole words only
+    left = Image.new("RGB", (4, 2))
+    left.putpixel((0, 0), (255, 0, 0))
+    chosen, rejected, prompts = mirror_pairs([left, left], [left, left], ["x on the left", "x on the left"],
+                                             np.array([True, False]), swap)
+    assert prompts == ["x on the right", "x on the left"]
+    assert chosen[0].getpixel((3, 0)) == (255, 0, 0) and chosen[0].getpixel((0, 0)) == (0, 0, 0)
+    assert rejected[0].getpixel((3, 0)) == (255, 0, 0)  # both images of a pair flip together
+    assert chosen[1] is left and rejected[1] is left
+
+
 def test_heldout_mask_is_deterministic_and_by_prompt():
     ids = [S.prompt_id(f"prompt {i}") for i in range(400)]
     m1, m2 = heldout_mask(ids, 0.25, seed=0), heldout_mask(ids, 0.25, seed=0)
@@ -218,7 +235,8 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     pairs = tmp_path / "pairs"
     table = synthetic_pairs(pairs)
     out = tmp_path / "run"
-    s1 = run_train_reward(_cfg(out, pairs, max_steps=30, eval_every=15, checkpoint_every=30))
+    # hflip: the mirrored pairs keep their brightness labels, so learning is unchanged; the path runs
+    s1 = run_train_reward(_cfg(out, pairs, max_steps=30, eval_every=15, checkpoint_every=30, hflip=0.5))
     hist1 = _history(out)
     assert s1["final_step"] == 30 and s1["pairs_train"] + s1["pairs_heldout"] == table.num_rows
     assert [h["step"] for h in hist1] == list(range(31))
@@ -237,7 +255,7 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     # continues, not restarts
     # (the same pairs given as a list of its two dirs)
     s2 = run_train_reward(_cfg(out, [str(pairs / "a"), str(pairs / "b")], max_steps=36, eval_every=15,
-                               checkpoint_every=30, num_workers=2))
+                               checkpoint_every=30, num_workers=2, hflip=0.5))
     hist2 = _history(out)
     assert s2["workers"] == 2 and s2["final_step"] == 36
     assert (s2["pairs_train"], s2["pairs_heldout"]) == (s1["pairs_train"], s1["pairs_heldout"])
