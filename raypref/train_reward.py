@@ -44,16 +44,34 @@ def _split(batch, fraction: float, seed: int, heldout: bool):
     return batch.filter(pa.array(mask if heldout else ~mask))
 
 
-def _images(batch: dict, column: str) -> list:
+def _images(batch: dict, column: str, rows) -> list:
     from raypref import images as I
 
     out = []
-    for i, data in enumerate(batch[column]):
+    for i in rows:
         try:
-            out.append(I.decode(data))
+            out.append(I.decode(batch[column][i]))
         except ValueError as e:
             raise ValueError(f"pairs row chosen_id={batch[S.CHOSEN_ID][i]!r}, {column}: {e}") from None
     return out
+
+
+def distinct_images(chosen_ids, rejected_ids, prompts) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """Each distinct (sample id, prompt) of a batch once: ([(side, row)] of its first occurrence,
+    side 0 chosen / 1 rejected; then per pair the index of its chosen and of its rejected image in
+    that list). all_pairs over k images of a prompt makes k(k-1)/2 pairs of only k images: a batch
+    of whole prompts encodes each image once instead of k-1 times."""
+    first: dict[tuple[str, str], int] = {}
+    order: list[tuple[int, int]] = []
+    index = np.empty((2, len(prompts)), dtype=np.int64)
+    for side, ids in enumerate((chosen_ids, rejected_ids)):
+        for row, (sid, prompt) in enumerate(zip(ids, prompts)):
+            key = (str(sid), prompt)
+            if key not in first:
+                first[key] = len(order)
+                order.append((side, row))
+            index[side, row] = first[key]
+    return order, index[0], index[1]
 
 
 def _check_labels(batch: dict) -> None:
@@ -70,37 +88,32 @@ def swap_words(prompt: str, swap: dict[str, str]) -> str:
     return " ".join(swap.get(w, w) for w in prompt.split(" "))
 
 
-def mirror_pairs(chosen: list, rejected: list, prompts: list[str], flip: np.ndarray, swap: dict[str, str]):
-    """Mirror both images of each pair where ``flip`` is True and swap the prompt's words to match,
-    so that the label still holds (a red circle on the left is on the right once mirrored)."""
-    from PIL import ImageOps
-
-    def pick(images):
-        return [ImageOps.mirror(im) if f else im for im, f in zip(images, flip)]
-
-    return pick(chosen), pick(rejected), [swap_words(p, swap) if f else p for p, f in zip(prompts, flip)]
-
-
 def forward_pairs(model, backbone, batch: dict, aspect_columns: list[str], device, flip: np.ndarray | None = None,
                   swap: dict[str, str] | None = None):
-    """One forward over both images of every pair: (chosen outputs, rejected outputs, targets).
-    ``flip``: per pair, mirror it (mirror_pairs with ``swap``): the training-time augmentation."""
+    """One forward over the distinct images of the batch (distinct_images): (chosen outputs,
+    rejected outputs, targets) per pair. ``flip`` (per pair, the training-time augmentation):
+    mirror both images left-right and swap the prompt's ``swap`` words, so the label still holds."""
     import torch
+    from PIL import ImageOps
 
     from raypref.reward_model import batch_targets
 
     _check_labels(batch)
-    chosen, rejected = _images(batch, S.CHOSEN_IMAGE), _images(batch, S.REJECTED_IMAGE)
     prompts = list(batch[S.PROMPT])
-    if flip is not None and flip.any():
-        chosen, rejected, prompts = mirror_pairs(chosen, rejected, prompts, flip, swap or {})
-    images = chosen + rejected
-    prompts = prompts * 2
-    pix, tok = backbone.inputs(images, prompts)
+    flip = np.zeros(len(prompts), dtype=bool) if flip is None else np.asarray(flip, dtype=bool)
+    if flip.any():
+        prompts = [swap_words(p, swap or {}) if f else p for p, f in zip(prompts, flip)]
+    # a mirrored image is another image: the id carries the flip, so it is encoded apart
+    ids = [[f"{i}|m" if f else str(i) for i, f in zip(batch[col], flip)] for col in (S.CHOSEN_ID, S.REJECTED_ID)]
+    order, ci, ri = distinct_images(ids[0], ids[1], prompts)
+    columns = (S.CHOSEN_IMAGE, S.REJECTED_IMAGE)
+    images = [_images(batch, columns[side], [row])[0] for side, row in order]
+    images = [ImageOps.mirror(im) if flip[row] else im for im, (_, row) in zip(images, order)]
+    pix, tok = backbone.inputs(images, [prompts[row] for _, row in order])
     out = model(pix.to(device), tok.to(device))
-    b = len(batch[S.PROMPT])
-    chosen = {k: v[:b] for k, v in out.items()}
-    rejected = {k: v[b:] for k, v in out.items()}
+    ci, ri = torch.as_tensor(ci, device=pix.device), torch.as_tensor(ri, device=pix.device)
+    chosen = {k: v[ci.to(v.device)] for k, v in out.items()}
+    rejected = {k: v[ri.to(v.device)] for k, v in out.items()}
     label, target, mask = batch_targets(batch, aspect_columns)
     aspects = [k for k in out if k]
     stack = (lambda o: torch.stack([o[a] for a in aspects], dim=1)) if aspect_columns else (lambda o: None)
@@ -191,7 +204,9 @@ def reward_loop(c: dict) -> None:
         for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
                                         local_shuffle_buffer_size=c["shuffle_buffer"] or None,
                                         local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank):
-            flip = flips.random(len(batch[S.PROMPT])) < c["hflip"]
+            # one draw per prompt: all its pairs mirror together, so each image is still encoded once
+            draw = {p: flips.random() for p in dict.fromkeys(batch[S.PROMPT])}
+            flip = np.array([draw[p] < c["hflip"] for p in batch[S.PROMPT]], dtype=bool)
             oc, orj, ac, ar, label, target, mask = forward_pairs(ddp, backbone, batch, c["aspect_columns"], device,
                                                                  flip, c["hflip_swap"])
             loss, m = reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, c["aspect_weight"])
@@ -222,7 +237,7 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
     import pyarrow.dataset as pds
     import ray.data
 
-    needed = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]
+    needed = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]
     side = [f(c) for c in aspect_columns for f in (S.chosen_column, S.rejected_column)]
     for path in paths:
         names = pds.dataset(path, format="parquet").schema.names

@@ -25,6 +25,7 @@ def pairs_batch() -> tuple[dict, list[str]]:
     return {
         S.PROMPT: np.array(PROMPTS, dtype=object),
         S.CHOSEN_ID: np.array(["c0", "c1"], dtype=object),
+        S.REJECTED_ID: np.array(["r0", "r1"], dtype=object),
         S.CHOSEN_IMAGE: np.array([I.encode(img((250, 10, 10))), I.encode(img((10, 10, 250)))], dtype=object),
         S.REJECTED_IMAGE: np.array([I.encode(img((20, 20, 20))), I.encode(img((200, 200, 0)))], dtype=object),
         S.LABEL: np.array([1.0, 1.0], dtype=np.float32),

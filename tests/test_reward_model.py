@@ -93,21 +93,56 @@ def test_preference_accuracy_tie_rule():
     assert (wide["agree"], wide["scorer_ties"], wide["disagree"]) == (2, 3, 0)  # |d| 0.6 and 0.5 now tie too
 
 
-def test_hflip_mirrors_both_images_and_swaps_whole_words():
-    from raypref.train_reward import mirror_pairs, swap_words
+def test_swap_words_whole_words_only():
+    from raypref.train_reward import swap_words
 
     swap = {"left": "right", "right": "left"}
     assert swap_words("a red circle left of a blue square", swap) == "a red circle right of a blue square"
     assert swap_words("a red circle on the right", swap) == "a red circle on the left"
-    assert swap_words("a leftover rightward circle", swap) == "a leftover rightward circle"  # whole words only
-    left = Image.new("RGB", (4, 2))
-    left.putpixel((0, 0), (255, 0, 0))
-    chosen, rejected, prompts = mirror_pairs([left, left], [left, left], ["x on the left", "x on the left"],
-                                             np.array([True, False]), swap)
-    assert prompts == ["x on the right", "x on the left"]
-    assert chosen[0].getpixel((3, 0)) == (255, 0, 0) and chosen[0].getpixel((0, 0)) == (0, 0, 0)
-    assert rejected[0].getpixel((3, 0)) == (255, 0, 0)  # both images of a pair flip together
-    assert chosen[1] is left and rejected[1] is left
+    assert swap_words("a leftover rightward circle", swap) == "a leftover rightward circle"
+
+
+def test_distinct_images_hand_values():
+    from raypref.train_reward import distinct_images
+
+    # three pairs over images a, b, c of prompt p (all_pairs of 3), and one pair of prompt q whose
+    # id "a" is another image (ids are only unique with their prompt)
+    order, ci, ri = distinct_images(["a", "a", "b", "a"], ["b", "c", "c", "x"], ["p", "p", "p", "q"])
+    # chosen side first, rows in order: a|p (0), b|p (1), a|q (2); then c|p (3), x|q (4)
+    assert order == [(0, 0), (0, 2), (0, 3), (1, 1), (1, 3)]
+    assert ci.tolist() == [0, 0, 1, 2] and ri.tolist() == [1, 3, 3, 4]
+
+
+def test_forward_pairs_encodes_each_image_once_and_mirrors_pairs(tiny_clip):
+    from PIL import ImageOps
+
+    from raypref.train_reward import forward_pairs
+
+    torch.manual_seed(0)
+    model = RewardModel.create(tiny_clip, aspects=[], hidden=8).eval()
+    ims = [_img((250, 0, 0)), _img((0, 0, 250)), _img((0, 250, 0))]
+    ims[0].paste((255, 255, 0), (0, 0, 10, 10))  # not mirror-symmetric
+    prompts = ["a red circle on the left"] * 3
+    batch = {S.PROMPT: np.array(prompts, dtype=object), S.CHOSEN_ID: np.array(["a", "a", "b"], dtype=object),
+             S.REJECTED_ID: np.array(["b", "c", "c"], dtype=object), S.LABEL: np.ones(3, dtype=np.float32),
+             S.CHOSEN_IMAGE: np.array([I.encode(ims[i]) for i in (0, 0, 1)], dtype=object),
+             S.REJECTED_IMAGE: np.array([I.encode(ims[i]) for i in (1, 2, 2)], dtype=object)}
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        oc, orj, *_ = forward_pairs(model, model.backbone, batch, [], "cpu")
+        direct = model.score(ims, prompts)[""]
+        assert seen[0] == 3  # three pairs, three distinct images: each encoded once
+        np.testing.assert_allclose(oc[""].numpy(), direct[[0, 0, 1]], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(orj[""].numpy(), direct[[1, 2, 2]], rtol=1e-5, atol=1e-6)
+        # pairs 0 and 1 mirrored: their images are scored mirrored, with the prompt's words swapped
+        flip = np.array([True, True, False])
+        fc, fr, *_ = forward_pairs(model, model.backbone, batch, [], "cpu", flip, {"left": "right", "right": "left"})
+        mirrored = model.score([ImageOps.mirror(im) for im in ims], ["a red circle on the right"] * 3)[""]
+    np.testing.assert_allclose(fc[""].numpy()[:2], mirrored[[0, 0]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fr[""].numpy(), [mirrored[1], mirrored[2], direct[2]], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mirrored[0], direct[0])  # the flip is visible to the model
+    assert seen[-2] == 5  # a, b, c mirrored + b, c plain (the score() calls come after)
 
 
 def test_heldout_mask_is_deterministic_and_by_prompt():
