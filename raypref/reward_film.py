@@ -26,7 +26,7 @@ from torch import nn
 from raypref.reward_model import OpenClipBackbone
 
 FILM_FILE = "film_config.json"  # in the export's backbone/ dir, beside open_clip_config.json
-DEFAULTS = {"width": 32, "blocks": 4, "coords": True}
+DEFAULTS = {"width": 32, "blocks": 4, "coords": True, "stride": 2}
 
 
 class FilmBlock(nn.Module):
@@ -45,15 +45,17 @@ class FilmBlock(nn.Module):
 
 
 class FilmTower(nn.Module):
-    """Stem (full resolution, then stride 2), ``blocks`` FiLM blocks with one 2x max-pool half-way."""
+    """Stem (two convs, the second with ``stride``), ``blocks`` FiLM blocks with one 2x max-pool half-way.
+    Stride 1 keeps the blocks at full resolution: about 2.7x the compute, for pixel-sized decisions."""
 
-    def __init__(self, text_dim: int, width: int = 32, blocks: int = 4, coords: bool = True):
+    def __init__(self, text_dim: int, width: int = 32, blocks: int = 4, coords: bool = True, stride: int = 2):
         super().__init__()
-        if width < 1 or blocks < 1:
-            raise ValueError(f"reward.film: width and blocks must be >= 1, got width={width}, blocks={blocks}")
+        if width < 1 or blocks < 1 or stride not in (1, 2):
+            raise ValueError(f"reward.film: width and blocks must be >= 1 and stride 1 or 2, got width={width}, "
+                             f"blocks={blocks}, stride={stride}")
         self.coords = coords
         self.stem = nn.Sequential(nn.Conv2d(3 + 2 * coords, width, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU())
+                                  nn.Conv2d(width, width, 3, padding=1, stride=stride), nn.ReLU())
         self.blocks = nn.ModuleList(FilmBlock(width, text_dim) for _ in range(blocks))
         self.pool_after = blocks // 2 - 1  # -1 (no pool) for a single block
 

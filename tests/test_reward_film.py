@@ -56,7 +56,7 @@ def test_film_export_roundtrip_and_scorer(tiny_clip, tmp_path):
     from actors.reward_model import RewardModelScorer
 
     torch.manual_seed(1)
-    model = _create(tiny_clip, width=8, blocks=3, coords=False)
+    model = _create(tiny_clip, width=8, blocks=3, coords=False, stride=1)
     bt_step(model)
     images = [img((255, 0, 0)), img((0, 0, 255)), img((30, 200, 30))]
     prompts = PROMPTS + ["two green crosses"]
@@ -67,7 +67,7 @@ def test_film_export_roundtrip_and_scorer(tiny_clip, tmp_path):
     assert {"open_clip_config.json", FILM_FILE} <= {p.name for p in (d / "backbone").iterdir()}
     assert (d / CONFIG_FILE).is_file() and not any(k.startswith("backbone.clip.visual.") for k in load_file(str(d / WEIGHTS_FILE)))
     loaded = RewardModel.load(d)
-    assert loaded.backbone.kind == "film" and loaded.backbone.film_cfg == {"width": 8, "blocks": 3, "coords": False}
+    assert loaded.backbone.kind == "film" and loaded.backbone.film_cfg == {"width": 8, "blocks": 3, "coords": False, "stride": 1}
     assert loaded.config() == model.config()
     after = loaded.score(images, prompts)
     scorer = RewardModelScorer(name="rm", model=str(d), batch_size=2).score(images, prompts)
@@ -81,3 +81,5 @@ def test_film_rejects_bad_settings(tiny_clip):
         RewardModel.create(tiny_clip, None, kind="film", film={"widht": 8})
     with pytest.raises(Exception, match="width"):
         validate({"reward": {"backbone_kind": "film", "film": {"width": 0}}})
+    with pytest.raises(ValueError, match="stride 1 or 2"):
+        FilmTower(8, stride=3)
