@@ -17,6 +17,7 @@ The feature is [max-pool, mean-pool, t] of the last block, into RewardModel's tr
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from torch import nn
 from raypref.reward_model import OpenClipBackbone
 
 FILM_FILE = "film_config.json"  # in the export's backbone/ dir, beside open_clip_config.json
-DEFAULTS = {"width": 32, "blocks": 4, "coords": True, "stride": 2}
 
 
 class FilmBlock(nn.Module):
@@ -74,6 +74,10 @@ class FilmTower(nn.Module):
         return torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=-1)
 
 
+# the tower's settings and their defaults, read off its signature (text_dim comes from the CLIP)
+DEFAULTS = {k: p.default for k, p in inspect.signature(FilmTower).parameters.items() if k != "text_dim"}
+
+
 class FilmBackbone(OpenClipBackbone):
     kind = "film"
     fusion = "FiLM: the text embedding scales and shifts each conv block; [max-pool, mean-pool, txt]"
@@ -101,14 +105,8 @@ class FilmBackbone(OpenClipBackbone):
         return cls(base.clip, base.preprocess, base.tokenizer, base.model_cfg, source, film)
 
     def save_arch(self, d: Path) -> None:
-        from open_clip.tokenizer import HFTokenizer
-
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = {"model_cfg": self.model_cfg, "preprocess_cfg": self._preprocess_cfg}
-        (d / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+        super().save_arch(d)
         (d / FILM_FILE).write_text(json.dumps(self.film_cfg, indent=2))
-        if isinstance(self.tokenizer, HFTokenizer):
-            self.tokenizer.tokenizer.save_pretrained(str(d))
 
     def preprocess_cfg(self) -> dict:
         return dict(self._preprocess_cfg)

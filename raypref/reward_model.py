@@ -86,8 +86,8 @@ class OpenClipBackbone(nn.Module):
         from open_clip.tokenizer import HFTokenizer
 
         d.mkdir(parents=True, exist_ok=True)
-        pp = dict(self.clip.visual.preprocess_cfg)
-        (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": self.model_cfg, "preprocess_cfg": pp}, indent=2))
+        cfg = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg()}
+        (d / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
         if isinstance(self.tokenizer, HFTokenizer):
             self.tokenizer.tokenizer.save_pretrained(str(d))
 

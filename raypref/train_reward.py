@@ -44,16 +44,13 @@ def _split(batch, fraction: float, seed: int, heldout: bool):
     return batch.filter(pa.array(mask if heldout else ~mask))
 
 
-def _images(batch: dict, column: str, rows) -> list:
+def _image(batch: dict, column: str, row: int):
     from raypref import images as I
 
-    out = []
-    for i in rows:
-        try:
-            out.append(I.decode(batch[column][i]))
-        except ValueError as e:
-            raise ValueError(f"pairs row chosen_id={batch[S.CHOSEN_ID][i]!r}, {column}: {e}") from None
-    return out
+    try:
+        return I.decode(batch[column][row])
+    except ValueError as e:
+        raise ValueError(f"pairs row chosen_id={batch[S.CHOSEN_ID][row]!r}, {column}: {e}") from None
 
 
 def distinct_images(chosen_ids, rejected_ids, prompts) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
@@ -107,13 +104,13 @@ def forward_pairs(model, backbone, batch: dict, aspect_columns: list[str], devic
     ids = [[f"{i}|m" if f else str(i) for i, f in zip(batch[col], flip)] for col in (S.CHOSEN_ID, S.REJECTED_ID)]
     order, ci, ri = distinct_images(ids[0], ids[1], prompts)
     columns = (S.CHOSEN_IMAGE, S.REJECTED_IMAGE)
-    images = [_images(batch, columns[side], [row])[0] for side, row in order]
+    images = [_image(batch, columns[side], row) for side, row in order]
     images = [ImageOps.mirror(im) if flip[row] else im for im, (_, row) in zip(images, order)]
     pix, tok = backbone.inputs(images, [prompts[row] for _, row in order])
     out = model(pix.to(device), tok.to(device))
-    ci, ri = torch.as_tensor(ci, device=pix.device), torch.as_tensor(ri, device=pix.device)
-    chosen = {k: v[ci.to(v.device)] for k, v in out.items()}
-    rejected = {k: v[ri.to(v.device)] for k, v in out.items()}
+    ci, ri = torch.as_tensor(ci, device=device), torch.as_tensor(ri, device=device)
+    chosen = {k: v[ci] for k, v in out.items()}
+    rejected = {k: v[ri] for k, v in out.items()}
     label, target, mask = batch_targets(batch, aspect_columns)
     aspects = [k for k in out if k]
     stack = (lambda o: torch.stack([o[a] for a in aspects], dim=1)) if aspect_columns else (lambda o: None)
