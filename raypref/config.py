@@ -52,8 +52,9 @@ class PoolConf(_Strict):
 
 class GeneratorConf(_Strict):
     name: str = Field("sd", description="Generator name recorded in the 'generator' column.")
-    cls: str = Field("diffusers", description="Actor class: registry name or 'module:Class' import path.")
-    model: str = Field("", description="Hub name (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or local directory.")
+    cls: str = Field("diffusers", description="Actor class: registry name (diffusers, shapes_render) or 'module:Class' import path.")
+    model: str = Field("", description="Hub name (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or local directory; "
+                       "empty for a generator that loads none (shapes_render).")
     lora: str | None = Field(None, description="Optional LoRA weights directory loaded with load_lora_weights.")
     num_samples: int = Field(8, ge=1, description="Images per prompt (N).")
     num_inference_steps: int = Field(20, ge=1, description="Denoising steps.")
@@ -65,6 +66,8 @@ class GeneratorConf(_Strict):
     )
     seed: int = Field(0, description="Base seed; per-sample seeds derive from it and the prompt id.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights dtype.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the actor "
+                                 "(shapes_render: true_renders, kinds).")
     pool: PoolConf = Field(default_factory=PoolConf)
 
 
@@ -262,6 +265,7 @@ class RewardConf(_RayTrainScale):
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction of prompts (hash of prompt_id) whose pairs are held out for eval.")
     shuffle_buffer: int = Field(256, ge=0, description="Local shuffle buffer (pairs) per worker; 0: no shuffle.")
+    interleave: bool = Field(False, description="Sort the pairs once, before training, by a seeded hash of (pairs dir, prompt id): the dirs in reward.pairs interleave prompt by prompt instead of following each other, and each prompt's pairs stay together (with shuffle_buffer 0 a batch holds whole prompts). The order is the same every epoch.")
     seed: int = Field(0, description="Initialisation, split and shuffle seed.")
     cache_pairs_max_mb: float = Field(1024.0, ge=0, description="Pairs smaller than this on disk are read once into the object store.")
     export_dir: str | None = Field(None, description="Where the exported model goes (None: <output_dir>/reward/model).")

@@ -11,6 +11,7 @@ import importlib
 BUILTIN = {
     # generators
     "diffusers": "actors.generators:DiffusersGenerator",
+    "shapes_render": "actors.shapes_render:ShapesRenderGenerator",
     # scorers
     "clip_score": "actors.clip_score:CLIPScore",
     "jpeg_compressibility": "actors.compressibility:JpegCompressibility",

@@ -63,6 +63,7 @@ LABEL = "label"  # P(chosen preferred): 1.0 for a strict preference, 0.5 for a t
 CHOSEN_GENERATOR = "chosen_generator"
 REJECTED_GENERATOR = "rejected_generator"
 SOURCE_LABEL = "source_label"  # re-labelled pairs: the imported (e.g. human) label, as P(this chosen preferred)
+PAIR_ORDER = "pair_order"  # transient, reward training only: the seeded sort key that interleaves pairs dirs
 CHOSEN_PREFIX = "chosen_"  # + a score column: that scorer's (aspect's) score of the chosen image
 REJECTED_PREFIX = "rejected_"
 

@@ -229,8 +229,18 @@ def reward_loop(c: dict) -> None:
         epoch += 1
 
 
-def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float):
-    """One Ray dataset over every pairs dir in ``paths`` (each checked for the needed columns)."""
+def _order_key(batch, source: int, seed: int):
+    """reward.interleave's sort key: a seeded hash of (pairs dir index, prompt id), the same for all
+    of a prompt's pairs in one dir, so a sort keeps them together and mixes the dirs."""
+    import pyarrow as pa
+
+    ids = batch.column(S.PROMPT_ID).to_pylist()
+    return batch.append_column(S.PAIR_ORDER, pa.array([S.stable_id("order", seed, source, p) for p in ids]))
+
+
+def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float, interleave_seed: int | None = None):
+    """One Ray dataset over every pairs dir in ``paths`` (each checked for the needed columns);
+    with ``interleave_seed``, sorted by _order_key."""
     import pyarrow.dataset as pds
     import ray.data
 
@@ -243,7 +253,13 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
             raise ValueError(f"reward.pairs: {path} lacks columns {missing} "
                              f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
                              "whose aspect columns label the aspect heads)")
-    ds = ray.data.read_parquet(paths, columns=needed + side)
+    if interleave_seed is None:
+        ds = ray.data.read_parquet(paths, columns=needed + side)
+    else:
+        parts = [ray.data.read_parquet(p, columns=needed + side).map_batches(
+            _order_key, fn_kwargs={"source": i, "seed": interleave_seed}, batch_format="pyarrow")
+            for i, p in enumerate(paths)]
+        ds = parts[0].union(*parts[1:]).sort(S.PAIR_ORDER).drop_columns([S.PAIR_ORDER])
     local = [Path(p) for p in paths]
     if all(p.exists() for p in local) and \
             sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20 < cache_max_mb:
@@ -264,7 +280,7 @@ def run_train_reward(cfg: Config) -> dict:
             raise FileNotFoundError(f"reward.pairs: no pairs at {p} (run the build first, or set reward.pairs)")
     pairs = ", ".join(paths)
     aspect_cols = aspect_score_columns(r.aspect_scorer, r.aspects) if r.aspect_scorer else []
-    ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb)
+    ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb, r.seed if r.interleave else None)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}
     train = ds.map_batches(_split, fn_kwargs={**fn, "heldout": False}, batch_format="pyarrow").materialize()
     held = ds.map_batches(_split, fn_kwargs={**fn, "heldout": True}, batch_format="pyarrow").materialize()

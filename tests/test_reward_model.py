@@ -334,3 +334,32 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     assert "| rm | overall |" in md and "| clip | overall |" in md and "Tie rule" in md
     csv_lines = (tmp_path / "acc" / "accuracy" / "accuracy.csv").read_text().splitlines()
     assert csv_lines[0].startswith("scorer,output,pairs") and len(csv_lines) == 5
+
+
+def test_order_key_groups_a_prompt_within_a_dir_and_parts_dirs():
+    from raypref.train_reward import _order_key
+
+    t = pa.table({S.PROMPT_ID: ["p", "p", "q"]})
+    a = _order_key(t, source=0, seed=0).column(S.PAIR_ORDER).to_pylist()
+    b = _order_key(t, source=1, seed=0).column(S.PAIR_ORDER).to_pylist()
+    c = _order_key(t, source=0, seed=1).column(S.PAIR_ORDER).to_pylist()
+    assert a[0] == a[1] != a[2]  # one key per prompt: a sort keeps its pairs together
+    assert a[0] != b[0] and a[0] != c[0]  # another dir, another seed: another place
+
+
+def test_interleave_mixes_pairs_dirs_and_keeps_prompts_whole(ray_session, tmp_path):
+    from raypref.train_reward import _read_pairs
+
+    table = synthetic_pairs(tmp_path)  # dir a: the first 24 prompts, dir b: the last 24
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    first_b = set(table.column(S.PROMPT_ID).to_pylist()[table.num_rows // 2:])
+    plain = _read_pairs(paths, [], 64).take_all()
+    mixed = _read_pairs(paths, [], 64, interleave_seed=0).take_all()
+    again = _read_pairs(paths, [], 64, interleave_seed=0).take_all()
+    pid = lambda rows: [r[S.PROMPT_ID] for r in rows]
+    assert sorted(r[S.CHOSEN_ID] for r in mixed) == sorted(r[S.CHOSEN_ID] for r in plain)  # nothing lost
+    assert pid(mixed) == pid(again)  # seeded: a resumed run sees the same order
+    runs = [p for i, p in enumerate(pid(mixed)) if i == 0 or pid(mixed)[i - 1] != p]
+    assert len(runs) == len(set(runs)) == 48  # each prompt's pairs in one run
+    half = pid(mixed)[: len(mixed) // 2]
+    assert 0 < sum(p in first_b for p in half) < len(half)  # both dirs in the first half
