@@ -22,6 +22,8 @@ from raypref import schema as S
 
 
 class ShapesRenderGenerator:
+    loads_model = False  # the build leaves generators[].model empty for it (raypref.build.generator_kwargs)
+
     def __init__(self, name: str = "shapes-render", num_samples: int = 8, true_renders: int = 2,
                  kinds: list[str] | None = None, seed: int = 0, width: int | None = None, **_):
         from raypref.shapes import PERTURBATIONS

@@ -45,8 +45,8 @@ def pool_args(pool: PoolConf) -> dict:
 def generator_kwargs(g: GeneratorConf) -> dict:
     """Constructor arguments for a generator actor, model references resolved on the driver."""
     kw = g.model_dump(exclude={"pool", "cls", "args"})
-    # only a generator that loads no model (shapes_render) may leave it empty
-    needs = g.model or g.cls == "diffusers"
+    # a generator class that loads no model says so (loads_model = False) and may leave it empty
+    needs = g.model or getattr(resolve(g.cls), "loads_model", True)
     kw["model"] = resolve_model(g.model, what=f"generator {g.name!r} model") if needs else ""
     if g.lora:
         kw["lora"] = resolve_model(g.lora, what=f"generator {g.name!r} lora")
