@@ -24,6 +24,8 @@ Export (``save``): a directory with
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +45,21 @@ FREEZE_MODES = ("none", "all", "all_but_last")
 _TOWER_OUTPUTS = {"ln_post", "proj", "ln_final", "text_projection"}
 # open_clip parameters the reward never uses: always frozen (DDP rejects unused trainable ones)
 _UNUSED = {"logit_scale", "logit_bias"}
+
+
+@contextmanager
+def _quiet_root(*phrases: str):
+    """Drop root-logger records containing any of ``phrases`` (open_clip logs on the root logger)."""
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(p in record.getMessage() for p in phrases)
+
+    root, drop = logging.getLogger(), _Drop()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 class OpenClipBackbone(nn.Module):
@@ -78,7 +95,10 @@ class OpenClipBackbone(nn.Module):
         import open_clip
 
         ref = "local-dir:" + str(d)
-        clip, _, preprocess = open_clip.create_model_and_transforms(ref, load_weights=False, pretrained_text=False)
+        # the weights are the reward model's safetensors, loaded next (RewardModel.load): open_clip's
+        # "no weights found ... initialized randomly" warnings would only mislead
+        with _quiet_root("no CLIP weights found", "No pretrained weights loaded"):
+            clip, _, preprocess = open_clip.create_model_and_transforms(ref, load_weights=False, pretrained_text=False)
         return cls(clip, preprocess, open_clip.get_tokenizer(ref), open_clip.get_model_config(ref), source)
 
     def save_arch(self, d: Path) -> None:

@@ -159,6 +159,7 @@ def reward_loop(c: dict) -> None:
     from diffusers.optimization import get_scheduler
 
     from raypref.losses import reward_model_loss
+    from raypref.prompt_shuffle import prompt_batches
     from raypref.reward_model import RewardModel
 
     torch.manual_seed(c["seed"])
@@ -198,9 +199,13 @@ def reward_loop(c: dict) -> None:
     flips = np.random.default_rng([c["seed"], rank, step])  # a resumed run draws anew from its step
     while step < c["max_steps"]:
         seen = 0
-        for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
-                                        local_shuffle_buffer_size=c["shuffle_buffer"] or None,
-                                        local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank):
+        batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
+                                     local_shuffle_buffer_size=c["shuffle_buffer"] or None,
+                                     local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank)
+        if c["prompt_shuffle_buffer"]:
+            batches = prompt_batches(batches, c["batch_size"], c["prompt_shuffle_buffer"], S.PROMPT_ID,
+                                     np.random.default_rng([c["seed"], rank, epoch]))
+        for batch in batches:
             # one draw per prompt: all its pairs mirror together, so each image is still encoded once
             draw = {p: flips.random() for p in dict.fromkeys(batch[S.PROMPT])}
             flip = np.array([draw[p] < c["hflip"] for p in batch[S.PROMPT]], dtype=bool)
@@ -279,6 +284,9 @@ def run_train_reward(cfg: Config) -> dict:
         if "://" not in p and not Path(p).exists():
             raise FileNotFoundError(f"reward.pairs: no pairs at {p} (run the build first, or set reward.pairs)")
     pairs = ", ".join(paths)
+    if r.prompt_shuffle_buffer and r.shuffle_buffer:
+        raise ValueError(f"reward.prompt_shuffle_buffer={r.prompt_shuffle_buffer} needs reward.shuffle_buffer=0 (got "
+                         f"{r.shuffle_buffer}): a row shuffle would split the prompts it keeps whole")
     aspect_cols = aspect_score_columns(r.aspect_scorer, r.aspects) if r.aspect_scorer else []
     ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb, r.seed if r.interleave else None)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}

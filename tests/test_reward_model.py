@@ -2,6 +2,7 @@
 then resumed on 2), the export as a build scorer, and the preference-accuracy harness."""
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -160,7 +161,7 @@ def _img(rgb, size=32):
     return Image.new("RGB", (size, size), tuple(int(c) for c in rgb))
 
 
-def test_freeze_modes_and_export_roundtrip(tiny_clip, tmp_path):
+def test_freeze_modes_and_export_roundtrip(tiny_clip, tmp_path, caplog):
     full = RewardModel.create(tiny_clip, aspects=ASPECTS, hidden=16)
     assert all(p.requires_grad for n, p in full.backbone.clip.named_parameters() if n != "logit_scale")
     frozen = RewardModel.create(tiny_clip, aspects=ASPECTS, hidden=16, freeze="all")
@@ -181,7 +182,11 @@ def test_freeze_modes_and_export_roundtrip(tiny_clip, tmp_path):
     assert sorted(p.name for p in d.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, "backbone"])
     cfg = json.loads((d / CONFIG_FILE).read_text())
     assert cfg["aspects"] == ASPECTS and cfg["backbone"]["kind"] == "open_clip" and cfg["heads"][0] == "overall"
-    loaded = RewardModel.load(d)
+    with caplog.at_level(logging.WARNING):
+        loaded = RewardModel.load(d)
+    # the backbone dir holds no weights of its own (they are in the export's safetensors): no
+    # "initialized randomly" warning from open_clip, which would mislead
+    assert not [r for r in caplog.records if "weights" in r.getMessage()]
     after = loaded.score(images, prompts)
     for k in before:
         np.testing.assert_allclose(after[k], before[k], rtol=1e-5, atol=1e-5)
@@ -289,8 +294,9 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     # a rerun with a longer budget, now data-parallel on 2 workers, resumes at step 30: the history
     # continues, not restarts
     # (the same pairs given as a list of its two dirs)
+    # whole prompts shuffled per epoch: both workers still take the same number of steps (it crosses an epoch)
     s2 = run_train_reward(_cfg(out, [str(pairs / "a"), str(pairs / "b")], max_steps=36, eval_every=15,
-                               checkpoint_every=30, num_workers=2, hflip=0.5))
+                               checkpoint_every=30, num_workers=2, hflip=0.5, shuffle_buffer=0, prompt_shuffle_buffer=16))
     hist2 = _history(out)
     assert s2["workers"] == 2 and s2["final_step"] == 36
     assert (s2["pairs_train"], s2["pairs_heldout"]) == (s1["pairs_train"], s1["pairs_heldout"])
@@ -334,6 +340,14 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     assert "| rm | overall |" in md and "| clip | overall |" in md and "Tie rule" in md
     csv_lines = (tmp_path / "acc" / "accuracy" / "accuracy.csv").read_text().splitlines()
     assert csv_lines[0].startswith("scorer,output,pairs") and len(csv_lines) == 5
+
+
+def test_prompt_shuffle_needs_no_row_shuffle(tmp_path):
+    from raypref.train_reward import run_train_reward
+
+    synthetic_pairs(tmp_path / "pairs", n_prompts=4)
+    with pytest.raises(ValueError, match=r"prompt_shuffle_buffer=32 needs reward.shuffle_buffer=0 \(got 16\)"):
+        run_train_reward(_cfg(tmp_path / "run", tmp_path / "pairs", prompt_shuffle_buffer=32))
 
 
 def test_order_key_groups_a_prompt_within_a_dir_and_parts_dirs():
