@@ -8,15 +8,19 @@ Backends:
   AutoModelForImageTextToText, the processor's chat template, greedy generate).
 
 Modes: ``single`` rates each image alone; ``pairwise`` shows two images of the same prompt and
-rates both (raypref.judge_rubric.request_plan says which images go together).
+rates both (raypref.judge_rubric.request_plan says which images go together); with
+``both_orders`` each such request is repeated with the images swapped and an image's scores are
+the mean of its ratings, so a judge's preference for the first or second place cancels.
 
 Outputs per image: the main score (mean of the four aspects), one column per aspect, the
 rationale, and the request's event counts (``judge_events_<name>``, JSON) that the build summary
-adds up. An answer that cannot be parsed leaves the image's scores NaN (missing), never an error.
+adds up. An answer that cannot be parsed leaves the image's scores NaN (missing), never an error;
+with both_orders an image keeps the mean of the ratings that did parse.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 import numpy as np
@@ -34,6 +38,7 @@ class LLMJudgeArgs(BaseModel):
 
     backend: Literal["http", "local"] = Field("http", description="http: an OpenAI-compatible server; local: a transformers VLM.")
     mode: Literal["single", "pairwise"] = Field("single", description="Rate each image alone, or two images of a prompt side by side.")
+    both_orders: bool = Field(False, description="Pairwise: ask each request again with the two images swapped and average each image's two ratings, so the judge's preference for a place cancels (twice the requests).")
     http: HttpJudgeConf | None = Field(None, description="The endpoint (backend=http).")
     max_new_tokens: int = Field(512, ge=1, description="Answer length cap (backend=local).")
     batch_size: int = Field(4, ge=1, description="Requests per generate call (backend=local).")
@@ -46,6 +51,8 @@ class LLMJudgeArgs(BaseModel):
             raise ValueError("backend 'http' needs an 'http' section (base_url, model, ...)")
         if self.backend == "local" and self.http is not None:
             raise ValueError("backend 'local' takes no 'http' section")
+        if self.both_orders and self.mode != "pairwise":
+            raise ValueError("both_orders needs mode 'pairwise'")
         return self
 
 
@@ -103,6 +110,7 @@ class LLMJudge(Scorer):
         super().__init__(name)
         conf = parse_args(name, args)
         self.mode = conf.mode
+        self.both_orders = conf.both_orders
         self.backend = conf.backend
         if conf.backend == "http":
             self.client = ChatClient(conf.http, seed=conf.seed)
@@ -119,24 +127,31 @@ class LLMJudge(Scorer):
         return R.local_messages(prompt, images), lambda text: R.parse_answer(text, n)
 
     def score(self, images, prompts):
-        plan = R.request_plan(list(prompts), self.mode)
+        plan = R.request_plan(list(prompts), self.mode, self.both_orders)
         outcomes = self.client.complete_all([self._job(prompts[shown[0]], [images[i] for i in shown]) for shown, _ in plan])
         n = len(images)
-        out = {a: np.full(n, np.nan, np.float32) for a in R.ASPECTS}
-        reasons = [""] * n
-        events = ["{}"] * n
+        # per image: the ratings that parsed (two with both_orders), else the errors
+        ratings: list[list[dict]] = [[] for _ in range(n)]
+        errors: list[list[str]] = [[] for _ in range(n)]
+        events = [Counter() for _ in range(n)]
         for (shown, rated), o in zip(plan, outcomes):
             # a request's events go on the first image it shows, so the summary counts each once
-            events[shown[0]] = R.encode_events(o.events)
+            events[shown[0]].update(o.events)
             for pos, i in enumerate(shown):
                 if i not in rated:
                     continue
                 if o.value is None:
-                    reasons[i] = f"[missing] {o.error}"
-                    continue
-                rating = o.value[pos]
+                    errors[i].append(o.error)
+                else:
+                    ratings[i].append(o.value[pos])
+        out = {a: np.full(n, np.nan, np.float32) for a in R.ASPECTS}
+        reasons = [""] * n
+        for i in range(n):
+            if ratings[i]:  # the mean of the orders that parsed
                 for a in R.ASPECTS:
-                    out[a][i] = rating[a]
-                reasons[i] = rating["rationale"]
+                    out[a][i] = np.mean([r[a] for r in ratings[i]])
+                reasons[i] = " | ".join(dict.fromkeys(r["rationale"] for r in ratings[i]))
+            elif errors[i]:
+                reasons[i] = "[missing] " + " | ".join(dict.fromkeys(errors[i]))
         main = np.stack([out[a] for a in R.ASPECTS]).mean(axis=0) if n else np.zeros(0, np.float32)
-        return {"": main, **out, "rationale": reasons, "judge_events": events}
+        return {"": main, **out, "rationale": reasons, "judge_events": [R.encode_events(e) for e in events]}

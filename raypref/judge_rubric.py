@@ -176,13 +176,16 @@ def parse_answer(text: str, n_images: int) -> list[dict]:
     return [parse_single(text)] if n_images == 1 else list(parse_pairwise(text))
 
 
-def request_plan(prompts: list[str], mode: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+def request_plan(prompts: list[str], mode: str, both_orders: bool = False) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Which images each judge request shows, and whose ratings it gives: [(shown, rated), ...].
 
     single: one request per image. pairwise: the images of one prompt (consecutive equal
     prompts) go in pairs (0,1), (2,3), ...; an odd one out is shown beside the prompt's first
     image and only its own rating is kept; a prompt with one image is judged alone. Every image
-    is rated by exactly one request.
+    is rated by exactly one request. ``both_orders`` (pairwise) follows each two-image request
+    with the same images swapped, so every image shown beside another is rated twice, once in
+    each place: averaging the two cancels the judge's position bias (Zheng et al. 2023, MT-Bench,
+    "swap positions").
     """
     if mode == "single":
         return [((i,), (i,)) for i in range(len(prompts))]
@@ -199,8 +202,12 @@ def request_plan(prompts: list[str], mode: str) -> list[tuple[tuple[int, ...], t
         else:
             for a, b in zip(idx[0::2], idx[1::2]):
                 plan.append(((a, b), (a, b)))
+                if both_orders:
+                    plan.append(((b, a), (b, a)))
             if len(idx) % 2:
                 plan.append(((idx[-1], idx[0]), (idx[-1],)))
+                if both_orders:
+                    plan.append(((idx[0], idx[-1]), (idx[-1],)))
         start = end
     return plan
 

@@ -89,6 +89,13 @@ def test_request_plan_rates_every_image_exactly_once():
     # a: (0,1) then the odd one out beside the first; b alone; c as one pair
     assert plan == [((0, 1), (0, 1)), ((2, 0), (2,)), ((3,), (3,)), ((4, 5), (4, 5))]
     assert sorted(i for _, rated in plan for i in rated) == list(range(6))
+    # both orders: every two-image request again, swapped; an image shown beside another is rated
+    # twice, once in each place
+    plan = R.request_plan(["a", "a", "a", "b", "c", "c"], "pairwise", both_orders=True)
+    assert plan == [((0, 1), (0, 1)), ((1, 0), (1, 0)), ((2, 0), (2,)), ((0, 2), (2,)), ((3,), (3,)),
+                    ((4, 5), (4, 5)), ((5, 4), (5, 4))]
+    places = Counter((i, shown.index(i)) for shown, rated in plan for i in rated if len(shown) == 2)
+    assert set(places.values()) == {1} and {i for i, _ in places} == {0, 1, 2, 4, 5}
 
 
 def test_messages_carry_the_image_as_a_data_url_and_the_rubric():
@@ -280,6 +287,23 @@ def test_http_judge_pairwise_maps_scores_to_each_image(monkeypatch):
     assert np.allclose(res[""][:3], [7.75, 4.75, 7.75]) and np.isnan(res[""][3:]).all()
     assert res["rationale"][1] == "first is better"
     assert len(shown) == 3 and R.sum_events(res["judge_events"]) == {"requests": 3, "ok": 2, "malformed": 1}
+
+
+def test_http_judge_both_orders_cancels_position_bias(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    # the scripted judge rates whatever it sees first GOOD and second WORSE: pure position bias
+    prompts = ["case:ok"] * 3 + ["case:garbage"] * 2
+    images = [_img((50 * i, 10, 10)) for i in range(5)]
+    with JudgeServer(scripted) as server:
+        res = resolve("llm_judge")(name="pj", mode="pairwise", both_orders=True, **http_args(server.base_url)).score(images, prompts)
+    # every image was seen once in each place: (7.75 + 4.75) / 2 for all three, aspect by aspect
+    assert np.allclose(res[""][:3], 6.25) and np.allclose(res["fidelity"][:3], 4.5) and np.isnan(res[""][3:]).all()
+    assert res["rationale"][0] == "first is better" and res["rationale"][3].startswith("[missing] malformed answer")
+    # (0,1) (1,0) (2,0) (0,2) (3,4) (4,3); image 0 is shown first twice, so it carries two requests' events
+    assert R.sum_events(res["judge_events"]) == {"requests": 6, "ok": 4, "malformed": 2}
+    assert json.loads(res["judge_events"][0]) == {"ok": 2, "requests": 2}
+    with pytest.raises(ValueError, match="both_orders needs mode 'pairwise'"):
+        resolve("llm_judge")(name="sj", both_orders=True, **http_args(server.base_url))
 
 
 def test_http_judge_through_scorer_call_writes_columns(monkeypatch):
