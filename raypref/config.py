@@ -35,7 +35,7 @@ class RayConf(_Strict):
         "environment variable if set, else a new local Ray.",
     )
     num_cpus: int | None = Field(None, description="CPUs for a new local Ray (None: all).")
-    include_dashboard: bool = Field(False, description="Start the dashboard with a local Ray.")
+    include_dashboard: bool = Field(True, description="Start the dashboard with a local Ray, on dashboard_host. Ray's state API needs it, and Ray Train polls that API (without it, a training run logs 'Failed to query Ray Train Controller actor state' about once a second).")
     dashboard_host: str = Field(
         "127.0.0.1", description="Dashboard bind address; loopback unless you open it on purpose."
     )

@@ -23,10 +23,14 @@ def init_ray(conf: RayConf):
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(
+        ctx = ray.init(
             num_cpus=conf.num_cpus,
             include_dashboard=conf.include_dashboard,
             dashboard_host=conf.dashboard_host,
             logging_level=logging.WARNING,
         )
+        # Ray's own "View the dashboard at" line is INFO, below the level set above
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        where = f"dashboard http://{ctx.dashboard_url}" if ctx.dashboard_url else "no dashboard (ray.include_dashboard)"
+        print(f"[ray] new local Ray, {cpus} CPUs, {where}", flush=True)
     return ray

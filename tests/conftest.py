@@ -73,7 +73,8 @@ def session_dir() -> Path:
 def ray_session():
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, logging_level="WARNING")
+    # the dashboard (on loopback) serves the state API that Ray Train's placement-group cleaner polls
+    ray.init(num_cpus=8, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
     yield ray
     ray.shutdown()
 
