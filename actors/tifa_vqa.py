@@ -3,9 +3,12 @@
 Questions with expected answers come from the prompt (``raypref.vqa_questions``): ``questions=
 'template'`` (shapes-world templates, else one "is there <subject>?" question) or a
 ``'module:function'`` generator, e.g. one that asks an LLM as TIFA does. They are cached per
-prompt. The VQA model answers each question about each image by generating a short answer; an
-answer is correct iff it normalises to the expected one (``raypref.answer_match``: lowercase, no
-articles or punctuation, number words as digits).
+prompt. TIFA's questions are multiple choice, and so, with ``answers='choices'`` (the default), a
+question that has choices is answered by ranking them: the choice whose tokens the VQA model's
+answer decoder gives the highest summed log-probability (BLIP's own 'rank' inference) is the
+answer. A question without choices, and every question with ``answers='generate'``, is answered by
+generating a short answer. Either way an answer is correct iff it normalises to the expected one
+(``raypref.answer_match``: lowercase, no articles or punctuation, number words as digits).
 
 Outputs: main score = fraction of questions answered correctly (0..1, NaN for a prompt with no
 questions); one aspect per element type (object, colour, count, position, relation, other: that
@@ -32,13 +35,17 @@ from raypref.vqa_questions import ELEMENTS
 
 class TifaVQA(Scorer):
     def __init__(self, name: str = "tifa", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 questions: str = "template", max_new_tokens: int = 10, num_beams: int = 1, batch_size: int = 32, **_):
+                 questions: str = "template", answers: str = "choices", max_new_tokens: int = 10, num_beams: int = 1,
+                 batch_size: int = 32, **_):
         from transformers import BlipForQuestionAnswering
 
         from actors.blip_common import load_blip
         from raypref.vqa_questions import QuestionCache, load_generator
 
         super().__init__(name)
+        if answers not in ("choices", "generate"):
+            raise ValueError(f"scorer {name!r}: answers must be 'choices' or 'generate', got {answers!r}")
+        self.answers = answers
         self.device, self.processor, self.model, self.generate_kwargs = load_blip(
             name, model, BlipForQuestionAnswering, num_gpus, max_new_tokens, num_beams, batch_size)
         self.questions = QuestionCache(load_generator(questions))
@@ -56,6 +63,38 @@ class TifaVQA(Scorer):
         )
         return [a.strip() for a in self.processor.batch_decode(out, skip_special_tokens=True)]
 
+    @torch.no_grad()
+    def sequence_logprobs(self, pixel_values: torch.Tensor, question: str, ids: torch.Tensor,
+                          mask: torch.Tensor) -> torch.Tensor:
+        """(images, sequences): the summed log-probability of each answer sequence's tokens after
+        its first, under the answer decoder; ``ids`` start with BLIP's [DEC] token, as generate()'s
+        output does, and ``mask`` marks their real tokens."""
+        n, k = len(pixel_values), len(ids)
+        tok = self.processor.tokenizer([question] * n, return_tensors="pt", return_token_type_ids=False).to(self.device)
+        image = self.model.vision_model(pixel_values=pixel_values)[0]
+        image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=self.device)
+        q = self.model.text_encoder(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                                    encoder_hidden_states=image, encoder_attention_mask=image_mask)[0]
+        ids, mask = ids.to(self.device).repeat(n, 1), mask.to(self.device).repeat(n, 1)
+        logits = self.model.text_decoder(
+            input_ids=ids, attention_mask=mask, encoder_hidden_states=q.repeat_interleave(k, 0),
+            encoder_attention_mask=tok["attention_mask"].repeat_interleave(k, 0), return_dict=True,
+        ).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        return (logp * mask[:, 1:]).sum(-1).view(n, k)
+
+    def choice_logprobs(self, pixel_values: torch.Tensor, question: str, choices: tuple[str, ...]) -> torch.Tensor:
+        """(images, choices): each choice's summed token log-probability, its [SEP] included."""
+        ans = self.processor.tokenizer(list(choices), padding=True, return_tensors="pt", return_token_type_ids=False)
+        ids = ans["input_ids"].clone()
+        ids[:, 0] = self.model.config.text_config.bos_token_id  # [CLS] -> [DEC], the decoder's start
+        return self.sequence_logprobs(pixel_values, question, ids, ans["attention_mask"])
+
+    def rank(self, pixel_values: torch.Tensor, question: str, choices: tuple[str, ...]) -> list[str]:
+        """The likeliest choice for each image (ties: the first listed)."""
+        best = self.choice_logprobs(pixel_values, question, choices).argmax(dim=1)
+        return [choices[int(j)] for j in best]
+
     def score(self, images, prompts):
         from raypref.answer_match import answer_matches, tifa_score
 
@@ -63,22 +102,24 @@ class TifaVQA(Scorer):
         qsets = [self.questions(p) for p in prompts]
         pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
         pixels = pixels.to(self.device, self.model.dtype)
-        asks: dict[str, list[int]] = {}
+        # one batch per distinct (question, choices): the same words with other options are another question
+        asks: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         for i, qs in enumerate(qsets):
             for q in qs:
-                idx = asks.setdefault(q.text, [])
+                idx = asks.setdefault((q.text, q.choices if self.answers == "choices" else ()), [])
                 if not idx or idx[-1] != i:  # a question repeated for one image is asked once
                     idx.append(i)
-        answers: dict[tuple[int, str], str] = {}
-        for text, idx in asks.items():
+        answers: dict[tuple[int, str, tuple[str, ...]], str] = {}
+        for (text, choices), idx in asks.items():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
-                answers.update(zip(((i, text) for i in chunk), self.answer(pixels[chunk], text)))
+                got = self.rank(pixels[chunk], text, choices) if choices else self.answer(pixels[chunk], text)
+                answers.update(zip(((i, text, choices) for i in chunk), got))
 
         out = {"": np.full(n, np.nan, np.float32), **{e: np.full(n, np.nan, np.float32) for e in ELEMENTS}}
         reasons = []
         for i, qs in enumerate(qsets):
-            got = [answers[(i, q.text)] for q in qs]
+            got = [answers[(i, q.text, q.choices if self.answers == "choices" else ())] for q in qs]
             out[""][i] = tifa_score(got, [q.answer for q in qs])
             for e in ELEMENTS:
                 mine = [(a, q.answer) for a, q in zip(got, qs) if q.element == e]

@@ -11,9 +11,13 @@
   "a photo of a dog on a sofa" -> "Is there a dog on a sofa?" -> yes (object); "Are there ..."
   when the phrase starts with a count word.
 
+Each template question carries TIFA's multiple-choice options: yes/no, the world's six colours,
+or the counts 1-4 (the generic question: yes/no).
+
 ``questions='module:function'`` plugs any generator, e.g. one that asks an LLM as TIFA does. The
 function takes the prompt text and returns an iterable of Question, (question, answer) or
-(question, answer, element) tuples, or {"question", "answer", "element"} dicts. Elements outside
+(question, answer, element) tuples, or {"question", "answer", "element", "choices"} dicts
+(choices optional; when given, the expected answer must be one of them). Elements outside
 ELEMENTS are reported as "other".
 """
 
@@ -24,8 +28,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from raypref.answer_match import answer_matches
+
 ELEMENTS = ("object", "colour", "count", "position", "relation", "other")
 _PLURAL_LEAD = frozenset({"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "many", "several", "some"})
+
+
+YES_NO = ("yes", "no")
 
 
 @dataclass(frozen=True)
@@ -33,32 +42,37 @@ class Question:
     text: str
     answer: str
     element: str = "other"
+    # TIFA's multiple-choice options, the expected answer among them; () leaves the question free-form
+    choices: tuple[str, ...] = ()
 
 
 def shapes_questions(spec) -> list[Question]:
-    from raypref.shapes.world import POSITIONS, SHAPE_PLURALS
+    from raypref.shapes.world import COLOURS, COUNTS, POSITIONS, SHAPE_PLURALS
 
+    colours = tuple(COLOURS)
+    counts = tuple(str(n) for n in COUNTS)
     shapes = [o.shape for o in spec.objects]
     out: list[Question] = []
     for o in spec.objects:
         shared = shapes.count(o.shape) > 1
         if o.count == 1:
             if shared:
-                out.append(Question(f"Is there a {o.colour} {o.shape}?", "yes", "colour"))
+                out.append(Question(f"Is there a {o.colour} {o.shape}?", "yes", "colour", YES_NO))
             else:
-                out.append(Question(f"Is there a {o.shape}?", "yes", "object"))
-                out.append(Question(f"What color is the {o.shape}?", o.colour, "colour"))
+                out.append(Question(f"Is there a {o.shape}?", "yes", "object", YES_NO))
+                out.append(Question(f"What color is the {o.shape}?", o.colour, "colour", colours))
         else:
             plural = SHAPE_PLURALS[o.shape]
-            out.append(Question(f"Are there {plural}?", "yes", "object"))
-            out.append(Question(f"What color are the {plural}?", o.colour, "colour"))
+            out.append(Question(f"Are there {plural}?", "yes", "object", YES_NO))
+            out.append(Question(f"What color are the {plural}?", o.colour, "colour", colours))
             # expected in digits, as VQA models answer counts (matching also maps number words)
-            out.append(Question(f"How many {plural} are there?", str(o.count), "count"))
+            out.append(Question(f"How many {plural} are there?", str(o.count), "count", counts))
         if o.position is not None:
-            out.append(Question(f"Is the {o.shape} {POSITIONS[o.position]}?", "yes", "position"))
+            out.append(Question(f"Is the {o.shape} {POSITIONS[o.position]}?", "yes", "position", YES_NO))
     if spec.relation is not None:
         a, b = spec.objects
-        out.append(Question(f"Is the {a.colour} {a.shape} {spec.relation} the {b.colour} {b.shape}?", "yes", "relation"))
+        out.append(Question(f"Is the {a.colour} {a.shape} {spec.relation} the {b.colour} {b.shape}?", "yes", "relation",
+                            YES_NO))
     return out
 
 
@@ -70,7 +84,7 @@ def generic_questions(prompt: str) -> list[Question]:
         return []
     first = phrase.split()[0].lower()
     verb = "Are" if first in _PLURAL_LEAD or (first.isdigit() and first != "1") else "Is"
-    return [Question(f"{verb} there {phrase}?", "yes", "object")]
+    return [Question(f"{verb} there {phrase}?", "yes", "object", YES_NO)]
 
 
 def template_questions(prompt: str) -> list[Question]:
@@ -87,14 +101,21 @@ def _as_question(item, prompt: str, where: str) -> Question:
     if isinstance(item, Question):
         q = item
     elif isinstance(item, dict):
-        q = Question(str(item.get("question", "")), str(item.get("answer", "")), str(item.get("element", "other")))
+        choices = item.get("choices") or ()
+        if isinstance(choices, str) or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where} gave choices {choices!r} for prompt {prompt!r}: expected a list of strings")
+        q = Question(str(item.get("question", "")), str(item.get("answer", "")), str(item.get("element", "other")),
+                     tuple(choices))
     elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
         q = Question(*(str(x) for x in item))
     else:
         raise ValueError(f"{where} gave {item!r} for prompt {prompt!r}: expected Question, (question, answer[, element]) or a dict")
     if not q.text.strip() or not q.answer.strip():
         raise ValueError(f"{where} gave an empty question or answer for prompt {prompt!r}: {q}")
-    return q if q.element in ELEMENTS else Question(q.text, q.answer, "other")
+    if q.choices and not any(answer_matches(c, q.answer) for c in q.choices):
+        raise ValueError(f"{where} gave choices {list(q.choices)} without the expected answer {q.answer!r} "
+                         f"for prompt {prompt!r}: {q.text!r}")
+    return q if q.element in ELEMENTS else Question(q.text, q.answer, "other", q.choices)
 
 
 def load_generator(spec: str) -> Callable[[str], list[Question]]:

@@ -17,6 +17,9 @@ from raypref.vqa_questions import ELEMENTS, Question, QuestionCache, generic_que
 from raypref.registry import resolve
 
 Q = Question
+YN = ("yes", "no")  # the template questions' multiple-choice options
+COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan")
+COUNTS = ("1", "2", "3", "4")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,44 +38,44 @@ def one_torch_thread():
 @pytest.mark.parametrize(
     "prompt, expected",
     [
-        ("a red circle", [Q("Is there a circle?", "yes", "object"), Q("What color is the circle?", "red", "colour")]),
+        ("a red circle", [Q("Is there a circle?", "yes", "object", YN), Q("What color is the circle?", "red", "colour", COLOURS)]),
         (
             "three blue squares",
             [
-                Q("Are there squares?", "yes", "object"),
-                Q("What color are the squares?", "blue", "colour"),
-                Q("How many squares are there?", "3", "count"),
+                Q("Are there squares?", "yes", "object", YN),
+                Q("What color are the squares?", "blue", "colour", COLOURS),
+                Q("How many squares are there?", "3", "count", COUNTS),
             ],
         ),
         (
             "a yellow triangle at the top",
             [
-                Q("Is there a triangle?", "yes", "object"),
-                Q("What color is the triangle?", "yellow", "colour"),
-                Q("Is the triangle at the top?", "yes", "position"),
+                Q("Is there a triangle?", "yes", "object", YN),
+                Q("What color is the triangle?", "yellow", "colour", COLOURS),
+                Q("Is the triangle at the top?", "yes", "position", YN),
             ],
         ),
         (
             "a red circle left of a blue square",
             [
-                Q("Is there a circle?", "yes", "object"),
-                Q("What color is the circle?", "red", "colour"),
-                Q("Is there a square?", "yes", "object"),
-                Q("What color is the square?", "blue", "colour"),
-                Q("Is the red circle left of the blue square?", "yes", "relation"),
+                Q("Is there a circle?", "yes", "object", YN),
+                Q("What color is the circle?", "red", "colour", COLOURS),
+                Q("Is there a square?", "yes", "object", YN),
+                Q("What color is the square?", "blue", "colour", COLOURS),
+                Q("Is the red circle left of the blue square?", "yes", "relation", YN),
             ],
         ),
         (
             "a green cross above a purple cross",
             [
-                Q("Is there a green cross?", "yes", "colour"),
-                Q("Is there a purple cross?", "yes", "colour"),
-                Q("Is the green cross above the purple cross?", "yes", "relation"),
+                Q("Is there a green cross?", "yes", "colour", YN),
+                Q("Is there a purple cross?", "yes", "colour", YN),
+                Q("Is the green cross above the purple cross?", "yes", "relation", YN),
             ],
         ),
-        ("a photo of a dog on a sofa.", [Q("Is there a dog on a sofa?", "yes", "object")]),
-        ("two cats sleeping", [Q("Are there two cats sleeping?", "yes", "object")]),
-        ("a red circle on the moon", [Q("Is there a red circle on the moon?", "yes", "object")]),  # off-grammar
+        ("a photo of a dog on a sofa.", [Q("Is there a dog on a sofa?", "yes", "object", YN)]),
+        ("two cats sleeping", [Q("Are there two cats sleeping?", "yes", "object", YN)]),
+        ("a red circle on the moon", [Q("Is there a red circle on the moon?", "yes", "object", YN)]),  # off-grammar
     ],
 )
 def test_template_questions(prompt, expected):
@@ -82,7 +85,7 @@ def test_template_questions(prompt, expected):
 def test_generic_question_edge_cases():
     assert generic_questions("") == []
     assert generic_questions("An image of ...") == []
-    assert generic_questions("1 apple") == [Q("Is there 1 apple?", "yes", "object")]
+    assert generic_questions("1 apple") == [Q("Is there 1 apple?", "yes", "object", YN)]
 
 
 def test_answer_normalisation():
@@ -148,6 +151,20 @@ def test_question_hook_and_cache(tmp_path, monkeypatch):
     assert cache.misses == 4  # a, b, c, then b again after it was evicted (max 2 prompts)
     with pytest.raises(ValueError, match="'only a question'.*prompt 'p'"):
         load_generator("my_questions:bad")("p")
+    # multiple choice: the expected answer (as normalised) must be among the choices
+    (tmp_path / "mc_questions.py").write_text(
+        "def ok(prompt):\n"
+        "    return [{'question': 'How many?', 'answer': 'two', 'element': 'count', 'choices': ['1', '2', '3']}]\n"
+        "def missing(prompt):\n"
+        "    return [{'question': 'Colour?', 'answer': 'red', 'choices': ['blue', 'green']}]\n"
+        "def text(prompt):\n"
+        "    return [{'question': 'Colour?', 'answer': 'red', 'choices': 'red'}]\n"
+    )
+    assert load_generator("mc_questions:ok")("x") == [Q("How many?", "two", "count", ("1", "2", "3"))]
+    with pytest.raises(ValueError, match=r"choices \['blue', 'green'\] without the expected answer 'red' for prompt 'x'"):
+        load_generator("mc_questions:missing")("x")
+    with pytest.raises(ValueError, match="expected a list of strings"):
+        load_generator("mc_questions:text")("x")
     with pytest.raises(ValueError, match="cannot load the question generator"):
         load_generator("my_questions:missing")
     with pytest.raises(ValueError, match="expected 'template' or 'module:function'"):
@@ -191,7 +208,7 @@ def tiny_path():
 def test_tifa_vqa_actor(tiny_path):
     from raypref.answer_match import tifa_score as fraction
 
-    vqa = resolve("tifa_vqa")(name="tifa", model=tiny_path("blip_vqa"), max_new_tokens=3)
+    vqa = resolve("tifa_vqa")(name="tifa", model=tiny_path("blip_vqa"), max_new_tokens=3, answers="generate")
     imgs = _images()
     out = vqa.score(imgs, PROMPTS)
     assert set(out) == {"", "rationale", *ELEMENTS}
@@ -221,6 +238,54 @@ def test_tifa_vqa_actor(tiny_path):
     assert len(cols.column(S.score_column("tifa"))[0]) == 2
     assert cols.column(S.rationale_column("tifa"))[0][0].as_py().startswith("Is there a circle? -> ")
     assert S.score_column("tifa", "colour") in cols.column_names
+
+
+def test_tifa_choice_log_probabilities_are_the_decoders(tiny_path):
+    vqa = resolve("tifa_vqa")(name="tifa", model=tiny_path("blip_vqa"))
+    pixels = vqa.processor(images=_images(), return_tensors="pt")["pixel_values"]
+    bos = vqa.model.config.text_config.bos_token_id
+    for i, question in enumerate(["What color is the circle?", "How many squares are there?"]):
+        # greedy decoding's own per-step log-probabilities of the tokens it chose, summed ...
+        tok = vqa.processor.tokenizer([question], return_tensors="pt", return_token_type_ids=False)
+        g = vqa.model.generate(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                               pixel_values=pixels[i : i + 1], max_new_tokens=3, do_sample=False,
+                               output_scores=True, return_dict_in_generate=True)
+        seq = g.sequences
+        assert seq[0, 0] == bos  # generation starts from [DEC], as the ranking does
+        steps = sum(float(torch.log_softmax(sc.float(), -1)[0, seq[0, t + 1]]) for t, sc in enumerate(g.scores))
+        # ... equal the ranking's log-probability of that sequence
+        got = vqa.sequence_logprobs(pixels[i : i + 1], question, seq, torch.ones_like(seq))
+        assert got.shape == (1, 1) and float(got[0, 0]) == pytest.approx(steps, abs=1e-4)
+    choices = ("red", "green", "blue", "light blue")  # unequal lengths: padding must not count
+    lp = vqa.choice_logprobs(pixels, "What color is the circle?", choices)
+    assert lp.shape == (3, 4) and (lp < 0).all()
+    for j, c in enumerate(choices):  # each choice alone, no padding, gives the same figure
+        alone = vqa.choice_logprobs(pixels, "What color is the circle?", (c,))
+        np.testing.assert_allclose(alone[:, 0].numpy(), lp[:, j].numpy(), rtol=1e-5, atol=1e-5)
+    assert vqa.rank(pixels, "What color is the circle?", choices) == [choices[int(k)] for k in lp.argmax(1)]
+
+
+def test_tifa_vqa_answers_by_ranking_the_choices(tiny_path):
+    from raypref.answer_match import tifa_score as fraction
+
+    vqa = resolve("tifa_vqa")(name="tifa", model=tiny_path("blip_vqa"))  # answers='choices' by default
+    imgs = _images()
+    out = vqa.score(imgs, PROMPTS)
+    pixels = vqa.processor(images=imgs, return_tensors="pt")["pixel_values"]
+    for i, prompt in enumerate(PROMPTS):
+        qs = template_questions(prompt)
+        got = [vqa.rank(pixels[i : i + 1], q.text, q.choices)[0] for q in qs]  # one image, one question
+        assert all(a in q.choices for a, q in zip(got, qs))
+        assert out[""][i] == pytest.approx(fraction(got, [q.answer for q in qs]))
+        assert out["rationale"][i].split(" | ")[0].startswith(f"{qs[0].text} -> {got[0]!r}")
+    # the expected answer set to the model's likeliest choice scores 1; a question without
+    # choices is still answered by generation
+    said = vqa.rank(pixels[:1], "Is there a circle?", ("yes", "no"))[0]
+    free = vqa.answer(pixels[:1], "What is it?")[0]
+    vqa.questions = QuestionCache(lambda p: [Q("Is there a circle?", said, "object", ("yes", "no")), Q("What is it?", free)])
+    assert vqa.score(imgs[:1], ["anything"])[""][0] == 1.0
+    with pytest.raises(ValueError, match="answers must be 'choices' or 'generate'"):
+        resolve("tifa_vqa")(name="tifa", model=tiny_path("blip_vqa"), answers="vote")
 
 
 def test_captioner_actor(tiny_path):
