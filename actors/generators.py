@@ -94,16 +94,23 @@ class DiffusersGenerator:
             output_type="pil",
         )
         encoded = [I.encode(im) for im in out.images]
-        new = {
-            S.SAMPLE_ID: [S.sample_id(pid, self.name, s) for pid, s in zip(np.repeat(pids, self.n), seeds)],
-            S.GENERATOR: [self.name] * len(seeds),
-            S.SEED: seeds,
-            S.STEPS: [self.steps] * len(seeds),
-            S.GUIDANCE: [self.guidance] * len(seeds),
-            S.NOISE_SIGMA: [self.sigma] * len(seeds),
-            S.IMAGE: encoded,
-        }
+        new = sample_columns(pids, self.name, self.n, seeds, encoded, self.steps, self.guidance, self.sigma)
         return append_samples(batch, new, self.n)
+
+
+def sample_columns(pids: list[str], name: str, n: int, seeds: list[int], encoded: list[bytes], steps: int,
+                   guidance: float, sigma: float) -> dict[str, list]:
+    """A generator's new samples as append_samples takes them: n per prompt id, in order."""
+    k = len(seeds)
+    return {
+        S.SAMPLE_ID: [S.sample_id(pid, name, s) for pid, s in zip(np.repeat(pids, n), seeds)],
+        S.GENERATOR: [name] * k,
+        S.SEED: seeds,
+        S.STEPS: [steps] * k,
+        S.GUIDANCE: [guidance] * k,
+        S.NOISE_SIGMA: [sigma] * k,
+        S.IMAGE: encoded,
+    }
 
 
 def append_samples(batch: pa.Table, new: dict[str, list], n: int) -> pa.Table:

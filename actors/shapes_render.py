@@ -13,10 +13,9 @@ generator's. No model is loaded; the build's other generator columns are filled 
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 
-from actors.generators import append_samples, sample_seed
+from actors.generators import append_samples, sample_columns, sample_seed
 from raypref import images as I
 from raypref import schema as S
 
@@ -78,14 +77,5 @@ class ShapesRenderGenerator:
                 s = sample_seed(self.seed, pid + "|" + self.name, i)
                 seeds.append(s)
                 encoded.append(I.encode(self._draw(spec, s, i, pid)))
-        n = len(seeds)
-        new = {
-            S.SAMPLE_ID: [S.sample_id(pid, self.name, s) for pid, s in zip(np.repeat(pids, self.n), seeds)],
-            S.GENERATOR: [self.name] * n,
-            S.SEED: seeds,
-            S.STEPS: [0] * n,
-            S.GUIDANCE: [0.0] * n,
-            S.NOISE_SIGMA: [0.0] * n,
-            S.IMAGE: encoded,
-        }
-        return append_samples(batch, new, self.n)
+        # no diffusion: steps, guidance and noise are recorded as 0
+        return append_samples(batch, sample_columns(pids, self.name, self.n, seeds, encoded, 0, 0.0, 0.0), self.n)

@@ -103,10 +103,13 @@ class TifaVQA(Scorer):
         pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
         pixels = pixels.to(self.device, self.model.dtype)
         # one batch per distinct (question, choices): the same words with other options are another question
+        def key(q) -> tuple[str, tuple[str, ...]]:
+            return q.text, q.choices if self.answers == "choices" else ()
+
         asks: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         for i, qs in enumerate(qsets):
             for q in qs:
-                idx = asks.setdefault((q.text, q.choices if self.answers == "choices" else ()), [])
+                idx = asks.setdefault(key(q), [])
                 if not idx or idx[-1] != i:  # a question repeated for one image is asked once
                     idx.append(i)
         answers: dict[tuple[int, str, tuple[str, ...]], str] = {}
@@ -119,7 +122,7 @@ class TifaVQA(Scorer):
         out = {"": np.full(n, np.nan, np.float32), **{e: np.full(n, np.nan, np.float32) for e in ELEMENTS}}
         reasons = []
         for i, qs in enumerate(qsets):
-            got = [answers[(i, q.text, q.choices if self.answers == "choices" else ())] for q in qs]
+            got = [answers[(i, *key(q))] for q in qs]
             out[""][i] = tifa_score(got, [q.answer for q in qs])
             for e in ELEMENTS:
                 mine = [(a, q.answer) for a, q in zip(got, qs) if q.element == e]
