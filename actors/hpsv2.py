@@ -18,7 +18,6 @@ square, as HPSv2's evaluation transform does.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ class HPSv2(Scorer):
                  checkpoint: str | None = None, num_gpus: float = 0.0, **_):
         import open_clip
 
-        from raypref.models import check_model_ref
+        from raypref.models import check_model_ref, quiet_missing_weights
 
         super().__init__(name)
         what = f"scorer {name!r}"
@@ -58,17 +57,11 @@ class HPSv2(Scorer):
         if not Path(ckpt).is_file():
             raise FileNotFoundError(f"{what}: HPSv2 checkpoint does not exist: {ckpt}")
         self.device = pick_device(num_gpus)
-        # architecture only: every weight comes from the HPSv2 checkpoint, loaded strictly below, so
-        # open_clip's "no pretrained weights, initialized randomly" warnings would mislead
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
+        # architecture only: every weight comes from the HPSv2 checkpoint, loaded strictly below
+        with quiet_missing_weights():
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                 model, pretrained=None, load_weights=False, image_resize_mode="longest"
             )
-        finally:
-            root.setLevel(level)
         try:
             open_clip.load_checkpoint(self.model, ckpt, strict=True, weights_only=True)
         except RuntimeError as e:

@@ -5,10 +5,12 @@ spends time loading, so a wrong path fails fast with its name."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -17,6 +19,25 @@ _TINY = "tiny:"
 _SHAPES = "shapes:"
 SHAPES_WEIGHTS = Path(__file__).parent / "shapes" / "weights"
 _SHAPES_KINDS = {"sd": "", "clip": _LOCAL_DIR}  # kind -> the prefix its loader expects
+
+
+@contextmanager
+def quiet_missing_weights():
+    """Drop open_clip's "no weights found ... initialized randomly" warnings (it logs on the root
+    logger) while building an architecture whose weights the caller loads right after: they
+    would mislead. Every other record passes."""
+    phrases = ("no CLIP weights found", "No pretrained weights loaded")
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(p in record.getMessage() for p in phrases)
+
+    root, drop = logging.getLogger(), _Drop()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 class ModelNotFound(FileNotFoundError):

@@ -24,8 +24,6 @@ Export (``save``): a directory with
 from __future__ import annotations
 
 import json
-import logging
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -45,21 +43,6 @@ FREEZE_MODES = ("none", "all", "all_but_last")
 _TOWER_OUTPUTS = {"ln_post", "proj", "ln_final", "text_projection"}
 # open_clip parameters the reward never uses: always frozen (DDP rejects unused trainable ones)
 _UNUSED = {"logit_scale", "logit_bias"}
-
-
-@contextmanager
-def _quiet_root(*phrases: str):
-    """Drop root-logger records containing any of ``phrases`` (open_clip logs on the root logger)."""
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not any(p in record.getMessage() for p in phrases)
-
-    root, drop = logging.getLogger(), _Drop()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
 
 
 class OpenClipBackbone(nn.Module):
@@ -94,10 +77,11 @@ class OpenClipBackbone(nn.Module):
     def from_export(cls, d: Path, source: str, preprocess: dict | None = None) -> "OpenClipBackbone":
         import open_clip
 
+        from raypref.models import quiet_missing_weights
+
         ref = "local-dir:" + str(d)
-        # the weights are the reward model's safetensors, loaded next (RewardModel.load): open_clip's
-        # "no weights found ... initialized randomly" warnings would only mislead
-        with _quiet_root("no CLIP weights found", "No pretrained weights loaded"):
+        # the weights are the reward model's safetensors, loaded next (RewardModel.load)
+        with quiet_missing_weights():
             clip, _, preprocess = open_clip.create_model_and_transforms(ref, load_weights=False, pretrained_text=False)
         return cls(clip, preprocess, open_clip.get_tokenizer(ref), open_clip.get_model_config(ref), source)
 
