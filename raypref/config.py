@@ -119,7 +119,19 @@ class _RayTrainScale(_Strict):
     use_gpu: bool = Field(False, description="One GPU per worker.")
 
 
-class TrainConf(_RayTrainScale):
+class _StepConf(_Strict):
+    """How an optimizer step is taken: shared by the DPO and reward-model loops (raypref.train_step)."""
+
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Forward compute precision: fp32, or bf16 autocast (weights, gradients and optimizer "
+        "state stay fp32; bf16 needs no loss scaling). For GPUs with bf16 (Ampere and later); a CPU runs it, rarely faster.")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches of batch_size pairs per optimizer step (gradient accumulation): each "
+        "step learns from batch_size x grad_accum_steps x num_workers pairs; DDP all-reduces once per step. "
+        "max_steps and the *_every keys count optimizer steps.")
+
+
+class TrainConf(_RayTrainScale, _StepConf):
     pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
     base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
     method: Literal["dpo"] = Field("dpo", description="Training objective.")
@@ -130,9 +142,13 @@ class TrainConf(_RayTrainScale):
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules that get LoRA."
     )
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
-    batch_size: int = Field(4, ge=1, description="Pairs per worker per step.")
+    batch_size: int = Field(4, ge=1, description="Pairs per worker per micro-batch (one step: grad_accum_steps of them).")
     max_steps: int = Field(100, ge=1, description="Optimizer steps in total.")
     checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints.")
+    max_grad_norm: float | None = Field(None, gt=0, description="Clip the LoRA's gradient norm to this (None: no clipping).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute the UNet's activations in the backward pass instead of keeping them "
+        "(diffusers' enable_gradient_checkpointing): less memory, more compute, the same gradients.")
     seed: int = Field(0, description="Training seed (noise, timesteps).")
     cache_pairs_max_mb: float = Field(
         1024.0, ge=0, description="Pairs whose Parquet files total less than this are read once into Ray's object "
@@ -235,7 +251,7 @@ class FilmConf(_Strict):
     stride: Literal[1, 2] = Field(2, description="Stride of the stem's second conv: 2 halves the resolution of the blocks; 1 keeps it (about 2.7x the compute).")
 
 
-class RewardConf(_RayTrainScale):
+class RewardConf(_RayTrainScale, _StepConf):
     """Reward model training (raypref.train_reward): backbone + overall and per-aspect heads, Bradley-Terry loss."""
 
     pairs: str | list[str] | None = Field(None, description="Pairs Parquet dir, or a list of them trained on as one dataset (None: this run's build/pairs).")
@@ -259,7 +275,7 @@ class RewardConf(_RayTrainScale):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     hflip: float = Field(0.0, ge=0, le=1, description="Training augmentation: the probability that a prompt's pairs in a batch are mirrored left-right (both images of each, drawn once per prompt), the prompt's hflip_swap words swapped to match. Only for prompts whose meaning the swap keeps (e.g. the shapes world); 0 turns it off.")
     hflip_swap: dict[str, str] = Field(default_factory=lambda: {"left": "right", "right": "left"}, description="Whole words swapped in the prompt of a mirrored pair (hflip).")
-    batch_size: int = Field(32, ge=1, description="Pairs per worker per step.")
+    batch_size: int = Field(32, ge=1, description="Pairs per worker per micro-batch (one step: grad_accum_steps of them).")
     max_steps: int = Field(500, ge=1, description="Optimizer steps in total.")
     eval_every: int = Field(100, ge=1, description="Steps between held-out evaluations (also at step 0 and the last step).")
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")

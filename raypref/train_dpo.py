@@ -34,6 +34,18 @@ def load_frozen_parts(base: str, device):
     return tok, text, vae, sched, unet
 
 
+def load_for_training(c: dict, device):
+    """load_frozen_parts, then the LoRA on the UNet (and gradient checkpointing if asked):
+    (tok, text, vae, sched, unet, trainable params)."""
+    from raypref.lora import add_lora
+
+    tok, text, vae, sched, unet = load_frozen_parts(c["base_model"], device)
+    params = add_lora(unet, c["lora_rank"], c["lora_alpha"], c["lora_targets"])
+    if c["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
+    return tok, text, vae, sched, unet, params
+
+
 def pair_batch_to_latents(batch: dict, tok, text, vae, size: int, device):
     """Decode chosen/rejected images and encode them (frozen VAE, text encoder): (2B latents, 2B text)."""
     import torch
@@ -77,14 +89,14 @@ def train_loop_per_worker(c: dict) -> None:
     import ray.train.torch
     import torch
 
-    from raypref.lora import add_lora, load_lora_into, save_lora
+    from raypref.lora import load_lora_into, save_lora
+    from raypref.train_step import accumulate, micro_groups
 
     torch.manual_seed(c["seed"])
     device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    tok, text, vae, sched, unet = load_frozen_parts(c["base_model"], device)
-    params = add_lora(unet, c["lora_rank"], c["lora_alpha"], c["lora_targets"])
+    tok, text, vae, sched, unet, params = load_for_training(c, device)
     opt = torch.optim.AdamW(params, lr=c["learning_rate"])
     size = unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
 
@@ -103,17 +115,22 @@ def train_loop_per_worker(c: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
         report_step(rank, {"step": step}, history, {"step": step}, write)
+    def forward(batch):
+        latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
+        return dpo_step(unet_ddp, unet, latents, enc, sched, c["beta"], gen)
+
     while step < c["max_steps"]:
         seen = 0
-        for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False):
-            latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
-            loss, m = dpo_step(unet_ddp, unet, latents, enc, sched, c["beta"], gen)
+        batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False)
+        for group in micro_groups(batches, c["grad_accum_steps"]):
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, m = accumulate(unet_ddp, group, forward, device, c["precision"])
+            if c["max_grad_norm"]:
+                torch.nn.utils.clip_grad_norm_(params, c["max_grad_norm"])
             opt.step()
             step += 1
             seen += 1
-            metrics = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in m.items()}}
+            metrics = {"step": step, "loss": loss, "micro_batches": len(group), **m}
             history.append(metrics)
             last = step >= c["max_steps"]
             report_step(rank, metrics, history, {"step": step},

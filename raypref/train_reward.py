@@ -107,7 +107,8 @@ def forward_pairs(model, backbone, batch: dict, aspect_columns: list[str], devic
     images = [_image(batch, columns[side], row) for side, row in order]
     images = [ImageOps.mirror(im) if flip[row] else im for im, (_, row) in zip(images, order)]
     pix, tok = backbone.inputs(images, [prompts[row] for _, row in order])
-    out = model(pix.to(device), tok.to(device))
+    # fp32 outputs: under bf16 autocast the losses and accuracies still compare in full precision
+    out = {k: v.float() for k, v in model(pix.to(device), tok.to(device)).items()}
     ci, ri = torch.as_tensor(ci, device=device), torch.as_tensor(ri, device=device)
     chosen = {k: v[ci] for k, v in out.items()}
     rejected = {k: v[ri] for k, v in out.items()}
@@ -124,6 +125,7 @@ def evaluate(model, backbone, shard, c: dict, device) -> dict:
     import torch.distributed as dist
 
     from raypref.losses import bradley_terry_loss
+    from raypref.train_step import autocast
 
     aspects = c["aspect_columns"]
     # sums: overall loss, pairs, overall correct, strict pairs, then per aspect: correct, strict
@@ -132,7 +134,8 @@ def evaluate(model, backbone, shard, c: dict, device) -> dict:
     model.eval()
     with torch.no_grad():
         for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy"):
-            oc, orj, ac, ar, label, target, mask = forward_pairs(model, backbone, batch, aspects, device)
+            with autocast(device, c["precision"]):
+                oc, orj, ac, ar, label, target, mask = forward_pairs(model, backbone, batch, aspects, device)
             loss, m = bradley_terry_loss(oc[""], orj[""], label)
             n = float(len(label))
             sums[:4] += torch.tensor([float(loss) * n, n, float(m["accuracy"].nan_to_num(0)) * float(m["strict_pairs"]),
@@ -161,6 +164,7 @@ def reward_loop(c: dict) -> None:
     from raypref.losses import reward_model_loss
     from raypref.prompt_shuffle import prompt_batches
     from raypref.reward_model import RewardModel
+    from raypref.train_step import accumulate, micro_groups
 
     torch.manual_seed(c["seed"])
     device = ray.train.torch.get_device()
@@ -197,6 +201,14 @@ def reward_loop(c: dict) -> None:
     t0 = time.time()
     epoch = state.get("epoch", 0)
     flips = np.random.default_rng([c["seed"], rank, step])  # a resumed run draws anew from its step
+
+    def forward(batch):
+        # one draw per prompt: all its pairs mirror together, so each image is still encoded once
+        draw = {p: flips.random() for p in dict.fromkeys(batch[S.PROMPT])}
+        flip = np.array([draw[p] < c["hflip"] for p in batch[S.PROMPT]], dtype=bool)
+        oc, orj, ac, ar, label, target, mask = forward_pairs(ddp, backbone, batch, c["aspect_columns"], device,
+                                                             flip, c["hflip_swap"])
+        return reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, c["aspect_weight"])
     while step < c["max_steps"]:
         seen = 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
@@ -205,22 +217,16 @@ def reward_loop(c: dict) -> None:
         if c["prompt_shuffle_buffer"]:
             batches = prompt_batches(batches, c["batch_size"], c["prompt_shuffle_buffer"], S.PROMPT_ID,
                                      np.random.default_rng([c["seed"], rank, epoch]))
-        for batch in batches:
-            # one draw per prompt: all its pairs mirror together, so each image is still encoded once
-            draw = {p: flips.random() for p in dict.fromkeys(batch[S.PROMPT])}
-            flip = np.array([draw[p] < c["hflip"] for p in batch[S.PROMPT]], dtype=bool)
-            oc, orj, ac, ar, label, target, mask = forward_pairs(ddp, backbone, batch, c["aspect_columns"], device,
-                                                                 flip, c["hflip_swap"])
-            loss, m = reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, c["aspect_weight"])
+        for group in micro_groups(batches, c["grad_accum_steps"]):
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, m = accumulate(ddp, group, forward, device, c["precision"])
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
             opt.step()
             sched.step()
             step += 1
             seen += 1
-            metrics = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
-                       **{k: float(v) for k, v in m.items()}, "seconds": round(time.time() - t0, 2)}
+            metrics = {"step": step, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0], "micro_batches": len(group),
+                       **m, "seconds": round(time.time() - t0, 2)}
             last = step >= c["max_steps"]
             if last or step % c["eval_every"] == 0:
                 metrics.update(evaluate(model, backbone, eval_shard, c, device))
