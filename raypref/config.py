@@ -273,6 +273,10 @@ class RewardConf(_RayTrainScale, _StepConf):
         "constant", description="Learning-rate schedule over max_steps (diffusers.optimization.get_scheduler), both parameter groups.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the schedule (ignored by 'constant').")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute the backbone's transformer blocks in the backward pass instead of keeping "
+        "their activations (open_clip's set_grad_checkpointing; transformers' for blip; film: its text tower, "
+        "not the conv tower): less memory, more compute, the same gradients.")
     hflip: float = Field(0.0, ge=0, le=1, description="Training augmentation: the probability that a prompt's pairs in a batch are mirrored left-right (both images of each, drawn once per prompt), the prompt's hflip_swap words swapped to match. Only for prompts whose meaning the swap keeps (e.g. the shapes world); 0 turns it off.")
     hflip_swap: dict[str, str] = Field(default_factory=lambda: {"left": "right", "right": "left"}, description="Whole words swapped in the prompt of a mirrored pair (hflip).")
     batch_size: int = Field(32, ge=1, description="Pairs per worker per micro-batch (one step: grad_accum_steps of them).")

@@ -50,6 +50,19 @@ class BlipBackbone(nn.Module):
         self.embed_dim = int(blip_config.text_config.hidden_size)
         self.feature_dim = self.embed_dim
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """transformers' per-layer gradient checkpointing on both encoders, non-reentrant: with frozen
+        embeddings (freeze=all_but_last) the reentrant kind would pass no gradient to the unfrozen layers.
+        BlipTextModel does not opt in to the public switch, though its layers support it (the full BLIP
+        model sets them through this same method), hence _set_gradient_checkpointing."""
+        import functools
+
+        from torch.utils.checkpoint import checkpoint
+
+        func = functools.partial(checkpoint, use_reentrant=False)
+        for tower in (self.vision_model, self.text_encoder):
+            tower._set_gradient_checkpointing(enable=enable, gradient_checkpointing_func=func)
+
     @classmethod
     def from_ref(cls, ref: str, pretrained: str | None = None) -> "BlipBackbone":
         """A BlipForImageTextRetrieval checkpoint by hub name or path (``pretrained`` is an open_clip

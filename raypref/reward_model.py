@@ -111,6 +111,14 @@ class OpenClipBackbone(nn.Module):
     def preprocess_cfg(self) -> dict:
         return dict(self.clip.visual.preprocess_cfg)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block in the backward pass (open_clip's own switch, non-reentrant)."""
+        for tower in (getattr(self.clip, "visual", None), getattr(self.clip, "text", None)):
+            if tower is not None and hasattr(tower, "set_grad_checkpointing"):
+                tower.set_grad_checkpointing(enable)
+        if getattr(self.clip, "transformer", None) is not None:
+            self.clip.transformer.grad_checkpointing = enable
+
     def freeze(self, mode: str, unfrozen_blocks: int = 1) -> None:
         """'none': all trainable; 'all': none; 'all_but_last': the last ``unfrozen_blocks``
         residual blocks of each tower and what follows them (final norm, projection)."""

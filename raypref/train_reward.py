@@ -172,6 +172,9 @@ def reward_loop(c: dict) -> None:
     aspects = c["aspects"] if c["aspect_columns"] else []
     model = RewardModel.create(c["backbone"], c["backbone_pretrained"], aspects, c["hidden"], c["freeze"],
                                c["unfrozen_blocks"], c["backbone_kind"], c["film"])
+    model.train()  # transformers loads BLIP in eval mode, where its gradient checkpointing is off
+    if c["gradient_checkpointing"]:
+        model.backbone.set_grad_checkpointing(True)
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
     step = state.get("step", 0)
     if ckpt_dir is not None:

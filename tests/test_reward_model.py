@@ -295,10 +295,11 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     # continues, not restarts
     # (the same pairs given as a list of its two dirs)
     # whole prompts shuffled per epoch: both workers still take the same number of steps (it crosses an epoch)
-    # and now 2 micro-batches a step under bf16 autocast: the schedule still counts optimizer steps
+    # and now 2 micro-batches a step under bf16 autocast, with gradient checkpointing: the schedule still
+    # counts optimizer steps
     s2 = run_train_reward(_cfg(out, [str(pairs / "a"), str(pairs / "b")], max_steps=36, eval_every=15,
                                checkpoint_every=30, num_workers=2, hflip=0.5, shuffle_buffer=0, prompt_shuffle_buffer=16,
-                               grad_accum_steps=2, precision="bf16"))
+                               grad_accum_steps=2, precision="bf16", gradient_checkpointing=True))
     hist2 = _history(out)
     assert s2["workers"] == 2 and s2["final_step"] == 36
     assert {h["micro_batches"] for h in hist2[1:31]} == {1} and {h["micro_batches"] for h in hist2[31:]} <= {1, 2}

@@ -120,3 +120,50 @@ def test_dpo_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny
     assert any(g.abs().sum() > 0 for g in grads[False])
     for a, b in zip(grads[False], grads[True]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _last_mlps(model, kind):
+    """The MLP in the last transformer block of each tower: with checkpointing it runs again in the
+    backward pass. (Counted at a child module: transformers recomputes a layer's unwrapped forward.)"""
+    bb = model.backbone
+    if kind == "blip":
+        return [bb.vision_model.encoder.layers[-1].mlp, bb.text_encoder.encoder.layer[-1].intermediate]
+    blocks = [bb.clip.transformer.resblocks[-1].mlp]
+    if bb.clip.visual is not None:  # film drops the image tower
+        blocks.append(bb.clip.visual.transformer.resblocks[-1].mlp)
+    return blocks
+
+
+@pytest.mark.parametrize("kind,ref,freeze", [("open_clip", "tiny:clip", "none"), ("film", "tiny:clip", "none"),
+                                             ("blip", "tiny:blip_itm", "all_but_last")])
+def test_reward_gradient_checkpointing_recomputes_and_gives_the_same_gradients(kind, ref, freeze):
+    import copy
+
+    from raypref.losses import reward_model_loss
+    from raypref.models import resolve_model
+    from raypref.reward_model import RewardModel
+    from raypref.train_reward import forward_pairs
+    from reward_steps import ASPECTS, pairs_batch
+
+    torch.manual_seed(0)
+    plain = RewardModel.create(resolve_model(ref), aspects=ASPECTS, hidden=16, freeze=freeze, kind=kind)
+    ckpt = copy.deepcopy(plain)
+    grads, runs = {}, {}
+    for name, model in (("plain", plain), ("ckpt", ckpt)):
+        model.train()
+        if name == "ckpt":
+            model.backbone.set_grad_checkpointing(True)
+        calls = []
+        for block in _last_mlps(model, kind):  # count forward runs (the recompute skips module hooks)
+            block.forward = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(block.forward)
+        batch, cols = pairs_batch()
+        oc, orj, ac, ar, label, target, mask = forward_pairs(model, model.backbone, batch, cols, "cpu")
+        reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, 1.0)[0].backward()
+        runs[name] = len(calls)
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    n_towers = len(_last_mlps(plain, kind))
+    assert runs == {"plain": n_towers, "ckpt": 2 * n_towers}  # forward, then the recompute
+    assert grads["plain"].keys() == grads["ckpt"].keys()
+    assert all(g is not None for g in grads["ckpt"].values())  # unfrozen last layers still get gradients
+    for n, g in grads["plain"].items():
+        torch.testing.assert_close(grads["ckpt"][n], g, rtol=1e-4, atol=1e-6, msg=n)
