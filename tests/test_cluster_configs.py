@@ -1,5 +1,6 @@
 """cluster/: the launcher configs pass the checks `ray up` runs on them, keep the dashboard on
-loopback, and install the same pins as the Makefile; the job runtime_env is one Ray accepts."""
+loopback, share the launching machine's auth token with every node, and install the same pins as
+the Makefile; the job runtime_env is one Ray accepts."""
 
 import re
 from pathlib import Path
@@ -37,6 +38,7 @@ def test_launcher_config_dashboard_on_loopback_and_pinned_install(name):
     setup = " ".join(c["setup_commands"])
     assert make_pins and make_pins <= set(re.findall(r"torch(?:vision)?==[\d.]+", setup))
     assert "-r requirements.lock" in setup
+    assert c["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # one token on every node (Ray >= 2.60)
 
 
 def test_job_runtime_env_is_valid_and_leaves_local_state_behind():
