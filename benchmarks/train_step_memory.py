@@ -1,0 +1,208 @@
+"""A training step's cost: bf16 autocast, gradient checkpointing and accumulation against fp32.
+
+Each setting runs in a fresh child process on the same model, pairs per step and inputs:
+``precision``, ``gradient_checkpointing``, and ``grad_accum_steps`` (the same pairs per step in
+smaller micro-batches). A step is the training loop's own: raypref.train_step.accumulate over
+raypref.train_dpo.dpo_step (``--loop dpo``, a LoRA on the UNet) or over
+raypref.train_reward.forward_pairs and the Bradley-Terry loss (``--loop reward``, the whole reward
+model), then AdamW. Prints seconds per step; the activation memory, as the bytes autograd keeps
+for the backward pass of one micro-batch (counted with torch.autograd.graph.saved_tensors_hooks,
+on any device; checkpointing also keeps each recomputed block's inputs, outside those hooks); on
+CUDA also the peak allocated memory of a step; each as a ratio to the fp32 run of this invocation.
+
+    .venv/bin/python benchmarks/train_step_memory.py                      # DPO, shapes:sd, this machine
+    .venv/bin/python benchmarks/train_step_memory.py --loop reward        # open_clip ViT-B-32 (random init)
+    .venv/bin/python benchmarks/train_step_memory.py --model /models/sd15 --pairs 8 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT = "a red circle left of a blue square"
+SETTINGS = [  # (label, precision, gradient checkpointing, micro-batches per step)
+    ("fp32", "fp32", False, 1),
+    ("bf16", "bf16", False, 1),
+    ("fp32 + checkpointing", "fp32", True, 1),
+    ("bf16 + checkpointing", "bf16", True, 1),
+    ("fp32, 2 micro-batches", "fp32", False, 2),
+]
+
+
+class SavedBytes:
+    """Bytes of the tensors autograd saves for backward while active (what checkpointing and bf16 shrink)."""
+
+    def __init__(self):
+        self.total = 0
+
+    def pack(self, t):
+        self.total += t.numel() * t.element_size()
+        return t
+
+
+def dpo_setup(a: dict, device):
+    """(module, micro-batches, forward, trainable params) of a DPO step on random latents."""
+    import torch
+
+    from raypref.train_dpo import dpo_step, load_for_training
+
+    c = {"base_model": a["model"], "lora_rank": a["lora_rank"], "lora_alpha": float(a["lora_rank"]),
+         "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "gradient_checkpointing": a["checkpointing"]}
+    tok, text, _, sched, unet, params = load_for_training(c, device)
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    n = a["pairs"]
+    latents = torch.randn(2 * n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g).to(device)
+    ids = tok([PROMPT] * n, padding="max_length", truncation=True, max_length=tok.model_max_length,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        enc = text(ids.to(device))[0].repeat(2, 1, 1)
+    per = n // a["micro"]
+    # a micro-batch holds its winners then its losers, as pair_batch_to_latents builds them
+    group = [(torch.cat([latents[i * per:(i + 1) * per], latents[n + i * per:n + (i + 1) * per]]),
+              torch.cat([enc[i * per:(i + 1) * per], enc[n + i * per:n + (i + 1) * per]])) for i in range(a["micro"])]
+    return unet, group, lambda b: dpo_step(unet, unet, b[0], b[1], sched, 5000.0, g), params
+
+
+def reward_setup(a: dict, device):
+    """(module, micro-batches, forward, trainable params) of a reward-model step on random images."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from raypref import images as I
+    from raypref import schema as S
+    from raypref.losses import reward_model_loss
+    from raypref.models import resolve_model
+    from raypref.reward_model import RewardModel
+    from raypref.train_reward import forward_pairs
+
+    model = RewardModel.create(resolve_model(a["model"], what="--model") if ":" in a["model"] else a["model"],
+                               None, aspects=(), kind=a["kind"]).to(device)
+    model.train()
+    if a["checkpointing"]:
+        model.backbone.set_grad_checkpointing(True)
+    size = model.backbone.preprocess_cfg()["size"]
+    size = size if isinstance(size, int) else size[0]
+    rng = np.random.default_rng(0)
+    n, per = a["pairs"], a["pairs"] // a["micro"]
+
+    def image():
+        return I.encode(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+
+    def batch(i):
+        ids = range(i * per, (i + 1) * per)
+        return {S.PROMPT: np.array([PROMPT] * per, dtype=object), S.LABEL: np.ones(per, dtype=np.float32),
+                S.CHOSEN_ID: np.array([f"c{j}" for j in ids], dtype=object),
+                S.REJECTED_ID: np.array([f"r{j}" for j in ids], dtype=object),
+                S.CHOSEN_IMAGE: np.array([image() for _ in ids], dtype=object),
+                S.REJECTED_IMAGE: np.array([image() for _ in ids], dtype=object)}
+
+    def forward(b):
+        oc, orj, _, _, label, _, _ = forward_pairs(model, model.backbone, b, [], device)
+        return reward_model_loss(oc[""], orj[""], label)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, [batch(i) for i in range(a["micro"])], forward, params
+
+
+def child(a: dict) -> dict:
+    import torch
+
+    from raypref.train_step import accumulate
+
+    torch.manual_seed(0)
+    device = torch.device(a["device"])
+    module, group, plain, params = (dpo_setup if a["loop"] == "dpo" else reward_setup)(a, device)
+    opt = torch.optim.AdamW(params, lr=1e-5)
+
+    def step(forward):
+        opt.zero_grad(set_to_none=True)
+        accumulate(module, group, forward, device, a["precision"])
+        opt.step()
+
+    saved = []
+
+    def counted(b):
+        c = SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(c.pack, lambda t: t):
+            out = plain(b)
+        saved.append(c.total)
+        return out
+
+    step(counted)  # also the warm-up: allocator, kernels, AdamW state
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(a["steps"]):
+        step(plain)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds_per_step": (time.perf_counter() - t0) / a["steps"], "saved_bytes": max(saved),
+            "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--loop", choices=["dpo", "reward"], default="dpo")
+    ap.add_argument("--model", help="dpo: diffusers SD pipeline dir, hub name or shapes:sd (default); reward: an "
+                    "open_clip model name built with random weights (default ViT-B-32), or a reward.backbone reference")
+    ap.add_argument("--kind", default="open_clip", help="reward: reward.backbone_kind (open_clip, blip, film)")
+    ap.add_argument("--pairs", type=int, default=16, help="pairs per optimizer step (even)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
+    ap.add_argument("--lora-rank", type=int, default=4, help="dpo: LoRA rank")
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.pairs % 2:
+        ap.error("--pairs must be even (the accumulation setting halves it)")
+    from raypref.models import resolve_model
+
+    if args.loop == "dpo":
+        model = resolve_model(args.model or "shapes:sd", what="--model")
+    else:
+        model = args.model or "ViT-B-32"
+    rows = []
+    for label, precision, ckpt, micro in SETTINGS:
+        a = {"loop": args.loop, "model": model, "kind": args.kind, "pairs": args.pairs, "steps": args.steps,
+             "lora_rank": args.lora_rank, "device": args.device, "precision": precision, "checkpointing": ckpt,
+             "micro": micro}
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(a)], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{label}: the child failed:\n{out.stderr[-3000:]}")
+        rows.append((label, json.loads(out.stdout.strip().splitlines()[-1])))
+    base = rows[0][1]
+    cuda = base["peak_bytes"] is not None
+    what = f"DPO step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}" if args.loop == "dpo" else \
+        f"reward-model step, {args.kind} {model}, whole model trained"
+    print(f"{what}, {args.pairs} pairs a step, {args.device}, {args.steps} timed steps each")
+    print("| setting | s / step | vs fp32 | saved for backward (MiB) | vs fp32 |"
+          + (" peak allocated (MiB) | vs fp32 |" if cuda else ""))
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""))
+    for label, r in rows:
+        line = (f"| {label} | {r['seconds_per_step']:.3f} | {r['seconds_per_step'] / base['seconds_per_step']:.2f}x "
+                f"| {r['saved_bytes'] / 2**20:.1f} | {r['saved_bytes'] / base['saved_bytes']:.2f}x |")
+        if cuda:
+            line += f" {r['peak_bytes'] / 2**20:.1f} | {r['peak_bytes'] / base['peak_bytes']:.2f}x |"
+        print(line)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()
