@@ -116,7 +116,7 @@ def reward_setup(a: dict, device):
 def child(a: dict) -> dict:
     import torch
 
-    from raypref.train_step import accumulate
+    from raypref.train_step import accumulate, micro_groups
 
     torch.manual_seed(0)
     device = torch.device(a["device"])
@@ -125,7 +125,7 @@ def child(a: dict) -> dict:
 
     def step(forward):
         opt.zero_grad(set_to_none=True)
-        accumulate(module, group, forward, device, a["precision"])
+        accumulate(module, next(micro_groups(group, len(group))), forward, device, a["precision"])
         opt.step()
 
     saved = []

@@ -115,6 +115,7 @@ def train_loop_per_worker(c: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
         report_step(rank, {"step": step}, history, {"step": step}, write)
+
     def forward(batch):
         latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
         return dpo_step(unet_ddp, unet, latents, enc, sched, c["beta"], gen)
@@ -124,13 +125,13 @@ def train_loop_per_worker(c: dict) -> None:
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False)
         for group in micro_groups(batches, c["grad_accum_steps"]):
             opt.zero_grad(set_to_none=True)
-            loss, m = accumulate(unet_ddp, group, forward, device, c["precision"])
+            loss, m, micro = accumulate(unet_ddp, group, forward, device, c["precision"])
             if c["max_grad_norm"]:
                 torch.nn.utils.clip_grad_norm_(params, c["max_grad_norm"])
             opt.step()
             step += 1
             seen += 1
-            metrics = {"step": step, "loss": loss, "micro_batches": len(group), **m}
+            metrics = {"step": step, "loss": loss, "micro_batches": micro, **m}
             history.append(metrics)
             last = step >= c["max_steps"]
             report_step(rank, metrics, history, {"step": step},

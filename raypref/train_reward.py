@@ -212,6 +212,7 @@ def reward_loop(c: dict) -> None:
         oc, orj, ac, ar, label, target, mask = forward_pairs(ddp, backbone, batch, c["aspect_columns"], device,
                                                              flip, c["hflip_swap"])
         return reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, c["aspect_weight"])
+
     while step < c["max_steps"]:
         seen = 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
@@ -222,13 +223,13 @@ def reward_loop(c: dict) -> None:
                                      np.random.default_rng([c["seed"], rank, epoch]))
         for group in micro_groups(batches, c["grad_accum_steps"]):
             opt.zero_grad(set_to_none=True)
-            loss, m = accumulate(ddp, group, forward, device, c["precision"])
+            loss, m, micro = accumulate(ddp, group, forward, device, c["precision"])
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
             opt.step()
             sched.step()
             step += 1
             seen += 1
-            metrics = {"step": step, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0], "micro_batches": len(group),
+            metrics = {"step": step, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0], "micro_batches": micro,
                        **m, "seconds": round(time.time() - t0, 2)}
             last = step >= c["max_steps"]
             if last or step % c["eval_every"] == 0:

@@ -14,13 +14,28 @@ from typing import Callable, Iterable, Iterator
 PRECISIONS = ("fp32", "bf16")
 
 
-def micro_groups(batches: Iterable, k: int) -> Iterator[list]:
-    """Consecutive groups of ``k`` batches, one optimizer step each; an epoch's last group may be shorter."""
+_END = object()
+
+
+def micro_groups(batches: Iterable, k: int) -> Iterator[Iterator[tuple[object, bool]]]:
+    """Per optimizer step, its micro-batches as (batch, is_last) pairs: k of them, fewer at the end of
+    the batches. Streamed with one batch of look-ahead, so at most two batches are held however large
+    k is. Consume each group fully before taking the next."""
     if k < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {k}")
     it = iter(batches)
-    while group := list(itertools.islice(it, k)):
-        yield group
+    head = [next(it, _END)]
+
+    def group():
+        for j in range(k):
+            batch, head[0] = head[0], next(it, _END)
+            last = j == k - 1 or head[0] is _END
+            yield batch, last
+            if last:
+                return
+
+    while head[0] is not _END:
+        yield group()
 
 
 def autocast(device, precision: str):
@@ -36,23 +51,26 @@ def autocast(device, precision: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-def accumulate(module, group: list, forward: Callable, device, precision: str) -> tuple[float, dict[str, float]]:
-    """Backpropagate every micro-batch of ``group`` through ``forward(batch) -> (loss, metrics)``.
-
-    Each loss is divided by len(group), so the summed gradient is that of the group's mean loss
-    (each micro-batch weighs the same, as in accelerate and the diffusers training scripts). A DDP
-    ``module`` skips the all-reduce on all but the last micro-batch. Returns the mean loss and the
-    mean of each metric over the micro-batches; the caller clips and steps the optimizer.
+def accumulate(module, group: Iterable[tuple[object, bool]], forward: Callable, device,
+               precision: str) -> tuple[float, dict[str, float], int]:
+    """Backpropagate every micro-batch of ``group`` (micro_groups) through ``forward(batch) -> (loss,
+    metrics)``, then divide the summed gradients by the number of micro-batches: the gradient of
+    their mean loss (each micro-batch weighs the same, as in accelerate and the diffusers training
+    scripts). A DDP ``module`` skips the all-reduce on all but the last micro-batch. Returns the mean
+    loss, the mean of each metric and the number of micro-batches; the caller clips and steps.
     """
-    n = len(group)
-    loss_sum, sums = 0.0, {}
-    for j, batch in enumerate(group):
-        last = j == n - 1
+    n, loss_sum, sums = 0, 0.0, {}
+    for batch, last in group:
         with nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync():
             with autocast(device, precision):
                 loss, metrics = forward(batch)
-            (loss.float() / n).backward()
+            loss.float().backward()
+        n += 1
         loss_sum += float(loss.detach())
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-    return loss_sum / n, {k: v / n for k, v in sums.items()}
+    if n > 1:
+        for p in module.parameters():
+            if p.grad is not None:
+                p.grad.div_(n)
+    return loss_sum / n, {k: v / n for k, v in sums.items()}, n

@@ -9,11 +9,27 @@ import torch
 from raypref.train_step import accumulate, autocast, micro_groups
 
 
-def test_micro_groups_and_bad_k():
-    assert list(micro_groups(range(5), 2)) == [[0, 1], [2, 3], [4]]  # an epoch's last group is short
-    assert list(micro_groups(range(3), 1)) == [[0], [1], [2]]
+def test_micro_groups_mark_the_last_and_stream_with_one_batch_of_look_ahead():
+    steps = [list(g) for g in micro_groups(range(5), 2)]
+    assert steps == [[(0, False), (1, True)], [(2, False), (3, True)], [(4, True)]]  # the last step is short
+    assert [list(g) for g in micro_groups(range(2), 1)] == [[(0, True)], [(1, True)]]
+    assert list(micro_groups([], 3)) == []
+    pulled = []
+
+    def source():
+        for i in range(100):
+            pulled.append(i)
+            yield i
+
+    first = next(micro_groups(source(), 50))
+    assert next(first) == (0, False) and pulled == [0, 1]  # not 50 batches held for one step
     with pytest.raises(ValueError, match="grad_accum_steps"):
         list(micro_groups(range(3), 0))
+
+
+def _group(batches):
+    """All of ``batches`` as the micro-batches of one optimizer step."""
+    return next(micro_groups(batches, len(batches)))
 
 
 def _data():
@@ -31,8 +47,9 @@ def test_two_micro_batches_give_the_gradient_of_their_mean_loss():
     one = torch.nn.Linear(3, 1)
     two = torch.nn.Linear(3, 1)
     two.load_state_dict(one.state_dict())
-    loss_one, _ = accumulate(one, [(x, y)], _mse(one), "cpu", "fp32")
-    loss_two, m = accumulate(two, [(x[:4], y[:4]), (x[4:], y[4:])], _mse(two), "cpu", "fp32")
+    loss_one, _, n_one = accumulate(one, _group([(x, y)]), _mse(one), "cpu", "fp32")
+    loss_two, m, n_two = accumulate(two, _group([(x[:4], y[:4]), (x[4:], y[4:])]), _mse(two), "cpu", "fp32")
+    assert (n_one, n_two) == (1, 2)
     # equal halves: the mean of the two halves' mean losses is the whole batch's mean loss
     assert loss_two == pytest.approx(loss_one, rel=1e-6)
     assert m == {"n": 4.0}  # metrics are averaged over the micro-batches
@@ -65,7 +82,7 @@ def test_ddp_all_reduces_only_on_the_last_micro_batch():
         seen.append(ddp.in_no_sync)
         return _mse(ddp)(b)
 
-    accumulate(ddp, [(x[:3], y[:3]), (x[3:6], y[3:6]), (x[6:], y[6:])], forward, "cpu", "fp32")
+    accumulate(ddp, _group([(x[:3], y[:3]), (x[3:6], y[3:6]), (x[6:], y[6:])]), forward, "cpu", "fp32")
     assert seen == [True, True, False]
 
 
@@ -81,8 +98,8 @@ def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_gradients():
         dtypes.append(out.dtype)
         return ((out.float() - b[1]) ** 2).mean(), {}
 
-    accumulate(ref, [(x, y)], _mse(ref), "cpu", "fp32")
-    accumulate(half, [(x, y)], forward, "cpu", "bf16")
+    accumulate(ref, _group([(x, y)]), _mse(ref), "cpu", "fp32")
+    accumulate(half, _group([(x, y)]), forward, "cpu", "bf16")
     assert dtypes == [torch.bfloat16]
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in half.parameters())
     for a, b in zip(ref.parameters(), half.parameters()):
