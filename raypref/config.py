@@ -124,7 +124,8 @@ class _StepConf(_Strict):
 
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="Forward compute precision: fp32, or bf16 autocast (weights, gradients and optimizer "
-        "state stay fp32; bf16 needs no loss scaling). For GPUs with bf16 (Ampere and later); a CPU runs it, rarely faster.")
+        "state stay fp32; bf16 needs no loss scaling). For GPUs with bf16 (Ampere and later); on a CPU it pays only "
+        "where the CPU has bf16 instructions and the model is large (benchmarks/train_step_memory.py measures it).")
     grad_accum_steps: int = Field(
         1, ge=1, description="Micro-batches of batch_size pairs per optimizer step (gradient accumulation): each "
         "step learns from batch_size x grad_accum_steps x num_workers pairs; DDP all-reduces once per step. "
