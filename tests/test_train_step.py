@@ -1,5 +1,6 @@
 """The shared optimizer step (raypref.train_step): gradient accumulation, DDP's no_sync, bf16
-autocast; and the DPO UNet's gradient checkpointing. No Ray: the loops' step is tested directly."""
+autocast; and gradient checkpointing of the DPO UNet and of each reward backbone. No Ray: the
+loops' step is tested directly."""
 
 import contextlib
 
