@@ -7,9 +7,11 @@ test.json is a list of {'prompt': str, 'image_path': list[str], 'rank': list[int
 the image at the same index), 'raw_annotations': list[{'rank', 'user_hash'}]}. A lower rank is
 better (HPSv2's evaluation ranks images by descending score, best = 0, and compares with 'rank').
 Image paths are relative to an image folder given separately to HPSv2; the hub ships the images
-as train.tar.gz / test.tar.gz. Not verified: the folder those archives unpack to. Here the
-image root defaults to <json dir>/<json stem>/ (train.json -> train/) when it exists, else the
-JSON's own folder; pass ``image_root`` otherwise.
+as train.tar.gz / test.tar.gz, and the HPSv2 README gives the unpacked layout: HPD/train/ and
+HPD/test/ hold the images, beside HPD/train.json and HPD/test.json. So the image root defaults to
+<json dir>/<json stem>/ (train.json -> train/) when it exists, else the JSON's own folder; pass
+``image_root`` otherwise. (That README spells the per-annotator key 'raw_annotation'; the reader
+ignores it either way.)
 
 Reading: ``path`` is a JSON file, or a directory holding train.json and/or test.json. A record
 with 'human_preference' (train) gives one pair per non-preferred image (preferred chosen,
