@@ -74,7 +74,6 @@ def dpo_setup(a: dict, device):
 def reward_setup(a: dict, device):
     """(module, micro-batches, forward, trainable params) of a reward-model step on random images."""
     import numpy as np
-    import torch
     from PIL import Image
 
     from raypref import images as I
@@ -84,15 +83,14 @@ def reward_setup(a: dict, device):
     from raypref.reward_model import RewardModel
     from raypref.train_reward import forward_pairs
 
-    model = RewardModel.create(resolve_model(a["model"], what="--model") if ":" in a["model"] else a["model"],
-                               None, aspects=(), kind=a["kind"]).to(device)
+    model = RewardModel.create(resolve_model(a["model"], what="--model"), None, aspects=(), kind=a["kind"]).to(device)
     model.train()
     if a["checkpointing"]:
         model.backbone.set_grad_checkpointing(True)
     size = model.backbone.preprocess_cfg()["size"]
     size = size if isinstance(size, int) else size[0]
     rng = np.random.default_rng(0)
-    n, per = a["pairs"], a["pairs"] // a["micro"]
+    per = a["pairs"] // a["micro"]
 
     def image():
         return I.encode(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))

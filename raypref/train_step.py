@@ -7,14 +7,11 @@ once per optimizer step instead of once per micro-batch.
 
 from __future__ import annotations
 
-import itertools
 from contextlib import nullcontext
 from typing import Callable, Iterable, Iterator
 
 PRECISIONS = ("fp32", "bf16")
-
-
-_END = object()
+_END = object()  # micro_groups: the batches ran out
 
 
 def micro_groups(batches: Iterable, k: int) -> Iterator[Iterator[tuple[object, bool]]]:
