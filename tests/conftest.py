@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,12 @@ os.environ.update(
 os.environ.pop("RAY_ADDRESS", None)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_unconfigure(config):
+    # the session dir holds the token and the model cache (tens of MB); left behind, every run
+    # adds to /tmp until the disk fills
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 def tiny_config_dict(out: Path, prompts: Path, **build) -> dict:
