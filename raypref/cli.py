@@ -52,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="dataset report of a stage dir (counts, score/margin histograms, per-generator "
                        "win rates); writes <dir>/report", epilog=EPILOG)
     _add_common(p)
+    p = sub.add_parser("sweep", help="ablations and scaling curves: run sweep.stages at every point of sweep.grid; "
+                       "writes sweep/{points/,results.{csv,md,json},<metric>.png}", epilog=EPILOG)
+    _add_common(p)
     p = sub.add_parser("demo", help="build -> train dpo -> eval on the embedded default", epilog=EPILOG)
     _add_common(p)
     p = sub.add_parser("config", help="print the resolved config (or --doc: every key documented)", epilog=EPILOG)
@@ -63,6 +66,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from raypref import stages
+    from raypref.sweep import SweepFailed
 
     try:
         if args.command == "config" and args.doc:
@@ -78,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "pair":
             stages.pair(cfg)
         elif args.command == "rank":
-            from raypref.select import run_rank
-
-            run_rank(cfg)
+            stages.rank(cfg)
+        elif args.command == "sweep":
+            stages.sweep(cfg)
         elif args.command == "relabel":
             from raypref.relabel import relabel
 
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"raypref {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except SweepFailed as e:
+        print(f"raypref {args.command}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

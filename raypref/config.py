@@ -233,7 +233,7 @@ class RankConf(_Strict):
 
     input: str | None = Field(None, description="Pairs Parquet dir to rank (None: this run's build/pairs).")
     metric: str = Field(
-        "margin", description="Quality metric: margin, chosen_quality, combined, agreement (raypref.quality), or 'module:function'."
+        "margin", description="Quality metric: margin, chosen_quality, combined, agreement, random (a seeded random subset, the baseline; metric_args {seed: 0}) (raypref.quality), or 'module:function'."
     )
     metric_args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the metric, e.g. {column: score_clip} or {margin_weight: 1, chosen_weight: 0.5}."
@@ -285,6 +285,7 @@ class RewardConf(_RayTrainScale, _StepConf):
     eval_every: int = Field(100, ge=1, description="Steps between held-out evaluations (also at step 0 and the last step).")
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Fraction of prompts (hash of prompt_id) whose pairs are held out for eval.")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="Train on the pairs of only this fraction of the training prompts (a second seeded hash of prompt_id; the held-out split is unchanged). The data-size knob of scaling sweeps: the subsets are nested, a prompt kept at 0.1 is kept at 0.2.")
     shuffle_buffer: int = Field(256, ge=0, description="Local shuffle buffer (pairs) per worker, row by row (it splits a prompt's pairs apart); 0: no row shuffle.")
     prompt_shuffle_buffer: int = Field(0, ge=0, description="Shuffle whole prompts instead (raypref.prompt_shuffle): hold at least this many pairs per worker and fill each batch with whole prompts drawn from them in a seeded order that differs every epoch, so a batch still encodes each image once but the epochs' batches differ. 0: off. Needs shuffle_buffer 0.")
     interleave: bool = Field(False, description="Sort the pairs once, before training, by a seeded hash of (pairs dir, prompt id): the dirs in reward.pairs interleave prompt by prompt instead of following each other, and each prompt's pairs stay together (with shuffle_buffer 0 a batch holds whole prompts). The sorted order is the same every epoch; prompt_shuffle_buffer reshuffles it prompt by prompt.")
@@ -320,6 +321,28 @@ class ReportConf(_Strict):
         None, description="A stage dir holding samples/ and/or pairs/ (e.g. runs/x/build, runs/x/rank); None: this run's build.")
 
 
+SWEEP_STAGES = ("build", "pair", "rank", "relabel", "train_dpo", "train_reward", "accuracy", "eval", "report")
+
+
+class SweepMetric(_Strict):
+    """One number read from every point's outputs (raypref.sweep.select)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Column name in the results table and plot file name.")
+    value: str = Field(..., description="'<file under the point's output_dir>:<path>', e.g. 'accuracy/accuracy.json:rows[scorer=reward,output=overall].accuracy' (keys by '.', list items by index or [key=value,...]).")
+    low: str | None = Field(None, description="The same for the lower end of an interval (an error bar), e.g. ...ci95_low.")
+    high: str | None = Field(None, description="The same for the upper end of the interval.")
+
+
+class SweepConf(_Strict):
+    """A grid of config overrides; at every point the stages run in a point dir and the metrics are collected."""
+
+    stages: list[Literal[SWEEP_STAGES]] = Field(default_factory=list, description=f"Stages to run at every point, in order, each as its CLI command would: {', '.join(SWEEP_STAGES)}.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted key -> values; the points are every combination (the first key varies slowest). Each point runs in <output_dir>/sweep/points/<key=value,...>; '{point}' in any string of the config is that dir, e.g. reward.pairs: '{point}/rank/pairs'.")
+    metrics: list[SweepMetric] = Field(default_factory=list, description="Numbers to read from every point's outputs into results.{csv,md,json}; one plot each.")
+    x: str | None = Field(None, description="The plots' x axis: a grid key, or a metric name (e.g. the number of pairs a point trained on), which then stands in for the first grid key; None: the first grid key. The other grid keys make one line each.")
+    log_x: bool = Field(False, description="Log-scale x axis (scaling curves).")
+
+
 class Config(_Strict):
     output_dir: str = Field("runs/demo", description="Run directory: build/, train/, eval/ go under it.")
     ray: RayConf = Field(default_factory=RayConf)
@@ -333,6 +356,7 @@ class Config(_Strict):
     reward: RewardConf = Field(default_factory=RewardConf)
     accuracy: AccuracyConf = Field(default_factory=AccuracyConf)
     relabel: RelabelConf = Field(default_factory=RelabelConf)
+    sweep: SweepConf = Field(default_factory=SweepConf)
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.output_dir) / stage

@@ -155,11 +155,25 @@ def agreement(
     return q
 
 
+@_with_columns(lambda names, seed=0: [S.CHOSEN_ID, S.REJECTED_ID])
+def random(batch, seed: int = 0) -> np.ndarray:
+    """q = a seeded hash of the pair's (chosen id, rejected id), uniform on [0, 1).
+
+    Keeping the top p% by it is a random p% subset: the random-selection baseline that quality-aware
+    ranking is compared against (OpenReview YfxGcOjpiJ), and the data-size knob of scaling sweeps.
+    Row-wise and stable on every machine, so the subsets are nested: a pair kept at 5% is kept at 10%."""
+    chosen = batch.column(S.CHOSEN_ID).to_pylist()
+    rejected = batch.column(S.REJECTED_ID).to_pylist()
+    return np.fromiter((S.unit_hash("rank-random", seed, c, r) for c, r in zip(chosen, rejected)),
+                       dtype=np.float64, count=len(chosen))  # q ~ U[0, 1), fixed per pair
+
+
 METRICS: dict[str, Metric] = {
     "margin": margin,
     "chosen_quality": chosen_quality,
     "combined": combined,
     "agreement": agreement,
+    "random": random,
 }
 
 

@@ -185,6 +185,11 @@ def stable_id(*parts) -> str:
     return h.hexdigest()[:16]
 
 
+def unit_hash(*parts) -> float:
+    """stable_id read as a number in [0, 1): a seeded coin the same on every machine and run."""
+    return int(stable_id(*parts), 16) / 16**16
+
+
 def prompt_id(prompt: str) -> str:
     return stable_id("prompt", prompt)
 

@@ -56,6 +56,20 @@ def report(cfg: Config) -> dict:
     return r
 
 
+def rank(cfg: Config) -> dict:
+    """Quality-aware pair ranking; no Ray (a two-pass read of the pairs)."""
+    from raypref.select import run_rank
+
+    return run_rank(cfg)
+
+
+def sweep(cfg: Config) -> dict:
+    """The stages at every point of sweep.grid; a Ray session is started by the first stage that needs one."""
+    from raypref.sweep import run_sweep
+
+    return run_sweep(cfg)
+
+
 def train_dpo(cfg: Config) -> dict:
     from raypref.train_dpo import run_train_dpo
 

@@ -33,15 +33,26 @@ STAGE = "reward"
 def heldout_mask(prompt_ids, fraction: float, seed: int = 0) -> np.ndarray:
     """True for pairs whose prompt goes to the held-out split: a stable hash of (seed, prompt id)
     mapped to [0, 1) falls below ``fraction``. Deterministic on every machine and run."""
-    u = [int(S.stable_id("reward-heldout", seed, p), 16) / 16**16 for p in prompt_ids]
+    u = [S.unit_hash("reward-heldout", seed, p) for p in prompt_ids]
     return np.asarray(u, dtype=np.float64) < fraction
 
 
-def _split(batch, fraction: float, seed: int, heldout: bool):
+def subset_mask(prompt_ids, fraction: float, seed: int = 0) -> np.ndarray:
+    """True for pairs whose prompt is in reward.train_fraction's subset: a second stable hash of
+    (seed, prompt id), independent of the held-out one, below ``fraction``. The subsets are nested
+    (a prompt kept at 0.1 is kept at 0.2), so a data-size sweep adds prompts and never swaps them."""
+    if fraction >= 1.0:
+        return np.ones(len(prompt_ids), dtype=bool)
+    u = [S.unit_hash("reward-subset", seed, p) for p in prompt_ids]
+    return np.asarray(u, dtype=np.float64) < fraction
+
+
+def _split(batch, fraction: float, seed: int, heldout: bool, train_fraction: float = 1.0):
     import pyarrow as pa
 
-    mask = heldout_mask(batch.column(S.PROMPT_ID).to_pylist(), fraction, seed)
-    return batch.filter(pa.array(mask if heldout else ~mask))
+    ids = batch.column(S.PROMPT_ID).to_pylist()
+    mask = heldout_mask(ids, fraction, seed)
+    return batch.filter(pa.array(mask if heldout else ~mask & subset_mask(ids, train_fraction, seed)))
 
 
 def _image(batch: dict, column: str, row: int):
@@ -300,12 +311,14 @@ def run_train_reward(cfg: Config) -> dict:
     aspect_cols = aspect_score_columns(r.aspect_scorer, r.aspects) if r.aspect_scorer else []
     ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb, r.seed if r.interleave else None)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}
-    train = ds.map_batches(_split, fn_kwargs={**fn, "heldout": False}, batch_format="pyarrow").materialize()
+    train = ds.map_batches(_split, fn_kwargs={**fn, "heldout": False, "train_fraction": r.train_fraction},
+                           batch_format="pyarrow").materialize()
     held = ds.map_batches(_split, fn_kwargs={**fn, "heldout": True}, batch_format="pyarrow").materialize()
     n_train, n_held = train.count(), held.count()
     if n_train == 0 or n_held == 0:
         raise ValueError(f"reward: {pairs} splits into {n_train} training and {n_held} held-out pairs "
-                         f"(reward.heldout_fraction={r.heldout_fraction}); both need pairs from distinct prompts")
+                         f"(reward.heldout_fraction={r.heldout_fraction}, reward.train_fraction={r.train_fraction}); "
+                         "both need pairs from distinct prompts")
     loop_cfg = r.model_dump()
     loop_cfg.update({"backbone": resolve_model(r.backbone, what="reward.backbone"), "aspect_columns": aspect_cols})
     export = Path(r.export_dir) if r.export_dir else out / MODEL_DIR
@@ -317,6 +330,7 @@ def run_train_reward(cfg: Config) -> dict:
     summary = {
         "pairs_train": n_train,
         "pairs_heldout": n_held,
+        "train_fraction": r.train_fraction,
         "workers": r.num_workers,
         "aspect_columns": aspect_cols,
         "final_step": history[-1]["step"] if history else 0,

@@ -13,9 +13,15 @@ import pytest
 # Before anything imports huggingface_hub or ray: no hub lookups (they hang ~46 s offline), no
 # usage stats, and token auth turned on deliberately with a token this test session owns, so
 # local Ray, `ray start` and `ray job submit` all run authenticated, as Ray 2.60 does by default.
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="raypref-tests-"))
+# Made once: a second import of this module (as tests.conftest, or in a Ray worker, which inherits
+# the environment) reuses the dir and token instead of making and leaking another.
+if os.environ.get("RAYPREF_TEST_SESSION_DIR"):
+    _SESSION_DIR = Path(os.environ["RAYPREF_TEST_SESSION_DIR"])
+else:
+    _SESSION_DIR = Path(tempfile.mkdtemp(prefix="raypref-tests-"))
+    os.environ["RAYPREF_TEST_SESSION_DIR"] = str(_SESSION_DIR)
+    (_SESSION_DIR / "ray_auth_token").write_text(secrets.token_hex(32))
 _TOKEN = _SESSION_DIR / "ray_auth_token"
-_TOKEN.write_text(secrets.token_hex(32))
 os.environ.update(
     {
         "HF_HUB_OFFLINE": "1",

@@ -1,0 +1,14 @@
+"""Sweep: run sweep.stages at every point of sweep.grid and collect sweep.metrics (ablations, scaling curves).  `ray job submit -- python -m jobs.sweep --config C key=value ...`"""
+
+from raypref.config import Config
+from raypref.stages import sweep
+
+
+def main(config: Config) -> dict:
+    return sweep(config)
+
+
+if __name__ == "__main__":
+    from jobs._args import parse_config
+
+    main(parse_config(__doc__))

@@ -1,0 +1,317 @@
+"""Sweeps: ablations and scaling curves as a grid of config overrides.
+
+Every point of ``sweep.grid`` is the base config with that point's overrides, run in its own
+dir ``<output_dir>/sweep/points/<key=value,...>`` through ``sweep.stages``, each stage as its CLI
+command runs it. The numbers named in ``sweep.metrics`` are then read from the files the stages
+wrote, so the table and the plots hold what each point measured. Points run one after another on
+one Ray session; each stage spreads its own work over the cluster.
+
+Resume: a finished point leaves ``result.json`` holding its config; a rerun skips it while the
+config is the same, and runs it again (its stages resuming what they can) when it is not. A
+failed point leaves ``error.txt``, the others still run, and the sweep then fails naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import json
+import math
+import re
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from raypref.config import Config, ConfigError, SweepConf, _set_dotted, validate, write_run_meta
+
+STAGE = "sweep"
+POINT_TOKEN = "{point}"
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.txt"
+
+
+class SweepFailed(RuntimeError):
+    """Some points failed; the others' results are written."""
+
+
+def expand_grid(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first key varying slowest."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.grid.{key}: needs a non-empty list of values")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """A readable dir name from the point's values: 'rank.top_p=0.1,reward.seed=1'."""
+    text = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in point.items())
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "-", text) or "base"
+
+
+def substitute(obj: Any, point_dir: str) -> Any:
+    """'{point}' in every string of a config (nested dicts and lists) -> the point's dir."""
+    if isinstance(obj, str):
+        return obj.replace(POINT_TOKEN, point_dir)
+    if isinstance(obj, dict):
+        return {k: substitute(v, point_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [substitute(v, point_dir) for v in obj]
+    return obj
+
+
+_TOKEN = re.compile(r"\.?([^.\[\]]+)|\[([^\]]*)\]")
+
+
+def select(doc: Any, path: str) -> Any:
+    """Follow ``path`` into parsed JSON: keys split by '.', a list item by its index ('rows.0') or
+    by a filter ('rows[scorer=reward,output=overall]', which must match exactly one item)."""
+    node, pos = doc, 0
+    for m in _TOKEN.finditer(path):
+        if m.start() != pos:
+            break
+        pos = m.end()
+        key, filt = m.group(1), m.group(2)
+        if key is not None:
+            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            elif isinstance(node, dict) and key in node:
+                node = node[key]
+            else:
+                known = sorted(node) if isinstance(node, dict) else f"a list of {len(node)}" if isinstance(node, list) else repr(node)
+                raise KeyError(f"{path!r}: no {key!r} at this step (there: {known})")
+        else:
+            want = dict(kv.split("=", 1) for kv in filt.split(",") if "=" in kv)
+            if not want or not isinstance(node, list):
+                raise KeyError(f"{path!r}: [{filt}] needs a list and key=value terms")
+            hits = [it for it in node if isinstance(it, dict) and all(str(it.get(k)) == v for k, v in want.items())]
+            if len(hits) != 1:
+                raise KeyError(f"{path!r}: [{filt}] matches {len(hits)} items, not 1")
+            node = hits[0]
+    if pos != len(path) or not path:
+        raise KeyError(f"{path!r}: cannot parse near {path[pos:]!r}")
+    return node
+
+
+def read_metric(point_dir: Path, spec: str) -> float:
+    """'<file>:<path>' under a point dir -> a number; a clear error names the file and path."""
+    file, sep, path = spec.partition(":")
+    if not sep:
+        raise ConfigError(f"sweep.metrics: {spec!r} is not '<file>:<path>'")
+    f = point_dir / file
+    if not f.is_file():
+        raise FileNotFoundError(f"sweep metric {spec!r}: no file {f} (did a stage that writes it run?)")
+    try:
+        value = select(json.loads(f.read_text()), path)
+    except KeyError as e:
+        raise ValueError(f"sweep metric, in {f}: {e.args[0]}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"sweep metric {spec!r} in {f}: {value!r} is not a number")
+    return float(value)
+
+
+def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
+    """(name, overrides, config) for every point, all validated before any runs."""
+    sw = cfg.sweep
+    if not sw.stages:
+        raise ConfigError("sweep.stages: name at least one stage to run at every point")
+    for key in sw.grid:
+        if key == "output_dir" or key.startswith("sweep."):
+            raise ConfigError(f"sweep.grid.{key}: the sweep sets output_dir and its own section itself")
+    root = Path(cfg.output_dir) / STAGE / "points"
+    base = cfg.model_dump(mode="json")
+    out, seen = [], {}
+    for point in expand_grid(sw.grid):
+        name = point_name(point)
+        if name in seen:
+            raise ConfigError(f"sweep.grid: points {seen[name]} and {point} share the dir name {name!r}")
+        seen[name] = point
+        data = copy.deepcopy(base)
+        for key, value in point.items():
+            try:
+                _set_dotted(data, key, value)
+            except ConfigError as e:
+                raise ConfigError(f"sweep.grid.{key}: {e}") from None
+        data["output_dir"] = str(root / name)
+        out.append((name, point, validate(substitute(data, str(root / name)), source=f"sweep point {name}")))
+    return out
+
+
+def _stage_fns() -> dict:
+    from raypref import stages
+    from raypref.relabel import relabel
+
+    return {"build": stages.build, "pair": stages.pair, "rank": stages.rank, "relabel": relabel,
+            "train_dpo": stages.train_dpo, "train_reward": stages.train_reward, "accuracy": stages.accuracy,
+            "eval": stages.evaluate, "report": stages.report}
+
+
+def _done(point_dir: Path, config: dict) -> dict | None:
+    f = point_dir / RESULT_FILE
+    if not f.is_file():
+        return None
+    r = json.loads(f.read_text())
+    return r if r.get("config") == config else None
+
+
+def collect(point_dir: Path, sw: SweepConf) -> dict[str, float]:
+    """sweep.metrics read from a point's files (read again on resume, so a metric added later is filled in)."""
+    metrics = {}
+    for m in sw.metrics:
+        metrics[m.name] = read_metric(point_dir, m.value)
+        for end in ("low", "high"):
+            if getattr(m, end):
+                metrics[f"{m.name}_{end}"] = read_metric(point_dir, getattr(m, end))
+    return metrics
+
+
+def _point_config(pcfg: Config) -> dict:
+    """What decides whether a finished point is still valid: its config less the sweep section,
+    so that adding a metric or changing the plot reruns nothing."""
+    data = pcfg.model_dump(mode="json")
+    data.pop("sweep", None)
+    return data
+
+
+def run_point(name: str, point: dict, pcfg: Config, sw: SweepConf, fns: dict) -> dict:
+    """Run one point's stages and read its metrics; result.json is written last, so a crash
+    leaves none and the point runs again."""
+    d = Path(pcfg.output_dir)
+    t0 = time.time()
+    for stage in sw.stages:
+        fns[stage](pcfg)
+    result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
+              "config": _point_config(pcfg)}
+    (d / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    (d / ERROR_FILE).unlink(missing_ok=True)
+    return result
+
+
+def run_sweep(cfg: Config) -> dict:
+    """The sweep stage: <output_dir>/sweep/{points/, results.{csv,md,json}, <metric>.png}."""
+    sw = cfg.sweep
+    points = point_configs(cfg)
+    out = write_run_meta(cfg, Path(cfg.output_dir) / STAGE, STAGE)
+    fns = _stage_fns()
+    rows, failed, resumed = [], [], 0
+    t0 = time.time()
+    for i, (name, point, pcfg) in enumerate(points, 1):
+        d = Path(pcfg.output_dir)
+        try:
+            prior = _done(d, _point_config(pcfg))
+            if prior is not None:
+                prior["metrics"] = collect(d, sw)
+                resumed += 1
+                rows.append(_row(prior, "done"))
+                print(f"[sweep] point {i}/{len(points)} {name}: done before, {_metrics_text(prior['metrics'])}", flush=True)
+                continue
+            print(f"[sweep] point {i}/{len(points)} {name}: running {', '.join(sw.stages)}", flush=True)
+            d.mkdir(parents=True, exist_ok=True)
+            result = run_point(name, point, pcfg, sw, fns)
+        except Exception as e:  # noqa: BLE001 - one point's failure must not lose the others
+            (d / ERROR_FILE).write_text(traceback.format_exc())
+            failed.append(name)
+            rows.append({"point": name, **point, "status": "failed", "seconds": None})
+            print(f"[sweep] point {i}/{len(points)} {name}: FAILED ({type(e).__name__}: {e}); see {d / ERROR_FILE}",
+                  flush=True)
+            continue
+        rows.append(_row(result, "done"))
+        print(f"[sweep] point {i}/{len(points)} {name}: {_metrics_text(result['metrics'])} in {result['seconds']}s",
+              flush=True)
+    plots = write_results(rows, out, sw)
+    summary = {"points": len(points), "ran": len(points) - resumed - len(failed), "resumed": resumed,
+               "failed": failed, "plots": plots, "seconds": round(time.time() - t0, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[sweep] {len(points)} points ({summary['ran']} ran, {resumed} done before, {len(failed)} failed) "
+          f"in {summary['seconds']}s -> {out}/results.md" + (f", plots {', '.join(plots)}" if plots else ""), flush=True)
+    if failed:
+        raise SweepFailed(f"sweep: {len(failed)} of {len(points)} points failed: {', '.join(failed)} "
+                          f"(tracebacks in {out / 'points'}/<point>/{ERROR_FILE}; a rerun retries them)")
+    return summary
+
+
+def _row(result: dict, status: str) -> dict:
+    return {"point": result["point"], **result["overrides"], **result["metrics"], "status": status,
+            "seconds": result["seconds"]}
+
+
+def _metrics_text(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()) or "no metrics"
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols
+
+
+def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
+    """results.{json,csv,md} and one plot per metric; returns the plot file names."""
+    cols = _columns(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+    def cell(v):
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    return [p for m in sw.metrics if (p := plot_metric(rows, out, sw, m.name))]
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def plot_metric(rows: list[dict], out: Path, sw: SweepConf, metric: str) -> str | None:
+    """<metric>.png: the metric against sweep.x, one line per combination of the other grid keys,
+    error bars from <metric>_low/_high where given."""
+    x = sw.x or next(iter(sw.grid), None)
+    # a metric on the axis (e.g. the pairs a point trained on) stands in for the first grid key
+    others = [k for k in sw.grid if k != x] if x in sw.grid else list(sw.grid)[1:]
+    done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r]
+    if not done or x is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    numeric = all(_num(r[x]) is not None for r in done)
+    labels = [] if numeric else list(dict.fromkeys(str(r[x]) for r in done))
+    series: dict[str, list[dict]] = {}
+    for r in done:
+        series.setdefault(", ".join(f"{k}={r[k]}" for k in others), []).append(r)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rs in series.items():
+        rs = sorted(rs, key=lambda r: r[x] if numeric else labels.index(str(r[x])))
+        xs = [r[x] if numeric else labels.index(str(r[x])) for r in rs]
+        ys = [r[metric] for r in rs]
+        lo, hi = [r.get(f"{metric}_low") for r in rs], [r.get(f"{metric}_high") for r in rs]
+        if all(_num(v) is not None for v in lo + hi):
+            err = [[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label or None)
+        else:
+            ax.plot(xs, ys, marker="o", label=label or None)
+    if not numeric:
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    elif sw.log_x and all(r[x] > 0 for r in done):
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if any(series):
+        ax.legend(fontsize=8)
+    ax.set_title(f"{metric} vs {x} ({len(done)} points)")
+    fig.tight_layout()
+    name = f"{metric}.png"
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    return name

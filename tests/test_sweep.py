@@ -1,0 +1,207 @@
+"""Sweeps (raypref.sweep) and their data-size knobs: the grid, the metric paths, resume and failure
+on rank points (no Ray), a reward-model data-size sweep in Ray Train, the random-subset metric and
+reward.train_fraction."""
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raypref import quality as Q
+from raypref import schema as S
+from raypref.config import ConfigError, validate
+from raypref.sweep import SweepFailed, expand_grid, point_configs, point_name, run_sweep, select, substitute
+from raypref.train_reward import heldout_mask, subset_mask
+from tests.test_quality_select import pairs_table
+
+# -- pure parts, hand values ---------------------------------------------------------------------
+
+
+def test_expand_grid_first_key_slowest():
+    assert expand_grid({"a": [1, 2], "b": ["x", "y", "z"]}) == [
+        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 1, "b": "z"},
+        {"a": 2, "b": "x"}, {"a": 2, "b": "y"}, {"a": 2, "b": "z"}]
+    assert expand_grid({}) == [{}]
+    with pytest.raises(ConfigError, match="sweep.grid.a: needs a non-empty list"):
+        expand_grid({"a": []})
+
+
+def test_point_name_and_substitute():
+    assert point_name({"rank.top_p": 0.1, "rank.metric": "random"}) == "rank.top_p=0.1,rank.metric=random"
+    assert point_name({"x": "a/b c", "y": None, "z": True}) == "x=a-b-c,y=null,z=true"
+    assert point_name({}) == "base"
+    cfg = {"reward": {"pairs": ["{point}/rank/pairs", "/fixed"], "seed": 3}, "n": "{point}"}
+    assert substitute(cfg, "/runs/p1") == {"reward": {"pairs": ["/runs/p1/rank/pairs", "/fixed"], "seed": 3}, "n": "/runs/p1"}
+
+
+def test_select_keys_indices_and_filters():
+    doc = {"rows": [{"scorer": "clip", "output": "overall", "accuracy": 0.7},
+                    {"scorer": "reward", "output": "overall", "accuracy": 0.8},
+                    {"scorer": "reward", "output": "aesthetic", "accuracy": 0.6}],
+           "n": {"kept": 4}, "pct": {"0.5": 2}}
+    assert select(doc, "rows[scorer=reward,output=overall].accuracy") == 0.8
+    assert select(doc, "rows.2.accuracy") == 0.6
+    assert select(doc, "n.kept") == 4
+    with pytest.raises(KeyError, match=r"\[scorer=reward\] matches 2 items, not 1"):
+        select(doc, "rows[scorer=reward].accuracy")
+    with pytest.raises(KeyError, match=r"no 'kep' at this step \(there: \['kept'\]\)"):
+        select(doc, "n.kep")
+    with pytest.raises(KeyError, match="a list of 3"):
+        select(doc, "rows.7")
+
+
+# -- the random-subset metric and reward.train_fraction --------------------------------------------
+
+
+def test_random_metric_hand_value_rowwise_and_seeded():
+    t = pairs_table(400)
+    q = Q.random(t)
+    # the hash written out by hand: sha256 of the parts joined by \x1f, first 16 hex digits / 16**16
+    h = hashlib.sha256("\x1f".join(["rank-random", "0", "c0", "r0"]).encode()).hexdigest()[:16]
+    assert q[0] == int(h, 16) / 16**16
+    assert ((q >= 0) & (q < 1)).all() and 0.4 < q.mean() < 0.6
+    assert (Q.random(t.slice(100, 50)) == q[100:150]).all()  # row-wise: the batch does not matter
+    assert (Q.random(t, seed=1) != q).mean() > 0.99
+    assert Q.resolve_metric("random") is Q.random and Q.random.columns(t.schema.names) == [S.CHOSEN_ID, S.REJECTED_ID]
+
+
+def test_train_fraction_subsets_are_nested_and_apart_from_the_heldout_split():
+    ids = [S.prompt_id(f"prompt {i}") for i in range(2000)]
+    small, big, whole = subset_mask(ids, 0.1), subset_mask(ids, 0.3), subset_mask(ids, 1.0)
+    assert whole.all() and 0.07 < small.mean() < 0.13 and 0.26 < big.mean() < 0.34
+    assert not (small & ~big).any()  # nested: every prompt kept at 0.1 is kept at 0.3
+    held = heldout_mask(ids, 0.3)
+    assert (held != big).any()  # a second hash, not the held-out one
+    assert 0.05 < (big & held).mean() < 0.13  # independent: about 0.3 * 0.3 of the prompts
+
+
+# -- the sweep runner on rank points (no Ray) --------------------------------------------------------
+
+
+def _sweep_cfg(tmp_path, pairs, **sweep):
+    sw = {"stages": ["rank"],
+          "grid": {"rank.top_p": [0.25, 0.5, 1.0], "rank.metric": ["margin", "random"]},
+          "metrics": [{"name": "kept", "value": "rank/summary.json:n_kept"},
+                      {"name": "qmin", "value": "rank/summary.json:quality_kept.min"}],
+          "x": "rank.top_p"}
+    sw.update(sweep)
+    return validate({"output_dir": str(tmp_path / "run"), "rank": {"input": str(pairs)}, "sweep": sw})
+
+
+def _write_pairs(tmp_path, n=40):
+    rng = np.random.default_rng(0)
+    t = pairs_table(n, chosen_score=rng.random(n).astype(np.float32), rejected_score=rng.random(n).astype(np.float32))
+    d = tmp_path / "pairs"
+    d.mkdir()
+    pq.write_table(t, d / "part-0.parquet")
+    return d
+
+
+def test_sweep_runs_every_point_reads_metrics_plots_and_resumes(tmp_path, capsys):
+    pairs = _write_pairs(tmp_path)
+    cfg = _sweep_cfg(tmp_path, pairs)
+    s = run_sweep(cfg)
+    assert s["points"] == 6 and s["ran"] == 6 and s["resumed"] == 0 and not s["failed"]
+    out = tmp_path / "run" / "sweep"
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["rank.top_p"], r["rank.metric"]) for r in rows] == [
+        (0.25, "margin"), (0.25, "random"), (0.5, "margin"), (0.5, "random"), (1.0, "margin"), (1.0, "random")]
+    for r in rows:  # each point's own measurement: exactly ceil(p * n) kept
+        assert r["kept"] == math.ceil(r["rank.top_p"] * 40) and r["status"] == "done"
+        p = out / "points" / r["point"]
+        assert json.loads((p / "rank" / "summary.json").read_text())["n_kept"] == r["kept"]
+        assert (p / "rank" / "config.yaml").is_file() and (p / "rank" / "run_meta.json").is_file()
+    # random subsets are nested: the 25% kept pairs are among the 50% kept pairs
+    kept = {r["rank.top_p"]: set(pq.read_table(out / "points" / r["point"] / "rank" / "pairs").column(S.CHOSEN_ID).to_pylist())
+            for r in rows if r["rank.metric"] == "random"}
+    assert kept[0.25] < kept[0.5] < kept[1.0]
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("point,rank.top_p,rank.metric,kept,qmin,status")
+    assert "| point | rank.top_p |" in (out / "results.md").read_text()
+    assert s["plots"] == ["kept.png", "qmin.png"] and (out / "kept.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "config.yaml").is_file() and json.loads((out / "run_meta.json").read_text())["stage"] == "sweep"
+    assert "[sweep] 6 points (6 ran, 0 done before, 0 failed)" in capsys.readouterr().out
+
+    # rerun: nothing runs again, and a metric added since is read from the points' files
+    stamp = {r["point"]: (out / "points" / r["point"] / "result.json").stat().st_mtime_ns for r in rows}
+    metrics = cfg.sweep.model_dump()["metrics"] + [{"name": "n_in", "value": "rank/summary.json:n_in"}]
+    s2 = run_sweep(_sweep_cfg(tmp_path, pairs, metrics=metrics))
+    assert s2["resumed"] == 6 and s2["ran"] == 0
+    assert all((out / "points" / p / "result.json").stat().st_mtime_ns == t for p, t in stamp.items())
+    assert [r["n_in"] for r in json.loads((out / "results.json").read_text())] == [40] * 6
+
+    # a changed base config makes the points stale: they run again
+    changed = _sweep_cfg(tmp_path, pairs).model_copy(update={"rank": cfg.rank.model_copy(update={"batch_mb": 128.0})})
+    assert run_sweep(changed)["ran"] == 6
+
+
+def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    # a top_p of 2 is caught by the point's own validation before anything runs
+    with pytest.raises(ConfigError, match=r"sweep point rank.top_p=2.*\n  rank.top_p: Input should be less than or equal to 1"):
+        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5, 2]}))
+    with pytest.raises(ConfigError, match="sweep point rank.nope.x=1: invalid config\n  rank.nope: unknown key"):
+        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.nope.x": [1]}))
+    # metric_args that margin takes and random does not: the random point's stage fails
+    grid = {"rank.top_p": [0.5], "rank.metric": ["margin", "random"]}
+    cfg = _sweep_cfg(tmp_path, pairs, grid=grid)
+    cfg = cfg.model_copy(update={"rank": cfg.rank.model_copy(update={"metric_args": {"column": "score"}})})
+    with pytest.raises(SweepFailed, match=r"1 of 2 points failed: rank.top_p=0.5,rank.metric=random"):
+        run_sweep(cfg)
+    points = tmp_path / "run" / "sweep" / "points"
+    err = points / "rank.top_p=0.5,rank.metric=random" / "error.txt"
+    assert "rank.metric_args for 'random'" in err.read_text()
+    rows = json.loads((tmp_path / "run" / "sweep" / "results.json").read_text())
+    assert [r["status"] for r in rows] == ["done", "failed"] and rows[0]["kept"] == 20
+    assert not (points / "rank.top_p=0.5,rank.metric=margin" / "error.txt").exists()
+    # fixed (no metric_args), a rerun retries the failed point and clears its error file
+    s = run_sweep(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5], "rank.metric": ["random"]}))
+    assert s["ran"] == 1 and s["points"] == 1 and not err.exists()
+
+
+def test_cli_sweep_exit_codes(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(json.dumps({"output_dir": str(tmp_path / "run"), "rank": {"input": str(pairs)},
+                               "sweep": {"stages": ["rank"], "grid": {"rank.top_p": [0.5]},
+                                         "metrics": [{"name": "bad", "value": "rank/summary.json:nope"}]}}))
+    r = subprocess.run([sys.executable, "-m", "raypref.cli", "sweep", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 1 and "1 of 1 points failed: rank.top_p=0.5" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "raypref.cli", "sweep", "--config", str(cfg), "sweep.stages=[]"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "sweep.stages: name at least one stage" in r.stderr
+
+
+# -- a reward-model data-size sweep in Ray Train -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_reward_data_size_sweep_trains_on_nested_prompt_subsets(ray_session, tmp_path, tiny_clip):
+    from tests.test_reward_model import _cfg, synthetic_pairs
+
+    pairs = tmp_path / "pairs"
+    synthetic_pairs(pairs, n_prompts=48)
+    base = _cfg(tmp_path / "run", [str(pairs / "a"), str(pairs / "b")], max_steps=4, eval_every=2, checkpoint_every=4)
+    data = base.model_dump(mode="json")
+    data["reward"]["export_dir"] = "{point}/model"
+    data["sweep"] = {"stages": ["train_reward"], "grid": {"reward.train_fraction": [0.4, 1.0]},
+                     "metrics": [{"name": "pairs", "value": "reward/summary.json:pairs_train"},
+                                 {"name": "heldout", "value": "reward/summary.json:pairs_heldout"},
+                                 {"name": "acc", "value": "reward/summary.json:eval_accuracy.1"}],
+                     "x": "pairs", "log_x": True}
+    s = run_sweep(validate(data))
+    assert s["ran"] == 2 and s["plots"] == ["pairs.png", "heldout.png", "acc.png"]
+    rows = json.loads((tmp_path / "run" / "sweep" / "results.json").read_text())
+    small, whole = rows
+    assert small["heldout"] == whole["heldout"]  # the held-out split does not change
+    ids = [S.prompt_id(f"a shape number {p}") for p in range(48)]
+    train = ~heldout_mask(ids, 0.25)
+    assert whole["pairs"] == 2 * train.sum() and small["pairs"] == 2 * (train & subset_mask(ids, 0.4)).sum()
+    assert 0 < small["pairs"] < whole["pairs"] and all(np.isfinite(r["acc"]) for r in rows)
+    for r in rows:  # '{point}' put each point's export in its own dir
+        assert (tmp_path / "run" / "sweep" / "points" / r["point"] / "model" / "reward_config.json").is_file()
