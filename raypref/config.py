@@ -337,6 +337,7 @@ class SweepConf(_Strict):
     """A grid of config overrides; at every point the stages run in a point dir and the metrics are collected."""
 
     stages: list[Literal[SWEEP_STAGES]] = Field(default_factory=list, description=f"Stages to run at every point, in order, each as its CLI command would: {', '.join(SWEEP_STAGES)}.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Dotted key -> value set at every point before the grid's own (e.g. a shorter reward.max_steps, or accuracy.scorers naming '{point}/reward/model'); not part of the point names.")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted key -> values; the points are every combination (the first key varies slowest). Each point runs in <output_dir>/sweep/points/<key=value,...>; '{point}' in any string of the config is that dir, e.g. reward.pairs: '{point}/rank/pairs'.")
     metrics: list[SweepMetric] = Field(default_factory=list, description="Numbers to read from every point's outputs into results.{csv,md,json}; one plot each.")
     x: str | None = Field(None, description="The plots' x axis: a grid key, or a metric name (e.g. the number of pairs a point trained on), which then stands in for the first grid key; None: the first grid key. The other grid keys make one line each.")

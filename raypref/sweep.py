@@ -117,9 +117,10 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
     sw = cfg.sweep
     if not sw.stages:
         raise ConfigError("sweep.stages: name at least one stage to run at every point")
-    for key in sw.grid:
-        if key == "output_dir" or key.startswith("sweep."):
-            raise ConfigError(f"sweep.grid.{key}: the sweep sets output_dir and its own section itself")
+    for section, keys in (("set", sw.set), ("grid", sw.grid)):
+        for key in keys:
+            if key == "output_dir" or key.startswith("sweep."):
+                raise ConfigError(f"sweep.{section}.{key}: the sweep sets output_dir and its own section itself")
     root = Path(cfg.output_dir) / STAGE / "points"
     base = cfg.model_dump(mode="json")
     out, seen = [], {}
@@ -129,11 +130,12 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
             raise ConfigError(f"sweep.grid: points {seen[name]} and {point} share the dir name {name!r}")
         seen[name] = point
         data = copy.deepcopy(base)
-        for key, value in point.items():
-            try:
-                _set_dotted(data, key, value)
-            except ConfigError as e:
-                raise ConfigError(f"sweep.grid.{key}: {e}") from None
+        for section, items in (("set", sw.set), ("grid", point)):
+            for key, value in items.items():
+                try:
+                    _set_dotted(data, key, copy.deepcopy(value))
+                except ConfigError as e:
+                    raise ConfigError(f"sweep.{section}.{key}: {e}") from None
         data["output_dir"] = str(root / name)
         out.append((name, point, validate(substitute(data, str(root / name)), source=f"sweep point {name}")))
     return out

@@ -147,6 +147,8 @@ def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp
         point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5, 2]}))
     with pytest.raises(ConfigError, match="sweep point rank.nope.x=1: invalid config\n  rank.nope: unknown key"):
         point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.nope.x": [1]}))
+    with pytest.raises(ConfigError, match="sweep.set.output_dir: the sweep sets output_dir"):
+        point_configs(_sweep_cfg(tmp_path, pairs, set={"output_dir": "x"}))
     # metric_args that margin takes and random does not: the random point's stage fails
     grid = {"rank.top_p": [0.5], "rank.metric": ["margin", "random"]}
     cfg = _sweep_cfg(tmp_path, pairs, grid=grid)
@@ -188,8 +190,8 @@ def test_reward_data_size_sweep_trains_on_nested_prompt_subsets(ray_session, tmp
     synthetic_pairs(pairs, n_prompts=48)
     base = _cfg(tmp_path / "run", [str(pairs / "a"), str(pairs / "b")], max_steps=4, eval_every=2, checkpoint_every=4)
     data = base.model_dump(mode="json")
-    data["reward"]["export_dir"] = "{point}/model"
     data["sweep"] = {"stages": ["train_reward"], "grid": {"reward.train_fraction": [0.4, 1.0]},
+                     "set": {"reward.export_dir": "{point}/model"},  # at every point, not in its name
                      "metrics": [{"name": "pairs", "value": "reward/summary.json:pairs_train"},
                                  {"name": "heldout", "value": "reward/summary.json:pairs_heldout"},
                                  {"name": "acc", "value": "reward/summary.json:eval_accuracy.1"}],
