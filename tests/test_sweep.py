@@ -130,8 +130,8 @@ def test_sweep_runs_every_point_reads_metrics_plots_and_resumes(tmp_path, capsys
     # rerun: nothing runs again, and a metric added since is read from the points' files
     stamp = {r["point"]: (out / "points" / r["point"] / "result.json").stat().st_mtime_ns for r in rows}
     metrics = cfg.sweep.model_dump()["metrics"] + [{"name": "n_in", "value": "rank/summary.json:n_in"}]
-    s2 = run_sweep(_sweep_cfg(tmp_path, pairs, metrics=metrics))
-    assert s2["resumed"] == 6 and s2["ran"] == 0
+    s2 = run_sweep(_sweep_cfg(tmp_path, pairs, metrics=metrics, x="rank.metric"))  # a text axis now
+    assert s2["resumed"] == 6 and s2["ran"] == 0 and s2["plots"] == ["kept.png", "qmin.png", "n_in.png"]
     assert all((out / "points" / p / "result.json").stat().st_mtime_ns == t for p, t in stamp.items())
     assert [r["n_in"] for r in json.loads((out / "results.json").read_text())] == [40] * 6
 
