@@ -239,8 +239,13 @@ def _row(result: dict, status: str) -> dict:
             "seconds": result["seconds"]}
 
 
+def _fmt(v: float) -> str:
+    """Counts as integers (8498, not 8.498e+03); other numbers to 4 significant digits."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+
+
 def _metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()) or "no metrics"
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()) or "no metrics"
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -260,7 +265,7 @@ def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
         w.writerows(rows)
 
     def cell(v):
-        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+        return "" if v is None else _fmt(v) if isinstance(v, float) else str(v)
 
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
