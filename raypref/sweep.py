@@ -256,7 +256,7 @@ def _columns(rows: list[dict]) -> list[str]:
 
 
 def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
-    """results.{json,csv,md} and one plot per metric; returns the plot file names."""
+    """results.{json,csv,md} and one plot per metric (but the one on the x axis); returns the plot file names."""
     cols = _columns(rows)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
@@ -270,7 +270,8 @@ def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
     (out / "results.md").write_text("\n".join(md) + "\n")
-    return [p for m in sw.metrics if (p := plot_metric(rows, out, sw, m.name))]
+    x = sw.x or next(iter(sw.grid), None)
+    return [p for m in sw.metrics if m.name != x and (p := plot_metric(rows, out, sw, m.name))]
 
 
 def _num(v) -> float | None:
