@@ -177,15 +177,15 @@ def _point_config(pcfg: Config) -> dict:
     return data
 
 
-def run_point(name: str, point: dict, pcfg: Config, sw: SweepConf, fns: dict) -> dict:
-    """Run one point's stages and read its metrics; result.json is written last, so a crash
-    leaves none and the point runs again."""
+def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, fns: dict) -> dict:
+    """Run one point's stages and read its metrics; result.json (with ``pconf``, _point_config's
+    record) is written last, so a crash leaves none and the point runs again."""
     d = Path(pcfg.output_dir)
     t0 = time.time()
     for stage in sw.stages:
         fns[stage](pcfg)
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
-              "config": _point_config(pcfg)}
+              "config": pconf}
     (d / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     (d / ERROR_FILE).unlink(missing_ok=True)
     return result
@@ -201,8 +201,9 @@ def run_sweep(cfg: Config) -> dict:
     t0 = time.time()
     for i, (name, point, pcfg) in enumerate(points, 1):
         d = Path(pcfg.output_dir)
+        pconf = _point_config(pcfg)
         try:
-            prior = _done(d, _point_config(pcfg))
+            prior = _done(d, pconf)
             if prior is not None:
                 prior["metrics"] = collect(d, sw)
                 resumed += 1
@@ -211,7 +212,7 @@ def run_sweep(cfg: Config) -> dict:
                 continue
             print(f"[sweep] point {i}/{len(points)} {name}: running {', '.join(sw.stages)}", flush=True)
             d.mkdir(parents=True, exist_ok=True)
-            result = run_point(name, point, pcfg, sw, fns)
+            result = run_point(name, point, pcfg, pconf, sw, fns)
         except Exception as e:  # noqa: BLE001 - one point's failure must not lose the others
             (d / ERROR_FILE).write_text(traceback.format_exc())
             failed.append(name)
@@ -271,21 +272,22 @@ def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
     md += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
     (out / "results.md").write_text("\n".join(md) + "\n")
     x = sw.x or next(iter(sw.grid), None)
-    return [p for m in sw.metrics if m.name != x and (p := plot_metric(rows, out, sw, m.name))]
+    if x is None:  # an empty grid: a single point, nothing to plot against
+        return []
+    return [p for m in sw.metrics if m.name != x and (p := plot_metric(rows, out, sw, m.name, x))]
 
 
 def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def plot_metric(rows: list[dict], out: Path, sw: SweepConf, metric: str) -> str | None:
-    """<metric>.png: the metric against sweep.x, one line per combination of the other grid keys,
-    error bars from <metric>_low/_high where given."""
-    x = sw.x or next(iter(sw.grid), None)
+def plot_metric(rows: list[dict], out: Path, sw: SweepConf, metric: str, x: str) -> str | None:
+    """<metric>.png: the metric against ``x`` (sweep.x or the first grid key), one line per
+    combination of the other grid keys, error bars from <metric>_low/_high where given."""
     # a metric on the axis (e.g. the pairs a point trained on) stands in for the first grid key
     others = [k for k in sw.grid if k != x] if x in sw.grid else list(sw.grid)[1:]
     done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r]
-    if not done or x is None:
+    if not done:
         return None
     import matplotlib
 

@@ -33,8 +33,7 @@ STAGE = "reward"
 def heldout_mask(prompt_ids, fraction: float, seed: int = 0) -> np.ndarray:
     """True for pairs whose prompt goes to the held-out split: a stable hash of (seed, prompt id)
     mapped to [0, 1) falls below ``fraction``. Deterministic on every machine and run."""
-    u = [S.unit_hash("reward-heldout", seed, p) for p in prompt_ids]
-    return np.asarray(u, dtype=np.float64) < fraction
+    return _coin_below("reward-heldout", prompt_ids, fraction, seed)
 
 
 def subset_mask(prompt_ids, fraction: float, seed: int = 0) -> np.ndarray:
@@ -43,8 +42,14 @@ def subset_mask(prompt_ids, fraction: float, seed: int = 0) -> np.ndarray:
     (a prompt kept at 0.1 is kept at 0.2), so a data-size sweep adds prompts and never swaps them."""
     if fraction >= 1.0:
         return np.ones(len(prompt_ids), dtype=bool)
-    u = [S.unit_hash("reward-subset", seed, p) for p in prompt_ids]
-    return np.asarray(u, dtype=np.float64) < fraction
+    return _coin_below("reward-subset", prompt_ids, fraction, seed)
+
+
+def _coin_below(tag: str, prompt_ids, fraction: float, seed: int) -> np.ndarray:
+    """A seeded per-prompt coin (S.unit_hash of tag, seed, prompt id) below ``fraction``; each tag is
+    its own independent coin."""
+    u = np.fromiter((S.unit_hash(tag, seed, p) for p in prompt_ids), dtype=np.float64, count=len(prompt_ids))
+    return u < fraction
 
 
 def _split(batch, fraction: float, seed: int, heldout: bool, train_fraction: float = 1.0):
