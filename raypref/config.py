@@ -342,6 +342,7 @@ class SweepConf(_Strict):
     metrics: list[SweepMetric] = Field(default_factory=list, description="Numbers to read from every point's outputs into results.{csv,md,json}; one plot each.")
     x: str | None = Field(None, description="The plots' x axis: a grid key, or a metric name (e.g. the number of pairs a point trained on), which then stands in for the first grid key; None: the first grid key. The other grid keys make one line each.")
     log_x: bool = Field(False, description="Log-scale x axis (scaling curves).")
+    concurrency: int = Field(1, ge=1, description="Points run at once. 1: one after another in this process. N > 1: each point is a Ray task (0 CPUs: it only drives its stages, which ask for their own resources), at most N in flight; on a multi-node cluster output_dir must be on storage every node sees.")
 
 
 class Config(_Strict):

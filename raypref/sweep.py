@@ -3,8 +3,9 @@
 Every point of ``sweep.grid`` is the base config with that point's overrides, run in its own
 dir ``<output_dir>/sweep/points/<key=value,...>`` through ``sweep.stages``, each stage as its CLI
 command runs it. The numbers named in ``sweep.metrics`` are then read from the files the stages
-wrote, so the table and the plots hold what each point measured. Points run one after another on
-one Ray session; each stage spreads its own work over the cluster.
+wrote, so the table and the plots hold what each point measured. With ``sweep.concurrency`` 1 the
+points run one after another in this process; with N > 1 each runs as a Ray task, at most N at
+once, its stages asking for their own resources as they do outside a sweep.
 
 Resume: a finished point leaves ``result.json`` holding its config; a rerun skips it while the
 config is the same, and runs it again (its stages resuming what they can) when it is not. A
@@ -18,7 +19,9 @@ import csv
 import itertools
 import json
 import math
+import os
 import re
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -185,10 +188,60 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
     for stage in sw.stages:
         fns[stage](pcfg)
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
-              "config": pconf}
+              "started": round(t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "config": pconf}
     (d / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     (d / ERROR_FILE).unlink(missing_ok=True)
     return result
+
+
+def attempt_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf) -> tuple[dict | None, str | None]:
+    """(result, None), or (None, the error in one line) with the traceback in the point's error.txt:
+    one point's failure must not lose the others."""
+    d = Path(pcfg.output_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        return run_point(name, point, pcfg, pconf, sw, _stage_fns()), None
+    except Exception as e:  # noqa: BLE001
+        (d / ERROR_FILE).write_text(traceback.format_exc())
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _attempt_in(cwd: str, *args) -> tuple[dict | None, str | None]:
+    """attempt_point in a Ray task, from the driver's dir so relative paths in the config mean the
+    same (under `ray job submit` the worker already starts in the job's working_dir)."""
+    if os.path.isdir(cwd) and os.getcwd() != cwd:
+        os.chdir(cwd)
+    return attempt_point(*args)
+
+
+def _in_process(pending: list, sw: SweepConf, cfg: Config, say):
+    for i, name, point, pcfg, pconf in pending:
+        say(i, name, f"running {', '.join(sw.stages)}")
+        yield (i, name, point, *attempt_point(name, point, pcfg, pconf, sw))
+
+
+def _as_ray_tasks(pending: list, sw: SweepConf, cfg: Config, say):
+    """At most sweep.concurrency points in flight, each a 0-CPU task driving its stages; yields
+    each as it finishes."""
+    from raypref.session import init_ray
+
+    ray = init_ray(cfg.ray)
+    task = ray.remote(num_cpus=0, max_retries=0)(_attempt_in)  # a rerun resumes; no blind retry
+    queue, inflight, cwd = list(pending), {}, os.getcwd()
+    while queue or inflight:
+        while queue and len(inflight) < sw.concurrency:
+            i, name, point, pcfg, pconf = item = queue.pop(0)
+            say(i, name, f"running {', '.join(sw.stages)} (as a Ray task, {len(inflight) + 1} in flight)")
+            inflight[task.remote(cwd, name, point, pcfg, pconf, sw)] = item
+        (ref,), _ = ray.wait(list(inflight), num_returns=1)
+        i, name, point, pcfg, _ = inflight.pop(ref)
+        try:
+            result, err = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - the task's process died (out of memory, node lost)
+            result, err = None, f"{type(e).__name__}: {e}"
+            Path(pcfg.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(pcfg.output_dir) / ERROR_FILE).write_text(str(e))
+        yield i, name, point, result, err
 
 
 def run_sweep(cfg: Config) -> dict:
@@ -196,9 +249,18 @@ def run_sweep(cfg: Config) -> dict:
     sw = cfg.sweep
     points = point_configs(cfg)
     out = write_run_meta(cfg, Path(cfg.output_dir) / STAGE, STAGE)
-    fns = _stage_fns()
-    rows, failed, resumed = [], [], 0
+    rows: dict[int, dict] = {}
+    pending, failed, resumed = [], [], 0
     t0 = time.time()
+
+    def say(i: int, name: str, text: str):
+        print(f"[sweep] point {i}/{len(points)} {name}: {text}", flush=True)
+
+    def fail(i: int, name: str, point: dict, err: str):
+        failed.append(name)
+        rows[i] = {"point": name, **point, "status": "failed", "seconds": None}
+        say(i, name, f"FAILED ({err}); see {Path(cfg.output_dir) / STAGE / 'points' / name / ERROR_FILE}")
+
     for i, (name, point, pcfg) in enumerate(points, 1):
         d = Path(pcfg.output_dir)
         pconf = _point_config(pcfg)
@@ -206,24 +268,26 @@ def run_sweep(cfg: Config) -> dict:
             prior = _done(d, pconf)
             if prior is not None:
                 prior["metrics"] = collect(d, sw)
-                resumed += 1
-                rows.append(_row(prior, "done"))
-                print(f"[sweep] point {i}/{len(points)} {name}: done before, {_metrics_text(prior['metrics'])}", flush=True)
-                continue
-            print(f"[sweep] point {i}/{len(points)} {name}: running {', '.join(sw.stages)}", flush=True)
+        except Exception as e:  # noqa: BLE001 - e.g. a metric added since that this point's files lack
             d.mkdir(parents=True, exist_ok=True)
-            result = run_point(name, point, pcfg, pconf, sw, fns)
-        except Exception as e:  # noqa: BLE001 - one point's failure must not lose the others
             (d / ERROR_FILE).write_text(traceback.format_exc())
-            failed.append(name)
-            rows.append({"point": name, **point, "status": "failed", "seconds": None})
-            print(f"[sweep] point {i}/{len(points)} {name}: FAILED ({type(e).__name__}: {e}); see {d / ERROR_FILE}",
-                  flush=True)
+            fail(i, name, point, f"{type(e).__name__}: {e}")
             continue
-        rows.append(_row(result, "done"))
-        print(f"[sweep] point {i}/{len(points)} {name}: {_metrics_text(result['metrics'])} in {result['seconds']}s",
-              flush=True)
-    plots = write_results(rows, out, sw)
+        if prior is None:
+            pending.append((i, name, point, pcfg, pconf))
+            continue
+        resumed += 1
+        rows[i] = _row(prior, "done")
+        say(i, name, f"done before, {_metrics_text(prior['metrics'])}")
+    runner = _in_process if sw.concurrency == 1 or len(pending) <= 1 else _as_ray_tasks
+    for i, name, point, result, err in runner(pending, sw, cfg, say):
+        if err is not None:
+            fail(i, name, point, err)
+            continue
+        rows[i] = _row(result, "done")
+        say(i, name, f"{_metrics_text(result['metrics'])} in {result['seconds']}s")
+    failed.sort(key=[p[0] for p in points].index)
+    plots = write_results([rows[i] for i in sorted(rows)], out, sw)
     summary = {"points": len(points), "ran": len(points) - resumed - len(failed), "resumed": resumed,
                "failed": failed, "plots": plots, "seconds": round(time.time() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,10 +1,11 @@
 """Sweeps (raypref.sweep) and their data-size knobs: the grid, the metric paths, resume and failure
-on rank points (no Ray), a reward-model data-size sweep in Ray Train, the random-subset metric and
-reward.train_fraction."""
+on rank points (no Ray), concurrent points as Ray tasks, a reward-model data-size sweep in Ray Train,
+the random-subset metric and reward.train_fraction."""
 
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -179,6 +180,29 @@ def test_cli_sweep_exit_codes(tmp_path):
     assert r.returncode == 2 and "sweep.stages: name at least one stage" in r.stderr
 
 
+def test_concurrent_points_run_as_ray_tasks_in_grid_order_and_a_failure_is_kept(ray_session, tmp_path):
+    pairs = _write_pairs(tmp_path)
+    grid = {"rank.top_p": [0.25, 0.5, 1.0], "rank.metric": ["margin", "random"]}
+    cfg = _sweep_cfg(tmp_path, pairs, grid=grid, concurrency=3)
+    # metric_args that margin takes and random does not: the three random points fail in their tasks
+    cfg = cfg.model_copy(update={"rank": cfg.rank.model_copy(update={"metric_args": {"column": "score"}})})
+    with pytest.raises(SweepFailed, match=r"3 of 6 points failed: rank.top_p=0.25,rank.metric=random, "
+                                          r"rank.top_p=0.5,rank.metric=random, rank.top_p=1.0,rank.metric=random"):
+        run_sweep(cfg)
+    out = tmp_path / "run" / "sweep"
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["rank.top_p"], r["rank.metric"], r["status"]) for r in rows] == [  # grid order, not finishing order
+        (0.25, "margin", "done"), (0.25, "random", "failed"), (0.5, "margin", "done"),
+        (0.5, "random", "failed"), (1.0, "margin", "done"), (1.0, "random", "failed")]
+    assert [r["kept"] for r in rows if r["status"] == "done"] == [10, 20, 40]
+    for r in rows:
+        p = out / "points" / r["point"]
+        if r["status"] == "failed":  # the task wrote the traceback where the point runs
+            assert "rank.metric_args for 'random'" in (p / "error.txt").read_text()
+        else:
+            assert json.loads((p / "result.json").read_text())["pid"] != os.getpid()
+
+
 # -- a reward-model data-size sweep in Ray Train -------------------------------------------------------
 
 
@@ -195,9 +219,13 @@ def test_reward_data_size_sweep_trains_on_nested_prompt_subsets(ray_session, tmp
                      "metrics": [{"name": "pairs", "value": "reward/summary.json:pairs_train"},
                                  {"name": "heldout", "value": "reward/summary.json:pairs_heldout"},
                                  {"name": "acc", "value": "reward/summary.json:eval_accuracy.1"}],
-                     "x": "pairs", "log_x": True}
+                     "x": "pairs", "log_x": True, "concurrency": 2}
     s = run_sweep(validate(data))
     assert s["ran"] == 2 and s["plots"] == ["heldout.png", "acc.png"]  # none of x against itself
+    # concurrency 2: both points ran as Ray tasks (not in this process), at the same time
+    done = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "sweep" / "points").glob("*/result.json"))]
+    assert len(done) == 2 and all(r["pid"] != os.getpid() for r in done) and done[0]["pid"] != done[1]["pid"]
+    assert max(r["started"] for r in done) < min(r["started"] + r["seconds"] for r in done)
     rows = json.loads((tmp_path / "run" / "sweep" / "results.json").read_text())
     small, whole = rows
     assert small["heldout"] == whole["heldout"]  # the held-out split does not change
