@@ -1,12 +1,16 @@
 """cluster/: the launcher configs pass the checks `ray up` runs on them, keep the dashboard on
 loopback, share the launching machine's auth token with every node, and install the same pins as
-the Makefile; the job runtime_env is one Ray accepts."""
+the Makefile; the job runtime_env is one Ray accepts; the Kubernetes image and KubeRay manifests
+match the lock file's Ray and pins, keep the dashboard on loopback, use token auth, take secrets
+by reference only, and run a job whose config loads."""
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ["cluster/local.yaml", "cluster/aws.yaml"]
@@ -48,3 +52,78 @@ def test_job_runtime_env_is_valid_and_leaves_local_state_behind():
     assert env["working_dir"] == "."
     assert {".venv/", "runs/", ".git/"} <= set(env["excludes"])
     assert env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+# -- Kubernetes: cluster/Dockerfile and the KubeRay manifests --------------------------------------
+# No Kubernetes API server or Docker daemon here: these check what can go wrong on our side (versions,
+# pins, the entrypoint, loopback, auth, secrets), not what the KubeRay operator accepts.
+
+KUBERAY = ["cluster/kuberay/rayjob.yaml", "cluster/kuberay/raycluster.yaml"]
+
+
+def _lock_pin(name):
+    return re.search(rf"^{name}==([\d.]+)$", (ROOT / "requirements.lock").read_text(), re.M).group(1)
+
+
+def _cluster_spec(doc):
+    return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+
+
+def _pods(spec):
+    return [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+
+
+def test_dockerfile_builds_ray_and_the_pins_of_the_lock_and_makefile():
+    text = (ROOT / "cluster/Dockerfile").read_text()
+    base = re.search(r"^ARG RAY_IMAGE=rayproject/ray:([\d.]+)-py(\d)(\d+)-gpu$", text, re.M)
+    assert base and base.group(1) == _lock_pin("ray")
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(f"{base.group(2)}.{base.group(3)}")  # the image's Python will do
+    make_pins = set(re.findall(r"torch(?:vision)?==[\d.]+", (ROOT / "Makefile").read_text()))
+    assert make_pins and make_pins <= set(re.findall(r"torch(?:vision)?==[\d.]+", text))
+    assert "-r requirements.lock" in text and "--no-deps -e ." in text
+    ignore = (ROOT / "cluster/Dockerfile.dockerignore").read_text().split()
+    assert {".venv/", "runs/", ".git/"} <= set(ignore)
+
+
+@pytest.mark.parametrize("name", KUBERAY)
+def test_kuberay_manifest_matches_ray_keeps_dashboard_on_loopback_and_uses_token_auth(name):
+    doc = _load(name)
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in {"RayJob", "RayCluster"}
+    spec = _cluster_spec(doc)
+    assert spec["rayVersion"] == _lock_pin("ray")
+    assert spec["authOptions"] == {"mode": "token", "secretName": "raypref-ray-token"}
+    assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    images = set()
+    for pod in _pods(spec):
+        for c in pod["containers"]:
+            images.add(c["image"])
+            env = {e["name"]: e for e in c["env"]}
+            assert env["RAY_USAGE_STATS_ENABLED"]["value"] == "0"
+            for e in env.values():  # secrets only by reference, never a literal key
+                if "KEY" in e["name"] or "TOKEN" in e["name"]:
+                    assert "value" not in e and e["valueFrom"]["secretKeyRef"]["name"]
+            mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+            assert mounts == {"runs": "/mnt/raypref", "shm": "/dev/shm"}
+        vols = {v["name"]: v for v in pod["volumes"]}
+        assert vols["shm"]["emptyDir"]["medium"] == "Memory" and vols["runs"]["persistentVolumeClaim"]["claimName"]
+    assert images == {"REGISTRY/raypref:TAG"}  # one image everywhere: cluster/Dockerfile's
+    for g in spec["workerGroupSpecs"]:
+        assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+
+
+def test_rayjob_entrypoint_is_a_job_whose_config_loads_here():
+    from raypref.config import load_config
+
+    doc = _load("cluster/kuberay/rayjob.yaml")
+    # the sidecar submitter reaches the head's loopback dashboard; it needs the head never restarted
+    assert doc["spec"]["submissionMode"] == "SidecarMode"
+    assert doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["restartPolicy"] == "Never"
+    cd, cmd = doc["spec"]["entrypoint"].split(" && ")
+    assert cd == "cd /home/ray/raypref" and "WORKDIR /home/ray/raypref" in (ROOT / "cluster/Dockerfile").read_text()
+    args = cmd.split()
+    assert args[:3] == ["python", "-m", args[2]] and args[2].startswith("jobs.")
+    assert (ROOT / (args[2].replace(".", "/") + ".py")).is_file()
+    assert args[3] == "--config"
+    cfg = load_config(ROOT / args[4], args[5:])  # the job's own parsing: a bad key or value fails here
+    assert cfg.output_dir.startswith("/mnt/raypref/")  # on the volume every pod mounts
