@@ -331,6 +331,7 @@ class SweepMetric(_Strict):
     value: str = Field(..., description="'<file under the point's output_dir>:<path>', e.g. 'accuracy/accuracy.json:rows[scorer=reward,output=overall].accuracy' (keys by '.', list items by index or [key=value,...]).")
     low: str | None = Field(None, description="The same for the lower end of an interval (an error bar), e.g. ...ci95_low.")
     high: str | None = Field(None, description="The same for the upper end of the interval.")
+    fit: Literal["power_law", "saturating_power_law"] | None = Field(None, description="Fit a scaling law to this metric against the plots' x (raypref/scaling.py), one fit per line: power_law y = a*x^b, or saturating_power_law y = c + a*(x/x0)^b with b < 0 (c: where it levels off). Points weigh by their low/high interval, read as a 95% one, where given. Written to sweep/fits.json and drawn on the plot.")
 
 
 class SweepConf(_Strict):

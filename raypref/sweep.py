@@ -5,7 +5,8 @@ dir ``<output_dir>/sweep/points/<key=value,...>`` through ``sweep.stages``, each
 command runs it. The numbers named in ``sweep.metrics`` are then read from the files the stages
 wrote, so the table and the plots hold what each point measured. With ``sweep.concurrency`` 1 the
 points run one after another in this process; with N > 1 each runs as a Ray task, at most N at
-once, its stages asking for their own resources as they do outside a sweep.
+once, its stages asking for their own resources as they do outside a sweep. A metric with a
+``fit`` gets a scaling law fitted to it (raypref.scaling) in sweep/fits.json and on its plot.
 
 Resume: a finished point leaves ``result.json`` holding its config; a rerun skips it while the
 config is the same, and runs it again (its stages resuming what they can) when it is not. A
@@ -26,6 +27,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from raypref.config import Config, ConfigError, SweepConf, _set_dotted, validate, write_run_meta
 
@@ -124,6 +127,12 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
         for key in keys:
             if key == "output_dir" or key.startswith("sweep."):
                 raise ConfigError(f"sweep.{section}.{key}: the sweep sets output_dir and its own section itself")
+    x = sw.x or next(iter(sw.grid), None)
+    for m in sw.metrics:
+        if m.fit and (x is None or x == m.name):
+            raise ConfigError(f"sweep.metrics.{m.name}.fit: needs an x axis other than the metric itself (sweep.x or a grid key)")
+        if m.fit and x in sw.grid and not all(_num(v) is not None and v > 0 for v in sw.grid[x]):
+            raise ConfigError(f"sweep.metrics.{m.name}.fit: the x axis {x!r} must hold numbers > 0, got {sw.grid[x]}")
     root = Path(cfg.output_dir) / STAGE / "points"
     base = cfg.model_dump(mode="json")
     out, seen = [], {}
@@ -338,54 +347,115 @@ def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
     x = sw.x or next(iter(sw.grid), None)
     if x is None:  # an empty grid: a single point, nothing to plot against
         return []
-    return [p for m in sw.metrics if m.name != x and (p := plot_metric(rows, out, sw, m.name, x))]
+    fits = fit_metrics(rows, out, sw, x)
+    return [p for m in sw.metrics if m.name != x and (p := plot_metric(rows, out, sw, m.name, x, fits))]
+
+
+def _series(rows: list[dict], sw: SweepConf, metric: str, x: str) -> tuple[bool, list[str], dict[str, list[dict]]]:
+    """The finished points with a number for ``metric``, one series per combination of the other
+    grid keys (a metric on the axis stands in for the first grid key), each sorted along x;
+    (x numeric?, the x labels when it is not, series)."""
+    others = [k for k in sw.grid if k != x] if x in sw.grid else list(sw.grid)[1:]
+    done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r]
+    numeric = all(_num(r[x]) is not None for r in done)
+    labels = [] if numeric else list(dict.fromkeys(str(r[x]) for r in done))
+    series: dict[str, list[dict]] = {}
+    for r in done:
+        series.setdefault(", ".join(f"{k}={r[k]}" for k in others), []).append(r)
+    for rs in series.values():
+        rs.sort(key=lambda r: r[x] if numeric else labels.index(str(r[x])))
+    return numeric, labels, series
+
+
+def _sigma(rs: list[dict], metric: str) -> list[float] | None:
+    """Per-point sigma from a 95% interval (high - low) / (2 * 1.96), where every point has one."""
+    lo, hi = [r.get(f"{metric}_low") for r in rs], [r.get(f"{metric}_high") for r in rs]
+    if not all(_num(v) is not None for v in lo + hi):
+        return None
+    return [(b - a) / 3.92 for a, b in zip(lo, hi)]
+
+
+def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str, dict[str, dict]]:
+    """sweep/fits.json: for every metric with a ``fit``, one scaling-law fit per series (a fit that
+    cannot be made, e.g. too few finished points, is recorded with its reason, and the sweep goes on)."""
+    from raypref.scaling import fit
+
+    fits: dict[str, dict[str, dict]] = {}
+    for m in sw.metrics:
+        if not m.fit:
+            continue
+        numeric, _, series = _series(rows, sw, m.name, x)
+        for label, rs in series.items():
+            try:
+                if not numeric:
+                    raise ValueError(f"x {x!r} is not numeric")
+                f = fit(m.fit, [r[x] for r in rs], [r[m.name] for r in rs], _sigma(rs, m.name)).as_dict()
+                text = f["formula"] + "".join(f"; {k} = {v:.4g} +- {f['stderr'][k]:.2g}" for k, v in f["params"].items()
+                                              if f["stderr"].get(k) is not None and k in ("c", "b"))
+                text += " (b at the edge of its range: the points do not fix where it levels off)" if f.get("at_bound") else ""
+            except ValueError as e:
+                f, text = {"form": m.fit, "error": str(e)}, f"no fit: {e}"
+            fits.setdefault(m.name, {})[label] = {"x": x, **f}
+            print(f"[sweep] fit {m.name} vs {x}{f' ({label})' if label else ''}: {text}", flush=True)
+    if fits:
+        (out / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
+    else:
+        (out / "fits.json").unlink(missing_ok=True)
+    return fits
 
 
 def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def plot_metric(rows: list[dict], out: Path, sw: SweepConf, metric: str, x: str) -> str | None:
+def plot_metric(rows: list[dict], out: Path, sw: SweepConf, metric: str, x: str, fits: dict | None = None) -> str | None:
     """<metric>.png: the metric against ``x`` (sweep.x or the first grid key), one line per
-    combination of the other grid keys, error bars from <metric>_low/_high where given."""
-    # a metric on the axis (e.g. the pairs a point trained on) stands in for the first grid key
-    others = [k for k in sw.grid if k != x] if x in sw.grid else list(sw.grid)[1:]
-    done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r]
-    if not done:
+    combination of the other grid keys, error bars from <metric>_low/_high where given, and the
+    metric's scaling-law fit (dashed; dotted: the level it settles at) where one was made."""
+    numeric, labels, series = _series(rows, sw, metric, x)
+    if not series:
         return None
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
 
-    numeric = all(_num(r[x]) is not None for r in done)
-    labels = [] if numeric else list(dict.fromkeys(str(r[x]) for r in done))
-    series: dict[str, list[dict]] = {}
-    for r in done:
-        series.setdefault(", ".join(f"{k}={r[k]}" for k in others), []).append(r)
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rs in series.items():
-        rs = sorted(rs, key=lambda r: r[x] if numeric else labels.index(str(r[x])))
         xs = [r[x] if numeric else labels.index(str(r[x])) for r in rs]
         ys = [r[metric] for r in rs]
         lo, hi = [r.get(f"{metric}_low") for r in rs], [r.get(f"{metric}_high") for r in rs]
         if all(_num(v) is not None for v in lo + hi):
             err = [[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label or None)
+            line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label or None).lines[0]
         else:
-            ax.plot(xs, ys, marker="o", label=label or None)
+            (line,) = ax.plot(xs, ys, marker="o", label=label or None)
+        f = (fits or {}).get(metric, {}).get(label)
+        if numeric and f and "params" in f:
+            _draw_fit(ax, f, min(xs), max(xs), line.get_color())
     if not numeric:
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    elif sw.log_x and all(r[x] > 0 for r in done):
+    elif sw.log_x and all(r[x] > 0 for rs in series.values() for r in rs):
         ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    if any(series):
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    ax.set_title(f"{metric} vs {x} ({len(done)} points)")
+    ax.set_title(f"{metric} vs {x} ({sum(map(len, series.values()))} points)")
     fig.tight_layout()
     name = f"{metric}.png"
     fig.savefig(out / name, dpi=90)
     plt.close(fig)
     return name
+
+
+def _draw_fit(ax, f: dict, lo: float, hi: float, color) -> None:
+    from raypref.scaling import Fit
+
+    fit = Fit(f["form"], f["params"], f["stderr"], f["n"], f["rmse"], x0=f["x0"])
+    xs = np.geomspace(lo, hi, 100) if lo > 0 else np.linspace(lo, hi, 100)
+    note = " (b at its bound: no level found)" if f.get("at_bound") else ""
+    ax.plot(xs, fit.predict(xs), "--", color=color, alpha=0.7, label=f"fit: {fit.formula()}{note}")
+    if f["form"] == "saturating_power_law" and not f.get("at_bound"):
+        ax.axhline(f["params"]["c"], ls=":", color=color, alpha=0.5)

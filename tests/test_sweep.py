@@ -167,6 +167,32 @@ def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp
     assert s["ran"] == 1 and s["points"] == 1 and not err.exists()
 
 
+def test_sweep_fits_a_scaling_law_per_line_and_draws_it(tmp_path, capsys):
+    pairs = _write_pairs(tmp_path)
+    metrics = [{"name": "kept", "value": "rank/summary.json:n_kept", "fit": "power_law"}]
+    s = run_sweep(_sweep_cfg(tmp_path, pairs, metrics=metrics))
+    out = tmp_path / "run" / "sweep"
+    fits = json.loads((out / "fits.json").read_text())["kept"]
+    # kept = ceil(p * 40) = 10, 20, 40 at p = 0.25, 0.5, 1: exactly 40 * p^1, for either metric
+    assert set(fits) == {"rank.metric=margin", "rank.metric=random"}
+    for f in fits.values():
+        assert f["x"] == "rank.top_p" and f["n"] == 3
+        assert f["params"]["a"] == pytest.approx(40.0) and f["params"]["b"] == pytest.approx(1.0)
+    assert "[sweep] fit kept vs rank.top_p (rank.metric=margin): y = 40 * x^1" in capsys.readouterr().out
+    assert s["plots"] == ["kept.png"] and (out / "kept.png").read_bytes()[:4] == b"\x89PNG"
+
+    # one point is too few to fit: the reason is recorded and the sweep still succeeds
+    one = _sweep_cfg(tmp_path, pairs, metrics=metrics, grid={"rank.top_p": [0.5]})
+    run_sweep(one)
+    assert json.loads((out / "fits.json").read_text()) == {
+        "kept": {"": {"x": "rank.top_p", "form": "power_law", "error": "fit power_law: needs at least 2 points, got 1"}}}
+    # a fit needs a numeric axis that is not the metric itself: caught before anything runs
+    with pytest.raises(ConfigError, match=r"sweep.metrics.kept.fit: the x axis 'rank.metric' must hold numbers > 0"):
+        point_configs(_sweep_cfg(tmp_path, pairs, metrics=metrics, x="rank.metric"))
+    with pytest.raises(ConfigError, match="sweep.metrics.kept.fit: needs an x axis other than the metric itself"):
+        point_configs(_sweep_cfg(tmp_path, pairs, metrics=metrics, x="kept"))
+
+
 def test_cli_sweep_exit_codes(tmp_path):
     pairs = _write_pairs(tmp_path)
     cfg = tmp_path / "sweep.yaml"
