@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -457,14 +458,17 @@ def validate(data: dict, source: str = "config") -> Config:
 
 
 def git_sha() -> str:
-    """The commit of the raypref checkout in use, '+dirty' if it has changes; 'unknown' if not a git checkout."""
+    """The commit of the raypref checkout in use, '+dirty' if it has changes. Code without git metadata
+    (a `ray job submit` working_dir, which leaves .git/ behind; the cluster image) reports
+    RAYPREF_GIT_SHA, set where the commit was known (README, "On a cluster"); else 'unknown'."""
     repo = Path(__file__).resolve().parent.parent
+    fallback = os.environ.get("RAYPREF_GIT_SHA", "").strip() or "unknown"
     try:
         sha = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
         if not sha:
-            return "unknown"
+            return fallback
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
@@ -472,8 +476,8 @@ def git_sha() -> str:
             timeout=10,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    except (OSError, subprocess.SubprocessError):  # no git on this node
+        return fallback
 
 
 def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:

@@ -82,6 +82,7 @@ def test_dockerfile_builds_ray_and_the_pins_of_the_lock_and_makefile():
     make_pins = set(re.findall(r"torch(?:vision)?==[\d.]+", (ROOT / "Makefile").read_text()))
     assert make_pins and make_pins <= set(re.findall(r"torch(?:vision)?==[\d.]+", text))
     assert "-r requirements.lock" in text and "--no-deps -e ." in text
+    assert "RAYPREF_GIT_SHA=${GIT_SHA}" in text  # no .git/ in the image: the commit comes from the build
     ignore = (ROOT / "cluster/Dockerfile.dockerignore").read_text().split()
     assert {".venv/", "runs/", ".git/"} <= set(ignore)
 

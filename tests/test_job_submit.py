@@ -46,7 +46,9 @@ def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, tiny_clip, prompts_file
         cfg["build"]["limit"] = 2
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
         job_env = dict(env, RAY_ADDRESS=f"http://127.0.0.1:{dash}")
+        # the uploaded working_dir has no .git/: the entrypoint hands the job the commit, as the README says
         cmd = [ray_bin, "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--",
+               "env", "RAYPREF_GIT_SHA=0123abc-from-submitter",
                sys.executable, "-m", "jobs.build", "--config", str(tmp_path / "job.yaml")]
         deadline = time.time() + 240  # a loaded 2-core machine can take minutes to start the agent
         while True:
@@ -60,6 +62,8 @@ def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, tiny_clip, prompts_file
         assert "[build] 2 prompts -> 8 samples -> 2 pairs" in sub.stdout
         summary = json.loads((tmp_path / "run" / "build" / "summary.json").read_text())
         assert summary["pairs"] == 2
+        meta = json.loads((tmp_path / "run" / "build" / "run_meta.json").read_text())
+        assert meta["git_sha"] == "0123abc-from-submitter"
 
         # without the token the cluster refuses the job
         bad = dict(job_env, RAY_AUTH_TOKEN="wrong-token")
