@@ -35,6 +35,9 @@ def make_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="method", required=True)
     p = tsub.add_parser("dpo", help="Diffusion-DPO with a LoRA, in Ray Train", epilog=EPILOG)
     _add_common(p)
+    p = tsub.add_parser("sft", help="supervised fine-tuning with a LoRA on the top train.sft_top_p of the build's images "
+                        "by train.sft_score (self-reward), in Ray Train; writes train/lora", epilog=EPILOG)
+    _add_common(p)
     p = tsub.add_parser("reward", help="a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; "
                         "writes reward/model", epilog=EPILOG)
     _add_common(p)
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             relabel(cfg)
         elif args.command == "train" and args.method == "reward":
             stages.train_reward(cfg)
+        elif args.command == "train" and args.method == "sft":
+            stages.train_sft(cfg)
         elif args.command == "train":
             stages.train_dpo(cfg)
         elif args.command == "accuracy":

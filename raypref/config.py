@@ -136,7 +136,10 @@ class _StepConf(_Strict):
 class TrainConf(_RayTrainScale, _StepConf):
     pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
     base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
-    method: Literal["dpo"] = Field("dpo", description="Training objective.")
+    method: Literal["dpo", "sft"] = Field("dpo", description="Training objective, set by the command that runs: dpo (`raypref train dpo`, on pairs) or sft (`raypref train sft`, on the top images of the samples table).")
+    samples: str | None = Field(None, description="sft: samples Parquet dir (None: this run's build/samples).")
+    sft_score: str = Field("score", description="sft: the samples column the images are ranked by (the build's aggregate 'score', or one scorer's 'score_<name>').")
+    sft_top_p: float = Field(0.1, gt=0, le=1, description="sft: keep exactly the top ceil(p * n) images by sft_score over the whole table (n: images with a finite score; ties at the cut by sample_id).")
     beta: float = Field(5000.0, gt=0, description="Diffusion-DPO beta (Wallace et al. use 5000 for SD1.5).")
     lora_rank: int = Field(4, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(4.0, gt=0, description="LoRA alpha.")
@@ -322,7 +325,7 @@ class ReportConf(_Strict):
         None, description="A stage dir holding samples/ and/or pairs/ (e.g. runs/x/build, runs/x/rank); None: this run's build.")
 
 
-SWEEP_STAGES = ("build", "pair", "rank", "relabel", "train_dpo", "train_reward", "accuracy", "eval", "report")
+SWEEP_STAGES = ("build", "pair", "rank", "relabel", "train_dpo", "train_sft", "train_reward", "accuracy", "eval", "report")
 
 
 class SweepMetric(_Strict):

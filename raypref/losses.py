@@ -39,6 +39,16 @@ def diffusion_dpo_loss(
     return loss, metrics
 
 
+def diffusion_sft_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Supervised fine-tuning of a diffusion model on kept images: the simple denoising objective
+    (Ho et al. 2020, Eq. 14, L_simple = E ||eps - eps_theta(x_t, t)||^2; ``target`` is the noise, or
+    the velocity for a v-prediction model), the squared error averaged over each image's elements
+    and then over images, so every image counts alike. Returns the loss and the detached per-image
+    error's spread (max - min) as a diagnostic."""
+    err = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+    return err.mean(), {"err_spread": (err.max() - err.min()).detach()}
+
+
 def bradley_terry_loss(
     r_chosen: torch.Tensor,
     r_rejected: torch.Tensor,

@@ -31,6 +31,12 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             f"({s['prompts_without_pair']} prompts without a pair, {s['samples_without_score']} samples unscored, "
             f"{s['duplicate_prompts_dropped']} duplicate prompts dropped, {_quarantined(s)}) in {s['seconds']}s -> {where}"
         )
+    if stage == "train" and s.get("method") == "sft":
+        return (
+            f"[train] sft on {s['images']} images of {s['prompts']} prompts (top {s['top_p']:g} of {s['images_scored']} "
+            f"by {s['score']}, cut {_f(s['score_cut'])}; {s['images_unscored']} unscored), {s['workers']} worker(s), "
+            f"step {s['final_step']}: loss {_f(s['first_loss'])} -> {_f(s['last_loss'])} in {s['seconds']}s -> {s['lora']}"
+        )
     if stage == "train":
         return (
             f"[train] dpo on {s['pairs']} pairs, {s['workers']} worker(s), step {s['final_step']}: "

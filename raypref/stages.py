@@ -73,8 +73,19 @@ def sweep(cfg: Config) -> dict:
 def train_dpo(cfg: Config) -> dict:
     from raypref.train_dpo import run_train_dpo
 
+    return _train_diffusion(cfg, "dpo", run_train_dpo)
+
+
+def train_sft(cfg: Config) -> dict:
+    from raypref.train_sft import run_train_sft
+
+    return _train_diffusion(cfg, "sft", run_train_sft)
+
+
+def _train_diffusion(cfg: Config, method: str, run) -> dict:
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
     init_ray(cfg.ray)
-    s = run_train_dpo(cfg)
+    s = run(cfg)
     print(summary_line("train", s, str(cfg.stage_dir("train"))), flush=True)
     return s
 

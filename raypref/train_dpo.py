@@ -1,4 +1,5 @@
-"""Diffusion-DPO with a LoRA on the UNet, data-parallel in a Ray Train TorchTrainer.
+"""Diffusion-DPO with a LoRA on the UNet, data-parallel in a Ray Train TorchTrainer (its loop also
+runs SFT on kept images: raypref.train_sft).
 
 The reference model is the same UNet with the adapter disabled, so one copy of the weights is
 in memory. Checkpoints (LoRA in diffusers format + optimizer + step) are reported with
@@ -46,20 +47,30 @@ def load_for_training(c: dict, device):
     return tok, text, vae, sched, unet, params
 
 
-def pair_batch_to_latents(batch: dict, tok, text, vae, size: int, device):
-    """Decode chosen/rejected images and encode them (frozen VAE, text encoder): (2B latents, 2B text)."""
+def encode_images(images, vae, size: int, device):
+    """Decode encoded images and encode them with the frozen VAE: scaled latents."""
     import torch
 
     from raypref import images as I
 
-    chosen = [I.decode(b) for b in batch[S.CHOSEN_IMAGE]]
-    rejected = [I.decode(b) for b in batch[S.REJECTED_IMAGE]]
-    pix = I.to_tensor(chosen + rejected, size=size).to(device)
+    pix = I.to_tensor([I.decode(b) for b in images], size=size).to(device)
     with torch.no_grad():
-        latents = vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor
-        ids = tok(list(batch[S.PROMPT]), padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids
-        enc = text(ids.to(device))[0]
-    return latents, enc.repeat(2, 1, 1)
+        return vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor
+
+
+def encode_prompts(prompts, tok, text, device):
+    """The frozen text encoder's hidden states of the prompts."""
+    import torch
+
+    ids = tok(list(prompts), padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return text(ids.to(device))[0]
+
+
+def pair_batch_to_latents(batch: dict, tok, text, vae, size: int, device):
+    """Chosen then rejected images as latents, and their prompts' states: (2B latents, 2B text)."""
+    latents = encode_images(list(batch[S.CHOSEN_IMAGE]) + list(batch[S.REJECTED_IMAGE]), vae, size, device)
+    return latents, encode_prompts(batch[S.PROMPT], tok, text, device).repeat(2, 1, 1)
 
 
 def dpo_step(unet_ddp, unet, latents, enc, sched, beta: float, gen):
@@ -117,6 +128,11 @@ def train_loop_per_worker(c: dict) -> None:
         report_step(rank, {"step": step}, history, {"step": step}, write)
 
     def forward(batch):
+        if c["method"] == "sft":  # kept images and their prompts (raypref.train_sft)
+            from raypref.train_sft import sft_step
+
+            latents = encode_images(batch[S.IMAGE], vae, size, device)
+            return sft_step(unet_ddp, latents, encode_prompts(batch[S.PROMPT], tok, text, device), sched, gen)
         latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
         return dpo_step(unet_ddp, unet, latents, enc, sched, c["beta"], gen)
 
@@ -139,7 +155,7 @@ def train_loop_per_worker(c: dict) -> None:
             if last:
                 break
         if seen == 0:
-            raise ValueError("train: the pairs dataset gave this worker no batch; is it empty?")
+            raise ValueError(f"train: the {'kept images' if c['method'] == 'sft' else 'pairs'} gave this worker no batch; is it empty?")
 
 
 def run_train_dpo(cfg: Config) -> dict:
@@ -162,7 +178,7 @@ def run_train_dpo(cfg: Config) -> dict:
     if n_pairs == 0:
         raise ValueError(f"train.pairs: {pairs_dir} has no pairs")
     loop_cfg = t.model_dump()
-    loop_cfg["base_model"] = base
+    loop_cfg.update(base_model=base, method="dpo")
     t0 = time.time()
     lora_dir = out / LORA_DIR
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", LORA_DIR, lora_dir, datasets={"train": ds})

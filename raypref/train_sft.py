@@ -1,0 +1,129 @@
+"""Supervised fine-tuning (SFT) of the diffusion model on its own best images: the self-reward recipe.
+
+The build's judges score every image; ``top_images`` keeps exactly the best ``train.sft_top_p`` of
+them by ``train.sft_score`` over the whole samples table, and a LoRA on the UNet learns to denoise
+those images given their prompts (``losses.diffusion_sft_loss``). Training runs in the same Ray
+Train loop as Diffusion-DPO (raypref.train_dpo), with the same checkpoints, resume and LoRA export
+to <output_dir>/train/lora; the images kept are listed in <output_dir>/train/sft_selected.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raypref import schema as S
+from raypref.config import Config, write_run_meta
+
+SELECTED_FILE = "sft_selected.parquet"
+
+
+def top_images(sample_ids, scores, top_p: float) -> tuple[np.ndarray, dict]:
+    """The best K = ceil(top_p * n_valid) images by score (n_valid: those with a finite score),
+    ties at the cut broken by sample_id ascending, so exactly K are kept whatever the row order.
+    Returns the keep mask and counts {n, valid, kept, cut (the K-th score, None if K = 0)}."""
+    if not 0 < top_p <= 1:
+        raise ValueError(f"train.sft_top_p must be in (0, 1], got {top_p}")
+    ids = np.asarray(sample_ids, dtype=object)
+    s = np.asarray(scores, dtype=np.float64)
+    valid = np.flatnonzero(np.isfinite(s))
+    k = math.ceil(top_p * len(valid))
+    keep = np.zeros(len(s), dtype=bool)
+    cut = None
+    if k:
+        t = pa.table({"s": s[valid], "id": pa.array([str(i) for i in ids[valid]], pa.string())})
+        best = pc.sort_indices(t, sort_keys=[("s", "descending"), ("id", "ascending")]).to_numpy()[:k]
+        keep[valid[best]] = True
+        cut = float(s[valid[best[-1]]])
+    return keep, {"n": len(s), "valid": len(valid), "kept": k, "cut": cut}
+
+
+def sft_step(unet_ddp, latents, enc, sched, gen):
+    """One denoising step on kept images: random noise and timestep per image."""
+    import torch
+
+    from raypref.losses import diffusion_sft_loss
+
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
+    noisy = sched.add_noise(latents, noise, t)
+    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    return diffusion_sft_loss(unet_ddp(noisy, t, enc).sample, target)
+
+
+def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
+    """Score column of the samples table (no images read) -> the kept images' ids, listed in
+    <out>/sft_selected.parquet with their prompt and score."""
+    import pyarrow.dataset as pads
+
+    t = cfg.train
+    samples = Path(t.samples or cfg.stage_dir("build") / "samples").resolve()
+    if not samples.exists():
+        raise FileNotFoundError(f"train.samples: no samples at {samples} (run the build first)")
+    data = pads.dataset(str(samples), format="parquet")
+    if t.sft_score not in data.schema.names:
+        cols = [c for c in data.schema.names if c == S.SCORE or c.startswith(S.SCORE_PREFIX)]
+        raise ValueError(f"train.sft_score: no column {t.sft_score!r} in {samples} (score columns: {cols})")
+    table = data.to_table(columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, t.sft_score])
+    keep, counts = top_images(table.column(S.SAMPLE_ID).to_pylist(),
+                              table.column(t.sft_score).to_numpy(zero_copy_only=False), t.sft_top_p)
+    if counts["kept"] == 0:
+        raise ValueError(f"train.sft_score: no image in {samples} has a finite {t.sft_score!r}")
+    kept = table.filter(pa.array(keep)).rename_columns([S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, "score"])
+    pq.write_table(kept, out / SELECTED_FILE)
+    return samples, kept, counts
+
+
+def run_train_sft(cfg: Config) -> dict:
+    import ray.data
+
+    from raypref.lora import LORA_FILE
+    from raypref.models import resolve_model
+    from raypref.train_checkpoint import fit_and_export
+    from raypref.train_dpo import LORA_DIR, train_loop_per_worker
+
+    t = cfg.train
+    out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
+    samples, kept, counts = select(cfg, out)
+    ids = kept.column(S.SAMPLE_ID).combine_chunks()
+
+    def only_kept(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.is_in(batch[S.SAMPLE_ID], value_set=ids)).select([S.PROMPT, S.IMAGE])
+
+    ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE])
+    ds = ds.map_batches(only_kept, batch_format="pyarrow")
+    on_disk_mb = sum(f.stat().st_size for f in samples.rglob("*.parquet")) / 2**20
+    if on_disk_mb * t.sft_top_p < t.cache_pairs_max_mb:
+        ds = ds.materialize()
+    base = resolve_model(t.base_model or (cfg.build.generators[0].model if cfg.build.generators else ""),
+                         what="train.base_model")
+    loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base}
+    t0 = time.time()
+    lora_dir = out / LORA_DIR
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", LORA_DIR, lora_dir, datasets={"train": ds})
+    summary = {
+        "method": "sft",
+        "images": counts["kept"],
+        "images_scored": counts["valid"],
+        "images_unscored": counts["n"] - counts["valid"],
+        "score": t.sft_score,
+        "top_p": t.sft_top_p,
+        "score_cut": counts["cut"],
+        "prompts": len(set(kept.column(S.PROMPT_ID).to_pylist())),
+        "workers": t.num_workers,
+        "final_step": history[-1]["step"] if history else 0,
+        "first_loss": history[0]["loss"] if history else None,
+        "last_loss": history[-1]["loss"] if history else None,
+        "lora": str(lora_dir / LORA_FILE),
+        "selected": str(out / SELECTED_FILE),
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

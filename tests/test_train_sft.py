@@ -1,0 +1,82 @@
+"""SFT on the build's top images (the self-reward recipe): the selection and the loss on hand
+values, then training in Ray Train with resume and the LoRA export."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raypref import schema as S
+from raypref.losses import diffusion_sft_loss
+from raypref.train_sft import top_images
+
+
+def test_top_images_keeps_exactly_the_best_with_ties_broken_by_id():
+    ids = ["d", "a", "c", "b", "e"]
+    scores = [0.5, 0.9, float("nan"), 0.5, 0.1]
+    # 4 finite scores, p = 0.5: K = 2, a (0.9), then the tie at 0.5 goes to b before d
+    keep, c = top_images(ids, scores, 0.5)
+    assert keep.tolist() == [False, True, False, True, False]
+    assert c == {"n": 5, "valid": 4, "kept": 2, "cut": 0.5}
+    # the row order does not change the set
+    perm = [4, 2, 0, 3, 1]
+    keep2, _ = top_images([ids[i] for i in perm], [scores[i] for i in perm], 0.5)
+    assert {ids[i] for i, k in zip(perm, keep2) if k} == {"a", "b"}
+    assert top_images(ids, scores, 1.0)[0].tolist() == [True, True, False, True, True]  # NaN never kept
+    assert top_images(ids, scores, 0.01)[1]["kept"] == 1  # any p > 0 keeps one
+    nothing, c = top_images(["x"], [float("nan")], 0.5)
+    assert not nothing.any() and c["kept"] == 0 and c["cut"] is None
+    with pytest.raises(ValueError, match=r"sft_top_p must be in \(0, 1\]"):
+        top_images(ids, scores, 0.0)
+
+
+def test_sft_loss_hand_values():
+    # Ho et al. 2020 Eq. 14 per image, then the mean: image 0 errs by 1 everywhere (error 1), image 1
+    # by 2 on one of two elements (error (4 + 0) / 2 = 2): loss 1.5
+    pred = torch.zeros(2, 1, 2, 1)
+    target = torch.tensor([[[[1.0], [1.0]]], [[[2.0], [0.0]]]])
+    loss, m = diffusion_sft_loss(pred, target)
+    assert loss.item() == pytest.approx(1.5) and m["err_spread"].item() == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_sft_trains_on_the_top_images_resumes_and_exports(built_run, tmp_path, capsys):
+    from raypref import stages
+    from raypref.config import validate
+    from raypref.lora import LORA_FILE
+    from tests.test_train_eval import _lora_b_norm
+
+    base, _ = built_run
+    d = base.model_dump(mode="json")
+    d["output_dir"] = str(tmp_path / "r")
+    d["train"].update(samples=str(base.stage_dir("build") / "samples"), sft_score="score_clip", sft_top_p=0.5,
+                      max_steps=2, checkpoint_every=1)
+    s = stages.train_sft(validate(d))
+    samples = pads.dataset(str(base.stage_dir("build") / "samples")).to_table(columns=[S.SAMPLE_ID, "score_clip"])
+    clip = samples.column("score_clip").to_numpy()
+    k = math.ceil(0.5 * np.isfinite(clip).sum())
+    assert s["method"] == "sft" and s["images"] == k and s["final_step"] == 2
+    # the listed images are exactly the k best by CLIP score
+    chosen = pq.read_table(tmp_path / "r" / "train" / "sft_selected.parquet")
+    best = set(np.asarray(samples.column(S.SAMPLE_ID).to_pylist())[np.argsort(-clip)[:k]])
+    assert set(chosen.column(S.SAMPLE_ID).to_pylist()) == best
+    assert min(chosen.column("score").to_pylist()) == pytest.approx(s["score_cut"])
+    assert f"[train] sft on {k} images" in capsys.readouterr().out
+    lora = tmp_path / "r" / "train" / "lora" / LORA_FILE
+    assert _lora_b_norm(lora) > 0  # B starts at zero: the adapter learned
+    hist = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [1, 2] and all(np.isfinite(h["loss"]) for h in hist)
+
+    # a longer budget resumes at step 2
+    d["train"]["max_steps"] = 3
+    s2 = stages.train_sft(validate(d))
+    hist2 = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert s2["final_step"] == 3 and hist2[:2] == hist
+
+    d["train"]["sft_score"] = "score_nope"
+    with pytest.raises(ValueError, match=r"train.sft_score: no column 'score_nope' in .*score columns: \[.*'score_clip'"):
+        stages.train_sft(validate(d))
