@@ -38,6 +38,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("sft", help="supervised fine-tuning with a LoRA on the top train.sft_top_p of the build's images "
                         "by train.sft_score (self-reward), in Ray Train; writes train/lora", epilog=EPILOG)
     _add_common(p)
+    p = tsub.add_parser("pcclip", help="PC-CLIP: fine-tune an open_clip model so image-embedding differences match "
+                        "difference texts, in Ray Train; writes pcclip/model", epilog=EPILOG)
+    _add_common(p)
     p = tsub.add_parser("reward", help="a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; "
                         "writes reward/model", epilog=EPILOG)
     _add_common(p)
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.train_reward(cfg)
         elif args.command == "train" and args.method == "sft":
             stages.train_sft(cfg)
+        elif args.command == "train" and args.method == "pcclip":
+            stages.train_pcclip(cfg)
         elif args.command == "train":
             stages.train_dpo(cfg)
         elif args.command == "accuracy":

@@ -256,6 +256,28 @@ class FilmConf(_Strict):
     stride: Literal[1, 2] = Field(2, description="Stride of the stem's second conv: 2 halves the resolution of the blocks; 1 keeps it (about 2.7x the compute).")
 
 
+class PcClipConf(_RayTrainScale):
+    """PC-CLIP: fine-tune an open_clip model so image-embedding differences match difference texts (raypref.train_pcclip)."""
+
+    samples: str | None = Field(None, description="Images with their prompts: a samples Parquet dir (None: this run's build/samples). Each step pairs every image of its batch with another of a different prompt.")
+    model: str = Field("ViT-L-14", description="The open_clip model to fine-tune: a built-in name (with pretrained), 'hf-hub:...', 'local-dir:/path', 'tiny:clip' or 'shapes:clip'.")
+    pretrained: str | None = Field("openai", description="open_clip pretrained tag, for built-in names.")
+    text_generator: str = Field("template", description="Writes how image a differs from image b from their prompts: 'shapes' (the attributes that change), 'template' ('<a> instead of <b>') or 'module:function' (prompt_a, prompt_b) -> text or None (raypref/difference_text.py).")
+    loss: Literal["contrastive", "squared", "hinge"] = Field("contrastive", description="How differences meet their texts (losses.difference_alignment_loss): in-batch InfoNCE, squared distance, or sum of hinges.")
+    margin: float = Field(0.2, ge=0, description="hinge: the margin.")
+    clip_weight: float = Field(1.0, ge=0, description="Weight of CLIP's own image-prompt contrastive loss on the same batch, beside the difference loss (keeps the embedding aligned with the prompts); 0: differences only.")
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate, cosine schedule with warmup.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    batch_size: int = Field(64, ge=2, description="Images per worker per step (each is paired once: batch_size difference pairs at most).")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints (and held-out evaluations).")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of prompts (hash of prompt_id) held out: the before/after retrieval accuracies are measured on them.")
+    shuffle_buffer: int = Field(2048, ge=0, description="Ray Data local shuffle buffer (images), so that a batch mixes prompts; 0: file order.")
+    eval_images: int = Field(1024, ge=2, description="At most this many held-out images are measured (they travel to the rank-0 worker with the loop's config).")
+    seed: int = Field(0, description="Seed for the pairing, the shuffle and the held-out split.")
+    export_dir: str | None = Field(None, description="Where the fine-tuned open_clip directory goes (None: <output_dir>/pcclip/model); a clip_score scorer loads it as 'local-dir:<dir>'.")
+
+
 class RewardConf(_RayTrainScale, _StepConf):
     """Reward model training (raypref.train_reward): backbone + overall and per-aspect heads, Bradley-Terry loss."""
 
@@ -325,7 +347,7 @@ class ReportConf(_Strict):
         None, description="A stage dir holding samples/ and/or pairs/ (e.g. runs/x/build, runs/x/rank); None: this run's build.")
 
 
-SWEEP_STAGES = ("build", "pair", "rank", "relabel", "train_dpo", "train_sft", "train_reward", "accuracy", "eval", "report")
+SWEEP_STAGES = ("build", "pair", "rank", "relabel", "train_dpo", "train_sft", "train_reward", "train_pcclip", "accuracy", "eval", "report")
 
 
 class SweepMetric(_Strict):
@@ -361,6 +383,7 @@ class Config(_Strict):
     report: ReportConf = Field(default_factory=ReportConf)
     rank: RankConf = Field(default_factory=RankConf)
     reward: RewardConf = Field(default_factory=RewardConf)
+    pcclip: PcClipConf = Field(default_factory=PcClipConf)
     accuracy: AccuracyConf = Field(default_factory=AccuracyConf)
     relabel: RelabelConf = Field(default_factory=RelabelConf)
     sweep: SweepConf = Field(default_factory=SweepConf)

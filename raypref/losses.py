@@ -108,3 +108,41 @@ def reward_model_loss(
         loss = loss + aspect_weight * a_loss
         metrics.update({"loss_aspects": a_loss.detach(), "accuracy_aspects": am["accuracy"]})
     return loss, metrics
+
+
+def difference_alignment_loss(
+    img_diff: torch.Tensor,
+    txt_diff: torch.Tensor,
+    kind: str,
+    logit_scale: float | torch.Tensor = 100.0,
+    margin: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PC-CLIP (Sam et al. 2024): the difference of two images' embeddings, f(x_a) - f(x_b), should
+    point where the embedding of a text describing how a differs from b points. Row i of
+    ``img_diff`` (B, D) goes with row i of ``txt_diff`` (B, D); both are L2-normalised here, s = d u^T.
+
+    - contrastive: CLIP's symmetric InfoNCE over the batch (Radford et al. 2021, Fig. 3), logits
+      ``logit_scale`` * s, the matching row the positive and the other rows the negatives;
+    - squared: mean_i ||d_i - u_i||^2 (= 2 - 2 s_ii), no negatives;
+    - hinge: the sum-of-hinges ranking loss (Faghri et al. 2018, VSE++, Eq. 2), both directions,
+      sum over negatives j != i of [margin - s_ii + s_ij]_+ + [margin - s_ii + s_ji]_+, mean over i.
+    Returns the loss and the detached retrieval accuracy (row i's best text is text i)."""
+    d = F.normalize(img_diff.float(), dim=-1)
+    u = F.normalize(txt_diff.float(), dim=-1)
+    sim = d @ u.T
+    n = sim.shape[0]
+    labels = torch.arange(n, device=sim.device)
+    if kind == "contrastive":
+        logits = logit_scale * sim
+        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    elif kind == "squared":
+        loss = ((d - u) ** 2).sum(-1).mean()
+    elif kind == "hinge":
+        pos = sim.diag()
+        off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
+        cost = (margin - pos[:, None] + sim).clamp_min(0) + (margin - pos[None, :] + sim).clamp_min(0)
+        loss = (cost * off).sum() / n
+    else:
+        raise ValueError(f"pcclip.loss: unknown kind {kind!r} (contrastive, squared, hinge)")
+    return loss, {"retrieval_acc": (sim.argmax(dim=1) == labels).float().mean().detach()}
+

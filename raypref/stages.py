@@ -99,6 +99,15 @@ def train_reward(cfg: Config) -> dict:
     return s
 
 
+def train_pcclip(cfg: Config) -> dict:
+    from raypref.train_pcclip import run_train_pcclip, summary_text
+
+    init_ray(cfg.ray)
+    s = run_train_pcclip(cfg)
+    print(summary_text(s), flush=True)
+    return s
+
+
 def accuracy(cfg: Config) -> dict:
     from raypref.pref_accuracy import run_accuracy
 

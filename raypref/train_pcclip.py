@@ -1,0 +1,284 @@
+"""PC-CLIP (Sam et al. 2024) in a Ray Train TorchTrainer: fine-tune an open_clip model so that the
+difference of two images' embeddings matches the embedding of a text saying how they differ.
+
+Each step takes a batch of images with their prompts (a samples table: the build's, or any with
+prompt and image columns), pairs every image with another of a different prompt (a seeded
+permutation), has ``pcclip.text_generator`` write each pair's difference text, and minimises
+``losses.difference_alignment_loss`` (contrastive, squared or hinge) plus ``pcclip.clip_weight``
+times CLIP's own image-prompt loss on the same images. Prompts are split by a hash of their id;
+before training, at every checkpoint and at the end, rank 0 measures on the held-out prompts'
+images (fixed pairs) how often a difference picks its own text among the others of its chunk,
+and how often an image picks its own prompt. Checkpoints go to <output_dir>/pcclip/ray (a
+rerun resumes); the model is exported as an open_clip directory (open_clip_config.json +
+open_clip_model.safetensors) that a clip_score scorer loads as 'local-dir:<dir>'.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from raypref import schema as S
+from raypref.config import Config, write_run_meta
+from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, report_step
+
+STAGE = "pcclip"
+MODEL_DIR = "model"
+OPTIM_FILE = "optimizer.pt"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+EVAL_CHUNK = 64  # held-out pairs scored against each other's texts, as a training batch is
+
+
+def pair_within(prompts: list[str], rng: np.random.Generator, generator) -> tuple[list[int], list[int], list[str]]:
+    """Image i with image perm[i] (a seeded permutation): (a indices, b indices, texts), leaving
+    out pairs the generator has no text for (the same prompt, or i paired with itself)."""
+    a, b, texts = [], [], []
+    for i, j in enumerate(rng.permutation(len(prompts))):
+        text = None if i == j else generator(prompts[i], prompts[int(j)])
+        if text:
+            a.append(i)
+            b.append(int(j))
+            texts.append(text)
+    return a, b, texts
+
+
+def load_clip(ref: str, pretrained: str | None):
+    """(model, preprocess, tokenizer, open_clip_config) of an open_clip reference."""
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(ref, pretrained=pretrained)
+    cfg = open_clip.get_model_config(ref)
+    if cfg is None:
+        raise ValueError(f"pcclip.model {ref!r}: open_clip has no config for it")
+    return model, preprocess, open_clip.get_tokenizer(ref), {"model_cfg": cfg, "preprocess_cfg": dict(model.visual.preprocess_cfg)}
+
+
+def save_clip(model, cfg: dict, d: Path) -> None:
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(d / WEIGHTS_FILE))
+
+
+def objective(model, c: dict):
+    """The training objective as one nn.Module around the open_clip model, so that Ray Train's DDP
+    wrapper sees a single forward (its gradient all-reduce hooks on forward, not on encode_*):
+    (pixels, difference-text tokens, a, b, prompt tokens, each image's prompt index) -> (loss,
+    metrics). Difference loss on the pairs plus clip_weight x CLIP's loss on the images."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from raypref.losses import difference_alignment_loss
+
+    class Objective(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels, diff_tokens, a, b, prompt_tokens, target):
+            img = self.model.encode_image(pixels)
+            scale = self.model.logit_scale.exp().detach()
+            loss, m = difference_alignment_loss(img[a] - img[b], self.model.encode_text(diff_tokens), c["loss"],
+                                                scale, c["margin"])
+            metrics = {"loss_diff": loss.detach(), "retrieval_acc": m["retrieval_acc"]}
+            if c["clip_weight"] > 0:
+                txt = F.normalize(self.model.encode_text(prompt_tokens), dim=-1)
+                clip_loss = F.cross_entropy(scale * F.normalize(img, dim=-1) @ txt.T, target)
+                loss = loss + c["clip_weight"] * clip_loss
+                metrics["loss_clip"] = clip_loss.detach()
+            return loss, metrics
+
+    return Objective()
+
+
+def batch_inputs(batch: dict, preprocess, tokenizer, rng, generator, device):
+    """A batch of images and prompts -> the objective's inputs, or None with fewer than 2 pairs.
+    Each distinct prompt is encoded once: the same prompt twice is not a negative of itself."""
+    import torch
+
+    from raypref import images as I
+
+    prompts = list(batch[S.PROMPT])
+    a, b, texts = pair_within(prompts, rng, generator)
+    if len(a) < 2:
+        return None
+    uniq = list(dict.fromkeys(prompts))
+    pixels = torch.stack([preprocess(I.decode(x)) for x in batch[S.IMAGE]]).to(device)
+    target = torch.tensor([uniq.index(p) for p in prompts], device=device)
+    return (pixels, tokenizer(texts).to(device), torch.tensor(a, device=device), torch.tensor(b, device=device),
+            tokenizer(uniq).to(device), target)
+
+
+def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, device) -> dict:
+    """Fixed pairs of the held-out images, in chunks of EVAL_CHUNK: difference -> own text among
+    the chunk's texts (a text equal to the right one counts), and image -> own prompt among the
+    chunk's prompts. The same pairs at every evaluation."""
+    import torch
+    import torch.nn.functional as F
+
+    from raypref import images as I
+
+    prompts = list(rows[S.PROMPT])
+    a, b, texts = pair_within(prompts, np.random.default_rng([c["seed"], 7]), generator)
+    diff_hits = img_hits = n_img = 0
+    model.eval()
+    with torch.no_grad():
+        pix = torch.stack([preprocess(I.decode(x)) for x in rows[S.IMAGE]]).to(device)
+        img = F.normalize(model.encode_image(pix).float(), dim=-1)
+        for s in range(0, len(a), EVAL_CHUNK):
+            ia, ib, tx = a[s:s + EVAL_CHUNK], b[s:s + EVAL_CHUNK], texts[s:s + EVAL_CHUNK]
+            u = F.normalize(model.encode_text(tokenizer(tx).to(device)).float(), dim=-1)
+            best = (F.normalize(img[ia] - img[ib], dim=-1) @ u.T).argmax(dim=1).tolist()
+            diff_hits += sum(tx[k] == tx[i] for i, k in enumerate(best))
+        for s in range(0, len(prompts), EVAL_CHUNK):
+            ps = prompts[s:s + EVAL_CHUNK]
+            uniq = list(dict.fromkeys(ps))
+            t = F.normalize(model.encode_text(tokenizer(uniq).to(device)).float(), dim=-1)
+            best = (img[s:s + EVAL_CHUNK] @ t.T).argmax(dim=1).tolist()
+            img_hits += sum(uniq[k] == p for k, p in zip(best, ps))
+            n_img += len(ps)
+    model.train()
+    return {"heldout_diff_retrieval": diff_hits / max(len(a), 1), "heldout_prompt_retrieval": img_hits / max(n_img, 1),
+            "heldout_pairs": len(a)}
+
+
+def pcclip_loop(c: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+    from diffusers.optimization import get_scheduler
+    from safetensors.torch import load_file
+
+    from raypref.difference_text import resolve
+
+    device = ray.train.torch.get_device()
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(c["seed"])
+    model, preprocess, tokenizer, cfg = load_clip(c["model"], c["pretrained"])
+    model.logit_scale.requires_grad_(False)  # fine-tuning keeps the model's temperature
+    state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
+    step = state.get("step", 0)
+    if ckpt_dir is not None:
+        model.load_state_dict(load_file(str(Path(ckpt_dir) / MODEL_DIR / WEIGHTS_FILE)))
+    model.to(device)
+    obj = ray.train.torch.prepare_model(objective(model, c))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=c["learning_rate"], weight_decay=0.1)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=c["warmup_steps"], num_training_steps=c["max_steps"])
+    if ckpt_dir is not None:
+        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
+        for _ in range(step):
+            sched.step()
+    generator = resolve(c["text_generator"])
+    held = c["heldout_rows"]
+
+    def evaluate() -> dict:
+        return heldout_eval(model, preprocess, tokenizer, held, c, generator, device) if rank == 0 and held else {}
+
+    def write(d):
+        save_clip(model, cfg, Path(d) / MODEL_DIR)
+        torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
+
+    if step == 0 and rank == 0:
+        history.append({"step": 0, **evaluate()})  # the model as it came: the baseline
+    if step >= c["max_steps"]:  # a rerun of a finished run: re-export
+        report_step(rank, {"step": step}, history, {"step": step}, write)
+    shard = ray.train.get_dataset_shard("train")
+
+    while step < c["max_steps"]:
+        seen = 0
+        for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=True,
+                                        local_shuffle_buffer_size=c["shuffle_buffer"] or None,
+                                        local_shuffle_seed=c["seed"] * 1009 + rank * 31 + step):
+            inputs = batch_inputs(batch, preprocess, tokenizer, np.random.default_rng([c["seed"], rank, step]),
+                                  generator, device)
+            if inputs is None:
+                continue
+            loss, m = obj(*inputs)
+            metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2])}
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            seen += 1
+            last = step >= c["max_steps"]
+            ckpt = last or step % c["checkpoint_every"] == 0
+            metrics = {"step": step, "loss": float(loss.detach()), **metrics, **(evaluate() if ckpt else {})}
+            history.append(metrics)
+            report_step(rank, metrics, history, {"step": step}, write if ckpt else None)
+            if last:
+                break
+        if seen == 0:
+            raise ValueError("pcclip: no batch of batch_size images with two prompts reached this worker; "
+                             "fewer images than pcclip.batch_size, or one prompt only?")
+
+
+def run_train_pcclip(cfg: Config) -> dict:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import ray.data
+
+    from raypref.difference_text import resolve
+    from raypref.models import resolve_model
+    from raypref.train_reward import heldout_mask
+
+    p = cfg.pcclip
+    resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
+    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
+    samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
+    if not samples.exists():
+        raise FileNotFoundError(f"pcclip.samples: no samples at {samples} (run the build first)")
+    names = pads.dataset(str(samples), format="parquet").schema.names
+    missing = [col for col in (S.PROMPT_ID, S.PROMPT, S.IMAGE) if col not in names]
+    if missing:
+        raise ValueError(f"pcclip.samples: {samples} has no column(s) {missing} (has {names})")
+
+    def split(batch: pa.Table, heldout: bool) -> pa.Table:
+        mask = heldout_mask(batch.column(S.PROMPT_ID).to_pylist(), p.heldout_fraction, p.seed)
+        return batch.filter(pa.array(mask if heldout else ~mask)).select([S.PROMPT, S.IMAGE])
+
+    ds = ray.data.read_parquet(str(samples), columns=[S.PROMPT_ID, S.PROMPT, S.IMAGE])
+    train = ds.map_batches(split, fn_kwargs={"heldout": False}, batch_format="pyarrow").materialize()
+    held_ds = ds.map_batches(split, fn_kwargs={"heldout": True}, batch_format="pyarrow").materialize()
+    held = held_ds.limit(p.eval_images).take_all()
+    n_train, n_held = train.count(), held_ds.count()
+    if n_train < p.batch_size:
+        raise ValueError(f"pcclip: {n_train} training images in {samples}, fewer than pcclip.batch_size={p.batch_size}")
+    loop_cfg = {**p.model_dump(), "model": resolve_model(p.model, what="pcclip.model"),
+                "heldout_rows": {S.PROMPT: [r[S.PROMPT] for r in held], S.IMAGE: [r[S.IMAGE] for r in held]}}
+    export = Path(p.export_dir) if p.export_dir else out / MODEL_DIR
+    t0 = time.time()
+    history = fit_and_export(pcclip_loop, p, loop_cfg, out, STAGE, MODEL_DIR, export, datasets={"train": train})
+    evals = [h for h in history if "heldout_diff_retrieval" in h]
+    losses = [h["loss"] for h in history if "loss" in h]
+    summary = {
+        "images_train": n_train,
+        "images_heldout": n_held,
+        "images_measured": len(held),
+        "heldout_pairs": evals[0]["heldout_pairs"] if evals else 0,
+        "loss_kind": p.loss,
+        "workers": p.num_workers,
+        "final_step": history[-1]["step"] if history else 0,
+        "loss": first_last_means(losses),
+        "heldout_diff_retrieval": [evals[0]["heldout_diff_retrieval"], evals[-1]["heldout_diff_retrieval"]] if evals else None,
+        "heldout_prompt_retrieval": [evals[0]["heldout_prompt_retrieval"], evals[-1]["heldout_prompt_retrieval"]] if evals else None,
+        "export": str(export),
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summary_text(s: dict) -> str:
+    def pair(v):
+        return "n/a" if not v else f"{v[0]:.3f} -> {v[1]:.3f}"
+
+    return (f"[pcclip] {s['loss_kind']} on {s['images_train']} images, {s['workers']} worker(s), step {s['final_step']}: "
+            f"loss {pair(s['loss'])}; held-out ({s['images_measured']} of {s['images_heldout']} images, {s['heldout_pairs']} pairs): difference -> "
+            f"its text {pair(s['heldout_diff_retrieval'])}, image -> its prompt {pair(s['heldout_prompt_retrieval'])} "
+            f"in {s['seconds']}s -> {s['export']}")

@@ -1,0 +1,129 @@
+"""PC-CLIP: the difference losses and the difference texts on hand values, then fine-tuning in Ray
+Train (resume, 2 workers, the export loading as a CLIP-score scorer)."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raypref import schema as S
+from raypref.difference_text import resolve, shapes, template
+from raypref.losses import difference_alignment_loss
+from raypref.train_pcclip import pair_within
+
+
+def test_difference_losses_hand_values():
+    # two pairs; image differences along e1 and e2 (any length: they are normalised), texts along
+    # e1 and (e1 + e2)/sqrt(2): s = [[1, r], [0, r]] with r = 1/sqrt(2)
+    d = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    u = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    r = 1 / math.sqrt(2)
+    # squared: ||d_i - u_i||^2 = 2 - 2 s_ii: (0 + (2 - 2r)) / 2
+    sq, m = difference_alignment_loss(d, u, "squared")
+    assert sq.item() == pytest.approx(1 - r) and m["retrieval_acc"].item() == 1.0  # row 1: r > 0
+    # hinge, margin 0.2: row 0 -> [0.2 - 1 + r]_+ = 0, row 1 -> [0.2 - r + 0]_+ = 0;
+    # columns: text 0 vs image 1 -> [0.2 - 1 + 0]_+ = 0, text 1 vs image 0 -> [0.2 - r + r]_+ = 0.2
+    hi, _ = difference_alignment_loss(d, u, "hinge", margin=0.2)
+    assert hi.item() == pytest.approx(0.2 / 2)
+    # contrastive at scale 1: rows CE([1, r], 0), CE([0, r], 1); columns CE([1, 0], 0), CE([r, r], 1)
+    def ce(logits, k):
+        return -logits[k] + math.log(sum(math.exp(x) for x in logits))
+    want = 0.5 * ((ce([1, r], 0) + ce([0, r], 1)) / 2 + (ce([1, 0], 0) + ce([r, r], 1)) / 2)
+    co, _ = difference_alignment_loss(d, u, "contrastive", logit_scale=1.0)
+    assert co.item() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown kind 'cubic'"):
+        difference_alignment_loss(d, u, "cubic")
+
+
+def test_difference_texts_say_what_changes():
+    assert shapes("a red circle", "a blue circle") == "red instead of blue"
+    assert shapes("a red circle", "a blue square") == "red instead of blue, a circle instead of a square"
+    assert shapes("three green squares", "two green squares") == "three instead of two"
+    assert shapes("a cat", "a dog") == "a cat instead of a dog"  # outside the grammar: the template
+    assert shapes("a red circle on the left", "a red circle at the top") == "on the left instead of at the top"
+    assert shapes("a red circle left of a blue square", "a red circle above a blue square") == "left of instead of above"
+    assert shapes("a red circle", "two red circles") == "a red circle instead of two red circles"  # other templates
+    assert shapes("a red circle", "a red circle") is None and template("x", "x") is None
+    assert resolve("template") is template and resolve("raypref.difference_text:shapes") is shapes
+    with pytest.raises(ValueError, match="neither built in"):
+        resolve("nope")
+    with pytest.raises(ValueError, match="cannot load 'raypref.difference_text:nope'"):
+        resolve("raypref.difference_text:nope")
+
+
+def test_pairs_skip_same_prompts_and_are_seeded():
+    prompts = ["a", "a", "b", "c"]
+    a, b, texts = pair_within(prompts, np.random.default_rng(0), template)
+    assert all(prompts[i] != prompts[j] for i, j in zip(a, b))
+    assert texts == [f"{prompts[i]} instead of {prompts[j]}" for i, j in zip(a, b)]
+    assert (a, b) == pair_within(prompts, np.random.default_rng(0), template)[:2]
+
+
+def _render_samples(d, n_prompts=24, per_prompt=4):
+    from raypref.images import encode
+    from raypref.shapes import parse_prompt
+    from raypref.shapes.render import render
+    from raypref.shapes.world import prompts
+
+    rows = {S.PROMPT_ID: [], S.PROMPT: [], S.SAMPLE_ID: [], S.IMAGE: []}
+    for k, p in enumerate(prompts("train", ["single", "position"])[:n_prompts]):
+        for j in range(per_prompt):
+            rows[S.PROMPT_ID].append(S.prompt_id(p))
+            rows[S.PROMPT].append(p)
+            rows[S.SAMPLE_ID].append(f"{k}-{j}")
+            rows[S.IMAGE].append(encode(render(parse_prompt(p), seed=j)[0]))
+    d.mkdir(parents=True)
+    pq.write_table(pa.table(rows), d / "part-0.parquet")
+    return d
+
+
+@pytest.mark.slow
+def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_path, tiny_clip):
+    from raypref import stages
+    from raypref.config import validate
+
+    samples = _render_samples(tmp_path / "samples")
+    cfg = {"output_dir": str(tmp_path / "run"),
+           "pcclip": {"samples": str(samples), "model": tiny_clip, "pretrained": None, "text_generator": "shapes",
+                      "learning_rate": 1e-3, "warmup_steps": 0, "batch_size": 16, "max_steps": 4,
+                      "checkpoint_every": 2, "heldout_fraction": 0.25, "shuffle_buffer": 64}}
+    s = stages.train_pcclip(validate(cfg))
+    assert s["final_step"] == 4 and s["images_train"] + s["images_heldout"] == 96 and s["heldout_pairs"] > 0
+    hist = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [0, 1, 2, 3, 4]  # step 0: the model as it came
+    assert all(np.isfinite(h["loss"]) and h["pairs"] >= 2 for h in hist[1:])
+    assert [h["step"] for h in hist if "heldout_diff_retrieval" in h] == [0, 2, 4]
+    assert s["heldout_diff_retrieval"][0] == hist[0]["heldout_diff_retrieval"]
+    export = tmp_path / "run" / "pcclip" / "model"
+    from safetensors.torch import load_file
+
+    base = {k: v for k, v in load_file(str(next((tiny_clip_dir(tiny_clip)).glob("*.safetensors")))).items()}
+    tuned = load_file(str(export / "open_clip_model.safetensors"))
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k != "logit_scale")  # it learned
+    assert torch.equal(base["logit_scale"], tuned["logit_scale"])  # the temperature is kept
+
+    # the export is a CLIP-score scorer
+    from actors.clip_score import CLIPScore
+    from raypref.images import decode
+
+    img = decode(pq.read_table(samples).column(S.IMAGE)[0].as_py())
+    assert np.isfinite(CLIPScore("c", model="local-dir:" + str(export), floor_at_zero=False).score([img], ["a red circle"])).all()
+
+    # a longer budget resumes at step 4; two workers train as well
+    cfg["pcclip"]["max_steps"] = 5
+    assert stages.train_pcclip(validate(cfg))["final_step"] == 5
+    hist2 = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
+    assert hist2[:5] == hist
+    two = dict(cfg, output_dir=str(tmp_path / "two"))
+    two["pcclip"] = dict(cfg["pcclip"], num_workers=2, max_steps=2, loss="hinge")
+    assert stages.train_pcclip(validate(two))["final_step"] == 2
+
+
+def tiny_clip_dir(ref):
+    from pathlib import Path
+
+    return Path(ref[len("local-dir:"):] if ref.startswith("local-dir:") else ref)
