@@ -12,7 +12,6 @@ an LLM, as the paper does).
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 
@@ -52,12 +51,10 @@ BUILT_IN: dict[str, Callable[[str, str], str | None]] = {"shapes": shapes, "temp
 
 def resolve(name: str) -> Callable[[str, str], str | None]:
     """A built-in generator by name, or 'module:function'; a clear error names what is missing."""
+    from raypref.registry import import_attr
+
     if name in BUILT_IN:
         return BUILT_IN[name]
-    mod, sep, fn = name.partition(":")
-    if not sep or not mod or not fn:
+    if ":" not in name:
         raise ValueError(f"pcclip.text_generator: {name!r} is neither built in ({', '.join(BUILT_IN)}) nor 'module:function'")
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"pcclip.text_generator: cannot load {name!r}: {e}") from None
+    return import_attr(name, f"pcclip.text_generator {name!r}")

@@ -22,7 +22,6 @@ ranking's first pass reads only those; without one, every column is read.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Callable, Sequence
 
@@ -179,18 +178,15 @@ METRICS: dict[str, Metric] = {
 
 def resolve_metric(name: str) -> Metric:
     """A registry name (``METRICS``) or a 'module:function' import path."""
+    from raypref.registry import import_attr
+
     if name in METRICS:
         return METRICS[name]
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
+    if ":" not in name:
         raise ValueError(f"rank.metric {name!r}: not a built-in metric ({sorted(METRICS)}) nor 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"rank.metric {name!r}: cannot import module {module_name!r}: {e}") from e
-    fn = getattr(module, attr, None)
+    fn = import_attr(name, f"rank.metric {name!r}")
     if not callable(fn):
-        raise ValueError(f"rank.metric {name!r}: module {module_name!r} has no function {attr!r}")
+        raise ValueError(f"rank.metric {name!r}: {fn!r} is not a function")
     return fn
 
 

@@ -31,19 +31,27 @@ BUILTIN = {
 }
 
 
-def resolve(name: str) -> type:
-    path = BUILTIN.get(name, name)
-    if ":" in path:
-        module_name, _, attr = path.partition(":")
-    else:
-        module_name, _, attr = path.rpartition(".")
+def import_attr(path: str, what: str):
+    """'module:name' -> that attribute of the module; a ValueError starting with ``what`` says
+    which part is missing. Shared by every plug-in point (actors, rank metrics, difference texts)."""
+    module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"actor {name!r}: not a registry name ({sorted(BUILTIN)}) nor 'module:Class'")
+        raise ValueError(f"{what}: {path!r} is not 'module:name'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"actor {name!r}: cannot import module {module_name!r}: {e}") from e
+        raise ValueError(f"{what}: cannot import module {module_name!r}: {e}") from e
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"actor {name!r}: module {module_name!r} has no {attr!r}") from None
+        raise ValueError(f"{what}: module {module_name!r} has no {attr!r}") from None
+
+
+def resolve(name: str) -> type:
+    path = BUILTIN.get(name, name)
+    if ":" not in path:  # a dotted path, 'pkg.mod.Class'
+        module_name, _, attr = path.rpartition(".")
+        path = f"{module_name}:{attr}"
+    if path.startswith(":") or path.endswith(":"):
+        raise ValueError(f"actor {name!r}: not a registry name ({sorted(BUILTIN)}) nor 'module:Class'")
+    return import_attr(path, f"actor {name!r}")

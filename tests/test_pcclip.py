@@ -51,7 +51,7 @@ def test_difference_texts_say_what_changes():
     assert resolve("template") is template and resolve("raypref.difference_text:shapes") is shapes
     with pytest.raises(ValueError, match="neither built in"):
         resolve("nope")
-    with pytest.raises(ValueError, match="cannot load 'raypref.difference_text:nope'"):
+    with pytest.raises(ValueError, match="module 'raypref.difference_text' has no 'nope'"):
         resolve("raypref.difference_text:nope")
 
 

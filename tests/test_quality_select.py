@@ -110,7 +110,7 @@ def test_metric_registry_plugin_and_argument_errors(tmp_path, monkeypatch):
     assert Q.compute(fn, t, {"scale": 2.0}).tolist() == [-2.0, 4.0]
     assert Q.needed_columns(fn, t.schema.names, {}) is None  # no declared columns: read them all
     assert Q.needed_columns(Q.margin, t.schema.names, {"column": "score_a"}) == ["chosen_score_a", "rejected_score_a"]
-    for bad, msg in (("nope", "not a built-in"), ("no_such_mod:f", "cannot import"), ("my_metrics:nothing", "no function")):
+    for bad, msg in (("nope", "not a built-in"), ("no_such_mod:f", "cannot import"), ("my_metrics:nothing", "has no 'nothing'")):
         with pytest.raises(ValueError, match=msg):
             Q.resolve_metric(bad)
     with pytest.raises(ValueError, match="metric_args for 'margin'"):
