@@ -92,3 +92,20 @@ def first_last_means(values: list[float], n: int = 20) -> list[float] | None:
     if not values:
         return None
     return [sum(values[:n]) / len(values[:n]), sum(values[-n:]) / len(values[-n:])]
+
+
+def cosine_adamw(params, lr: float, warmup: int, total: int, ckpt_dir: str | None, step: int,
+                 optim_file: str = "optimizer.pt", weight_decay: float = 0.1):
+    """AdamW under diffusers' cosine schedule with warmup; resuming from ``ckpt_dir``, the
+    optimizer's state comes back and the schedule is replayed to ``step``. (optimizer, schedule)."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=warmup, num_training_steps=total)
+    if ckpt_dir is not None:
+        opt.load_state_dict(torch.load(Path(ckpt_dir) / optim_file, weights_only=True))
+        for _ in range(step):
+            sched.step()
+    return opt, sched
+

@@ -23,7 +23,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, report_step
+from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, load_state, report_step
 
 STAGE = "pcclip"
 MODEL_DIR = "model"
@@ -150,7 +150,6 @@ def pcclip_loop(c: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    from diffusers.optimization import get_scheduler
     from safetensors.torch import load_file
 
     from raypref.difference_text import resolve
@@ -167,12 +166,7 @@ def pcclip_loop(c: dict) -> None:
     model.to(device)
     obj = ray.train.torch.prepare_model(objective(model, c))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=c["learning_rate"], weight_decay=0.1)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=c["warmup_steps"], num_training_steps=c["max_steps"])
-    if ckpt_dir is not None:
-        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
-        for _ in range(step):
-            sched.step()
+    opt, sched = cosine_adamw(params, c["learning_rate"], c["warmup_steps"], c["max_steps"], ckpt_dir, step, OPTIM_FILE)
     generator = resolve(c["text_generator"])
     held = c["heldout_rows"]
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, report_step
+from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, load_state, report_step
 
 MODEL_DIR = "clip"
 OPTIM_FILE = "optimizer.pt"
@@ -31,7 +31,6 @@ def clip_loop(c: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    from diffusers.optimization import get_scheduler
     from safetensors.torch import load_file
 
     from raypref.shapes.data import prompts_by_template, sample_batch
@@ -51,12 +50,8 @@ def clip_loop(c: dict) -> None:
                                            std=cfg["preprocess_cfg"]["std"])
     objective = ContrastiveCLIP(clip).to(device)
     model = ray.train.torch.prepare_model(objective)
-    opt = torch.optim.AdamW(objective.parameters(), lr=c["learning_rate"], weight_decay=0.1)
-    lr = get_scheduler("cosine", opt, num_warmup_steps=c["warmup_steps"], num_training_steps=c["steps"])
-    if ckpt_dir is not None:
-        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
-        for _ in range(step):
-            lr.step()
+    opt, lr = cosine_adamw(objective.parameters(), c["learning_rate"], c["warmup_steps"], c["steps"], ckpt_dir, step,
+                           OPTIM_FILE)
     prompts = prompts_by_template(c["split"])
 
     def write(d):
