@@ -126,9 +126,10 @@ def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, d
     a, b, texts = pair_within(prompts, np.random.default_rng([c["seed"], 7]), generator)
     diff_hits = img_hits = n_img = 0
     model.eval()
-    with torch.no_grad():
-        pix = torch.stack([preprocess(I.decode(x)) for x in rows[S.IMAGE]]).to(device)
-        img = F.normalize(model.encode_image(pix).float(), dim=-1)
+    with torch.no_grad():  # images in chunks too: a large model on 1024 images at once could run out of memory
+        img = F.normalize(torch.cat([
+            model.encode_image(torch.stack([preprocess(I.decode(x)) for x in rows[S.IMAGE][s:s + EVAL_CHUNK]]).to(device))
+            for s in range(0, len(prompts), EVAL_CHUNK)]).float(), dim=-1)
         for s in range(0, len(a), EVAL_CHUNK):
             ia, ib, tx = a[s:s + EVAL_CHUNK], b[s:s + EVAL_CHUNK], texts[s:s + EVAL_CHUNK]
             u = F.normalize(model.encode_text(tokenizer(tx).to(device)).float(), dim=-1)
@@ -155,7 +156,7 @@ def pcclip_loop(c: dict) -> None:
     from raypref.difference_text import resolve
 
     device = ray.train.torch.get_device()
-    rank = ray.train.get_context().get_world_rank()
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.manual_seed(c["seed"])
     model, preprocess, tokenizer, cfg = load_clip(c["model"], c["pretrained"])
     model.logit_scale.requires_grad_(False)  # fine-tuning keeps the model's temperature
@@ -191,6 +192,9 @@ def pcclip_loop(c: dict) -> None:
             inputs = batch_inputs(batch, preprocess, tokenizer, np.random.default_rng([c["seed"], rank, step]),
                                   generator, device)
             if inputs is None:
+                if world > 1:  # skipping on one rank alone would leave the others waiting in DDP's all-reduce
+                    raise ValueError(f"pcclip: a batch on rank {rank} has fewer than 2 pairs of different prompts; "
+                                     "raise pcclip.shuffle_buffer or pcclip.batch_size so batches mix prompts")
                 continue
             loss, m = obj(*inputs)
             metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2])}
