@@ -14,58 +14,42 @@ EPILOG = (
 )
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _command(parent, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand taking --config FILE and dotted overrides."""
+    p = parent.add_parser(name, help=help, epilog=EPILOG)
     p.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded demo config)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    return p
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raypref", description="Align text-to-image models with AI feedback on Ray.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("build", help="generate -> score -> pair; writes build/{samples,pairs}", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("pair", help="re-pair stored groups from their scores (no model runs); writes pair/{samples,pairs}", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("rank", help="keep the global top p%% of pairs by a quality metric (no Ray); writes rank/pairs", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("relabel", help="score imported pairs (Pick-a-Pic, HPD v2, ImageRewardDB, AGFSync, raypref) with "
-                       "build.scorers; writes relabel/{pairs,quarantine}", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("train", help="train on the pairs")
-    tsub = p.add_subparsers(dest="method", required=True)
-    p = tsub.add_parser("dpo", help="Diffusion-DPO with a LoRA, in Ray Train", epilog=EPILOG)
-    _add_common(p)
-    p = tsub.add_parser("sft", help="supervised fine-tuning with a LoRA on the top train.sft_top_p of the build's images "
-                        "by train.sft_score (self-reward), in Ray Train; writes train/lora", epilog=EPILOG)
-    _add_common(p)
-    p = tsub.add_parser("pcclip", help="PC-CLIP: fine-tune an open_clip model so image-embedding differences match "
-                        "difference texts, in Ray Train; writes pcclip/model", epilog=EPILOG)
-    _add_common(p)
-    p = tsub.add_parser("reward", help="a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; "
-                        "writes reward/model", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("pretrain", help="pretrain a shapes-world model in Ray Train")
-    psub = p.add_subparsers(dest="model", required=True)
-    p = psub.add_parser("t2i", help="the tiny text-to-image pipeline (VAE, then UNet + text encoder)", epilog=EPILOG)
-    _add_common(p)
-    p = psub.add_parser("clip", help="the tiny open_clip model, contrastively", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("accuracy", help="preference-prediction accuracy of scorers on a pairs dataset, side by side; "
-                       "writes accuracy/accuracy.{md,csv,json}", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("eval", help="base vs tuned win rate on held-out prompts", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("report", help="dataset report of a stage dir (counts, score/margin histograms, per-generator "
-                       "win rates); writes <dir>/report", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("sweep", help="ablations and scaling curves: run sweep.stages at every point of sweep.grid; "
-                       "writes sweep/{points/,results.{csv,md,json},<metric>.png}", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("demo", help="build -> train dpo -> eval on the embedded default", epilog=EPILOG)
-    _add_common(p)
-    p = sub.add_parser("config", help="print the resolved config (or --doc: every key documented)", epilog=EPILOG)
-    p.add_argument("--doc", action="store_true", help="list every key with type, default and description")
-    _add_common(p)
+    _command(sub, "build", "generate -> score -> pair; writes build/{samples,pairs}")
+    _command(sub, "pair", "re-pair stored groups from their scores (no model runs); writes pair/{samples,pairs}")
+    _command(sub, "rank", "keep the global top p%% of pairs by a quality metric (no Ray); writes rank/pairs")
+    _command(sub, "relabel", "score imported pairs (Pick-a-Pic, HPD v2, ImageRewardDB, AGFSync, raypref) with "
+             "build.scorers; writes relabel/{pairs,quarantine}")
+    tsub = sub.add_parser("train", help="train: dpo or sft (the diffusion model), reward (a reward model), pcclip (CLIP)").add_subparsers(dest="method", required=True)
+    _command(tsub, "dpo", "Diffusion-DPO with a LoRA, in Ray Train")
+    _command(tsub, "sft", "supervised fine-tuning with a LoRA on the top train.sft_top_p of the build's images "
+             "by train.sft_score (self-reward), in Ray Train; writes train/lora")
+    _command(tsub, "pcclip", "PC-CLIP: fine-tune an open_clip model so image-embedding differences match "
+             "difference texts, in Ray Train; writes pcclip/model")
+    _command(tsub, "reward", "a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; writes reward/model")
+    psub = sub.add_parser("pretrain", help="pretrain a shapes-world model in Ray Train").add_subparsers(dest="model", required=True)
+    _command(psub, "t2i", "the tiny text-to-image pipeline (VAE, then UNet + text encoder)")
+    _command(psub, "clip", "the tiny open_clip model, contrastively")
+    _command(sub, "accuracy", "preference-prediction accuracy of scorers on a pairs dataset, side by side; "
+             "writes accuracy/accuracy.{md,csv,json}")
+    _command(sub, "eval", "base vs tuned win rate on held-out prompts")
+    _command(sub, "report", "dataset report of a stage dir (counts, score/margin histograms, per-generator "
+             "win rates); writes <dir>/report")
+    _command(sub, "sweep", "ablations and scaling curves: run sweep.stages at every point of sweep.grid; "
+             "writes sweep/{points/,results.{csv,md,json},<metric>.png}")
+    _command(sub, "demo", "build -> train dpo -> eval on the embedded default")
+    _command(sub, "config", "print the resolved config (or --doc: every key documented)").add_argument(
+        "--doc", action="store_true", help="list every key with type, default and description")
     return parser
 
 
