@@ -50,8 +50,6 @@ class Fit:
 
 
 def _check(form: str, x, y, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    if form not in FORMS:
-        raise ValueError(f"fit: unknown form {form!r} (known: {', '.join(FORMS)})")
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"fit: x and y must be 1-D and of one length, got {x.shape} and {y.shape}")
@@ -82,11 +80,14 @@ def fit_power_law(x, y, sigma=None) -> Fit:
     A = np.stack([np.ones_like(lx), lx], axis=1)
     Aw, lyw = (A, ly) if w is None else (A * w[:, None], ly * w)
     coef, *_ = np.linalg.lstsq(Aw, lyw, rcond=None)
-    stderr = _stderr(Aw, lyw - Aw @ coef, absolute=sigma is not None)
-    fit = Fit("power_law", {"a": float(np.exp(coef[0])), "b": float(coef[1])}, {}, len(x), 0.0)
-    fit.stderr = {"log_a": stderr[0], "b": stderr[1]}
-    fit.rmse = float(np.sqrt(np.mean((fit.predict(x) - y) ** 2)))
+    se = _stderr(Aw, lyw - Aw @ coef, absolute=sigma is not None)
+    fit = Fit("power_law", {"a": float(np.exp(coef[0])), "b": float(coef[1])}, {"log_a": se[0], "b": se[1]}, len(x), 0.0)
+    fit.rmse = _rmse(fit, x, y)
     return fit
+
+
+def _rmse(fit: Fit, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((fit.predict(x) - y) ** 2)))
 
 
 def _stderr(J: np.ndarray, resid: np.ndarray, absolute: bool) -> list[float | None]:
@@ -136,7 +137,7 @@ def fit_saturating_power_law(x, y, sigma=None, b_range: tuple[float, float] = (-
     se = _stderr(J, resid, absolute=sigma is not None)
     fit = Fit("saturating_power_law", {"c": float(c), "a": float(a), "b": b},
               {"c": se[0], "a": se[1], "b": se[2]}, len(x), 0.0, x0=x0)
-    fit.rmse = float(np.sqrt(np.mean((fit.predict(x) - y) ** 2)))
+    fit.rmse = _rmse(fit, x, y)
     if min(abs(b - b_range[0]), abs(b - b_range[1])) < 1e-6:
         fit.extra["at_bound"] = True  # the data do not pin b down inside the range: read c with care
     return fit

@@ -127,7 +127,7 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
         for key in keys:
             if key == "output_dir" or key.startswith("sweep."):
                 raise ConfigError(f"sweep.{section}.{key}: the sweep sets output_dir and its own section itself")
-    x = sw.x or next(iter(sw.grid), None)
+    x = x_axis(sw)
     for m in sw.metrics:
         if m.fit and (x is None or x == m.name):
             raise ConfigError(f"sweep.metrics.{m.name}.fit: needs an x axis other than the metric itself (sweep.x or a grid key)")
@@ -345,11 +345,16 @@ def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
     (out / "results.md").write_text("\n".join(md) + "\n")
-    x = sw.x or next(iter(sw.grid), None)
+    x = x_axis(sw)
     if x is None:  # an empty grid: a single point, nothing to plot against
         return []
     fits = fit_metrics(rows, out, sw, x)
     return [p for m in sw.metrics if m.name != x and (p := plot_metric(rows, out, sw, m.name, x, fits))]
+
+
+def x_axis(sw: SweepConf) -> str | None:
+    """The plots' and fits' x: sweep.x, else the first grid key; None for an empty grid."""
+    return sw.x or next(iter(sw.grid), None)
 
 
 def _series(rows: list[dict], sw: SweepConf, metric: str, x: str) -> tuple[bool, list[str], dict[str, list[dict]]]:
@@ -385,11 +390,9 @@ def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str,
     for m in sw.metrics:
         if not m.fit:
             continue
-        numeric, _, series = _series(rows, sw, m.name, x)
-        for label, rs in series.items():
+        # point_configs has checked that a fitted metric's x is numeric (a metric, or a grid key of numbers)
+        for label, rs in _series(rows, sw, m.name, x)[2].items():
             try:
-                if not numeric:
-                    raise ValueError(f"x {x!r} is not numeric")
                 f = fit(m.fit, [r[x] for r in rs], [r[m.name] for r in rs], _sigma(rs, m.name)).as_dict()
                 text = f["formula"] + "".join(f"; {k} = {v:.4g} +- {f['stderr'][k]:.2g}" for k, v in f["params"].items()
                                               if f["stderr"].get(k) is not None and k in ("c", "b"))

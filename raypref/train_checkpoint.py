@@ -1,4 +1,5 @@
-"""Checkpoint plumbing shared by raypref's Ray Train loops.
+"""Plumbing shared by raypref's Ray Train runs: checkpoints, the optimizer's resume, and caching
+small training data.
 
 Every checkpoint holds train_state.json (where to resume), metrics.jsonl (every step's metrics
 since step 1, so a resumed run's history is whole) and whatever the loop's writer adds. Rank 0
@@ -108,4 +109,15 @@ def cosine_adamw(params, lr: float, warmup: int, total: int, ckpt_dir: str | Non
         for _ in range(step):
             sched.step()
     return opt, sched
+
+
+def materialize_if_small(ds, dirs, max_mb: float, share: float = 1.0):
+    """``ds`` read once into Ray's object store when the Parquet files under ``dirs`` (local dirs)
+    times ``share`` (the part of them the dataset keeps) total under ``max_mb``: each epoch of a
+    small dataset would otherwise restart the streaming read. Data not on local disk streams."""
+    local = [Path(d) for d in dirs]
+    if not all(p.exists() for p in local):
+        return ds
+    mb = sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20
+    return ds.materialize() if mb * share < max_mb else ds
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.lora import LORA_FILE
-from raypref.train_checkpoint import fit_and_export, load_state, report_step
+from raypref.train_checkpoint import fit_and_export, load_state, materialize_if_small, report_step
 
 OPTIM_FILE = "optimizer.pt"
 LORA_DIR = "lora"  # inside each checkpoint, and the exported copy under <output_dir>/train/
@@ -73,6 +73,12 @@ def pair_batch_to_latents(batch: dict, tok, text, vae, size: int, device):
     return latents, encode_prompts(batch[S.PROMPT], tok, text, device).repeat(2, 1, 1)
 
 
+def noised(sched, latents, noise, t):
+    """(x_t, the model's regression target): the noise, or the velocity for a v-prediction model."""
+    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    return sched.add_noise(latents, noise, t), target
+
+
 def dpo_step(unet_ddp, unet, latents, enc, sched, beta: float, gen):
     """One Diffusion-DPO forward: the same noise and timestep for winner and loser."""
     import torch
@@ -82,8 +88,7 @@ def dpo_step(unet_ddp, unet, latents, enc, sched, beta: float, gen):
     b = latents.shape[0] // 2
     noise = torch.randn(latents[:b].shape, generator=gen).to(latents.device).repeat(2, 1, 1, 1)
     t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(latents.device).repeat(2)
-    noisy = sched.add_noise(latents, noise, t)
-    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    noisy, target = noised(sched, latents, noise, t)
 
     pred = unet_ddp(noisy, t, enc).sample
     err = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
@@ -158,22 +163,26 @@ def train_loop_per_worker(c: dict) -> None:
             raise ValueError(f"train: the {'kept images' if c['method'] == 'sft' else 'pairs'} gave this worker no batch; is it empty?")
 
 
+def base_model_ref(cfg: Config) -> str:
+    """train.base_model, else the build's first generator, resolved to what diffusers loads."""
+    from raypref.models import resolve_model
+
+    t = cfg.train
+    return resolve_model(t.base_model or (cfg.build.generators[0].model if cfg.build.generators else ""),
+                         what="train.base_model")
+
+
 def run_train_dpo(cfg: Config) -> dict:
     import ray.data
-
-    from raypref.models import resolve_model
 
     t = cfg.train
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     pairs_dir = Path(t.pairs or cfg.stage_dir("build") / "pairs").resolve()
     if not pairs_dir.exists():
         raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
-    base = t.base_model or (cfg.build.generators[0].model if cfg.build.generators else "")
-    base = resolve_model(base, what="train.base_model")
+    base = base_model_ref(cfg)
     ds = ray.data.read_parquet(str(pairs_dir), columns=[S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE])
-    on_disk_mb = sum(f.stat().st_size for f in pairs_dir.rglob("*.parquet")) / 2**20
-    if on_disk_mb < t.cache_pairs_max_mb:
-        ds = ds.materialize()
+    ds = materialize_if_small(ds, [pairs_dir], t.cache_pairs_max_mb)
     n_pairs = ds.count()
     if n_pairs == 0:
         raise ValueError(f"train.pairs: {pairs_dir} has no pairs")

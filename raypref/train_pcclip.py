@@ -28,7 +28,7 @@ from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_exp
 STAGE = "pcclip"
 MODEL_DIR = "model"
 OPTIM_FILE = "optimizer.pt"
-WEIGHTS_FILE = "open_clip_model.safetensors"
+WEIGHTS_FILE = "open_clip_model.safetensors"  # as raypref.tiny.save_open_clip writes it
 EVAL_CHUNK = 64  # held-out pairs scored against each other's texts, as a training batch is
 
 
@@ -54,14 +54,6 @@ def load_clip(ref: str, pretrained: str | None):
     if cfg is None:
         raise ValueError(f"pcclip.model {ref!r}: open_clip has no config for it")
     return model, preprocess, open_clip.get_tokenizer(ref), {"model_cfg": cfg, "preprocess_cfg": dict(model.visual.preprocess_cfg)}
-
-
-def save_clip(model, cfg: dict, d: Path) -> None:
-    from safetensors.torch import save_file
-
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(d / WEIGHTS_FILE))
 
 
 def objective(model, c: dict):
@@ -154,6 +146,7 @@ def pcclip_loop(c: dict) -> None:
     from safetensors.torch import load_file
 
     from raypref.difference_text import resolve
+    from raypref.tiny import save_open_clip
 
     device = ray.train.torch.get_device()
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
@@ -175,7 +168,7 @@ def pcclip_loop(c: dict) -> None:
         return heldout_eval(model, preprocess, tokenizer, held, c, generator, device) if rank == 0 and held else {}
 
     def write(d):
-        save_clip(model, cfg, Path(d) / MODEL_DIR)
+        save_open_clip(model, cfg, Path(d) / MODEL_DIR)
         torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
 
     if step == 0 and rank == 0:

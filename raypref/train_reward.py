@@ -23,7 +23,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, report_step
+from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, materialize_if_small, report_step
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -291,11 +291,7 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
             _order_key, fn_kwargs={"source": i, "seed": interleave_seed}, batch_format="pyarrow")
             for i, p in enumerate(paths)]
         ds = parts[0].union(*parts[1:]).sort(S.PAIR_ORDER).drop_columns([S.PAIR_ORDER])
-    local = [Path(p) for p in paths]
-    if all(p.exists() for p in local) and \
-            sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20 < cache_max_mb:
-        ds = ds.materialize()  # small: read once, not once per epoch
-    return ds
+    return materialize_if_small(ds, paths, cache_max_mb)
 
 
 def run_train_reward(cfg: Config) -> dict:

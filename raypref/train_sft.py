@@ -50,11 +50,11 @@ def sft_step(unet_ddp, latents, enc, sched, gen):
     import torch
 
     from raypref.losses import diffusion_sft_loss
+    from raypref.train_dpo import noised
 
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
-    noisy = sched.add_noise(latents, noise, t)
-    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    noisy, target = noised(sched, latents, noise, t)
     return diffusion_sft_loss(unet_ddp(noisy, t, enc).sample, target)
 
 
@@ -85,9 +85,8 @@ def run_train_sft(cfg: Config) -> dict:
     import ray.data
 
     from raypref.lora import LORA_FILE
-    from raypref.models import resolve_model
-    from raypref.train_checkpoint import fit_and_export
-    from raypref.train_dpo import LORA_DIR, train_loop_per_worker
+    from raypref.train_checkpoint import fit_and_export, materialize_if_small
+    from raypref.train_dpo import LORA_DIR, base_model_ref, train_loop_per_worker
 
     t = cfg.train
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
@@ -98,13 +97,9 @@ def run_train_sft(cfg: Config) -> dict:
         return batch.filter(pc.is_in(batch[S.SAMPLE_ID], value_set=ids)).select([S.PROMPT, S.IMAGE])
 
     ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE])
-    ds = ds.map_batches(only_kept, batch_format="pyarrow")
-    on_disk_mb = sum(f.stat().st_size for f in samples.rglob("*.parquet")) / 2**20
-    if on_disk_mb * t.sft_top_p < t.cache_pairs_max_mb:
-        ds = ds.materialize()
-    base = resolve_model(t.base_model or (cfg.build.generators[0].model if cfg.build.generators else ""),
-                         what="train.base_model")
-    loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base}
+    ds = materialize_if_small(ds.map_batches(only_kept, batch_format="pyarrow"), [samples], t.cache_pairs_max_mb,
+                              share=t.sft_top_p)
+    loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base_model_ref(cfg)}
     t0 = time.time()
     lora_dir = out / LORA_DIR
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", LORA_DIR, lora_dir, datasets={"train": ds})
