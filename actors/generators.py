@@ -33,6 +33,7 @@ class DiffusersGenerator:
         model: str,
         name: str = "sd",
         lora: str | None = None,
+        unet: str | None = None,
         num_samples: int = 8,
         num_inference_steps: int = 20,
         guidance_scale: float = 7.5,
@@ -51,7 +52,13 @@ class DiffusersGenerator:
 
         check_model_ref(model, what=f"generator {name!r} model")
         self.device = pick_device(num_gpus)
-        self.pipe = DiffusionPipeline.from_pretrained(model, dtype=_DTYPES[dtype])
+        parts = {}
+        if unet:  # a full fine-tune's UNet in place of the pipeline's own
+            from diffusers import UNet2DConditionModel
+
+            check_model_ref(unet, what=f"generator {name!r} unet")
+            parts["unet"] = UNet2DConditionModel.from_pretrained(unet, dtype=_DTYPES[dtype])
+        self.pipe = DiffusionPipeline.from_pretrained(model, dtype=_DTYPES[dtype], **parts)
         if lora:
             check_model_ref(lora, what=f"generator {name!r} lora")
             self.pipe.load_lora_weights(lora)

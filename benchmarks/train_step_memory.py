@@ -1,14 +1,18 @@
-"""A training step's cost: bf16 autocast, gradient checkpointing and accumulation against fp32.
+"""A training step's cost: bf16 autocast, gradient checkpointing, accumulation and (DPO) full fine-tuning
+against fp32 with a LoRA.
 
 Each setting runs in a fresh child process on the same model, pairs per step and inputs:
 ``precision``, ``gradient_checkpointing``, and ``grad_accum_steps`` (the same pairs per step in
-smaller micro-batches). A step is the training loop's own: raypref.train_step.accumulate over
+smaller micro-batches), and for DPO ``finetune: full`` (every UNet weight trained, a frozen copy as the
+reference). A step is the training loop's own: raypref.train_step.accumulate over
 raypref.train_dpo.dpo_step (``--loop dpo``, a LoRA on the UNet) or over
 raypref.train_reward.forward_pairs and the Bradley-Terry loss (``--loop reward``, the whole reward
 model), then AdamW. Prints seconds per step; the activation memory, as the bytes autograd keeps
 for the backward pass of one micro-batch (counted with torch.autograd.graph.saved_tensors_hooks,
-on any device; checkpointing also keeps each recomputed block's inputs, outside those hooks); on
-CUDA also the peak allocated memory of a step; each as a ratio to the fp32 run of this invocation.
+on any device; checkpointing also keeps each recomputed block's inputs, outside those hooks); the
+training state, as the bytes of the trained weights' gradients, AdamW's moments and the DPO
+reference's frozen copy (counted from those tensors after a step); on CUDA also the peak allocated
+memory of a step; each as a ratio to the fp32 run of this invocation.
 
     .venv/bin/python benchmarks/train_step_memory.py                      # DPO, shapes:sd, this machine
     .venv/bin/python benchmarks/train_step_memory.py --loop reward        # open_clip ViT-B-32 (random init)
@@ -27,12 +31,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROMPT = "a red circle left of a blue square"
-SETTINGS = [  # (label, precision, gradient checkpointing, micro-batches per step)
-    ("fp32", "fp32", False, 1),
-    ("bf16", "bf16", False, 1),
-    ("fp32 + checkpointing", "fp32", True, 1),
-    ("bf16 + checkpointing", "bf16", True, 1),
-    ("fp32, 2 micro-batches", "fp32", False, 2),
+SETTINGS = [  # (label, precision, gradient checkpointing, micro-batches per step, finetune)
+    ("fp32", "fp32", False, 1, "lora"),
+    ("bf16", "bf16", False, 1, "lora"),
+    ("fp32 + checkpointing", "fp32", True, 1, "lora"),
+    ("bf16 + checkpointing", "bf16", True, 1, "lora"),
+    ("fp32, 2 micro-batches", "fp32", False, 2, "lora"),
+    ("fp32, full fine-tune", "fp32", False, 1, "full"),  # dpo only: the reward loop trains the whole model anyway
 ]
 
 
@@ -47,15 +52,22 @@ class SavedBytes:
         return t
 
 
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def dpo_setup(a: dict, device):
-    """(module, micro-batches, forward, trainable params) of a DPO step on random latents."""
+    """(module, micro-batches, forward, trainable params, bytes of the reference's own copy) of a DPO
+    step on random latents."""
     import torch
 
     from raypref.train_dpo import dpo_step, load_for_training
 
     c = {"base_model": a["model"], "lora_rank": a["lora_rank"], "lora_alpha": float(a["lora_rank"]),
-         "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "gradient_checkpointing": a["checkpointing"]}
-    tok, text, _, sched, unet, params = load_for_training(c, device)
+         "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "gradient_checkpointing": a["checkpointing"],
+         "finetune": a["finetune"]}
+    tok, text, _, sched, unet, params, reference = load_for_training(c, device)
+    copy_bytes = tensor_bytes(reference.frozen.parameters()) if reference.frozen is not None else 0
     g = torch.Generator().manual_seed(0)
     cfg = unet.config
     n = a["pairs"]
@@ -68,7 +80,7 @@ def dpo_setup(a: dict, device):
     # a micro-batch holds its winners then its losers, as pair_batch_to_latents builds them
     group = [(torch.cat([latents[i * per:(i + 1) * per], latents[n + i * per:n + (i + 1) * per]]),
               torch.cat([enc[i * per:(i + 1) * per], enc[n + i * per:n + (i + 1) * per]])) for i in range(a["micro"])]
-    return unet, group, lambda b: dpo_step(unet, unet, b[0], b[1], sched, 5000.0, g), params
+    return unet, group, lambda b: dpo_step(unet, reference, b[0], b[1], sched, 5000.0, g), params, copy_bytes
 
 
 def reward_setup(a: dict, device):
@@ -108,7 +120,7 @@ def reward_setup(a: dict, device):
         return reward_model_loss(oc[""], orj[""], label)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    return model, [batch(i) for i in range(a["micro"])], forward, params
+    return model, [batch(i) for i in range(a["micro"])], forward, params, 0
 
 
 def child(a: dict) -> dict:
@@ -118,7 +130,7 @@ def child(a: dict) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(a["device"])
-    module, group, plain, params = (dpo_setup if a["loop"] == "dpo" else reward_setup)(a, device)
+    module, group, plain, params, copy_bytes = (dpo_setup if a["loop"] == "dpo" else reward_setup)(a, device)
     opt = torch.optim.AdamW(params, lr=1e-5)
 
     def step(forward):
@@ -136,6 +148,8 @@ def child(a: dict) -> dict:
         return out
 
     step(counted)  # also the warm-up: allocator, kernels, AdamW state
+    state = tensor_bytes([p.grad for p in params if p.grad is not None]) + copy_bytes + tensor_bytes(
+        [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0])
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -145,6 +159,7 @@ def child(a: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"seconds_per_step": (time.perf_counter() - t0) / a["steps"], "saved_bytes": max(saved),
+            "state_bytes": state, "trained_params": sum(p.numel() for p in params),
             "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None}
 
 
@@ -172,8 +187,10 @@ def main() -> None:
     else:
         model = args.model or "ViT-B-32"
     rows = []
-    for label, precision, ckpt, micro in SETTINGS:
-        a = {"loop": args.loop, "model": model, "kind": args.kind, "pairs": args.pairs, "steps": args.steps,
+    for label, precision, ckpt, micro, finetune in SETTINGS:
+        if finetune != "lora" and args.loop != "dpo":
+            continue
+        a = {"finetune": finetune, "loop": args.loop, "model": model, "kind": args.kind, "pairs": args.pairs, "steps": args.steps,
              "lora_rank": args.lora_rank, "device": args.device, "precision": precision, "checkpointing": ckpt,
              "micro": micro}
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(a)], capture_output=True, text=True)
@@ -185,12 +202,14 @@ def main() -> None:
     what = f"DPO step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}" if args.loop == "dpo" else \
         f"reward-model step, {args.kind} {model}, whole model trained"
     print(f"{what}, {args.pairs} pairs a step, {args.device}, {args.steps} timed steps each")
-    print("| setting | s / step | vs fp32 | saved for backward (MiB) | vs fp32 |"
-          + (" peak allocated (MiB) | vs fp32 |" if cuda else ""))
-    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""))
+    print("| setting | trained params | s / step | vs fp32 | saved for backward (MiB) | vs fp32 "
+          "| grads + AdamW + reference copy (MiB) | vs fp32 |" + (" peak allocated (MiB) | vs fp32 |" if cuda else ""))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""))
     for label, r in rows:
-        line = (f"| {label} | {r['seconds_per_step']:.3f} | {r['seconds_per_step'] / base['seconds_per_step']:.2f}x "
-                f"| {r['saved_bytes'] / 2**20:.1f} | {r['saved_bytes'] / base['saved_bytes']:.2f}x |")
+        line = (f"| {label} | {r['trained_params']:,} | {r['seconds_per_step']:.3f} "
+                f"| {r['seconds_per_step'] / base['seconds_per_step']:.2f}x "
+                f"| {r['saved_bytes'] / 2**20:.1f} | {r['saved_bytes'] / base['saved_bytes']:.2f}x "
+                f"| {r['state_bytes'] / 2**20:.2f} | {r['state_bytes'] / base['state_bytes']:.2f}x |")
         if cuda:
             line += f" {r['peak_bytes'] / 2**20:.1f} | {r['peak_bytes'] / base['peak_bytes']:.2f}x |"
         print(line)

@@ -48,8 +48,9 @@ def generator_kwargs(g: GeneratorConf) -> dict:
     # a generator class that loads no model says so (loads_model = False) and may leave it empty
     needs = g.model or getattr(resolve(g.cls), "loads_model", True)
     kw["model"] = resolve_model(g.model, what=f"generator {g.name!r} model") if needs else ""
-    if g.lora:
-        kw["lora"] = resolve_model(g.lora, what=f"generator {g.name!r} lora")
+    for part in ("lora", "unet"):
+        if kw.get(part):
+            kw[part] = resolve_model(kw[part], what=f"generator {g.name!r} {part}")
     kw["num_gpus"] = g.pool.num_gpus
     kw.update(g.args)
     return kw

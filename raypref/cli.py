@@ -31,9 +31,10 @@ def make_parser() -> argparse.ArgumentParser:
     _command(sub, "relabel", "score imported pairs (Pick-a-Pic, HPD v2, ImageRewardDB, AGFSync, raypref) with "
              "build.scorers; writes relabel/{pairs,quarantine}")
     tsub = sub.add_parser("train", help="train: dpo or sft (the diffusion model), reward (a reward model), pcclip (CLIP)").add_subparsers(dest="method", required=True)
-    _command(tsub, "dpo", "Diffusion-DPO with a LoRA, in Ray Train")
-    _command(tsub, "sft", "supervised fine-tuning with a LoRA on the top train.sft_top_p of the build's images "
-             "by train.sft_score (self-reward), in Ray Train; writes train/lora")
+    _command(tsub, "dpo", "Diffusion-DPO with a LoRA (or every UNet weight: train.finetune=full), in Ray Train; "
+             "writes train/lora (or train/unet)")
+    _command(tsub, "sft", "supervised fine-tuning (a LoRA, or train.finetune=full) on the top train.sft_top_p of "
+             "the build's images by train.sft_score (self-reward), in Ray Train; writes train/lora (or train/unet)")
     _command(tsub, "pcclip", "PC-CLIP: fine-tune an open_clip model so image-embedding differences match "
              "difference texts, in Ray Train; writes pcclip/model")
     _command(tsub, "reward", "a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; writes reward/model")

@@ -57,6 +57,8 @@ class GeneratorConf(_Strict):
     model: str = Field("", description="Hub name (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or local directory; "
                        "empty for a generator that loads none (shapes_render).")
     lora: str | None = Field(None, description="Optional LoRA weights directory loaded with load_lora_weights.")
+    unet: str | None = Field(None, description="Optional fine-tuned UNet directory (diffusers format, e.g. a full "
+                             "fine-tune's train/unet) that replaces the pipeline's own.")
     num_samples: int = Field(8, ge=1, description="Images per prompt (N).")
     num_inference_steps: int = Field(20, ge=1, description="Denoising steps.")
     guidance_scale: float = Field(7.5, description="Classifier-free guidance scale.")
@@ -140,6 +142,10 @@ class TrainConf(_RayTrainScale, _StepConf):
     samples: str | None = Field(None, description="sft: samples Parquet dir (None: this run's build/samples).")
     sft_score: str = Field("score", description="sft: the samples column the images are ranked by (the build's aggregate 'score', or one scorer's 'score_<name>').")
     sft_top_p: float = Field(0.1, gt=0, le=1, description="sft: keep exactly the top ceil(p * n) images by sft_score over the whole table (n: images with a finite score; ties at the cut by sample_id).")
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="What trains: lora (an adapter on lora_targets; the DPO reference is the same UNet with "
+        "the adapter off; exports train/lora) or full (every UNet weight; the DPO reference is a frozen copy, so the "
+        "UNet's weights are held twice and AdamW keeps two moments per weight; exports train/unet).")
     beta: float = Field(5000.0, gt=0, description="Diffusion-DPO beta (Wallace et al. use 5000 for SD1.5).")
     lora_rank: int = Field(4, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(4.0, gt=0, description="LoRA alpha.")
@@ -150,7 +156,7 @@ class TrainConf(_RayTrainScale, _StepConf):
     batch_size: int = Field(4, ge=1, description="Pairs per worker per micro-batch (one step: grad_accum_steps of them).")
     max_steps: int = Field(100, ge=1, description="Optimizer steps in total.")
     checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints.")
-    max_grad_norm: float | None = Field(None, gt=0, description="Clip the LoRA's gradient norm to this (None: no clipping).")
+    max_grad_norm: float | None = Field(None, gt=0, description="Clip the trained weights' gradient norm to this (None: no clipping).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute the UNet's activations in the backward pass instead of keeping them "
         "(diffusers' enable_gradient_checkpointing): less memory, more compute, the same gradients.")
@@ -163,7 +169,9 @@ class TrainConf(_RayTrainScale, _StepConf):
 class EvalConf(_Strict):
     prompts: str = Field("", description="Held-out prompts file, or 'shapes:eval'.")
     limit: int | None = Field(None, description="Use only the first N prompts.")
-    lora: str | None = Field(None, description="LoRA to evaluate (None: this run's train/lora).")
+    lora: str | None = Field(None, description="LoRA to evaluate (None: this run's train/lora when train.finetune is lora).")
+    unet: str | None = Field(None, description="Fine-tuned UNet directory to evaluate instead of a LoRA (None: this "
+                             "run's train/unet when train.finetune is full).")
     num_samples: int = Field(2, ge=1, description="Images per prompt per model, same seeds for base and tuned.")
     scorer: str = Field("", description="Name of a build scorer used to judge base vs tuned.")
     tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")

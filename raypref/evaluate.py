@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from raypref import schema as S
 from raypref.build import generate_and_score
 from raypref.config import Config, write_run_meta
-from raypref.lora import LORA_FILE
+from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, paired_difference, win_rate
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts
@@ -52,6 +52,21 @@ def exact_accuracy(base: pa.Table, tuned: pa.Table, main: str) -> dict:
     return out
 
 
+def tuned_weights(cfg: Config) -> tuple[str, Path]:
+    """What the tuned model adds to the base pipeline: ("lora", dir) or ("unet", dir), from eval.lora or
+    eval.unet, else this run's train export of train.finetune's kind."""
+    e = cfg.eval
+    if e.lora and e.unet:
+        raise ValueError("eval.lora and eval.unet are both set; evaluate one of them")
+    finetune = "full" if e.unet else "lora" if e.lora else cfg.train.finetune
+    key = export_name(finetune)  # the generator's key is the export's name
+    given = e.unet or e.lora
+    where = Path(given) if given else cfg.stage_dir("train") / export_name(finetune)
+    if not (where / export_file(finetune)).is_file():
+        raise FileNotFoundError(f"eval.{key}: no {export_file(finetune)} in {where} (train first, or set eval.{key})")
+    return key, where
+
+
 def run_eval(cfg: Config) -> dict:
     e = cfg.eval
     t0 = time.time()
@@ -59,13 +74,11 @@ def run_eval(cfg: Config) -> dict:
     if not cfg.build.generators:
         raise ValueError("build.generators: eval uses the first generator's settings")
     scorer = cfg.scorer(e.scorer)
-    lora = Path(e.lora) if e.lora else cfg.stage_dir("train") / "lora"
-    if not (lora / LORA_FILE).is_file():
-        raise FileNotFoundError(f"eval.lora: no {LORA_FILE} in {lora} (train first, or set eval.lora)")
+    part, weights = tuned_weights(cfg)
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     gen = cfg.build.generators[0].model_copy(update={"num_samples": e.num_samples})
     base = _scores(prompts, gen, scorer)
-    tuned = _scores(prompts, gen.model_copy(update={"lora": str(lora.resolve())}), scorer)
+    tuned = _scores(prompts, gen.model_copy(update={part: str(weights.resolve())}), scorer)
     col = S.score_column(scorer.name)
     b, t = _flat(base, col), _flat(tuned, col)
     seeds_b = base.column(S.SEED).combine_chunks().flatten().to_pylist()
@@ -73,7 +86,7 @@ def run_eval(cfg: Config) -> dict:
     if seeds_b != seeds_t:
         raise RuntimeError("eval: base and tuned images were not made with the same seeds")
     result = win_rate(b, t, e.tie_tolerance)
-    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, "lora": str(lora),
+    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, part: str(weights),
                    "accuracy": exact_accuracy(base, tuned, col), "seconds": round(time.time() - t0, 1)})
     n = len(b)
     pq.write_table(

@@ -33,15 +33,15 @@ def summary_line(stage: str, s: dict, where: str) -> str:
         )
     if stage == "train" and s.get("method") == "sft":
         return (
-            f"[train] sft on {s['images']} images of {s['prompts']} prompts (top {s['top_p']:g} of {s['images_scored']} "
+            f"[train] sft ({s['finetune']}) on {s['images']} images of {s['prompts']} prompts (top {s['top_p']:g} of {s['images_scored']} "
             f"by {s['score']}, cut {_f(s['score_cut'])}; {s['images_unscored']} unscored), {s['workers']} worker(s), "
-            f"step {s['final_step']}: loss {_f(s['first_loss'])} -> {_f(s['last_loss'])} in {s['seconds']}s -> {s['lora']}"
+            f"step {s['final_step']}: loss {_f(s['first_loss'])} -> {_f(s['last_loss'])} in {s['seconds']}s -> {s['weights']}"
         )
     if stage == "train":
         return (
-            f"[train] dpo on {s['pairs']} pairs, {s['workers']} worker(s), step {s['final_step']}: "
+            f"[train] dpo ({s['finetune']}) on {s['pairs']} pairs, {s['workers']} worker(s), step {s['final_step']}: "
             f"loss {_f(s['first_loss'])} -> {_f(s['last_loss'])}, implicit acc {_f(s['last_implicit_acc'], '.2f')} "
-            f"in {s['seconds']}s -> {s['lora']}"
+            f"in {s['seconds']}s -> {s['weights']}"
         )
     if stage == "eval":
         lo, hi = s["win_rate_ci95"]

@@ -1,10 +1,12 @@
-"""Diffusion-DPO with a LoRA on the UNet, data-parallel in a Ray Train TorchTrainer (its loop also
-runs SFT on kept images: raypref.train_sft).
+"""Diffusion-DPO on the UNet, a LoRA or every weight (train.finetune; raypref.finetune), data-parallel
+in a Ray Train TorchTrainer (its loop also runs SFT on kept images: raypref.train_sft).
 
-The reference model is the same UNet with the adapter disabled, so one copy of the weights is
-in memory. Checkpoints (LoRA in diffusers format + optimizer + step) are reported with
-ray.train.report to <output_dir>/train/ray; rerunning the same config resumes from the latest.
-The final LoRA is copied to <output_dir>/train/lora, loadable with ``pipe.load_lora_weights``.
+With a LoRA the reference model is the same UNet with the adapter disabled, so one copy of the
+weights is in memory; a full fine-tune keeps a frozen copy as the reference. Checkpoints (the
+trained weights + optimizer + step) are reported with ray.train.report to <output_dir>/train/ray;
+rerunning the same config resumes from the latest. The final weights are copied to
+<output_dir>/train/lora (loadable with ``pipe.load_lora_weights``) or <output_dir>/train/unet (a
+diffusers UNet directory: a generator's ``unet`` key).
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from pathlib import Path
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.lora import LORA_FILE
+from raypref.finetune import export_file, export_name
 from raypref.train_checkpoint import fit_and_export, load_state, materialize_if_small, report_step
 
 OPTIM_FILE = "optimizer.pt"
-LORA_DIR = "lora"  # inside each checkpoint, and the exported copy under <output_dir>/train/
 
 
 def load_frozen_parts(base: str, device):
@@ -36,15 +37,16 @@ def load_frozen_parts(base: str, device):
 
 
 def load_for_training(c: dict, device):
-    """load_frozen_parts, then the LoRA on the UNet (and gradient checkpointing if asked):
-    (tok, text, vae, sched, unet, trainable params)."""
-    from raypref.lora import add_lora
+    """load_frozen_parts, then what trains (c["finetune"]: a LoRA, or the whole UNet with a frozen
+    copy as DPO's reference) and gradient checkpointing if asked:
+    (tok, text, vae, sched, unet, trainable params, finetune.Reference)."""
+    from raypref.finetune import Reference, make_trainable
 
     tok, text, vae, sched, unet = load_frozen_parts(c["base_model"], device)
-    params = add_lora(unet, c["lora_rank"], c["lora_alpha"], c["lora_targets"])
+    params, frozen = make_trainable(unet, c, reference=c.get("method", "dpo") == "dpo")
     if c["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
-    return tok, text, vae, sched, unet, params
+    return tok, text, vae, sched, unet, params, Reference(unet, frozen)
 
 
 def encode_images(images, vae, size: int, device):
@@ -79,8 +81,9 @@ def noised(sched, latents, noise, t):
     return sched.add_noise(latents, noise, t), target
 
 
-def dpo_step(unet_ddp, unet, latents, enc, sched, beta: float, gen):
-    """One Diffusion-DPO forward: the same noise and timestep for winner and loser."""
+def dpo_step(unet_ddp, reference, latents, enc, sched, beta: float, gen):
+    """One Diffusion-DPO forward: the same noise and timestep for winner and loser; ``reference``
+    (raypref.finetune.Reference) predicts for the frozen reference model."""
     import torch
 
     from raypref.losses import diffusion_dpo_loss
@@ -93,9 +96,7 @@ def dpo_step(unet_ddp, unet, latents, enc, sched, beta: float, gen):
     pred = unet_ddp(noisy, t, enc).sample
     err = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     with torch.no_grad():
-        unet.disable_adapters()  # the reference: same weights, adapter off
-        ref = unet(noisy, t, enc).sample
-        unet.enable_adapters()
+        ref = reference(noisy, t, enc)
         ref_err = ((ref.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     return diffusion_dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)
 
@@ -105,25 +106,25 @@ def train_loop_per_worker(c: dict) -> None:
     import ray.train.torch
     import torch
 
-    from raypref.lora import load_lora_into, save_lora
+    from raypref.finetune import load_trained, save_trained
     from raypref.train_step import accumulate, micro_groups
 
     torch.manual_seed(c["seed"])
     device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    tok, text, vae, sched, unet, params = load_for_training(c, device)
+    tok, text, vae, sched, unet, params, reference = load_for_training(c, device)
     opt = torch.optim.AdamW(params, lr=c["learning_rate"])
     size = unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
 
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
     step = state.get("step", 0)
     if ckpt_dir is not None:
-        load_lora_into(unet, Path(ckpt_dir) / LORA_DIR)
+        load_trained(unet, ckpt_dir, c["finetune"])
         opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
 
     def write(d):
-        save_lora(unet, Path(d) / LORA_DIR)
+        save_trained(unet, d, c["finetune"])
         torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
 
     unet_ddp = ray.train.torch.prepare_model(unet)
@@ -139,7 +140,7 @@ def train_loop_per_worker(c: dict) -> None:
             latents = encode_images(batch[S.IMAGE], vae, size, device)
             return sft_step(unet_ddp, latents, encode_prompts(batch[S.PROMPT], tok, text, device), sched, gen)
         latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
-        return dpo_step(unet_ddp, unet, latents, enc, sched, c["beta"], gen)
+        return dpo_step(unet_ddp, reference, latents, enc, sched, c["beta"], gen)
 
     while step < c["max_steps"]:
         seen = 0
@@ -189,16 +190,17 @@ def run_train_dpo(cfg: Config) -> dict:
     loop_cfg = t.model_dump()
     loop_cfg.update(base_model=base, method="dpo")
     t0 = time.time()
-    lora_dir = out / LORA_DIR
-    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", LORA_DIR, lora_dir, datasets={"train": ds})
+    name = export_name(t.finetune)
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", name, out / name, datasets={"train": ds})
     summary = {
         "pairs": n_pairs,
+        "finetune": t.finetune,
         "workers": t.num_workers,
         "final_step": history[-1]["step"] if history else 0,
         "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None,
         "last_implicit_acc": history[-1]["implicit_acc"] if history else None,
-        "lora": str(lora_dir / LORA_FILE),
+        "weights": str(out / name / export_file(t.finetune)),
         "seconds": round(time.time() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

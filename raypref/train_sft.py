@@ -1,10 +1,10 @@
 """Supervised fine-tuning (SFT) of the diffusion model on its own best images: the self-reward recipe.
 
 The build's judges score every image; ``top_images`` keeps exactly the best ``train.sft_top_p`` of
-them by ``train.sft_score`` over the whole samples table, and a LoRA on the UNet learns to denoise
-those images given their prompts (``losses.diffusion_sft_loss``). Training runs in the same Ray
-Train loop as Diffusion-DPO (raypref.train_dpo), with the same checkpoints, resume and LoRA export
-to <output_dir>/train/lora; the images kept are listed in <output_dir>/train/sft_selected.parquet.
+them by ``train.sft_score`` over the whole samples table, and the UNet (a LoRA, or every weight:
+``train.finetune``) learns to denoise those images given their prompts (``losses.diffusion_sft_loss``).
+Training runs in the same Ray Train loop as Diffusion-DPO (raypref.train_dpo), with the same
+checkpoints, resume and export to <output_dir>/train/lora or train/unet; the images kept are listed in <output_dir>/train/sft_selected.parquet.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
 def run_train_sft(cfg: Config) -> dict:
     import ray.data
 
-    from raypref.lora import LORA_FILE
+    from raypref.finetune import export_file, export_name
     from raypref.train_checkpoint import fit_and_export, materialize_if_small
-    from raypref.train_dpo import LORA_DIR, base_model_ref, train_loop_per_worker
+    from raypref.train_dpo import base_model_ref, train_loop_per_worker
 
     t = cfg.train
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
@@ -101,10 +101,11 @@ def run_train_sft(cfg: Config) -> dict:
                               share=t.sft_top_p)
     loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base_model_ref(cfg)}
     t0 = time.time()
-    lora_dir = out / LORA_DIR
-    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", LORA_DIR, lora_dir, datasets={"train": ds})
+    name = export_name(t.finetune)
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", name, out / name, datasets={"train": ds})
     summary = {
         "method": "sft",
+        "finetune": t.finetune,
         "images": counts["kept"],
         "images_scored": counts["valid"],
         "images_unscored": counts["n"] - counts["valid"],
@@ -116,7 +117,7 @@ def run_train_sft(cfg: Config) -> dict:
         "final_step": history[-1]["step"] if history else 0,
         "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None,
-        "lora": str(lora_dir / LORA_FILE),
+        "weights": str(out / name / export_file(t.finetune)),
         "selected": str(out / SELECTED_FILE),
         "seconds": round(time.time() - t0, 1),
     }

@@ -1,4 +1,5 @@
-"""Diffusion-DPO in Ray Train (1 and 2 workers), resume, the saved LoRA in diffusers, and eval."""
+"""Diffusion-DPO in Ray Train: a LoRA (1 worker) with resume, its load in diffusers and its eval; a full
+fine-tune (2 workers, the at-scale settings) with its UNet export and its eval."""
 
 import json
 
@@ -28,7 +29,7 @@ def _lora_b_norm(path):
     return sum(v.float().norm().item() for k, v in state.items() if "lora_B" in k or "lora.up" in k)
 
 
-def test_dpo_trains_saves_and_resumes(built_run, tmp_path, tiny_sd):
+def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
     cfg = _cfg(built_run, tmp_path / "r", max_steps=2, checkpoint_every=1)
     s1 = run_train_dpo(cfg)
     assert s1["final_step"] == 2
@@ -61,34 +62,54 @@ def test_dpo_trains_saves_and_resumes(built_run, tmp_path, tiny_sd):
     # exactly the adapted projections' weights changed: to_q/k/v/out.0 of every attention
     assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out.0")) for k in changed)
 
+    from raypref.evaluate import run_eval
 
-def test_dpo_two_workers(built_run, tmp_path):
-    # the at-scale settings together: 2 micro-batches a step (DDP syncs on the second), bf16
-    # autocast, gradient clipping and gradient checkpointing
-    s = run_train_dpo(_cfg(built_run, tmp_path / "two", max_steps=2, checkpoint_every=2, num_workers=2, batch_size=1,
-                           grad_accum_steps=2, precision="bf16", max_grad_norm=1.0, gradient_checkpointing=True))
-    assert s["workers"] == 2 and s["final_step"] == 2
+    r = run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))
+    assert r["n"] == 4 and r["wins"] + r["ties"] + r["losses"] == 4
+    assert 0.0 <= r["win_rate"] <= 1.0 and r["lora"] == str(tmp_path / "r" / "train" / "lora")
+    table = (tmp_path / "r" / "eval" / "win_rate.md").read_text()
+    assert "| clip | 4 |" in table
+    assert json.loads((tmp_path / "r" / "eval" / "win_rate.json").read_text())["win_rate"] == r["win_rate"]
+
+
+def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_path, tiny_sd):
+    # every UNet weight trained against a frozen copy, with the at-scale settings together: 2 workers,
+    # 2 micro-batches a step (DDP syncs on the second), bf16 autocast, gradient clipping and
+    # gradient checkpointing
+    from diffusers import UNet2DConditionModel
+
+    from raypref.evaluate import run_eval
+
+    cfg = _cfg(built_run, tmp_path / "two", finetune="full", max_steps=2, checkpoint_every=2, num_workers=2,
+               batch_size=1, grad_accum_steps=2, precision="bf16", max_grad_norm=1.0, gradient_checkpointing=True)
+    s = run_train_dpo(cfg)
+    assert s["workers"] == 2 and s["final_step"] == 2 and s["finetune"] == "full"
+    unet_dir = tmp_path / "two" / "train" / "unet"
+    assert s["weights"] == str(unet_dir / "diffusion_pytorch_model.safetensors")
+    assert not (tmp_path / "two" / "train" / "lora").exists()
     hist = [json.loads(l) for l in (tmp_path / "two" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [h["micro_batches"] for h in hist] == [2, 2]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
-    assert _lora_b_norm(tmp_path / "two" / "train" / "lora" / LORA_FILE) > 0
+    tuned = UNet2DConditionModel.from_pretrained(str(unet_dir)).state_dict()
+    base = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").state_dict()
+    assert tuned.keys() == base.keys()
+    assert sum(not torch.equal(tuned[k], base[k]) for k in base) > len(base) // 2  # not only some projections
 
+    r = run_eval(cfg)  # train.finetune: full -> the tuned images come from the base pipeline with train/unet
+    assert r["unet"] == str(unet_dir) and "lora" not in r and r["n"] == 4
+    import pyarrow.parquet as pq
 
-def test_eval_writes_win_rate_table(built_run, tmp_path):
-    from raypref.evaluate import run_eval
-
-    cfg = _cfg(built_run, tmp_path / "ev", max_steps=1, checkpoint_every=1)
-    run_train_dpo(cfg)
-    r = run_eval(cfg)
-    assert r["n"] == 4 and r["wins"] + r["ties"] + r["losses"] == 4
-    assert 0.0 <= r["win_rate"] <= 1.0
-    table = (tmp_path / "ev" / "eval" / "win_rate.md").read_text()
-    assert "| clip | 4 |" in table
-    assert json.loads((tmp_path / "ev" / "eval" / "win_rate.json").read_text())["win_rate"] == r["win_rate"]
+    scores = pq.read_table(tmp_path / "two" / "eval" / "scores.parquet").to_pydict()
+    assert scores["base_score_clip"] != scores["tuned_score_clip"]  # the images changed: the UNet was swapped in
 
 
 def test_eval_without_lora_is_a_clear_error(built_run, tmp_path):
     from raypref.evaluate import run_eval
 
-    with pytest.raises(FileNotFoundError, match="eval.lora"):
+    with pytest.raises(FileNotFoundError, match="eval.lora: no pytorch_lora_weights.safetensors"):
         run_eval(_cfg(built_run, tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="eval.unet: no diffusion_pytorch_model.safetensors"):
+        run_eval(_cfg(built_run, tmp_path / "none", finetune="full"))
+    cfg = _cfg(built_run, tmp_path / "none")
+    with pytest.raises(ValueError, match="eval.lora and eval.unet are both set"):
+        run_eval(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"lora": "x", "unet": "y"})}))

@@ -54,18 +54,18 @@ def test_sft_trains_on_the_top_images_resumes_and_exports(built_run, tmp_path, c
     d = base.model_dump(mode="json")
     d["output_dir"] = str(tmp_path / "r")
     d["train"].update(samples=str(base.stage_dir("build") / "samples"), sft_score="score_clip", sft_top_p=0.5,
-                      max_steps=2, checkpoint_every=1)
+                      max_steps=2, checkpoint_every=1, num_workers=2)  # a LoRA under DDP
     s = stages.train_sft(validate(d))
     samples = pads.dataset(str(base.stage_dir("build") / "samples")).to_table(columns=[S.SAMPLE_ID, "score_clip"])
     clip = samples.column("score_clip").to_numpy()
     k = math.ceil(0.5 * np.isfinite(clip).sum())
-    assert s["method"] == "sft" and s["images"] == k and s["final_step"] == 2
+    assert s["method"] == "sft" and s["images"] == k and s["final_step"] == 2 and s["workers"] == 2
     # the listed images are exactly the k best by CLIP score
     chosen = pq.read_table(tmp_path / "r" / "train" / "sft_selected.parquet")
     best = set(np.asarray(samples.column(S.SAMPLE_ID).to_pylist())[np.argsort(-clip)[:k]])
     assert set(chosen.column(S.SAMPLE_ID).to_pylist()) == best
     assert min(chosen.column("score").to_pylist()) == pytest.approx(s["score_cut"])
-    assert f"[train] sft on {k} images" in capsys.readouterr().out
+    assert f"[train] sft (lora) on {k} images" in capsys.readouterr().out
     lora = tmp_path / "r" / "train" / "lora" / LORA_FILE
     assert _lora_b_norm(lora) > 0  # B starts at zero: the adapter learned
     hist = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]

@@ -126,12 +126,12 @@ def test_dpo_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny
     grads = {}
     for on in (False, True):
         torch.manual_seed(0)
-        _, _, _, sched, unet, params = load_for_training({**c, "gradient_checkpointing": on}, "cpu")
+        _, _, _, sched, unet, params, reference = load_for_training({**c, "gradient_checkpointing": on}, "cpu")
         g = torch.Generator().manual_seed(1)
         latents = torch.randn(4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)
         enc = torch.randn(4, 77, unet.config.cross_attention_dim, generator=g)
         before = len(calls)
-        loss, _ = dpo_step(unet, unet, latents, enc, sched, 5000.0, g)
+        loss, _ = dpo_step(unet, reference, latents, enc, sched, 5000.0, g)
         loss.backward()
         assert (len(calls) > before) == on  # recomputed blocks only when asked
         grads[on] = [p.grad.clone() for p in params]

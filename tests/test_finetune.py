@@ -1,0 +1,70 @@
+"""train.finetune: a LoRA or every UNet weight. What trains, the DPO reference, and the save/resume
+round trip. (A full fine-tune in Ray Train, its export and its eval: tests/test_train_eval.py.)"""
+
+import pytest
+import torch
+
+from raypref.finetune import export_file, export_name, load_trained, make_trainable, save_trained
+from raypref.train_dpo import dpo_step, load_for_training
+
+LORA = {"lora_rank": 2, "lora_alpha": 2.0, "lora_targets": ["to_q", "to_v"], "gradient_checkpointing": False}
+
+
+def _inputs(unet, g):
+    latents = torch.randn(4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)
+    return latents, torch.randn(4, 77, unet.config.cross_attention_dim, generator=g)
+
+
+def test_full_trains_every_weight_against_a_frozen_copy(tiny_sd):
+    _, _, _, sched, unet, params, ref = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full"}, "cpu")
+    assert len(params) == len(list(unet.parameters())) and all(p.requires_grad for p in params)
+    assert ref.frozen is not unet and not any(p.requires_grad for p in ref.frozen.parameters())
+    before = {k: v.clone() for k, v in ref.frozen.state_dict().items()}
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    latents, enc = _inputs(unet, g)
+    loss, m = dpo_step(unet, ref, latents, enc, sched, 500.0, g)
+    # the model is its reference at step 0: the DPO loss is log 2 (Wallace et al. Eq. 14 at zero margin)
+    assert loss.item() == pytest.approx(0.6931, abs=1e-4)
+    loss.backward()
+    opt.step()
+    after = unet.state_dict()
+    assert sum(not torch.equal(after[k], before[k]) for k in before) > len(before) // 2  # most weights moved
+    assert all(torch.equal(v, before[k]) for k, v in ref.frozen.state_dict().items())  # the reference did not
+    loss2, _ = dpo_step(unet, ref, latents, enc, sched, 500.0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss2) and loss2.item() != pytest.approx(0.6931, abs=1e-6)
+
+
+def test_sft_full_keeps_no_reference_copy_and_lora_uses_the_adapter(tiny_sd):
+    *_, unet, params, ref = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full", "method": "sft"}, "cpu")
+    assert ref.frozen is None and len(params) == len(list(unet.parameters()))
+    *_, unet, params, ref = load_for_training({**LORA, "base_model": tiny_sd}, "cpu")  # lora is the default
+    assert ref.frozen is None and 0 < len(params) < len(list(unet.parameters()))
+    assert all("lora" in n for n, p in unet.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_saved_weights_load_back_for_resume(tiny_sd, tmp_path, finetune):
+    c = {**LORA, "base_model": tiny_sd, "finetune": finetune}
+    unet = load_for_training(c, "cpu")[4]
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    path = save_trained(unet, tmp_path, finetune)
+    assert path == tmp_path / export_name(finetune) / export_file(finetune) and path.is_file()
+    fresh = load_for_training(c, "cpu")[4]
+    load_trained(fresh, tmp_path, finetune)
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_full_weights_of_another_model_are_a_clear_error(tiny_sd, tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "unet").mkdir()
+    save_file({"not_a_unet_weight": torch.zeros(1)}, str(tmp_path / "unet" / export_file("full")))
+    unet = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full"}, "cpu")[4]
+    with pytest.raises(ValueError, match=r"unet: UNet weights do not match the model: missing .*unexpected \['not_a"):
+        load_trained(unet, tmp_path, "full")
+    with pytest.raises(ValueError, match="train.finetune must be one of"):
+        make_trainable(unet, {"finetune": "partial"}, reference=True)
