@@ -30,11 +30,13 @@ def make_parser() -> argparse.ArgumentParser:
     _command(sub, "rank", "keep the global top p%% of pairs by a quality metric (no Ray); writes rank/pairs")
     _command(sub, "relabel", "score imported pairs (Pick-a-Pic, HPD v2, ImageRewardDB, AGFSync, raypref) with "
              "build.scorers; writes relabel/{pairs,quarantine}")
-    tsub = sub.add_parser("train", help="train: dpo or sft (the diffusion model), reward (a reward model), pcclip (CLIP)").add_subparsers(dest="method", required=True)
+    tsub = sub.add_parser("train", help="train: dpo, sft or refl (the diffusion model), reward (a reward model), pcclip (CLIP)").add_subparsers(dest="method", required=True)
     _command(tsub, "dpo", "Diffusion-DPO with a LoRA (or every UNet weight: train.finetune=full), in Ray Train; "
              "writes train/lora (or train/unet)")
     _command(tsub, "sft", "supervised fine-tuning (a LoRA, or train.finetune=full) on the top train.sft_top_p of "
              "the build's images by train.sft_score (self-reward), in Ray Train; writes train/lora (or train/unet)")
+    _command(tsub, "refl", "reward feedback learning (ImageReward's ReFL): the UNet (a LoRA, or train.finetune=full) "
+             "learns from the gradient of train.refl.reward_model on images it draws, in Ray Train; writes train/lora (or train/unet)")
     _command(tsub, "pcclip", "PC-CLIP: fine-tune an open_clip model so image-embedding differences match "
              "difference texts, in Ray Train; writes pcclip/model")
     _command(tsub, "reward", "a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; writes reward/model")
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.train_reward(cfg)
         elif args.command == "train" and args.method == "sft":
             stages.train_sft(cfg)
+        elif args.command == "train" and args.method == "refl":
+            stages.train_refl(cfg)
         elif args.command == "train" and args.method == "pcclip":
             stages.train_pcclip(cfg)
         elif args.command == "train":

@@ -135,10 +135,28 @@ class _StepConf(_Strict):
         "max_steps and the *_every keys count optimizer steps.")
 
 
+class ReflConf(_Strict):
+    """Reward feedback learning (`raypref train refl`; raypref.train_refl): the UNet learns from a
+    differentiable reward model's gradient on the images it draws."""
+
+    reward_model: str = Field("", description="The reward model export dir (`raypref train reward` writes <output_dir>/reward/model) whose reward is raised.")
+    head: str = Field("", description="Which of its heads is the reward: '' the overall head, or an aspect (e.g. prompt_following).")
+    prompts: str | None = Field(None, description="Prompts file or 'shapes:<split>' the images are drawn for (None: build.prompts).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    num_inference_steps: int | None = Field(None, ge=1, description="DDIM steps of each drawing (None: build.generators[0]'s).")
+    guidance_scale: float | None = Field(None, description="Classifier-free guidance of each drawing (None: build.generators[0]'s).")
+    last_steps: tuple[int, int] = Field(
+        (1, 10), description="[lo, hi]: the step that gets the gradient is drawn uniformly among the last lo..hi "
+        "steps (1 = the last); the steps before it run without gradient, and its x0 prediction is decoded and "
+        "scored (ImageReward uses the last 10 of 40).")
+    margin: float = Field(2.0, description="phi(r) = ReLU(margin - r): rewards above the margin give no gradient.")
+    weight: float = Field(1e-3, gt=0, description="lambda, the reward loss's scale (ImageReward's grad scale).")
+
+
 class TrainConf(_RayTrainScale, _StepConf):
     pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
     base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
-    method: Literal["dpo", "sft"] = Field("dpo", description="Training objective, set by the command that runs: dpo (`raypref train dpo`, on pairs) or sft (`raypref train sft`, on the top images of the samples table).")
+    method: Literal["dpo", "sft", "refl"] = Field("dpo", description="Training objective, set by the command that runs: dpo (`raypref train dpo`, on pairs), sft (`raypref train sft`, on the top images of the samples table) or refl (`raypref train refl`, on prompts, from a reward model's gradient).")
     samples: str | None = Field(None, description="sft: samples Parquet dir (None: this run's build/samples).")
     sft_score: str = Field("score", description="sft: the samples column the images are ranked by (the build's aggregate 'score', or one scorer's 'score_<name>').")
     sft_top_p: float = Field(0.1, gt=0, le=1, description="sft: keep exactly the top ceil(p * n) images by sft_score over the whole table (n: images with a finite score; ties at the cut by sample_id).")
@@ -146,6 +164,7 @@ class TrainConf(_RayTrainScale, _StepConf):
         "lora", description="What trains: lora (an adapter on lora_targets; the DPO reference is the same UNet with "
         "the adapter off; exports train/lora) or full (every UNet weight; the DPO reference is a frozen copy, so the "
         "UNet's weights are held twice and AdamW keeps two moments per weight; exports train/unet).")
+    refl: ReflConf = Field(default_factory=ReflConf, description="refl: the reward model and how images are drawn.")
     beta: float = Field(5000.0, gt=0, description="Diffusion-DPO beta (Wallace et al. use 5000 for SD1.5).")
     lora_rank: int = Field(4, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(4.0, gt=0, description="LoRA alpha.")
@@ -153,7 +172,7 @@ class TrainConf(_RayTrainScale, _StepConf):
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules that get LoRA."
     )
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
-    batch_size: int = Field(4, ge=1, description="Pairs per worker per micro-batch (one step: grad_accum_steps of them).")
+    batch_size: int = Field(4, ge=1, description="Pairs (dpo), images (sft) or prompts (refl) per worker per micro-batch (one step: grad_accum_steps of them).")
     max_steps: int = Field(100, ge=1, description="Optimizer steps in total.")
     checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints.")
     max_grad_norm: float | None = Field(None, gt=0, description="Clip the trained weights' gradient norm to this (None: no clipping).")
@@ -355,7 +374,7 @@ class ReportConf(_Strict):
         None, description="A stage dir holding samples/ and/or pairs/ (e.g. runs/x/build, runs/x/rank); None: this run's build.")
 
 
-SWEEP_STAGES = ("build", "pair", "rank", "relabel", "train_dpo", "train_sft", "train_reward", "train_pcclip", "accuracy", "eval", "report")
+SWEEP_STAGES = ("build", "pair", "rank", "relabel", "train_dpo", "train_sft", "train_refl", "train_reward", "train_pcclip", "accuracy", "eval", "report")
 
 
 class SweepMetric(_Strict):

@@ -49,6 +49,13 @@ def diffusion_sft_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.
     return err.mean(), {"err_spread": (err.max() - err.min()).detach()}
 
 
+def refl_loss(reward: torch.Tensor, margin: float, weight: float) -> torch.Tensor:
+    """Reward feedback learning's reward loss (Xu et al. 2023, ImageReward, Sec. 4.2:
+    L_reward = lambda * E_y[phi(r(y, g_theta(y)))]), with phi(r) = ReLU(margin - r): an image whose
+    reward already exceeds ``margin`` adds no gradient. ``reward`` holds one reward per image."""
+    return weight * torch.relu(margin - reward.float()).mean()
+
+
 def bradley_terry_loss(
     r_chosen: torch.Tensor,
     r_rejected: torch.Tensor,

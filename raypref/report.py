@@ -37,6 +37,13 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             f"by {s['score']}, cut {_f(s['score_cut'])}; {s['images_unscored']} unscored), {s['workers']} worker(s), "
             f"step {s['final_step']}: loss {_f(s['first_loss'])} -> {_f(s['last_loss'])} in {s['seconds']}s -> {s['weights']}"
         )
+    if stage == "train" and s.get("method") == "refl":
+        r0, r1 = s["reward_first_last"] or (None, None)
+        return (
+            f"[train] refl ({s['finetune']}) on {s['prompts']} prompts, reward {s['head']} of {s['reward_model']}, "
+            f"{s['workers']} worker(s), step {s['final_step']}: reward (mean of 20) {_f(r0)} -> {_f(r1)} "
+            f"in {s['seconds']}s -> {s['weights']}"
+        )
     if stage == "train":
         return (
             f"[train] dpo ({s['finetune']}) on {s['pairs']} pairs, {s['workers']} worker(s), step {s['final_step']}: "

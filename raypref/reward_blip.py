@@ -106,6 +106,12 @@ class BlipBackbone(nn.Module):
                              max_length=self.max_text_tokens, return_tensors="pt")
         return enc["pixel_values"], torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)
 
+    def text_inputs(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> tokens (B, 2, L), as inputs() makes them (for images that are tensors, not PIL)."""
+        enc = self.processor.tokenizer(list(prompts), padding="longest", truncation=True,
+                                       max_length=self.max_text_tokens, return_tensors="pt")
+        return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)
+
     def features(self, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         patches = self.vision_model(pixel_values=pixels).last_hidden_state
         out = self.text_encoder(

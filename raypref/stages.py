@@ -82,6 +82,12 @@ def train_sft(cfg: Config) -> dict:
     return _train_diffusion(cfg, "sft", run_train_sft)
 
 
+def train_refl(cfg: Config) -> dict:
+    from raypref.train_refl import run_train_refl
+
+    return _train_diffusion(cfg, "refl", run_train_refl)
+
+
 def _train_diffusion(cfg: Config, method: str, run) -> dict:
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
     init_ray(cfg.ray)

@@ -158,8 +158,8 @@ def _stage_fns() -> dict:
     from raypref.relabel import relabel
 
     return {"build": stages.build, "pair": stages.pair, "rank": stages.rank, "relabel": relabel,
-            "train_dpo": stages.train_dpo, "train_sft": stages.train_sft, "train_reward": stages.train_reward,
-            "train_pcclip": stages.train_pcclip, "accuracy": stages.accuracy,
+            "train_dpo": stages.train_dpo, "train_sft": stages.train_sft, "train_refl": stages.train_refl,
+            "train_reward": stages.train_reward, "train_pcclip": stages.train_pcclip, "accuracy": stages.accuracy,
             "eval": stages.evaluate, "report": stages.report}
 
 

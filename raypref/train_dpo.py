@@ -1,5 +1,6 @@
 """Diffusion-DPO on the UNet, a LoRA or every weight (train.finetune; raypref.finetune), data-parallel
-in a Ray Train TorchTrainer (its loop also runs SFT on kept images: raypref.train_sft).
+in a Ray Train TorchTrainer (its loop also runs SFT on kept images, raypref.train_sft, and reward
+feedback learning on prompts, raypref.train_refl).
 
 With a LoRA the reference model is the same UNet with the adapter disabled, so one copy of the
 weights is in memory; a full fine-tune keeps a frozen copy as the reference. Checkpoints (the
@@ -133,7 +134,17 @@ def train_loop_per_worker(c: dict) -> None:
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
         report_step(rank, {"step": step}, history, {"step": step}, write)
 
+    refl = None
+    if c["method"] == "refl":  # prompts only: images are drawn and scored (raypref.train_refl)
+        from raypref.train_refl import ReflParts
+
+        refl = ReflParts(c, device)
+
     def forward(batch):
+        if refl is not None:
+            from raypref.train_refl import refl_step
+
+            return refl_step(unet_ddp, unet, list(batch[S.PROMPT]), tok, text, vae, refl, gen, device)
         if c["method"] == "sft":  # kept images and their prompts (raypref.train_sft)
             from raypref.train_sft import sft_step
 
@@ -161,7 +172,8 @@ def train_loop_per_worker(c: dict) -> None:
             if last:
                 break
         if seen == 0:
-            raise ValueError(f"train: the {'kept images' if c['method'] == 'sft' else 'pairs'} gave this worker no batch; is it empty?")
+            what = {"sft": "kept images", "refl": "prompts"}.get(c["method"], "pairs")
+            raise ValueError(f"train: the {what} gave this worker no batch; is it empty?")
 
 
 def base_model_ref(cfg: Config) -> str:

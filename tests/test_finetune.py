@@ -68,3 +68,14 @@ def test_full_weights_of_another_model_are_a_clear_error(tiny_sd, tmp_path):
         load_trained(unet, tmp_path, "full")
     with pytest.raises(ValueError, match="train.finetune must be one of"):
         make_trainable(unet, {"finetune": "partial"}, reference=True)
+
+
+def test_a_generator_unet_that_does_not_exist_is_named(tmp_path):
+    from raypref.build import generator_kwargs
+    from raypref.config import GeneratorConf
+    from raypref.models import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match=r"generator 'sd' unet: model path does not exist: .*nope"):
+        generator_kwargs(GeneratorConf(name="sd", model="shapes:sd", unet=str(tmp_path / "nope")))
+    kw = generator_kwargs(GeneratorConf(name="sd", model="shapes:sd", unet=str(tmp_path)))
+    assert kw["unet"] == str(tmp_path.resolve()) and kw["lora"] is None

@@ -1,0 +1,14 @@
+"""Train: reward feedback learning (ReFL) from a trained reward model's gradient, in Ray Train.  `ray job submit -- python -m jobs.train_refl --config C key=value ...`"""
+
+from raypref import stages
+from raypref.config import Config
+
+
+def main(config: Config) -> dict:
+    return stages.train_refl(config)
+
+
+if __name__ == "__main__":
+    from jobs._args import parse_config
+
+    main(parse_config(__doc__))

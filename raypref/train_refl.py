@@ -1,0 +1,148 @@
+"""Reward feedback learning (ReFL; Xu et al. 2023, ImageReward, Sec. 4): the diffusion model learns
+straight from a differentiable reward model's gradient on images it draws.
+
+For each prompt the UNet draws with DDIM from fresh noise. All steps but one run without gradient;
+the step that gets it is drawn among the last ``train.refl.last_steps``. Its x0 prediction is
+decoded by the frozen VAE, turned into the reward model's pixels differentiably
+(``RewardModel.pixels_from_tensor``) and scored; ``losses.refl_loss`` of the reward trains the UNet
+(a LoRA, or every weight: ``train.finetune``). The reward model (``train.refl.reward_model``, a
+`raypref train reward` export) stays frozen. Training runs in the Ray Train loop DPO and SFT share
+(raypref.train_dpo): the same checkpoints, resume and export to <output_dir>/train/lora or
+train/unet, so `raypref eval` measures the tuned model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from raypref import schema as S
+from raypref.config import Config, write_run_meta
+
+
+def grad_step_index(num_steps: int, last_steps, gen) -> int:
+    """Index (0-based, of ``num_steps``) of the denoising step that gets the gradient: one of the last
+    lo..hi steps, uniformly (1 = the last step)."""
+    import torch
+
+    lo, hi = last_steps
+    return num_steps - int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+
+class ReflParts:
+    """What a ReFL step needs besides the UNet: the frozen reward model and the DDIM schedule."""
+
+    def __init__(self, c: dict, device):
+        from diffusers import DDIMScheduler
+
+        from raypref.reward_model import RewardModel
+
+        r = c["refl"]
+        self.rm = RewardModel.load(r["reward_model"], device).requires_grad_(False)
+        heads = ("",) + self.rm.aspects
+        if r["head"] not in heads:
+            raise ValueError(f"train.refl.head: {r['head']!r} is not a head of {r['reward_model']} (heads: {list(heads)})")
+        self.head, self.margin, self.weight = r["head"], r["margin"], r["weight"]
+        self.steps, self.guidance, self.last = r["num_inference_steps"], r["guidance_scale"], tuple(r["last_steps"])
+        self.ddim = DDIMScheduler.from_pretrained(c["base_model"], subfolder="scheduler")
+        self.ddim.set_timesteps(self.steps)
+
+
+def _eps(unet, x, t, cond, uncond, guidance: float):
+    """Classifier-free-guided noise prediction (one UNet call on the doubled batch)."""
+    import torch
+
+    if guidance <= 1.0:
+        return unet(x, t, cond).sample
+    un, co = unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample.chunk(2)
+    return un + guidance * (co - un)
+
+
+def refl_step(unet_ddp, unet, prompts, tok, text, vae, parts: ReflParts, gen, device):
+    """One ReFL forward on a batch of prompts: (loss, metrics). ``unet`` runs the steps without
+    gradient; ``unet_ddp`` (the same module, DDP-wrapped) runs the one with it."""
+    import torch
+
+    from raypref.losses import refl_loss
+    from raypref.train_dpo import encode_prompts
+
+    cond = encode_prompts(prompts, tok, text, device)
+    uncond = encode_prompts([""] * len(prompts), tok, text, device)
+    shape = (len(prompts), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    x = torch.randn(shape, generator=gen).to(device) * parts.ddim.init_noise_sigma
+    stop = grad_step_index(len(parts.ddim.timesteps), parts.last, gen)
+    with torch.no_grad():
+        for t in parts.ddim.timesteps[:stop]:
+            x = parts.ddim.step(_eps(unet, x, t, cond, uncond, parts.guidance), t, x).prev_sample
+    t = parts.ddim.timesteps[stop]
+    x0 = parts.ddim.step(_eps(unet_ddp, x, t, cond, uncond, parts.guidance), t, x).pred_original_sample
+    images = (vae.decode(x0 / vae.config.scaling_factor).sample.float() / 2 + 0.5).clamp(0, 1)
+    tokens = parts.rm.backbone.text_inputs(prompts).to(device)
+    reward = parts.rm(parts.rm.pixels_from_tensor(images), tokens)[parts.head]
+    loss = refl_loss(reward, parts.margin, parts.weight)
+    return loss, {"reward": reward.detach().mean(), "grad_step": torch.tensor(float(len(parts.ddim.timesteps) - stop))}
+
+
+def resolved(cfg: Config) -> dict:
+    """train.refl with its defaults filled from build.generators[0], checked: a dict for the loop."""
+    from raypref.models import ModelNotFound
+    from raypref.reward_model import CONFIG_FILE
+
+    r = cfg.train.refl
+    if not r.reward_model:
+        raise ValueError("train.refl.reward_model: no reward model given (a `raypref train reward` export dir)")
+    if not (Path(r.reward_model) / CONFIG_FILE).is_file():
+        raise ModelNotFound(f"train.refl.reward_model: no {CONFIG_FILE} in {r.reward_model} (export one with `raypref train reward`)")
+    g = cfg.build.generators[0] if cfg.build.generators else None
+    steps = r.num_inference_steps or (g.num_inference_steps if g else None)
+    guidance = r.guidance_scale if r.guidance_scale is not None else (g.guidance_scale if g else None)
+    if steps is None or guidance is None:
+        raise ValueError("train.refl: set num_inference_steps and guidance_scale (no build.generators to take them from)")
+    lo, hi = r.last_steps
+    if not 1 <= lo <= hi <= steps:
+        raise ValueError(f"train.refl.last_steps: need 1 <= lo <= hi <= num_inference_steps ({steps}), got [{lo}, {hi}]")
+    return {**r.model_dump(), "reward_model": str(Path(r.reward_model).resolve()), "num_inference_steps": steps,
+            "guidance_scale": guidance, "last_steps": [lo, hi]}
+
+
+def run_train_refl(cfg: Config) -> dict:
+    import ray.data
+
+    from raypref.finetune import export_file, export_name
+    from raypref.paths import resolve_path
+    from raypref.prompts import read_prompts
+    from raypref.train_checkpoint import fit_and_export, first_last_means
+    from raypref.train_dpo import base_model_ref, train_loop_per_worker
+
+    t = cfg.train
+    refl = resolved(cfg)
+    out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
+    source = t.refl.prompts or cfg.build.prompts
+    if not source:
+        raise ValueError("train.refl.prompts: no prompts given (nor build.prompts)")
+    prompts = read_prompts(resolve_path(source), limit=t.refl.limit).select([S.PROMPT_ID, S.PROMPT])
+    if prompts.num_rows == 0:
+        raise ValueError(f"train.refl.prompts: {source} has no prompts")
+    ds = ray.data.from_arrow(prompts)
+    loop_cfg = {**t.model_dump(), "method": "refl", "base_model": base_model_ref(cfg), "refl": refl}
+    t0 = time.time()
+    name = export_name(t.finetune)
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "refl", name, out / name, datasets={"train": ds})
+    rewards = first_last_means([h["reward"] for h in history])
+    summary = {
+        "method": "refl",
+        "finetune": t.finetune,
+        "prompts": prompts.num_rows,
+        "reward_model": refl["reward_model"],
+        "head": refl["head"] or "overall",
+        "workers": t.num_workers,
+        "final_step": history[-1]["step"] if history else 0,
+        "first_loss": history[0]["loss"] if history else None,
+        "last_loss": history[-1]["loss"] if history else None,
+        "reward_first_last": rewards,
+        "weights": str(out / name / export_file(t.finetune)),
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,105 @@
+"""Reward feedback learning: the loss on hand values, the reward model's differentiable pixels against
+its PIL preprocessing, the gradient reaching the UNet through one drawn step, and a ReFL run in Ray
+Train that exports a LoRA."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raypref.losses import refl_loss
+from raypref.reward_model import ASPECTS, RewardModel
+from raypref.train_refl import grad_step_index
+
+
+def test_refl_loss_hand_values():
+    # ImageReward Sec. 4.2, phi(r) = ReLU(margin - r): rewards 1, 3, -1 with margin 2 -> 1, 0, 3; mean 4/3
+    loss = refl_loss(torch.tensor([1.0, 3.0, -1.0]), margin=2.0, weight=0.5)
+    assert loss.item() == pytest.approx(0.5 * 4 / 3)
+    r = torch.tensor([1.0, 3.0], requires_grad=True)
+    refl_loss(r, 2.0, 1.0).backward()
+    assert r.grad.tolist() == [-0.5, 0.0]  # above the margin: no gradient
+
+
+def test_grad_step_index_stays_in_the_last_steps():
+    g = torch.Generator().manual_seed(0)
+    seen = {grad_step_index(20, (1, 10), g) for _ in range(400)}
+    assert seen == set(range(10, 20))  # index 19 is the last step
+    assert {grad_step_index(20, (3, 3), g) for _ in range(20)} == {17}
+
+
+@pytest.mark.parametrize("kind,ref", [("open_clip", "tiny:clip"), ("film", "tiny:clip"), ("blip", "tiny:blip_itm")])
+def test_differentiable_pixels_match_the_pil_preprocessing(kind, ref):
+    from raypref.models import resolve_model
+
+    model = RewardModel.create(resolve_model(ref), aspects=[], hidden=8, kind=kind)
+    rng = np.random.default_rng(0)
+    # smooth images, so bicubic resizing in PIL and in torch agree to within rounding
+    base = rng.uniform(0, 1, (2, 3, 4, 4)).astype(np.float32)
+    x = torch.nn.functional.interpolate(torch.from_numpy(base), size=(48, 48), mode="bilinear", align_corners=False)
+    pil = [Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for im in x]
+    want, tokens = model.backbone.inputs(pil, ["a red circle", "two blue squares"])
+    got = model.pixels_from_tensor(torch.stack([torch.from_numpy(np.asarray(p, np.float32) / 255).permute(2, 0, 1) for p in pil]))
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0)
+    assert torch.equal(model.backbone.text_inputs(["a red circle", "two blue squares"]), tokens)
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory, tiny_clip):
+    d = tmp_path_factory.mktemp("rm") / "model"
+    torch.manual_seed(0)
+    RewardModel.create(tiny_clip, aspects=ASPECTS, hidden=8, kind="film", film={"width": 8, "blocks": 2}).save(d)
+    return d
+
+
+def test_one_refl_step_sends_the_reward_gradient_to_the_lora(tiny_sd, tiny_rm):
+    from raypref.train_dpo import load_for_training
+    from raypref.train_refl import ReflParts, refl_step
+
+    c = {"base_model": tiny_sd, "lora_rank": 2, "lora_alpha": 2.0, "lora_targets": ["to_q", "to_v"],
+         "gradient_checkpointing": False, "method": "refl",
+         "refl": {"reward_model": str(tiny_rm), "head": "prompt_following", "num_inference_steps": 4,
+                  "guidance_scale": 2.0, "last_steps": [1, 2], "margin": 1e6, "weight": 1.0}}
+    tok, text, vae, _, unet, params, ref = load_for_training(c, "cpu")
+    assert ref.frozen is None  # no reference model: ReFL has no KL-to-reference term
+    parts = ReflParts(c, "cpu")
+    assert not any(p.requires_grad for p in parts.rm.parameters())
+    loss, m = refl_step(unet, unet, ["a red circle", "two blue squares"], tok, text, vae, parts, torch.Generator().manual_seed(0), "cpu")
+    # margin 1e6: every image is below it, so loss = 1e6 - mean reward
+    assert loss.item() == pytest.approx(1e6 - m["reward"].item(), rel=1e-6)
+    assert m["grad_step"].item() in (1.0, 2.0)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    assert all(p.grad is None for p in parts.rm.parameters())
+    with pytest.raises(ValueError, match=r"train.refl.head: 'nope' is not a head of .*\['', 'prompt_following'"):
+        ReflParts({**c, "refl": {**c["refl"], "head": "nope"}}, "cpu")
+
+
+@pytest.mark.slow
+def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, tiny_rm, capsys):
+    from raypref import stages
+    from raypref.config import validate
+    from raypref.lora import LORA_FILE
+    from tests.test_train_eval import _lora_b_norm
+
+    base, _ = built_run
+    d = base.model_dump(mode="json")
+    d["output_dir"] = str(tmp_path / "r")
+    d["train"].update(max_steps=2, checkpoint_every=2, batch_size=2,
+                      refl={"reward_model": str(tiny_rm), "num_inference_steps": 3, "last_steps": [1, 2]})
+    s = stages.train_refl(validate(d))
+    assert s["method"] == "refl" and s["final_step"] == 2 and s["prompts"] == 4 and s["head"] == "overall"
+    assert _lora_b_norm(tmp_path / "r" / "train" / "lora" / LORA_FILE) > 0  # B starts at zero: the adapter learned
+    hist = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [1, 2] and all(np.isfinite(h["loss"]) and np.isfinite(h["reward"]) for h in hist)
+    assert "[train] refl (lora) on 4 prompts, reward overall" in capsys.readouterr().out
+
+    d["train"]["refl"]["last_steps"] = [2, 5]
+    with pytest.raises(ValueError, match=r"train.refl.last_steps: need 1 <= lo <= hi <= num_inference_steps \(3\)"):
+        stages.train_refl(validate(d))
+    d["train"]["refl"]["reward_model"] = str(tmp_path / "none")
+    with pytest.raises(Exception, match="train.refl.reward_model: no reward_config.json in"):
+        stages.train_refl(validate(d))
