@@ -52,8 +52,15 @@ class AestheticPredictor(Scorer):
         if embed is not None and embed != self.head.input_size:
             raise ValueError(f"{what}: head {head} expects {self.head.input_size}-d embeddings but {model!r} gives {embed}-d")
 
+    def _score(self, pix):
+        emb = torch.nn.functional.normalize(self.model.encode_image(pix.to(self.device)).float(), dim=-1)
+        return self.head(emb)
+
     @torch.no_grad()
     def score(self, images, prompts):
-        pix = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        emb = torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1)
-        return self.head(emb).cpu().numpy().astype(np.float32)
+        return self._score(torch.stack([self.preprocess(im) for im in images])).cpu().numpy().astype(np.float32)
+
+    def differentiable_score(self, images, prompts):
+        from raypref.pixels import open_clip_pixels
+
+        return {"": self._score(open_clip_pixels(self.model, images))}

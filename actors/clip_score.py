@@ -29,16 +29,19 @@ class CLIPScore(Scorer):
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model)
 
-    @torch.no_grad()
-    def embed(self, images, prompts):
-        pix = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+    def _score(self, pix, prompts):
         tok = self.tokenizer(prompts).to(self.device)
-        img = torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1)
+        img = torch.nn.functional.normalize(self.model.encode_image(pix.to(self.device)).float(), dim=-1)
         txt = torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1)
-        return img, txt
+        s = 100.0 * (img * txt).sum(-1)
+        return s.clamp(min=0.0) if self.floor else s
 
+    @torch.no_grad()
     def score(self, images, prompts):
-        img, txt = self.embed(images, prompts)
-        cos = (img * txt).sum(-1)
-        s = 100.0 * cos.cpu().numpy()
-        return (np.maximum(s, 0.0) if self.floor else s).astype(np.float32)
+        pix = torch.stack([self.preprocess(im) for im in images])
+        return self._score(pix, prompts).cpu().numpy().astype(np.float32)
+
+    def differentiable_score(self, images, prompts):
+        from raypref.pixels import open_clip_pixels
+
+        return {"": self._score(open_clip_pixels(self.model, images), prompts)}

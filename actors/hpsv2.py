@@ -69,10 +69,17 @@ class HPSv2(Scorer):
         self.model.to(self.device).eval()
         self.tokenizer = open_clip.get_tokenizer(model)
 
+    def _score(self, pix, prompts):
+        tok = self.tokenizer(prompts).to(self.device)
+        img = torch.nn.functional.normalize(self.model.encode_image(pix.to(self.device)).float(), dim=-1)
+        txt = torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1)
+        return (img * txt).sum(-1)
+
     @torch.no_grad()
     def score(self, images, prompts):
-        pix = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        tok = self.tokenizer(prompts).to(self.device)
-        img = torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1)
-        txt = torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1)
-        return (img * txt).sum(-1).cpu().numpy().astype(np.float32)
+        return self._score(torch.stack([self.preprocess(im) for im in images]), prompts).cpu().numpy().astype(np.float32)
+
+    def differentiable_score(self, images, prompts):
+        from raypref.pixels import open_clip_pixels
+
+        return {"": self._score(open_clip_pixels(self.model, images, resize_mode="longest"), prompts)}

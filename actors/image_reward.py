@@ -213,8 +213,18 @@ class ImageReward(Scorer):
 
     @torch.no_grad()
     def score(self, images, prompts):
-        pix = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        image_embeds = self.visual(pixel_values=pix).last_hidden_state
+        return self._score(torch.stack([self.preprocess(im) for im in images]), prompts).cpu().numpy().astype(np.float32)
+
+    def differentiable_score(self, images, prompts):
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        from raypref.pixels import to_model_pixels
+
+        size = self.visual.config.image_size  # the PIL path: open_clip.image_transform (resize, crop, CLIP mean/std)
+        return {"": self._score(to_model_pixels(images, size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD), prompts)}
+
+    def _score(self, pix, prompts):
+        image_embeds = self.visual(pixel_values=pix.to(self.device)).last_hidden_state
         tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS,
                              return_tensors="pt")
         out = self.text(
@@ -224,4 +234,4 @@ class ImageReward(Scorer):
             is_decoder=False,  # bidirectional self-attention: BLIP's encoder ('multimodal') mode
         )
         reward = self.mlp(out.last_hidden_state[:, 0, :].float())
-        return ((reward - REWARD_MEAN) / REWARD_STD).cpu().numpy().astype(np.float32)
+        return (reward - REWARD_MEAN) / REWARD_STD

@@ -42,6 +42,14 @@ class PickScore(Scorer):
     @torch.no_grad()
     def score(self, images, prompts):
         pix = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        return self._score(pix, prompts).cpu().numpy().astype(np.float32)
+
+    def differentiable_score(self, images, prompts):
+        from raypref.pixels import processor_pixels
+
+        return {"": self._score(processor_pixels(self.processor.image_processor, images), prompts)}
+
+    def _score(self, pix, prompts):
         unique = list(dict.fromkeys(prompts))
         tok = self.processor(text=unique, padding=True, truncation=True, max_length=77, return_tensors="pt")
         img = _embeds(self.model.get_image_features(pixel_values=pix.to(self.device)))
@@ -52,4 +60,4 @@ class PickScore(Scorer):
         pos = {p: i for i, p in enumerate(unique)}
         row = torch.tensor([pos[p] for p in prompts], device=self.device)
         cos = (img * txt[row]).sum(-1)
-        return (self.model.logit_scale.exp().float() * cos).cpu().numpy().astype(np.float32)
+        return self.model.logit_scale.exp().float() * cos

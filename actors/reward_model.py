@@ -19,3 +19,7 @@ class RewardModelScorer(Scorer):
 
     def score(self, images, prompts):
         return self.model.score(images, prompts, batch_size=self.batch_size)
+
+    def differentiable_score(self, images, prompts):
+        device = next(self.model.parameters()).device
+        return self.model(self.model.pixels_from_tensor(images.to(device)), self.model.backbone.text_inputs(prompts).to(device))

@@ -137,10 +137,12 @@ class _StepConf(_Strict):
 
 class ReflConf(_Strict):
     """Reward feedback learning (`raypref train refl`; raypref.train_refl): the UNet learns from a
-    differentiable reward model's gradient on the images it draws."""
+    differentiable scorer's gradient on the images it draws."""
 
-    reward_model: str = Field("", description="The reward model export dir (`raypref train reward` writes <output_dir>/reward/model) whose reward is raised.")
-    head: str = Field("", description="Which of its heads is the reward: '' the overall head, or an aspect (e.g. prompt_following).")
+    scorer: str = Field("", description="Name of the build scorer whose score is raised; its class must have "
+                        "differentiable_score: clip_score, aesthetic, pickscore, hpsv2, image_reward, or reward_model "
+                        "(a `raypref train reward` export).")
+    head: str = Field("", description="Which of the scorer's outputs is the reward: '' the main score, or an aspect (a reward model's prompt_following, ...).")
     prompts: str | None = Field(None, description="Prompts file or 'shapes:<split>' the images are drawn for (None: build.prompts).")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     num_inference_steps: int | None = Field(None, ge=1, description="DDIM steps of each drawing (None: build.generators[0]'s).")
@@ -418,12 +420,12 @@ class Config(_Strict):
     def stage_dir(self, stage: str) -> Path:
         return Path(self.output_dir) / stage
 
-    def scorer(self, name: str) -> ScorerConf:
+    def scorer(self, name: str, what: str = "eval.scorer") -> ScorerConf:
         for s in self.build.scorers:
             if s.name == name:
                 return s
         known = [s.name for s in self.build.scorers]
-        raise ConfigError(f"eval.scorer: no build scorer named {name!r} (known: {known})")
+        raise ConfigError(f"{what}: no build scorer named {name!r} (known: {known})")
 
 
 class _Loader(yaml.SafeLoader):

@@ -40,7 +40,7 @@ def summary_line(stage: str, s: dict, where: str) -> str:
     if stage == "train" and s.get("method") == "refl":
         r0, r1 = s["reward_first_last"] or (None, None)
         return (
-            f"[train] refl ({s['finetune']}) on {s['prompts']} prompts, reward {s['head']} of {s['reward_model']}, "
+            f"[train] refl ({s['finetune']}) on {s['prompts']} prompts, reward: {s['scorer']} ({s['head']}), "
             f"{s['workers']} worker(s), step {s['final_step']}: reward (mean of 20) {_f(r0)} -> {_f(r1)} "
             f"in {s['seconds']}s -> {s['weights']}"
         )

@@ -196,23 +196,12 @@ class RewardModel(nn.Module):
 
     def pixels_from_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """RGB images in [0, 1], (B, 3, H, W) -> the backbone's pixels, differentiably (reward feedback
-        learning backpropagates through it): center-cropped to the model's aspect, resized with its
-        interpolation (antialiased) and normalised with its mean and std, as its PIL preprocessing
-        does."""
+        learning backpropagates through it), as its PIL preprocessing makes them (raypref.pixels)."""
+        from raypref.pixels import to_model_pixels
+
         cfg = self.backbone.preprocess_cfg()
-        size = cfg["size"]
-        h, w = (size["height"], size["width"]) if isinstance(size, dict) else (size, size) if isinstance(size, int) else size
-        _, _, ih, iw = images.shape
-        if cfg.get("resize_mode", "shortest") == "shortest" and ih * w != iw * h:
-            ch, cw = min(ih, iw * h // w), min(iw, ih * w // h)
-            top, left = (ih - ch) // 2, (iw - cw) // 2
-            images = images[:, :, top:top + ch, left:left + cw]
-        mode = {"bicubic": "bicubic", "bilinear": "bilinear"}.get(cfg.get("interpolation", "bicubic"), "bicubic")
-        if images.shape[-2:] != (h, w):
-            images = nn.functional.interpolate(images, size=(h, w), mode=mode, antialias=True, align_corners=False)
-        mean = torch.tensor(cfg["mean"], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(cfg["std"], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-        return (images - mean) / std
+        mode = cfg.get("resize_mode") or ("squash" if isinstance(cfg["size"], dict) else "shortest")  # BLIP squashes
+        return to_model_pixels(images, cfg["size"], cfg["mean"], cfg["std"], mode, cfg.get("interpolation", "bicubic"))
 
     @torch.no_grad()
     def score(self, images: Sequence, prompts: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:

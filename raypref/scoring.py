@@ -8,6 +8,12 @@ whose other entries become ``score_<name>_<aspect>`` columns; the text entries i
 value the scorer could not give (counted in the build summary, never paired on). The base class
 handles the prompt-group rows the build pipeline streams: it flattens every group's images into
 one call, then splits the scores back into a list column per group.
+
+A scorer whose score is a differentiable function of the pixels may also implement
+``differentiable_score(images, prompts) -> {aspect: tensor}``: the same scores (the "" entry is the
+main one) of a (B, 3, H, W) float tensor in [0, 1], with the graph kept, its preprocessing done on
+tensors (raypref.pixels). Reward feedback learning (raypref.train_refl) trains a diffusion model
+through it; the scorer's own weights stay frozen.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Reward feedback learning (ReFL; Xu et al. 2023, ImageReward, Sec. 4): the diffusion model learns
-straight from a differentiable reward model's gradient on images it draws.
+straight from a differentiable scorer's gradient on images it draws.
 
 For each prompt the UNet draws with DDIM from fresh noise. All steps but one run without gradient;
 the step that gets it is drawn among the last ``train.refl.last_steps``. Its x0 prediction is
-decoded by the frozen VAE, turned into the reward model's pixels differentiably
-(``RewardModel.pixels_from_tensor``) and scored; ``losses.refl_loss`` of the reward trains the UNet
-(a LoRA, or every weight: ``train.finetune``). The reward model (``train.refl.reward_model``, a
-`raypref train reward` export) stays frozen. Training runs in the Ray Train loop DPO and SFT share
+decoded by the frozen VAE and scored by the scorer's ``differentiable_score`` (its preprocessing done
+on tensors: raypref.pixels); ``losses.refl_loss`` of the reward trains the UNet (a LoRA, or every
+weight: ``train.finetune``). The scorer (``train.refl.scorer``, a build scorer: ImageReward,
+PickScore, HPSv2, CLIP score, the aesthetic predictor, or a `raypref train reward` export) stays
+frozen. Training runs in the Ray Train loop DPO and SFT share
 (raypref.train_dpo): the same checkpoints, resume and export to <output_dir>/train/lora or
 train/unet, so `raypref eval` measures the tuned model.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
@@ -31,22 +31,33 @@ def grad_step_index(num_steps: int, last_steps, gen) -> int:
 
 
 class ReflParts:
-    """What a ReFL step needs besides the UNet: the frozen reward model and the DDIM schedule."""
+    """What a ReFL step needs besides the UNet: the frozen scorer and the DDIM schedule."""
 
     def __init__(self, c: dict, device):
+        import torch
         from diffusers import DDIMScheduler
 
-        from raypref.reward_model import RewardModel
+        from raypref.registry import resolve
 
         r = c["refl"]
-        self.rm = RewardModel.load(r["reward_model"], device).requires_grad_(False)
-        heads = ("",) + self.rm.aspects
-        if r["head"] not in heads:
-            raise ValueError(f"train.refl.head: {r['head']!r} is not a head of {r['reward_model']} (heads: {list(heads)})")
+        self.scorer = resolve(r["scorer_cls"])(**r["scorer_kwargs"])  # loaded on the CPU, then moved:
+        for part in vars(self.scorer).values():  # the worker's device may be any of its node's GPUs
+            if isinstance(part, torch.nn.Module):
+                part.requires_grad_(False).to(device)  # the scorer's weights stay as they are
+        if hasattr(self.scorer, "device"):
+            self.scorer.device = device
+        self.what = f"train.refl.scorer {r['scorer']!r}"
         self.head, self.margin, self.weight = r["head"], r["margin"], r["weight"]
         self.steps, self.guidance, self.last = r["num_inference_steps"], r["guidance_scale"], tuple(r["last_steps"])
         self.ddim = DDIMScheduler.from_pretrained(c["base_model"], subfolder="scheduler")
         self.ddim.set_timesteps(self.steps)
+
+    def reward(self, images, prompts):
+        """The chosen output of the scorer's differentiable_score: one reward per image."""
+        out = self.scorer.differentiable_score(images, list(prompts))
+        if self.head not in out:
+            raise ValueError(f"train.refl.head: {self.head!r} is not an output of {self.what} (outputs: {list(out)})")
+        return out[self.head].float()
 
 
 def _eps(unet, x, t, cond, uncond, guidance: float):
@@ -78,22 +89,24 @@ def refl_step(unet_ddp, unet, prompts, tok, text, vae, parts: ReflParts, gen, de
     t = parts.ddim.timesteps[stop]
     x0 = parts.ddim.step(_eps(unet_ddp, x, t, cond, uncond, parts.guidance), t, x).pred_original_sample
     images = (vae.decode(x0 / vae.config.scaling_factor).sample.float() / 2 + 0.5).clamp(0, 1)
-    tokens = parts.rm.backbone.text_inputs(prompts).to(device)
-    reward = parts.rm(parts.rm.pixels_from_tensor(images), tokens)[parts.head]
+    reward = parts.reward(images, prompts)
     loss = refl_loss(reward, parts.margin, parts.weight)
     return loss, {"reward": reward.detach().mean(), "grad_step": torch.tensor(float(len(parts.ddim.timesteps) - stop))}
 
 
 def resolved(cfg: Config) -> dict:
-    """train.refl with its defaults filled from build.generators[0], checked: a dict for the loop."""
-    from raypref.models import ModelNotFound
-    from raypref.reward_model import CONFIG_FILE
+    """train.refl with its defaults filled from build.generators[0] and its scorer's class and
+    constructor arguments (model references resolved here, on the driver), checked: a dict for the loop."""
+    from raypref.build import scorer_kwargs
+    from raypref.registry import resolve
 
     r = cfg.train.refl
-    if not r.reward_model:
-        raise ValueError("train.refl.reward_model: no reward model given (a `raypref train reward` export dir)")
-    if not (Path(r.reward_model) / CONFIG_FILE).is_file():
-        raise ModelNotFound(f"train.refl.reward_model: no {CONFIG_FILE} in {r.reward_model} (export one with `raypref train reward`)")
+    if not r.scorer:
+        raise ValueError("train.refl.scorer: no scorer given (the name of a build scorer with a differentiable score)")
+    s = cfg.scorer(r.scorer, what="train.refl.scorer")
+    if not hasattr(resolve(s.cls), "differentiable_score"):
+        raise ValueError(f"train.refl.scorer: {r.scorer!r} ({s.cls}) has no differentiable score; use clip_score, "
+                         "aesthetic, pickscore, hpsv2, image_reward or reward_model")
     g = cfg.build.generators[0] if cfg.build.generators else None
     steps = r.num_inference_steps or (g.num_inference_steps if g else None)
     guidance = r.guidance_scale if r.guidance_scale is not None else (g.guidance_scale if g else None)
@@ -102,7 +115,8 @@ def resolved(cfg: Config) -> dict:
     lo, hi = r.last_steps
     if not 1 <= lo <= hi <= steps:
         raise ValueError(f"train.refl.last_steps: need 1 <= lo <= hi <= num_inference_steps ({steps}), got [{lo}, {hi}]")
-    return {**r.model_dump(), "reward_model": str(Path(r.reward_model).resolve()), "num_inference_steps": steps,
+    kwargs = {**scorer_kwargs(s), "num_gpus": 0.0}  # loads on the CPU; ReflParts moves it to the worker's device
+    return {**r.model_dump(), "scorer_cls": s.cls, "scorer_kwargs": kwargs, "num_inference_steps": steps,
             "guidance_scale": guidance, "last_steps": [lo, hi]}
 
 
@@ -134,8 +148,8 @@ def run_train_refl(cfg: Config) -> dict:
         "method": "refl",
         "finetune": t.finetune,
         "prompts": prompts.num_rows,
-        "reward_model": refl["reward_model"],
-        "head": refl["head"] or "overall",
+        "scorer": refl["scorer"],
+        "head": refl["head"] or "main",
         "workers": t.num_workers,
         "final_step": history[-1]["step"] if history else 0,
         "first_loss": history[0]["loss"] if history else None,

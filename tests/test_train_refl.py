@@ -47,6 +47,39 @@ def test_differentiable_pixels_match_the_pil_preprocessing(kind, ref):
     assert torch.equal(model.backbone.text_inputs(["a red circle", "two blue squares"]), tokens)
 
 
+def _smooth_images(h: int, w: int, n: int = 3):
+    """Smooth RGB images as PIL and as the [0, 1] tensor of the same bytes (bicubic resizing in PIL and
+    in torch agree on smooth images to within rounding)."""
+    base = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (n, 3, 4, 4)).astype(np.float32))
+    x = torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False)
+    pil = [Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for im in x]
+    return pil, torch.stack([torch.from_numpy(np.asarray(p, np.float32) / 255).permute(2, 0, 1) for p in pil])
+
+
+@pytest.mark.parametrize("cls,model,args", [
+    ("clip_score", "tiny:clip", {"floor_at_zero": False}), ("aesthetic", "tiny:aesthetic", {}),
+    ("pickscore", "tiny:pickscore", {}), ("hpsv2", "tiny:hpsv2", {}), ("image_reward", "tiny:image_reward", {}),
+    ("reward_model", None, {})])
+@pytest.mark.parametrize("hw", [(40, 56)])  # not square: the crop (and HPSv2's pad) too
+def test_differentiable_scores_match_the_scorers_own(cls, model, args, hw, tiny_rm):
+    from raypref.registry import resolve
+
+    from raypref.models import resolve_model
+
+    scorer = resolve(cls)(name=cls, model=resolve_model(model) if model else str(tiny_rm), pretrained=None, **args)
+    prompts = ["a red circle", "two blue squares", "a green star"]
+    pil, x = _smooth_images(*hw)
+    want = scorer.score(pil, prompts)
+    want = want if isinstance(want, dict) else {"": want}
+    x.requires_grad_(True)
+    got = scorer.differentiable_score(x, prompts)
+    assert got.keys() == want.keys()  # aspect heads read the same pixels; the main score is compared
+    # within 2% of the scores or of their spread: PIL's and torch's resampling round apart
+    np.testing.assert_allclose(got[""].detach().numpy(), want[""], rtol=0.02, atol=0.02 * float(np.ptp(want[""])))
+    got[""].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the score reaches the pixels
+
+
 @pytest.fixture(scope="module")
 def tiny_rm(tmp_path_factory, tiny_clip):
     d = tmp_path_factory.mktemp("rm") / "model"
@@ -55,31 +88,42 @@ def tiny_rm(tmp_path_factory, tiny_clip):
     return d
 
 
+def _refl_cfg(tiny_sd, tiny_rm, **refl):
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+
+    s = ScorerConf(name="rm", cls="reward_model", model=str(tiny_rm))
+    r = {"scorer": "rm", "scorer_cls": s.cls, "scorer_kwargs": scorer_kwargs(s), "head": "prompt_following",
+         "num_inference_steps": 4, "guidance_scale": 2.0, "last_steps": [1, 2], "margin": 1e6, "weight": 1.0, **refl}
+    return {"base_model": tiny_sd, "lora_rank": 2, "lora_alpha": 2.0, "lora_targets": ["to_q", "to_v"],
+            "gradient_checkpointing": False, "method": "refl", "refl": r}
+
+
 def test_one_refl_step_sends_the_reward_gradient_to_the_lora(tiny_sd, tiny_rm):
     from raypref.train_dpo import load_for_training
     from raypref.train_refl import ReflParts, refl_step
 
-    c = {"base_model": tiny_sd, "lora_rank": 2, "lora_alpha": 2.0, "lora_targets": ["to_q", "to_v"],
-         "gradient_checkpointing": False, "method": "refl",
-         "refl": {"reward_model": str(tiny_rm), "head": "prompt_following", "num_inference_steps": 4,
-                  "guidance_scale": 2.0, "last_steps": [1, 2], "margin": 1e6, "weight": 1.0}}
+    c = _refl_cfg(tiny_sd, tiny_rm)
     tok, text, vae, _, unet, params, ref = load_for_training(c, "cpu")
     assert ref.frozen is None  # no reference model: ReFL has no KL-to-reference term
     parts = ReflParts(c, "cpu")
-    assert not any(p.requires_grad for p in parts.rm.parameters())
-    loss, m = refl_step(unet, unet, ["a red circle", "two blue squares"], tok, text, vae, parts, torch.Generator().manual_seed(0), "cpu")
+    rm_params = list(parts.scorer.model.parameters())
+    assert not any(p.requires_grad for p in rm_params)
+    prompts = ["a red circle", "two blue squares"]
+    loss, m = refl_step(unet, unet, prompts, tok, text, vae, parts, torch.Generator().manual_seed(0), "cpu")
     # margin 1e6: every image is below it, so loss = 1e6 - mean reward
     assert loss.item() == pytest.approx(1e6 - m["reward"].item(), rel=1e-6)
     assert m["grad_step"].item() in (1.0, 2.0)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    assert all(p.grad is None for p in parts.rm.parameters())
-    with pytest.raises(ValueError, match=r"train.refl.head: 'nope' is not a head of .*\['', 'prompt_following'"):
-        ReflParts({**c, "refl": {**c["refl"], "head": "nope"}}, "cpu")
+    assert all(p.grad is None for p in rm_params)
+    bad = ReflParts(_refl_cfg(tiny_sd, tiny_rm, head="nope"), "cpu")
+    with pytest.raises(ValueError, match=r"train.refl.head: 'nope' is not an output of train.refl.scorer 'rm' \(outputs: \['', 'prompt_following'"):
+        refl_step(unet, unet, prompts, tok, text, vae, bad, torch.Generator().manual_seed(0), "cpu")
 
 
 @pytest.mark.slow
-def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, tiny_rm, capsys):
+def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys):
     from raypref import stages
     from raypref.config import validate
     from raypref.lora import LORA_FILE
@@ -88,18 +132,22 @@ def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, tiny_r
     base, _ = built_run
     d = base.model_dump(mode="json")
     d["output_dir"] = str(tmp_path / "r")
+    # the reward: the build's CLIP score (tiny:clip), through its differentiable path
     d["train"].update(max_steps=2, checkpoint_every=2, batch_size=2,
-                      refl={"reward_model": str(tiny_rm), "num_inference_steps": 3, "last_steps": [1, 2]})
+                      refl={"scorer": "clip", "num_inference_steps": 3, "last_steps": [1, 2]})
     s = stages.train_refl(validate(d))
-    assert s["method"] == "refl" and s["final_step"] == 2 and s["prompts"] == 4 and s["head"] == "overall"
+    assert s["method"] == "refl" and s["final_step"] == 2 and s["prompts"] == 4 and s["head"] == "main"
     assert _lora_b_norm(tmp_path / "r" / "train" / "lora" / LORA_FILE) > 0  # B starts at zero: the adapter learned
     hist = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [1, 2] and all(np.isfinite(h["loss"]) and np.isfinite(h["reward"]) for h in hist)
-    assert "[train] refl (lora) on 4 prompts, reward overall" in capsys.readouterr().out
+    assert "[train] refl (lora) on 4 prompts, reward: clip (main)" in capsys.readouterr().out
 
     d["train"]["refl"]["last_steps"] = [2, 5]
     with pytest.raises(ValueError, match=r"train.refl.last_steps: need 1 <= lo <= hi <= num_inference_steps \(3\)"):
         stages.train_refl(validate(d))
-    d["train"]["refl"]["reward_model"] = str(tmp_path / "none")
-    with pytest.raises(Exception, match="train.refl.reward_model: no reward_config.json in"):
+    d["train"]["refl"]["scorer"] = "jpeg"
+    with pytest.raises(ValueError, match=r"train.refl.scorer: 'jpeg' \(jpeg_compressibility\) has no differentiable score"):
+        stages.train_refl(validate(d))
+    d["train"]["refl"]["scorer"] = "nope"
+    with pytest.raises(ValueError, match=r"train.refl.scorer: no build scorer named 'nope' \(known: \['clip', 'jpeg'\]\)"):
         stages.train_refl(validate(d))
