@@ -12,6 +12,7 @@ from raypref import schema as S
 from raypref.config import ConfigError, describe, load_config, write_run_meta
 from raypref.models import ModelNotFound, resolve_model
 from raypref.prompts import PromptsError, read_prompts
+from tests.conftest import REPO
 
 
 def test_default_config_and_overrides():
@@ -21,6 +22,13 @@ def test_default_config_and_overrides():
     assert cfg.ray.address is None
     assert cfg.build.scorers[1].weight == 0.25
     assert cfg.ray.dashboard_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "raypref" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    # a config the README tells users to run must stay valid as keys are added, renamed or removed
+    cfg = load_config(path)
+    assert cfg.output_dir.startswith("runs/")
 
 
 def test_yaml_on_is_a_key_not_a_boolean(tmp_path):
