@@ -151,3 +151,18 @@ def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys
     d["train"]["refl"]["scorer"] = "nope"
     with pytest.raises(ValueError, match=r"train.refl.scorer: no build scorer named 'nope' \(known: \['clip', 'jpeg'\]\)"):
         stages.train_refl(validate(d))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_refl_step_on_gpu_moves_the_scorer_to_the_workers_device(tiny_sd, tiny_rm):
+    from raypref.train_dpo import load_for_training
+    from raypref.train_refl import ReflParts, refl_step
+
+    c = _refl_cfg(tiny_sd, tiny_rm)
+    tok, text, vae, _, unet, params, _ = load_for_training(c, "cuda")
+    parts = ReflParts(c, torch.device("cuda"))
+    assert all(p.device.type == "cuda" for p in parts.scorer.model.parameters())
+    loss, _ = refl_step(unet, unet, ["a red circle"], tok, text, vae, parts, torch.Generator().manual_seed(0), "cuda")
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
