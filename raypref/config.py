@@ -151,7 +151,9 @@ class ReflConf(_Strict):
         (1, 10), description="[lo, hi]: the step that gets the gradient is drawn uniformly among the last lo..hi "
         "steps (1 = the last); the steps before it run without gradient, and its x0 prediction is decoded and "
         "scored (ImageReward uses the last 10 of 40).")
-    margin: float = Field(2.0, description="phi(r) = ReLU(margin - r): rewards above the margin give no gradient.")
+    margin: float = Field(2.0, description="phi(r) = ReLU(margin - r): rewards above the margin give no gradient. "
+                          "2 suits ImageReward's normalised reward; set it above the scorer's range to raise every "
+                          "reward (e.g. 100 for clip_score, 100 x cosine).")
     weight: float = Field(1e-3, gt=0, description="lambda, the reward loss's scale (ImageReward's grad scale).")
 
 

@@ -91,7 +91,9 @@ def refl_step(unet_ddp, unet, prompts, tok, text, vae, parts: ReflParts, gen, de
     images = (vae.decode(x0 / vae.config.scaling_factor).sample.float() / 2 + 0.5).clamp(0, 1)
     reward = parts.reward(images, prompts)
     loss = refl_loss(reward, parts.margin, parts.weight)
-    return loss, {"reward": reward.detach().mean(), "grad_step": torch.tensor(float(len(parts.ddim.timesteps) - stop))}
+    below = (reward.detach() < parts.margin).float().mean()  # the images that give a gradient
+    return loss, {"reward": reward.detach().mean(), "below_margin": below,
+                  "grad_step": torch.tensor(float(len(parts.ddim.timesteps) - stop))}
 
 
 def resolved(cfg: Config) -> dict:
@@ -155,6 +157,8 @@ def run_train_refl(cfg: Config) -> dict:
         "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None,
         "reward_first_last": rewards,
+        "margin": refl["margin"],
+        "below_margin": sum(h["below_margin"] for h in history) / len(history) if history else None,
         "weights": str(out / name / export_file(t.finetune)),
         "seconds": round(time.time() - t0, 1),
     }

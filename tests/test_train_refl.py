@@ -122,6 +122,15 @@ def test_one_refl_step_sends_the_reward_gradient_to_the_lora(tiny_sd, tiny_rm):
         refl_step(unet, unet, prompts, tok, text, vae, bad, torch.Generator().manual_seed(0), "cpu")
 
 
+def test_refl_summary_warns_when_no_image_was_below_the_margin():
+    from raypref.report import summary_line
+
+    s = {"method": "refl", "finetune": "lora", "prompts": 4, "scorer": "clip", "head": "main", "workers": 1,
+         "final_step": 2, "reward_first_last": [60.0, 61.0], "margin": 2.0, "seconds": 1.0, "weights": "w"}
+    assert "WARNING no image scored below train.refl.margin" in summary_line("train", {**s, "below_margin": 0.0}, "x")
+    assert "WARNING" not in summary_line("train", {**s, "below_margin": 0.5}, "x")
+
+
 @pytest.mark.slow
 def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys):
     from raypref import stages
@@ -134,13 +143,15 @@ def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys
     d["output_dir"] = str(tmp_path / "r")
     # the reward: the build's CLIP score (tiny:clip), through its differentiable path
     d["train"].update(max_steps=2, checkpoint_every=2, batch_size=2,
-                      refl={"scorer": "clip", "num_inference_steps": 3, "last_steps": [1, 2]})
+                      refl={"scorer": "clip", "num_inference_steps": 3, "last_steps": [1, 2], "margin": 100.0})
     s = stages.train_refl(validate(d))
     assert s["method"] == "refl" and s["final_step"] == 2 and s["prompts"] == 4 and s["head"] == "main"
     assert _lora_b_norm(tmp_path / "r" / "train" / "lora" / LORA_FILE) > 0  # B starts at zero: the adapter learned
     hist = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [1, 2] and all(np.isfinite(h["loss"]) and np.isfinite(h["reward"]) for h in hist)
-    assert "[train] refl (lora) on 4 prompts, reward: clip (main)" in capsys.readouterr().out
+    assert s["below_margin"] == 1.0  # 100 x cosine never reaches 100: every image gave a gradient
+    out = capsys.readouterr().out
+    assert "[train] refl (lora) on 4 prompts, reward: clip (main)" in out and "100% of images below the margin 100" in out
 
     d["train"]["refl"]["last_steps"] = [2, 5]
     with pytest.raises(ValueError, match=r"train.refl.last_steps: need 1 <= lo <= hi <= num_inference_steps \(3\)"):
