@@ -155,6 +155,12 @@ class ReflConf(_Strict):
                           "2 suits ImageReward's normalised reward; set it above the scorer's range to raise every "
                           "reward (e.g. 100 for clip_score, 100 x cosine).")
     weight: float = Field(1e-3, gt=0, description="lambda, the reward loss's scale (ImageReward's grad scale).")
+    pretrain_weight: float = Field(
+        0.0, ge=0, description="ImageReward's L_pre: > 0 adds, to every ReFL micro-batch, a micro-batch of the plain "
+        "denoising loss on pretrain_samples' images, times this weight, which holds the model near that data "
+        "(the two gradients are averaged). 0: ReFL alone.")
+    pretrain_samples: str | None = Field(None, description="Samples Parquet dir (prompt and image columns) of "
+                                         "pretrain_weight's denoising loss (None: this run's build/samples).")
 
 
 class TrainConf(_RayTrainScale, _StepConf):

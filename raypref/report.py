@@ -42,8 +42,10 @@ def summary_line(stage: str, s: dict, where: str) -> str:
         return (
             f"[train] refl ({s['finetune']}) on {s['prompts']} prompts, reward: {s['scorer']} ({s['head']}), "
             f"{s['workers']} worker(s), step {s['final_step']}: reward (mean of 20) {_f(r0)} -> {_f(r1)}, "
-            f"{_f(s['below_margin'], '.0%')} of images below the margin {s['margin']:g} "
-            f"in {s['seconds']}s -> {s['weights']}"
+            f"{_f(s['below_margin'], '.0%')} of images below the margin {s['margin']:g}"
+            + (f", pretraining loss (x {s['pretrain_weight']:g}) {_f(s['pretrain_loss_first_last'][0])} -> "
+               f"{_f(s['pretrain_loss_first_last'][1])}" if s.get("pretrain_loss_first_last") else "")
+            + f" in {s['seconds']}s -> {s['weights']}"
             + ("\n[train] refl: WARNING no image scored below train.refl.margin, so none gave a gradient and the "
                "model did not change; raise the margin above the scorer's range" if s["below_margin"] == 0 else "")
         )

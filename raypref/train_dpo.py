@@ -141,22 +141,35 @@ def train_loop_per_worker(c: dict) -> None:
         refl = ReflParts(c, device)
 
     def forward(batch):
-        if refl is not None:
+        if refl is not None and S.IMAGE not in batch:
             from raypref.train_refl import refl_step
 
             return refl_step(unet_ddp, unet, list(batch[S.PROMPT]), tok, text, vae, refl, gen, device)
-        if c["method"] == "sft":  # kept images and their prompts (raypref.train_sft)
+        if S.IMAGE in batch:  # sft's kept images, or refl's pretraining images (raypref.train_sft, train_refl)
             from raypref.train_sft import sft_step
 
             latents = encode_images(batch[S.IMAGE], vae, size, device)
-            return sft_step(unet_ddp, latents, encode_prompts(batch[S.PROMPT], tok, text, device), sched, gen)
+            loss, m = sft_step(unet_ddp, latents, encode_prompts(batch[S.PROMPT], tok, text, device), sched, gen)
+            if refl is None:
+                return loss, m
+            return refl.pretrain_weight * loss, {"pretrain_loss": loss.detach()}
         latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
         return dpo_step(unet_ddp, reference, latents, enc, sched, c["beta"], gen)
 
+    pretrain = None
+    if refl is not None and refl.pretrain_weight > 0:  # ImageReward's L_pre: a denoising micro-batch per ReFL one
+        from raypref.train_refl import endless_batches
+
+        pretrain = endless_batches(ray.train.get_dataset_shard("pretrain"), c["batch_size"])
     while step < c["max_steps"]:
         seen = 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False)
-        for group in micro_groups(batches, c["grad_accum_steps"]):
+        per_step = c["grad_accum_steps"]
+        if pretrain is not None:
+            from raypref.train_refl import alternate
+
+            batches, per_step = alternate(batches, pretrain), 2 * per_step
+        for group in micro_groups(batches, per_step):
             opt.zero_grad(set_to_none=True)
             loss, m, micro = accumulate(unet_ddp, group, forward, device, c["precision"])
             if c["max_grad_norm"]:

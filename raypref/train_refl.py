@@ -7,7 +7,9 @@ decoded by the frozen VAE and scored by the scorer's ``differentiable_score`` (i
 on tensors: raypref.pixels); ``losses.refl_loss`` of the reward trains the UNet (a LoRA, or every
 weight: ``train.finetune``). The scorer (``train.refl.scorer``, a build scorer: ImageReward,
 PickScore, HPSv2, CLIP score, the aesthetic predictor, or a `raypref train reward` export) stays
-frozen. Training runs in the Ray Train loop DPO and SFT share
+frozen. With ``train.refl.pretrain_weight`` > 0, each ReFL micro-batch is followed by one of the
+plain denoising loss on pretraining images (ImageReward's L_pre), which holds the model near that
+data. Training runs in the Ray Train loop DPO and SFT share
 (raypref.train_dpo): the same checkpoints, resume and export to <output_dir>/train/lora or
 train/unet, so `raypref eval` measures the tuned model.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
@@ -48,6 +51,7 @@ class ReflParts:
             self.scorer.device = device
         self.what = f"train.refl.scorer {r['scorer']!r}"
         self.head, self.margin, self.weight = r["head"], r["margin"], r["weight"]
+        self.pretrain_weight = r["pretrain_weight"]
         self.steps, self.guidance, self.last = r["num_inference_steps"], r["guidance_scale"], tuple(r["last_steps"])
         self.ddim = DDIMScheduler.from_pretrained(c["base_model"], subfolder="scheduler")
         self.ddim.set_timesteps(self.steps)
@@ -58,6 +62,24 @@ class ReflParts:
         if self.head not in out:
             raise ValueError(f"train.refl.head: {self.head!r} is not an output of {self.what} (outputs: {list(out)})")
         return out[self.head].float()
+
+
+def endless_batches(shard, batch_size: int):
+    """A Ray Train dataset shard's batches, epoch after epoch, without end (the pretraining images)."""
+    while True:
+        n = 0
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False):
+            n += 1
+            yield batch
+        if n == 0:
+            raise ValueError("train.refl.pretrain_samples gave this worker no batch; is it empty?")
+
+
+def alternate(batches, pretrain):
+    """Each ReFL batch (prompts), then one pretraining batch (images): their micro-batches alternate."""
+    for batch in batches:
+        yield batch
+        yield next(pretrain)
 
 
 def _eps(unet, x, t, cond, uncond, guidance: float):
@@ -128,7 +150,7 @@ def run_train_refl(cfg: Config) -> dict:
     from raypref.finetune import export_file, export_name
     from raypref.paths import resolve_path
     from raypref.prompts import read_prompts
-    from raypref.train_checkpoint import fit_and_export, first_last_means
+    from raypref.train_checkpoint import fit_and_export, first_last_means, materialize_if_small
     from raypref.train_dpo import base_model_ref, train_loop_per_worker
 
     t = cfg.train
@@ -140,11 +162,17 @@ def run_train_refl(cfg: Config) -> dict:
     prompts = read_prompts(resolve_path(source), limit=t.refl.limit).select([S.PROMPT_ID, S.PROMPT])
     if prompts.num_rows == 0:
         raise ValueError(f"train.refl.prompts: {source} has no prompts")
-    ds = ray.data.from_arrow(prompts)
+    datasets = {"train": ray.data.from_arrow(prompts)}
+    if refl["pretrain_weight"] > 0:
+        pre = Path(t.refl.pretrain_samples or cfg.stage_dir("build") / "samples").resolve()
+        if not pre.exists():
+            raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
+        datasets["pretrain"] = materialize_if_small(
+            ray.data.read_parquet(str(pre), columns=[S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
     loop_cfg = {**t.model_dump(), "method": "refl", "base_model": base_model_ref(cfg), "refl": refl}
     t0 = time.time()
     name = export_name(t.finetune)
-    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "refl", name, out / name, datasets={"train": ds})
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "refl", name, out / name, datasets=datasets)
     rewards = first_last_means([h["reward"] for h in history])
     summary = {
         "method": "refl",
@@ -159,6 +187,8 @@ def run_train_refl(cfg: Config) -> dict:
         "reward_first_last": rewards,
         "margin": refl["margin"],
         "below_margin": sum(h["below_margin"] for h in history) / len(history) if history else None,
+        "pretrain_weight": refl["pretrain_weight"],
+        "pretrain_loss_first_last": first_last_means([h["pretrain_loss"] for h in history if "pretrain_loss" in h]),
         "weights": str(out / name / export_file(t.finetune)),
         "seconds": round(time.time() - t0, 1),
     }

@@ -54,9 +54,10 @@ def accumulate(module, group: Iterable[tuple[object, bool]], forward: Callable, 
     metrics)``, then divide the summed gradients by the number of micro-batches: the gradient of
     their mean loss (each micro-batch weighs the same, as in accelerate and the diffusers training
     scripts). A DDP ``module`` skips the all-reduce on all but the last micro-batch. Returns the mean
-    loss, the mean of each metric and the number of micro-batches; the caller clips and steps.
+    loss, the mean of each metric over the micro-batches that report it, and the number of
+    micro-batches; the caller clips and steps.
     """
-    n, loss_sum, sums = 0, 0.0, {}
+    n, loss_sum, sums, counts = 0, 0.0, {}, {}
     for batch, last in group:
         with nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync():
             with autocast(device, precision):
@@ -66,8 +67,9 @@ def accumulate(module, group: Iterable[tuple[object, bool]], forward: Callable, 
         loss_sum += float(loss.detach())
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
     if n > 1:
         for p in module.parameters():
             if p.grad is not None:
                 p.grad.div_(n)
-    return loss_sum / n, {k: v / n for k, v in sums.items()}, n
+    return loss_sum / n, {k: v / counts[k] for k, v in sums.items()}, n

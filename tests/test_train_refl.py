@@ -94,7 +94,8 @@ def _refl_cfg(tiny_sd, tiny_rm, **refl):
 
     s = ScorerConf(name="rm", cls="reward_model", model=str(tiny_rm))
     r = {"scorer": "rm", "scorer_cls": s.cls, "scorer_kwargs": scorer_kwargs(s), "head": "prompt_following",
-         "num_inference_steps": 4, "guidance_scale": 2.0, "last_steps": [1, 2], "margin": 1e6, "weight": 1.0, **refl}
+         "num_inference_steps": 4, "guidance_scale": 2.0, "last_steps": [1, 2], "margin": 1e6, "weight": 1.0,
+         "pretrain_weight": 0.0, **refl}
     return {"base_model": tiny_sd, "lora_rank": 2, "lora_alpha": 2.0, "lora_targets": ["to_q", "to_v"],
             "gradient_checkpointing": False, "method": "refl", "refl": r}
 
@@ -152,6 +153,20 @@ def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys
     assert s["below_margin"] == 1.0  # 100 x cosine never reaches 100: every image gave a gradient
     out = capsys.readouterr().out
     assert "[train] refl (lora) on 4 prompts, reward: clip (main)" in out and "100% of images below the margin 100" in out
+
+    # with ImageReward's L_pre: each step is a ReFL micro-batch and a denoising one on the build's images
+    d["output_dir"] = str(tmp_path / "pre")
+    d["train"]["refl"].update(pretrain_weight=0.5, pretrain_samples=str(base.stage_dir("build") / "samples"))
+    s = stages.train_refl(validate(d))
+    hist = [json.loads(x) for x in (tmp_path / "pre" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["micro_batches"] for h in hist] == [2, 2]
+    assert all(np.isfinite(h["pretrain_loss"]) and np.isfinite(h["reward"]) for h in hist)
+    assert s["pretrain_weight"] == 0.5 and len(s["pretrain_loss_first_last"]) == 2
+    assert "pretraining loss (x 0.5)" in capsys.readouterr().out
+    d["train"]["refl"]["pretrain_samples"] = str(tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="train.refl.pretrain_samples: no samples at"):
+        stages.train_refl(validate(d))
+    d["train"]["refl"]["pretrain_weight"] = 0.0
 
     d["train"]["refl"]["last_steps"] = [2, 5]
     with pytest.raises(ValueError, match=r"train.refl.last_steps: need 1 <= lo <= hi <= num_inference_steps \(3\)"):

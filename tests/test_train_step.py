@@ -58,6 +58,19 @@ def test_two_micro_batches_give_the_gradient_of_their_mean_loss():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_a_metric_is_averaged_over_the_micro_batches_that_report_it():
+    # ReFL with pretraining alternates micro-batches that report a reward and ones that report a
+    # denoising loss: each metric's mean is over its own micro-batches, not over all of them
+    x, y = _data()
+    model = torch.nn.Linear(3, 1)
+    values = iter([{"reward": torch.tensor(3.0)}, {"pretrain_loss": torch.tensor(0.5)},
+                   {"reward": torch.tensor(5.0)}, {"pretrain_loss": torch.tensor(1.5)}])
+    forward = lambda b: (((model(b[0]) - b[1]) ** 2).mean(), next(values))
+    _, m, n = accumulate(model, _group([(x[:2], y[:2]), (x[2:4], y[2:4]), (x[4:6], y[4:6]), (x[6:], y[6:])]),
+                         forward, "cpu", "fp32")
+    assert n == 4 and m == {"reward": 4.0, "pretrain_loss": 1.0}
+
+
 def test_ddp_all_reduces_only_on_the_last_micro_batch():
     class FakeDDP(torch.nn.Module):
         def __init__(self):
