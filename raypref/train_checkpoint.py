@@ -111,13 +111,18 @@ def cosine_adamw(params, lr: float, warmup: int, total: int, ckpt_dir: str | Non
     return opt, sched
 
 
+def parquet_mb(dirs) -> float | None:
+    """Size in MiB of the Parquet files under ``dirs``, or None when one is not a local dir."""
+    local = [Path(d) for d in dirs]
+    if not all(p.exists() for p in local):
+        return None
+    return sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20
+
+
 def materialize_if_small(ds, dirs, max_mb: float, share: float = 1.0):
     """``ds`` read once into Ray's object store when the Parquet files under ``dirs`` (local dirs)
     times ``share`` (the part of them the dataset keeps) total under ``max_mb``: each epoch of a
     small dataset would otherwise restart the streaming read. Data not on local disk streams."""
-    local = [Path(d) for d in dirs]
-    if not all(p.exists() for p in local):
-        return ds
-    mb = sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20
-    return ds.materialize() if mb * share < max_mb else ds
+    mb = parquet_mb(dirs)
+    return ds.materialize() if mb is not None and mb * share < max_mb else ds
 

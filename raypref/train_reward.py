@@ -23,7 +23,8 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, materialize_if_small, report_step
+from raypref.train_checkpoint import (first_last_means, fit_and_export, load_state, materialize_if_small, parquet_mb,
+                                      report_step)
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -271,7 +272,8 @@ def _order_key(batch, source: int, seed: int):
 
 def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float, interleave_seed: int | None = None):
     """One Ray dataset over every pairs dir in ``paths`` (each checked for the needed columns);
-    with ``interleave_seed``, sorted by _order_key."""
+    with ``interleave_seed``, sorted by _order_key: in this process when the pairs are local and
+    under ``cache_max_mb``, else by Ray Data."""
     import pyarrow.dataset as pds
     import ray.data
 
@@ -284,6 +286,15 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
             raise ValueError(f"reward.pairs: {path} lacks columns {missing} "
                              f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
                              "whose aspect columns label the aspect heads)")
+    mb = parquet_mb(paths)
+    if interleave_seed is not None and mb is not None and mb < cache_max_mb:
+        # small and local: read and sort in this process (a distributed sort costs seconds of tasks), the
+        # same order as below; the table is then held in the object store, as materialize_if_small would
+        import pyarrow as pa
+
+        tables = [_order_key(pds.dataset(p, format="parquet").to_table(columns=needed + side), i, interleave_seed)
+                  for i, p in enumerate(paths)]
+        return ray.data.from_arrow(pa.concat_tables(tables).sort_by(S.PAIR_ORDER).drop_columns([S.PAIR_ORDER]))
     if interleave_seed is None:
         ds = ray.data.read_parquet(paths, columns=needed + side)
     else:

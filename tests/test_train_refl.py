@@ -133,7 +133,7 @@ def test_refl_summary_warns_when_no_image_was_below_the_margin():
 
 
 @pytest.mark.slow
-def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys):
+def test_refl_with_pretraining_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys):
     from raypref import stages
     from raypref.config import validate
     from raypref.lora import LORA_FILE
@@ -142,32 +142,26 @@ def test_refl_trains_in_ray_train_and_exports_a_lora(built_run, tmp_path, capsys
     base, _ = built_run
     d = base.model_dump(mode="json")
     d["output_dir"] = str(tmp_path / "r")
-    # the reward: the build's CLIP score (tiny:clip), through its differentiable path
+    # the reward: the build's CLIP score (tiny:clip), through its differentiable path; with ImageReward's
+    # L_pre, each step is a ReFL micro-batch and a denoising one on the build's images
     d["train"].update(max_steps=2, checkpoint_every=2, batch_size=2,
-                      refl={"scorer": "clip", "num_inference_steps": 3, "last_steps": [1, 2], "margin": 100.0})
+                      refl={"scorer": "clip", "num_inference_steps": 3, "last_steps": [1, 2], "margin": 100.0,
+                            "pretrain_weight": 0.5, "pretrain_samples": str(base.stage_dir("build") / "samples")})
     s = stages.train_refl(validate(d))
     assert s["method"] == "refl" and s["final_step"] == 2 and s["prompts"] == 4 and s["head"] == "main"
     assert _lora_b_norm(tmp_path / "r" / "train" / "lora" / LORA_FILE) > 0  # B starts at zero: the adapter learned
     hist = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in hist] == [1, 2] and all(np.isfinite(h["loss"]) and np.isfinite(h["reward"]) for h in hist)
+    assert [h["step"] for h in hist] == [1, 2] and [h["micro_batches"] for h in hist] == [2, 2]
+    assert all(np.isfinite([h["loss"], h["reward"], h["pretrain_loss"]]).all() for h in hist)
     assert s["below_margin"] == 1.0  # 100 x cosine never reaches 100: every image gave a gradient
+    assert s["pretrain_weight"] == 0.5 and len(s["pretrain_loss_first_last"]) == 2
     out = capsys.readouterr().out
     assert "[train] refl (lora) on 4 prompts, reward: clip (main)" in out and "100% of images below the margin 100" in out
+    assert "pretraining loss (x 0.5)" in out
 
-    # with ImageReward's L_pre: each step is a ReFL micro-batch and a denoising one on the build's images
-    d["output_dir"] = str(tmp_path / "pre")
-    d["train"]["refl"].update(pretrain_weight=0.5, pretrain_samples=str(base.stage_dir("build") / "samples"))
-    s = stages.train_refl(validate(d))
-    hist = [json.loads(x) for x in (tmp_path / "pre" / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert [h["micro_batches"] for h in hist] == [2, 2]
-    assert all(np.isfinite(h["pretrain_loss"]) and np.isfinite(h["reward"]) for h in hist)
-    assert s["pretrain_weight"] == 0.5 and len(s["pretrain_loss_first_last"]) == 2
-    assert "pretraining loss (x 0.5)" in capsys.readouterr().out
     d["train"]["refl"]["pretrain_samples"] = str(tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="train.refl.pretrain_samples: no samples at"):
         stages.train_refl(validate(d))
-    d["train"]["refl"]["pretrain_weight"] = 0.0
-
     d["train"]["refl"]["last_steps"] = [2, 5]
     with pytest.raises(ValueError, match=r"train.refl.last_steps: need 1 <= lo <= hi <= num_inference_steps \(3\)"):
         stages.train_refl(validate(d))
