@@ -48,11 +48,18 @@ def to_model_pixels(images, size, mean: Sequence[float], std: Sequence[float], r
     return (images - mean_t) / std_t
 
 
+def preprocess_cfg_pixels(cfg: dict, images, resize_mode: str | None = None):
+    """to_model_pixels with the settings of a preprocess_cfg dict (open_clip's, or a reward model
+    backbone's): ``resize_mode`` overrides the cfg's; without either, a {"height", "width"} size
+    (BLIP's) squashes and any other size keeps the short side."""
+    mode = resize_mode or cfg.get("resize_mode") or ("squash" if isinstance(cfg["size"], dict) else "shortest")
+    return to_model_pixels(images, cfg["size"], cfg["mean"], cfg["std"], mode, cfg.get("interpolation", "bicubic"),
+                           cfg.get("fill_color", 0) / 255)
+
+
 def open_clip_pixels(model, images, resize_mode: str | None = None):
     """to_model_pixels with an open_clip model's own preprocessing settings (model.visual.preprocess_cfg)."""
-    cfg = dict(model.visual.preprocess_cfg)
-    return to_model_pixels(images, cfg["size"], cfg["mean"], cfg["std"], resize_mode or cfg.get("resize_mode", "shortest"),
-                           cfg.get("interpolation", "bicubic"), cfg.get("fill_color", 0) / 255)
+    return preprocess_cfg_pixels(dict(model.visual.preprocess_cfg), images, resize_mode)
 
 
 def processor_pixels(image_processor, images):

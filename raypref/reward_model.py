@@ -197,11 +197,9 @@ class RewardModel(nn.Module):
     def pixels_from_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """RGB images in [0, 1], (B, 3, H, W) -> the backbone's pixels, differentiably (reward feedback
         learning backpropagates through it), as its PIL preprocessing makes them (raypref.pixels)."""
-        from raypref.pixels import to_model_pixels
+        from raypref.pixels import preprocess_cfg_pixels
 
-        cfg = self.backbone.preprocess_cfg()
-        mode = cfg.get("resize_mode") or ("squash" if isinstance(cfg["size"], dict) else "shortest")  # BLIP squashes
-        return to_model_pixels(images, cfg["size"], cfg["mean"], cfg["std"], mode, cfg.get("interpolation", "bicubic"))
+        return preprocess_cfg_pixels(self.backbone.preprocess_cfg(), images)
 
     @torch.no_grad()
     def score(self, images: Sequence, prompts: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:

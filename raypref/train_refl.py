@@ -52,9 +52,9 @@ class ReflParts:
         self.what = f"train.refl.scorer {r['scorer']!r}"
         self.head, self.margin, self.weight = r["head"], r["margin"], r["weight"]
         self.pretrain_weight = r["pretrain_weight"]
-        self.steps, self.guidance, self.last = r["num_inference_steps"], r["guidance_scale"], tuple(r["last_steps"])
+        self.guidance, self.last = r["guidance_scale"], tuple(r["last_steps"])
         self.ddim = DDIMScheduler.from_pretrained(c["base_model"], subfolder="scheduler")
-        self.ddim.set_timesteps(self.steps)
+        self.ddim.set_timesteps(r["num_inference_steps"])
 
     def reward(self, images, prompts):
         """The chosen output of the scorer's differentiable_score: one reward per image."""

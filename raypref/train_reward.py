@@ -23,8 +23,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import (first_last_means, fit_and_export, load_state, materialize_if_small, parquet_mb,
-                                      report_step)
+from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, parquet_mb, report_step
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -287,9 +286,10 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
                              f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
                              "whose aspect columns label the aspect heads)")
     mb = parquet_mb(paths)
-    if interleave_seed is not None and mb is not None and mb < cache_max_mb:
+    small = mb is not None and mb < cache_max_mb  # local and small: read once, not once per epoch
+    if interleave_seed is not None and small:
         # small and local: read and sort in this process (a distributed sort costs seconds of tasks), the
-        # same order as below; the table is then held in the object store, as materialize_if_small would
+        # same order as below; the table is then held in the object store, as a small dataset below is
         import pyarrow as pa
 
         tables = [_order_key(pds.dataset(p, format="parquet").to_table(columns=needed + side), i, interleave_seed)
@@ -302,7 +302,7 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
             _order_key, fn_kwargs={"source": i, "seed": interleave_seed}, batch_format="pyarrow")
             for i, p in enumerate(paths)]
         ds = parts[0].union(*parts[1:]).sort(S.PAIR_ORDER).drop_columns([S.PAIR_ORDER])
-    return materialize_if_small(ds, paths, cache_max_mb)
+    return ds.materialize() if small else ds
 
 
 def run_train_reward(cfg: Config) -> dict:

@@ -4,7 +4,8 @@ The build's judges score every image; ``top_images`` keeps exactly the best ``tr
 them by ``train.sft_score`` over the whole samples table, and the UNet (a LoRA, or every weight:
 ``train.finetune``) learns to denoise those images given their prompts (``losses.diffusion_sft_loss``).
 Training runs in the same Ray Train loop as Diffusion-DPO (raypref.train_dpo), with the same
-checkpoints, resume and export to <output_dir>/train/lora or train/unet; the images kept are listed in <output_dir>/train/sft_selected.parquet.
+checkpoints, resume and export to <output_dir>/train/lora or train/unet; the images kept are
+listed in <output_dir>/train/sft_selected.parquet.
 """
 
 from __future__ import annotations
