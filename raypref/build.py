@@ -208,7 +208,7 @@ def run_build(cfg: Config) -> dict:
         id_column=S.PROMPT_ID, checkpoint_path=str((out / "_checkpoint").resolve()), delete_checkpoint_on_success=False
     )
     try:
-        # one block per shard: Ray 2.60's Parquet reader merges small files into one block (it
+        # one block per shard: Ray 2.60's V2 Parquet reader merges small files into one block (it
         # ignores override_num_blocks), and a block is the unit that streams from pool to pool and
         # that is written, so one block would mean nothing written, and nothing to resume, until
         # the end. Splitting the prompts table costs nothing next to generation.

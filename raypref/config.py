@@ -40,6 +40,18 @@ class RayConf(_Strict):
     dashboard_host: str = Field(
         "127.0.0.1", description="Dashboard bind address; loopback unless you open it on purpose."
     )
+    parquet_footer_actors: int | None = Field(
+        1, ge=1, description="Footer-reader actors Ray Data's Parquet reader (V2, Ray 2.60's default) "
+        "starts for each read, set through RAY_DATA_PARQUET_FOOTER_NUM_ACTORS in the driver. Ray's "
+        "default, 32, made every read of a small local table take about 4 s more on a 2-core machine "
+        "(benchmarks/parquet_read.py). Raise it to list very many files on cloud storage in parallel; "
+        "None leaves Ray's default (or the variable as set).",
+    )
+    data_context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray Data DataContext attributes set in the driver before any stage reads, e.g. "
+        "{target_max_block_size: 134217728} or {use_datasource_v2: false} for Ray Data's V1 Parquet reader.",
+    )
 
 
 class PoolConf(_Strict):

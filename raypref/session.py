@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 
-from raypref.config import RayConf
+from raypref.config import ConfigError, RayConf
 
 
 def init_ray(conf: RayConf):
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    set_data_context(conf)
     if ray.is_initialized():
         return ray
     address = conf.address or os.environ.get("RAY_ADDRESS")
@@ -34,3 +35,20 @@ def init_ray(conf: RayConf):
         where = f"dashboard http://{ctx.dashboard_url}" if ctx.dashboard_url else "no dashboard (ray.include_dashboard)"
         print(f"[ray] new local Ray, {cpus} CPUs, {where}", flush=True)
     return ray
+
+
+def set_data_context(conf: RayConf) -> None:
+    """Apply ``ray.parquet_footer_actors`` and ``ray.data_context`` to this driver's Ray Data.
+
+    Both act where a dataset is planned, in the driver: the Parquet reader reads the variable when
+    each read is planned, and every dataset copies the DataContext when it is made.
+    """
+    from ray.data import DataContext
+
+    if conf.parquet_footer_actors is not None:
+        os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = str(conf.parquet_footer_actors)
+    ctx = DataContext.get_current()
+    for key, value in conf.data_context.items():
+        if not hasattr(ctx, key) or key.startswith("_"):
+            raise ConfigError(f"ray.data_context.{key}: Ray Data's DataContext has no such attribute")
+        setattr(ctx, key, value)

@@ -84,10 +84,12 @@ def session_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    import ray
+    from raypref.config import RayConf
+    from raypref.session import init_ray
 
-    # the dashboard (on loopback) serves the state API that Ray Train's placement-group cleaner polls
-    ray.init(num_cpus=8, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    # as the stages start it: the dashboard on loopback (it serves the state API that Ray Train's
+    # placement-group cleaner polls) and ray.data_context's defaults
+    ray = init_ray(RayConf(num_cpus=8))
     yield ray
     ray.shutdown()
 

@@ -38,7 +38,7 @@ def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, tiny_clip, prompts_file
          # the session's own local Ray already holds the default agent and metrics ports; without its
          # own, this head's job agent never starts and every submission says "No available agent"
          f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         _wait_for_dashboard(dash, head)
@@ -71,12 +71,23 @@ def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, tiny_clip, prompts_file
         refused = subprocess.run([ray_bin, "job", "list"], env=bad, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
+        _stop(head)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop(head: subprocess.Popen) -> None:
+    # after a job, a SIGTERMed head drains for about 30 s; the head runs in its own session, so its
+    # process group is this cluster's processes alone (GCS, raylet, dashboard, workers)
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait()
 
 
 def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120) -> None:

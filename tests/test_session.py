@@ -1,4 +1,4 @@
-"""raypref.session: a new local Ray runs its dashboard on loopback by default, and says where."""
+"""raypref.session: a local Ray with its dashboard on loopback by default; Ray Data settings in the driver."""
 
 import os
 import re
@@ -26,3 +26,21 @@ def _start(tmp_path, dashboard: str) -> str:
 def test_local_ray_dashboard_on_loopback_by_default(tmp_path):
     assert re.search(r"\[ray\] new local Ray, 1 CPUs, dashboard http://127\.0\.0\.1:\d+", _start(tmp_path, "default"))
     assert "[ray] new local Ray, 1 CPUs, no dashboard (ray.include_dashboard)" in _start(tmp_path, "off")
+
+
+def test_ray_data_settings_apply_to_the_driver(monkeypatch):
+    import pytest
+    from ray.data import DataContext
+
+    from raypref.config import ConfigError, RayConf
+    from raypref.session import set_data_context
+
+    ctx = DataContext.get_current()
+    monkeypatch.setattr(ctx, "target_max_block_size", ctx.target_max_block_size)  # restored after the test
+    monkeypatch.setenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "32")
+    set_data_context(RayConf(parquet_footer_actors=2, data_context={"target_max_block_size": 12345}))
+    assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "2" and ctx.target_max_block_size == 12345
+    set_data_context(RayConf(parquet_footer_actors=None))  # leaves the variable as set
+    assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "2"
+    with pytest.raises(ConfigError, match=r"ray\.data_context\.no_such_knob"):
+        set_data_context(RayConf(data_context={"no_such_knob": 1}))
