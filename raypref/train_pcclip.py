@@ -8,7 +8,8 @@ permutation), has ``pcclip.text_generator`` write each pair's difference text, a
 times CLIP's own image-prompt loss on the same images. Prompts are split by a hash of their id;
 before training, at every checkpoint and at the end, rank 0 measures on the held-out prompts'
 images (fixed pairs) how often a difference picks its own text among the others of its chunk,
-and how often an image picks its own prompt. Checkpoints go to <output_dir>/pcclip/ray (a
+and how often an image picks its own prompt, by the prompts' embeddings and by comparative
+prompting's (raypref/comparative_prompting.py). Checkpoints go to <output_dir>/pcclip/ray (a
 rerun resumes); the model is exported as an open_clip directory (open_clip_config.json +
 open_clip_model.safetensors) that a clip_score scorer loads as 'local-dir:<dir>'.
 """
@@ -105,18 +106,39 @@ def batch_inputs(batch: dict, preprocess, tokenizer, rng, generator, device):
             tokenizer(uniq).to(device), target)
 
 
+def comparative_texts(prompts: list[str], text, k: int, generator) -> tuple[list[tuple[int, int]], list[str]]:
+    """Comparative prompting's inputs for classes ``prompts`` with text embeddings ``text``: for
+    each class c, its k nearest other classes i and the generator's text for how i differs from c."""
+    from raypref.comparative_prompting import nearest_others
+
+    pairs, texts = [], []
+    for c, others in enumerate(nearest_others(text, k)):
+        for i in others:
+            t = generator(prompts[i], prompts[c])
+            if t:
+                pairs.append((i, c))
+                texts.append(t)
+    return pairs, texts
+
+
 def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, device) -> dict:
     """Fixed pairs of the held-out images, in chunks of EVAL_CHUNK: difference -> own text among
     the chunk's texts (a text equal to the right one counts), and image -> own prompt among the
-    chunk's prompts. The same pairs at every evaluation."""
+    chunk's prompts, by the prompts' own embeddings and (comparatives_per_class > 0) by their
+    comparative-prompting embeddings. The same pairs at every evaluation."""
     import torch
     import torch.nn.functional as F
 
     from raypref import images as I
+    from raypref.comparative_prompting import comparative_class_embeddings
+
+    def encode_text(texts: list[str]):
+        return torch.cat([model.encode_text(tokenizer(texts[s:s + 4 * EVAL_CHUNK]).to(device)).float()
+                          for s in range(0, len(texts), 4 * EVAL_CHUNK)])
 
     prompts = list(rows[S.PROMPT])
     a, b, texts = pair_within(prompts, np.random.default_rng([c["seed"], 7]), generator)
-    diff_hits = img_hits = n_img = 0
+    diff_hits = img_hits = comp_hits = n_img = 0
     model.eval()
     with torch.no_grad():  # images in chunks too: a large model on 1024 images at once could run out of memory
         img = F.normalize(torch.cat([
@@ -130,13 +152,22 @@ def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, d
         for s in range(0, len(prompts), EVAL_CHUNK):
             ps = prompts[s:s + EVAL_CHUNK]
             uniq = list(dict.fromkeys(ps))
-            t = F.normalize(model.encode_text(tokenizer(uniq).to(device)).float(), dim=-1)
+            t = F.normalize(encode_text(uniq), dim=-1)
             best = (img[s:s + EVAL_CHUNK] @ t.T).argmax(dim=1).tolist()
             img_hits += sum(uniq[k] == p for k, p in zip(best, ps))
             n_img += len(ps)
+            if c["comparatives_per_class"] > 0:
+                pairs, comp = comparative_texts(uniq, t, c["comparatives_per_class"], generator)
+                d = encode_text(comp) if comp else t[:0]
+                tc = comparative_class_embeddings(t, d, pairs, c["comparative_alpha"])
+                best = (img[s:s + EVAL_CHUNK] @ tc.T).argmax(dim=1).tolist()
+                comp_hits += sum(uniq[k] == p for k, p in zip(best, ps))
     model.train()
-    return {"heldout_diff_retrieval": diff_hits / max(len(a), 1), "heldout_prompt_retrieval": img_hits / max(n_img, 1),
-            "heldout_pairs": len(a)}
+    out = {"heldout_diff_retrieval": diff_hits / max(len(a), 1), "heldout_prompt_retrieval": img_hits / max(n_img, 1),
+           "heldout_pairs": len(a)}
+    if c["comparatives_per_class"] > 0:
+        out["heldout_prompt_retrieval_comparative"] = comp_hits / max(n_img, 1)
+    return out
 
 
 def pcclip_loop(c: dict) -> None:
@@ -258,6 +289,9 @@ def run_train_pcclip(cfg: Config) -> dict:
         "loss": first_last_means(losses),
         "heldout_diff_retrieval": [evals[0]["heldout_diff_retrieval"], evals[-1]["heldout_diff_retrieval"]] if evals else None,
         "heldout_prompt_retrieval": [evals[0]["heldout_prompt_retrieval"], evals[-1]["heldout_prompt_retrieval"]] if evals else None,
+        "heldout_prompt_retrieval_comparative": [evals[0]["heldout_prompt_retrieval_comparative"],
+                                                 evals[-1]["heldout_prompt_retrieval_comparative"]]
+        if evals and "heldout_prompt_retrieval_comparative" in evals[0] else None,
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }
@@ -272,4 +306,5 @@ def summary_text(s: dict) -> str:
     return (f"[pcclip] {s['loss_kind']} on {s['images_train']} images, {s['workers']} worker(s), step {s['final_step']}: "
             f"loss {pair(s['loss'])}; held-out ({s['images_measured']} of {s['images_heldout']} images, {s['heldout_pairs']} pairs): difference -> "
             f"its text {pair(s['heldout_diff_retrieval'])}, image -> its prompt {pair(s['heldout_prompt_retrieval'])} "
+            f"(comparative prompting {pair(s.get('heldout_prompt_retrieval_comparative'))}) "
             f"in {s['seconds']}s -> {s['export']}")

@@ -1,5 +1,5 @@
-"""PC-CLIP: the difference losses and the difference texts on hand values, then fine-tuning in Ray
-Train (resume onto 2 workers, the export loading as a CLIP-score scorer)."""
+"""PC-CLIP: the difference losses, the difference texts and comparative prompting on hand values,
+then fine-tuning in Ray Train (resume onto 2 workers, the export loading as a CLIP-score scorer)."""
 
 import json
 import math
@@ -63,6 +63,46 @@ def test_pairs_skip_same_prompts_and_are_seeded():
     assert (a, b) == pair_within(prompts, np.random.default_rng(0), template)[:2]
 
 
+def test_comparative_prompting_hand_values():
+    from raypref.comparative_prompting import comparative_class_embeddings, nearest_others
+
+    r = 1 / math.sqrt(2)
+    # classes along e1, e2 and (e1 + e2)/sqrt(2) (lengths are normalised away); class 1 gets two
+    # comparatives: t0 - d with d along (1, -1), and t2 - d' with d' along e2
+    text = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    diffs = torch.tensor([[1.0, -1.0], [0.0, 5.0]])
+    # estimates: (1 - r, r) and (r, r - 1); their mean (1/2, r - 1/2); at alpha 1/2 the mix is
+    # (1/4, 1/2 + (r - 1/2)/2) = (0.25, 0.60355), norm 0.65328 -> (0.38268, 0.92388)
+    out = comparative_class_embeddings(text, diffs, [(0, 1), (2, 1)], alpha=0.5)
+    assert out[1].tolist() == pytest.approx([0.38268, 0.92388], abs=1e-5)
+    assert out[0].tolist() == pytest.approx([1.0, 0.0]) and out[2].tolist() == pytest.approx([r, r])  # no comparative
+    # one comparative: (1/2)(0, 1) + (1/2)(1 - r, r) = (0.14645, 0.85355) -> (0.16911, 0.98560)
+    one = comparative_class_embeddings(text, diffs[:1], [(0, 1)], alpha=0.5)
+    assert one[1].tolist() == pytest.approx([0.16911, 0.98560], abs=1e-5)
+    assert torch.allclose(comparative_class_embeddings(text, diffs, [(0, 1), (2, 1)], alpha=1.0),
+                          torch.nn.functional.normalize(text, dim=-1))
+    with pytest.raises(ValueError, match="2 class pairs for 1 difference texts"):
+        comparative_class_embeddings(text, diffs[:1], [(0, 1), (2, 1)], alpha=0.5)
+    # nearest by cosine: (1, 0) and (0.9, 0.1) are each other's; (0, 1) is nearer (0.9, 0.1) than (1, 0)
+    near = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    assert nearest_others(near, 1) == [[1], [0], [1]]
+    assert nearest_others(near, 5) == [[1, 2], [0, 2], [1, 0]]  # k clamps to the other classes
+
+
+def test_heldout_eval_comparative_at_alpha_1_is_the_plain_measure(tmp_path, tiny_clip):
+    from raypref.difference_text import shapes as shapes_text
+    from raypref.train_pcclip import heldout_eval, load_clip
+
+    table = pq.read_table(_render_samples(tmp_path / "s", n_prompts=12, per_prompt=2))
+    rows = {S.PROMPT: table.column(S.PROMPT).to_pylist(), S.IMAGE: table.column(S.IMAGE).to_pylist()}
+    model, preprocess, tokenizer, _ = load_clip(tiny_clip, None)
+    c = {"seed": 0, "comparatives_per_class": 3, "comparative_alpha": 1.0}
+    plain = heldout_eval(model, preprocess, tokenizer, rows, c, shapes_text, "cpu")
+    assert plain["heldout_prompt_retrieval_comparative"] == plain["heldout_prompt_retrieval"]
+    off = heldout_eval(model, preprocess, tokenizer, rows, {**c, "comparatives_per_class": 0}, shapes_text, "cpu")
+    assert "heldout_prompt_retrieval_comparative" not in off and off["heldout_prompt_retrieval"] == plain["heldout_prompt_retrieval"]
+
+
 def _render_samples(d, n_prompts=24, per_prompt=4):
     from raypref.images import encode
     from raypref.shapes import parse_prompt
@@ -98,6 +138,8 @@ def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_pat
     assert all(np.isfinite(h["loss"]) and h["pairs"] >= 2 for h in hist[1:])
     assert [h["step"] for h in hist if "heldout_diff_retrieval" in h] == [0, 2, 4]
     assert s["heldout_diff_retrieval"][0] == hist[0]["heldout_diff_retrieval"]
+    comp = [h["heldout_prompt_retrieval_comparative"] for h in hist if "heldout_diff_retrieval" in h]
+    assert len(comp) == 3 and all(0 <= x <= 1 for x in comp) and s["heldout_prompt_retrieval_comparative"] == [comp[0], comp[-1]]
     export = tmp_path / "run" / "pcclip" / "model"
     from safetensors.torch import load_file
 
