@@ -12,10 +12,13 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raypref.difference_text import DEFAULT_INSTRUCTION
+from raypref.judge_http import HttpJudgeConf
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -311,7 +314,17 @@ class PcClipConf(_RayTrainScale):
     samples: str | None = Field(None, description="Images with their prompts: a samples Parquet dir (None: this run's build/samples). Each step pairs every image of its batch with another of a different prompt.")
     model: str = Field("ViT-L-14", description="The open_clip model to fine-tune: a built-in name (with pretrained), 'hf-hub:...', 'local-dir:/path', 'tiny:clip' or 'shapes:clip'.")
     pretrained: str | None = Field("openai", description="open_clip pretrained tag, for built-in names.")
-    text_generator: str = Field("template", description="Writes how image a differs from image b from their prompts: 'shapes' (the attributes that change), 'template' ('<a> instead of <b>') or 'module:function' (prompt_a, prompt_b) -> text or None (raypref/difference_text.py).")
+    text_generator: str = Field("template", description="Writes how image a differs from image b from their prompts: 'shapes' (the attributes that change), 'template' ('<a> instead of <b>'), 'llm' (a language model behind pcclip.llm, as in the paper) or 'module:function' (prompt_a, prompt_b) -> text or None (raypref/difference_text.py).")
+    llm: HttpJudgeConf | None = Field(None, description="text_generator 'llm': the OpenAI-compatible chat-completions server that writes the difference texts (base_url, model, api_key_env, retries...; the same keys as an http judge's). Each pair of prompts is asked about once per worker; a pair whose request fails is skipped and counted.")
+    llm_instruction: str = Field(DEFAULT_INSTRUCTION, description="text_generator 'llm': the request's text, with {a} and {b} for the two prompts; the answer's first line is the difference text.")
+
+    @model_validator(mode="after")
+    def _llm_complete(self):
+        if self.text_generator == "llm" and self.llm is None:
+            raise ValueError("text_generator 'llm' needs pcclip.llm: the chat-completions server (base_url, model, ...)")
+        if "{a}" not in self.llm_instruction or "{b}" not in self.llm_instruction:
+            raise ValueError("llm_instruction needs both {a} and {b} (the two prompts)")
+        return self
     loss: Literal["contrastive", "squared", "hinge"] = Field("contrastive", description="How differences meet their texts (losses.difference_alignment_loss): in-batch InfoNCE, squared distance, or sum of hinges.")
     margin: float = Field(0.2, ge=0, description="hinge: the margin.")
     clip_weight: float = Field(1.0, ge=0, description="Weight of CLIP's own image-prompt contrastive loss on the same batch, beside the difference loss (keeps the embedding aligned with the prompts); 0: differences only.")
@@ -582,6 +595,6 @@ def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
         lines.append(f"{key}  [{tname}] = {default}  {field.description or ''}")
         args = getattr(ann, "__args__", ())
         for a in args:
-            if isinstance(a, type) and issubclass(a, BaseModel):
-                lines.extend(describe(a, key + ".<i>."))
+            if isinstance(a, type) and issubclass(a, BaseModel):  # list[M]: key.<i>.field; M | None: key.field
+                lines.extend(describe(a, key + (".<i>." if get_origin(ann) is list else ".")))
     return lines

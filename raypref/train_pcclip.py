@@ -35,15 +35,14 @@ EVAL_CHUNK = 64  # held-out pairs scored against each other's texts, as a traini
 
 def pair_within(prompts: list[str], rng: np.random.Generator, generator) -> tuple[list[int], list[int], list[str]]:
     """Image i with image perm[i] (a seeded permutation): (a indices, b indices, texts), leaving
-    out pairs the generator has no text for (the same prompt, or i paired with itself)."""
-    a, b, texts = [], [], []
-    for i, j in enumerate(rng.permutation(len(prompts))):
-        text = None if i == j else generator(prompts[i], prompts[int(j)])
-        if text:
-            a.append(i)
-            b.append(int(j))
-            texts.append(text)
-    return a, b, texts
+    out pairs the generator has no text for (the same prompt, i paired with itself, or a failed
+    LLM request)."""
+    from raypref.difference_text import texts_for
+
+    cand = [(i, int(j)) for i, j in enumerate(rng.permutation(len(prompts))) if i != j]
+    found = texts_for(generator, [(prompts[i], prompts[j]) for i, j in cand])
+    kept = [(i, j, t) for (i, j), t in zip(cand, found) if t]
+    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
 
 
 def load_clip(ref: str, pretrained: str | None):
@@ -110,15 +109,12 @@ def comparative_texts(prompts: list[str], text, k: int, generator) -> tuple[list
     """Comparative prompting's inputs for classes ``prompts`` with text embeddings ``text``: for
     each class c, its k nearest other classes i and the generator's text for how i differs from c."""
     from raypref.comparative_prompting import nearest_others
+    from raypref.difference_text import texts_for
 
-    pairs, texts = [], []
-    for c, others in enumerate(nearest_others(text, k)):
-        for i in others:
-            t = generator(prompts[i], prompts[c])
-            if t:
-                pairs.append((i, c))
-                texts.append(t)
-    return pairs, texts
+    cand = [(i, c) for c, others in enumerate(nearest_others(text, k)) for i in others]
+    found = texts_for(generator, [(prompts[i], prompts[c]) for i, c in cand])
+    kept = [(p, t) for p, t in zip(cand, found) if t]
+    return [k[0] for k in kept], [k[1] for k in kept]
 
 
 def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, device) -> dict:
@@ -192,7 +188,7 @@ def pcclip_loop(c: dict) -> None:
     obj = ray.train.torch.prepare_model(objective(model, c))
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = cosine_adamw(params, c["learning_rate"], c["warmup_steps"], c["max_steps"], ckpt_dir, step, OPTIM_FILE)
-    generator = resolve(c["text_generator"])
+    generator = resolve(c["text_generator"], c["llm"], c["llm_instruction"])
     held = c["heldout_rows"]
 
     def evaluate() -> dict:
@@ -222,6 +218,8 @@ def pcclip_loop(c: dict) -> None:
                 continue
             loss, m = obj(*inputs)
             metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2])}
+            if hasattr(generator, "events"):  # the LLM's requests so far on this worker: failures are skipped pairs
+                metrics |= {f"texts_{k}": v for k, v in generator.events.items()}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -250,7 +248,12 @@ def run_train_pcclip(cfg: Config) -> dict:
     from raypref.train_reward import heldout_mask
 
     p = cfg.pcclip
-    resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
+    if p.text_generator == "llm":  # no client in the driver: only the workers ask
+        from raypref.judge_http import read_api_key
+
+        read_api_key(p.llm.api_key_env)  # a missing key fails here, not in every worker
+    else:
+        resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():
@@ -295,6 +298,9 @@ def run_train_pcclip(cfg: Config) -> dict:
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }
+    texts = {k[len("texts_"):]: v for k, v in (history[-1] if history else {}).items() if k.startswith("texts_")}
+    if texts:  # rank 0's LLM requests (its training pairs and the held-out measures)
+        summary["llm_texts"] = texts
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -307,4 +313,7 @@ def summary_text(s: dict) -> str:
             f"loss {pair(s['loss'])}; held-out ({s['images_measured']} of {s['images_heldout']} images, {s['heldout_pairs']} pairs): difference -> "
             f"its text {pair(s['heldout_diff_retrieval'])}, image -> its prompt {pair(s['heldout_prompt_retrieval'])} "
             f"(comparative prompting {pair(s.get('heldout_prompt_retrieval_comparative'))}) "
-            f"in {s['seconds']}s -> {s['export']}")
+            + (f"; LLM texts on rank 0: {t.get('requests', 0)} requests, {t.get('ok', 0)} answered, "
+               f"{t.get('failed', 0) + t.get('malformed', 0)} pairs without a text, {t.get('cache_hits', 0)} from its cache "
+               if (t := s.get("llm_texts")) else "")
+            + f"in {s['seconds']}s -> {s['export']}")

@@ -3,6 +3,7 @@ then fine-tuning in Ray Train (resume onto 2 workers, the export loading as a CL
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -103,6 +104,55 @@ def test_heldout_eval_comparative_at_alpha_1_is_the_plain_measure(tmp_path, tiny
     assert "heldout_prompt_retrieval_comparative" not in off and off["heldout_prompt_retrieval"] == plain["heldout_prompt_retrieval"]
 
 
+def _llm_script(text, attempt, n_images):
+    """A chat server standing in for the paper's language model: the difference from the two
+    captions, or the failure that the first caption names."""
+    from test_llm_judge import chat
+
+    a, b = re.search(r"Image A: (.*)\n", text).group(1), re.search(r"Image B: (.*)\n", text).group(1)
+    if "down" in a:
+        return 503, {}, b"unavailable", 0.0
+    if "empty" in a:
+        return 200, {}, chat("  \n  "), 0.0
+    if "flaky" in a and attempt == 0:
+        return 500, {}, b'{"error": "boom"}', 0.0
+    return 200, {}, chat(f'- "{a} rather than {b}"\nBecause the captions say so.'), 0.0
+
+
+def _llm_conf(base_url, **over) -> dict:
+    return {"base_url": base_url, "model": "test-llm", "max_retries": 1, "backoff_s": 0.01, "max_backoff_s": 0.02,
+            "timeout_s": 5.0, "connect_timeout_s": 1.0, **over}
+
+
+def test_llm_difference_texts_from_a_chat_server(monkeypatch, caplog):
+    from test_llm_judge import JudgeServer
+
+    from raypref.difference_text import LLMDifferences, resolve
+
+    monkeypatch.setenv("PCCLIP_TEST_KEY", "sekret-123")
+    with JudgeServer(_llm_script) as srv:
+        gen = resolve("llm", _llm_conf(srv.base_url, api_key_env="PCCLIP_TEST_KEY"))
+        rc, bc = "a red circle", "a blue circle"
+        texts = gen.many([(rc, bc), ("x", "x"), ("a down", "b"), ("a flaky", "b"), ("an empty", "b"), (rc, bc)])
+        # the answer's first line without its list marker and quotes; the same prompts ask nothing;
+        # a server that stays down, or an empty answer, leaves the pair without a text
+        assert texts == [f"{rc} rather than {bc}", None, None, "a flaky rather than b", None, f"{rc} rather than {bc}"]
+        ev = gen.events
+        assert (ev["requests"], ev["ok"], ev["failed"], ev["malformed"], ev["http_5xx"]) == (4, 2, 1, 1, 3)
+        sent = sum(srv.seen.values())
+        assert gen(rc, bc) == f"{rc} rather than {bc}" and sum(srv.seen.values()) == sent  # asked once, then cached
+        assert gen.events["cache_hits"] == 1
+        swap = next(k for k in range(20) if list(np.random.default_rng(k).permutation(2)) == [1, 0])
+        a, b, t = pair_within([rc, bc], np.random.default_rng(swap), gen)  # a permutation that swaps the two
+        assert t == [f"{[rc, bc][i]} rather than {[rc, bc][j]}" for i, j in zip(a, b)] and len(t) == 2
+        assert set(srv.auth) == {"Bearer sekret-123"}
+    assert "sekret-123" not in repr(gen) + caplog.text
+    with pytest.raises(ValueError, match=r"needs both \{a\} and \{b\}"):
+        LLMDifferences(gen.client.conf, "How do they differ? {a}")
+    with pytest.raises(ValueError, match="needs pcclip.llm"):
+        resolve("llm")
+
+
 def _render_samples(d, n_prompts=24, per_prompt=4):
     from raypref.images import encode
     from raypref.shapes import parse_prompt
@@ -155,12 +205,21 @@ def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_pat
     img = decode(pq.read_table(samples).column(S.IMAGE)[0].as_py())
     assert np.isfinite(CLIPScore("c", model="local-dir:" + str(export), floor_at_zero=False).score([img], ["a red circle"])).all()
 
-    # a longer budget resumes at step 4, here on two workers (DDP around the objective) with the hinge loss
-    cfg["pcclip"].update(max_steps=6, num_workers=2, loss="hinge")
-    assert stages.train_pcclip(validate(cfg))["final_step"] == 6
+    # a longer budget resumes at step 4, here on two workers (DDP around the objective) with the hinge
+    # loss, and a language model behind a chat server on loopback writing the difference texts
+    from test_llm_judge import JudgeServer
+
+    with JudgeServer(_llm_script) as srv:
+        cfg["pcclip"].update(max_steps=6, num_workers=2, loss="hinge", text_generator="llm", llm=_llm_conf(srv.base_url))
+        s2 = stages.train_pcclip(validate(cfg))
+    assert s2["final_step"] == 6
     hist2 = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
     assert hist2[:5] == hist and [h["step"] for h in hist2[5:]] == [5, 6]
     assert all(np.isfinite(h["loss"]) for h in hist2[5:])
+    # rank 0 asked about its pairs and the held-out ones, and every answer came back
+    t = s2["llm_texts"]
+    assert t["requests"] == t["ok"] > 0 and t.get("failed", 0) == 0 and hist2[-1]["texts_ok"] == t["ok"]
+    assert sum(srv.seen.values()) >= t["requests"]  # the other worker asked too
 
 
 def tiny_clip_dir(ref):
