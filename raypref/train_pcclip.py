@@ -42,7 +42,7 @@ def pair_within(prompts: list[str], rng: np.random.Generator, generator) -> tupl
     cand = [(i, int(j)) for i, j in enumerate(rng.permutation(len(prompts))) if i != j]
     found = texts_for(generator, [(prompts[i], prompts[j]) for i, j in cand])
     kept = [(i, j, t) for (i, j), t in zip(cand, found) if t]
-    return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+    return [x[0] for x in kept], [x[1] for x in kept], [x[2] for x in kept]
 
 
 def load_clip(ref: str, pretrained: str | None):
@@ -113,8 +113,8 @@ def comparative_texts(prompts: list[str], text, k: int, generator) -> tuple[list
 
     cand = [(i, c) for c, others in enumerate(nearest_others(text, k)) for i in others]
     found = texts_for(generator, [(prompts[i], prompts[c]) for i, c in cand])
-    kept = [(p, t) for p, t in zip(cand, found) if t]
-    return [k[0] for k in kept], [k[1] for k in kept]
+    kept = [(pair, t) for pair, t in zip(cand, found) if t]
+    return [x[0] for x in kept], [x[1] for x in kept]
 
 
 def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, device) -> dict:
