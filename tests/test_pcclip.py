@@ -153,6 +153,22 @@ def test_llm_difference_texts_from_a_chat_server(monkeypatch, caplog):
         resolve("llm")
 
 
+def test_llm_generator_config_and_key_fail_before_any_work(tmp_path, monkeypatch):
+    from raypref.config import ConfigError, validate
+    from raypref.train_pcclip import run_train_pcclip
+
+    base = {"output_dir": str(tmp_path / "run"), "pcclip": {"samples": str(tmp_path / "none"), "text_generator": "llm"}}
+    with pytest.raises(ConfigError, match="needs pcclip.llm"):
+        validate(base)
+    with pytest.raises(ConfigError, match=r"llm_instruction needs both \{a\} and \{b\}"):
+        validate({**base, "pcclip": {**base["pcclip"], "llm": _llm_conf("http://127.0.0.1:9/v1"), "llm_instruction": "{a}?"}})
+    monkeypatch.delenv("PCCLIP_MISSING_KEY", raising=False)
+    cfg = validate({**base, "pcclip": {**base["pcclip"], "llm": _llm_conf("http://127.0.0.1:9/v1", api_key_env="PCCLIP_MISSING_KEY")}})
+    with pytest.raises(ValueError, match="PCCLIP_MISSING_KEY is not set"):
+        run_train_pcclip(cfg)
+    assert not (tmp_path / "run").exists()  # stopped before writing anything
+
+
 def _render_samples(d, n_prompts=24, per_prompt=4):
     from raypref.images import encode
     from raypref.shapes import parse_prompt
