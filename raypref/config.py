@@ -17,7 +17,7 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raypref.difference_text import DEFAULT_INSTRUCTION
+from raypref.difference_text import DEFAULT_INSTRUCTION, NEEDS_SERVER, check_instruction
 from raypref.judge_http import HttpJudgeConf
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -317,14 +317,6 @@ class PcClipConf(_RayTrainScale):
     text_generator: str = Field("template", description="Writes how image a differs from image b from their prompts: 'shapes' (the attributes that change), 'template' ('<a> instead of <b>'), 'llm' (a language model behind pcclip.llm, as in the paper) or 'module:function' (prompt_a, prompt_b) -> text or None (raypref/difference_text.py).")
     llm: HttpJudgeConf | None = Field(None, description="text_generator 'llm': the OpenAI-compatible chat-completions server that writes the difference texts (base_url, model, api_key_env, retries...; the same keys as an http judge's). Each pair of prompts is asked about once per worker; a pair whose request fails is skipped and counted.")
     llm_instruction: str = Field(DEFAULT_INSTRUCTION, description="text_generator 'llm': the request's text, with {a} and {b} for the two prompts; the answer's first line is the difference text.")
-
-    @model_validator(mode="after")
-    def _llm_complete(self):
-        if self.text_generator == "llm" and self.llm is None:
-            raise ValueError("text_generator 'llm' needs pcclip.llm: the chat-completions server (base_url, model, ...)")
-        if "{a}" not in self.llm_instruction or "{b}" not in self.llm_instruction:
-            raise ValueError("llm_instruction needs both {a} and {b} (the two prompts)")
-        return self
     loss: Literal["contrastive", "squared", "hinge"] = Field("contrastive", description="How differences meet their texts (losses.difference_alignment_loss): in-batch InfoNCE, squared distance, or sum of hinges.")
     margin: float = Field(0.2, ge=0, description="hinge: the margin.")
     clip_weight: float = Field(1.0, ge=0, description="Weight of CLIP's own image-prompt contrastive loss on the same batch, beside the difference loss (keeps the embedding aligned with the prompts); 0: differences only.")
@@ -338,6 +330,13 @@ class PcClipConf(_RayTrainScale):
     eval_images: int = Field(1024, ge=2, description="At most this many held-out images are measured (they travel to the rank-0 worker with the loop's config).")
     comparatives_per_class: int = Field(8, ge=0, description="Comparative prompting in the held-out image -> prompt measure: each prompt's embedding is mixed with estimates from its k nearest other prompts (by text embedding), each prompt's embedding minus that of the text_generator's text for how it differs (raypref/comparative_prompting.py); 0: not measured.")
     comparative_alpha: float = Field(0.8, ge=0, le=1, description="Comparative prompting: the weight of a prompt's own embedding; 1 - alpha goes to the mean of its comparative estimates (0.8, as in the authors' code).")
+
+    @model_validator(mode="after")
+    def _llm_complete(self):
+        if self.text_generator == "llm" and self.llm is None:
+            raise ValueError(NEEDS_SERVER)
+        check_instruction(self.llm_instruction)
+        return self
     seed: int = Field(0, description="Seed for the pairing, the shuffle and the held-out split.")
     export_dir: str | None = Field(None, description="Where the fine-tuned open_clip directory goes (None: <output_dir>/pcclip/model); a clip_score scorer loads it as 'local-dir:<dir>'.")
 

@@ -60,6 +60,16 @@ def shapes(a: str, b: str) -> str | None:
     return ", ".join(parts) or template(a, b)
 
 
+NEEDS_SERVER = "text_generator 'llm' needs pcclip.llm: the chat-completions server (base_url, model, ...)"
+
+
+def check_instruction(instruction: str) -> str:
+    """The LLM's request text, which must name both prompts; a clear error otherwise."""
+    if "{a}" not in instruction or "{b}" not in instruction:
+        raise ValueError("llm_instruction needs both {a} and {b} (the two prompts)")
+    return instruction
+
+
 def first_line(body) -> str:
     """The difference from a chat-completions body: the answer's first non-empty line, without
     list markers or quotes. An empty answer is malformed (the pair then goes without a text)."""
@@ -85,9 +95,7 @@ class LLMDifferences:
     def __init__(self, conf: "HttpJudgeConf", instruction: str = DEFAULT_INSTRUCTION):
         from raypref.judge_http import ChatClient
 
-        if "{a}" not in instruction or "{b}" not in instruction:
-            raise ValueError("pcclip.llm_instruction: needs both {a} and {b} (the two prompts)")
-        self.instruction = instruction
+        self.instruction = check_instruction(instruction)
         self.client = ChatClient(conf)
         self.cache: dict[tuple[str, str], str] = {}
         self.events: Counter = Counter()
@@ -131,7 +139,7 @@ def resolve(name: str, llm: "HttpJudgeConf | dict | None" = None,
         from raypref.judge_http import HttpJudgeConf
 
         if llm is None:
-            raise ValueError("pcclip.text_generator 'llm' needs pcclip.llm: the chat-completions server (base_url, model, ...)")
+            raise ValueError(NEEDS_SERVER)
         return LLMDifferences(llm if isinstance(llm, HttpJudgeConf) else HttpJudgeConf(**llm), instruction)
     if ":" not in name:
         raise ValueError(f"pcclip.text_generator: {name!r} is neither built in ({', '.join(BUILT_IN)}, llm) nor 'module:function'")

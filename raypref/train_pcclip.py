@@ -37,12 +37,17 @@ def pair_within(prompts: list[str], rng: np.random.Generator, generator) -> tupl
     """Image i with image perm[i] (a seeded permutation): (a indices, b indices, texts), leaving
     out pairs the generator has no text for (the same prompt, i paired with itself, or a failed
     LLM request)."""
+    kept = _with_texts([(i, int(j)) for i, j in enumerate(rng.permutation(len(prompts))) if i != j], prompts, generator)
+    return [x[0] for x in kept], [x[1] for x in kept], [x[2] for x in kept]
+
+
+def _with_texts(cand: list[tuple[int, int]], prompts: list[str], generator) -> list[tuple[int, int, str]]:
+    """(i, j, text) for each candidate pair of prompt indices the generator writes a text for
+    (all at once where it can: raypref.difference_text.texts_for)."""
     from raypref.difference_text import texts_for
 
-    cand = [(i, int(j)) for i, j in enumerate(rng.permutation(len(prompts))) if i != j]
     found = texts_for(generator, [(prompts[i], prompts[j]) for i, j in cand])
-    kept = [(i, j, t) for (i, j), t in zip(cand, found) if t]
-    return [x[0] for x in kept], [x[1] for x in kept], [x[2] for x in kept]
+    return [(i, j, t) for (i, j), t in zip(cand, found) if t]
 
 
 def load_clip(ref: str, pretrained: str | None):
@@ -109,12 +114,9 @@ def comparative_texts(prompts: list[str], text, k: int, generator) -> tuple[list
     """Comparative prompting's inputs for classes ``prompts`` with text embeddings ``text``: for
     each class c, its k nearest other classes i and the generator's text for how i differs from c."""
     from raypref.comparative_prompting import nearest_others
-    from raypref.difference_text import texts_for
 
-    cand = [(i, c) for c, others in enumerate(nearest_others(text, k)) for i in others]
-    found = texts_for(generator, [(prompts[i], prompts[c]) for i, c in cand])
-    kept = [(pair, t) for pair, t in zip(cand, found) if t]
-    return [x[0] for x in kept], [x[1] for x in kept]
+    kept = _with_texts([(i, c) for c, others in enumerate(nearest_others(text, k)) for i in others], prompts, generator)
+    return [(i, c) for i, c, _ in kept], [t for _, _, t in kept]
 
 
 def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, device) -> dict:
