@@ -249,9 +249,14 @@ def read_image(root: Path, rel, where: str, q: Quarantine) -> bytes | None:
     if not nonempty_text(rel):
         q.add(where, f"missing key: image path is empty or not a string ({rel!r})")
         return None
-    f = root / rel
+    return image_file(root / rel, where, q)
+
+
+def image_file(f: Path, where: str, q: Quarantine, missing: str | None = None) -> bytes | None:
+    """Bytes of an image file that exists and decodes, or None (quarantined; ``missing`` words the
+    absent-file reason where the caller knows more than the path)."""
     if not f.is_file():
-        q.add(where, f"missing image file: {f}")
+        q.add(where, missing or f"missing image file: {f}")
         return None
     data = f.read_bytes()
     problem = image_problem(data)

@@ -38,7 +38,7 @@ import pyarrow as pa
 from raypref import schema as S
 from raypref.formats._common import (
     DEFAULT_BATCH_ROWS, TIE, JsonListWriter, data_files, Quarantine, as_tables, batched, concat,
-    file_name_for, id_from_path, image_problem, nonempty_text, pair_row, pairs_table, ranking_pairs,
+    file_name_for, id_from_path, image_file, nonempty_text, pair_row, pairs_table, ranking_pairs,
     read_json_list, write_image, writable,
 )
 
@@ -96,13 +96,9 @@ def _image(rec, where: str, resolve: _Resolver, q: Quarantine):
         q.add(where, f"missing key: image_path is empty ({rec['image_path']!r})")
         return None
     f = resolve(rec["image_path"])
-    if not f.is_file():
-        q.add(where, f"missing image file: {rec['image_path']} (looked under {resolve.folder} and its parents)")
-        return None
-    data = f.read_bytes()
-    problem = image_problem(data)
-    if problem:
-        q.add(where, f"undecodable image: {f} ({problem})")
+    missing = f"missing image file: {rec['image_path']} (looked under {resolve.folder} and its parents)"
+    data = image_file(f, where, q, missing)
+    if data is None:
         return None
     return rec["prompt_id"], rec["prompt"], rank, resolve.image_id(f), data
 
