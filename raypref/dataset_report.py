@@ -16,19 +16,26 @@ import numpy as np
 from raypref import schema as S
 
 
-def generator_win_rates(chosen: list[str], rejected: list[str]) -> dict[str, dict]:
+def generator_win_rates(chosen: list[str], rejected: list[str], labels=None) -> dict[str, dict]:
     """Per generator, over the pairs whose two images come from different generators: wins (chosen),
-    losses (rejected) and win rate = wins / (wins + losses). Same-generator pairs say nothing about
-    which generator is better and are left out."""
-    wins, losses = Counter(), Counter()
-    for c, r in zip(chosen, rejected):
-        if c != r:
+    losses (rejected), ties (pairs labelled TIE: their chosen side is only the earlier sample) and
+    win rate = wins / (wins + losses), None with no strict pair. Same-generator pairs say nothing
+    about which generator is better and are left out."""
+    wins, losses, ties = Counter(), Counter(), Counter()
+    labels = [S.STRICT] * len(chosen) if labels is None else labels
+    for c, r, y in zip(chosen, rejected, labels):
+        if c == r:
+            continue
+        if y == S.TIE:
+            ties[c] += 1
+            ties[r] += 1
+        else:
             wins[c] += 1
             losses[r] += 1
     out = {}
-    for g in sorted(set(wins) | set(losses)):
+    for g in sorted(set(wins) | set(losses) | set(ties)):
         n = wins[g] + losses[g]
-        out[g] = {"wins": wins[g], "losses": losses[g], "win_rate": wins[g] / n}
+        out[g] = {"wins": wins[g], "losses": losses[g], "ties": ties[g], "win_rate": wins[g] / n if n else None}
     return out
 
 
@@ -97,9 +104,10 @@ def write_report(stage_dir: Path, out: Path | None = None) -> dict:
         _hist_png(series, out / "margin_histograms.png", "pair margins and quality")
         report["plots"].append("margin_histograms.png")
         if S.LABEL in pairs:
-            report["ties"] = int((pairs[S.LABEL] == 0.5).sum())
+            report["ties"] = int((pairs[S.LABEL] == S.TIE).sum())
         if S.CHOSEN_GENERATOR in pairs:
-            report["generators"] = generator_win_rates(pairs[S.CHOSEN_GENERATOR], pairs[S.REJECTED_GENERATOR])
+            report["generators"] = generator_win_rates(pairs[S.CHOSEN_GENERATOR], pairs[S.REJECTED_GENERATOR],
+                                                       pairs.get(S.LABEL))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
     return report
@@ -117,9 +125,10 @@ def _markdown(r: dict) -> str:
         m = r["margin"]
         lines.append(f"Margin: mean {m['mean']:.4g}, min {m['min']:.4g}, max {m['max']:.4g}.\n")
     if r["generators"]:
-        lines += ["Per-generator win rate over pairs across generators:\n", "| generator | wins | losses | win rate |",
-                  "|---|---|---|---|"]
-        lines += [f"| {g} | {s['wins']} | {s['losses']} | {s['win_rate']:.3f} |" for g, s in r["generators"].items()]
+        lines += ["Per-generator win rate over pairs across generators (ties left out of the rate):\n",
+                  "| generator | wins | losses | ties | win rate |", "|---|---|---|---|---|"]
+        lines += [f"| {g} | {s['wins']} | {s['losses']} | {s['ties']} | "
+                  + ("" if s["win_rate"] is None else f"{s['win_rate']:.3f}") + " |" for g, s in r["generators"].items()]
         lines.append("")
     lines += [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join(lines) + "\n"

@@ -50,6 +50,8 @@ def _allowed(i: int, j: int, generators, rule: str) -> bool:
 
 def _make(x, i, j, min_margin, tie_tolerance, keep_ties) -> Pair | None:
     margin = float(x[i] - x[j])
+    if margin < -tie_tolerance:
+        return None  # j beats i: a strict pair only the other way round, never a tie
     if margin <= tie_tolerance:
         if not keep_ties:
             return None

@@ -80,12 +80,12 @@ def all_pairs(scores, offsets, min_margin: float = 0.0) -> AllPairs:
 
 def with_all_pairs(groups: pa.Table, min_margin: float = 0.0) -> tuple[pa.Table, AllPairs]:
     """A groups table (one row per prompt, list columns, the aggregate SCORE among them) with its
-    pair index lists set to all pairs; stale pair lists are replaced."""
+    pair index lists set to all pairs; stale pair lists (labels too: these pairs are all strict) are replaced."""
     score = groups.column(S.SCORE).combine_chunks()
     p = all_pairs(score.flatten().to_numpy(zero_copy_only=False), score.offsets.to_numpy(), min_margin)
     counts = np.bincount(p.group, minlength=groups.num_rows)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    stale = [c for c in (S.PAIR_CHOSEN, S.PAIR_REJECTED, S.PAIR_MARGIN) if c in groups.column_names]
+    stale = [c for c in (S.PAIR_CHOSEN, S.PAIR_REJECTED, S.PAIR_MARGIN, S.PAIR_LABEL) if c in groups.column_names]
     out = groups.drop_columns(stale)
     for name, values in (
         (S.PAIR_CHOSEN, pa.array(p.chosen, pa.int32())),

@@ -50,7 +50,7 @@ def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labe
     y = np.asarray(labels, dtype=np.float64)
     if not (c.shape == r.shape == y.shape):
         raise ValueError(f"preference_accuracy: {c.shape} chosen, {r.shape} rejected, {y.shape} labels")
-    tie_label = y == 0.5
+    tie_label = y == S.TIE
     unlabelled = np.isnan(y)
     strict = ~tie_label & ~unlabelled
     unscored = strict & (np.isnan(c) | np.isnan(r))
@@ -204,8 +204,8 @@ def run_accuracy(cfg: Config) -> dict:
         "pairs_path": a.pairs,
         "format": a.format,
         "pairs_read": pairs.num_rows,
-        "strict_pairs": int(((labels != 0.5) & ~np.isnan(labels)).sum()),
-        "tie_labelled": int((labels == 0.5).sum()),
+        "strict_pairs": int(((labels != S.TIE) & ~np.isnan(labels)).sum()),
+        "tie_labelled": int((labels == S.TIE).sum()),
         "unlabelled": int(np.isnan(labels).sum()),
         "quarantined": quarantined,
         "tie_rule": TIE_RULE.format(tol=a.tie_tolerance),

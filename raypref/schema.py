@@ -60,6 +60,7 @@ MARGIN = "margin"
 QUALITY = "quality"
 LABEL_SOURCE = "label_source"
 LABEL = "label"  # P(chosen preferred): 1.0 for a strict preference, 0.5 for a tie (human data)
+STRICT, TIE = 1.0, 0.5  # the two values a pairs row's LABEL may hold
 CHOSEN_GENERATOR = "chosen_generator"
 REJECTED_GENERATOR = "rejected_generator"
 SOURCE_LABEL = "source_label"  # re-labelled pairs: the imported (e.g. human) label, as P(this chosen preferred)

@@ -45,6 +45,9 @@ def test_tie_rules():
     assert _cp(best_vs_worst([0.1, 0.9, 0.1, 0.9])) == [(1, 0, 1.0)]
     # top-k with a kept tie between a top and a bottom sample lists it once
     assert _cp(top_k_vs_bottom_k([0.5, 0.5], k=2, keep_ties=True)) == [(0, 1, 0.5)]
+    # top and bottom k overlap (two samples, k=2): one strict pair, and no reversed "tie" of the same two
+    assert _cp(top_k_vs_bottom_k([0.25, 0.75], k=2, keep_ties=True)) == [(1, 0, 1.0)]
+    assert _cp(top_k_vs_bottom_k([0.25, 0.75, 0.75], k=2, keep_ties=True)) == [(1, 0, 1.0), (2, 0, 1.0), (1, 2, 0.5)]
 
 
 def test_generator_rules():
@@ -177,8 +180,14 @@ def test_generator_win_rates_hand_values():
 
     # a beats b twice, b beats a once, a vs a says nothing; c loses once to b
     r = generator_win_rates(["a", "a", "b", "a", "b"], ["b", "b", "a", "a", "c"])
-    assert r == {"a": {"wins": 2, "losses": 1, "win_rate": 2 / 3}, "b": {"wins": 2, "losses": 2, "win_rate": 0.5},
-                 "c": {"wins": 0, "losses": 1, "win_rate": 0.0}}
+    assert r == {"a": {"wins": 2, "losses": 1, "ties": 0, "win_rate": 2 / 3},
+                 "b": {"wins": 2, "losses": 2, "ties": 0, "win_rate": 0.5},
+                 "c": {"wins": 0, "losses": 1, "ties": 0, "win_rate": 0.0}}
+    # a tie is neither side's win: the second a-b pair and the b-d pair are ties
+    r = generator_win_rates(["a", "a", "b", "b"], ["b", "b", "a", "d"], [1.0, 0.5, 1.0, 0.5])
+    assert r == {"a": {"wins": 1, "losses": 1, "ties": 1, "win_rate": 0.5},
+                 "b": {"wins": 1, "losses": 1, "ties": 2, "win_rate": 0.5},
+                 "d": {"wins": 0, "losses": 0, "ties": 1, "win_rate": None}}
 
 
 def test_dataset_report_on_a_stage_dir_via_cli(tmp_path):
@@ -201,7 +210,8 @@ def test_dataset_report_on_a_stage_dir_via_cli(tmp_path):
     assert (r["samples"], r["pairs"], r["ties"]) == (4, 3, 0)
     assert r["scores"]["score_a"] == {"n": 3, "nan": 1, "mean": 2.0, "std": pytest.approx((2 / 3) ** 0.5), "min": 1.0, "max": 3.0}
     # aggregate [1, 3, 4, nan]: pairs 2>1 (y,y), 2>0 (y,x), 1>0 (y,x): y wins both cross pairs
-    assert r["generators"] == {"x": {"wins": 0, "losses": 2, "win_rate": 0.0}, "y": {"wins": 2, "losses": 0, "win_rate": 1.0}}
+    assert r["generators"] == {"x": {"wins": 0, "losses": 2, "ties": 0, "win_rate": 0.0},
+                                    "y": {"wins": 2, "losses": 0, "ties": 0, "win_rate": 1.0}}
     for png in ("score_histograms.png", "margin_histograms.png"):
         assert (stage / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| y | 2 | 0 | 1.000 |" in (stage / "report" / "report.md").read_text()
+    assert "| y | 2 | 0 | 0 | 1.000 |" in (stage / "report" / "report.md").read_text()

@@ -287,6 +287,16 @@ def test_all_pairs_groups_explode_like_the_build():
     got = list(zip(*(pairs.column(c).to_pylist() for c in (S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE))))
     assert got == [("b", "a", b"B"), ("c", "a", b"C"), ("b", "c", b"B"), ("d", "e", b"D")]
     assert pairs.column(S.MARGIN).to_pylist() == pytest.approx([0.8, 0.4, 0.4, 1.0])
+    assert pairs.column(S.LABEL).to_pylist() == [1.0] * 4
+
+    # groups stored by a build with kept ties: their old pair lists, labels too, give way to the new ones
+    i32 = pa.list_(pa.int32())
+    stored = groups.append_column(S.PAIR_CHOSEN, pa.array([[0], [0]], i32)).append_column(
+        S.PAIR_REJECTED, pa.array([[2], [1]], i32)).append_column(
+        S.PAIR_MARGIN, pa.array([[0.0], [1.0]], f32)).append_column(S.PAIR_LABEL, pa.array([[0.5], [1.0]], f32))
+    again = explode_pairs(with_all_pairs(stored)[0], label_source="test")
+    assert again.column(S.LABEL).to_pylist() == [1.0] * 4
+    assert list(zip(*(again.column(c).to_pylist() for c in (S.CHOSEN_ID, S.REJECTED_ID)))) == [g[:2] for g in got]
 
 
 # ---- the stage: job and CLI ------------------------------------------------------------------

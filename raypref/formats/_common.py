@@ -20,7 +20,7 @@ from raypref import schema as S
 
 log = logging.getLogger(__name__)
 
-STRICT, TIE = 1.0, 0.5  # the two labels a pairs row may carry (P(chosen preferred))
+STRICT, TIE = S.STRICT, S.TIE  # the formats' modules import the labels from here
 DEFAULT_BATCH_ROWS = 64  # a Pick-a-Pic row holds two ~0.5-1 MB JPEGs
 _EXT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
