@@ -94,8 +94,8 @@ def run_eval(cfg: Config) -> dict:
             {
                 S.PROMPT_ID: base.column(S.PROMPT_ID).take(pa.array([i // e.num_samples for i in range(n)])),
                 S.SEED: pa.array(seeds_b, pa.int64()),
-                "base_" + col: pa.array(b, pa.float32()),
-                "tuned_" + col: pa.array(t, pa.float32()),
+                S.base_column(col): pa.array(b, pa.float32()),
+                S.tuned_column(col): pa.array(t, pa.float32()),
             }
         ),
         out / "scores.parquet",

@@ -51,7 +51,9 @@ def summary_line(stage: str, s: dict, where: str) -> str:
         )
     if stage == "train":
         return (
-            f"[train] dpo ({s['finetune']}) on {s['pairs']} pairs, {s['workers']} worker(s), step {s['final_step']}: "
+            f"[train] dpo ({s['finetune']}) on {s['pairs']} pairs"
+            + (f" ({s['ties_left_out']} ties left out)" if s.get("ties_left_out") else "")
+            + f", {s['workers']} worker(s), step {s['final_step']}: "
             f"loss {_f(s['first_loss'])} -> {_f(s['last_loss'])}, implicit acc {_f(s['last_implicit_acc'], '.2f')} "
             f"in {s['seconds']}s -> {s['weights']}"
         )

@@ -151,6 +151,15 @@ def rejected_column(score_col: str) -> str:
     return REJECTED_PREFIX + score_col
 
 
+def base_column(score_col: str) -> str:
+    """eval/scores.parquet: the base model's image's value of one score column (e.g. base_score_clip)."""
+    return "base_" + score_col
+
+
+def tuned_column(score_col: str) -> str:
+    return "tuned_" + score_col
+
+
 def pair_score_columns(column_names) -> list[str]:
     """The score columns a pairs table carries per side (chosen_score_x / rejected_score_x), by score column."""
     names = set(column_names)

@@ -198,20 +198,38 @@ def base_model_ref(cfg: Config) -> str:
                          what="train.base_model")
 
 
-def run_train_dpo(cfg: Config) -> dict:
+def strict_pairs(pairs_dir: Path, cache_max_mb: float):
+    """(Ray dataset of the prompt and both images of every strict pair, their number, ties left out).
+
+    Diffusion-DPO's loss (Eq. 14) needs a winner; a tie (imported, or kept by build.pairs.keep_ties)
+    has none, so it is left out and counted. The labels alone are read to count them.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pds
     import ray.data
 
+    labels = pds.dataset(str(pairs_dir), format="parquet").to_table(columns=[S.LABEL]).column(S.LABEL)
+    n, ties = len(labels), int(pc.sum(pc.equal(labels, S.TIE)).as_py() or 0)
+    if n == 0:
+        raise ValueError(f"train.pairs: {pairs_dir} has no pairs")
+    if ties == n:
+        raise ValueError(f"train.pairs: all {n} pairs in {pairs_dir} are ties ({S.LABEL} {S.TIE}); "
+                         "Diffusion-DPO needs a preferred image")
+    cols = [S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]
+    ds = ray.data.read_parquet(str(pairs_dir), columns=[*cols, S.LABEL])
+    if ties:
+        ds = ds.filter(expr=f"{S.LABEL} != {S.TIE}")
+    return materialize_if_small(ds.select_columns(cols), [pairs_dir], cache_max_mb, share=1 - ties / n), n - ties, ties
+
+
+def run_train_dpo(cfg: Config) -> dict:
     t = cfg.train
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     pairs_dir = Path(t.pairs or cfg.stage_dir("build") / "pairs").resolve()
     if not pairs_dir.exists():
         raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
     base = base_model_ref(cfg)
-    ds = ray.data.read_parquet(str(pairs_dir), columns=[S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE])
-    ds = materialize_if_small(ds, [pairs_dir], t.cache_pairs_max_mb)
-    n_pairs = ds.count()
-    if n_pairs == 0:
-        raise ValueError(f"train.pairs: {pairs_dir} has no pairs")
+    ds, n_pairs, ties = strict_pairs(pairs_dir, t.cache_pairs_max_mb)
     loop_cfg = t.model_dump()
     loop_cfg.update(base_model=base, method="dpo")
     t0 = time.time()
@@ -219,6 +237,7 @@ def run_train_dpo(cfg: Config) -> dict:
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", name, out / name, datasets={"train": ds})
     summary = {
         "pairs": n_pairs,
+        "ties_left_out": ties,
         "finetune": t.finetune,
         "workers": t.num_workers,
         "final_step": history[-1]["step"] if history else 0,

@@ -3,6 +3,7 @@ fine-tune (2 workers, the at-scale settings) with its UNet export and its eval."
 
 import json
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -22,6 +23,41 @@ def _cfg(built_run, out, **train):
     return validate(d)
 
 
+def _with_a_tie(built_run, where):
+    """The built pairs plus one more row: the first pair again, labelled a tie, with new images."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    from raypref import schema as S
+
+    cfg, _ = built_run
+    t = pds.dataset(str(cfg.stage_dir("build") / "pairs"), format="parquet").to_table()
+    where.mkdir(parents=True)
+    pq.write_table(t, where / "strict.parquet")
+    tie = t.slice(0, 1)
+    for col in (S.CHOSEN_IMAGE, S.REJECTED_IMAGE):
+        tie = tie.set_column(tie.schema.get_field_index(col), col, pc.binary_join_element_wise(tie[col], b"TIE", b""))
+    tie = tie.set_column(tie.schema.get_field_index(S.LABEL), S.LABEL, pa.array([S.TIE], pa.float32()))
+    pq.write_table(tie, where / "tie.parquet")
+    return t
+
+
+def test_dpo_reads_strict_pairs_and_counts_the_ties(built_run, tmp_path):
+    from raypref import schema as S
+    from raypref.train_dpo import strict_pairs
+
+    t = _with_a_tie(built_run, tmp_path / "pairs")
+    ds, n, ties = strict_pairs(tmp_path / "pairs", cache_max_mb=64)
+    assert (n, ties) == (t.num_rows, 1)
+    rows = ds.take_all()
+    assert sorted(r[S.CHOSEN_IMAGE] for r in rows) == sorted(t.column(S.CHOSEN_IMAGE).to_pylist())
+    assert set(rows[0]) == {S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE}
+    (tmp_path / "pairs" / "strict.parquet").unlink()
+    with pytest.raises(ValueError, match=r"all 1 pairs .* are ties"):
+        strict_pairs(tmp_path / "pairs", cache_max_mb=64)
+
+
 def _lora_b_norm(path):
     from safetensors.torch import load_file
 
@@ -30,9 +66,10 @@ def _lora_b_norm(path):
 
 
 def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
-    cfg = _cfg(built_run, tmp_path / "r", max_steps=2, checkpoint_every=1)
+    n = _with_a_tie(built_run, tmp_path / "pairs").num_rows
+    cfg = _cfg(built_run, tmp_path / "r", max_steps=2, checkpoint_every=1, pairs=str(tmp_path / "pairs"))
     s1 = run_train_dpo(cfg)
-    assert s1["final_step"] == 2
+    assert s1["final_step"] == 2 and (s1["pairs"], s1["ties_left_out"]) == (n, 1)
     lora = tmp_path / "r" / "train" / "lora" / LORA_FILE
     # the adapter's B starts at zero: a non-zero B means the parameters changed
     assert _lora_b_norm(lora) > 0
@@ -42,7 +79,7 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
     assert hist1[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # model == reference at step 1
 
     # a rerun with a longer budget resumes at step 2 instead of starting again
-    s2 = run_train_dpo(_cfg(built_run, tmp_path / "r", max_steps=3, checkpoint_every=1))
+    s2 = run_train_dpo(_cfg(built_run, tmp_path / "r", max_steps=3, checkpoint_every=1, pairs=str(tmp_path / "pairs")))
     hist2 = [json.loads(l) for l in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert s2["final_step"] == 3
     assert [h["step"] for h in hist2] == [1, 2, 3]
@@ -65,8 +102,19 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
     from raypref.evaluate import run_eval
 
     r = run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))
-    assert r["n"] == 4 and r["wins"] + r["ties"] + r["losses"] == 4
-    assert 0.0 <= r["win_rate"] <= 1.0 and r["lora"] == str(tmp_path / "r" / "train" / "lora")
+    assert r["n"] == 4 and r["lora"] == str(tmp_path / "r" / "train" / "lora")
+    import pyarrow.parquet as pq
+
+    from raypref import schema as S
+
+    # the verdicts are those of the scores the eval wrote, image by image
+    scores = pq.read_table(tmp_path / "r" / "eval" / "scores.parquet").to_pydict()
+    base, tuned = scores[S.base_column("score_clip")], scores[S.tuned_column("score_clip")]
+    assert len(base) == 4 and base != tuned
+    tol = cfg.eval.tie_tolerance
+    wins, ties = sum(t - b > tol for b, t in zip(base, tuned)), sum(abs(t - b) <= tol for b, t in zip(base, tuned))
+    assert (r["wins"], r["ties"], r["losses"]) == (wins, ties, 4 - wins - ties)
+    assert r["win_rate"] == pytest.approx((wins + ties / 2) / 4)
     table = (tmp_path / "r" / "eval" / "win_rate.md").read_text()
     assert "| clip | 4 |" in table
     assert json.loads((tmp_path / "r" / "eval" / "win_rate.json").read_text())["win_rate"] == r["win_rate"]
@@ -99,8 +147,10 @@ def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_p
     assert r["unet"] == str(unet_dir) and "lora" not in r and r["n"] == 4
     import pyarrow.parquet as pq
 
+    from raypref import schema as S
+
     scores = pq.read_table(tmp_path / "two" / "eval" / "scores.parquet").to_pydict()
-    assert scores["base_score_clip"] != scores["tuned_score_clip"]  # the images changed: the UNet was swapped in
+    assert scores[S.base_column("score_clip")] != scores[S.tuned_column("score_clip")]  # the images changed: the UNet was swapped in
 
 
 def test_eval_without_lora_is_a_clear_error(built_run, tmp_path):
