@@ -29,7 +29,7 @@ LOCAL_DIR = "local-dir:"
 
 class AestheticPredictor(Scorer):
     def __init__(self, name: str = "aesthetic", model: str = "", pretrained: str | None = None,
-                 head: str | None = None, num_gpus: float = 0.0, **_):
+                 head: str | None = None, num_gpus: float = 0.0):
         import open_clip
 
         from actors.mlp_head import load_head, load_state_file

@@ -22,7 +22,7 @@ from raypref.scoring import Scorer
 
 class CaptionSimilarity(Scorer):
     def __init__(self, name: str = "caption", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 max_new_tokens: int = 30, num_beams: int = 1, batch_size: int = 32, **_):
+                 max_new_tokens: int = 30, num_beams: int = 1, batch_size: int = 32):
         from transformers import BlipForConditionalGeneration
 
         from actors.blip_common import load_blip

@@ -16,7 +16,7 @@ from raypref.scoring import Scorer, pick_device
 
 class CLIPScore(Scorer):
     def __init__(self, name: str = "clip", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 floor_at_zero: bool = True, **_):
+                 floor_at_zero: bool = True):
         import open_clip
 
         from raypref.models import check_model_ref

@@ -12,7 +12,7 @@ from raypref.scoring import Scorer
 class JpegCompressibility(Scorer):
     """score = -(JPEG size in kB) at the given quality; with ``incompressible`` the sign flips."""
 
-    def __init__(self, name: str = "jpeg_compressibility", quality: int = 95, incompressible: bool = False, **_):
+    def __init__(self, name: str = "jpeg_compressibility", quality: int = 95, incompressible: bool = False):
         super().__init__(name)
         self.quality = quality
         self.sign = 1.0 if incompressible else -1.0

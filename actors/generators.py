@@ -43,7 +43,6 @@ class DiffusersGenerator:
         seed: int = 0,
         dtype: str = "float32",
         num_gpus: float = 0.0,
-        **_,
     ):
         from diffusers import DiffusionPipeline
         from diffusers.utils import logging as diffusers_logging

@@ -28,7 +28,7 @@ def default_cascade_path() -> str:
 
 class HaarFaces(Scorer):
     def __init__(self, name: str = "faces", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, **_):
+                 scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24):
         import cv2
 
         from raypref.models import check_model_ref

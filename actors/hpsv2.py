@@ -45,7 +45,7 @@ def _checkpoint(what: str, model: str, pretrained: str | None, checkpoint: str |
 
 class HPSv2(Scorer):
     def __init__(self, name: str = "hpsv2", model: str = "", pretrained: str | None = None,
-                 checkpoint: str | None = None, num_gpus: float = 0.0, **_):
+                 checkpoint: str | None = None, num_gpus: float = 0.0):
         import open_clip
 
         from raypref.models import check_model_ref, quiet_missing_weights

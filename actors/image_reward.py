@@ -157,7 +157,7 @@ def _load(module, state: dict, what: str):
 
 class ImageReward(Scorer):
     def __init__(self, name: str = "image_reward", model: str = "", med_config: str | None = None,
-                 tokenizer: str | None = None, vision_heads: int | None = None, num_gpus: float = 0.0, **_):
+                 tokenizer: str | None = None, vision_heads: int | None = None, num_gpus: float = 0.0):
         import open_clip
         from transformers import AutoTokenizer, BlipTextModel, BlipVisionModel
 

@@ -36,7 +36,7 @@ def count_detections(scores: torch.Tensor, boxes: torch.Tensor, threshold: float
 class OwlViTDetector(Scorer):
     def __init__(self, name: str = "owlvit", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  classes: list[str] | None = None, query_template: str = "a photo of a {}", threshold: float = 0.1,
-                 nms_iou: float = 0.3, batch_size: int = 16, **_):
+                 nms_iou: float = 0.3, batch_size: int = 16):
         from transformers import OwlViTForObjectDetection, OwlViTProcessor
 
         from raypref.models import check_model_ref

@@ -26,7 +26,7 @@ def _embeds(out) -> torch.Tensor:
 
 class PickScore(Scorer):
     def __init__(self, name: str = "pickscore", model: str = "", processor: str | None = None,
-                 num_gpus: float = 0.0, **_):
+                 num_gpus: float = 0.0):
         from transformers import AutoProcessor, CLIPModel
 
         from raypref.models import check_model_ref

@@ -8,7 +8,7 @@ from raypref.scoring import Scorer, pick_device
 
 
 class RewardModelScorer(Scorer):
-    def __init__(self, name: str = "reward", model: str = "", num_gpus: float = 0.0, batch_size: int = 64, **_):
+    def __init__(self, name: str = "reward", model: str = "", num_gpus: float = 0.0, batch_size: int = 64):
         from raypref.models import check_model_ref
         from raypref.reward_model import RewardModel
 

@@ -26,7 +26,7 @@ def _spec(prompt: str):
 
 
 class ShapesVQA(Scorer):
-    def __init__(self, name: str = "vqa", **_):
+    def __init__(self, name: str = "vqa"):
         super().__init__(name)
 
     def score(self, images, prompts):
@@ -49,7 +49,7 @@ class ShapesVQA(Scorer):
 
 
 class ShapesDetector(Scorer):
-    def __init__(self, name: str = "detector", **_):
+    def __init__(self, name: str = "detector"):
         super().__init__(name)
 
     def score(self, images, prompts):

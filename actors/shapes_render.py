@@ -24,7 +24,7 @@ class ShapesRenderGenerator:
     loads_model = False  # the build leaves generators[].model empty for it (raypref.build.generator_kwargs)
 
     def __init__(self, name: str = "shapes-render", num_samples: int = 8, true_renders: int = 2,
-                 kinds: list[str] | None = None, seed: int = 0, width: int | None = None, **_):
+                 kinds: list[str] | None = None, seed: int = 0, width: int | None = None):
         from raypref.shapes import PERTURBATIONS
 
         if not 0 <= true_renders <= num_samples:

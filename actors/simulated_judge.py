@@ -33,7 +33,7 @@ def _clean_fraction(image) -> float:
 
 
 class SimulatedShapesJudge(Scorer):
-    def __init__(self, name: str = "simjudge", noise: float = 0.0, seed: int = 0, **_):
+    def __init__(self, name: str = "simjudge", noise: float = 0.0, seed: int = 0):
         super().__init__(name)
         if noise < 0:
             raise ValueError(f"scorer {name!r}: noise must be >= 0, got {noise}")

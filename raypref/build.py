@@ -27,7 +27,7 @@ from raypref.config import Config, GeneratorConf, PoolConf, ScorerConf, write_ru
 from raypref.models import resolve_model
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
-from raypref.registry import resolve
+from raypref.registry import constructor_kwargs, resolve
 
 
 def pool_args(pool: PoolConf) -> dict:
@@ -52,16 +52,14 @@ def generator_kwargs(g: GeneratorConf) -> dict:
         if kw.get(part):
             kw[part] = resolve_model(kw[part], what=f"generator {g.name!r} {part}")
     kw["num_gpus"] = g.pool.num_gpus
-    kw.update(g.args)
-    return kw
+    return constructor_kwargs(resolve(g.cls), kw, g.args, f"generator {g.name!r}")
 
 
 def scorer_kwargs(s: ScorerConf) -> dict:
     """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none."""
     model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
     kw = {"name": s.name, "model": model, "pretrained": s.pretrained, "num_gpus": s.pool.num_gpus}
-    kw.update(s.args)
-    return kw
+    return constructor_kwargs(resolve(s.cls), kw, s.args, f"scorer {s.name!r}")
 
 
 def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_margin: float, k: int = 1,

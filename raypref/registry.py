@@ -7,6 +7,7 @@ by writing one class and naming its import path in a config, without touching ra
 from __future__ import annotations
 
 import importlib
+import inspect
 
 BUILTIN = {
     # generators
@@ -55,3 +56,23 @@ def resolve(name: str) -> type:
     if path.startswith(":") or path.endswith(":"):
         raise ValueError(f"actor {name!r}: not a registry name ({sorted(BUILTIN)}) nor 'module:Class'")
     return import_attr(path, f"actor {name!r}")
+
+
+def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
+    """Keyword arguments to build ``cls`` with.
+
+    ``given`` are the settings the build hands every actor of its kind (name, model, num_gpus...):
+    each goes in only if ``cls.__init__`` names it, so a class takes just what it uses. ``args`` are
+    the config's own arguments for this actor: each must be a parameter of ``cls.__init__``, or a
+    misspelt one would be silently ignored; a class with ``**kwargs`` takes them all and checks them
+    itself. ``where`` names the config entry in the error.
+    """
+    params = inspect.signature(cls.__init__).parameters.values()
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    unknown = [k for k in args if k not in named]
+    if unknown and not takes_any:
+        own = sorted(named - set(given)) or ["none"]
+        raise ValueError(f"{where}: args.{unknown[0]}: {cls.__module__}:{cls.__qualname__} takes no argument "
+                         f"{unknown[0]!r}; its arguments: {', '.join(own)}")
+    return {**{k: v for k, v in given.items() if takes_any or k in named}, **args}

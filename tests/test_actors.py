@@ -74,3 +74,25 @@ def test_registry_errors():
         resolve("actors.clip_score:Nope")
     with pytest.raises(ValueError, match="not a registry name"):
         resolve("bogus")
+
+
+def test_actor_args_are_checked_against_the_class():
+    from raypref.build import generator_kwargs, scorer_kwargs
+    from raypref.config import GeneratorConf, ScorerConf
+
+    # the build's common settings go in only where the class names them; the config's args go in whole
+    jpeg = ScorerConf(name="j", cls="jpeg_compressibility", args={"incompressible": True})
+    assert scorer_kwargs(jpeg) == {"name": "j", "incompressible": True}
+    render = GeneratorConf(name="r", cls="shapes_render", num_samples=3, args={"true_renders": 1})
+    kw = generator_kwargs(render)
+    assert kw["num_samples"] == 3 and kw["true_renders"] == 1 and "guidance_scale" not in kw and "model" not in kw
+    resolve("shapes_render")(**kw)
+    # a misspelt argument is an error naming it, not an argument silently dropped
+    with pytest.raises(ValueError, match=r"scorer 'j': args.incompresible: actors.compressibility:JpegCompressibility "
+                                         r"takes no argument 'incompresible'; its arguments: incompressible, quality"):
+        scorer_kwargs(jpeg.model_copy(update={"args": {"incompresible": True}}))
+    with pytest.raises(ValueError, match=r"generator 'r': args.true_render:"):
+        generator_kwargs(render.model_copy(update={"args": {"true_render": 1}}))
+    # a class with **kwargs takes every argument and checks them itself
+    judge = ScorerConf(name="judge", cls="llm_judge", args={"anything": 1})
+    assert scorer_kwargs(judge)["anything"] == 1

@@ -34,7 +34,7 @@ def refs():
 @pytest.fixture(scope="module")
 def scorers(refs):
     # the actors take the tiny: ref itself (resolved to the same directory as in `refs`)
-    return {kind: resolve(kind)(name=kind, model=f"tiny:{kind}", pretrained=None) for kind in refs}
+    return {kind: resolve(kind)(name=kind, model=f"tiny:{kind}") for kind in refs}
 
 
 def _dir(ref: str) -> Path:

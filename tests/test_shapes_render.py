@@ -62,7 +62,7 @@ def test_generator_conf_args_reach_the_actor_and_diffusers_needs_a_model():
 
     g = GeneratorConf(name="r", cls="shapes_render", num_samples=4, args={"true_renders": 1})
     kw = generator_kwargs(g)
-    assert kw["model"] == "" and kw["true_renders"] == 1 and "args" not in kw
+    assert "model" not in kw and kw["true_renders"] == 1 and "args" not in kw  # it loads no model
     out = resolve(g.cls)(**kw)(_batch(PROMPTS[:1]))
     assert [check(I.decode(b), parse_prompt(PROMPTS[0]))["overall"] for b in out.column(S.IMAGE).to_pylist()[0]] \
         == [True, False, False, False]
