@@ -102,6 +102,16 @@ class ScorerConf(_Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the actor.")
     pool: PoolConf = Field(default_factory=PoolConf)
 
+    @model_validator(mode="after")
+    def _range_for_rescale(self):  # else the aggregate fails only after every image is made and scored
+        if self.normalize == "rescale100":
+            if self.value_range is None:
+                raise ValueError(f"scorer {self.name!r}: normalize rescale100 needs value_range: [lo, hi]")
+            lo, hi = self.value_range
+            if not hi > lo:
+                raise ValueError(f"scorer {self.name!r}: value_range must have hi > lo, got [{lo}, {hi}]")
+        return self
+
 
 class PairConf(_Strict):
     strategy: Literal["best_vs_worst", "top_k_vs_bottom_k", "all_pairs"] = Field(
@@ -331,14 +341,15 @@ class PcClipConf(_RayTrainScale):
     comparatives_per_class: int = Field(8, ge=0, description="Comparative prompting in the held-out image -> prompt measure: each prompt's embedding is mixed with estimates from its k nearest other prompts (by text embedding), each prompt's embedding minus that of the text_generator's text for how it differs (raypref/comparative_prompting.py); 0: not measured.")
     comparative_alpha: float = Field(0.8, ge=0, le=1, description="Comparative prompting: the weight of a prompt's own embedding; 1 - alpha goes to the mean of its comparative estimates (0.8, as in the authors' code).")
 
+    seed: int = Field(0, description="Seed for the pairing, the shuffle and the held-out split.")
+    export_dir: str | None = Field(None, description="Where the fine-tuned open_clip directory goes (None: <output_dir>/pcclip/model); a clip_score scorer loads it as 'local-dir:<dir>'.")
+
     @model_validator(mode="after")
     def _llm_complete(self):
         if self.text_generator == "llm" and self.llm is None:
             raise ValueError(NEEDS_SERVER)
         check_instruction(self.llm_instruction)
         return self
-    seed: int = Field(0, description="Seed for the pairing, the shuffle and the held-out split.")
-    export_dir: str | None = Field(None, description="Where the fine-tuned open_clip directory goes (None: <output_dir>/pcclip/model); a clip_score scorer loads it as 'local-dir:<dir>'.")
 
 
 class RewardConf(_RayTrainScale, _StepConf):

@@ -70,6 +70,13 @@ def test_bad_values_and_files(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.max_steps"])
+    # rescale100 without a usable range fails at load, not after the images are made and scored
+    with pytest.raises(ConfigError, match=r"build\.scorers\.0: .*scorer 'vqa': normalize rescale100 needs value_range"):
+        load_config(None, ["build.scorers.0.normalize=rescale100", "build.scorers.0.value_range=null"])
+    with pytest.raises(ConfigError, match=r"build\.scorers\.0: .*value_range must have hi > lo, got \[1\.0, 1\.0\]"):
+        load_config(None, ["build.scorers.0.normalize=rescale100", "build.scorers.0.value_range=[1, 1]"])
+    assert load_config(None, ["build.scorers.0.normalize=rescale100", "build.scorers.0.value_range=[0, 1]"]) \
+        .build.scorers[0].value_range == (0.0, 1.0)
 
 
 def test_run_meta_written(tmp_path):
