@@ -12,6 +12,8 @@ export HF_HUB_OFFLINE := 1
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "raypref needs Python >= 3.11 (the lock's); point PYTHON at one: make PYTHON=python3.11 ..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and alone: the pinned builds, from local disk where the machine has them

@@ -36,7 +36,7 @@ def make_parser() -> argparse.ArgumentParser:
     _command(tsub, "sft", "supervised fine-tuning (a LoRA, or train.finetune=full) on the top train.sft_top_p of "
              "the build's images by train.sft_score (self-reward), in Ray Train; writes train/lora (or train/unet)")
     _command(tsub, "refl", "reward feedback learning (ImageReward's ReFL): the UNet (a LoRA, or train.finetune=full) "
-             "learns from the gradient of train.refl.reward_model on images it draws, in Ray Train; writes train/lora (or train/unet)")
+             "learns from the gradient of train.refl.scorer on images it draws, in Ray Train; writes train/lora (or train/unet)")
     _command(tsub, "pcclip", "PC-CLIP: fine-tune an open_clip model so image-embedding differences match "
              "difference texts, in Ray Train; writes pcclip/model")
     _command(tsub, "reward", "a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; writes reward/model")

@@ -101,6 +101,8 @@ def test_kuberay_manifest_matches_ray_keeps_dashboard_on_loopback_and_uses_token
             images.add(c["image"])
             env = {e["name"]: e for e in c["env"]}
             assert env["RAY_USAGE_STATS_ENABLED"]["value"] == "0"
+            # judges read their key on the workers, train pcclip's LLM texts in the driver on the head
+            assert env["RAYPREF_JUDGE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "raypref-judge"
             for e in env.values():  # secrets only by reference, never a literal key
                 if "KEY" in e["name"] or "TOKEN" in e["name"]:
                     assert "value" not in e and e["valueFrom"]["secretKeyRef"]["name"]
