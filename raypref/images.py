@@ -24,6 +24,17 @@ def decode(data: bytes) -> Image.Image:
     return img.convert("RGB")
 
 
+def decode_rows(data, rows) -> list[Image.Image]:
+    """decode() of each blob; a failure names its row (``rows[i]``, e.g. "samples row sample_id='x'")."""
+    out = []
+    for b, row in zip(data, rows):
+        try:
+            out.append(decode(b))
+        except ValueError as e:
+            raise ValueError(f"{row}: {e}") from None
+    return out
+
+
 def to_tensor(images: list[Image.Image], size: int | None = None):
     """PIL images -> float tensor in [-1, 1], shape (B, 3, H, W): the VAE's input range."""
     import torch

@@ -77,6 +77,9 @@ class HttpJudgeConf(BaseModel):
             raise ValueError("must be an http:// or https:// URL")
         if parts.username or parts.password:
             raise ValueError("must not hold credentials; name the key's environment variable in api_key_env")
+        if parts.query or parts.fragment:  # it would be logged and saved in config.yaml, and break the path below
+            raise ValueError("must not have a query string or fragment (requests go to <base_url>/chat/completions); "
+                             "name a key's environment variable in api_key_env")
         return v.rstrip("/")
 
     @field_validator("api_key_env")

@@ -50,13 +50,13 @@ def load_for_training(c: dict, device):
     return tok, text, vae, sched, unet, params, Reference(unet, frozen)
 
 
-def encode_images(images, vae, size: int, device):
-    """Decode encoded images and encode them with the frozen VAE: scaled latents."""
+def encode_images(images, rows, vae, size: int, device):
+    """Decode encoded images (``rows`` name them in an error) and encode them with the frozen VAE: scaled latents."""
     import torch
 
     from raypref import images as I
 
-    pix = I.to_tensor([I.decode(b) for b in images], size=size).to(device)
+    pix = I.to_tensor(I.decode_rows(images, rows), size=size).to(device)
     with torch.no_grad():
         return vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor
 
@@ -72,7 +72,8 @@ def encode_prompts(prompts, tok, text, device):
 
 def pair_batch_to_latents(batch: dict, tok, text, vae, size: int, device):
     """Chosen then rejected images as latents, and their prompts' states: (2B latents, 2B text)."""
-    latents = encode_images(list(batch[S.CHOSEN_IMAGE]) + list(batch[S.REJECTED_IMAGE]), vae, size, device)
+    rows = [f"pairs row chosen_id={c!r}, {side}" for side in (S.CHOSEN_IMAGE, S.REJECTED_IMAGE) for c in batch[S.CHOSEN_ID]]
+    latents = encode_images(list(batch[S.CHOSEN_IMAGE]) + list(batch[S.REJECTED_IMAGE]), rows, vae, size, device)
     return latents, encode_prompts(batch[S.PROMPT], tok, text, device).repeat(2, 1, 1)
 
 
@@ -148,7 +149,8 @@ def train_loop_per_worker(c: dict) -> None:
         if S.IMAGE in batch:  # sft's kept images, or refl's pretraining images (raypref.train_sft, train_refl)
             from raypref.train_sft import sft_step
 
-            latents = encode_images(batch[S.IMAGE], vae, size, device)
+            latents = encode_images(batch[S.IMAGE], [f"samples row sample_id={s!r}" for s in batch[S.SAMPLE_ID]],
+                                    vae, size, device)
             loss, m = sft_step(unet_ddp, latents, encode_prompts(batch[S.PROMPT], tok, text, device), sched, gen)
             if refl is None:
                 return loss, m
@@ -199,7 +201,7 @@ def base_model_ref(cfg: Config) -> str:
 
 
 def strict_pairs(pairs_dir: Path, cache_max_mb: float):
-    """(Ray dataset of the prompt and both images of every strict pair, their number, ties left out).
+    """(Ray dataset of the prompt, chosen id and both images of every strict pair, their number, ties left out).
 
     Diffusion-DPO's loss (Eq. 14) needs a winner; a tie (imported, or kept by build.pairs.keep_ties)
     has none, so it is left out and counted. The labels alone are read to count them.
@@ -215,7 +217,7 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     if ties == n:
         raise ValueError(f"train.pairs: all {n} pairs in {pairs_dir} are ties ({S.LABEL} {S.TIE}); "
                          "Diffusion-DPO needs a preferred image")
-    cols = [S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]
+    cols = [S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]
     ds = ray.data.read_parquet(str(pairs_dir), columns=[*cols, S.LABEL])
     if ties:
         ds = ds.filter(expr=f"{S.LABEL} != {S.TIE}")

@@ -104,7 +104,8 @@ def batch_inputs(batch: dict, preprocess, tokenizer, rng, generator, device):
     if len(a) < 2:
         return None
     uniq = list(dict.fromkeys(prompts))
-    pixels = torch.stack([preprocess(I.decode(x)) for x in batch[S.IMAGE]]).to(device)
+    rows = [f"samples row sample_id={s!r}" for s in batch[S.SAMPLE_ID]]
+    pixels = torch.stack([preprocess(x) for x in I.decode_rows(batch[S.IMAGE], rows)]).to(device)
     target = torch.tensor([uniq.index(p) for p in prompts], device=device)
     return (pixels, tokenizer(texts).to(device), torch.tensor(a, device=device), torch.tensor(b, device=device),
             tokenizer(uniq).to(device), target)
@@ -139,8 +140,10 @@ def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, d
     diff_hits = img_hits = comp_hits = n_img = 0
     model.eval()
     with torch.no_grad():  # images in chunks too: a large model on 1024 images at once could run out of memory
+        names = [f"samples row sample_id={x!r}" for x in rows[S.SAMPLE_ID]]
         img = F.normalize(torch.cat([
-            model.encode_image(torch.stack([preprocess(I.decode(x)) for x in rows[S.IMAGE][s:s + EVAL_CHUNK]]).to(device))
+            model.encode_image(torch.stack([preprocess(x) for x in I.decode_rows(
+                rows[S.IMAGE][s:s + EVAL_CHUNK], names[s:s + EVAL_CHUNK])]).to(device))
             for s in range(0, len(prompts), EVAL_CHUNK)]).float(), dim=-1)
         for s in range(0, len(a), EVAL_CHUNK):
             ia, ib, tx = a[s:s + EVAL_CHUNK], b[s:s + EVAL_CHUNK], texts[s:s + EVAL_CHUNK]
@@ -205,6 +208,7 @@ def pcclip_loop(c: dict) -> None:
     if step >= c["max_steps"]:  # a rerun of a finished run: re-export
         report_step(rank, {"step": step}, history, {"step": step}, write)
     shard = ray.train.get_dataset_shard("train")
+    skipped = 0  # one-worker batches with too few pairs to learn from, since the last step
 
     while step < c["max_steps"]:
         seen = 0
@@ -217,9 +221,11 @@ def pcclip_loop(c: dict) -> None:
                 if world > 1:  # skipping on one rank alone would leave the others waiting in DDP's all-reduce
                     raise ValueError(f"pcclip: a batch on rank {rank} has fewer than 2 pairs of different prompts; "
                                      "raise pcclip.shuffle_buffer or pcclip.batch_size so batches mix prompts")
+                skipped += 1
                 continue
             loss, m = obj(*inputs)
-            metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2])}
+            metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2]), "skipped_batches": skipped}
+            skipped = 0
             if hasattr(generator, "events"):  # the LLM's requests so far on this worker: failures are skipped pairs
                 metrics |= {f"texts_{k}": v for k, v in generator.events.items()}
             opt.zero_grad(set_to_none=True)
@@ -261,15 +267,15 @@ def run_train_pcclip(cfg: Config) -> dict:
     if not samples.exists():
         raise FileNotFoundError(f"pcclip.samples: no samples at {samples} (run the build first)")
     names = pads.dataset(str(samples), format="parquet").schema.names
-    missing = [col for col in (S.PROMPT_ID, S.PROMPT, S.IMAGE) if col not in names]
+    missing = [col for col in (S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE) if col not in names]
     if missing:
         raise ValueError(f"pcclip.samples: {samples} has no column(s) {missing} (has {names})")
 
     def split(batch: pa.Table, heldout: bool) -> pa.Table:
         mask = heldout_mask(batch.column(S.PROMPT_ID).to_pylist(), p.heldout_fraction, p.seed)
-        return batch.filter(pa.array(mask if heldout else ~mask)).select([S.PROMPT, S.IMAGE])
+        return batch.filter(pa.array(mask if heldout else ~mask)).select([S.SAMPLE_ID, S.PROMPT, S.IMAGE])
 
-    ds = ray.data.read_parquet(str(samples), columns=[S.PROMPT_ID, S.PROMPT, S.IMAGE])
+    ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE])
     train = ds.map_batches(split, fn_kwargs={"heldout": False}, batch_format="pyarrow").materialize()
     held_ds = ds.map_batches(split, fn_kwargs={"heldout": True}, batch_format="pyarrow").materialize()
     held = held_ds.limit(p.eval_images).take_all()
@@ -277,7 +283,7 @@ def run_train_pcclip(cfg: Config) -> dict:
     if n_train < p.batch_size:
         raise ValueError(f"pcclip: {n_train} training images in {samples}, fewer than pcclip.batch_size={p.batch_size}")
     loop_cfg = {**p.model_dump(), "model": resolve_model(p.model, what="pcclip.model"),
-                "heldout_rows": {S.PROMPT: [r[S.PROMPT] for r in held], S.IMAGE: [r[S.IMAGE] for r in held]}}
+                "heldout_rows": {c: [r[c] for r in held] for c in (S.SAMPLE_ID, S.PROMPT, S.IMAGE)}}
     export = Path(p.export_dir) if p.export_dir else out / MODEL_DIR
     t0 = time.time()
     history = fit_and_export(pcclip_loop, p, loop_cfg, out, STAGE, MODEL_DIR, export, datasets={"train": train})
@@ -297,6 +303,7 @@ def run_train_pcclip(cfg: Config) -> dict:
         "heldout_prompt_retrieval_comparative": [evals[0]["heldout_prompt_retrieval_comparative"],
                                                  evals[-1]["heldout_prompt_retrieval_comparative"]]
         if evals and "heldout_prompt_retrieval_comparative" in evals[0] else None,
+        "skipped_batches": sum(h.get("skipped_batches", 0) for h in history),
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }
@@ -318,4 +325,6 @@ def summary_text(s: dict) -> str:
             + (f"; LLM texts on rank 0: {t.get('requests', 0)} requests, {t.get('ok', 0)} answered, "
                f"{t.get('failed', 0) + t.get('malformed', 0)} pairs without a text, {t.get('cache_hits', 0)} from its cache "
                if (t := s.get("llm_texts")) else "")
+            + (f"; {s['skipped_batches']} batch(es) with under 2 pairs of different prompts skipped "
+               if s.get("skipped_batches") else "")
             + f"in {s['seconds']}s -> {s['export']}")

@@ -168,7 +168,7 @@ def run_train_refl(cfg: Config) -> dict:
         if not pre.exists():
             raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
         datasets["pretrain"] = materialize_if_small(
-            ray.data.read_parquet(str(pre), columns=[S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
+            ray.data.read_parquet(str(pre), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
     loop_cfg = {**t.model_dump(), "method": "refl", "base_model": base_model_ref(cfg), "refl": refl}
     t0 = time.time()
     name = export_name(t.finetune)

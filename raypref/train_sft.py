@@ -95,7 +95,7 @@ def run_train_sft(cfg: Config) -> dict:
     ids = kept.column(S.SAMPLE_ID).combine_chunks()
 
     def only_kept(batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.is_in(batch[S.SAMPLE_ID], value_set=ids)).select([S.PROMPT, S.IMAGE])
+        return batch.filter(pc.is_in(batch[S.SAMPLE_ID], value_set=ids)).select([S.SAMPLE_ID, S.PROMPT, S.IMAGE])
 
     ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE])
     ds = materialize_if_small(ds.map_batches(only_kept, batch_format="pyarrow"), [samples], t.cache_pairs_max_mb,

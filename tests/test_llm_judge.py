@@ -332,6 +332,9 @@ def test_judge_config_errors_never_echo_a_key(monkeypatch):
     with pytest.raises(ValueError, match=r"args\.http\.base_url: .*must not hold credentials") as e:
         resolve("llm_judge")(name="j", **http_args(f"https://user:{pasted}@api.example.com/v1", api_key_env=None))
     assert pasted not in str(e.value)
+    with pytest.raises(ValueError, match=r"args\.http\.base_url: .*must not have a query string") as e:
+        resolve("llm_judge")(name="j", **http_args(f"https://api.example.com/v1?key={pasted}", api_key_env=None))
+    assert pasted not in str(e.value)
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ValueError, match=f"environment variable {KEY_ENV} is not set"):
         resolve("llm_judge")(name="j", **http_args("http://127.0.0.1:9/v1"))

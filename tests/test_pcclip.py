@@ -95,13 +95,16 @@ def test_heldout_eval_comparative_at_alpha_1_is_the_plain_measure(tmp_path, tiny
     from raypref.train_pcclip import heldout_eval, load_clip
 
     table = pq.read_table(_render_samples(tmp_path / "s", n_prompts=12, per_prompt=2))
-    rows = {S.PROMPT: table.column(S.PROMPT).to_pylist(), S.IMAGE: table.column(S.IMAGE).to_pylist()}
+    rows = {c: table.column(c).to_pylist() for c in (S.SAMPLE_ID, S.PROMPT, S.IMAGE)}
     model, preprocess, tokenizer, _ = load_clip(tiny_clip, None)
     c = {"seed": 0, "comparatives_per_class": 3, "comparative_alpha": 1.0}
     plain = heldout_eval(model, preprocess, tokenizer, rows, c, shapes_text, "cpu")
     assert plain["heldout_prompt_retrieval_comparative"] == plain["heldout_prompt_retrieval"]
     off = heldout_eval(model, preprocess, tokenizer, rows, {**c, "comparatives_per_class": 0}, shapes_text, "cpu")
     assert "heldout_prompt_retrieval_comparative" not in off and off["heldout_prompt_retrieval"] == plain["heldout_prompt_retrieval"]
+    rows[S.IMAGE][5] = b"not an image"  # a bad image names its sample
+    with pytest.raises(ValueError, match=r"samples row sample_id='2-1': undecodable image bytes \(12 bytes\)"):
+        heldout_eval(model, preprocess, tokenizer, rows, c, shapes_text, "cpu")
 
 
 def _llm_script(text, attempt, n_images):
@@ -242,3 +245,36 @@ def tiny_clip_dir(ref):
     from pathlib import Path
 
     return Path(ref[len("local-dir:"):] if ref.startswith("local-dir:") else ref)
+
+
+@pytest.mark.slow
+def test_pcclip_counts_the_batches_it_cannot_learn_from(ray_session, tmp_path, tiny_clip):
+    # shuffle off and batches of 8: the first batch is 8 images of one prompt (no pair of two prompts),
+    # so it is skipped and counted; the next batches hold 8 prompts each
+    from raypref import stages
+    from raypref.config import validate
+    from raypref.images import encode
+    from raypref.shapes import parse_prompt
+    from raypref.shapes.render import render
+    from raypref.shapes.world import prompts
+    from raypref.train_reward import heldout_mask
+
+    pool = prompts("train", ["single", "position"])[:40]
+    held = heldout_mask([S.prompt_id(p) for p in pool], 0.25, 0)
+    first = next(p for p, h in zip(pool, held) if not h)
+    chosen = [first] * 8 + [p for p in pool if p != first][:30]
+    rows = {S.PROMPT_ID: [S.prompt_id(p) for p in chosen], S.PROMPT: chosen,
+            S.SAMPLE_ID: [f"s{i}" for i in range(len(chosen))],
+            S.IMAGE: [encode(render(parse_prompt(p), seed=i)[0]) for i, p in enumerate(chosen)]}
+    (tmp_path / "samples").mkdir()
+    pq.write_table(pa.table(rows), tmp_path / "samples" / "part-0.parquet")
+    cfg = {"output_dir": str(tmp_path / "run"),
+           "pcclip": {"samples": str(tmp_path / "samples"), "model": tiny_clip, "pretrained": None,
+                      "text_generator": "shapes", "batch_size": 8, "max_steps": 2, "checkpoint_every": 2,
+                      "heldout_fraction": 0.25, "shuffle_buffer": 0, "comparatives_per_class": 0}}
+    s = stages.train_pcclip(validate(cfg))
+    hist = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
+    assert [h.get("skipped_batches") for h in hist] == [None, 1, 0] and s["skipped_batches"] == 1
+    from raypref.train_pcclip import summary_text
+
+    assert "; 1 batch(es) with under 2 pairs of different prompts skipped in" in summary_text(s)

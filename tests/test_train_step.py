@@ -198,3 +198,21 @@ def test_reward_gradient_checkpointing_recomputes_and_gives_the_same_gradients(k
     assert all(g is not None for g in grads["ckpt"].values())  # unfrozen last layers still get gradients
     for n, g in grads["plain"].items():
         torch.testing.assert_close(grads["ckpt"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_a_bad_image_in_a_dpo_batch_names_its_pair(tiny_sd):
+    from PIL import Image
+
+    from raypref import schema as S
+    from raypref.images import encode
+    from raypref.train_dpo import load_frozen_parts, pair_batch_to_latents
+
+    tok, text, vae, _, _ = load_frozen_parts(tiny_sd, "cpu")
+    good = encode(Image.new("RGB", (16, 16), (200, 30, 30)))
+    batch = {S.PROMPT: ["a red circle", "a blue square"], S.CHOSEN_ID: ["p0-a", "p1-a"],
+             S.CHOSEN_IMAGE: [good, good], S.REJECTED_IMAGE: [good, b"\x89PNG broken"]}
+    with pytest.raises(ValueError, match=r"pairs row chosen_id='p1-a', rejected_image: undecodable image bytes"):
+        pair_batch_to_latents(batch, tok, text, vae, 16, "cpu")
+    batch[S.REJECTED_IMAGE][1] = good
+    latents, enc = pair_batch_to_latents(batch, tok, text, vae, 16, "cpu")
+    assert latents.shape[0] == 4 and enc.shape[0] == 4
