@@ -35,6 +35,7 @@ GUIDANCE = "guidance_scale"
 NOISE_SIGMA = "embedding_noise_sigma"
 IMAGE = "image"
 SCORE = "score"  # weighted aggregate of the scorer columns
+SELECTED_SCORE = "score"  # train/sft_selected.parquet: the train.sft_score value each kept image was chosen on
 SCORE_PREFIX = "score_"
 RATIONALE_PREFIX = "rationale_"  # a judge's free-text reason, one string per sample
 JUDGE_EVENTS_PREFIX = "judge_events_"  # a judge's request events (JSON counts), one string per sample

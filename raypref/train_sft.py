@@ -77,29 +77,36 @@ def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
                               table.column(t.sft_score).to_numpy(zero_copy_only=False), t.sft_top_p)
     if counts["kept"] == 0:
         raise ValueError(f"train.sft_score: no image in {samples} has a finite {t.sft_score!r}")
-    kept = table.filter(pa.array(keep)).rename_columns([S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, "score"])
+    kept = table.filter(pa.array(keep)).rename_columns([S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.SELECTED_SCORE])
     pq.write_table(kept, out / SELECTED_FILE)
     return samples, kept, counts
 
 
-def run_train_sft(cfg: Config) -> dict:
+def kept_images(samples: Path, kept: pa.Table, cache_max_mb: float, share: float):
+    """Ray dataset of the kept images (sample id, prompt, image), read from the samples table."""
     import ray.data
 
+    from raypref.train_checkpoint import materialize_if_small
+
+    ids = kept.column(S.SAMPLE_ID).combine_chunks()
+
+    def only_kept(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.is_in(batch[S.SAMPLE_ID], value_set=ids))
+
+    ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE])
+    return materialize_if_small(ds.map_batches(only_kept, batch_format="pyarrow"), [samples], cache_max_mb, share=share)
+
+
+def run_train_sft(cfg: Config) -> dict:
+
     from raypref.finetune import export_file, export_name
-    from raypref.train_checkpoint import fit_and_export, materialize_if_small
+    from raypref.train_checkpoint import fit_and_export
     from raypref.train_dpo import base_model_ref, train_loop_per_worker
 
     t = cfg.train
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     samples, kept, counts = select(cfg, out)
-    ids = kept.column(S.SAMPLE_ID).combine_chunks()
-
-    def only_kept(batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.is_in(batch[S.SAMPLE_ID], value_set=ids)).select([S.SAMPLE_ID, S.PROMPT, S.IMAGE])
-
-    ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE])
-    ds = materialize_if_small(ds.map_batches(only_kept, batch_format="pyarrow"), [samples], t.cache_pairs_max_mb,
-                              share=t.sft_top_p)
+    ds = kept_images(samples, kept, t.cache_pairs_max_mb, t.sft_top_p)
     loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base_model_ref(cfg)}
     t0 = time.time()
     name = export_name(t.finetune)

@@ -52,7 +52,7 @@ def test_dpo_reads_strict_pairs_and_counts_the_ties(built_run, tmp_path):
     assert (n, ties) == (t.num_rows, 1)
     rows = ds.take_all()
     assert sorted(r[S.CHOSEN_IMAGE] for r in rows) == sorted(t.column(S.CHOSEN_IMAGE).to_pylist())
-    assert set(rows[0]) == {S.PROMPT, S.CHOSEN_IMAGE, S.REJECTED_IMAGE}
+    assert set(rows[0]) == {S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE}
     (tmp_path / "pairs" / "strict.parquet").unlink()
     with pytest.raises(ValueError, match=r"all 1 pairs .* are ties"):
         strict_pairs(tmp_path / "pairs", cache_max_mb=64)

@@ -62,11 +62,10 @@ def _smooth_images(h: int, w: int, n: int = 3):
     ("reward_model", None, {})])
 @pytest.mark.parametrize("hw", [(40, 56)])  # not square: the crop (and HPSv2's pad) too
 def test_differentiable_scores_match_the_scorers_own(cls, model, args, hw, tiny_rm):
+    from raypref.models import resolve_model
     from raypref.registry import resolve
 
-    from raypref.models import resolve_model
-
-    scorer = resolve(cls)(name=cls, model=resolve_model(model) if model else str(tiny_rm), pretrained=None, **args)
+    scorer = resolve(cls)(name=cls, model=resolve_model(model) if model else str(tiny_rm), **args)
     prompts = ["a red circle", "two blue squares", "a green star"]
     pil, x = _smooth_images(*hw)
     want = scorer.score(pil, prompts)

@@ -64,7 +64,12 @@ def test_sft_trains_on_the_top_images_resumes_and_exports(built_run, tmp_path, c
     chosen = pq.read_table(tmp_path / "r" / "train" / "sft_selected.parquet")
     best = set(np.asarray(samples.column(S.SAMPLE_ID).to_pylist())[np.argsort(-clip)[:k]])
     assert set(chosen.column(S.SAMPLE_ID).to_pylist()) == best
-    assert min(chosen.column("score").to_pylist()) == pytest.approx(s["score_cut"])
+    assert min(chosen.column(S.SELECTED_SCORE).to_pylist()) == pytest.approx(s["score_cut"])
+    # and the images training reads are exactly those
+    from raypref.train_sft import kept_images
+
+    rows = kept_images(base.stage_dir("build") / "samples", chosen, 64, 0.5).take_all()
+    assert sorted(r[S.SAMPLE_ID] for r in rows) == sorted(best) and all(r[S.IMAGE] for r in rows)
     assert f"[train] sft (lora) on {k} images" in capsys.readouterr().out
     lora = tmp_path / "r" / "train" / "lora" / LORA_FILE
     assert _lora_b_norm(lora) > 0  # B starts at zero: the adapter learned
