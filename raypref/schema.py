@@ -1,6 +1,6 @@
 """The one place that spells column names and Arrow schemas.
 
-Tables (DESIGN.md, "Data model"):
+Tables (DESIGN.md of the shared design notes, "Data model"):
 - prompts: one row per prompt.
 - groups: one row per prompt with its samples as list columns. This is the row the build
   pipeline streams (generators append samples, scorers add score lists, pairing is a row-local
