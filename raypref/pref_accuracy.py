@@ -78,17 +78,16 @@ def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labe
 def load_pairs(path: str, fmt: str, limit: int | None, quarantine_file: Path) -> tuple[pa.Table, int]:
     """The first ``limit`` pairs of a dataset in any supported format, and how many rows the
     reader quarantined (written to ``quarantine_file``)."""
-    from raypref.formats import Quarantine, iter_pairs
+    from raypref.formats import Quarantine, iter_pairs, with_progress
 
     q = Quarantine(f"{STAGE}:{fmt}")
     parts, n = [], 0
-    for t in iter_pairs(path, fmt, q):
+    for t in with_progress(iter_pairs(path, fmt, q), f"[accuracy] read {fmt}", q):
         parts.append(t)
         n += t.num_rows
         if limit is not None and n >= limit:
             break
-    if len(q):
-        q.write(quarantine_file)
+    q.write(quarantine_file)  # with none, a stale file from an earlier run goes
     table = pa.concat_tables(parts) if parts else pa.table({})
     if table.num_rows == 0:
         raise ValueError(f"accuracy.pairs: {path} (format {fmt!r}) has no usable pairs ({len(q)} quarantined)")

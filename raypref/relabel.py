@@ -36,7 +36,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.build import _scorer_specs, explode_pairs, finalize_groups, generate_and_score
 from raypref.config import Config, write_run_meta
-from raypref.formats import FORMATS, Quarantine, iter_pairs, write_pairs
+from raypref.formats import FORMATS, Quarantine, iter_pairs, with_progress, write_pairs
 
 _IMPORTED_COLUMNS = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL,
                      S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR]
@@ -98,7 +98,7 @@ def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
 
     def limited():
         left = r.limit
-        for t in iter_pairs(r.input, r.format, q):
+        for t in with_progress(iter_pairs(r.input, r.format, q), f"[relabel] import {r.format}", q):
             if left is not None:
                 t = t.slice(0, left)
                 left -= t.num_rows

@@ -92,6 +92,25 @@ def test_round_trip(tmp_path, fmt, opts, keeps_ids, keeps_gens, keeps_ties):
     assert all(p == S.prompt_id(t) for p, t in zip(back.column(S.PROMPT_ID).to_pylist(), back.column(S.PROMPT).to_pylist()))
 
 
+@pytest.mark.parametrize("fmt,opts,keeps_ids,keeps_gens,keeps_ties", ROUND_TRIPS, ids=[r[0] for r in ROUND_TRIPS])
+def test_a_failed_export_leaves_the_earlier_one_or_nothing_readable(tmp_path, fmt, opts, keeps_ids, keeps_gens, keeps_ties):
+    out = target(tmp_path, fmt)
+    strict = SOURCE.slice(0, 2)
+    write_pairs(strict.slice(0, 1), out, fmt, Quarantine("export"), **opts)
+
+    def failing():  # an input that breaks after its first batch, as a bad shard would
+        yield strict.slice(1, 1)
+        raise FormatError("shard 2: broken")
+
+    with pytest.raises(FormatError, match="shard 2: broken"):
+        write_pairs(failing(), out, fmt, Quarantine("export"), **opts)
+    if fmt in ("raypref", "pickapic", "agfsync", "hpdv2"):  # the earlier export, whole
+        assert read_pairs(out, fmt).column(S.PROMPT).to_pylist() == ["a red circle"]
+    else:  # folder by folder: no JSON left to read a part from
+        assert not list(out.rglob("*.json"))
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_hpdv2_train_layout_has_no_ties_and_convert_writes_quarantine_beside_output(tmp_path):
     src = tmp_path / "pap.parquet"
     write_pairs(SOURCE, src, "pickapic")

@@ -34,7 +34,7 @@ FORMATS = {
     "agfsync": agfsync,
 }
 
-__all__ = ["FORMATS", "FormatError", "Quarantine", "convert", "iter_pairs", "read_pairs", "write_pairs"]
+__all__ = ["FORMATS", "FormatError", "Quarantine", "convert", "iter_pairs", "read_pairs", "with_progress", "write_pairs"]
 
 
 def _module(fmt: str):
@@ -48,6 +48,19 @@ def iter_pairs(path, fmt: str, quarantine: Quarantine | None = None, batch_rows:
                **opts) -> Iterator[pa.Table]:
     """Stream a dataset as pairs tables of about ``batch_rows`` rows each (bad rows to ``quarantine``)."""
     return _module(fmt).iter_read(path, quarantine, batch_rows=batch_rows, **opts)
+
+
+def with_progress(tables: Iterator[pa.Table], desc: str, quarantine: Quarantine | None = None) -> Iterator[pa.Table]:
+    """``tables`` passed through under a bar of the pairs read (and set aside) so far: an import
+    test-decodes every image, which takes a while on a large dataset."""
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit=" pairs") as bar:
+        for t in tables:
+            bar.update(t.num_rows)
+            if quarantine is not None:
+                bar.set_postfix(quarantined=len(quarantine), refresh=False)
+            yield t
 
 
 def read_pairs(path, fmt: str, quarantine: Quarantine | None = None, **opts) -> pa.Table:

@@ -8,7 +8,9 @@ import io
 import json
 import logging
 import re
+import shutil
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -283,12 +285,28 @@ def writable(t: pa.Table, q: Quarantine, what: str, allow_ties: bool = True) -> 
     return t if len(keep) == t.num_rows else t.take(pa.array(keep, pa.int64()))
 
 
+@contextmanager
+def replaced_on_success(path: Path):
+    """A staging path beside ``path`` to write to: on success it replaces ``path``, on an error it is
+    removed, so a failed export leaves the earlier output as it was, never a readable part of a new one."""
+    staging = path.with_name(path.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else staging.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else staging.unlink(missing_ok=True)
+        raise
+    staging.replace(path)
+
+
 class JsonListWriter:
-    """Writes a JSON list one record at a time, so an export never holds all records in memory."""
+    """Writes a JSON list one record at a time, so an export never holds all records in memory; the
+    file appears whole when the writer closes without an error (see replaced_on_success)."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "w", encoding="utf-8")
+        self._staged = replaced_on_success(path)
+        self.f = open(self._staged.__enter__(), "w", encoding="utf-8")
         self.f.write("[")
         self.n = 0
 
@@ -300,5 +318,7 @@ class JsonListWriter:
         return self
 
     def __exit__(self, *exc):
-        self.f.write("\n]\n")
+        if exc[0] is None:
+            self.f.write("\n]\n")
         self.f.close()
+        self._staged.__exit__(*exc)

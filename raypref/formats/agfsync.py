@@ -32,7 +32,7 @@ from raypref import schema as S
 from raypref.formats._common import (
     iter_parquet_pairs,
     DEFAULT_BATCH_ROWS, STRICT, Quarantine, as_tables, concat, content_id, image_problem, nonempty_text,
-    pair_row, writable,
+    pair_row, replaced_on_success, writable,
 )
 
 NAME = "agfsync"
@@ -79,9 +79,8 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None) -> int:
     """Write strict pairs to one Parquet file in AGFSync columns; ties go to the quarantine."""
     q = quarantine if quarantine is not None else Quarantine(f"export:{NAME}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with pq.ParquetWriter(path, SCHEMA) as w:
+    with replaced_on_success(path) as staging, pq.ParquetWriter(staging, SCHEMA) as w:
         for t in as_tables(table_or_batches):
             t = writable(t, q, NAME, allow_ties=False)
             if t.num_rows:

@@ -139,7 +139,7 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, split: s
     q = quarantine if quarantine is not None else Quarantine(f"export:{NAME}")
     root = Path(path)
     written: set = set()
-    out, folder_idx, n = None, 0, 0
+    out, folder_idx, n, done = None, 0, 0, []
     try:
         for t in as_tables(table_or_batches):
             t = writable(t, q, NAME)
@@ -150,7 +150,8 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, split: s
                         out.__exit__(None, None, None)
                     folder_idx += 1
                     rel_folder = f"images/{split}/{split}_{folder_idx}"
-                    out = JsonListWriter(root / rel_folder / f"{split}_{folder_idx}.json")
+                    done.append(root / rel_folder / f"{split}_{folder_idx}.json")
+                    out = JsonListWriter(done[-1])
                 prompt = cols[S.PROMPT][k]
                 group = S.stable_id(NAME, prompt, cols[S.CHOSEN_ID][k], cols[S.REJECTED_ID][k])
                 ranks = (1, 1) if cols[S.LABEL][k] == TIE else (1, 2)
@@ -160,7 +161,12 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, split: s
                     write_image(root, f"{rel_folder}/{name}", data, written)
                     out.add(_record(f"{rel_folder}/{name}", group, prompt, rank))
                 n += 1
-    finally:
+    except BaseException as e:  # no folder's JSON is left behind: a failed export is not a readable part of one
         if out is not None:
-            out.__exit__(None, None, None)
+            out.__exit__(type(e), e, e.__traceback__)
+        for f in done:
+            f.unlink(missing_ok=True)
+        raise
+    if out is not None:
+        out.__exit__(None, None, None)
     return n

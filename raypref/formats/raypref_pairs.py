@@ -15,6 +15,7 @@ parallel).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -91,8 +92,9 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, rows_per
     is unused: every pairs row can be written; it is accepted so all writers share one signature.)"""
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("part-*.parquet"):
-        old.unlink()
+    staging = root.with_name(root.name + ".partial")  # the new parts replace the old ones only when all are written
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     writer, schema, in_file, n_files, n = None, None, 0, 0, 0
     try:
         for t in as_tables(table_or_batches):
@@ -104,14 +106,23 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, rows_per
                 if writer is None or (rows_per_file and in_file >= rows_per_file):
                     if writer is not None:
                         writer.close()
-                    writer = pq.ParquetWriter(root / f"part-{n_files:05d}.parquet", schema)
+                    writer = pq.ParquetWriter(staging / f"part-{n_files:05d}.parquet", schema)
                     n_files, in_file = n_files + 1, 0
                 take = t.num_rows - start if not rows_per_file else min(t.num_rows - start, rows_per_file - in_file)
                 writer.write_table(t.slice(start, take), row_group_size=take)
                 start, in_file, n = start + take, in_file + take, n + take
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if writer is not None:
+        writer.close()
     if n_files == 0:  # no rows: an empty file keeps the directory readable as a (empty) pairs table
-        pq.write_table((schema or S.PAIRS_SCHEMA).empty_table(), root / "part-00000.parquet")
+        pq.write_table((schema or S.PAIRS_SCHEMA).empty_table(), staging / "part-00000.parquet")
+    for old in root.glob("part-*.parquet"):
+        old.unlink()
+    for new in sorted(staging.iterdir()):
+        new.replace(root / new.name)
+    staging.rmdir()
     return n
