@@ -255,8 +255,11 @@ def rank_pairs(
             raise ValueError(f"rank: shard {path} has no column {absent} (metric {metric!r} with {args} reads {read})")
         metas.append(f.metadata)
     n_rows = sum(m.num_rows for m in metas)
-    out_fs.delete_dir_contents(out_root, missing_dir_ok=True)
-    out_fs.create_dir(out_root, recursive=True)
+    # parts go to a staging dir beside the output and replace it only once the selection is whole:
+    # a crash or an error mid-way leaves the previous selection as it was, never a part of a new one
+    staging = out_root + ".partial"
+    out_fs.delete_dir_contents(staging, missing_dir_ok=True)
+    out_fs.create_dir(staging, recursive=True)
     t_count = time.time()
 
     # 1. quality of every pair -> the best K_max candidates -> the exact cut
@@ -304,18 +307,24 @@ def rank_pairs(
                 q_sum, q_min, q_max = q_sum + qk.sum(), min(q_min, qk.min()), max(q_max, qk.max())
                 n_kept += kept.num_rows
                 if writer is None:
-                    writer = pq.ParquetWriter(f"{out_root}/part-{shard:05d}.parquet", out_schema, filesystem=out_fs)
+                    writer = pq.ParquetWriter(f"{staging}/part-{shard:05d}.parquet", out_schema, filesystem=out_fs)
                 writer.write_table(kept)
         if writer is not None:
             writer.close()
             written += 1
     if written == 0:  # an empty selection is still a readable dataset with the schema
-        pq.write_table(out_schema.empty_table(), f"{out_root}/part-empty.parquet", filesystem=out_fs)
+        pq.write_table(out_schema.empty_table(), f"{staging}/part-empty.parquet", filesystem=out_fs)
     if n_kept != k:
+        out_fs.delete_dir(staging)
         raise RuntimeError(
             f"rank: kept {n_kept} pairs, expected exactly {k}: metric {metric!r} gave different values in the two "
             "passes (a metric must be row-wise and deterministic)"
         )
+    out_fs.delete_dir_contents(out_root, missing_dir_ok=True)
+    out_fs.create_dir(out_root, recursive=True)
+    for info in out_fs.get_file_info(pafs.FileSelector(staging)):
+        out_fs.move(info.path, f"{out_root}/{info.base_name}")
+    out_fs.delete_dir(staging)
     t_end = time.time()
     return {
         "input": src,
