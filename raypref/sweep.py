@@ -113,6 +113,8 @@ def read_metric(point_dir: Path, spec: str) -> float:
         value = select(json.loads(f.read_text()), path)
     except KeyError as e:
         raise ValueError(f"sweep metric, in {f}: {e.args[0]}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"sweep metric {spec!r}: {f} is not JSON ({e})") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"sweep metric {spec!r} in {f}: {value!r} is not a number")
     return float(value)
@@ -163,12 +165,25 @@ def _stage_fns() -> dict:
             "eval": stages.evaluate, "report": stages.report}
 
 
-def _done(point_dir: Path, config: dict) -> dict | None:
+def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None, str]:
+    """(this point's earlier result, or None with why it runs now). A point made under another config
+    is moved aside whole (its stages would refuse to resume it, and nothing is lost): it runs from
+    scratch. A point lacking a stage added since runs again in place; its finished stages resume."""
     f = point_dir / RESULT_FILE
     if not f.is_file():
-        return None
-    r = json.loads(f.read_text())
-    return r if r.get("config") == config else None
+        return None, "runs"
+    try:
+        r = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return None, f"runs again ({f} is unreadable)"
+    if r.get("config") != config:
+        aside = point_dir.with_name(f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        point_dir.rename(aside)
+        return None, f"its config changed: runs from scratch (the earlier run is kept in {aside})"
+    missing = [st for st in stages if st not in r.get("stages", stages)]
+    if missing:
+        return None, f"runs again for the stage(s) added since: {', '.join(missing)}"
+    return r, "done"
 
 
 def collect(point_dir: Path, sw: SweepConf) -> dict[str, float]:
@@ -198,8 +213,11 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
     for stage in sw.stages:
         fns[stage](pcfg)
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
-              "started": round(t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "config": pconf}
-    (d / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+              "started": round(t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "config": pconf,
+              "stages": list(sw.stages)}
+    tmp = d / (RESULT_FILE + ".tmp")  # a crash mid-write must not leave a result that reads as done
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(d / RESULT_FILE)
     (d / ERROR_FILE).unlink(missing_ok=True)
     return result
 
@@ -274,16 +292,15 @@ def run_sweep(cfg: Config) -> dict:
     for i, (name, point, pcfg) in enumerate(points, 1):
         d = Path(pcfg.output_dir)
         pconf = _point_config(pcfg)
-        try:
-            prior = _done(d, pconf)
-            if prior is not None:
+        prior, why = _done(d, pconf, sw.stages)
+        if prior is not None:
+            try:
                 prior["metrics"] = collect(d, sw)
-        except Exception as e:  # noqa: BLE001 - e.g. a metric added since that this point's files lack
-            d.mkdir(parents=True, exist_ok=True)
-            (d / ERROR_FILE).write_text(traceback.format_exc())
-            fail(i, name, point, f"{type(e).__name__}: {e}")
-            continue
+            except Exception as e:  # noqa: BLE001 - a metric added since that this point's files lack: run it again
+                prior, why = None, f"runs again (a metric cannot be read: {type(e).__name__}: {e})"
         if prior is None:
+            if why != "runs":
+                say(i, name, why)
             pending.append((i, name, point, pcfg, pconf))
             continue
         resumed += 1

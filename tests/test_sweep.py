@@ -138,6 +138,24 @@ def test_sweep_runs_every_point_reads_metrics_plots_and_resumes(tmp_path, capsys
     # a changed base config makes the points stale: they run again
     changed = _sweep_cfg(tmp_path, pairs).model_copy(update={"rank": cfg.rank.model_copy(update={"batch_mb": 128.0})})
     assert run_sweep(changed)["ran"] == 6
+    assert capsys.readouterr().out.count("its config changed: runs from scratch (the earlier run is kept in") == 6
+    assert len(list((out / "points").glob("*.replaced-*"))) == 6  # kept whole, not mixed into the new runs
+
+
+def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
+    from raypref.sweep import _done, read_metric
+
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "result.json").write_text(json.dumps({"config": {"a": 1}, "stages": ["rank"]}))
+    assert _done(d, {"a": 1}, ["rank"])[0]["stages"] == ["rank"]
+    assert _done(d, {"a": 1}, ["rank", "report"]) == (None, "runs again for the stage(s) added since: report")
+    (d / "result.json").write_text('{"config": ')  # cut short
+    r, why = _done(d, {"a": 1}, ["rank"])
+    assert r is None and why == f"runs again ({d / 'result.json'} is unreadable)"
+    (d / "x.md").write_text("# not JSON")
+    with pytest.raises(ValueError, match=r"sweep metric 'x.md:a': .*x\.md is not JSON"):
+        read_metric(d, "x.md:a")
 
 
 def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp_path):
