@@ -23,7 +23,9 @@ from raypref import pairs as P
 from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.dataset_report import write_report
-from raypref.config import Config, GeneratorConf, PoolConf, ScorerConf, write_run_meta
+from raypref.config import (
+    BuildConf, Config, GeneratorConf, PoolConf, ScorerConf, record_settings, settings_changed, write_run_meta,
+)
 from raypref.models import resolve_model
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
@@ -183,6 +185,25 @@ def generate_and_score(ds, generators: list[GeneratorConf], scorers: list[Scorer
     return ds
 
 
+SETTINGS_FILE = "build_settings.json"  # what the stored groups were made with (guard_build_resume)
+
+
+def guard_build_resume(b: BuildConf, out: Path) -> None:
+    """A rerun resumes the groups already in <out> (by prompt id) only if they were made by the same
+    generators, scorers and pairing; with others it would mix two builds. Pool sizes, the prompts
+    (a rerun may add some) and the shard size may change. Records the settings for the next rerun."""
+    mine = {"build": {"generators": [g.model_dump(mode="json", exclude={"pool"}) for g in b.generators],
+                      "scorers": [s.model_dump(mode="json", exclude={"pool"}) for s in b.scorers],
+                      "pairs": b.pairs.model_dump(mode="json")}}
+    has_work = any((out / "groups").glob("*.parquet")) or (out / "_checkpoint").exists()
+    changed = settings_changed(out / SETTINGS_FILE, mine) if has_work else None
+    if changed:
+        raise ValueError(f"build: {out} holds groups made with other settings ({changed}); a rerun would mix the two "
+                         "builds. Use another output_dir, re-pair the stored groups with `raypref pair` (scorer weights "
+                         f"and normalisation, build.pairs), or delete {out} to build from scratch")
+    record_settings(out / SETTINGS_FILE, mine)
+
+
 def run_build(cfg: Config) -> dict:
     """Run the build stage; returns its summary (also written to build/summary.json)."""
     import ray
@@ -195,6 +216,7 @@ def run_build(cfg: Config) -> dict:
     if not b.generators:
         raise ValueError("build.generators: at least one generator is needed")
     t0 = time.time()
+    guard_build_resume(b, cfg.stage_dir("build"))
     out = write_run_meta(cfg, cfg.stage_dir("build"), "build")
     bad_prompts: list[dict] = []
     prompts = read_prompts(resolve_path(b.prompts), limit=b.limit, quarantine=bad_prompts)

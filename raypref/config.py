@@ -580,6 +580,36 @@ def git_sha() -> str:
         return fallback
 
 
+def _flat(v, key: str) -> dict:
+    """{dotted key: leaf value} of nested dicts and lists (list items by index, as in overrides)."""
+    if isinstance(v, dict) and v:
+        return {k2: x for k, item in v.items() for k2, x in _flat(item, f"{key}.{k}" if key else str(k)).items()}
+    if isinstance(v, list) and v and all(isinstance(x, (dict, list)) for x in v):
+        return {k2: x for i, item in enumerate(v) for k2, x in _flat(item, f"{key}.{i}").items()}
+    return {key: v}
+
+
+def record_settings(record: Path, settings: dict) -> None:
+    """Write the settings a stage's resumable work is made with (see settings_changed), atomically."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(_flat(settings, ""), indent=1, sort_keys=True) + "\n")
+    tmp.replace(record)
+
+
+def settings_changed(record: Path, settings: dict) -> str | None:
+    """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ..."),
+    or None when they are the same or nothing was recorded (work from before records were kept)."""
+    if not record.is_file():
+        return None
+    theirs, mine = json.loads(record.read_text()), _flat(settings, "")
+    changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if not changed:
+        return None
+    said = "; ".join(f"{k}: {str(theirs.get(k))[:60]!r} -> {str(mine.get(k))[:60]!r}" for k in changed[:4])
+    return said + ("; ..." if len(changed) > 4 else "")
+
+
 def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:
     """Write the resolved config and the git SHA next to a stage's outputs."""
     d = Path(stage_dir)

@@ -57,13 +57,39 @@ def report_step(rank: int, metrics: dict, history: list[dict], state: dict,
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
+RUN_FILE = "raypref_run.json"  # beside a Ray Train run's checkpoints: the settings they were trained with
+# what a rerun may change and still resume the same run: its budget, its scale and how a step is
+# computed (precision, micro-batches, recomputation, the order pairs arrive in), where it exports
+# and what it measures; the data, the model and the objective make it another run
+RESUMABLE = frozenset({"max_steps", "vae_steps", "unet_steps", "steps", "checkpoint_every", "eval_every",
+                       "num_workers", "cpus_per_worker", "use_gpu", "precision", "grad_accum_steps",
+                       "gradient_checkpointing", "shuffle_buffer", "prompt_shuffle_buffer", "cache_pairs_max_mb",
+                       "export_dir", "eval_images", "comparatives_per_class", "comparative_alpha"})
+
+
+def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) -> None:
+    """Before a training stage writes anything: a rerun resumes the checkpoints under <out>/ray/<name>
+    only if they were trained with the same ``settings`` (the config ``section``'s values, less
+    RESUMABLE and the keys in ``ignore``, which this run does not read); otherwise it would continue,
+    or re-export, another run's model under this config. Records the settings for the next rerun."""
+    from raypref.config import record_settings, settings_changed
+
+    run = out / "ray" / name
+    mine = {k: v for k, v in settings.items() if k not in RESUMABLE and k not in ignore}
+    changed = settings_changed(run / RUN_FILE, {section: mine}) if any(run.glob("checkpoint_*")) else None
+    if changed:
+        raise ValueError(f"{name}: {run} holds checkpoints trained with other settings ({changed}); a rerun resumes "
+                         f"only the same run. Use another output_dir, or delete {run} to train from scratch")
+    record_settings(run / RUN_FILE, {section: mine})
+
+
 def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,
                    datasets: dict | None = None) -> list[dict]:
     """Run ``loop`` in a TorchTrainer scaled by ``scale`` (num_workers, use_gpu, cpus_per_worker),
     with checkpoints under <out>/ray so that a rerun resumes from them; then copy the final
     checkpoint's ``subdir`` to ``export`` (replacing it) and its metric history to
     <out>/metrics.jsonl. Returns the history."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
@@ -77,15 +103,44 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
         ),
         datasets=datasets or {},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:  # a worker's input error (bad rows, a bad key) reads as the CLI's other errors
+        bad = [(r, x) for r, x in sorted(getattr(e, "worker_failures", {}).items())
+               if isinstance(x, (ValueError, FileNotFoundError))]
+        if not bad:
+            raise
+        raise ValueError(f"{name}, worker {bad[0][0]}: {bad[0][1]}") from e
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: the run finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        if export.exists():
-            shutil.rmtree(export)
-        shutil.copytree(Path(d) / subdir, export)
+        export_dir(Path(d) / subdir, export, out.parent)
         shutil.copy2(Path(d) / METRICS_FILE, out / METRICS_FILE)
     return [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines() if x]
+
+
+EXPORT_MARK = ".raypref-export"  # in every export dir: a re-export may replace it, and no other dir
+
+
+def export_dir(src: Path, export: Path, run_root: Path) -> None:
+    """Copy ``src`` to ``export``, replacing an earlier export whole: the new copy is made beside it
+    and renamed into place, so a crash leaves the old export or the new one, never a mix or nothing.
+    A directory that is not empty is replaced only if raypref exported it (it holds EXPORT_MARK) or
+    it lies under ``run_root`` (the run's own dirs): an export_dir naming a user's folder is an error."""
+    export = export.resolve()
+    if export.exists() and any(export.iterdir()) and not (export / EXPORT_MARK).exists() \
+            and not export.is_relative_to(run_root.resolve()):
+        raise ValueError(f"export_dir {export} is a directory raypref did not export to, and it is not empty; "
+                         "name a new or empty directory")
+    new, old = export.with_name(export.name + ".new"), export.with_name(export.name + ".old")
+    for leftover in (new, old):  # from a crash mid-export
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(src, new)
+    (new / EXPORT_MARK).write_text("exported by raypref; a re-export replaces this directory\n")
+    if export.exists():
+        export.rename(old)
+    new.rename(export)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def first_last_means(values: list[float], n: int = 20) -> list[float] | None:

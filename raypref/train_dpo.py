@@ -19,7 +19,7 @@ from pathlib import Path
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.finetune import export_file, export_name
-from raypref.train_checkpoint import fit_and_export, load_state, materialize_if_small, report_step
+from raypref.train_checkpoint import fit_and_export, guard_resume, load_state, materialize_if_small, report_step
 
 OPTIM_FILE = "optimizer.pt"
 
@@ -210,27 +210,49 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     import pyarrow.dataset as pds
     import ray.data
 
-    labels = pds.dataset(str(pairs_dir), format="parquet").to_table(columns=[S.LABEL]).column(S.LABEL)
-    n, ties = len(labels), int(pc.sum(pc.equal(labels, S.TIE)).as_py() or 0)
+    data = pds.dataset(str(pairs_dir), format="parquet")
+    cols = [S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]
+    missing = [c for c in cols if c not in data.schema.names]
+    if missing:
+        raise ValueError(f"train.pairs: {pairs_dir} has no column(s) {missing}; is it a raypref pairs dir?")
+    if S.LABEL in data.schema.names:
+        labels = data.to_table(columns=[S.LABEL]).column(S.LABEL)
+        n, ties = len(labels), int(pc.sum(pc.equal(labels, S.TIE)).as_py() or 0)
+    else:  # as the raypref pairs reader takes them: strict preferences
+        n, ties = data.count_rows(), 0
     if n == 0:
         raise ValueError(f"train.pairs: {pairs_dir} has no pairs")
     if ties == n:
         raise ValueError(f"train.pairs: all {n} pairs in {pairs_dir} are ties ({S.LABEL} {S.TIE}); "
                          "Diffusion-DPO needs a preferred image")
-    cols = [S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]
-    ds = ray.data.read_parquet(str(pairs_dir), columns=[*cols, S.LABEL])
+    ds = ray.data.read_parquet(str(pairs_dir), columns=cols + ([S.LABEL] if ties else []))
     if ties:
         ds = ds.filter(expr=f"{S.LABEL} != {S.TIE}")
     return materialize_if_small(ds.select_columns(cols), [pairs_dir], cache_max_mb, share=1 - ties / n), n - ties, ties
 
 
+# the train keys each method does not read: a change to them does not make a new run of it
+UNREAD = {
+    "dpo": ("method", "samples", "sft_score", "sft_top_p", "refl"),
+    "sft": ("method", "pairs", "beta", "refl"),
+    "refl": ("method", "pairs", "samples", "sft_score", "sft_top_p", "beta"),
+}
+
+
+def guard_train_resume(cfg: Config, method: str, base: str) -> None:
+    """guard_resume for a train method: the train section, with the base model as resolved."""
+    guard_resume(cfg.stage_dir("train"), method, "train", {**cfg.train.model_dump(mode="json"), "base_model": base},
+                 ignore=UNREAD[method])
+
+
 def run_train_dpo(cfg: Config) -> dict:
     t = cfg.train
+    base = base_model_ref(cfg)
+    guard_train_resume(cfg, "dpo", base)
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     pairs_dir = Path(t.pairs or cfg.stage_dir("build") / "pairs").resolve()
     if not pairs_dir.exists():
         raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
-    base = base_model_ref(cfg)
     ds, n_pairs, ties = strict_pairs(pairs_dir, t.cache_pairs_max_mb)
     loop_cfg = t.model_dump()
     loop_cfg.update(base_model=base, method="dpo")

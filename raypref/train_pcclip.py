@@ -24,7 +24,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, load_state, report_step
+from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state, report_step
 
 STAGE = "pcclip"
 MODEL_DIR = "model"
@@ -262,6 +262,7 @@ def run_train_pcclip(cfg: Config) -> dict:
         read_api_key(p.llm.api_key_env)  # a missing key fails here, not in every worker
     else:
         resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
+    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json"))
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():

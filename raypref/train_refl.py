@@ -151,10 +151,12 @@ def run_train_refl(cfg: Config) -> dict:
     from raypref.paths import resolve_path
     from raypref.prompts import read_prompts
     from raypref.train_checkpoint import fit_and_export, first_last_means, materialize_if_small
-    from raypref.train_dpo import base_model_ref, train_loop_per_worker
+    from raypref.train_dpo import base_model_ref, guard_train_resume, train_loop_per_worker
 
     t = cfg.train
     refl = resolved(cfg)
+    base = base_model_ref(cfg)
+    guard_train_resume(cfg, "refl", base)
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     source = t.refl.prompts or cfg.build.prompts
     if not source:
@@ -169,7 +171,7 @@ def run_train_refl(cfg: Config) -> dict:
             raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
         datasets["pretrain"] = materialize_if_small(
             ray.data.read_parquet(str(pre), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
-    loop_cfg = {**t.model_dump(), "method": "refl", "base_model": base_model_ref(cfg), "refl": refl}
+    loop_cfg = {**t.model_dump(), "method": "refl", "base_model": base, "refl": refl}
     t0 = time.time()
     name = export_name(t.finetune)
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "refl", name, out / name, datasets=datasets)

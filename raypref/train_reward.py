@@ -309,7 +309,10 @@ def run_train_reward(cfg: Config) -> dict:
     from raypref.models import resolve_model
     from raypref.reward_model import aspect_score_columns
 
+    from raypref.train_checkpoint import guard_resume
+
     r = cfg.reward
+    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json"))
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     given = r.pairs if isinstance(r.pairs, list) else [r.pairs or str(cfg.stage_dir("build") / "pairs")]
     paths = [p if "://" in p else str(Path(p).resolve()) for p in given]

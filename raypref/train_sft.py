@@ -101,13 +101,15 @@ def run_train_sft(cfg: Config) -> dict:
 
     from raypref.finetune import export_file, export_name
     from raypref.train_checkpoint import fit_and_export
-    from raypref.train_dpo import base_model_ref, train_loop_per_worker
+    from raypref.train_dpo import base_model_ref, guard_train_resume, train_loop_per_worker
 
     t = cfg.train
+    base = base_model_ref(cfg)
+    guard_train_resume(cfg, "sft", base)
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     samples, kept, counts = select(cfg, out)
     ds = kept_images(samples, kept, t.cache_pairs_max_mb, t.sft_top_p)
-    loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base_model_ref(cfg)}
+    loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base}
     t0 = time.time()
     name = export_name(t.finetune)
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", name, out / name, datasets={"train": ds})

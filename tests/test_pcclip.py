@@ -190,14 +190,25 @@ def _render_samples(d, n_prompts=24, per_prompt=4):
     return d
 
 
+@pytest.fixture
+def llm_server():
+    from test_llm_judge import JudgeServer
+
+    with JudgeServer(_llm_script) as srv:
+        yield srv
+
+
 @pytest.mark.slow
-def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_path, tiny_clip):
+def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_path, tiny_clip, llm_server):
     from raypref import stages
     from raypref.config import validate
 
     samples = _render_samples(tmp_path / "samples")
+    # the hinge loss, and a language model behind a chat server on loopback writing the difference texts
+    srv = llm_server
     cfg = {"output_dir": str(tmp_path / "run"),
-           "pcclip": {"samples": str(samples), "model": tiny_clip, "pretrained": None, "text_generator": "shapes",
+           "pcclip": {"samples": str(samples), "model": tiny_clip, "pretrained": None, "text_generator": "llm",
+                      "llm": _llm_conf(srv.base_url), "loss": "hinge",
                       "learning_rate": 1e-3, "warmup_steps": 0, "batch_size": 16, "max_steps": 4,
                       "checkpoint_every": 2, "heldout_fraction": 0.25, "shuffle_buffer": 64}}
     s = stages.train_pcclip(validate(cfg))
@@ -224,13 +235,9 @@ def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_pat
     img = decode(pq.read_table(samples).column(S.IMAGE)[0].as_py())
     assert np.isfinite(CLIPScore("c", model="local-dir:" + str(export), floor_at_zero=False).score([img], ["a red circle"])).all()
 
-    # a longer budget resumes at step 4, here on two workers (DDP around the objective) with the hinge
-    # loss, and a language model behind a chat server on loopback writing the difference texts
-    from test_llm_judge import JudgeServer
-
-    with JudgeServer(_llm_script) as srv:
-        cfg["pcclip"].update(max_steps=6, num_workers=2, loss="hinge", text_generator="llm", llm=_llm_conf(srv.base_url))
-        s2 = stages.train_pcclip(validate(cfg))
+    # a longer budget resumes at step 4, here on two workers (DDP around the objective)
+    cfg["pcclip"].update(max_steps=6, num_workers=2)
+    s2 = stages.train_pcclip(validate(cfg))
     assert s2["final_step"] == 6
     hist2 = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
     assert hist2[:5] == hist and [h["step"] for h in hist2[5:]] == [5, 6]

@@ -37,6 +37,26 @@ def test_build_writes_samples_and_pairs(built_run):
     assert (report["samples"], report["pairs"]) == (16, 4) and (out / "report" / "score_histograms.png").is_file()
 
 
+def test_build_rerun_with_other_settings_is_refused_before_any_work(built_run):
+    from raypref.build import guard_build_resume
+
+    cfg, _ = built_run
+    out = cfg.stage_dir("build")
+    meta = (out / "config.yaml").read_text()
+    d = cfg.model_dump(mode="json")
+    d["build"]["scorers"][0]["weight"] = 0.5
+    d["build"]["scorers"].append({"name": "jpeg2", "cls": "jpeg_compressibility"})
+    with pytest.raises(ValueError, match=r"build: .*build\.scorers\.0\.weight: '0\.9' -> '0\.5'; "
+                                         r"build\.scorers\.2\.args: 'None' -> '\{\}'.*would mix.*raypref pair"):
+        run_build(validate(d))
+    assert (out / "config.yaml").read_text() == meta  # nothing written
+    # what only sizes the pools, or adds prompts, resumes the same build
+    d = cfg.model_dump(mode="json")
+    d["build"]["scorers"][0]["pool"]["batch_size"] = 1
+    d["build"]["limit"] = 100
+    guard_build_resume(validate(d).build, out)
+
+
 def test_pool_resources_reach_ray_remote_args():
     args = pool_args(PoolConf(concurrency=3, batch_size=16, num_cpus=2, num_gpus=0.25))
     compute = args.pop("compute")

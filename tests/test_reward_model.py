@@ -276,7 +276,9 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     table = synthetic_pairs(pairs)
     out = tmp_path / "run"
     # hflip: the mirrored pairs keep their brightness labels, so learning is unchanged; the path runs
-    s1 = run_train_reward(_cfg(out, pairs, max_steps=30, eval_every=15, checkpoint_every=30, hflip=0.5))
+    # the pairs given as a list of two dirs, read as one dataset
+    s1 = run_train_reward(_cfg(out, [str(pairs / "a"), str(pairs / "b")], max_steps=30, eval_every=15,
+                               checkpoint_every=30, hflip=0.5))
     hist1 = _history(out)
     assert s1["final_step"] == 30 and s1["pairs_train"] + s1["pairs_heldout"] == table.num_rows
     assert [h["step"] for h in hist1] == list(range(31))
@@ -293,7 +295,6 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
 
     # a rerun with a longer budget, now data-parallel on 2 workers, resumes at step 30: the history
     # continues, not restarts
-    # (the same pairs given as a list of its two dirs)
     # whole prompts shuffled per epoch: both workers still take the same number of steps (it crosses an epoch)
     # and now 2 micro-batches a step under bf16 autocast, with gradient checkpointing: the schedule still
     # counts optimizer steps

@@ -56,6 +56,31 @@ def test_dpo_reads_strict_pairs_and_counts_the_ties(built_run, tmp_path):
     (tmp_path / "pairs" / "strict.parquet").unlink()
     with pytest.raises(ValueError, match=r"all 1 pairs .* are ties"):
         strict_pairs(tmp_path / "pairs", cache_max_mb=64)
+    import pyarrow.parquet as pq
+
+    for name, table in (("nolabel", t.drop_columns([S.LABEL])), ("noid", t.drop_columns([S.CHOSEN_ID]))):
+        (tmp_path / name).mkdir()
+        pq.write_table(table, tmp_path / name / "p.parquet")
+    assert strict_pairs(tmp_path / "nolabel", 64)[1:] == (t.num_rows, 0)  # as the raypref reader reads them: strict
+    with pytest.raises(ValueError, match=r"train.pairs: .*noid has no column\(s\) \['chosen_id'\]"):
+        strict_pairs(tmp_path / "noid", 64)
+
+
+def test_a_bad_image_stops_dpo_with_an_error_naming_its_pair(built_run, tmp_path):
+    # raised in a Ray Train worker, it reaches the caller (and the CLI) as the ValueError it was
+    import pyarrow.parquet as pq
+
+    from raypref import schema as S
+
+    t = _with_a_tie(built_run, tmp_path / "pairs")
+    (tmp_path / "pairs" / "tie.parquet").unlink()
+    broken = t.set_column(t.schema.get_field_index(S.REJECTED_IMAGE), S.REJECTED_IMAGE,
+                          pa.array([b"not a png"] * t.num_rows, pa.binary()))
+    pq.write_table(broken, tmp_path / "pairs" / "strict.parquet")
+    cid = t.column(S.CHOSEN_ID).to_pylist()
+    with pytest.raises(ValueError, match=r"dpo, worker 0: pairs row chosen_id='(%s)', rejected_image: undecodable"
+                       % "|".join(cid)):
+        run_train_dpo(_cfg(built_run, tmp_path / "r", max_steps=1, pairs=str(tmp_path / "pairs")))
 
 
 def _lora_b_norm(path):
@@ -84,6 +109,12 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
     assert s2["final_step"] == 3
     assert [h["step"] for h in hist2] == [1, 2, 3]
     assert hist2[:2] == hist1  # steps 1-2 came from the checkpoint, not from a second run
+    # other settings do not resume (nor re-export) that run: a clear error before anything is written
+    meta = (tmp_path / "r" / "train" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"dpo: .*train/ray/dpo holds checkpoints trained with other settings "
+                                         r"\(train\.learning_rate: '0\.001' -> '0\.0005'\).*another output_dir"):
+        run_train_dpo(_cfg(built_run, tmp_path / "r", max_steps=4, learning_rate=5e-4, pairs=str(tmp_path / "pairs")))
+    assert (tmp_path / "r" / "train" / "config.yaml").read_text() == meta
 
     # the LoRA loads where users expect it
     from diffusers import StableDiffusionPipeline

@@ -158,6 +158,7 @@ def test_refl_with_pretraining_trains_in_ray_train_and_exports_a_lora(built_run,
     assert "[train] refl (lora) on 4 prompts, reward: clip (main)" in out and "100% of images below the margin 100" in out
     assert "pretraining loss (x 0.5)" in out
 
+    d["output_dir"] = str(tmp_path / "errors")  # input errors, each found before anything trains
     d["train"]["refl"]["pretrain_samples"] = str(tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="train.refl.pretrain_samples: no samples at"):
         stages.train_refl(validate(d))

@@ -82,6 +82,10 @@ def test_sft_trains_on_the_top_images_resumes_and_exports(built_run, tmp_path, c
     hist2 = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert s2["final_step"] == 3 and hist2[:2] == hist
 
+    # another score column is another run: not resumed from these checkpoints
     d["train"]["sft_score"] = "score_nope"
+    with pytest.raises(ValueError, match=r"sft: .* other settings \(train\.sft_score: 'score_clip' -> 'score_nope'\)"):
+        stages.train_sft(validate(d))
+    d["output_dir"] = str(tmp_path / "fresh")
     with pytest.raises(ValueError, match=r"train.sft_score: no column 'score_nope' in .*score columns: \[.*'score_clip'"):
         stages.train_sft(validate(d))

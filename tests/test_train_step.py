@@ -216,3 +216,32 @@ def test_a_bad_image_in_a_dpo_batch_names_its_pair(tiny_sd):
     batch[S.REJECTED_IMAGE][1] = good
     latents, enc = pair_batch_to_latents(batch, tok, text, vae, 16, "cpu")
     assert latents.shape[0] == 4 and enc.shape[0] == 4
+
+
+def test_export_replaces_only_its_own_exports_whole(tmp_path):
+    from raypref.train_checkpoint import EXPORT_MARK, export_dir
+
+    src = tmp_path / "ckpt" / "model"
+    src.mkdir(parents=True)
+    (src / "weights.safetensors").write_text("v1")
+    run_root, export = tmp_path / "run", tmp_path / "models" / "rm"
+    export_dir(src, export, run_root)
+    assert (export / "weights.safetensors").read_text() == "v1" and (export / EXPORT_MARK).is_file()
+    (src / "weights.safetensors").write_text("v2")
+    (export / "stale.txt").write_text("from the earlier export")
+    export_dir(src, export, run_root)  # its own export: replaced whole
+    assert (export / "weights.safetensors").read_text() == "v2" and not (export / "stale.txt").exists()
+    assert sorted(p.name for p in export.parent.iterdir()) == ["rm"]  # no .new / .old left behind
+    # a user's folder is never deleted
+    mine = tmp_path / "my_models"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"export_dir .*my_models is a directory raypref did not export to"):
+        export_dir(src, mine, run_root)
+    assert (mine / "keep.txt").read_text() == "mine"
+    # one inside the run's own dirs (an export from before the mark) is replaced
+    legacy = run_root / "reward" / "model"
+    legacy.mkdir(parents=True)
+    (legacy / "old.bin").write_text("x")
+    export_dir(src, legacy, run_root)
+    assert sorted(p.name for p in legacy.iterdir()) == [EXPORT_MARK, "weights.safetensors"]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, load_state, report_step
+from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state, report_step
 
 MODEL_DIR = "clip"
 OPTIM_FILE = "optimizer.pt"
@@ -79,6 +79,7 @@ def clip_loop(c: dict) -> None:
 
 def run_pretrain_clip(cfg: Config) -> dict:
     p = cfg.pretrain.clip
+    guard_resume(cfg.stage_dir("pretrain") / "clip_run", "clip", "pretrain.clip", p.model_dump(mode="json"))
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip")
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "clip"
     t0 = time.time()

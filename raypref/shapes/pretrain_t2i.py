@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, report_step
+from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, report_step
 
 PIPELINE_DIR = "pipeline"  # inside each checkpoint: the loadable pipeline (EMA weights)
 RAW_FILE = "raw.safetensors"  # the trained (non-EMA) weights of the current phase, for resume
@@ -163,6 +163,7 @@ def t2i_loop(c: dict) -> None:
 def run_pretrain_t2i(cfg: Config) -> dict:
     """Train (or resume), then export the pipeline directory; returns the summary."""
     p = cfg.pretrain.t2i
+    guard_resume(cfg.stage_dir("pretrain") / "t2i", "t2i", "pretrain.t2i", p.model_dump(mode="json"))
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i")
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "sd"
     t0 = time.time()
