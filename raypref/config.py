@@ -17,6 +17,7 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from raypref import schema as S
 from raypref.difference_text import DEFAULT_INSTRUCTION, NEEDS_SERVER, check_instruction
 from raypref.judge_http import HttpJudgeConf
 
@@ -137,6 +138,17 @@ class BuildConf(_Strict):
     pairs: PairConf = Field(default_factory=PairConf)
     limit: int | None = Field(None, description="Use only the first N prompts.")
     task_cpus: float = Field(0.5, gt=0, description="CPUs per Ray Data task for the cheap stages (pairing, writing).")
+
+    @model_validator(mode="after")
+    def _unique_scorers(self):  # two scorers of one name would write one column (caught only mid-build)
+        names = [s.name for s in self.scorers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scorer names must be unique (each names its score column), got {names}")
+        on = self.pairs.on
+        if on and names and not any(on == S.score_column(n) or on.startswith(S.score_column(n) + "_") for n in names):
+            raise ValueError(f"pairs.on: {on!r} is no scorer's column (score_<name> or score_<name>_<aspect>, "
+                             f"scorers: {names})")
+        return self
 
 
 class _RayTrainScale(_Strict):

@@ -192,6 +192,10 @@ def run_accuracy(cfg: Config) -> dict:
     names = [s.name for s in a.scorers]
     if len(set(names)) != len(names):
         raise ValueError(f"accuracy.scorers: names must be unique, got {names}")
+    from raypref.build import scorer_kwargs
+
+    for s in a.scorers:  # a missing model or a bad arg stops the run here, before the pairs are read
+        scorer_kwargs(s)
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     pairs, quarantined = load_pairs(a.pairs, a.format, a.limit, out / "quarantine.parquet")

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from raypref import quarantine as Q
 from raypref import schema as S
-from raypref.build import _scorer_specs, explode_pairs, finalize_groups, generate_and_score
+from raypref.build import _scorer_specs, explode_pairs, finalize_groups, generate_and_score, scorer_kwargs
 from raypref.config import Config, write_run_meta
 from raypref.formats import FORMATS, Quarantine, iter_pairs, with_progress, write_pairs
 
@@ -125,6 +125,8 @@ def run_relabel(cfg: Config) -> dict:
         raise ValueError(f"relabel.format: unknown format {r.format!r} (known: {sorted(FORMATS)})")
     if not b.scorers:
         raise ValueError("build.scorers: at least one scorer is needed to re-label pairs")
+    for s in b.scorers:  # a missing model or a bad arg stops the run here, before the import
+        scorer_kwargs(s)
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir("relabel"), "relabel")
     n_imported, n_files = import_pairs(cfg, out)

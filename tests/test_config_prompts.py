@@ -37,7 +37,8 @@ def test_yaml_on_is_a_key_not_a_boolean(tmp_path):
     p.write_text("build:\n  pairs: {strategy: all_pairs, on: score_vqa_colour, keep_ties: true}\n")
     cfg = load_config(p, ["build.pairs.tie_tolerance=0.5"])
     assert cfg.build.pairs.on == "score_vqa_colour" and cfg.build.pairs.keep_ties is True
-    assert load_config(None, ["build.pairs.on=off"]).build.pairs.on == "off"
+    with pytest.raises(ConfigError, match=r"pairs.on: 'off' is no scorer's column"):  # the string, not False
+        load_config(None, ["build.pairs.on=off"])
 
 
 def test_pretrain_split_takes_a_union():
@@ -70,6 +71,11 @@ def test_bad_values_and_files(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.max_steps"])
+    with pytest.raises(ConfigError, match=r"build: .*scorer names must be unique .*\['vqa', 'vqa'"):
+        load_config(None, ["build.scorers.1.name=vqa"])
+    with pytest.raises(ConfigError, match=r"build: .*pairs.on: 'score_vqq' is no scorer's column"):
+        load_config(None, ["build.pairs.on=score_vqq"])
+    assert load_config(None, ["build.pairs.on=score_vqa_colour"]).build.pairs.on == "score_vqa_colour"
     # rescale100 without a usable range fails at load, not after the images are made and scored
     with pytest.raises(ConfigError, match=r"build\.scorers\.0: .*scorer 'vqa': normalize rescale100 needs value_range"):
         load_config(None, ["build.scorers.0.normalize=rescale100", "build.scorers.0.value_range=null"])

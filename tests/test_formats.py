@@ -361,6 +361,23 @@ def relabel_config(tmp_path, inp, fmt="pickapic"):
     })
 
 
+def test_relabel_scorer_errors_stop_it_before_the_import(tmp_path):
+    from raypref.config import validate
+    from raypref.models import ModelNotFound
+    from raypref.relabel import run_relabel
+
+    f = tmp_path / "human.parquet"
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m")])
+    d = relabel_config(tmp_path, f).model_dump(mode="json")
+    d["build"]["scorers"][0]["args"] = {"qualty": 90}
+    with pytest.raises(ValueError, match=r"scorer 'jpeg': args.qualty: .* takes no argument 'qualty'"):
+        run_relabel(validate(d))
+    d["build"]["scorers"][0] = {"name": "clip", "cls": "clip_score", "model": str(tmp_path / "no_such_model")}
+    with pytest.raises(ModelNotFound, match="scorer 'clip' model"):
+        run_relabel(validate(d))
+    assert not (tmp_path / "run" / "relabel").exists()  # nothing imported, nothing written
+
+
 def test_groups_to_pairs_by_hand():
     """Aggregate scores set by hand: kept, flipped, tied, unscored (NaN -> no pair, a quarantine note)."""
     from raypref.build import finalize_groups
