@@ -92,6 +92,8 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    check_export_dir(export, out.parent)  # before training, not after it
+
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_cfg,
@@ -122,16 +124,22 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
 EXPORT_MARK = ".raypref-export"  # in every export dir: a re-export may replace it, and no other dir
 
 
-def export_dir(src: Path, export: Path, run_root: Path) -> None:
-    """Copy ``src`` to ``export``, replacing an earlier export whole: the new copy is made beside it
-    and renamed into place, so a crash leaves the old export or the new one, never a mix or nothing.
-    A directory that is not empty is replaced only if raypref exported it (it holds EXPORT_MARK) or
-    it lies under ``run_root`` (the run's own dirs): an export_dir naming a user's folder is an error."""
+def check_export_dir(export: Path, run_root: Path) -> None:
+    """A directory that is not empty may be replaced by an export only if raypref exported it (it
+    holds EXPORT_MARK) or it lies under ``run_root`` (the run's own dirs): never a user's folder."""
     export = export.resolve()
     if export.exists() and any(export.iterdir()) and not (export / EXPORT_MARK).exists() \
             and not export.is_relative_to(run_root.resolve()):
         raise ValueError(f"export_dir {export} is a directory raypref did not export to, and it is not empty; "
                          "name a new or empty directory")
+
+
+def export_dir(src: Path, export: Path, run_root: Path) -> None:
+    """Copy ``src`` to ``export`` (see check_export_dir), replacing an earlier export whole: the new
+    copy is made beside it and renamed into place, so a crash leaves the old export or the new one,
+    never a mix or nothing."""
+    check_export_dir(export, run_root)
+    export = export.resolve()
     new, old = export.with_name(export.name + ".new"), export.with_name(export.name + ".old")
     for leftover in (new, old):  # from a crash mid-export
         shutil.rmtree(leftover, ignore_errors=True)
