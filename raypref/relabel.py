@@ -17,6 +17,11 @@ label each pair by the AI aggregate, keeping the imported label beside it.
 One Ray Data execution runs from the imported shards to the pairs. The pairs carry every
 scorer's columns, so ranking them (``raypref rank``) or re-weighting never re-runs a scorer.
 
+A rerun resumes: the import is kept when it finished with the same input, and Ray Data's
+checkpointing (keyed on import_row, each pair's row in the import) skips the pairs already written,
+so a crash loses at most the shards in flight, not hours of judge calls. Other settings (input,
+scorers, pairing) are refused on a rerun, as for the build.
+
 build.pairs' strategy and min_margin do not apply: a pair is two images, and a pair with a small
 margin is kept (its margin says how sure the AI is; rank it with ``raypref rank``).
 """
@@ -35,11 +40,13 @@ import pyarrow as pa
 from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.build import _scorer_specs, explode_pairs, finalize_groups, generate_and_score, scorer_kwargs
-from raypref.config import Config, write_run_meta
+from raypref.config import Config, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, iter_pairs, with_progress, write_pairs
 
 _IMPORTED_COLUMNS = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL,
                      S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR]
+IMPORT_DONE = "import_settings.json"  # in relabel/: the import finished, from this input (record_settings)
+SETTINGS_FILE = "relabel_settings.json"  # in relabel/: what the written pairs were labelled with
 _PAIR_TO_SAMPLE = {S.SAMPLE_ID: (S.CHOSEN_ID, S.REJECTED_ID), S.GENERATOR: (S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR),
                    S.IMAGE: (S.CHOSEN_IMAGE, S.REJECTED_IMAGE)}
 
@@ -65,6 +72,7 @@ def pairs_to_groups(batch: pa.Table) -> pa.Table:
         else:  # seed and sampling settings: not known for imported images
             cols[f.name] = _two(pa.nulls(n, f.type), pa.nulls(n, f.type), f.type)
     cols[S.SOURCE_LABEL] = batch.column(S.LABEL).combine_chunks().cast(pa.float32())
+    cols[S.IMPORT_ROW] = batch.column(S.IMPORT_ROW).combine_chunks()
     return pa.table(cols)
 
 
@@ -75,7 +83,9 @@ def groups_to_pairs(batch: pa.Table, label_source: str) -> pa.Table:
     chosen = batch.column(S.PAIR_CHOSEN).to_pylist()
     src = batch.column(S.SOURCE_LABEL).to_pylist()
     source = [(s if c[0] == 0 else 1.0 - s) if s is not None else None for c, s in zip(chosen, src) if c]
-    return pairs.append_column(pa.field(S.SOURCE_LABEL, pa.float32()), pa.array(source, pa.float32()))
+    rows = [r for c, r in zip(chosen, batch.column(S.IMPORT_ROW).to_pylist()) if c]
+    return pairs.append_column(pa.field(S.SOURCE_LABEL, pa.float32()), pa.array(source, pa.float32())).append_column(
+        pa.field(S.IMPORT_ROW, pa.int64()), pa.array(rows, pa.int64()))
 
 
 def label_source(cfg: Config) -> str:
@@ -89,27 +99,58 @@ def _pairing_kwargs(cfg: Config) -> dict:
             "tie_tolerance": p.tie_tolerance, "keep_ties": True, "on": p.on}
 
 
-def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
-    """Stream relabel.input into <out>/imported (raypref pairs, shard_size rows per file) and its
-    bad rows into <out>/quarantine/import; returns (pairs imported, shard files)."""
+def _import_settings(cfg: Config) -> dict:
     r = cfg.relabel
+    return {"relabel": {"input": str(Path(r.input).resolve()), "format": r.format, "limit": r.limit,
+                        "shard_size": r.shard_size}}
+
+
+def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
+    """Stream relabel.input into <out>/imported (raypref pairs, shard_size rows per file, each row
+    numbered in import_row) and its bad rows into <out>/quarantine/import; returns (pairs imported,
+    shard files). An import that finished before from the same input is kept."""
+    import pyarrow.dataset as pds
+
+    r = cfg.relabel
+    done = out / IMPORT_DONE
+    if done.is_file() and settings_changed(done, _import_settings(cfg)) is None:
+        return pds.dataset(out / "imported", format="parquet").count_rows(), len(list((out / "imported").glob("part-*.parquet")))
+    done.unlink(missing_ok=True)
     q = Quarantine(f"import:{r.format}")
-    shutil.rmtree(out / "imported", ignore_errors=True)
+    for d in ("imported", "pairs", "_checkpoint"):  # labels of an earlier import are keyed on its rows
+        shutil.rmtree(out / d, ignore_errors=True)
 
     def limited():
-        left = r.limit
+        left, row = r.limit, 0
         for t in with_progress(iter_pairs(r.input, r.format, q), f"[relabel] import {r.format}", q):
             if left is not None:
                 t = t.slice(0, left)
                 left -= t.num_rows
             if t.num_rows:
-                yield t.select(_IMPORTED_COLUMNS)
+                yield t.select(_IMPORTED_COLUMNS).append_column(
+                    S.IMPORT_ROW, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
+                row += t.num_rows
             if left == 0:
                 return
 
     n = write_pairs(limited(), out / "imported", "raypref", q, rows_per_file=r.shard_size)
     q.write(out / "quarantine" / "import" / "import.parquet")
+    record_settings(done, _import_settings(cfg))
     return n, len(list((out / "imported").glob("part-*.parquet")))
+
+
+def guard_relabel_resume(cfg: Config, out: Path) -> None:
+    """A rerun resumes the pairs already labelled only if the input, the scorers and the pairing are
+    the same; with others it would mix two labellings (pool sizes may change). Records them."""
+    b = cfg.build
+    mine = {**_import_settings(cfg), "build": {"scorers": [s.model_dump(mode="json", exclude={"pool"}) for s in b.scorers],
+                                              "pairs": b.pairs.model_dump(mode="json")}}
+    has_work = any((out / "pairs").glob("*.parquet")) or (out / "_checkpoint").exists()
+    changed = settings_changed(out / SETTINGS_FILE, mine) if has_work else None
+    if changed:
+        raise ValueError(f"relabel: {out} holds pairs labelled with other settings ({changed}); a rerun would mix "
+                         f"them. Use another output_dir, or delete {out} to label from scratch")
+    record_settings(out / SETTINGS_FILE, mine)
 
 
 def run_relabel(cfg: Config) -> dict:
@@ -128,19 +169,30 @@ def run_relabel(cfg: Config) -> dict:
     for s in b.scorers:  # a missing model or a bad arg stops the run here, before the import
         scorer_kwargs(s)
     t0 = time.time()
-    out = write_run_meta(cfg, cfg.stage_dir("relabel"), "relabel")
+    out = cfg.stage_dir("relabel")
+    guard_relabel_resume(cfg, out)
+    write_run_meta(cfg, out, "relabel")
     n_imported, n_files = import_pairs(cfg, out)
-    for d in ("pairs", "quarantine/relabel"):
-        shutil.rmtree(out / d, ignore_errors=True)
+    shutil.rmtree(out / "quarantine" / "relabel", ignore_errors=True)
     source = label_source(cfg)
     if n_imported:
-        # one streaming execution: pairs -> 2-sample groups -> scorer pools -> labelled pairs
-        ds = ray.data.read_parquet(str((out / "imported").resolve()), override_num_blocks=n_files)
-        ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
-        ds = generate_and_score(ds, [], b.scorers)
-        ds = ds.map_batches(score_pairs, fn_kwargs={"pairing": _pairing_kwargs(cfg), "label_source": source},
-                            batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
-        ds.write_parquet(str((out / "pairs").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
+        from ray.data import DataContext
+        from ray.data.checkpoint import CheckpointConfig
+
+        ctx = DataContext.get_current()
+        ctx.checkpoint_config = CheckpointConfig(id_column=S.IMPORT_ROW, checkpoint_path=str((out / "_checkpoint").resolve()),
+                                                 delete_checkpoint_on_success=False)
+        try:
+            # one streaming execution: pairs -> 2-sample groups -> scorer pools -> labelled pairs; one
+            # block per imported shard (as in the build), so each is written, and resumable, when scored
+            ds = ray.data.read_parquet(str((out / "imported").resolve())).repartition(n_files)
+            ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
+            ds = generate_and_score(ds, [], b.scorers)
+            ds = ds.map_batches(score_pairs, fn_kwargs={"pairing": _pairing_kwargs(cfg), "label_source": source},
+                                batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
+            ds.write_parquet(str((out / "pairs").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
+        finally:
+            ctx.checkpoint_config = None
     quarantine_unscored(out)
     summary = summarize_relabel(out, cfg, n_imported, source, time.time() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

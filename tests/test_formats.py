@@ -385,6 +385,7 @@ def test_groups_to_pairs_by_hand():
 
     src = pairs_table([("keep", "a", "b", RED, GREEN, 1.0, "g", "g"), ("flip", "c", "d", RED, GREEN, 1.0, "g", "g"),
                        ("tie", "e", "f", RED, GREEN, 0.5, "g", "g"), ("nan", "h", "i", RED, GREEN, 1.0, "g", "g")])
+    src = src.append_column(S.IMPORT_ROW, pa.array([10, 11, 12, 13], pa.int64()))  # each pair's row in the import
     g = pairs_to_groups(src)
     assert g.column(S.SAMPLE_ID).to_pylist() == [["a", "b"], ["c", "d"], ["e", "f"], ["h", "i"]]
     assert g.column(S.SEED).to_pylist() == [[None, None]] * 4 and g.column(S.IMAGE)[1].as_py() == [RED, GREEN]
@@ -392,10 +393,10 @@ def test_groups_to_pairs_by_hand():
     g = g.append_column(S.score_column("jpeg"), pa.array(scores, pa.list_(pa.float32())))
     g = finalize_groups(g, **_pairing_kwargs(relabel_config(__import__("pathlib").Path("/nonexistent"), "x")))
     p = groups_to_pairs(g, "ai:jpeg*1")
-    assert rows(p, S.PROMPT, S.CHOSEN_ID, S.LABEL, S.SOURCE_LABEL, S.MARGIN) == [
-        ("flip", "d", 1.0, 0.0, 2.0),  # the AI prefers the imported rejected image: source label 1 -> 0
-        ("keep", "a", 1.0, 1.0, 1.0),
-        ("tie", "e", 0.5, 0.5, 0.0)]
+    assert rows(p, S.PROMPT, S.CHOSEN_ID, S.LABEL, S.SOURCE_LABEL, S.MARGIN, S.IMPORT_ROW) == [
+        ("flip", "d", 1.0, 0.0, 2.0, 11),  # the AI prefers the imported rejected image: source label 1 -> 0
+        ("keep", "a", 1.0, 1.0, 1.0, 10),
+        ("tie", "e", 0.5, 0.5, 0.0, 12)]
     assert rows(p, S.PROMPT, S.chosen_column("score_jpeg"), S.rejected_column("score_jpeg")) == [
         ("flip", 3.0, 1.0), ("keep", 2.0, 1.0), ("tie", 5.0, 5.0)]
     notes = [n for row in g.column(S.QUARANTINE_NOTES).to_pylist() for n in row]
@@ -456,3 +457,16 @@ def test_relabel_through_ray(ray_session, tmp_path):
     # the re-labelled pairs read back as a raypref pairs table, per-scorer columns and source_label kept
     back = read_pairs(out / "pairs", "raypref")
     assert back.num_rows == 4 and S.SOURCE_LABEL in back.column_names and S.chosen_column("score_jpeg") in back.column_names
+
+    # a rerun resumes: the finished import is kept, and no pair is scored or written again
+    stamps = {p: {f.name: f.stat().st_mtime_ns for f in (out / p).iterdir()} for p in ("imported", "pairs")}
+    s2 = run_relabel(relabel_config(tmp_path, f))
+    assert {p: {f.name: f.stat().st_mtime_ns for f in (out / p).iterdir()} for p in ("imported", "pairs")} == stamps
+    assert {k: v for k, v in s2.items() if k != "seconds"} == {k: v for k, v in s.items() if k != "seconds"}
+    # other scorers would mix two labellings: refused before anything is written
+    d = relabel_config(tmp_path, f).model_dump(mode="json")
+    d["build"]["scorers"][0]["weight"] = 2.0
+    from raypref.config import validate
+
+    with pytest.raises(ValueError, match=r"relabel: .* other settings \(build\.scorers\.0\.weight: '1\.0' -> '2\.0'\)"):
+        run_relabel(validate(d))
