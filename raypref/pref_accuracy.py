@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -75,23 +76,31 @@ def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labe
     }
 
 
-def load_pairs(path: str, fmt: str, limit: int | None, quarantine_file: Path) -> tuple[pa.Table, int]:
-    """The first ``limit`` pairs of a dataset in any supported format, and how many rows the
-    reader quarantined (written to ``quarantine_file``)."""
-    from raypref.formats import Quarantine, iter_pairs, with_progress
+def stage_pairs(path: str, fmt: str, limit: int | None, staged: Path, quarantine_file: Path,
+                rows_per_file: int = 256) -> tuple[int, int]:
+    """Stream the first ``limit`` pairs of a dataset in any supported format into ``staged`` (raypref
+    pairs Parquet, ``rows_per_file`` pairs a file), so no more than a batch of images is ever in the
+    driver's memory. Returns (pairs staged, rows the reader quarantined, written to ``quarantine_file``)."""
+    from raypref.formats import Quarantine, iter_pairs, with_progress, write_pairs
 
     q = Quarantine(f"{STAGE}:{fmt}")
-    parts, n = [], 0
-    for t in with_progress(iter_pairs(path, fmt, q), f"[accuracy] read {fmt}", q):
-        parts.append(t)
-        n += t.num_rows
-        if limit is not None and n >= limit:
-            break
+
+    def limited():
+        left = limit
+        for t in with_progress(iter_pairs(path, fmt, q), f"[accuracy] read {fmt}", q):
+            if left is not None:
+                t = t.slice(0, left)
+                left -= t.num_rows
+            if t.num_rows:
+                yield t
+            if left == 0:
+                return
+
+    n = write_pairs(limited(), staged, "raypref", q, rows_per_file=rows_per_file)
     q.write(quarantine_file)  # with none, a stale file from an earlier run goes
-    table = pa.concat_tables(parts) if parts else pa.table({})
-    if table.num_rows == 0:
+    if n == 0:
         raise ValueError(f"accuracy.pairs: {path} (format {fmt!r}) has no usable pairs ({len(q)} quarantined)")
-    return (table.slice(0, limit) if limit else table), len(q)
+    return n, len(q)
 
 
 def pairs_to_groups(pairs: pa.Table) -> pa.Table:
@@ -129,16 +138,18 @@ def groups_to_sides(batch: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-def score_pairs(pairs: pa.Table, scorers: list[ScorerConf], rows_per_block: int = 64) -> pa.Table:
-    """Score both images of every pair with every scorer (one Ray Data actor pool each)."""
+def score_pairs(staged: Path, scorers: list[ScorerConf]) -> pa.Table:
+    """Score both images of every staged pair with every scorer (one Ray Data actor pool each),
+    streaming file by file; only the scores come back to the driver."""
     import ray
     import ray.data
 
     from raypref.build import generate_and_score
 
-    groups = pairs_to_groups(pairs)
-    blocks = [groups.slice(i, rows_per_block) for i in range(0, groups.num_rows, rows_per_block)]
-    ds = generate_and_score(ray.data.from_arrow(blocks), [], scorers)
+    files = len(list(staged.glob("part-*.parquet")))
+    ds = ray.data.read_parquet(str(staged.resolve())).repartition(files)  # a block a file, as in the build
+    ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None)
+    ds = generate_and_score(ds, [], scorers)
     ds = ds.map_batches(groups_to_sides, batch_format="pyarrow")
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="default")
     return table.sort_by([(S.PROMPT_ID, "ascending"), (S.CHOSEN_ID, "ascending"), (S.REJECTED_ID, "ascending")])
@@ -198,15 +209,16 @@ def run_accuracy(cfg: Config) -> dict:
         scorer_kwargs(s)
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
-    pairs, quarantined = load_pairs(a.pairs, a.format, a.limit, out / "quarantine.parquet")
-    scores = score_pairs(pairs, a.scorers)
+    n_read, quarantined = stage_pairs(a.pairs, a.format, a.limit, out / "staged", out / "quarantine.parquet")
+    scores = score_pairs(out / "staged", a.scorers)
     pq.write_table(scores, out / "scores.parquet")
+    shutil.rmtree(out / "staged")  # a copy of the pairs' images, there only to stream them
     rows = accuracy_rows(scores, names, a.aspects, a.tie_tolerance)
     labels = scores.column(S.LABEL).to_numpy(zero_copy_only=False)
     meta = {
         "pairs_path": a.pairs,
         "format": a.format,
-        "pairs_read": pairs.num_rows,
+        "pairs_read": n_read,
         "strict_pairs": int(((labels != S.TIE) & ~np.isnan(labels)).sum()),
         "tie_labelled": int((labels == S.TIE).sum()),
         "unlabelled": int(np.isnan(labels).sum()),

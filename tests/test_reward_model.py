@@ -346,6 +346,10 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     assert "| rm | overall |" in md and "| clip | overall |" in md and "Tie rule" in md
     csv_lines = (tmp_path / "acc" / "accuracy" / "accuracy.csv").read_text().splitlines()
     assert csv_lines[0].startswith("scorer,output,pairs") and len(csv_lines) == 5
+    # every pair scored once, streamed from a staged copy that is gone once scored
+    scored = pq.read_table(tmp_path / "acc" / "accuracy" / "scores.parquet")
+    assert sorted(scored.column(S.CHOSEN_ID).to_pylist()) == sorted(table.column(S.CHOSEN_ID).to_pylist())
+    assert not (tmp_path / "acc" / "accuracy" / "staged").exists()
 
 
 def test_prompt_shuffle_needs_no_row_shuffle(tmp_path):
