@@ -81,22 +81,11 @@ def stage_pairs(path: str, fmt: str, limit: int | None, staged: Path, quarantine
     """Stream the first ``limit`` pairs of a dataset in any supported format into ``staged`` (raypref
     pairs Parquet, ``rows_per_file`` pairs a file), so no more than a batch of images is ever in the
     driver's memory. Returns (pairs staged, rows the reader quarantined, written to ``quarantine_file``)."""
-    from raypref.formats import Quarantine, iter_pairs, with_progress, write_pairs
+    from raypref.formats import Quarantine, first_pairs, write_pairs
 
     q = Quarantine(f"{STAGE}:{fmt}")
-
-    def limited():
-        left = limit
-        for t in with_progress(iter_pairs(path, fmt, q), f"[accuracy] read {fmt}", q):
-            if left is not None:
-                t = t.slice(0, left)
-                left -= t.num_rows
-            if t.num_rows:
-                yield t
-            if left == 0:
-                return
-
-    n = write_pairs(limited(), staged, "raypref", q, rows_per_file=rows_per_file)
+    n = write_pairs(first_pairs(path, fmt, q, limit, f"[accuracy] read {fmt}"), staged, "raypref", q,
+                    rows_per_file=rows_per_file)
     q.write(quarantine_file)  # with none, a stale file from an earlier run goes
     if n == 0:
         raise ValueError(f"accuracy.pairs: {path} (format {fmt!r}) has no usable pairs ({len(q)} quarantined)")

@@ -41,7 +41,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.build import _scorer_specs, explode_pairs, finalize_groups, generate_and_score, scorer_kwargs
 from raypref.config import Config, record_settings, settings_changed, write_run_meta
-from raypref.formats import FORMATS, Quarantine, iter_pairs, with_progress, write_pairs
+from raypref.formats import FORMATS, Quarantine, first_pairs, write_pairs
 
 _IMPORTED_COLUMNS = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL,
                      S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR]
@@ -120,20 +120,14 @@ def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
     for d in ("imported", "pairs", "_checkpoint"):  # labels of an earlier import are keyed on its rows
         shutil.rmtree(out / d, ignore_errors=True)
 
-    def limited():
-        left, row = r.limit, 0
-        for t in with_progress(iter_pairs(r.input, r.format, q), f"[relabel] import {r.format}", q):
-            if left is not None:
-                t = t.slice(0, left)
-                left -= t.num_rows
-            if t.num_rows:
-                yield t.select(_IMPORTED_COLUMNS).append_column(
-                    S.IMPORT_ROW, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
-                row += t.num_rows
-            if left == 0:
-                return
+    def numbered():
+        row = 0
+        for t in first_pairs(r.input, r.format, q, r.limit, f"[relabel] import {r.format}"):
+            yield t.select(_IMPORTED_COLUMNS).append_column(
+                S.IMPORT_ROW, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
+            row += t.num_rows
 
-    n = write_pairs(limited(), out / "imported", "raypref", q, rows_per_file=r.shard_size)
+    n = write_pairs(numbered(), out / "imported", "raypref", q, rows_per_file=r.shard_size)
     q.write(out / "quarantine" / "import" / "import.parquet")
     record_settings(done, _import_settings(cfg))
     return n, len(list((out / "imported").glob("part-*.parquet")))

@@ -34,7 +34,8 @@ FORMATS = {
     "agfsync": agfsync,
 }
 
-__all__ = ["FORMATS", "FormatError", "Quarantine", "convert", "iter_pairs", "read_pairs", "with_progress", "write_pairs"]
+__all__ = ["FORMATS", "FormatError", "Quarantine", "convert", "first_pairs", "iter_pairs", "read_pairs", "with_progress",
+           "write_pairs"]
 
 
 def _module(fmt: str):
@@ -61,6 +62,20 @@ def with_progress(tables: Iterator[pa.Table], desc: str, quarantine: Quarantine 
             if quarantine is not None:
                 bar.set_postfix(quarantined=len(quarantine), refresh=False)
             yield t
+
+
+def first_pairs(path, fmt: str, quarantine: Quarantine, limit: int | None, desc: str) -> Iterator[pa.Table]:
+    """The first ``limit`` pairs of a dataset (all of them for None), as non-empty tables, under a
+    progress bar (``desc``): what relabel and the accuracy harness import."""
+    left = limit
+    for t in with_progress(iter_pairs(path, fmt, quarantine), desc, quarantine):
+        if left is not None:
+            t = t.slice(0, left)
+            left -= t.num_rows
+        if t.num_rows:
+            yield t
+        if left == 0:
+            return
 
 
 def read_pairs(path, fmt: str, quarantine: Quarantine | None = None, **opts) -> pa.Table:
