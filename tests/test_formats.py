@@ -303,6 +303,21 @@ def test_agfsync_and_raypref_bad_rows(tmp_path):
     assert q.rows == [{S.STAGE: "import:raypref", S.ROW: "r.parquet[0]", S.REASON: "bad label: 0.30000001192092896 not in {0.5, 1.0}"}]
 
 
+def test_accuracy_stages_the_first_pairs_and_keeps_no_stale_quarantine(tmp_path):
+    from raypref.pref_accuracy import stage_pairs
+
+    bad = pairs_table([("p", "x", "y", RED, GREEN, 0.3, None, None), ("p", "x", "z", RED, GREEN, 0.5, None, None),
+                       ("q", "u", "v", RED, GREEN, 1.0, None, None)])
+    pq.write_table(bad, tmp_path / "r.parquet")
+    qfile = tmp_path / "acc" / "quarantine.parquet"
+    assert stage_pairs(str(tmp_path / "r.parquet"), "raypref", 1, tmp_path / "staged", qfile) == (1, 1)
+    assert read_pairs(tmp_path / "staged", "raypref").column(S.CHOSEN_ID).to_pylist() == ["x"]  # the limit: 1
+    assert pq.read_table(qfile).column(S.REASON).to_pylist()[0].startswith("bad label")
+    pq.write_table(bad.slice(1), tmp_path / "clean.parquet")
+    assert stage_pairs(str(tmp_path / "clean.parquet"), "raypref", None, tmp_path / "staged", qfile) == (2, 0)
+    assert not qfile.exists()  # a clean rerun leaves no earlier run's quarantine behind
+
+
 def test_hpdv2_bad_records(tmp_path):
     (tmp_path / "test").mkdir()
     for name, data in (("a.png", RED), ("b.png", GREEN), ("c.png", GRAY), ("bad.png", b"\x89PNG garbage")):
