@@ -24,7 +24,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.dataset_report import write_report
 from raypref.config import (
-    BuildConf, Config, GeneratorConf, PoolConf, ScorerConf, record_settings, settings_changed, write_run_meta,
+    BuildConf, Config, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
 )
 from raypref.models import resolve_model
 from raypref.paths import resolve_path
@@ -193,15 +193,18 @@ def guard_build_resume(b: BuildConf, out: Path) -> None:
     generators, scorers and pairing; with others it would mix two builds. Pool sizes, the prompts
     (a rerun may add some) and the shard size may change. Records the settings for the next rerun."""
     mine = {"build": {"generators": [g.model_dump(mode="json", exclude={"pool"}) for g in b.generators],
-                      "scorers": [s.model_dump(mode="json", exclude={"pool"}) for s in b.scorers],
-                      "pairs": b.pairs.model_dump(mode="json")}}
+                      **labelling_settings(b)}}
     has_work = any((out / "groups").glob("*.parquet")) or (out / "_checkpoint").exists()
-    changed = settings_changed(out / SETTINGS_FILE, mine) if has_work else None
-    if changed:
-        raise ValueError(f"build: {out} holds groups made with other settings ({changed}); a rerun would mix the two "
-                         "builds. Use another output_dir, re-pair the stored groups with `raypref pair` (scorer weights "
-                         f"and normalisation, build.pairs), or delete {out} to build from scratch")
-    record_settings(out / SETTINGS_FILE, mine)
+    guard_rerun(out / SETTINGS_FILE, mine, has_work,
+                f"build: {out} holds groups made with other settings ({{changed}}); a rerun would mix the two builds. "
+                "Use another output_dir, re-pair the stored groups with `raypref pair` (scorer weights and "
+                f"normalisation, build.pairs), or delete {out} to build from scratch")
+
+
+def labelling_settings(b: BuildConf) -> dict:
+    """What decides a sample's scores and its pairs: the scorers (less their pool sizes) and build.pairs."""
+    return {"scorers": [s.model_dump(mode="json", exclude={"pool"}) for s in b.scorers],
+            "pairs": b.pairs.model_dump(mode="json")}
 
 
 def run_build(cfg: Config) -> dict:

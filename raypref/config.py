@@ -622,6 +622,16 @@ def settings_changed(record: Path, settings: dict) -> str | None:
     return said + ("; ..." if len(changed) > 4 else "")
 
 
+def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str) -> None:
+    """Before a stage writes anything: if it already holds work (``has_work``) made with settings
+    other than ``settings`` (as recorded in ``record``), a rerun would resume or mix another run's
+    work, so raise ``refusal`` with its {changed} filled in; otherwise record ``settings``."""
+    changed = settings_changed(record, settings) if has_work else None
+    if changed:
+        raise ValueError(refusal.replace("{changed}", changed))  # not format(): a path may hold braces
+    record_settings(record, settings)
+
+
 def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:
     """Write the resolved config and the git SHA next to a stage's outputs."""
     d = Path(stage_dir)

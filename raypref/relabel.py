@@ -39,8 +39,10 @@ import pyarrow as pa
 
 from raypref import quarantine as Q
 from raypref import schema as S
-from raypref.build import _scorer_specs, explode_pairs, finalize_groups, generate_and_score, scorer_kwargs
-from raypref.config import Config, record_settings, settings_changed, write_run_meta
+from raypref.build import (
+    _scorer_specs, explode_pairs, finalize_groups, generate_and_score, labelling_settings, scorer_kwargs,
+)
+from raypref.config import Config, guard_rerun, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, first_pairs, write_pairs
 
 _IMPORTED_COLUMNS = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL,
@@ -136,15 +138,11 @@ def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
 def guard_relabel_resume(cfg: Config, out: Path) -> None:
     """A rerun resumes the pairs already labelled only if the input, the scorers and the pairing are
     the same; with others it would mix two labellings (pool sizes may change). Records them."""
-    b = cfg.build
-    mine = {**_import_settings(cfg), "build": {"scorers": [s.model_dump(mode="json", exclude={"pool"}) for s in b.scorers],
-                                              "pairs": b.pairs.model_dump(mode="json")}}
+    mine = {**_import_settings(cfg), "build": labelling_settings(cfg.build)}
     has_work = any((out / "pairs").glob("*.parquet")) or (out / "_checkpoint").exists()
-    changed = settings_changed(out / SETTINGS_FILE, mine) if has_work else None
-    if changed:
-        raise ValueError(f"relabel: {out} holds pairs labelled with other settings ({changed}); a rerun would mix "
-                         f"them. Use another output_dir, or delete {out} to label from scratch")
-    record_settings(out / SETTINGS_FILE, mine)
+    guard_rerun(out / SETTINGS_FILE, mine, has_work,
+                f"relabel: {out} holds pairs labelled with other settings ({{changed}}); a rerun would mix them. "
+                f"Use another output_dir, or delete {out} to label from scratch")
 
 
 def run_relabel(cfg: Config) -> dict:

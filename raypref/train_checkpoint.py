@@ -72,15 +72,13 @@ def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) 
     only if they were trained with the same ``settings`` (the config ``section``'s values, less
     RESUMABLE and the keys in ``ignore``, which this run does not read); otherwise it would continue,
     or re-export, another run's model under this config. Records the settings for the next rerun."""
-    from raypref.config import record_settings, settings_changed
+    from raypref.config import guard_rerun
 
     run = out / "ray" / name
     mine = {k: v for k, v in settings.items() if k not in RESUMABLE and k not in ignore}
-    changed = settings_changed(run / RUN_FILE, {section: mine}) if any(run.glob("checkpoint_*")) else None
-    if changed:
-        raise ValueError(f"{name}: {run} holds checkpoints trained with other settings ({changed}); a rerun resumes "
-                         f"only the same run. Use another output_dir, or delete {run} to train from scratch")
-    record_settings(run / RUN_FILE, {section: mine})
+    guard_rerun(run / RUN_FILE, {section: mine}, any(run.glob("checkpoint_*")),
+                f"{name}: {run} holds checkpoints trained with other settings ({{changed}}); a rerun resumes only "
+                f"the same run. Use another output_dir, or delete {run} to train from scratch")
 
 
 def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,
