@@ -9,6 +9,7 @@ writes; every rank reports, as Ray Train requires.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import shutil
 import tempfile
@@ -20,6 +21,28 @@ METRICS_FILE = "metrics.jsonl"
 REPORT_EVERY = 25  # ray.train.report waits for the controller to poll (~1 s): once a step would throttle training
 
 
+_RESUME_COPIES: list[str] = []  # this worker's private checkpoint copies, removed when its loop ends
+
+
+def _removing_resume_copies(loop: Callable) -> Callable:
+    """``loop``, removing the checkpoint copies it resumed from when it returns or fails. Ray Train
+    ends its workers without running atexit, so each resume would otherwise leave a whole
+    checkpoint (model and optimizer) in the worker's temp dir."""
+
+    @functools.wraps(loop)
+    def run(config):
+        # the module's own list, not the copy of it that cloudpickle ships with this closure
+        from raypref import train_checkpoint
+
+        try:
+            return loop(config)
+        finally:
+            while train_checkpoint._RESUME_COPIES:
+                shutil.rmtree(train_checkpoint._RESUME_COPIES.pop(), ignore_errors=True)
+
+    return run
+
+
 def load_state(ckpt) -> tuple[dict, list[dict], str | None]:
     """(state, metric history, local checkpoint dir) of the checkpoint to resume from, or empties."""
     if ckpt is None:
@@ -27,7 +50,8 @@ def load_state(ckpt) -> tuple[dict, list[dict], str | None]:
     # A private local copy per worker: with to_directory()'s shared default dir, a worker that
     # takes the download lock after another finished copies the files again while that one reads.
     d = tempfile.mkdtemp(prefix="raypref-resume-")
-    atexit.register(shutil.rmtree, d, True)
+    _RESUME_COPIES.append(d)
+    atexit.register(shutil.rmtree, d, True)  # for a loop run outside fit_and_export
     ckpt.to_directory(d)
     state = json.loads((Path(d) / STATE_FILE).read_text())
     history = [json.loads(x) for x in (Path(d) / METRICS_FILE).read_text().splitlines() if x]
@@ -93,7 +117,7 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     check_export_dir(export, out.parent)  # before training, not after it
 
     trainer = TorchTrainer(
-        loop,
+        _removing_resume_copies(loop),
         train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(
             num_workers=scale.num_workers, use_gpu=scale.use_gpu, resources_per_worker={"CPU": scale.cpus_per_worker}

@@ -2,6 +2,8 @@
 fine-tune (2 workers, the at-scale settings) with its UNet export and its eval."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -104,7 +106,10 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
     assert hist1[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # model == reference at step 1
 
     # a rerun with a longer budget resumes at step 2 instead of starting again
+    copies = set(Path(tempfile.gettempdir()).glob("raypref-resume-*"))
     s2 = run_train_dpo(_cfg(built_run, tmp_path / "r", max_steps=3, checkpoint_every=1, pairs=str(tmp_path / "pairs")))
+    # and removes the worker's copy of the checkpoint it resumed from (Ray Train skips atexit)
+    assert set(Path(tempfile.gettempdir()).glob("raypref-resume-*")) <= copies
     hist2 = [json.loads(l) for l in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert s2["final_step"] == 3
     assert [h["step"] for h in hist2] == [1, 2, 3]
