@@ -30,6 +30,7 @@ from raypref.models import resolve_model
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
 from raypref.registry import constructor_kwargs, resolve
+from raypref.resume import checkpointed
 
 
 def pool_args(pool: PoolConf) -> dict:
@@ -210,8 +211,6 @@ def labelling_settings(b: BuildConf) -> dict:
 def run_build(cfg: Config) -> dict:
     """Run the build stage; returns its summary (also written to build/summary.json)."""
     import ray
-    from ray.data import DataContext
-    from ray.data.checkpoint import CheckpointConfig
 
     b = cfg.build
     if not b.scorers:
@@ -226,11 +225,7 @@ def run_build(cfg: Config) -> dict:
     Q.write(bad_prompts, out / "quarantine" / "prompts" / "prompts.parquet")
     shards = write_prompt_shards(prompts, out / "prompts", b.shard_size)
 
-    ctx = DataContext.get_current()
-    ctx.checkpoint_config = CheckpointConfig(
-        id_column=S.PROMPT_ID, checkpoint_path=str((out / "_checkpoint").resolve()), delete_checkpoint_on_success=False
-    )
-    try:
+    with checkpointed(S.PROMPT_ID, out / "_checkpoint"):
         # one block per shard: Ray 2.60's V2 Parquet reader merges small files into one block (it
         # ignores override_num_blocks), and a block is the unit that streams from pool to pool and
         # that is written, so one block would mean nothing written, and nothing to resume, until
@@ -242,8 +237,6 @@ def run_build(cfg: Config) -> dict:
         ds = ds.map_batches(finalize_groups, fn_kwargs=_pairing_kwargs(cfg), batch_format="pyarrow", batch_size=None,
                             num_cpus=b.task_cpus)
         ds.write_parquet(str((out / "groups").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
-    finally:
-        ctx.checkpoint_config = None
 
     summary = write_samples_and_pairs(cfg, out, time.time() - t0, prompts.num_rows, _duplicates(prompts))
     return summary

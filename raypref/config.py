@@ -241,6 +241,7 @@ class EvalConf(_Strict):
     num_samples: int = Field(2, ge=1, description="Images per prompt per model, same seeds for base and tuned.")
     scorer: str = Field("", description="Name of a build scorer used to judge base vs tuned.")
     tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")
+    shard_size: int = Field(16, ge=1, description="Prompts per shard: the unit written, and skipped by a resumed eval.")
 
 
 _SHAPES_SPLITS = r"^(train|heldout|align|eval)(\+(train|heldout|align|eval))*$"
@@ -415,6 +416,7 @@ class AccuracyConf(_Strict):
     aspects: bool = Field(True, description="Also a row for each aspect output of a scorer (score_<name>_<aspect>).")
     tie_tolerance: float = Field(0.0, ge=0, description="A scorer whose two scores differ by <= this ties (counted as half correct).")
     limit: int | None = Field(None, ge=1, description="Use only the first N pairs.")
+    shard_size: int = Field(256, ge=1, description="Pairs per staged Parquet shard: the unit scored, written, and skipped by a resumed run.")
 
 
 class RelabelConf(_Strict):

@@ -1,35 +1,74 @@
-"""Evaluate base vs tuned: the same held-out prompts and seeds, judged by one configured scorer."""
+"""Evaluate base vs tuned: the same held-out prompts and seeds, judged by one configured scorer.
+
+Each side's scores are written prompt shard by prompt shard (eval/base/scores, eval/tuned/scores)
+with Ray Data checkpointing: a rerun scores only the prompts not yet written, and a side whose
+settings changed (the tuned weights re-exported by a longer training run, another scorer) is
+scored again while the other side's scores are kept."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.build import generate_and_score
-from raypref.config import Config, write_run_meta
+from raypref.config import Config, record_settings, settings_changed, write_run_meta
 from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, paired_difference, win_rate
 from raypref.paths import resolve_path
-from raypref.prompts import read_prompts
+from raypref.prompts import read_prompts, write_prompt_shards
+from raypref.resume import checkpointed, fingerprint
 
 
-def _scores(prompts: pa.Table, generator, scorer) -> pa.Table:
+SETTINGS_FILE = "settings.json"  # in eval/base and eval/tuned: what their stored scores were made with
+
+
+def side_settings(gen, scorer, num_samples: int) -> dict:
+    """What decides one side's images and scores: the generator (with the tuned weights, if any)
+    and the scorer, less their pool sizes, and the fingerprints of their local files, so that
+    weights re-exported to the same path are scored again."""
+    weights = gen.lora or gen.unet
+    return {"generator": gen.model_dump(mode="json", exclude={"pool"}), "scorer": scorer.model_dump(mode="json", exclude={"pool"}),
+            "num_samples": num_samples, "files": {"model": fingerprint(gen.model), "weights": fingerprint(weights),
+                                                  "scorer_model": fingerprint(scorer.model)}}
+
+
+def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, side: Path, task_cpus: float) -> pa.Table:
+    """One side's scores of ``prompts``: generated and scored prompt shard by prompt shard into
+    <side>/scores with Ray Data checkpointing, so a rerun scores only the prompts not yet written.
+    Scores made with other settings are removed first."""
     import ray
     import ray.data
 
-    ds = generate_and_score(ray.data.from_arrow(prompts), [generator], [scorer])
+    mine = side_settings(generator, scorer, generator.num_samples)
+    changed = settings_changed(side / SETTINGS_FILE, mine)
+    if changed:
+        print(f"[eval] {side.name}: the stored scores were made with other settings ({changed}); scoring again", flush=True)
+        shutil.rmtree(side)
+    record_settings(side / SETTINGS_FILE, mine)
     main = S.score_column(scorer.name)
-    # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each
-    ds = ds.map_batches(lambda t: t.select([c for c in t.column_names
-                                            if c in (S.PROMPT_ID, S.PROMPT, S.SEED, main) or c.startswith(main + "_")]),
-                        batch_format="pyarrow")
-    return pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by(S.PROMPT_ID)
+    with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
+        ds = ray.data.read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
+        ds = generate_and_score(ds, [generator], [scorer])
+        # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each
+        ds = ds.map_batches(lambda t: t.select([c for c in t.column_names
+                                                if c in (S.PROMPT_ID, S.PROMPT, S.SEED, main) or c.startswith(main + "_")]),
+                            batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
+        ds.write_parquet(str((side / "scores").resolve()), ray_remote_args={"num_cpus": task_cpus})
+    stored = pq.read_table(side / "scores")
+    # an earlier run may have scored prompts this one does not ask for (a larger eval.limit)
+    stored = stored.filter(pc.is_in(stored.column(S.PROMPT_ID), value_set=prompts.column(S.PROMPT_ID).combine_chunks()))
+    _, first = np.unique(stored.column(S.PROMPT_ID).to_numpy(zero_copy_only=False), return_index=True)
+    if len(first) != prompts.num_rows:
+        raise RuntimeError(f"eval: {side}/scores holds {len(first)} of the {prompts.num_rows} prompts")
+    return stored.take(pa.array(first)).sort_by(S.PROMPT_ID)
 
 
 def _flat(table: pa.Table, column: str):
@@ -76,9 +115,11 @@ def run_eval(cfg: Config) -> dict:
     scorer = cfg.scorer(e.scorer)
     part, weights = tuned_weights(cfg)
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
+    shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
     gen = cfg.build.generators[0].model_copy(update={"num_samples": e.num_samples})
-    base = _scores(prompts, gen, scorer)
-    tuned = _scores(prompts, gen.model_copy(update={part: str(weights.resolve())}), scorer)
+    sides = {"base": gen, "tuned": gen.model_copy(update={part: str(weights.resolve())})}
+    base, tuned = (_scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
+                   for side, g in sides.items())
     col = S.score_column(scorer.name)
     b, t = _flat(base, col), _flat(tuned, col)
     seeds_b = base.column(S.SEED).combine_chunks().flatten().to_pylist()

@@ -21,6 +21,7 @@ large dataset streams instead of being scored in one process.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import time
@@ -32,10 +33,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypref import schema as S
-from raypref.config import Config, ScorerConf, write_run_meta
+from raypref.config import Config, ScorerConf, record_settings, settings_changed, write_run_meta
 from raypref.metrics import wilson_interval
+from raypref.resume import checkpointed, fingerprint
 
 STAGE = "accuracy"
+STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
+STAGED_COUNTS = "staged_counts.json"  # in accuracy/: how many pairs were staged and quarantined
+SETTINGS_FILE = "settings.json"  # in accuracy/scorers/<name>/: what its stored scores were made with
 TIE_RULE = ("pairs labelled 0.5 (ties) are excluded and counted; a scorer tie (|chosen - rejected| <= {tol:g}) "
             "counts as half correct; a pair with a NaN score is skipped and counted as unscored")
 _COLUMNS = ("scorer", "output", "pairs", "agree", "scorer_ties", "disagree", "accuracy", "ci95_low", "ci95_high", "unscored")
@@ -79,8 +84,9 @@ def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labe
 def stage_pairs(path: str, fmt: str, limit: int | None, staged: Path, quarantine_file: Path,
                 rows_per_file: int = 256) -> tuple[int, int]:
     """Stream the first ``limit`` pairs of a dataset in any supported format into ``staged`` (raypref
-    pairs Parquet, ``rows_per_file`` pairs a file), so no more than a batch of images is ever in the
-    driver's memory. Returns (pairs staged, rows the reader quarantined, written to ``quarantine_file``)."""
+    pairs Parquet, each pair numbered in import_row, ``rows_per_file`` pairs a file), so no more
+    than a batch of images is ever in the driver's memory. Returns (pairs staged, rows the reader
+    quarantined, written to ``quarantine_file``)."""
     from raypref.formats import Quarantine, first_pairs, write_pairs
 
     q = Quarantine(f"{STAGE}:{fmt}")
@@ -90,6 +96,43 @@ def stage_pairs(path: str, fmt: str, limit: int | None, staged: Path, quarantine
     if n == 0:
         raise ValueError(f"accuracy.pairs: {path} (format {fmt!r}) has no usable pairs ({len(q)} quarantined)")
     return n, len(q)
+
+
+_KEYS = [S.IMPORT_ROW, S.PROMPT_ID, S.CHOSEN_ID, S.REJECTED_ID, S.LABEL]  # a staged pair without its images
+
+
+def keys_digest(keys: pa.Table) -> str:
+    """A hash of the staged pairs, row by row: the same input read again gives the same rows."""
+    h = hashlib.sha256()
+    for batch in keys.select(_KEYS).to_batches(max_chunksize=65536):
+        for col in batch.columns:
+            h.update("\x1f".join(map(str, col.to_pylist())).encode())
+    return h.hexdigest()[:16]
+
+
+def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
+    """The pairs' keys (<out>/pairs_keys.parquet) and their counts (pairs, quarantined, digest). With
+    ``images`` (a scorer has pairs left to score) the pairs are staged in <out>/staged too. Stored
+    scores are keyed on import_row: if the input, read again, gives other pairs than those they
+    were made on, every scorer's stored scores go."""
+    a = cfg.accuracy
+    record, keys_file, counts_file = out / STAGED_FILE, out / "pairs_keys.parquet", out / STAGED_COUNTS
+    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format, "limit": a.limit}}
+    kept = record.is_file() and keys_file.is_file() and settings_changed(record, mine) is None
+    if kept and (not images or any((out / "staged").glob("part-*.parquet"))):
+        return pq.read_table(keys_file), json.loads(counts_file.read_text())
+    before = json.loads(counts_file.read_text())["digest"] if kept else None
+    shutil.rmtree(out / "staged", ignore_errors=True)
+    record.unlink(missing_ok=True)  # until the staging is whole
+    _, quarantined = stage_pairs(a.pairs, a.format, a.limit, out / "staged", out / "quarantine.parquet", a.shard_size)
+    keys = pq.read_table(out / "staged", columns=_KEYS).sort_by(S.IMPORT_ROW)
+    counts = {"pairs": keys.num_rows, "quarantined": quarantined, "digest": keys_digest(keys)}
+    if counts["digest"] != before:
+        shutil.rmtree(out / "scorers", ignore_errors=True)
+    pq.write_table(keys, keys_file)
+    counts_file.write_text(json.dumps(counts) + "\n")
+    record_settings(record, mine)
+    return keys, counts
 
 
 def pairs_to_groups(pairs: pa.Table) -> pa.Table:
@@ -103,6 +146,7 @@ def pairs_to_groups(pairs: pa.Table) -> pa.Table:
         return pa.ListArray.from_arrays(offsets, both.take(order))
 
     return pa.table({
+        S.IMPORT_ROW: pairs.column(S.IMPORT_ROW),
         S.PROMPT_ID: pairs.column(S.PROMPT_ID),
         S.PROMPT: pairs.column(S.PROMPT),
         S.CHOSEN_ID: pairs.column(S.CHOSEN_ID),
@@ -115,7 +159,7 @@ def pairs_to_groups(pairs: pa.Table) -> pa.Table:
 
 def groups_to_sides(batch: pa.Table) -> pa.Table:
     """Scored two-image groups -> one row per pair with chosen_/rejected_ value of every score column."""
-    cols = {c: batch.column(c) for c in (S.PROMPT_ID, S.CHOSEN_ID, S.REJECTED_ID, S.LABEL)}
+    cols = {c: batch.column(c) for c in (S.IMPORT_ROW, S.PROMPT_ID, S.CHOSEN_ID, S.REJECTED_ID, S.LABEL)}
     for c in batch.column_names:
         if not S.is_score_column(c):
             continue
@@ -127,20 +171,63 @@ def groups_to_sides(batch: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-def score_pairs(staged: Path, scorers: list[ScorerConf]) -> pa.Table:
-    """Score both images of every staged pair with every scorer (one Ray Data actor pool each),
-    streaming file by file; only the scores come back to the driver."""
+def scorer_settings(s: ScorerConf, digest: str) -> dict:
+    """What decides a scorer's stored scores: its config less the pool, its local files' fingerprint,
+    and the staged pairs they were made on."""
+    return {"scorer": s.model_dump(mode="json", exclude={"pool"}), "model_files": fingerprint(s.model), "pairs": digest}
+
+
+def _stored_rows(d: Path) -> int:
+    """Distinct pairs scored in ``d``: a block written again after a crash holds its pairs twice."""
+    if not any(d.glob("*.parquet")):
+        return 0
+    return len(np.unique(pq.read_table(d, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy()))
+
+
+def scorer_done(s: ScorerConf, out: Path, keys: pa.Table, digest: str) -> bool:
+    """Whether <out>/scorers/<name> holds this scorer's scores of every staged pair; scores made with
+    other settings are removed."""
+    d = out / "scorers" / s.name
+    changed = settings_changed(d / SETTINGS_FILE, scorer_settings(s, digest))
+    if changed:
+        print(f"[accuracy] {s.name}: the stored scores were made with other settings ({changed}); scoring again", flush=True)
+        shutil.rmtree(d)
+    return (d / SETTINGS_FILE).is_file() and _stored_rows(d / "scores") >= keys.num_rows
+
+
+def score_pairs(out: Path, s: ScorerConf, digest: str, task_cpus: float) -> None:
+    """Score both images of every staged pair with one scorer (a Ray Data actor pool), file by file,
+    into <out>/scorers/<name>/scores with checkpointing on import_row: a rerun scores only the pairs
+    not yet written. Only scores are written; the images stay in the staged copy."""
     import ray
     import ray.data
 
     from raypref.build import generate_and_score
 
-    files = len(list(staged.glob("part-*.parquet")))
-    ds = ray.data.read_parquet(str(staged.resolve())).repartition(files)  # a block a file, as in the build
-    ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None)
-    ds = generate_and_score(ds, [], scorers)
-    ds = ds.map_batches(groups_to_sides, batch_format="pyarrow")
-    table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="default")
+    d = out / "scorers" / s.name
+    record_settings(d / SETTINGS_FILE, scorer_settings(s, digest))
+    files = len(list((out / "staged").glob("part-*.parquet")))
+    with checkpointed(S.IMPORT_ROW, d / "_checkpoint"):
+        ds = ray.data.read_parquet(str((out / "staged").resolve())).repartition(files)  # a block a file, as in the build
+        ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
+        ds = generate_and_score(ds, [], [s])
+        ds = ds.map_batches(groups_to_sides, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
+        ds.write_parquet(str((d / "scores").resolve()), ray_remote_args={"num_cpus": task_cpus})
+
+
+def merged_scores(out: Path, keys: pa.Table, scorers: list[ScorerConf]) -> pa.Table:
+    """The staged pairs' keys with every scorer's chosen_/rejected_ columns, a row per pair."""
+    table = keys
+    rows = keys.column(S.IMPORT_ROW).to_numpy()
+    for s in scorers:
+        t = pq.read_table(out / "scorers" / s.name / "scores")
+        got, first = np.unique(t.column(S.IMPORT_ROW).to_numpy(), return_index=True)  # a block rewritten after a crash
+        if not np.array_equal(got, rows):
+            raise RuntimeError(f"accuracy: {out / 'scorers' / s.name} holds scores of {len(got)} of the {len(rows)} staged pairs")
+        t = t.take(pa.array(first))
+        for c in t.column_names:
+            if c not in _KEYS:
+                table = table.append_column(c, t.column(c))
     return table.sort_by([(S.PROMPT_ID, "ascending"), (S.CHOSEN_ID, "ascending"), (S.REJECTED_ID, "ascending")])
 
 
@@ -198,20 +285,28 @@ def run_accuracy(cfg: Config) -> dict:
         scorer_kwargs(s)
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
-    n_read, quarantined = stage_pairs(a.pairs, a.format, a.limit, out / "staged", out / "quarantine.parquet")
-    scores = score_pairs(out / "staged", a.scorers)
+    keys, staged = staged_pairs(cfg, out, images=False)
+    todo = [s for s in a.scorers if not scorer_done(s, out, keys, staged["digest"])]
+    if todo and not any((out / "staged").glob("part-*.parquet")):  # a finished run removed the staged images
+        keys, staged = staged_pairs(cfg, out, images=True)
+        todo = [s for s in a.scorers if not scorer_done(s, out, keys, staged["digest"])]
+    print(f"[accuracy] {len(a.scorers) - len(todo)} of {len(a.scorers)} scorers' scores kept from an earlier run"
+          if len(todo) < len(a.scorers) else f"[accuracy] scoring {keys.num_rows} pairs", flush=True)
+    for s in todo:
+        score_pairs(out, s, staged["digest"], cfg.build.task_cpus)
+    scores = merged_scores(out, keys, a.scorers)
     pq.write_table(scores, out / "scores.parquet")
-    shutil.rmtree(out / "staged")  # a copy of the pairs' images, there only to stream them
+    shutil.rmtree(out / "staged", ignore_errors=True)  # a copy of the pairs' images, there only to stream them
     rows = accuracy_rows(scores, names, a.aspects, a.tie_tolerance)
     labels = scores.column(S.LABEL).to_numpy(zero_copy_only=False)
     meta = {
         "pairs_path": a.pairs,
         "format": a.format,
-        "pairs_read": n_read,
+        "pairs_read": staged["pairs"],
         "strict_pairs": int(((labels != S.TIE) & ~np.isnan(labels)).sum()),
         "tie_labelled": int((labels == S.TIE).sum()),
         "unlabelled": int(np.isnan(labels).sum()),
-        "quarantined": quarantined,
+        "quarantined": staged["quarantined"],
         "tie_rule": TIE_RULE.format(tol=a.tie_tolerance),
     }
     table_md = markdown(rows, meta)

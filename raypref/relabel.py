@@ -44,6 +44,7 @@ from raypref.build import (
 )
 from raypref.config import Config, guard_rerun, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, first_pairs, write_pairs
+from raypref.resume import checkpointed
 
 _IMPORTED_COLUMNS = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL,
                      S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR]
@@ -122,14 +123,9 @@ def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
     for d in ("imported", "pairs", "_checkpoint"):  # labels of an earlier import are keyed on its rows
         shutil.rmtree(out / d, ignore_errors=True)
 
-    def numbered():
-        row = 0
-        for t in first_pairs(r.input, r.format, q, r.limit, f"[relabel] import {r.format}"):
-            yield t.select(_IMPORTED_COLUMNS).append_column(
-                S.IMPORT_ROW, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
-            row += t.num_rows
-
-    n = write_pairs(numbered(), out / "imported", "raypref", q, rows_per_file=r.shard_size)
+    imported = (t.select(_IMPORTED_COLUMNS + [S.IMPORT_ROW])
+                for t in first_pairs(r.input, r.format, q, r.limit, f"[relabel] import {r.format}"))
+    n = write_pairs(imported, out / "imported", "raypref", q, rows_per_file=r.shard_size)
     q.write(out / "quarantine" / "import" / "import.parquet")
     record_settings(done, _import_settings(cfg))
     return n, len(list((out / "imported").glob("part-*.parquet")))
@@ -168,13 +164,7 @@ def run_relabel(cfg: Config) -> dict:
     shutil.rmtree(out / "quarantine" / "relabel", ignore_errors=True)
     source = label_source(cfg)
     if n_imported:
-        from ray.data import DataContext
-        from ray.data.checkpoint import CheckpointConfig
-
-        ctx = DataContext.get_current()
-        ctx.checkpoint_config = CheckpointConfig(id_column=S.IMPORT_ROW, checkpoint_path=str((out / "_checkpoint").resolve()),
-                                                 delete_checkpoint_on_success=False)
-        try:
+        with checkpointed(S.IMPORT_ROW, out / "_checkpoint"):
             # one streaming execution: pairs -> 2-sample groups -> scorer pools -> labelled pairs; one
             # block per imported shard (as in the build), so each is written, and resumable, when scored
             ds = ray.data.read_parquet(str((out / "imported").resolve())).repartition(n_files)
@@ -183,8 +173,6 @@ def run_relabel(cfg: Config) -> dict:
             ds = ds.map_batches(score_pairs, fn_kwargs={"pairing": _pairing_kwargs(cfg), "label_source": source},
                                 batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
             ds.write_parquet(str((out / "pairs").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
-        finally:
-            ctx.checkpoint_config = None
     quarantine_unscored(out)
     summary = summarize_relabel(out, cfg, n_imported, source, time.time() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -200,7 +200,7 @@ def test_pairs_to_groups_keeps_chosen_first():
     rng = np.random.default_rng(0)
     noisy = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
     flat = [_img((9, 9, 9)) for _ in range(3)]
-    pairs = pa.table({S.PROMPT_ID: ["a", "b", "c"], S.PROMPT: ["x", "y", "z"], S.CHOSEN_ID: ["c0", "c1", "c2"],
+    pairs = pa.table({S.IMPORT_ROW: [7, 8, 9], S.PROMPT_ID: ["a", "b", "c"], S.PROMPT: ["x", "y", "z"], S.CHOSEN_ID: ["c0", "c1", "c2"],
                       S.REJECTED_ID: ["r0", "r1", "r2"], S.CHOSEN_IMAGE: [I.encode(im) for im in flat],
                       S.REJECTED_IMAGE: [I.encode(im) for im in noisy], S.LABEL: pa.array([1.0, 1.0, 0.5], pa.float32())})
     sides = groups_to_sides(JpegCompressibility("jpeg")(pairs_to_groups(pairs)))
@@ -208,6 +208,7 @@ def test_pairs_to_groups_keeps_chosen_first():
     np.testing.assert_allclose(sides.column("chosen_score_jpeg").to_numpy(), direct.score(flat, ["x"] * 3))
     np.testing.assert_allclose(sides.column("rejected_score_jpeg").to_numpy(), direct.score(noisy, ["x"] * 3))
     assert sides.column(S.LABEL).to_pylist() == [1.0, 1.0, 0.5]
+    assert sides.column(S.IMPORT_ROW).to_pylist() == [7, 8, 9]  # the key a resumed run's scores join on
 
 
 # -- Ray Train, the build and the harness ------------------------------------------------------

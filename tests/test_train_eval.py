@@ -155,6 +155,23 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
     assert "| clip | 4 |" in table
     assert json.loads((tmp_path / "r" / "eval" / "win_rate.json").read_text())["win_rate"] == r["win_rate"]
 
+    # a rerun keeps both sides' stored scores; weights re-exported to the same path (here: changed in
+    # place) are scored again, and the base side is kept
+    def files(side):
+        return {f.name: f.stat().st_mtime_ns for f in (tmp_path / "r" / "eval" / side / "scores").glob("*.parquet")}
+
+    kept = {side: files(side) for side in ("base", "tuned")}
+    assert kept["base"] and kept["tuned"]
+    assert run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))["wins"] == r["wins"]
+    assert {side: files(side) for side in ("base", "tuned")} == kept
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v * 3 for k, v in load_file(str(lora)).items()}, str(lora))
+    r2 = run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))
+    assert files("base") == kept["base"] and files("tuned") != kept["tuned"]
+    tuned2 = pq.read_table(tmp_path / "r" / "eval" / "scores.parquet").column(S.tuned_column("score_clip")).to_pylist()
+    assert tuned2 != tuned and r2["n"] == 4
+
 
 def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_path, tiny_sd):
     # every UNet weight trained against a frozen copy, with the at-scale settings together: 2 workers,

@@ -21,8 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 
+from raypref import schema as S
 from raypref.formats import agfsync, hpdv2, imagereward_db, pickapic, raypref_pairs
 from raypref.formats._common import DEFAULT_BATCH_ROWS, FormatError, Quarantine, concat
 
@@ -66,14 +68,16 @@ def with_progress(tables: Iterator[pa.Table], desc: str, quarantine: Quarantine 
 
 def first_pairs(path, fmt: str, quarantine: Quarantine, limit: int | None, desc: str) -> Iterator[pa.Table]:
     """The first ``limit`` pairs of a dataset (all of them for None), as non-empty tables, under a
-    progress bar (``desc``): what relabel and the accuracy harness import."""
-    left = limit
+    progress bar (``desc``), each pair numbered by its place among them in import_row: what relabel
+    and the accuracy harness import, and the key they resume by."""
+    left, row = limit, 0
     for t in with_progress(iter_pairs(path, fmt, quarantine), desc, quarantine):
         if left is not None:
             t = t.slice(0, left)
             left -= t.num_rows
         if t.num_rows:
-            yield t
+            yield t.append_column(S.IMPORT_ROW, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
+            row += t.num_rows
         if left == 0:
             return
 

@@ -1,0 +1,45 @@
+"""What lets a Ray Data stage resume: checkpointed writes, and fingerprints of local model files.
+
+A stage that writes with ``checkpointed`` on skips, on a rerun, every row whose id a finished
+block already wrote. A stage that keeps earlier scores records the fingerprint of each model it
+scored with, so a model re-exported under the same path is noticed and scored again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def checkpointed(id_column: str, checkpoint_dir: Path):
+    """Ray Data checkpointing, keyed on ``id_column`` and kept in ``checkpoint_dir``, for the
+    datasets written inside; kept after success, so a finished stage's rerun writes nothing again."""
+    from ray.data import DataContext
+    from ray.data.checkpoint import CheckpointConfig
+
+    ctx = DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=str(Path(checkpoint_dir).resolve()),
+                                             delete_checkpoint_on_success=False)
+    try:
+        yield
+    finally:
+        ctx.checkpoint_config = None
+
+
+def fingerprint(model: str | None) -> str | None:
+    """For a local file or directory, a hash of each file's path in it, size and modification time:
+    a re-export changes it, without reading gigabytes of weights. None for anything else (a hub
+    name, tiny:*, shapes:*), which the settings name as they are."""
+    if not model:
+        return None
+    p = Path(model.removeprefix("local-dir:")).expanduser()
+    if not p.exists():
+        return None
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(p) if f != p else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,64 @@
+"""The accuracy harness resumes: a run that failed part-way scores only the pairs not yet written,
+a rerun keeps every scorer's stored scores, an added scorer is the only one scored, and a scorer
+whose settings changed is scored again."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from raypref import schema as S
+from raypref.config import validate
+from raypref.pref_accuracy import run_accuracy
+from tests.test_reward_model import synthetic_pairs
+
+
+def _cfg(tmp_path: Path, scorers: list[dict]):
+    return validate({"output_dir": str(tmp_path / "acc"), "accuracy": {
+        "pairs": str(tmp_path / "pairs" / "a"), "format": "raypref", "shard_size": 4, "scorers": scorers}})
+
+
+def _mtimes(d: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.parquet")}
+
+
+def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path):
+    table = synthetic_pairs(tmp_path / "pairs", n_prompts=8)  # 16 pairs; dir a holds the first 8 (2 shards of 4)
+    log, flag = tmp_path / "scored.log", tmp_path / "fail"
+    jpeg = {"name": "jpeg", "cls": "jpeg_compressibility", "pool": {"batch_size": 4, "num_cpus": 0.5}}
+    out = tmp_path / "acc" / "accuracy"
+    flaky = {"name": "flaky", "cls": "tests.flaky_scorer:FlakyJpeg", "pool": {"batch_size": 4, "num_cpus": 0.5},
+             "args": {"log": str(log), "flag": str(flag), "after": str(out / "scorers" / "flaky" / "scores")}}
+
+    flag.touch()
+    with pytest.raises(Exception, match="failing on call 2"):
+        run_accuracy(_cfg(tmp_path, [jpeg, flaky]))
+    first = log.read_text().splitlines()
+    assert len(first) == 8  # one shard's 4 pairs, both images each: scored and written, then the crash
+    assert pq.read_table(out / "scorers" / "flaky" / "scores").num_rows == 4
+    jpeg_files = _mtimes(out / "scorers" / "jpeg" / "scores")
+    assert pq.read_table(out / "scorers" / "jpeg" / "scores").num_rows == 8
+
+    flag.unlink()
+    r = run_accuracy(_cfg(tmp_path, [jpeg, flaky]))
+    second = log.read_text().splitlines()[len(first):]
+    assert len(second) == 8 and not set(second) & set(first)  # only the shard the crash left
+    assert set(first) | set(second) == set(table.column(S.PROMPT).to_pylist()[:8])
+    assert _mtimes(out / "scorers" / "jpeg" / "scores") == jpeg_files  # done before the crash: not scored again
+    rows = {x["scorer"]: x for x in r["rows"]}
+    # the same images, scored the same way in two runs: the stitched scores agree
+    assert rows["flaky"]["accuracy"] == rows["jpeg"]["accuracy"] and rows["jpeg"]["pairs"] == 7  # one tie excluded
+    scores = pq.read_table(out / "scores.parquet")
+    assert scores.num_rows == 8 and scores.column("chosen_score_flaky").to_pylist() == scores.column("chosen_score_jpeg").to_pylist()
+    assert not (out / "staged").exists()
+
+    # a finished run's rerun with one scorer added and one changed: only those two are scored,
+    # from the pairs staged again, and the kept scores still line up with them
+    kept = _mtimes(out / "scorers" / "jpeg" / "scores")
+    hard = {**jpeg, "name": "jpeg50", "args": {"quality": 50}}
+    changed = {**flaky, "args": {**flaky["args"], "calls_before_failing": 5}}
+    r3 = run_accuracy(_cfg(tmp_path, [jpeg, changed, hard]))
+    assert _mtimes(out / "scorers" / "jpeg" / "scores") == kept
+    assert len(log.read_text().splitlines()) == len(first) + len(second) + 16  # the changed scorer: every pair again
+    assert {x["scorer"] for x in r3["rows"]} == {"jpeg", "flaky", "jpeg50"} and all(x["pairs"] == 7 for x in r3["rows"])
+    assert r3["pairs_read"] == 8 and not (out / "staged").exists()
