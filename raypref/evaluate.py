@@ -24,20 +24,17 @@ from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, paired_difference, win_rate
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
-from raypref.resume import checkpointed, fingerprint
+from raypref.resume import actor_settings, checkpointed
 
 
 SETTINGS_FILE = "settings.json"  # in eval/base and eval/tuned: what their stored scores were made with
 
 
 def side_settings(gen, scorer, num_samples: int) -> dict:
-    """What decides one side's images and scores: the generator (with the tuned weights, if any)
-    and the scorer, less their pool sizes, and the fingerprints of their local files, so that
-    weights re-exported to the same path are scored again."""
-    weights = gen.lora or gen.unet
-    return {"generator": gen.model_dump(mode="json", exclude={"pool"}), "scorer": scorer.model_dump(mode="json", exclude={"pool"}),
-            "num_samples": num_samples, "files": {"model": fingerprint(gen.model), "weights": fingerprint(weights),
-                                                  "scorer_model": fingerprint(scorer.model)}}
+    """What decides one side's images and scores: the generator (with the tuned weights, if any) and
+    the scorer (raypref.resume.actor_settings: less pools and aggregation, with the fingerprints of
+    their local files, so weights re-exported to the same path are scored again)."""
+    return {"generator": actor_settings(gen), "scorer": actor_settings(scorer), "num_samples": num_samples}
 
 
 def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, side: Path, task_cpus: float) -> pa.Table:
@@ -67,7 +64,8 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
     stored = stored.filter(pc.is_in(stored.column(S.PROMPT_ID), value_set=prompts.column(S.PROMPT_ID).combine_chunks()))
     _, first = np.unique(stored.column(S.PROMPT_ID).to_numpy(zero_copy_only=False), return_index=True)
     if len(first) != prompts.num_rows:
-        raise RuntimeError(f"eval: {side}/scores holds {len(first)} of the {prompts.num_rows} prompts")
+        raise RuntimeError(f"eval: {side}/scores holds {len(first)} of the {prompts.num_rows} prompts, though its "
+                           f"checkpoint says they were written; delete {side} and rerun to score that side again")
     return stored.take(pa.array(first)).sort_by(S.PROMPT_ID)
 
 

@@ -21,7 +21,6 @@ large dataset streams instead of being scored in one process.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 import time
@@ -35,11 +34,11 @@ import pyarrow.parquet as pq
 from raypref import schema as S
 from raypref.config import Config, ScorerConf, record_settings, settings_changed, write_run_meta
 from raypref.metrics import wilson_interval
-from raypref.resume import checkpointed, fingerprint
+from raypref.resume import actor_settings, checkpointed, fingerprint
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
-STAGED_COUNTS = "staged_counts.json"  # in accuracy/: how many pairs were staged and quarantined
+STAGED_COUNTS = "staged_counts.json"  # in accuracy/: pairs staged and quarantined, the limit, whether staged/ is whole
 SETTINGS_FILE = "settings.json"  # in accuracy/scorers/<name>/: what its stored scores were made with
 TIE_RULE = ("pairs labelled 0.5 (ties) are excluded and counted; a scorer tie (|chosen - rejected| <= {tol:g}) "
             "counts as half correct; a pair with a NaN score is skipped and counted as unscored")
@@ -101,36 +100,41 @@ def stage_pairs(path: str, fmt: str, limit: int | None, staged: Path, quarantine
 _KEYS = [S.IMPORT_ROW, S.PROMPT_ID, S.CHOSEN_ID, S.REJECTED_ID, S.LABEL]  # a staged pair without its images
 
 
-def keys_digest(keys: pa.Table) -> str:
-    """A hash of the staged pairs, row by row: the same input read again gives the same rows."""
-    h = hashlib.sha256()
-    for batch in keys.select(_KEYS).to_batches(max_chunksize=65536):
-        for col in batch.columns:
-            h.update("\x1f".join(map(str, col.to_pylist())).encode())
-    return h.hexdigest()[:16]
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value) + "\n")
+    tmp.replace(path)
 
 
 def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
-    """The pairs' keys (<out>/pairs_keys.parquet) and their counts (pairs, quarantined, digest). With
-    ``images`` (a scorer has pairs left to score) the pairs are staged in <out>/staged too. Stored
-    scores are keyed on import_row: if the input, read again, gives other pairs than those they
-    were made on, every scorer's stored scores go."""
+    """The pairs' keys (<out>/pairs_keys.parquet: import_row, ids, label) and counts (pairs,
+    quarantined, limit, staged). With ``images`` (a scorer has pairs left to score) the pairs are
+    staged with their images in <out>/staged too. Stored scores are keyed on import_row: another
+    input (path, format or files) voids them all; the same input read again with another limit
+    keeps them, the first rows being the same pairs (checked)."""
     a = cfg.accuracy
     record, keys_file, counts_file = out / STAGED_FILE, out / "pairs_keys.parquet", out / STAGED_COUNTS
-    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format, "limit": a.limit}}
-    kept = record.is_file() and keys_file.is_file() and settings_changed(record, mine) is None
-    if kept and (not images or any((out / "staged").glob("part-*.parquet"))):
-        return pq.read_table(keys_file), json.loads(counts_file.read_text())
-    before = json.loads(counts_file.read_text())["digest"] if kept else None
+    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format, "files": fingerprint(a.pairs)}}
+    same = record.is_file() and keys_file.is_file() and counts_file.is_file() and settings_changed(record, mine) is None
+    counts = json.loads(counts_file.read_text()) if same else {}
+    if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
+        return pq.read_table(keys_file), counts
+    if not same:  # another input: no stored score is of its pairs
+        shutil.rmtree(out / "scorers", ignore_errors=True)
+    _write_json(counts_file, {**counts, "staged": False})  # until the staged copy is whole again
     shutil.rmtree(out / "staged", ignore_errors=True)
-    record.unlink(missing_ok=True)  # until the staging is whole
     _, quarantined = stage_pairs(a.pairs, a.format, a.limit, out / "staged", out / "quarantine.parquet", a.shard_size)
     keys = pq.read_table(out / "staged", columns=_KEYS).sort_by(S.IMPORT_ROW)
-    counts = {"pairs": keys.num_rows, "quarantined": quarantined, "digest": keys_digest(keys)}
-    if counts["digest"] != before:
-        shutil.rmtree(out / "scorers", ignore_errors=True)
+    if same:
+        old = pq.read_table(keys_file)
+        m = min(old.num_rows, keys.num_rows)
+        cols = [S.IMPORT_ROW, S.PROMPT_ID, S.CHOSEN_ID, S.REJECTED_ID]
+        if not old.select(cols).slice(0, m).equals(keys.select(cols).slice(0, m)):
+            print(f"[accuracy] {a.pairs} now reads as other pairs; every scorer is scored again", flush=True)
+            shutil.rmtree(out / "scorers", ignore_errors=True)
     pq.write_table(keys, keys_file)
-    counts_file.write_text(json.dumps(counts) + "\n")
+    counts = {"pairs": keys.num_rows, "quarantined": quarantined, "limit": a.limit, "staged": True}
+    _write_json(counts_file, counts)
     record_settings(record, mine)
     return keys, counts
 
@@ -171,31 +175,25 @@ def groups_to_sides(batch: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-def scorer_settings(s: ScorerConf, digest: str) -> dict:
-    """What decides a scorer's stored scores: its config less the pool, its local files' fingerprint,
-    and the staged pairs they were made on."""
-    return {"scorer": s.model_dump(mode="json", exclude={"pool"}), "model_files": fingerprint(s.model), "pairs": digest}
-
-
-def _stored_rows(d: Path) -> int:
-    """Distinct pairs scored in ``d``: a block written again after a crash holds its pairs twice."""
+def _stored_rows(d: Path) -> np.ndarray:
+    """The pairs scored in ``d``, each once: a block written again after a crash holds its pairs twice."""
     if not any(d.glob("*.parquet")):
-        return 0
-    return len(np.unique(pq.read_table(d, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy()))
+        return np.zeros(0, np.int64)
+    return np.unique(pq.read_table(d, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy())
 
 
-def scorer_done(s: ScorerConf, out: Path, keys: pa.Table, digest: str) -> bool:
+def scorer_done(s: ScorerConf, out: Path, keys: pa.Table) -> bool:
     """Whether <out>/scorers/<name> holds this scorer's scores of every staged pair; scores made with
     other settings are removed."""
     d = out / "scorers" / s.name
-    changed = settings_changed(d / SETTINGS_FILE, scorer_settings(s, digest))
+    changed = settings_changed(d / SETTINGS_FILE, actor_settings(s))
     if changed:
         print(f"[accuracy] {s.name}: the stored scores were made with other settings ({changed}); scoring again", flush=True)
         shutil.rmtree(d)
-    return (d / SETTINGS_FILE).is_file() and _stored_rows(d / "scores") >= keys.num_rows
+    return (d / SETTINGS_FILE).is_file() and bool(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).all())
 
 
-def score_pairs(out: Path, s: ScorerConf, digest: str, task_cpus: float) -> None:
+def score_pairs(out: Path, s: ScorerConf, task_cpus: float) -> None:
     """Score both images of every staged pair with one scorer (a Ray Data actor pool), file by file,
     into <out>/scorers/<name>/scores with checkpointing on import_row: a rerun scores only the pairs
     not yet written. Only scores are written; the images stay in the staged copy."""
@@ -205,7 +203,7 @@ def score_pairs(out: Path, s: ScorerConf, digest: str, task_cpus: float) -> None
     from raypref.build import generate_and_score
 
     d = out / "scorers" / s.name
-    record_settings(d / SETTINGS_FILE, scorer_settings(s, digest))
+    record_settings(d / SETTINGS_FILE, actor_settings(s))
     files = len(list((out / "staged").glob("part-*.parquet")))
     with checkpointed(S.IMPORT_ROW, d / "_checkpoint"):
         ds = ray.data.read_parquet(str((out / "staged").resolve())).repartition(files)  # a block a file, as in the build
@@ -220,10 +218,13 @@ def merged_scores(out: Path, keys: pa.Table, scorers: list[ScorerConf]) -> pa.Ta
     table = keys
     rows = keys.column(S.IMPORT_ROW).to_numpy()
     for s in scorers:
-        t = pq.read_table(out / "scorers" / s.name / "scores")
+        d = out / "scorers" / s.name
+        t = pq.read_table(d / "scores")
+        t = t.filter(pa.array(np.isin(t.column(S.IMPORT_ROW).to_numpy(), rows)))  # a smaller limit than before
         got, first = np.unique(t.column(S.IMPORT_ROW).to_numpy(), return_index=True)  # a block rewritten after a crash
         if not np.array_equal(got, rows):
-            raise RuntimeError(f"accuracy: {out / 'scorers' / s.name} holds scores of {len(got)} of the {len(rows)} staged pairs")
+            raise RuntimeError(f"accuracy: {d} holds scores of {len(got)} of the {len(rows)} staged pairs, though its "
+                               f"checkpoint says they were written; delete {d} and rerun to score them again")
         t = t.take(pa.array(first))
         for c in t.column_names:
             if c not in _KEYS:
@@ -286,16 +287,17 @@ def run_accuracy(cfg: Config) -> dict:
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     keys, staged = staged_pairs(cfg, out, images=False)
-    todo = [s for s in a.scorers if not scorer_done(s, out, keys, staged["digest"])]
-    if todo and not any((out / "staged").glob("part-*.parquet")):  # a finished run removed the staged images
+    todo = [s for s in a.scorers if not scorer_done(s, out, keys)]
+    if todo and not staged["staged"]:  # a finished run removed the staged images
         keys, staged = staged_pairs(cfg, out, images=True)
-        todo = [s for s in a.scorers if not scorer_done(s, out, keys, staged["digest"])]
+        todo = [s for s in a.scorers if not scorer_done(s, out, keys)]
     print(f"[accuracy] {len(a.scorers) - len(todo)} of {len(a.scorers)} scorers' scores kept from an earlier run"
           if len(todo) < len(a.scorers) else f"[accuracy] scoring {keys.num_rows} pairs", flush=True)
     for s in todo:
-        score_pairs(out, s, staged["digest"], cfg.build.task_cpus)
+        score_pairs(out, s, cfg.build.task_cpus)
     scores = merged_scores(out, keys, a.scorers)
     pq.write_table(scores, out / "scores.parquet")
+    _write_json(out / STAGED_COUNTS, {**staged, "staged": False})
     shutil.rmtree(out / "staged", ignore_errors=True)  # a copy of the pairs' images, there only to stream them
     rows = accuracy_rows(scores, names, a.aspects, a.tie_tolerance)
     labels = scores.column(S.LABEL).to_numpy(zero_copy_only=False)

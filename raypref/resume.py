@@ -20,12 +20,13 @@ def checkpointed(id_column: str, checkpoint_dir: Path):
     from ray.data.checkpoint import CheckpointConfig
 
     ctx = DataContext.get_current()
+    before = ctx.checkpoint_config
     ctx.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=str(Path(checkpoint_dir).resolve()),
                                              delete_checkpoint_on_success=False)
     try:
         yield
     finally:
-        ctx.checkpoint_config = None
+        ctx.checkpoint_config = before
 
 
 def fingerprint(model: str | None) -> str | None:
@@ -34,8 +35,11 @@ def fingerprint(model: str | None) -> str | None:
     name, tiny:*, shapes:*), which the settings name as they are."""
     if not model:
         return None
-    p = Path(model.removeprefix("local-dir:")).expanduser()
-    if not p.exists():
+    try:
+        p = Path(model.removeprefix("local-dir:")).expanduser()
+        if not p.exists():
+            return None
+    except (OSError, ValueError, RuntimeError):  # not a path at all (a long text, a NUL byte, ~user unknown)
         return None
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
     h = hashlib.sha256()
@@ -43,3 +47,23 @@ def fingerprint(model: str | None) -> str | None:
         st = f.stat()
         h.update(f"{f.relative_to(p) if f != p else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+_FILE_FIELDS = ("model", "pretrained", "lora", "unet")  # generator and scorer fields that may name local files
+_NOT_READ_BY_ACTORS = {"pool", "weight", "normalize", "value_range"}  # pool sizes and how the build aggregates
+
+
+def actor_settings(conf) -> dict:
+    """What decides a generator's or scorer's output: its config, less the pool and the aggregation
+    settings its actor never sees, with the fingerprints of the local files it names (its model,
+    pretrained weights, LoRA, UNet, and any ``args`` value that is a path). A class lists in
+    ``untracked_args`` the args that name no input of its output (a log it writes, say)."""
+    from raypref.registry import resolve
+
+    d = conf.model_dump(mode="json")
+    untracked = set(getattr(resolve(conf.cls), "untracked_args", ()))
+    files = {k: fingerprint(d[k]) for k in _FILE_FIELDS if isinstance(d.get(k), str)}
+    files.update({f"args.{k}": fingerprint(v) for k, v in (d.get("args") or {}).items()
+                  if isinstance(v, str) and k not in untracked})
+    return {"config": {k: v for k, v in d.items() if k not in _NOT_READ_BY_ACTORS},
+            "files": {k: v for k, v in files.items() if v}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,25 @@ REPORT_EVERY = 25  # ray.train.report waits for the controller to poll (~1 s): o
 
 
 _RESUME_COPIES: list[str] = []  # this worker's private checkpoint copies, removed when its loop ends
+COPY_PREFIX = "raypref-resume-"  # + the pid of the worker that made the copy
+
+
+def remove_orphaned_copies(tmp: Path) -> int:
+    """Remove the checkpoint copies in ``tmp`` whose worker is gone without removing its own (Ray
+    ends the other workers of a group that failed); returns how many. Copies of live workers stay."""
+    removed = 0
+    for d in tmp.glob(f"{COPY_PREFIX}*-*"):
+        pid = d.name[len(COPY_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+        except PermissionError:  # a live process of another user
+            pass
+    return removed
 
 
 def _removing_resume_copies(loop: Callable) -> Callable:
@@ -49,7 +69,8 @@ def load_state(ckpt) -> tuple[dict, list[dict], str | None]:
         return {}, [], None
     # A private local copy per worker: with to_directory()'s shared default dir, a worker that
     # takes the download lock after another finished copies the files again while that one reads.
-    d = tempfile.mkdtemp(prefix="raypref-resume-")
+    remove_orphaned_copies(Path(tempfile.gettempdir()))
+    d = tempfile.mkdtemp(prefix=f"{COPY_PREFIX}{os.getpid()}-")
     _RESUME_COPIES.append(d)
     atexit.register(shutil.rmtree, d, True)  # for a loop run outside fit_and_export
     ckpt.to_directory(d)

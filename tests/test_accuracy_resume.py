@@ -28,10 +28,10 @@ def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path):
     jpeg = {"name": "jpeg", "cls": "jpeg_compressibility", "pool": {"batch_size": 4, "num_cpus": 0.5}}
     out = tmp_path / "acc" / "accuracy"
     flaky = {"name": "flaky", "cls": "tests.flaky_scorer:FlakyJpeg", "pool": {"batch_size": 4, "num_cpus": 0.5},
-             "args": {"log": str(log), "flag": str(flag), "after": str(out / "scorers" / "flaky" / "scores")}}
+             "args": {"log": str(log), "flag": str(flag), "fail_after_lines": 8, "after": str(out / "scorers" / "flaky" / "scores")}}
 
     flag.touch()
-    with pytest.raises(Exception, match="failing on call 2"):
+    with pytest.raises(Exception, match="failing after 8 logged prompts"):
         run_accuracy(_cfg(tmp_path, [jpeg, flaky]))
     first = log.read_text().splitlines()
     assert len(first) == 8  # one shard's 4 pairs, both images each: scored and written, then the crash
@@ -56,9 +56,38 @@ def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path):
     # from the pairs staged again, and the kept scores still line up with them
     kept = _mtimes(out / "scorers" / "jpeg" / "scores")
     hard = {**jpeg, "name": "jpeg50", "args": {"quality": 50}}
-    changed = {**flaky, "args": {**flaky["args"], "calls_before_failing": 5}}
+    changed = {**flaky, "args": {**flaky["args"], "fail_after_lines": 1000}}
     r3 = run_accuracy(_cfg(tmp_path, [jpeg, changed, hard]))
     assert _mtimes(out / "scorers" / "jpeg" / "scores") == kept
     assert len(log.read_text().splitlines()) == len(first) + len(second) + 16  # the changed scorer: every pair again
     assert {x["scorer"] for x in r3["rows"]} == {"jpeg", "flaky", "jpeg50"} and all(x["pairs"] == 7 for x in r3["rows"])
     assert r3["pairs_read"] == 8 and not (out / "staged").exists()
+
+    # another limit on the same input keeps every stored score: the first rows are the same pairs
+    logged = len(log.read_text().splitlines())
+    r4 = run_accuracy(validate({**_cfg(tmp_path, [jpeg, changed, hard]).model_dump(mode="json"),
+                                "accuracy": {**_cfg(tmp_path, [jpeg, changed, hard]).accuracy.model_dump(mode="json"), "limit": 6}}))
+    assert r4["pairs_read"] == 6 and len(log.read_text().splitlines()) == logged
+    assert _mtimes(out / "scorers" / "jpeg" / "scores") == kept and pq.read_table(out / "scores.parquet").num_rows == 6
+
+    # the same path, another input: every scorer is scored again
+    pq.write_table(pq.read_table(tmp_path / "pairs" / "b"), tmp_path / "pairs" / "a" / "part-0.parquet")
+    r5 = run_accuracy(_cfg(tmp_path, [jpeg, changed, hard]))
+    assert len(log.read_text().splitlines()) == logged + 16 and _mtimes(out / "scorers" / "jpeg" / "scores") != kept
+    scored = pq.read_table(out / "scores.parquet").column(S.CHOSEN_ID).to_pylist()
+    assert sorted(scored) == sorted(table.column(S.CHOSEN_ID).to_pylist()[8:]) and r5["pairs_read"] == 8
+
+
+def test_actor_settings_see_what_the_actor_reads_and_its_files(tmp_path):
+    from raypref.config import PoolConf, ScorerConf
+    from raypref.resume import actor_settings
+
+    head = tmp_path / "head.safetensors"
+    head.write_bytes(b"one")
+    conf = ScorerConf(name="a", cls="aesthetic", model="tiny:clip", args={"head": str(head), "mode": "fast"})
+    before = actor_settings(conf)
+    # how the build aggregates and the pool do not change a score
+    assert actor_settings(conf.model_copy(update={"weight": 0.2, "normalize": "rank", "pool": PoolConf(batch_size=3)})) == before
+    assert set(before["files"]) == {"args.head"}  # tiny:clip and "fast" name no local file
+    head.write_bytes(b"other weights")  # re-exported in place
+    assert actor_settings(conf) != before

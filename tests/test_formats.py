@@ -316,6 +316,11 @@ def test_accuracy_stages_the_first_pairs_and_keeps_no_stale_quarantine(tmp_path)
     pq.write_table(bad.slice(1), tmp_path / "clean.parquet")
     assert stage_pairs(str(tmp_path / "clean.parquet"), "raypref", None, tmp_path / "staged", qfile) == (2, 0)
     assert not qfile.exists()  # a clean rerun leaves no earlier run's quarantine behind
+    # pairs a relabel wrote carry their own import_row: the staged copy numbers its rows afresh
+    relabelled = bad.slice(1).append_column(S.IMPORT_ROW, pa.array([7, 3], pa.int64()))
+    pq.write_table(relabelled, tmp_path / "relabelled.parquet")
+    assert stage_pairs(str(tmp_path / "relabelled.parquet"), "raypref", None, tmp_path / "staged", qfile) == (2, 0)
+    assert pq.read_table(tmp_path / "staged").column(S.IMPORT_ROW).to_pylist() == [0, 1]
 
 
 def test_hpdv2_bad_records(tmp_path):

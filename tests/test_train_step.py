@@ -245,3 +245,20 @@ def test_export_replaces_only_its_own_exports_whole(tmp_path):
     (legacy / "old.bin").write_text("x")
     export_dir(src, legacy, run_root)
     assert sorted(p.name for p in legacy.iterdir()) == [EXPORT_MARK, "weights.safetensors"]
+
+
+def test_orphaned_resume_copies_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from raypref.train_checkpoint import COPY_PREFIX, remove_orphaned_copies
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{COPY_PREFIX}{gone.stdout.strip()}-abc"
+    live = tmp_path / f"{COPY_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{COPY_PREFIX}xyz"  # not one of ours: no pid in its name
+    for d in (dead, live, other):
+        (d / "lora").mkdir(parents=True)
+    assert remove_orphaned_copies(tmp_path) == 1
+    assert not dead.exists() and live.exists() and other.exists()

@@ -76,6 +76,8 @@ def first_pairs(path, fmt: str, quarantine: Quarantine, limit: int | None, desc:
             t = t.slice(0, left)
             left -= t.num_rows
         if t.num_rows:
+            if S.IMPORT_ROW in t.column_names:  # pairs a relabel wrote: their rows in its import, not in this one
+                t = t.drop_columns([S.IMPORT_ROW])
             yield t.append_column(S.IMPORT_ROW, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
             row += t.num_rows
         if left == 0:
