@@ -75,7 +75,11 @@ def _resolve_tiny(kind: str, what: str) -> str:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{kind}-"))
-        build(tmp)
+        try:
+            build(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             tmp.rename(target)  # atomic: a concurrent builder's copy wins, ours is dropped
         except OSError:

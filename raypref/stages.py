@@ -119,7 +119,7 @@ def accuracy(cfg: Config) -> dict:
 
     init_ray(cfg.ray)
     s = run_accuracy(cfg)
-    print(open(cfg.stage_dir("accuracy") / "accuracy.md").read(), flush=True)
+    print((cfg.stage_dir("accuracy") / "accuracy.md").read_text(), flush=True)
     return s
 
 def evaluate(cfg: Config) -> dict:
@@ -128,7 +128,7 @@ def evaluate(cfg: Config) -> dict:
     init_ray(cfg.ray)
     s = run_eval(cfg)
     print(summary_line("eval", s, str(cfg.stage_dir("eval"))), flush=True)
-    print(open(cfg.stage_dir("eval") / "win_rate.md").read(), flush=True)
+    print((cfg.stage_dir("eval") / "win_rate.md").read_text(), flush=True)
     return s
 
 

@@ -168,7 +168,8 @@ def _stage_fns() -> dict:
 def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None, str]:
     """(this point's earlier result, or None with why it runs now). A point made under another config
     is moved aside whole (its stages would refuse to resume it, and nothing is lost): it runs from
-    scratch. A point lacking a stage added since runs again in place; its finished stages resume."""
+    scratch. A point whose config differs only in scale or budget (a pool, the ray section,
+    max_steps...), or lacks a stage added since, runs again in place; its finished stages resume."""
     f = point_dir / RESULT_FILE
     if not f.is_file():
         return None, "runs"
@@ -177,6 +178,8 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
     except json.JSONDecodeError:
         return None, f"runs again ({f} is unreadable)"
     if r.get("config") != config:
+        if _scale_free(r.get("config")) == _scale_free(config):  # the same work: its stages resume it
+            return None, "runs again in place (only its scale or budget changed; its stages resume)"
         aside = point_dir.with_name(f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         point_dir.rename(aside)
         return None, f"its config changed: runs from scratch (the earlier run is kept in {aside})"
@@ -195,6 +198,18 @@ def collect(point_dir: Path, sw: SweepConf) -> dict[str, float]:
             if getattr(m, end):
                 metrics[f"{m.name}_{end}"] = read_metric(point_dir, getattr(m, end))
     return metrics
+
+
+def _scale_free(config):
+    """A point's config less what its stages resume across (train_checkpoint.RESUMABLE): the ray
+    section, every pool, and the budget and scale keys of the training sections."""
+    from raypref.train_checkpoint import RESUMABLE
+
+    if isinstance(config, dict):
+        return {k: _scale_free(v) for k, v in config.items() if k not in RESUMABLE and k not in ("ray", "pool")}
+    if isinstance(config, list):
+        return [_scale_free(v) for v in config]
+    return config
 
 
 def _point_config(pcfg: Config) -> dict:

@@ -23,12 +23,13 @@ REPORT_EVERY = 25  # ray.train.report waits for the controller to poll (~1 s): o
 
 
 _RESUME_COPIES: list[str] = []  # this worker's private checkpoint copies, removed when its loop ends
-COPY_PREFIX = "raypref-resume-"  # + the pid of the worker that made the copy
+COPY_PREFIX = "raypref-resume-"  # + the pid of the worker that made the copy (or the checkpoint it reports)
 
 
 def remove_orphaned_copies(tmp: Path) -> int:
     """Remove the checkpoint copies in ``tmp`` whose worker is gone without removing its own (Ray
-    ends the other workers of a group that failed); returns how many. Copies of live workers stay."""
+    ends the other workers of a group that failed, or one killed mid-report); returns how many.
+    Copies of live workers stay."""
     removed = 0
     for d in tmp.glob(f"{COPY_PREFIX}*-*"):
         pid = d.name[len(COPY_PREFIX):].split("-", 1)[0]
@@ -65,11 +66,11 @@ def _removing_resume_copies(loop: Callable) -> Callable:
 
 def load_state(ckpt) -> tuple[dict, list[dict], str | None]:
     """(state, metric history, local checkpoint dir) of the checkpoint to resume from, or empties."""
+    remove_orphaned_copies(Path(tempfile.gettempdir()))  # a fresh run too: an earlier one's workers may have been ended
     if ckpt is None:
         return {}, [], None
     # A private local copy per worker: with to_directory()'s shared default dir, a worker that
     # takes the download lock after another finished copies the files again while that one reads.
-    remove_orphaned_copies(Path(tempfile.gettempdir()))
     d = tempfile.mkdtemp(prefix=f"{COPY_PREFIX}{os.getpid()}-")
     _RESUME_COPIES.append(d)
     atexit.register(shutil.rmtree, d, True)  # for a loop run outside fit_and_export
@@ -94,7 +95,9 @@ def report_step(rank: int, metrics: dict, history: list[dict], state: dict,
     if write is None:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    # named as the resume copies are: if Ray ends this worker while report() uploads it, the next
+    # run's remove_orphaned_copies finds it
+    with tempfile.TemporaryDirectory(prefix=f"{COPY_PREFIX}{os.getpid()}-") as tmp:
         if rank == 0:
             write(tmp)
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))

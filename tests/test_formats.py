@@ -93,7 +93,7 @@ def test_round_trip(tmp_path, fmt, opts, keeps_ids, keeps_gens, keeps_ties):
 
 
 @pytest.mark.parametrize("fmt,opts,keeps_ids,keeps_gens,keeps_ties", ROUND_TRIPS, ids=[r[0] for r in ROUND_TRIPS])
-def test_a_failed_export_leaves_the_earlier_one_or_nothing_readable(tmp_path, fmt, opts, keeps_ids, keeps_gens, keeps_ties):
+def test_a_failed_export_leaves_the_earlier_one(tmp_path, fmt, opts, keeps_ids, keeps_gens, keeps_ties):
     out = target(tmp_path, fmt)
     strict = SOURCE.slice(0, 2)
     write_pairs(strict.slice(0, 1), out, fmt, Quarantine("export"), **opts)
@@ -104,10 +104,19 @@ def test_a_failed_export_leaves_the_earlier_one_or_nothing_readable(tmp_path, fm
 
     with pytest.raises(FormatError, match="shard 2: broken"):
         write_pairs(failing(), out, fmt, Quarantine("export"), **opts)
-    if fmt in ("raypref", "pickapic", "agfsync", "hpdv2"):  # the earlier export, whole
-        assert read_pairs(out, fmt).column(S.PROMPT).to_pylist() == ["a red circle"]
-    else:  # folder by folder: no JSON left to read a part from
-        assert not list(out.rglob("*.json"))
+    assert read_pairs(out, fmt).column(S.PROMPT).to_pylist() == ["a red circle"]  # the earlier export, whole
+    assert not [p for p in out.parent.rglob("*") if p.name.endswith(".partial")]  # no staging left behind
+
+
+@pytest.mark.parametrize("fmt", ["hpdv2", "imagereward_db"])
+def test_a_smaller_export_leaves_no_file_of_the_earlier_one(tmp_path, fmt):
+    out = tmp_path / "out"
+    strict = SOURCE.filter(pa.compute.equal(SOURCE.column(S.LABEL), 1.0))
+    opts = {"groups_per_folder": 1} if fmt == "imagereward_db" else {}  # a folder a pair
+    assert write_pairs(strict, out, fmt, Quarantine("export"), **opts) == strict.num_rows > 1
+    assert write_pairs(strict.slice(0, 1), out, fmt, Quarantine("export"), **opts) == 1
+    assert read_pairs(out, fmt).column(S.CHOSEN_ID).to_pylist() == strict.column(S.CHOSEN_ID).to_pylist()[:1]
+    assert len([f for f in out.rglob("*.png")]) == 2  # the one pair's two images, no stale one
     assert not list(tmp_path.glob("*.partial"))
 
 

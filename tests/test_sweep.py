@@ -150,6 +150,17 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     (d / "result.json").write_text(json.dumps({"config": {"a": 1}, "stages": ["rank"]}))
     assert _done(d, {"a": 1}, ["rank"])[0]["stages"] == ["rank"]
     assert _done(d, {"a": 1}, ["rank", "report"]) == (None, "runs again for the stage(s) added since: report")
+    # only its scale or budget changed: it runs again where it is, and its stages resume
+    base = {"a": 1, "ray": {"num_cpus": 8}, "reward": {"max_steps": 10, "lr": 1.0},
+            "build": {"scorers": [{"name": "s", "pool": {"batch_size": 4}}]}}
+    (d / "result.json").write_text(json.dumps({"config": base, "stages": ["rank"]}))
+    scaled = {"a": 1, "ray": {"num_cpus": 2}, "reward": {"max_steps": 20, "lr": 1.0},
+              "build": {"scorers": [{"name": "s", "pool": {"batch_size": 16}}]}}
+    assert _done(d, scaled, ["rank"]) == (None, "runs again in place (only its scale or budget changed; its stages resume)")
+    assert (d / "result.json").is_file()  # not moved aside
+    other = {**scaled, "reward": {"max_steps": 20, "lr": 2.0}}
+    assert _done(d, other, ["rank"])[1].startswith("its config changed: runs from scratch") and not d.exists()
+    d.mkdir()
     (d / "result.json").write_text('{"config": ')  # cut short
     r, why = _done(d, {"a": 1}, ["rank"])
     assert r is None and why == f"runs again ({d / 'result.json'} is unreadable)"

@@ -160,7 +160,9 @@ def data_files(path: str | Path, what: str, suffix: str) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*" + suffix) if f.is_file())
+        # an export's staging dirs (<dir>.partial, <dir>.old) are never part of a dataset
+        files = sorted(f for f in p.rglob("*" + suffix) if f.is_file()
+                       and not any(d.endswith(STAGING_SUFFIXES) for d in f.relative_to(p).parts[:-1]))
         if files:
             return files
         raise FormatError(f"{what}: no {suffix} files under {p}")
@@ -283,6 +285,20 @@ def writable(t: pa.Table, q: Quarantine, what: str, allow_ties: bool = True) -> 
         else:
             q.add(row, f"bad label: {lab!r} not in {{0.5, 1.0}}")
     return t if len(keep) == t.num_rows else t.take(pa.array(keep, pa.int64()))
+
+
+STAGING_SUFFIXES = (".partial", ".old")
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Put the directory ``staging`` in place of ``target`` (which may not exist): the earlier one is
+    moved aside and removed only once the new one is in, so a crash leaves one of them whole."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

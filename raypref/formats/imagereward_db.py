@@ -30,6 +30,7 @@ tie 1 and 1; images as <id>.<ext> (ext from the bytes, bytes as they are) under
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -39,7 +40,7 @@ from raypref import schema as S
 from raypref.formats._common import (
     DEFAULT_BATCH_ROWS, TIE, JsonListWriter, data_files, Quarantine, as_tables, batched, concat,
     file_name_for, id_from_path, image_file, nonempty_text, pair_row, pairs_table, ranking_pairs,
-    read_json_list, write_image, writable,
+    read_json_list, swap_in, write_image, writable,
 )
 
 NAME = "imagereward_db"
@@ -135,11 +136,16 @@ def _record(rel: str, group: str, prompt: str, rank: int) -> dict:
 
 def write(table_or_batches, path, quarantine: Quarantine | None = None, split: str = "train",
           groups_per_folder: int = 500) -> int:
-    """Write each pair as a 2-image ranking group in ImageRewardDB's folder layout; returns pairs written."""
+    """Write each pair as a 2-image ranking group in ImageRewardDB's folder layout
+    (<path>/images/<split>/<split>_<i>/, each folder with its JSON); returns pairs written. The split
+    is written beside its earlier export (<split>.partial) and swapped in whole: a failed export
+    leaves the earlier one, and a smaller one leaves no folder of it behind."""
     q = quarantine if quarantine is not None else Quarantine(f"export:{NAME}")
-    root = Path(path)
+    split_dir = Path(path) / "images" / split
+    staging = split_dir.with_name(split + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
     written: set = set()
-    out, folder_idx, n, done = None, 0, 0, []
+    out, folder_idx, n = None, 0, 0
     try:
         for t in as_tables(table_or_batches):
             t = writable(t, q, NAME)
@@ -149,24 +155,25 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, split: s
                     if out is not None:
                         out.__exit__(None, None, None)
                     folder_idx += 1
-                    rel_folder = f"images/{split}/{split}_{folder_idx}"
-                    done.append(root / rel_folder / f"{split}_{folder_idx}.json")
-                    out = JsonListWriter(done[-1])
+                    folder = f"{split}_{folder_idx}"
+                    out = JsonListWriter(staging / folder / f"{folder}.json")
                 prompt = cols[S.PROMPT][k]
                 group = S.stable_id(NAME, prompt, cols[S.CHOSEN_ID][k], cols[S.REJECTED_ID][k])
                 ranks = (1, 1) if cols[S.LABEL][k] == TIE else (1, 2)
                 for side, rank in zip((S.CHOSEN_ID, S.REJECTED_ID), ranks):
                     data = cols[S.CHOSEN_IMAGE if side == S.CHOSEN_ID else S.REJECTED_IMAGE][k]
                     name = file_name_for(cols[side][k], data)
-                    write_image(root, f"{rel_folder}/{name}", data, written)
-                    out.add(_record(f"{rel_folder}/{name}", group, prompt, rank))
+                    write_image(staging, f"{folder}/{name}", data, written)
+                    out.add(_record(f"images/{split}/{folder}/{name}", group, prompt, rank))  # as it will be
                 n += 1
-    except BaseException as e:  # no folder's JSON is left behind: a failed export is not a readable part of one
+        if out is not None:
+            out.__exit__(None, None, None)
+            out = None
+        staging.mkdir(parents=True, exist_ok=True)  # an empty export is an empty split
+        swap_in(staging, split_dir)
+    except BaseException as e:
         if out is not None:
             out.__exit__(type(e), e, e.__traceback__)
-        for f in done:
-            f.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out is not None:
-        out.__exit__(None, None, None)
     return n
