@@ -269,6 +269,12 @@ def _order_key(batch, source: int, seed: int):
     return batch.append_column(S.PAIR_ORDER, pa.array([S.stable_id("order", seed, source, p) for p in ids]))
 
 
+def _small(paths: list[str], cache_max_mb: float) -> bool:
+    """Local pairs under ``cache_max_mb``: read once into the object store, not once per epoch."""
+    mb = parquet_mb(paths)
+    return mb is not None and mb < cache_max_mb
+
+
 def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float, interleave_seed: int | None = None):
     """One Ray dataset over every pairs dir in ``paths`` (each checked for the needed columns);
     with ``interleave_seed``, sorted by _order_key: in this process when the pairs are local and
@@ -285,8 +291,7 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
             raise ValueError(f"reward.pairs: {path} lacks columns {missing} "
                              f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
                              "whose aspect columns label the aspect heads)")
-    mb = parquet_mb(paths)
-    small = mb is not None and mb < cache_max_mb  # local and small: read once, not once per epoch
+    small = _small(paths, cache_max_mb)
     if interleave_seed is not None and small:
         # small and local: read and sort in this process (a distributed sort costs seconds of tasks), the
         # same order as below; the table is then held in the object store, as a small dataset below is
@@ -303,6 +308,22 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
             for i, p in enumerate(paths)]
         ds = parts[0].union(*parts[1:]).sort(S.PAIR_ORDER).drop_columns([S.PAIR_ORDER])
     return ds.materialize() if small else ds
+
+
+def _split_counts(paths: list[str], fraction: float, seed: int, train_fraction: float) -> tuple[int, int]:
+    """(training, held-out) pairs as _split makes them, from the prompt ids alone: a large pairs set
+    streams every epoch, and counting its splits should not read its images."""
+    import pyarrow as pa
+    import ray.data
+
+    def count(batch: pa.Table) -> pa.Table:
+        ids = batch.column(S.PROMPT_ID).to_pylist()
+        held = heldout_mask(ids, fraction, seed)
+        train = ~held & subset_mask(ids, train_fraction, seed)
+        return pa.table({"train": [int(train.sum())], "held": [int(held.sum())]})
+
+    rows = ray.data.read_parquet(paths, columns=[S.PROMPT_ID]).map_batches(count, batch_format="pyarrow").take_all()
+    return sum(r["train"] for r in rows), sum(r["held"] for r in rows)
 
 
 def run_train_reward(cfg: Config) -> dict:
@@ -327,9 +348,15 @@ def run_train_reward(cfg: Config) -> dict:
     ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb, r.seed if r.interleave else None)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}
     train = ds.map_batches(_split, fn_kwargs={**fn, "heldout": False, "train_fraction": r.train_fraction},
-                           batch_format="pyarrow").materialize()
-    held = ds.map_batches(_split, fn_kwargs={**fn, "heldout": True}, batch_format="pyarrow").materialize()
-    n_train, n_held = train.count(), held.count()
+                           batch_format="pyarrow")
+    held = ds.map_batches(_split, fn_kwargs={**fn, "heldout": True}, batch_format="pyarrow")
+    cached = _small(paths, r.cache_pairs_max_mb)
+    if cached:  # read once (_read_pairs): split once too, not once per epoch
+        train, held = train.materialize(), held.materialize()
+        n_train, n_held = train.count(), held.count()
+    else:  # large: both splits stream from the files every epoch, never held whole in the object store
+        n_train, n_held = _split_counts(paths, r.heldout_fraction, r.seed, r.train_fraction)
+    del ds  # the splits hold what training reads
     if n_train == 0 or n_held == 0:
         raise ValueError(f"reward: {pairs} splits into {n_train} training and {n_held} held-out pairs "
                          f"(reward.heldout_fraction={r.heldout_fraction}, reward.train_fraction={r.train_fraction}); "
@@ -345,6 +372,7 @@ def run_train_reward(cfg: Config) -> dict:
     summary = {
         "pairs_train": n_train,
         "pairs_heldout": n_held,
+        "pairs_cached": cached,  # held in Ray's object store (under reward.cache_pairs_max_mb), else read every epoch
         "train_fraction": r.train_fraction,
         "workers": r.num_workers,
         "aspect_columns": aspect_cols,

@@ -389,3 +389,18 @@ def test_interleave_mixes_pairs_dirs_and_keeps_prompts_whole(ray_session, tmp_pa
     assert len(runs) == len(set(runs)) == 48  # each prompt's pairs in one run
     half = pid(mixed)[: len(mixed) // 2]
     assert 0 < sum(p in first_b for p in half) < len(half)  # both dirs in the first half
+
+
+def test_pairs_over_the_cache_limit_stream_and_split_as_small_ones_do(ray_session, tmp_path, tiny_clip):
+    from raypref.train_reward import heldout_mask, run_train_reward
+
+    table = synthetic_pairs(tmp_path / "pairs", n_prompts=16)
+    ids = table.column(S.PROMPT_ID).to_pylist()
+    held = int(heldout_mask(ids, 0.25, 0).sum())
+    # cache_pairs_max_mb=0: nothing is held in the object store, the splits are counted from the ids alone
+    s = run_train_reward(_cfg(tmp_path / "run", [str(tmp_path / "pairs" / "a"), str(tmp_path / "pairs" / "b")],
+                              max_steps=3, eval_every=3, cache_pairs_max_mb=0))
+    assert (s["pairs_train"], s["pairs_heldout"]) == (len(ids) - held, held) and s["final_step"] == 3
+    assert s["pairs_cached"] is False
+    hist = _history(tmp_path / "run")
+    assert all(math.isfinite(h["loss"]) for h in hist if "loss" in h) and hist[-1]["eval_pairs"] == held
