@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import os
 import re
 import subprocess
@@ -605,10 +606,10 @@ def _flat(v, key: str) -> dict:
 
 def record_settings(record: Path, settings: dict) -> None:
     """Write the settings a stage's resumable work is made with (see settings_changed), atomically."""
+    from raypref.resume import write_atomic
+
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps(_flat(settings, ""), indent=1, sort_keys=True) + "\n")
-    tmp.replace(record)
+    write_atomic(record, json.dumps(_flat(settings, ""), indent=1, sort_keys=True) + "\n")
 
 
 def settings_changed(record: Path, settings: dict) -> str | None:
@@ -631,6 +632,17 @@ def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str) -> N
     changed = settings_changed(record, settings) if has_work else None
     if changed:
         raise ValueError(refusal.replace("{changed}", changed))  # not format(): a path may hold braces
+    record_settings(record, settings)
+
+
+def renew_if_changed(record: Path, settings: dict, what: str) -> None:
+    """For derived work that a rerun may simply redo (eval's sides, accuracy's scorers): if the
+    directory of ``record`` holds work made with settings other than ``settings``, remove it, saying
+    so; then record ``settings``. (Work worth keeping is refused instead: guard_rerun.)"""
+    changed = settings_changed(record, settings)
+    if changed:
+        print(f"{what}: the stored scores were made with other settings ({changed}); scoring again", flush=True)
+        shutil.rmtree(record.parent)
     record_settings(record, settings)
 
 

@@ -8,7 +8,6 @@ scored again while the other side's scores are kept."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.build import generate_and_score
-from raypref.config import Config, record_settings, settings_changed, write_run_meta
+from raypref.config import Config, renew_if_changed, write_run_meta
 from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, paired_difference, win_rate
 from raypref.paths import resolve_path
@@ -44,12 +43,7 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
     import ray
     import ray.data
 
-    mine = side_settings(generator, scorer, generator.num_samples)
-    changed = settings_changed(side / SETTINGS_FILE, mine)
-    if changed:
-        print(f"[eval] {side.name}: the stored scores were made with other settings ({changed}); scoring again", flush=True)
-        shutil.rmtree(side)
-    record_settings(side / SETTINGS_FILE, mine)
+    renew_if_changed(side / SETTINGS_FILE, side_settings(generator, scorer, generator.num_samples), f"[eval] {side.name}")
     main = S.score_column(scorer.name)
     with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
         ds = ray.data.read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build

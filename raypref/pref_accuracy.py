@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypref import schema as S
-from raypref.config import Config, ScorerConf, record_settings, settings_changed, write_run_meta
+from raypref.config import Config, ScorerConf, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import wilson_interval
-from raypref.resume import actor_settings, checkpointed, fingerprint
+from raypref.resume import actor_settings, checkpointed, fingerprint, write_atomic
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
@@ -101,9 +101,7 @@ _KEYS = [S.IMPORT_ROW, S.PROMPT_ID, S.CHOSEN_ID, S.REJECTED_ID, S.LABEL]  # a st
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(value) + "\n")
 
 
 def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
@@ -184,13 +182,10 @@ def _stored_rows(d: Path) -> np.ndarray:
 
 def scorer_done(s: ScorerConf, out: Path, keys: pa.Table) -> bool:
     """Whether <out>/scorers/<name> holds this scorer's scores of every staged pair; scores made with
-    other settings are removed."""
+    other settings are removed first (and this scorer's settings recorded)."""
     d = out / "scorers" / s.name
-    changed = settings_changed(d / SETTINGS_FILE, actor_settings(s))
-    if changed:
-        print(f"[accuracy] {s.name}: the stored scores were made with other settings ({changed}); scoring again", flush=True)
-        shutil.rmtree(d)
-    return (d / SETTINGS_FILE).is_file() and bool(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).all())
+    renew_if_changed(d / SETTINGS_FILE, actor_settings(s), f"[accuracy] {s.name}")
+    return bool(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).all())
 
 
 def score_pairs(out: Path, s: ScorerConf, task_cpus: float) -> None:
@@ -202,8 +197,7 @@ def score_pairs(out: Path, s: ScorerConf, task_cpus: float) -> None:
 
     from raypref.build import generate_and_score
 
-    d = out / "scorers" / s.name
-    record_settings(d / SETTINGS_FILE, actor_settings(s))
+    d = out / "scorers" / s.name  # its settings recorded by scorer_done
     files = len(list((out / "staged").glob("part-*.parquet")))
     with checkpointed(S.IMPORT_ROW, d / "_checkpoint"):
         ds = ray.data.read_parquet(str((out / "staged").resolve())).repartition(files)  # a block a file, as in the build

@@ -1,13 +1,17 @@
-"""What lets a Ray Data stage resume: checkpointed writes, and fingerprints of local model files.
+"""What lets a stage resume, and survive a crash: checkpointed writes, outputs put in place whole,
+and fingerprints of local model files.
 
 A stage that writes with ``checkpointed`` on skips, on a rerun, every row whose id a finished
-block already wrote. A stage that keeps earlier scores records the fingerprint of each model it
-scored with, so a model re-exported under the same path is noticed and scored again.
+block already wrote. ``write_atomic`` and ``swap_in`` put a file or a directory in place whole, so
+a crash leaves the earlier one or the new one. A stage that keeps earlier scores records the
+fingerprint of each model it scored with, so a model re-exported under the same path is noticed
+and scored again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +31,24 @@ def checkpointed(id_column: str, checkpoint_dir: Path):
         yield
     finally:
         ctx.checkpoint_config = before
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole: beside it first, then renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Put the directory ``staging`` in place of ``target`` (which may not exist): the earlier one is
+    moved aside (<target>.old) and removed only once the new one is in, so a crash leaves one whole."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fingerprint(model: str | None) -> str | None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from raypref.config import Config, ConfigError, SweepConf, _set_dotted, validate, write_run_meta
+from raypref.resume import write_atomic
 
 STAGE = "sweep"
 POINT_TOKEN = "{point}"
@@ -230,9 +231,7 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
               "started": round(t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "config": pconf,
               "stages": list(sw.stages)}
-    tmp = d / (RESULT_FILE + ".tmp")  # a crash mid-write must not leave a result that reads as done
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(d / RESULT_FILE)
+    write_atomic(d / RESULT_FILE, json.dumps(result, indent=2) + "\n")  # a crash mid-write must not read as done
     (d / ERROR_FILE).unlink(missing_ok=True)
     return result
 

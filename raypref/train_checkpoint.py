@@ -184,17 +184,15 @@ def export_dir(src: Path, export: Path, run_root: Path) -> None:
     """Copy ``src`` to ``export`` (see check_export_dir), replacing an earlier export whole: the new
     copy is made beside it and renamed into place, so a crash leaves the old export or the new one,
     never a mix or nothing."""
+    from raypref.resume import swap_in
+
     check_export_dir(export, run_root)
     export = export.resolve()
-    new, old = export.with_name(export.name + ".new"), export.with_name(export.name + ".old")
-    for leftover in (new, old):  # from a crash mid-export
-        shutil.rmtree(leftover, ignore_errors=True)
+    new = export.with_name(export.name + ".new")
+    shutil.rmtree(new, ignore_errors=True)  # from a crash mid-export
     shutil.copytree(src, new)
     (new / EXPORT_MARK).write_text("exported by raypref; a re-export replaces this directory\n")
-    if export.exists():
-        export.rename(old)
-    new.rename(export)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(new, export)
 
 
 def first_last_means(values: list[float], n: int = 20) -> list[float] | None:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from raypref import quarantine as Q
 from raypref import schema as S
+from raypref.resume import swap_in
 
 log = logging.getLogger(__name__)
 
@@ -290,21 +291,11 @@ def writable(t: pa.Table, q: Quarantine, what: str, allow_ties: bool = True) -> 
 STAGING_SUFFIXES = (".partial", ".old")
 
 
-def swap_in(staging: Path, target: Path) -> None:
-    """Put the directory ``staging`` in place of ``target`` (which may not exist): the earlier one is
-    moved aside and removed only once the new one is in, so a crash leaves one of them whole."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 @contextmanager
 def replaced_on_success(path: Path):
-    """A staging path beside ``path`` to write to: on success it replaces ``path``, on an error it is
-    removed, so a failed export leaves the earlier output as it was, never a readable part of a new one."""
+    """A staging path beside ``path`` (<path>.partial) to write a file or a directory to: on success it
+    replaces ``path`` whole (a directory through swap_in), on an error it is removed, so a failed
+    export leaves the earlier output as it was, never a readable part of a new one."""
     staging = path.with_name(path.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else staging.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +304,10 @@ def replaced_on_success(path: Path):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else staging.unlink(missing_ok=True)
         raise
-    staging.replace(path)
+    if staging.is_dir():
+        swap_in(staging, path)
+    else:
+        staging.replace(path)
 
 
 class JsonListWriter:

@@ -32,7 +32,6 @@ raw_annotations []), which keeps ties. Scores and generators are not part of the
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -42,7 +41,7 @@ from raypref import schema as S
 from raypref.formats._common import (
     DEFAULT_BATCH_ROWS, STRICT, TIE, FormatError, JsonListWriter, Quarantine, as_tables, batched, concat,
     file_name_for, id_from_path, nonempty_text, pair_row, pairs_table, ranking_pairs, read_image,
-    read_json_list, swap_in, write_image, writable,
+    read_json_list, replaced_on_success, write_image, writable,
 )
 
 NAME = "hpdv2"
@@ -130,28 +129,15 @@ def read(path, quarantine: Quarantine | None = None, image_root=None) -> pa.Tabl
 
 def write(table_or_batches, path, quarantine: Quarantine | None = None, split: str = "train") -> int:
     """Write pairs as <path>/<split>.json + <path>/<split>/ images; returns the number of pairs written.
-    Both are written beside the earlier export's and put in place on success (the images, then the
-    JSON, two renames apart): a failed export leaves the earlier one, and no stale image stays."""
+    Both are written beside the earlier export's and put in place on success (the JSON, then the
+    images, two renames apart): a failed export leaves the earlier one, and no stale image stays."""
     if split not in SPLITS:
         raise ValueError(f"{NAME}: split must be one of {SPLITS}, got {split!r}")
     q = quarantine if quarantine is not None else Quarantine(f"export:{NAME}")
     root = Path(path)
-    img_dir = root / split
-    staging = img_dir.with_name(split + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     written: set = set()
-    try:
-        out = _write(table_or_batches, root / f"{split}.json", staging, img_dir, split, q, written)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
-def _write(table_or_batches, json_file: Path, img_dir: Path, target: Path, split: str, q: Quarantine,
-           written: set) -> int:
-    """The images into ``img_dir`` (staging), swapped in as ``target`` once all are written."""
-    with JsonListWriter(json_file) as out:
+    with replaced_on_success(root / split) as img_dir, JsonListWriter(root / f"{split}.json") as out:
+        img_dir.mkdir(parents=True)  # an export of no pairs has an empty image folder
         for t in as_tables(table_or_batches):
             t = writable(t, q, NAME, allow_ties=split == "test")
             cols = t.select([S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]).to_pydict()
@@ -165,6 +151,4 @@ def _write(table_or_batches, json_file: Path, img_dir: Path, target: Path, split
                 else:
                     rank = [1, 1] if cols[S.LABEL][k] == TIE else [1, 2]
                     out.add({"prompt": cols[S.PROMPT][k], "image_path": files, "rank": rank, "raw_annotations": []})
-        img_dir.mkdir(parents=True, exist_ok=True)  # an export of no pairs has no images
-        swap_in(img_dir, target)  # the JSON follows when the writer closes
     return out.n

@@ -30,7 +30,6 @@ tie 1 and 1; images as <id>.<ext> (ext from the bytes, bytes as they are) under
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -40,7 +39,7 @@ from raypref import schema as S
 from raypref.formats._common import (
     DEFAULT_BATCH_ROWS, TIE, JsonListWriter, data_files, Quarantine, as_tables, batched, concat,
     file_name_for, id_from_path, image_file, nonempty_text, pair_row, pairs_table, ranking_pairs,
-    read_json_list, swap_in, write_image, writable,
+    read_json_list, replaced_on_success, write_image, writable,
 )
 
 NAME = "imagereward_db"
@@ -138,42 +137,37 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, split: s
           groups_per_folder: int = 500) -> int:
     """Write each pair as a 2-image ranking group in ImageRewardDB's folder layout
     (<path>/images/<split>/<split>_<i>/, each folder with its JSON); returns pairs written. The split
-    is written beside its earlier export (<split>.partial) and swapped in whole: a failed export
+    is written beside its earlier export (<split>.partial) and put in place whole: a failed export
     leaves the earlier one, and a smaller one leaves no folder of it behind."""
     q = quarantine if quarantine is not None else Quarantine(f"export:{NAME}")
-    split_dir = Path(path) / "images" / split
-    staging = split_dir.with_name(split + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     written: set = set()
     out, folder_idx, n = None, 0, 0
-    try:
-        for t in as_tables(table_or_batches):
-            t = writable(t, q, NAME)
-            cols = t.select([S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]).to_pydict()
-            for k in range(t.num_rows):
-                if n % groups_per_folder == 0:  # a new folder with its own JSON, as the real dataset is cut
-                    if out is not None:
-                        out.__exit__(None, None, None)
-                    folder_idx += 1
-                    folder = f"{split}_{folder_idx}"
-                    out = JsonListWriter(staging / folder / f"{folder}.json")
-                prompt = cols[S.PROMPT][k]
-                group = S.stable_id(NAME, prompt, cols[S.CHOSEN_ID][k], cols[S.REJECTED_ID][k])
-                ranks = (1, 1) if cols[S.LABEL][k] == TIE else (1, 2)
-                for side, rank in zip((S.CHOSEN_ID, S.REJECTED_ID), ranks):
-                    data = cols[S.CHOSEN_IMAGE if side == S.CHOSEN_ID else S.REJECTED_IMAGE][k]
-                    name = file_name_for(cols[side][k], data)
-                    write_image(staging, f"{folder}/{name}", data, written)
-                    out.add(_record(f"images/{split}/{folder}/{name}", group, prompt, rank))  # as it will be
-                n += 1
+    with replaced_on_success(Path(path) / "images" / split) as staging:
+        staging.mkdir(parents=True)  # an empty export is an empty split
+        try:
+            for t in as_tables(table_or_batches):
+                t = writable(t, q, NAME)
+                cols = t.select([S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]).to_pydict()
+                for k in range(t.num_rows):
+                    if n % groups_per_folder == 0:  # a new folder with its own JSON, as the real dataset is cut
+                        if out is not None:
+                            out.__exit__(None, None, None)
+                        folder_idx += 1
+                        folder = f"{split}_{folder_idx}"
+                        out = JsonListWriter(staging / folder / f"{folder}.json")
+                    prompt = cols[S.PROMPT][k]
+                    group = S.stable_id(NAME, prompt, cols[S.CHOSEN_ID][k], cols[S.REJECTED_ID][k])
+                    ranks = (1, 1) if cols[S.LABEL][k] == TIE else (1, 2)
+                    for side, rank in zip((S.CHOSEN_ID, S.REJECTED_ID), ranks):
+                        data = cols[S.CHOSEN_IMAGE if side == S.CHOSEN_ID else S.REJECTED_IMAGE][k]
+                        name = file_name_for(cols[side][k], data)
+                        write_image(staging, f"{folder}/{name}", data, written)
+                        out.add(_record(f"images/{split}/{folder}/{name}", group, prompt, rank))  # as it will be
+                    n += 1
+        except BaseException as e:  # the open folder's JSON writer goes with its staging
+            if out is not None:
+                out.__exit__(type(e), e, e.__traceback__)
+            raise
         if out is not None:
             out.__exit__(None, None, None)
-            out = None
-        staging.mkdir(parents=True, exist_ok=True)  # an empty export is an empty split
-        swap_in(staging, split_dir)
-    except BaseException as e:
-        if out is not None:
-            out.__exit__(type(e), e, e.__traceback__)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return n
