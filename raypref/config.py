@@ -352,6 +352,7 @@ class PcClipConf(_RayTrainScale):
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of prompts (hash of prompt_id) held out: the before/after retrieval accuracies are measured on them.")
     shuffle_buffer: int = Field(2048, ge=0, description="Ray Data local shuffle buffer (images), so that a batch mixes prompts; 0: file order.")
     eval_images: int = Field(1024, ge=2, description="At most this many held-out images are measured (they travel to the rank-0 worker with the loop's config).")
+    cache_samples_max_mb: float = Field(1024.0, ge=0, description="Samples whose Parquet files, times the training share, total less than this are read once into Ray's object store; larger ones stream from the files every epoch. The held-out split is never held: only its first eval_images rows are read.")
     comparatives_per_class: int = Field(8, ge=0, description="Comparative prompting in the held-out image -> prompt measure: each prompt's embedding is mixed with estimates from its k nearest other prompts (by text embedding), each prompt's embedding minus that of the text_generator's text for how it differs (raypref/comparative_prompting.py); 0: not measured.")
     comparative_alpha: float = Field(0.8, ge=0, le=1, description="Comparative prompting: the weight of a prompt's own embedding; 1 - alpha goes to the mean of its comparative estimates (0.8, as in the authors' code).")
 

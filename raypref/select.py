@@ -261,65 +261,68 @@ def rank_pairs(
     out_fs.delete_dir_contents(staging, missing_dir_ok=True)
     out_fs.create_dir(staging, recursive=True)
     t_count = time.time()
-
-    # 1. quality of every pair -> the best K_max candidates -> the exact cut
-    top = TopK(top_k_count(top_p, n_rows) if n_rows else 0)
-    n_nan = n_seen = 0
-    for shard, path in _bar(list(enumerate(files)), "rank 1/2 quality", progress):
-        f = pq.ParquetFile(path, filesystem=in_fs)
-        offset = 0
-        for batch in f.iter_batches(batch_size=_batch_rows(metas[shard], read, batch_mb), columns=read):
-            q32 = rank_value(Q.compute(fn, batch, args, metric))
-            rows = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
-            offset += batch.num_rows
-            n_nan += int(np.isnan(q32).sum())
-            top.offer(q32, _ids(batch, S.CHOSEN_ID), _ids(batch, S.REJECTED_ID), shard, rows)
-        n_seen += offset
-    top.merge()
-    if n_seen != n_rows:
-        raise ValueError(f"rank: the footers count {n_rows} pairs but {n_seen} were read (did a shard change?)")
-    n_valid = n_rows - n_nan
-    k = top_k_count(top_p, n_valid) if n_valid else 0
-    cut = top.nth(k - 1) if k else None
-    t_pass1 = time.time()
-
-    # 2. stream again, keep the rows at or above the cut
-    n_kept = n_tied = tied_kept = written = 0
-    q_sum, q_min, q_max = 0.0, math.inf, -math.inf
-    for shard, path in _bar(list(enumerate(files)), "rank 2/2 write", progress):
-        f = pq.ParquetFile(path, filesystem=in_fs)
-        writer = None
-        offset = 0
-        if cut is not None:
-            for batch in f.iter_batches(batch_size=_batch_rows(metas[shard], None, batch_mb)):
+    try:
+        # 1. quality of every pair -> the best K_max candidates -> the exact cut
+        top = TopK(top_k_count(top_p, n_rows) if n_rows else 0)
+        n_nan = n_seen = 0
+        for shard, path in _bar(list(enumerate(files)), "rank 1/2 quality", progress):
+            f = pq.ParquetFile(path, filesystem=in_fs)
+            offset = 0
+            for batch in f.iter_batches(batch_size=_batch_rows(metas[shard], read, batch_mb), columns=read):
                 q32 = rank_value(Q.compute(fn, batch, args, metric))
                 rows = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
                 offset += batch.num_rows
-                keep = beats(q32, _ids(batch, S.CHOSEN_ID), _ids(batch, S.REJECTED_ID), shard, rows, cut, or_equal=True)
-                tied = q32 == np.float32(cut.quality)
-                n_tied += int(tied.sum())
-                tied_kept += int((tied & keep).sum())
-                if not keep.any():
-                    continue
-                qk = q32[keep]
-                kept = _with_quality(batch.filter(pa.array(keep)), qk, out_schema, path)
-                qk = qk.astype(np.float64)
-                q_sum, q_min, q_max = q_sum + qk.sum(), min(q_min, qk.min()), max(q_max, qk.max())
-                n_kept += kept.num_rows
-                if writer is None:
-                    writer = pq.ParquetWriter(f"{staging}/part-{shard:05d}.parquet", out_schema, filesystem=out_fs)
-                writer.write_table(kept)
-        if writer is not None:
-            writer.close()
-            written += 1
-    if written == 0:  # an empty selection is still a readable dataset with the schema
-        pq.write_table(out_schema.empty_table(), f"{staging}/part-empty.parquet", filesystem=out_fs)
-    if n_kept != k:
+                n_nan += int(np.isnan(q32).sum())
+                top.offer(q32, _ids(batch, S.CHOSEN_ID), _ids(batch, S.REJECTED_ID), shard, rows)
+            n_seen += offset
+        top.merge()
+        if n_seen != n_rows:
+            raise ValueError(f"rank: the footers count {n_rows} pairs but {n_seen} were read (did a shard change?)")
+        n_valid = n_rows - n_nan
+        k = top_k_count(top_p, n_valid) if n_valid else 0
+        cut = top.nth(k - 1) if k else None
+        t_pass1 = time.time()
+
+        # 2. stream again, keep the rows at or above the cut
+        n_kept = n_tied = tied_kept = written = 0
+        q_sum, q_min, q_max = 0.0, math.inf, -math.inf
+        for shard, path in _bar(list(enumerate(files)), "rank 2/2 write", progress):
+            f = pq.ParquetFile(path, filesystem=in_fs)
+            writer = None
+            offset = 0
+            if cut is not None:
+                for batch in f.iter_batches(batch_size=_batch_rows(metas[shard], None, batch_mb)):
+                    q32 = rank_value(Q.compute(fn, batch, args, metric))
+                    rows = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
+                    offset += batch.num_rows
+                    keep = beats(q32, _ids(batch, S.CHOSEN_ID), _ids(batch, S.REJECTED_ID), shard, rows, cut, or_equal=True)
+                    tied = q32 == np.float32(cut.quality)
+                    n_tied += int(tied.sum())
+                    tied_kept += int((tied & keep).sum())
+                    if not keep.any():
+                        continue
+                    qk = q32[keep]
+                    kept = _with_quality(batch.filter(pa.array(keep)), qk, out_schema, path)
+                    qk = qk.astype(np.float64)
+                    q_sum, q_min, q_max = q_sum + qk.sum(), min(q_min, qk.min()), max(q_max, qk.max())
+                    n_kept += kept.num_rows
+                    if writer is None:
+                        writer = pq.ParquetWriter(f"{staging}/part-{shard:05d}.parquet", out_schema, filesystem=out_fs)
+                    writer.write_table(kept)
+            if writer is not None:
+                writer.close()
+                written += 1
+        if written == 0:  # an empty selection is still a readable dataset with the schema
+            pq.write_table(out_schema.empty_table(), f"{staging}/part-empty.parquet", filesystem=out_fs)
+        if n_kept != k:
+            raise RuntimeError(
+                f"rank: kept {n_kept} pairs, expected exactly {k}: metric {metric!r} gave different values in the two "
+                "passes (a metric must be row-wise and deterministic)"
+            )
+    except BaseException:
+        # an error or interrupt mid-way leaves no half-written staging dir behind
         out_fs.delete_dir(staging)
-        raise RuntimeError(
-            f"rank: kept {n_kept} pairs, expected exactly {k}: metric {metric!r} gave different values in the two "
-            "passes (a metric must be row-wise and deterministic)"
-        )
+        raise
     out_fs.delete_dir_contents(out_root, missing_dir_ok=True)
     out_fs.create_dir(out_root, recursive=True)
     for info in out_fs.get_file_info(pafs.FileSelector(staging)):

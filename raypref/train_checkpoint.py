@@ -112,6 +112,7 @@ RUN_FILE = "raypref_run.json"  # beside a Ray Train run's checkpoints: the setti
 RESUMABLE = frozenset({"max_steps", "vae_steps", "unet_steps", "steps", "checkpoint_every", "eval_every",
                        "num_workers", "cpus_per_worker", "use_gpu", "precision", "grad_accum_steps",
                        "gradient_checkpointing", "shuffle_buffer", "prompt_shuffle_buffer", "cache_pairs_max_mb",
+                       "cache_samples_max_mb",
                        "export_dir", "eval_images", "comparatives_per_class", "comparative_alpha"})
 
 

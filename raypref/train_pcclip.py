@@ -24,7 +24,8 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state, report_step
+from raypref.train_checkpoint import (cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state,
+                                      materialize_if_small, report_step)
 
 STAGE = "pcclip"
 MODEL_DIR = "model"
@@ -250,10 +251,11 @@ def run_train_pcclip(cfg: Config) -> dict:
     import pyarrow as pa
     import pyarrow.dataset as pads
     import ray.data
+    from ray.data.dataset import MaterializedDataset
 
     from raypref.difference_text import resolve
     from raypref.models import resolve_model
-    from raypref.train_reward import heldout_mask
+    from raypref.train_reward import heldout_mask, split_counts
 
     p = cfg.pcclip
     if p.text_generator == "llm":  # no client in the driver: only the workers ask
@@ -277,10 +279,12 @@ def run_train_pcclip(cfg: Config) -> dict:
         return batch.filter(pa.array(mask if heldout else ~mask)).select([S.SAMPLE_ID, S.PROMPT, S.IMAGE])
 
     ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE])
-    train = ds.map_batches(split, fn_kwargs={"heldout": False}, batch_format="pyarrow").materialize()
-    held_ds = ds.map_batches(split, fn_kwargs={"heldout": True}, batch_format="pyarrow").materialize()
-    held = held_ds.limit(p.eval_images).take_all()
-    n_train, n_held = train.count(), held_ds.count()
+    n_train, n_held = split_counts([str(samples)], p.heldout_fraction, p.seed)
+    train = materialize_if_small(ds.map_batches(split, fn_kwargs={"heldout": False}, batch_format="pyarrow"),
+                                 [samples], p.cache_samples_max_mb, share=n_train / max(n_train + n_held, 1))
+    cached = isinstance(train, MaterializedDataset)
+    # only the rows rank 0 measures are read from the held-out split (the read stops at the limit)
+    held = ds.map_batches(split, fn_kwargs={"heldout": True}, batch_format="pyarrow").limit(p.eval_images).take_all()
     if n_train < p.batch_size:
         raise ValueError(f"pcclip: {n_train} training images in {samples}, fewer than pcclip.batch_size={p.batch_size}")
     loop_cfg = {**p.model_dump(), "model": resolve_model(p.model, what="pcclip.model"),
@@ -294,6 +298,7 @@ def run_train_pcclip(cfg: Config) -> dict:
         "images_train": n_train,
         "images_heldout": n_held,
         "images_measured": len(held),
+        "samples_cached": cached,  # the training split held in Ray's object store (under pcclip.cache_samples_max_mb)
         "heldout_pairs": evals[0]["heldout_pairs"] if evals else 0,
         "loss_kind": p.loss,
         "workers": p.num_workers,

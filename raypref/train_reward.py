@@ -310,9 +310,9 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
     return ds.materialize() if small else ds
 
 
-def _split_counts(paths: list[str], fraction: float, seed: int, train_fraction: float) -> tuple[int, int]:
-    """(training, held-out) pairs as _split makes them, from the prompt ids alone: a large pairs set
-    streams every epoch, and counting its splits should not read its images."""
+def split_counts(paths: list[str], fraction: float, seed: int, train_fraction: float = 1.0) -> tuple[int, int]:
+    """(training, held-out) rows as _split makes them, from the prompt ids alone: a large set streams
+    every epoch, and counting its splits should not read its images."""
     import pyarrow as pa
     import ray.data
 
@@ -355,7 +355,7 @@ def run_train_reward(cfg: Config) -> dict:
         train, held = train.materialize(), held.materialize()
         n_train, n_held = train.count(), held.count()
     else:  # large: both splits stream from the files every epoch, never held whole in the object store
-        n_train, n_held = _split_counts(paths, r.heldout_fraction, r.seed, r.train_fraction)
+        n_train, n_held = split_counts(paths, r.heldout_fraction, r.seed, r.train_fraction)
     del ds  # the splits hold what training reads
     if n_train == 0 or n_held == 0:
         raise ValueError(f"reward: {pairs} splits into {n_train} training and {n_held} held-out pairs "

@@ -235,10 +235,13 @@ def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_pat
     img = decode(pq.read_table(samples).column(S.IMAGE)[0].as_py())
     assert np.isfinite(CLIPScore("c", model="local-dir:" + str(export), floor_at_zero=False).score([img], ["a red circle"])).all()
 
-    # a longer budget resumes at step 4, here on two workers (DDP around the objective)
-    cfg["pcclip"].update(max_steps=6, num_workers=2)
+    # a longer budget resumes at step 4, here on two workers (DDP around the objective), with the
+    # training split streamed from the files instead of held in the object store: the same counts
+    cfg["pcclip"].update(max_steps=6, num_workers=2, cache_samples_max_mb=0)
     s2 = stages.train_pcclip(validate(cfg))
     assert s2["final_step"] == 6
+    assert s["samples_cached"] and not s2["samples_cached"]
+    assert (s2["images_train"], s2["images_heldout"]) == (s["images_train"], s["images_heldout"])
     hist2 = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
     assert hist2[:5] == hist and [h["step"] for h in hist2[5:]] == [5, 6]
     assert all(np.isfinite(h["loss"]) for h in hist2[5:])
@@ -280,6 +283,9 @@ def test_pcclip_counts_the_batches_it_cannot_learn_from(ray_session, tmp_path, t
                       "text_generator": "shapes", "batch_size": 8, "max_steps": 2, "checkpoint_every": 2,
                       "heldout_fraction": 0.25, "shuffle_buffer": 0, "comparatives_per_class": 0}}
     s = stages.train_pcclip(validate(cfg))
+    # the splits are counted from the prompt ids: every row of a held-out prompt is held out
+    n_held = int(heldout_mask(rows[S.PROMPT_ID], 0.25, 0).sum())
+    assert (s["images_train"], s["images_heldout"]) == (len(chosen) - n_held, n_held) and n_held > 0
     hist = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
     assert [h.get("skipped_batches") for h in hist] == [None, 1, 0] and s["skipped_batches"] == 1
     from raypref.train_pcclip import summary_text

@@ -235,6 +235,23 @@ def test_rank_errors_name_the_problem(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(RuntimeError, match="row-wise"):
         SEL.rank_pairs(src, tmp_path / "o3", "bad_metric:by_width", {}, 0.4, progress=False)
+    assert not (tmp_path / "o3.partial").exists()
+    # an error in the second pass, over an earlier selection: that selection stays whole, and
+    # the half-written staging dir is removed at once, not left for the next run
+    SEL.rank_pairs(src, tmp_path / "o4", "margin", {}, 0.5, progress=False)
+    before = sorted(p.name for p in (tmp_path / "o4").iterdir())
+    (tmp_path / "pass2_fails.py").write_text(
+        "import numpy as np\n"
+        "def fails_on_full_batches(batch):\n"
+        "    if batch.num_columns > 3:  # pass 1 reads 3 columns, pass 2 all\n"
+        "        raise ValueError('boom in pass 2')\n"
+        "    return np.asarray(batch.column('chosen_score'), np.float64)\n"
+        "fails_on_full_batches.columns = lambda names: ['chosen_score']\n"
+    )
+    with pytest.raises(ValueError, match="boom in pass 2"):
+        SEL.rank_pairs(src, tmp_path / "o4", "pass2_fails:fails_on_full_batches", {}, 0.5, overwrite=True, progress=False)
+    assert not (tmp_path / "o4.partial").exists()
+    assert sorted(p.name for p in (tmp_path / "o4").iterdir()) == before
 
 
 # ---- all pairs -------------------------------------------------------------------------------
