@@ -1,8 +1,10 @@
 """Ray session handling: a new local Ray by default; RAY_ADDRESS or ray.address joins a cluster.
 
-Token auth (Ray >= 2.60): a new local Ray started by ray.init() turns token auth on and makes a
-token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH); joining a cluster reads the token from
-RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. raypref never turns auth off.
+Token auth (Ray 2.60): a new local Ray started by ray.init() turns token auth on and makes a
+token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH). Joining a cluster sends the token from
+RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token in token mode only: with
+RAY_AUTH_MODE=token, which a job's driver inherits from its cluster and an explicit address needs
+set. raypref never turns auth off.
 """
 
 from __future__ import annotations

@@ -43,6 +43,28 @@ def test_launcher_config_dashboard_on_loopback_and_pinned_install(name):
     assert make_pins and make_pins <= set(re.findall(r"torch(?:vision)?==[\d.]+", setup))
     assert "-r requirements.lock" in setup
     assert c["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # one token on every node (Ray >= 2.60)
+    # a worker's `ray start` turns token mode on only when told to (a head's does when it finds a token)
+    assert all(s.startswith("RAY_AUTH_MODE=token ") for s in starts if "ray start" in s)
+    # the setup commands install the checkout that file_mounts copies, without local state
+    assert "cd ~/raypref" in setup and c["file_mounts"]["~/raypref"] == "."
+    assert {".venv", "runs", ".git"} <= set(c["rsync_exclude"])
+
+
+def test_local_launcher_starts_every_worker_listed():
+    from ray.autoscaler._private.util import prepare_config
+
+    c = _load("cluster/local.yaml")
+    c["provider"]["worker_ips"] = ["10.0.0.2", "10.0.0.3"]
+    types = prepare_config(c)["available_node_types"]
+    assert [(t["min_workers"], t["max_workers"]) for t in types.values()] == [(2, 2)]
+
+
+def test_aws_launcher_runs_in_an_image_of_the_locked_ray_and_a_python_that_will_do():
+    image = _load("cluster/aws.yaml")["docker"]["image"]
+    m = re.fullmatch(r"rayproject/ray:([\d.]+)-py(\d)(\d+)-gpu", image)
+    assert m and m.group(1) == _lock_pin("ray")
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(f"{m.group(2)}.{m.group(3)}")
 
 
 def test_job_runtime_env_is_valid_and_leaves_local_state_behind():

@@ -174,15 +174,20 @@ def test_reads_pickapic_v2_layout_in_batches(tmp_path):
 
 def test_pickapic_writer_writes_row_groups_in_the_real_columns(tmp_path):
     out = tmp_path / "w.parquet"
-    write_pairs([SOURCE.slice(0, 2), SOURCE.slice(2)], out, "pickapic")
+    # the third batch repeats the first's caption: its count spans row groups
+    write_pairs([SOURCE.slice(0, 2), SOURCE.slice(2), SOURCE.slice(0, 1)], out, "pickapic")
     f = pq.ParquetFile(out)
-    assert f.num_row_groups == 2
+    assert f.num_row_groups == 3
     assert f.schema_arrow.names == ["are_different", "best_image_uid", "caption", "created_at", "has_label", "image_0_uid",
                                     "image_0_url", "image_1_uid", "image_1_url", "jpg_0", "jpg_1", "label_0", "label_1",
                                     "model_0", "model_1", "ranking_id", "user_id", "num_example_per_prompt", "__index_level_0__"]
     t = f.read()
-    assert t.column("label_0").to_pylist() == [1.0, 1.0, 0.5] and t.column("label_1").to_pylist() == [0.0, 0.0, 0.5]
-    assert t.column("best_image_uid").to_pylist() == ["s-red", "s-blue", None]
+    assert t.column("label_0").to_pylist() == [1.0, 1.0, 0.5, 1.0] and t.column("label_1").to_pylist() == [0.0, 0.0, 0.5, 0.0]
+    assert t.column("best_image_uid").to_pylist() == ["s-red", "s-blue", None, "s-red"]
+    # as in Pick-a-Pic: each row's caption count in the file (PickScore divides its loss by it)
+    assert t.column("num_example_per_prompt").to_pylist() == [2, 1, 1, 2]
+    assert t.column("__index_level_0__").to_pylist() == [0, 1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.parquet"]  # no first-pass file left
 
 
 def test_reads_hpdv2_layout(tmp_path):

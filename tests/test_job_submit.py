@@ -70,6 +70,11 @@ def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, tiny_clip, prompts_file
         bad.pop("RAY_AUTH_TOKEN_PATH", None)
         refused = subprocess.run([ray_bin, "job", "list"], env=bad, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0
+        # with the right token but not RAY_AUTH_MODE=token, a client sends no token and is refused
+        # too: why the README has submitters export it
+        no_mode = {k: v for k, v in job_env.items() if k != "RAY_AUTH_MODE"}
+        refused = subprocess.run([ray_bin, "job", "list"], env=no_mode, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0
     finally:
         _stop(head)
         shutil.rmtree(temp, ignore_errors=True)

@@ -7,8 +7,8 @@ has_label (bool), image_0_uid, image_0_url, image_1_uid, image_1_url (string), j
 (binary: the encoded images), label_0, label_1 (float64), model_0, model_1 (string),
 ranking_id, user_id, num_example_per_prompt, __index_level_0__ (int64). Splits are sharded
 Parquet files (train-00000-of-NNNNN.parquet ...). label_0 is 1 when image 0 won, 0 when image 1
-won, 0.5 for a tie (Diffusion-DPO's training script treats label_0 == 0.5 as a tie), and
-label_1 = 1 - label_0.
+won, 0.5 for a tie (PickScore's loss trains a tie towards equal scores; Diffusion-DPO's training
+script drops those rows as no-decisions), and label_1 = 1 - label_0.
 
 Reading: the required columns are caption, jpg_0, jpg_1, label_0 (a file without one of them is
 a FormatError naming the file and the column); label_1, image_*_uid, model_*, has_label are used
@@ -20,14 +20,16 @@ label_0 not in {0, 0.5, 1}, label_0 + label_1 != 1, undecodable image bytes.
 
 Writing: the chosen image goes to jpg_0 with label_0 = 1.0 (0.5 for a tie), the rejected to jpg_1;
 bytes are written as they are (a PNG stays a PNG although the column is named jpg: decoders read
-the format from the bytes). Columns the pairs schema does not carry are written null
-(created_at, urls, ranking_id, user_id, num_example_per_prompt); best_image_uid is the chosen id
+the format from the bytes). num_example_per_prompt is the number of rows with the same caption in
+the file, as in Pick-a-Pic (PickScore weights each example's loss by its inverse). Columns the
+pairs schema does not carry are written null (created_at, urls, ranking_id, user_id); best_image_uid is the chosen id
 for a strict preference and null for a tie (what Pick-a-Pic itself stores for a tie is not
 verified). Output is one Parquet file, one row group per input batch.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -127,11 +129,30 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None) -> int:
     file in Pick-a-Pic v2 columns; returns the number of rows written."""
     q = quarantine if quarantine is not None else Quarantine(f"export:{NAME}")
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # num_example_per_prompt is the caption's row count in the whole file (PickScore weights each
+    # example's loss by its inverse), known only once every pair is seen: the rows go to a first
+    # file, then are copied row group by row group with the counts filled in
+    uncounted = path.with_name(path.name + ".uncounted")
+    captions: Counter[str] = Counter()
     n = 0
-    with replaced_on_success(path) as staging, pq.ParquetWriter(staging, SCHEMA) as w:
-        for t in as_tables(table_or_batches):
-            t = writable(t, q, NAME)
-            if t.num_rows:
-                w.write_table(_to_pickapic(t, n), row_group_size=t.num_rows)
-                n += t.num_rows
+    try:
+        with pq.ParquetWriter(uncounted, SCHEMA) as w:
+            for t in as_tables(table_or_batches):
+                t = writable(t, q, NAME)
+                if t.num_rows:
+                    w.write_table(_to_pickapic(t, n), row_group_size=t.num_rows)
+                    captions.update(t.column(S.PROMPT).to_pylist())
+                    n += t.num_rows
+        keys = pa.array(list(captions), pa.string())
+        counts = pa.array(list(captions.values()), pa.int64())
+        col = SCHEMA.get_field_index("num_example_per_prompt")
+        f = pq.ParquetFile(uncounted)
+        with replaced_on_success(path) as staging, pq.ParquetWriter(staging, SCHEMA) as w:
+            for g in range(f.num_row_groups):
+                t = f.read_row_group(g)
+                per = pc.take(counts, pc.index_in(t.column("caption"), value_set=keys))
+                w.write_table(t.set_column(col, "num_example_per_prompt", per), row_group_size=t.num_rows)
+    finally:
+        uncounted.unlink(missing_ok=True)
     return n
