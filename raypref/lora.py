@@ -27,7 +27,10 @@ def save_lora(unet, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
+    # the adapter's config (alpha above all) goes in the file's metadata: without it diffusers
+    # loads the weights with alpha = rank, at another strength than they trained at
+    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True,
+                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
     return out / LORA_FILE
 
 

@@ -58,6 +58,30 @@ def test_saved_weights_load_back_for_resume(tiny_sd, tmp_path, finetune):
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), fresh.state_dict().values()))
 
 
+def test_an_exported_lora_loads_in_diffusers_at_the_strength_it_trained_at(tiny_sd, tmp_path):
+    # alpha != rank: the scale alpha/rank must travel with the file, or diffusers assumes alpha == rank
+    from diffusers import StableDiffusionPipeline
+
+    c = {**LORA, "lora_rank": 2, "lora_alpha": 8.0, "base_model": tiny_sd}
+    unet = load_for_training(c, "cpu")[4]
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
+    path = save_trained(unet, tmp_path, "lora")
+    g = torch.Generator().manual_seed(0)
+    latents, enc = _inputs(unet, g)
+    t = torch.tensor([10])
+    with torch.no_grad():
+        trained = unet(latents, t, encoder_hidden_states=enc).sample
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+        base = pipe.unet(latents, t, encoder_hidden_states=enc).sample
+        pipe.load_lora_weights(str(path.parent))
+        loaded = pipe.unet(latents, t, encoder_hidden_states=enc).sample
+    assert (trained - base).abs().max() > 1e-4  # the adapter does something
+    torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5)
+
+
 def test_full_weights_of_another_model_are_a_clear_error(tiny_sd, tmp_path):
     from safetensors.torch import save_file
 

@@ -125,3 +125,22 @@ def test_paired_difference_hand_values():
     assert r["ci95"] == pytest.approx([0.25 - 1.96 * sd / 2, 0.25 + 1.96 * sd / 2])
     with pytest.raises(ValueError, match="outcomes"):
         paired_difference([1, 0], [1])
+
+
+def test_training_pixels_keep_proportions_short_side_scaled_then_center_cropped():
+    from PIL import Image
+
+    from raypref.images import to_tensor
+
+    # three vertical bands, red | green | blue, on a 3:1 canvas: the center crop is the green band
+    arr = np.zeros((32, 96, 3), np.uint8)
+    arr[:, :32, 0] = arr[:, 32:64, 1] = arr[:, 64:, 2] = 255
+    x = to_tensor([Image.fromarray(arr)], size=16)
+    assert x.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(x[0, :, 1:-1, 1:-1].mean((1, 2)), torch.tensor([-1.0, 1.0, -1.0]), atol=0.02, rtol=0)
+    # a tall one: the middle rows; a square one is only resized
+    tall = np.zeros((90, 30, 3), np.uint8)
+    tall[30:60] = 255
+    assert to_tensor([Image.fromarray(tall)], size=30).min() == 1.0
+    sq = to_tensor([Image.fromarray(arr[:, :32])], size=8)
+    assert sq.shape == (1, 3, 8, 8) and (sq[0, 0] == 1.0).all()
