@@ -30,10 +30,8 @@ LOCAL_DIR = "local-dir:"
 class AestheticPredictor(Scorer):
     def __init__(self, name: str = "aesthetic", model: str = "", pretrained: str | None = None,
                  head: str | None = None, num_gpus: float = 0.0):
-        import open_clip
-
         from actors.mlp_head import load_head, load_state_file
-        from raypref.models import check_model_ref
+        from raypref.models import check_model_ref, open_clip_model
 
         super().__init__(name)
         what = f"scorer {name!r}"
@@ -45,7 +43,7 @@ class AestheticPredictor(Scorer):
                                  f"(no {HEAD_FILE} next to model {model!r})")
             head = str(local / HEAD_FILE)
         self.device = pick_device(num_gpus)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=self.device)
+        self.model, self.preprocess, _ = open_clip_model(model, pretrained, device=self.device)  # QuickGELU where trained so
         self.model.eval()
         self.head = load_head(load_state_file(head, f"{what} head"), f"{what} head").to(self.device)
         embed = getattr(self.model.visual, "output_dim", None)

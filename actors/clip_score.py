@@ -19,13 +19,13 @@ class CLIPScore(Scorer):
                  floor_at_zero: bool = True):
         import open_clip
 
-        from raypref.models import check_model_ref
+        from raypref.models import check_model_ref, open_clip_model
 
         super().__init__(name)
         self.floor = floor_at_zero
         check_model_ref(model, what=f"scorer {name!r} model")
         self.device = pick_device(num_gpus)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=self.device)
+        self.model, self.preprocess, _ = open_clip_model(model, pretrained, device=self.device)  # QuickGELU where trained so
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model)
 

@@ -40,6 +40,27 @@ def quiet_missing_weights():
         root.removeFilter(drop)
 
 
+def open_clip_model(ref: str, pretrained: str | None = None, **kwargs):
+    """open_clip.create_model_and_transforms, built with the activation its pretrained weights were
+    trained with, and the model config that rebuilds it: (model, preprocess, model_cfg or None).
+
+    open_clip's ViT-L-14 (and other OpenAI) configs use GELU, while the 'openai' weights were
+    trained with QuickGELU: open_clip only warns, and the model's embeddings (so the CLIP score and
+    the LAION aesthetic score, which reads them) come out wrong. The tag's own config says which it
+    was, so QuickGELU is forced where it says so, and recorded in the returned config, so that an
+    export of the model rebuilds it the same way."""
+    import open_clip
+
+    tag = open_clip.get_pretrained_cfg(ref, pretrained) if pretrained else {}
+    if tag.get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    model, _, preprocess = open_clip.create_model_and_transforms(ref, pretrained=pretrained, **kwargs)
+    cfg = open_clip.get_model_config(ref)
+    if cfg is not None and kwargs.get("force_quick_gelu"):
+        cfg = {**cfg, "quick_gelu": True}
+    return model, preprocess, cfg
+
+
 class ModelNotFound(FileNotFoundError):
     pass
 

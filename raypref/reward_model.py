@@ -66,8 +66,9 @@ class OpenClipBackbone(nn.Module):
     def from_ref(cls, ref: str, pretrained: str | None = None) -> "OpenClipBackbone":
         import open_clip
 
-        clip, _, preprocess = open_clip.create_model_and_transforms(ref, pretrained=pretrained)
-        cfg = open_clip.get_model_config(ref)
+        from raypref.models import open_clip_model
+
+        clip, preprocess, cfg = open_clip_model(ref, pretrained)
         if cfg is None:
             raise ValueError(f"reward backbone {ref!r}: open_clip has no config for it")
         source = ref + (f" (pretrained={pretrained})" if pretrained else "")

@@ -55,8 +55,9 @@ def load_clip(ref: str, pretrained: str | None):
     """(model, preprocess, tokenizer, open_clip_config) of an open_clip reference."""
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms(ref, pretrained=pretrained)
-    cfg = open_clip.get_model_config(ref)
+    from raypref.models import open_clip_model
+
+    model, preprocess, cfg = open_clip_model(ref, pretrained)
     if cfg is None:
         raise ValueError(f"pcclip.model {ref!r}: open_clip has no config for it")
     return model, preprocess, open_clip.get_tokenizer(ref), {"model_cfg": cfg, "preprocess_cfg": dict(model.visual.preprocess_cfg)}

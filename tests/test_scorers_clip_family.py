@@ -244,3 +244,36 @@ def test_scorers_on_gpu_match_cpu(scorers, images):
         assert gpu.device == "cuda"
         # cuDNN may run the patch-embedding convolutions in TF32, hence the loose tolerance
         np.testing.assert_allclose(gpu.score(images, PROMPTS), cpu.score(images, PROMPTS), rtol=5e-3, atol=5e-3, err_msg=kind)
+
+
+def test_openai_clip_weights_get_the_quickgelu_they_were_trained_with(monkeypatch):
+    # open_clip's ViT-L-14 config says GELU, its 'openai' weights were trained with QuickGELU (and
+    # open_clip only warns): the CLIP score and aesthetic actors must build it with QuickGELU. No hub
+    # here, so what open_clip is asked to build is recorded instead of downloaded.
+    import open_clip
+
+    from actors.aesthetic import AestheticPredictor
+    from actors.clip_score import CLIPScore
+    from raypref.models import open_clip_model
+
+    asked = []
+
+    def record(ref, pretrained=None, **kw):
+        asked.append((ref, pretrained, kw.get("force_quick_gelu", False)))
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", record)
+    for ref, tag in (("ViT-L-14", "openai"), ("ViT-L-14", "laion2b_s32b_b82k"), ("ViT-B-32", None)):
+        with pytest.raises(RuntimeError, match="recorded"):
+            open_clip_model(ref, tag)
+    with pytest.raises(RuntimeError, match="recorded"):
+        CLIPScore("c", model="ViT-L-14", pretrained="openai")
+    with pytest.raises(RuntimeError, match="recorded"):
+        AestheticPredictor("a", model="ViT-L-14", pretrained="openai", head=__file__)
+    assert asked == [("ViT-L-14", "openai", True), ("ViT-L-14", "laion2b_s32b_b82k", False), ("ViT-B-32", None, False),
+                     ("ViT-L-14", "openai", True), ("ViT-L-14", "openai", True)]
+
+    # and the config an export saves rebuilds it with QuickGELU
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda ref, pretrained=None, **kw: ("m", None, "p"))
+    assert open_clip_model("ViT-L-14", "openai")[2]["quick_gelu"] is True
+    assert "quick_gelu" not in open_clip_model("ViT-L-14", "laion2b_s32b_b82k")[2]
