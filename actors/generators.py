@@ -11,6 +11,7 @@ import pyarrow as pa
 import torch
 
 from raypref import images as I
+from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.models import check_model_ref
 from raypref.scoring import pick_device
@@ -99,14 +100,28 @@ class DiffusersGenerator:
             generator=[torch.Generator().manual_seed(s) for s in seeds],
             output_type="pil",
         )
-        encoded = [I.encode(im) for im in out.images]
-        new = sample_columns(pids, self.name, self.n, seeds, encoded, self.steps, self.guidance, self.sigma)
-        return append_samples(batch, new, self.n)
+        # a pipeline's safety checker (SD 1.x ships one) blanks the images it flags: black images
+        # would be scored, paired and trained on (and win on some scores), so they are left out
+        # of their group and noted for the quarantine table instead
+        flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(seeds)
+        keep = [not f for f in flagged]
+        encoded = [I.encode(im) for im, k in zip(out.images, keep) if k]
+        kept_seeds = [s for s, k in zip(seeds, keep) if k]
+        counts = [sum(keep[r * self.n:(r + 1) * self.n]) for r in range(len(pids))]
+        new = sample_columns(pids, self.name, counts, kept_seeds, encoded, self.steps, self.guidance, self.sigma)
+        batch = append_samples(batch, new, counts)
+        if all(keep):
+            return batch
+        notes = [[Q.note("generate", S.sample_id(pid, self.name, seeds[i]),
+                         f"safety checker: generator {self.name!r} blanked the image, left out")
+                  for i in range(r * self.n, (r + 1) * self.n) if not keep[i]] for r, pid in enumerate(pids)]
+        return Q.add_notes(batch, notes)
 
 
-def sample_columns(pids: list[str], name: str, n: int, seeds: list[int], encoded: list[bytes], steps: int,
+def sample_columns(pids: list[str], name: str, n: int | list[int], seeds: list[int], encoded: list[bytes], steps: int,
                    guidance: float, sigma: float) -> dict[str, list]:
-    """A generator's new samples as append_samples takes them: n per prompt id, in order."""
+    """A generator's new samples as append_samples takes them: n per prompt id (or n[i] for the
+    i-th), in order."""
     k = len(seeds)
     return {
         S.SAMPLE_ID: [S.sample_id(pid, name, s) for pid, s in zip(np.repeat(pids, n), seeds)],
@@ -119,12 +134,15 @@ def sample_columns(pids: list[str], name: str, n: int, seeds: list[int], encoded
     }
 
 
-def append_samples(batch: pa.Table, new: dict[str, list], n: int) -> pa.Table:
-    """Append n new samples per group to the group's list columns (creating them if absent),
-    so several generator pools can each add their samples to the same row."""
+def append_samples(batch: pa.Table, new: dict[str, list], n: int | list[int]) -> pa.Table:
+    """Append n new samples per group (or n[i] to the i-th) to the group's list columns (creating
+    them if absent), so several generator pools can each add their samples to the same row."""
     fields = {f.name: f.type for f in S.SAMPLE_FIELDS}
+    per = np.broadcast_to(np.asarray(n), batch.num_rows)
+    ends = np.cumsum(per)
+    starts = ends - per
     for name in S.SAMPLE_LIST_FIELDS:
-        chunks = [new[name][k * n : (k + 1) * n] for k in range(batch.num_rows)]
+        chunks = [new[name][a:b] for a, b in zip(starts, ends)]
         if name in batch.column_names:
             old = batch.column(name).to_pylist()
             chunks = [a + b for a, b in zip(old, chunks)]

@@ -32,6 +32,38 @@ def test_generator_appends_seeded_samples(tiny_sd):
     assert both.column(S.GENERATOR).to_pylist()[0] == ["a"] * 3 + ["b"] * 2
 
 
+def test_images_the_safety_checker_blanks_are_left_out_and_noted(tiny_sd):
+    import torch
+
+    from raypref import quarantine as Q
+
+    gen_cls = resolve("diffusers")
+    g = gen_cls(model=tiny_sd, name="a", num_samples=3, num_inference_steps=2, guidance_scale=2.0)
+    plain = g(_prompts("a red circle", "a blue square"))
+
+    # SD 1.x's checker, as diffusers calls it: it blanks what it flags and says which. Here it flags the
+    # second image of the first prompt and all three of the second
+    def checker(image, device, dtype):
+        flags = [False, True, False, True, True, True]
+        image[torch.tensor(flags)] = 0.0
+        return image, flags
+
+    g.pipe.run_safety_checker = checker
+    out = g(_prompts("a red circle", "a blue square"))
+    ids = out.column(S.SAMPLE_ID).to_pylist()
+    before = plain.column(S.SAMPLE_ID).to_pylist()
+    assert ids == [[before[0][0], before[0][2]], []]
+    # the images kept are those of the unflagged seeds, unchanged
+    assert out.column(S.IMAGE).to_pylist()[0] == [plain.column(S.IMAGE)[0][i].as_py() for i in (0, 2)]
+    assert out.column(S.SEED).to_pylist()[0] == [plain.column(S.SEED)[0][i].as_py() for i in (0, 2)]
+    noted = Q.explode(out).to_pylist()
+    assert [n[S.ROW] for n in noted] == [before[0][1], *before[1]]
+    assert all(n[S.STAGE] == "generate" and n[S.REASON].startswith("safety checker: ") for n in noted)
+    # a second generator still appends to those rows
+    both = gen_cls(model=tiny_sd, name="b", num_samples=1, num_inference_steps=2)(out)
+    assert [len(x) for x in both.column(S.SAMPLE_ID).to_pylist()] == [3, 1]
+
+
 def test_embedding_noise_changes_images(tiny_sd):
     gen_cls = resolve("diffusers")
     kw = dict(model=tiny_sd, name="a", num_samples=2, num_inference_steps=2, guidance_scale=1.0)
