@@ -31,6 +31,9 @@ os.environ.update(
         "RAY_AUTH_TOKEN_PATH": str(_TOKEN),
         "RAYPREF_CACHE": os.environ.get("RAYPREF_TEST_CACHE", str(_SESSION_DIR / "cache")),
         "TOKENIZERS_PARALLELISM": "false",
+        # Ray Train's controller polls its workers every 2 s by default: tiny runs finish in seconds,
+        # and each fit waited out several polls (about 10% of a training test's time here)
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     }
 )
 os.environ.pop("RAY_ADDRESS", None)
