@@ -35,29 +35,18 @@ def decode_rows(data, rows) -> list[Image.Image]:
     return out
 
 
-def fit_square(im: Image.Image, size: int) -> Image.Image:
-    """The short side scaled to ``size`` (bicubic), the long side center-cropped to it, as the
-    diffusers and Diffusion-DPO training scripts prepare images (Resize then CenterCrop): an
-    imported or non-square image keeps its proportions instead of being squashed."""
-    w, h = im.size
-    if (w, h) == (size, size):
-        return im
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
-
-
 def to_tensor(images: list[Image.Image], size: int | None = None):
-    """PIL images -> float tensor in [-1, 1], shape (B, 3, H, W): the VAE's input range; with
-    ``size``, each image fit_square'd to it."""
+    """PIL images -> float tensor in [-1, 1], shape (B, 3, H, W): the VAE's input range. With
+    ``size``, each image's short side is scaled to it and the long side center-cropped (the scorers'
+    "shortest" mode), as the diffusers and Diffusion-DPO training scripts prepare images (Resize then
+    CenterCrop): an imported or non-square image keeps its proportions instead of being squashed."""
     import torch
 
-    arrs = []
+    from raypref.pixels import to_model_pixels
+
+    half = (0.5, 0.5, 0.5)  # (x - 0.5) / 0.5: [0, 1] -> [-1, 1]
+    out = []
     for im in images:
-        if size is not None:
-            im = fit_square(im, size)
-        arrs.append(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        out.append(to_model_pixels(x, size or x.shape[-2:], half, half, "shortest"))
+    return torch.cat(out).contiguous()
