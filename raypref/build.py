@@ -212,18 +212,27 @@ def run_build(cfg: Config) -> dict:
     """Run the build stage; returns its summary (also written to build/summary.json)."""
     import ray
 
+    from raypref.session import init_ray
+
     b = cfg.build
     if not b.scorers:
         raise ValueError("build.scorers: at least one scorer is needed to make pairs")
     if not b.generators:
         raise ValueError("build.generators: at least one generator is needed")
     t0 = time.time()
+    # every model ref and actor argument is checked (a path test each) before Ray starts: a typo
+    # fails in a second, not after Ray's start-up and the first pools
+    for g in b.generators:
+        generator_kwargs(g)
+    for s in b.scorers:
+        scorer_kwargs(s)
     guard_build_resume(b, cfg.stage_dir("build"))
     out = write_run_meta(cfg, cfg.stage_dir("build"), "build")
     bad_prompts: list[dict] = []
     prompts = read_prompts(resolve_path(b.prompts), limit=b.limit, quarantine=bad_prompts)
     Q.write(bad_prompts, out / "quarantine" / "prompts" / "prompts.parquet")
     shards = write_prompt_shards(prompts, out / "prompts", b.shard_size)
+    init_ray(cfg.ray)  # a no-op where the caller's Ray runs
 
     with checkpointed(S.PROMPT_ID, out / "_checkpoint"):
         # one block per shard: Ray 2.60's V2 Parquet reader merges small files into one block (it

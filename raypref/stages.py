@@ -26,8 +26,7 @@ def _refs(cfg: Config) -> list[str]:
 def build(cfg: Config) -> dict:
     from raypref.build import run_build
 
-    init_ray(cfg.ray)
-    s = run_build(cfg)
+    s = run_build(cfg)  # starts Ray once its inputs are checked
     print(summary_line("build", s, str(cfg.stage_dir("build"))), flush=True)
     return s
 

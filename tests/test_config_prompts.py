@@ -178,5 +178,7 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "train.bogus: unknown key" in r.stderr
     r = _cli("build", f"output_dir={tmp_path}", f"build.prompts={tmp_path}/none.txt")
     assert r.returncode == 2 and "prompts file not found" in r.stderr
+    assert "[ray]" not in r.stdout  # found before Ray starts
     r = _cli("build", f"output_dir={tmp_path}", "build.generators.0.model=/no/such/sd")
     assert r.returncode == 2 and "model path does not exist: /no/such/sd" in r.stderr
+    assert "[ray]" not in r.stdout
