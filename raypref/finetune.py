@@ -63,6 +63,11 @@ class Reference:
             self.unet.enable_adapters()
 
 
+# diffusers shards a UNet over 10 GB (SDXL's in fp32) by default; one file keeps the export's
+# path the same for every model (run summaries and eval name it)
+_ONE_SHARD = "1000GB"
+
+
 def save_trained(unet, ckpt_dir: str | Path, finetune: str) -> Path:
     """Write the trained weights into ``ckpt_dir``/export_name(finetune); the file's path."""
     out = Path(ckpt_dir) / export_name(finetune)
@@ -70,8 +75,25 @@ def save_trained(unet, ckpt_dir: str | Path, finetune: str) -> Path:
         from raypref.lora import save_lora
 
         return save_lora(unet, out)
-    unet.save_pretrained(str(out), safe_serialization=True)
+    unet.save_pretrained(str(out), safe_serialization=True, max_shard_size=_ONE_SHARD)
     return out / export_file(finetune)
+
+
+def _read_unet_weights(src: Path, finetune: str) -> dict:
+    """A full fine-tune's state dict: its one safetensors file, or every shard its index names
+    (how diffusers saves a large UNet, e.g. a checkpoint written before _ONE_SHARD)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    one = src / export_file(finetune)
+    index = src / (export_file(finetune) + ".index.json")
+    if one.is_file() or not index.is_file():
+        return load_file(str(one))
+    state = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        state.update(load_file(str(src / shard)))
+    return state
 
 
 def load_trained(unet, ckpt_dir: str | Path, finetune: str) -> None:
@@ -82,8 +104,6 @@ def load_trained(unet, ckpt_dir: str | Path, finetune: str) -> None:
 
         load_lora_into(unet, src)
         return
-    from safetensors.torch import load_file
-
-    missing, unexpected = unet.load_state_dict(load_file(str(src / export_file(finetune))), strict=False)
+    missing, unexpected = unet.load_state_dict(_read_unet_weights(src, finetune), strict=False)
     if missing or unexpected:
         raise ValueError(f"{src}: UNet weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -58,6 +58,20 @@ def test_saved_weights_load_back_for_resume(tiny_sd, tmp_path, finetune):
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), fresh.state_dict().values()))
 
 
+def test_a_sharded_full_unet_loads_back_for_resume(tiny_sd, tmp_path):
+    # diffusers shards a UNet over its max_shard_size (10 GB: SDXL in fp32); a small limit makes the same layout here
+    c = {**LORA, "base_model": tiny_sd, "finetune": "full"}
+    unet = load_for_training(c, "cpu")[4]
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01)
+    unet.save_pretrained(str(tmp_path / export_name("full")), max_shard_size="200KB")
+    assert len(list((tmp_path / export_name("full")).glob("*.safetensors"))) > 1
+    fresh = load_for_training(c, "cpu")[4]
+    load_trained(fresh, tmp_path, "full")
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), fresh.state_dict().values()))
+
+
 def test_an_exported_lora_loads_in_diffusers_at_the_strength_it_trained_at(tiny_sd, tmp_path):
     # alpha != rank: the scale alpha/rank must travel with the file, or diffusers assumes alpha == rank
     from diffusers import StableDiffusionPipeline

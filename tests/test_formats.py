@@ -182,12 +182,37 @@ def test_pickapic_writer_writes_row_groups_in_the_real_columns(tmp_path):
                                     "image_0_url", "image_1_uid", "image_1_url", "jpg_0", "jpg_1", "label_0", "label_1",
                                     "model_0", "model_1", "ranking_id", "user_id", "num_example_per_prompt", "__index_level_0__"]
     t = f.read()
-    assert t.column("label_0").to_pylist() == [1.0, 1.0, 0.5, 1.0] and t.column("label_1").to_pylist() == [0.0, 0.0, 0.5, 0.0]
+    assert t.column("caption").to_pylist() == ["a red circle", "a blue square", "two stars", "a red circle"]
+    label_0 = t.column("label_0").to_pylist()
+    assert label_0[2] == 0.5 and {label_0[0], label_0[1]} <= {0.0, 1.0} and label_0[3] == label_0[0]  # the same pair, the same side
+    assert [a + b for a, b in zip(label_0, t.column("label_1").to_pylist())] == [1.0] * 4
+    # the winner's id, bytes and model sit on the side label_0 names
+    won = {1.0: "0", 0.0: "1"}
+    d = t.to_pydict()
+    for i, (cid, img, gen) in enumerate([("s-red", RED, "g1"), ("s-blue", BLUE_JPEG, "g2"), (None, None, None), ("s-red", RED, "g1")]):
+        if cid is not None:
+            k = won[label_0[i]]
+            assert (d[f"image_{k}_uid"][i], d[f"jpg_{k}"][i], d[f"model_{k}"][i]) == (cid, img, gen)
+    assert (d["image_0_uid"][2], d["jpg_0"][2]) == ("s-gray", GRAY)  # a tie keeps the chosen image in jpg_0
     assert t.column("best_image_uid").to_pylist() == ["s-red", "s-blue", None, "s-red"]
     # as in Pick-a-Pic: each row's caption count in the file (PickScore divides its loss by it)
     assert t.column("num_example_per_prompt").to_pylist() == [2, 1, 1, 2]
     assert t.column("__index_level_0__").to_pylist() == [0, 1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.parquet"]  # no first-pass file left
+
+
+def test_pickapic_writer_puts_winners_on_both_sides(tmp_path):
+    # 200 strict pairs: a seeded coin per pair, so about half the winners are in jpg_1 (binomial
+    # 200, 1/2: 70..130 fails with probability below 1e-4), the same on a second export
+    many = pairs_table([(f"p{i}", f"c{i}", f"r{i}", RED, GREEN, 1.0, "g1", "g2") for i in range(200)])
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    write_pairs(many, a, "pickapic")
+    write_pairs(many, b, "pickapic")
+    label_0 = pq.read_table(a).column("label_0").to_pylist()
+    assert 70 <= label_0.count(0.0) <= 130 and label_0.count(0.0) + label_0.count(1.0) == 200
+    assert pq.read_table(b).column("label_0").to_pylist() == label_0
+    back = read_pairs(a, "pickapic")
+    assert rows(back, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE) == rows(many, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE)
 
 
 def test_reads_hpdv2_layout(tmp_path):

@@ -18,7 +18,10 @@ or a hash of the image bytes where those are missing. Generators: model_0 / mode
 Quarantined (counted, written aside, never silently dropped): empty caption, has_label false,
 label_0 not in {0, 0.5, 1}, label_0 + label_1 != 1, undecodable image bytes.
 
-Writing: the chosen image goes to jpg_0 with label_0 = 1.0 (0.5 for a tie), the rejected to jpg_1;
+Writing: as in Pick-a-Pic, the winner is on either side: a seeded coin per strict pair (a hash of
+its two ids, so the same on every run) puts the chosen image in jpg_0 with label_0 = 1.0 or in
+jpg_1 with label_0 = 0.0, image_*_uid and model_* following it; a tie keeps label 0.5 with the
+chosen image in jpg_0, so reading the export back gives the same pairs. Image
 bytes are written as they are (a PNG stays a PNG although the column is named jpg: decoders read
 the format from the bytes). num_example_per_prompt is the number of rows with the same caption in
 the file, as in Pick-a-Pic (PickScore weights each example's loss by its inverse). Columns the
@@ -98,7 +101,17 @@ def read(path, quarantine: Quarantine | None = None) -> pa.Table:
 def _to_pickapic(t: pa.Table, start: int) -> pa.Table:
     n = t.num_rows
     tie = pc.equal(t.column(S.LABEL), TIE)
-    label_0 = pc.if_else(tie, 0.5, 1.0).cast(pa.float64())
+    # Pick-a-Pic's winners sit on either side; an export with every winner in jpg_0 would teach a
+    # model that sees the pair in order to pick image 0. A seeded coin per pair (the same on every
+    # run) puts the winner of about half the strict pairs in jpg_1; a tie keeps source order.
+    coin = [S.unit_hash("pickapic-side", c, r) < 0.5 for c, r in
+            zip(t.column(S.CHOSEN_ID).to_pylist(), t.column(S.REJECTED_ID).to_pylist())]
+    swap = pc.and_(pc.invert(tie), pa.array(coin, pa.bool_()))
+    label_0 = pc.if_else(tie, 0.5, pc.if_else(swap, 0.0, 1.0)).cast(pa.float64())
+
+    def side(first: str, second: str):
+        return pc.if_else(swap, t.column(second), t.column(first))
+
     nulls = {typ: pa.nulls(n, typ) for typ in (pa.string(), pa.int64(), pa.timestamp("ns"))}
     cols = {
         "are_different": pc.not_equal(t.column(S.CHOSEN_IMAGE), t.column(S.REJECTED_IMAGE)),
@@ -106,16 +119,16 @@ def _to_pickapic(t: pa.Table, start: int) -> pa.Table:
         "caption": t.column(S.PROMPT),
         "created_at": nulls[pa.timestamp("ns")],
         "has_label": pa.array(np.ones(n, bool)),
-        "image_0_uid": t.column(S.CHOSEN_ID),
+        "image_0_uid": side(S.CHOSEN_ID, S.REJECTED_ID),
         "image_0_url": nulls[pa.string()],
-        "image_1_uid": t.column(S.REJECTED_ID),
+        "image_1_uid": side(S.REJECTED_ID, S.CHOSEN_ID),
         "image_1_url": nulls[pa.string()],
-        "jpg_0": t.column(S.CHOSEN_IMAGE),
-        "jpg_1": t.column(S.REJECTED_IMAGE),
+        "jpg_0": side(S.CHOSEN_IMAGE, S.REJECTED_IMAGE),
+        "jpg_1": side(S.REJECTED_IMAGE, S.CHOSEN_IMAGE),
         "label_0": label_0,
         "label_1": pc.subtract(1.0, label_0),
-        "model_0": t.column(S.CHOSEN_GENERATOR),
-        "model_1": t.column(S.REJECTED_GENERATOR),
+        "model_0": side(S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR),
+        "model_1": side(S.REJECTED_GENERATOR, S.CHOSEN_GENERATOR),
         "ranking_id": nulls[pa.int64()],
         "user_id": nulls[pa.int64()],
         "num_example_per_prompt": nulls[pa.int64()],
