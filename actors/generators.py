@@ -1,4 +1,5 @@
-"""Generators: diffusers text-to-image pipelines that append N samples to each prompt group.
+"""Generators: diffusers text-to-image pipelines (Stable Diffusion 1.x / 2.x, SDXL) that append N
+samples to each prompt group.
 
 On a cluster pass a hub name (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or a local
 pipeline directory; the pipeline is loaded once per actor with from_pretrained.
@@ -70,16 +71,30 @@ class DiffusersGenerator:
         self.sigma, self.seed = embedding_noise_sigma, seed
 
     @torch.no_grad()
-    def _embeds(self, prompts: list[str], seeds: list[int]):
-        cond, uncond = self.pipe.encode_prompt(
-            prompts, self.device, num_images_per_prompt=1, do_classifier_free_guidance=self.guidance > 1.0
+    def _embeds(self, prompts: list[str], seeds: list[int]) -> dict:
+        """The pipeline's own prompt encoding of self.n samples a prompt (in order), as keyword
+        arguments of its __call__: SD's encode_prompt gives (prompt_embeds, negative_prompt_embeds),
+        SDXL's also the two pooled embeddings (called with keywords: SDXL's takes prompt_2 second)."""
+        out = self.pipe.encode_prompt(
+            prompt=prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=self.guidance > 1.0
         )
+        if len(out) not in (2, 4):
+            raise ValueError(f"generator {self.name!r}: {type(self.pipe).__name__}.encode_prompt gave {len(out)} "
+                             "outputs; generators support Stable Diffusion 1.x / 2.x and SDXL pipelines")
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        kw = dict(zip(names, out))
         if self.sigma > 0:
-            # AGFSync: each sample sees the prompt embedding plus N(0, sigma^2) noise, seeded per sample.
+            # AGFSync: a prompt's samples see its embedding plus N(0, sigma^2) noise, seeded per
+            # sample, all but the first, which keeps the clean embedding (as AGFSync's released
+            # generator does); on SDXL the pooled embedding too, as there
             gens = [torch.Generator().manual_seed(s ^ 0x5EED) for s in seeds]
-            noise = torch.stack([torch.randn(cond.shape[1:], generator=g) for g in gens])
-            cond = cond + self.sigma * noise.to(cond.device, cond.dtype)
-        return cond, uncond
+            clean = torch.tensor([i % self.n == 0 for i in range(len(seeds))])
+            for key in ("prompt_embeds", "pooled_prompt_embeds")[:len(out) // 2]:
+                x = kw[key]
+                noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens])
+                noise[clean] = 0
+                kw[key] = x + self.sigma * noise.to(x.device, x.dtype)
+        return kw
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         pids = batch.column(S.PROMPT_ID).to_pylist()
@@ -89,10 +104,8 @@ class DiffusersGenerator:
             for i in range(self.n):
                 flat_prompts.append(prompt)
                 seeds.append(sample_seed(self.seed, pid + "|" + self.name, i))
-        cond, uncond = self._embeds(flat_prompts, seeds)
         out = self.pipe(
-            prompt_embeds=cond,
-            negative_prompt_embeds=uncond,
+            **self._embeds(flat_prompts, seeds),
             num_inference_steps=self.steps,
             guidance_scale=self.guidance,
             height=self.height,

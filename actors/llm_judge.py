@@ -56,14 +56,15 @@ class LLMJudgeArgs(BaseModel):
         return self
 
 
-def parse_args(name: str, args: dict) -> LLMJudgeArgs:
+def parse_args(name: str, args: dict, where: str | None = None) -> LLMJudgeArgs:
     """Validate; the error names each bad key but never echoes a value (it could be a pasted key)."""
     try:
         return LLMJudgeArgs.model_validate(args)
     except ValidationError as e:
         from raypref.config import validation_lines
 
-        raise ValueError(f"scorer {name!r}: invalid llm_judge args\n" + "\n".join(validation_lines(e, "args."))) from None
+        head = where or f"scorer {name!r}"
+        raise ValueError(f"{head}: invalid llm_judge args\n" + "\n".join(validation_lines(e, "args."))) from None
 
 
 class LocalVLM:
@@ -106,6 +107,11 @@ class LocalVLM:
 
 
 class LLMJudge(Scorer):
+    @classmethod
+    def check_args(cls, where: str, args: dict) -> None:
+        """The driver's check (registry.constructor_kwargs), before a run writes its config."""
+        parse_args("", args, where)
+
     def __init__(self, name: str = "judge", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0, **args):
         super().__init__(name)
         conf = parse_args(name, args)

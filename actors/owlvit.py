@@ -1,9 +1,12 @@
 """Open-vocabulary object detection for class-conditional prompts (self-reward) with OWL-ViT.
 
-The class to look for comes from the prompt (``raypref.prompt_nouns.detection_class``): with
-``classes=[...]`` the listed class named in the prompt (longest match, plural allowed), else the
-prompt's subject minus a leading article or count word ("a photo of a dog" -> "dog"). It is
-queried as ``query_template.format(class)`` ("a photo of a {}", the OWL-ViT paper's prompt).
+The class to look for is the prompt's ``class_label`` (the prompts table's optional column) when
+it has one that is a name, not a number: the class a class-conditional prompt was written for,
+whatever else the prompt says ("a majestic elephant walking at sunset", label "elephant"). Else it
+comes from the prompt (``raypref.prompt_nouns.detection_class``): with ``classes=[...]`` the listed
+class named in the prompt (longest match, plural allowed), else the prompt's subject minus a
+leading article or count word ("a photo of a dog" -> "dog"). It is queried as
+``query_template.format(class)`` ("a photo of a {}", the OWL-ViT paper's prompt).
 
 Outputs: main score = the highest detection confidence (sigmoid of OWL-ViT's class logit over
 all predicted boxes, 0..1); aspect 'count' = detections with confidence >= ``threshold`` left
@@ -33,7 +36,15 @@ def count_detections(scores: torch.Tensor, boxes: torch.Tensor, threshold: float
     return int(nms(boxes[keep].float(), scores[keep].float(), nms_iou).numel())
 
 
+def _label_class(label) -> str | None:
+    """A class label usable as a text query: a name, not an index such as ImageNet's "3"."""
+    text = str(label).strip() if label is not None else ""
+    return text if text and not text.lstrip("-").isdigit() else None
+
+
 class OwlViTDetector(Scorer):
+    wants_class_labels = True
+
     def __init__(self, name: str = "owlvit", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  classes: list[str] | None = None, query_template: str = "a photo of a {}", threshold: float = 0.1,
                  nms_iou: float = 0.3, batch_size: int = 16):
@@ -61,13 +72,15 @@ class OwlViTDetector(Scorer):
         sizes = [(im.height, im.width) for im in images]
         return self.processor.post_process_grounded_object_detection(outputs, threshold=0.0, target_sizes=sizes)
 
-    def score(self, images, prompts):
+    def score(self, images, prompts, class_labels=None):
         from raypref.prompt_nouns import detection_class
 
         n = len(images)
+        labels = class_labels or [None] * n
         best, count = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
         reasons = ["no object class found in the prompt"] * n
-        todo = [(i, c) for i, c in ((i, detection_class(p, self.classes)) for i, p in enumerate(prompts)) if c]
+        todo = [(i, c) for i, c in ((i, _label_class(lab) or detection_class(p, self.classes))
+                                    for i, (p, lab) in enumerate(zip(prompts, labels))) if c]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             queries = [self.template.format(c) for _, c in chunk]

@@ -82,7 +82,9 @@ class GeneratorConf(_Strict):
     height: int | None = Field(None, description="Image height (None: the model's default).")
     width: int | None = Field(None, description="Image width (None: the model's default).")
     embedding_noise_sigma: float = Field(
-        0.0, ge=0, description="AGFSync: std of Gaussian noise added to the prompt embedding per sample."
+        0.0, ge=0, description="AGFSync: std of Gaussian noise added to the prompt embedding (SDXL: and "
+        "the pooled one) of each sample but a prompt's first, which keeps the clean embedding (AGFSync's "
+        "released generator; its default is 0.1)."
     )
     seed: int = Field(0, description="Base seed; per-sample seeds derive from it and the prompt id.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights dtype.")

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raypref import schema as S
-from raypref.build import generate_and_score
+from raypref.build import generate_and_score, scorer_kwargs
 from raypref.config import Config, renew_if_changed, write_run_meta
 from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, paired_difference, win_rate
@@ -101,10 +101,11 @@ def tuned_weights(cfg: Config) -> tuple[str, Path]:
 def run_eval(cfg: Config) -> dict:
     e = cfg.eval
     t0 = time.time()
-    out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
     if not cfg.build.generators:
         raise ValueError("build.generators: eval uses the first generator's settings")
     scorer = cfg.scorer(e.scorer)
+    scorer_kwargs(scorer)  # its model and args checked before the config is written
+    out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
     part, weights = tuned_weights(cfg)
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)

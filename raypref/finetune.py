@@ -47,18 +47,18 @@ def make_trainable(unet, c: dict, reference: bool):
 
 
 class Reference:
-    """The DPO reference's prediction, ref(x_t, t, text) -> tensor: the frozen copy (``frozen``) when
+    """The DPO reference's prediction, ref(x_t, t, **unet kwargs) -> tensor: the frozen copy (``frozen``) when
     there is one, else the same UNet with its adapter switched off for the call."""
 
     def __init__(self, unet, frozen):
         self.unet, self.frozen = unet, frozen
 
-    def __call__(self, *a):
+    def __call__(self, *a, **kw):
         if self.frozen is not None:
-            return self.frozen(*a).sample
+            return self.frozen(*a, **kw).sample
         self.unet.disable_adapters()
         try:
-            return self.unet(*a).sample
+            return self.unet(*a, **kw).sample
         finally:
             self.unet.enable_adapters()
 

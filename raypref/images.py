@@ -50,3 +50,11 @@ def to_tensor(images: list[Image.Image], size: int | None = None):
         x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         out.append(to_model_pixels(x, size or x.shape[-2:], half, half, "shortest"))
     return torch.cat(out).contiguous()
+
+
+def crop_boxes(images: list[Image.Image], size: int) -> list[tuple[int, int, int, int]]:
+    """What to_tensor(images, size) does to each image: (original height, original width, crop
+    top, crop left), the crop in the resized image's pixels: SDXL's size conditioning."""
+    from raypref.pixels import shortest_crop
+
+    return [(im.height, im.width, *shortest_crop(im.height, im.width, size, size)[2:]) for im in images]

@@ -42,7 +42,9 @@ TIMEOUT, CONNECTION_ERROR = "timeout", "connection_error"
 MALFORMED, FAILED = "malformed", "failed"
 EVENTS = (REQUESTS, OK, HTTP_429, HTTP_5XX, HTTP_4XX, TIMEOUT, CONNECTION_ERROR, MALFORMED, FAILED)
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# upper case only: many API keys are letters, digits and '_' (hf_..., gsk_...), so the wider POSIX
+# pattern would take a pasted key, which config.yaml and the not-set error would then show
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 class HttpJudgeConf(BaseModel):
@@ -53,7 +55,8 @@ class HttpJudgeConf(BaseModel):
     base_url: str = Field(..., description="API root; requests go to <base_url>/chat/completions (e.g. http://vllm:8000/v1).")
     model: str = Field(..., description="Model name the server serves (the request's 'model' field).")
     api_key_env: str | None = Field(
-        None, description="NAME of the environment variable holding the API key (sent as a Bearer token); "
+        None, description="NAME of the environment variable holding the API key (sent as a Bearer token; upper-case "
+        "letters, digits and '_', so that a pasted key is refused); "
         "None: no Authorization header (a local vLLM without --api-key). Never put the key itself in a config."
     )
     max_concurrency: int = Field(4, ge=1, description="Requests in flight at once, per judge actor.")
@@ -87,7 +90,8 @@ class HttpJudgeConf(BaseModel):
     def _env_name(cls, v: str | None) -> str | None:
         # the value is never echoed: if someone pasted the key here, it must not reach a log
         if v is not None and not _ENV_NAME.match(v):
-            raise ValueError("must be the NAME of an environment variable (letters, digits, '_'), not the key itself")
+            raise ValueError("must be the NAME of an environment variable (upper-case letters, digits, '_'), "
+                             "not the key itself")
         return v
 
 

@@ -123,6 +123,7 @@ def difference_alignment_loss(
     kind: str,
     logit_scale: float | torch.Tensor = 100.0,
     margin: float = 0.2,
+    text_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PC-CLIP (Sam et al. 2024): the difference of two images' embeddings, f(x_a) - f(x_b), should
     point where the embedding of a text describing how a differs from b points. Row i of
@@ -133,23 +134,29 @@ def difference_alignment_loss(
     - squared: mean_i ||d_i - u_i||^2 (= 2 - 2 s_ii), no negatives;
     - hinge: the sum-of-hinges ranking loss (Faghri et al. 2018, VSE++, Eq. 2), both directions,
       sum over negatives j != i of [margin - s_ii + s_ij]_+ + [margin - s_ii + s_ji]_+, mean over i.
+    ``text_ids`` (B,), when given, says which rows share a text (equal ids): another row with the
+    same text is not a negative (it is left out of the softmax and the hinges) and counts as a
+    right retrieval, since a batch often holds one difference text twice ("red instead of blue").
     Returns the loss and the detached retrieval accuracy (row i's best text is text i)."""
     d = F.normalize(img_diff.float(), dim=-1)
     u = F.normalize(txt_diff.float(), dim=-1)
     sim = d @ u.T
     n = sim.shape[0]
     labels = torch.arange(n, device=sim.device)
+    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    same = eye if text_ids is None else text_ids[:, None].to(sim.device) == text_ids[None, :].to(sim.device)
+    negative = ~same
     if kind == "contrastive":
-        logits = logit_scale * sim
+        logits = (logit_scale * sim).masked_fill(same & ~eye, float("-inf"))
         loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
     elif kind == "squared":
         loss = ((d - u) ** 2).sum(-1).mean()
     elif kind == "hinge":
         pos = sim.diag()
-        off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
         cost = (margin - pos[:, None] + sim).clamp_min(0) + (margin - pos[None, :] + sim).clamp_min(0)
-        loss = (cost * off).sum() / n
+        loss = (cost * negative).sum() / n
     else:
         raise ValueError(f"pcclip.loss: unknown kind {kind!r} (contrastive, squared, hinge)")
-    return loss, {"retrieval_acc": (sim.argmax(dim=1) == labels).float().mean().detach()}
+    hit = same[labels, sim.argmax(dim=1)]
+    return loss, {"retrieval_acc": hit.float().mean().detach()}
 

@@ -74,6 +74,7 @@ def _tiny_builders():
 
     return {
         "sd": (tiny.build_tiny_sd, ""),
+        "sdxl": (tiny.build_tiny_sdxl, ""),
         "clip": (tiny.build_tiny_open_clip, _LOCAL_DIR),
         "blip_vqa": (tiny_vlm.build_tiny_blip_vqa, ""),
         "blip_caption": (tiny_vlm.build_tiny_blip_caption, ""),

@@ -31,11 +31,9 @@ def to_model_pixels(images, size, mean: Sequence[float], std: Sequence[float], r
     _, _, ih, iw = images.shape
     if resize_mode == "squash":
         images = _resize(images, (h, w), mode)
-    elif resize_mode == "shortest":  # the short side to the target, the long one truncated (torchvision, transformers)
-        t = max(h, w)
-        nh, nw = (t, int(t * iw / ih)) if ih <= iw else (int(t * ih / iw), t)
+    elif resize_mode == "shortest":
+        nh, nw, top, left = shortest_crop(ih, iw, h, w)
         images = _resize(images, (nh, nw), mode)
-        top, left = int(round((nh - h) / 2)), int(round((nw - w) / 2))  # center crop
         images = images[:, :, top:top + h, left:left + w]
     else:
         ratio = max(ih / h, iw / w)  # open_clip's ResizeKeepRatio(longest=1)
@@ -46,6 +44,15 @@ def to_model_pixels(images, size, mean: Sequence[float], std: Sequence[float], r
     mean_t = torch.tensor(list(mean), dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - mean_t) / std_t
+
+
+def shortest_crop(ih: int, iw: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """The "shortest" mode's geometry for an ih x iw image and an h x w target: the resized size
+    (nh, nw), the short side scaled to the target and the long one truncated (torchvision,
+    transformers), and the center crop's top-left corner in it (SDXL's crop coordinates)."""
+    t = max(h, w)
+    nh, nw = (t, int(t * iw / ih)) if ih <= iw else (int(t * ih / iw), t)
+    return nh, nw, int(round((nh - h) / 2)), int(round((nw - w) / 2))
 
 
 def preprocess_cfg_pixels(cfg: dict, images, resize_mode: str | None = None):

@@ -65,7 +65,8 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
     each goes in only if ``cls.__init__`` names it, so a class takes just what it uses. ``args`` are
     the config's own arguments for this actor: each must be a parameter of ``cls.__init__``, or a
     misspelt one would be silently ignored; a class with ``**kwargs`` takes them all and checks them
-    itself. ``where`` names the config entry in the error.
+    itself, in its ``check_args(where, args)`` classmethod if it has one (called here). ``where``
+    names the config entry in the error.
     """
     params = inspect.signature(cls.__init__).parameters.values()
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
@@ -75,4 +76,7 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
         own = sorted(named - set(given)) or ["none"]
         raise ValueError(f"{where}: args.{unknown[0]}: {cls.__module__}:{cls.__qualname__} takes no argument "
                          f"{unknown[0]!r}; its arguments: {', '.join(own)}")
+    check = getattr(cls, "check_args", None)  # a class that validates its own args does it here, on the driver,
+    if check is not None:                     # before a run writes its config (a pasted secret fails first)
+        check(where, args)
     return {**{k: v for k, v in given.items() if takes_any or k in named}, **args}

@@ -9,6 +9,11 @@ value the scorer could not give (counted in the build summary, never paired on).
 handles the prompt-group rows the build pipeline streams: it flattens every group's images into
 one call, then splits the scores back into a list column per group.
 
+A scorer that sets ``wants_class_labels = True`` is called as ``score(images, prompts,
+class_labels=...)``, one label per image: its prompt's ``class_label`` (the prompts table's
+optional column; None where a prompt has none, or the groups have no such column), so a
+class-conditional prompt's detector looks for the class the prompt was written for.
+
 A scorer whose score is a differentiable function of the pixels may also implement
 ``differentiable_score(images, prompts) -> {aspect: tensor}``: the same scores (the "" entry is the
 main one) of a (B, 3, H, W) float tensor in [0, 1], with the graph kept, its preprocessing done on
@@ -30,6 +35,8 @@ TEXT_OUTPUTS = {"rationale": S.rationale_column, "judge_events": S.judge_events_
 
 
 class Scorer:
+    wants_class_labels = False
+
     def __init__(self, name: str):
         self.name = name
         self.column = S.score_column(name)
@@ -45,20 +52,24 @@ class Scorer:
         # sample ids name the rows in quarantine notes; a hand-made batch without them gets positions
         ids_col = (batch.column(S.SAMPLE_ID).to_pylist() if S.SAMPLE_ID in batch.column_names
                    else [[f"row {r} image {i}" for i in range(len(x))] for r, x in enumerate(images_col)])
-        flat_images, flat_prompts, counts, ok, notes = [], [], [], [], []
-        for imgs, prompt, ids in zip(images_col, prompts_col, ids_col):
+        labels_col = (batch.column(S.CLASS_LABEL).to_pylist() if S.CLASS_LABEL in batch.column_names
+                      else [None] * batch.num_rows)
+        flat_images, flat_prompts, flat_labels, counts, ok, notes = [], [], [], [], [], []
+        for imgs, prompt, label, ids in zip(images_col, prompts_col, labels_col, ids_col):
             counts.append(len(imgs))
             row_notes = []
             for b, sid in zip(imgs, ids):
                 try:
                     flat_images.append(I.decode(b))
                     flat_prompts.append(prompt)
+                    flat_labels.append(label)
                     ok.append(True)
                 except Exception as e:  # an undecodable image gets NaN scores and a quarantine note
                     ok.append(False)
                     row_notes.append(Q.note(f"score:{self.name}", sid, f"undecodable image: {type(e).__name__}: {e}"))
             notes.append(row_notes)
-        out = self.score(flat_images, flat_prompts) if flat_images else np.zeros(0, np.float32)
+        extra = {"class_labels": flat_labels} if self.wants_class_labels else {}
+        out = self.score(flat_images, flat_prompts, **extra) if flat_images else np.zeros(0, np.float32)
         outputs = out if isinstance(out, dict) else {"": out}
         if "" not in outputs:
             raise ValueError(f"scorer {self.name!r} returned aspects {sorted(outputs)} but no main score ('')")

@@ -156,6 +156,40 @@ def build_tiny_sd(out_dir: str | Path, image_size: int = 32, seed: int = 0) -> P
     return save_sd_pipeline(sd_parts(image_size=image_size, seed=seed), out_dir)
 
 
+def build_tiny_sdxl(out_dir: str | Path, image_size: int = 32, seed: int = 0, hidden: int = 32) -> Path:
+    """A StableDiffusionXLPipeline directory with random weights: the SDXL architecture at tiny
+    sizes (a UNet taking the pooled text embedding and the six size ids, a CLIPTextModel and a
+    CLIPTextModelWithProjection whose hidden states concatenate to its cross-attention width)."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    parts = sd_parts(image_size=image_size, seed=seed, hidden=hidden)
+    time_dim = 8
+    parts["unet"] = UNet2DConditionModel(
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=2 * hidden,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + hidden,  # six size ids + the pooled embedding
+    )
+    text_cfg = parts["text_encoder"].config
+    parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**{**text_cfg.to_dict(), "projection_dim": hidden}))
+    parts["text_encoder"] = CLIPTextModel(text_cfg)
+    parts["tokenizer_2"] = parts["tokenizer"]
+    pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True)
+    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    return Path(out_dir)
+
+
 def open_clip_cfg(image_size: int = 32, embed_dim: int = 32, vision_width: int = 64, patch_size: int = 8,
                   text_width: int = 32, layers: int = 2, context_length: int = 77) -> dict:
     """An open_clip custom model config (model_cfg + preprocess_cfg) at tiny sizes."""

@@ -25,56 +25,56 @@ OPTIM_FILE = "optimizer.pt"
 
 
 def load_frozen_parts(base: str, device):
-    """Tokenizer, text encoder, VAE and noise scheduler of a diffusers SD pipeline directory."""
+    """Text encoder(s) (raypref.conditioning.TextEncoders), VAE, noise scheduler and UNet of a diffusers
+    SD 1.x / 2.x or SDXL pipeline directory."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-    text = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").to(device).requires_grad_(False)
+    from raypref.conditioning import TextEncoders
+
+    texts = TextEncoders(base, device)
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae").to(device).requires_grad_(False)
     sched = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet").to(device)
-    return tok, text, vae, sched, unet
+    return texts, vae, sched, unet
 
 
 def load_for_training(c: dict, device):
     """load_frozen_parts, then what trains (c["finetune"]: a LoRA, or the whole UNet with a frozen
     copy as DPO's reference) and gradient checkpointing if asked:
-    (tok, text, vae, sched, unet, trainable params, finetune.Reference)."""
+    (texts, vae, sched, unet, trainable params, finetune.Reference)."""
     from raypref.finetune import Reference, make_trainable
 
-    tok, text, vae, sched, unet = load_frozen_parts(c["base_model"], device)
+    texts, vae, sched, unet = load_frozen_parts(c["base_model"], device)
     params, frozen = make_trainable(unet, c, reference=c.get("method", "dpo") == "dpo")
     if c["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
-    return tok, text, vae, sched, unet, params, Reference(unet, frozen)
+    return texts, vae, sched, unet, params, Reference(unet, frozen)
+
+
+def image_size(unet, vae) -> int:
+    """The pixel size the UNet's latents decode to (its sample size times the VAE's downsampling)."""
+    return unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def encode_images(images, rows, vae, size: int, device):
-    """Decode encoded images (``rows`` name them in an error) and encode them with the frozen VAE: scaled latents."""
+    """Decode encoded images (``rows`` name them in an error) and encode them with the frozen VAE:
+    (scaled latents, each image's crop box for SDXL's size ids: images.crop_boxes)."""
     import torch
 
     from raypref import images as I
 
-    pix = I.to_tensor(I.decode_rows(images, rows), size=size).to(device)
+    decoded = I.decode_rows(images, rows)
+    pix = I.to_tensor(decoded, size=size).to(device)
     with torch.no_grad():
-        return vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor
+        return vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor, I.crop_boxes(decoded, size)
 
 
-def encode_prompts(prompts, tok, text, device):
-    """The frozen text encoder's hidden states of the prompts."""
-    import torch
-
-    ids = tok(list(prompts), padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids
-    with torch.no_grad():
-        return text(ids.to(device))[0]
-
-
-def pair_batch_to_latents(batch: dict, tok, text, vae, size: int, device):
-    """Chosen then rejected images as latents, and their prompts' states: (2B latents, 2B text)."""
+def pair_batch_to_latents(batch: dict, texts, vae, size: int, device):
+    """Chosen then rejected images as latents, and their conditioning: (2B latents, a 2B-row
+    conditioning.Cond; SDXL's size ids each image's own)."""
     rows = [f"pairs row chosen_id={c!r}, {side}" for side in (S.CHOSEN_IMAGE, S.REJECTED_IMAGE) for c in batch[S.CHOSEN_ID]]
-    latents = encode_images(list(batch[S.CHOSEN_IMAGE]) + list(batch[S.REJECTED_IMAGE]), rows, vae, size, device)
-    return latents, encode_prompts(batch[S.PROMPT], tok, text, device).repeat(2, 1, 1)
+    latents, boxes = encode_images(list(batch[S.CHOSEN_IMAGE]) + list(batch[S.REJECTED_IMAGE]), rows, vae, size, device)
+    return latents, texts(batch[S.PROMPT]).repeat(2).with_sizes(boxes, size)
 
 
 def noised(sched, latents, noise, t):
@@ -85,20 +85,24 @@ def noised(sched, latents, noise, t):
 
 def dpo_step(unet_ddp, reference, latents, enc, sched, beta: float, gen):
     """One Diffusion-DPO forward: the same noise and timestep for winner and loser; ``reference``
-    (raypref.finetune.Reference) predicts for the frozen reference model."""
+    (raypref.finetune.Reference) predicts for the frozen reference model. ``enc``: a
+    conditioning.Cond, or an SD model's hidden states."""
     import torch
 
+    from raypref.conditioning import Cond
     from raypref.losses import diffusion_dpo_loss
+
+    kw = Cond.of(enc).unet_kwargs()
 
     b = latents.shape[0] // 2
     noise = torch.randn(latents[:b].shape, generator=gen).to(latents.device).repeat(2, 1, 1, 1)
     t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(latents.device).repeat(2)
     noisy, target = noised(sched, latents, noise, t)
 
-    pred = unet_ddp(noisy, t, enc).sample
+    pred = unet_ddp(noisy, t, **kw).sample
     err = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     with torch.no_grad():
-        ref = reference(noisy, t, enc)
+        ref = reference(noisy, t, **kw)
         ref_err = ((ref.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     return diffusion_dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)
 
@@ -115,9 +119,9 @@ def train_loop_per_worker(c: dict) -> None:
     device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    tok, text, vae, sched, unet, params, reference = load_for_training(c, device)
+    texts, vae, sched, unet, params, reference = load_for_training(c, device)
     opt = torch.optim.AdamW(params, lr=c["learning_rate"])
-    size = unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
+    size = image_size(unet, vae)
 
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
     step = state.get("step", 0)
@@ -145,17 +149,17 @@ def train_loop_per_worker(c: dict) -> None:
         if refl is not None and S.IMAGE not in batch:
             from raypref.train_refl import refl_step
 
-            return refl_step(unet_ddp, unet, list(batch[S.PROMPT]), tok, text, vae, refl, gen, device)
+            return refl_step(unet_ddp, unet, list(batch[S.PROMPT]), texts, vae, refl, gen, device)
         if S.IMAGE in batch:  # sft's kept images, or refl's pretraining images (raypref.train_sft, train_refl)
             from raypref.train_sft import sft_step
 
-            latents = encode_images(batch[S.IMAGE], [f"samples row sample_id={s!r}" for s in batch[S.SAMPLE_ID]],
-                                    vae, size, device)
-            loss, m = sft_step(unet_ddp, latents, encode_prompts(batch[S.PROMPT], tok, text, device), sched, gen)
+            latents, boxes = encode_images(batch[S.IMAGE], [f"samples row sample_id={s!r}" for s in batch[S.SAMPLE_ID]],
+                                           vae, size, device)
+            loss, m = sft_step(unet_ddp, latents, texts(batch[S.PROMPT]).with_sizes(boxes, size), sched, gen)
             if refl is None:
                 return loss, m
             return refl.pretrain_weight * loss, {"pretrain_loss": loss.detach()}
-        latents, enc = pair_batch_to_latents(batch, tok, text, vae, size, device)
+        latents, enc = pair_batch_to_latents(batch, texts, vae, size, device)
         return dpo_step(unet_ddp, reference, latents, enc, sched, c["beta"], gen)
 
     pretrain = None

@@ -66,8 +66,8 @@ def load_clip(ref: str, pretrained: str | None):
 def objective(model, c: dict):
     """The training objective as one nn.Module around the open_clip model, so that Ray Train's DDP
     wrapper sees a single forward (its gradient all-reduce hooks on forward, not on encode_*):
-    (pixels, difference-text tokens, a, b, prompt tokens, each image's prompt index) -> (loss,
-    metrics). Difference loss on the pairs plus clip_weight x CLIP's loss on the images."""
+    (pixels, difference-text tokens, a, b, prompt tokens, each image's prompt index, each pair's
+    difference-text id) -> (loss, metrics). Difference loss on the pairs plus clip_weight x CLIP's loss on the images."""
     import torch.nn as nn
     import torch.nn.functional as F
 
@@ -78,15 +78,17 @@ def objective(model, c: dict):
             super().__init__()
             self.model = model
 
-        def forward(self, pixels, diff_tokens, a, b, prompt_tokens, target):
-            img = self.model.encode_image(pixels)
+        def forward(self, pixels, diff_tokens, a, b, prompt_tokens, target, text_ids):
+            # each embedding normalised before the difference, as the held-out evaluation and the
+            # PC-CLIP authors' code take it: the difference of two directions, not of two raw vectors
+            img = F.normalize(self.model.encode_image(pixels), dim=-1)
             scale = self.model.logit_scale.exp().detach()
             loss, m = difference_alignment_loss(img[a] - img[b], self.model.encode_text(diff_tokens), c["loss"],
-                                                scale, c["margin"])
+                                                scale, c["margin"], text_ids)
             metrics = {"loss_diff": loss.detach(), "retrieval_acc": m["retrieval_acc"]}
             if c["clip_weight"] > 0:
                 txt = F.normalize(self.model.encode_text(prompt_tokens), dim=-1)
-                clip_loss = F.cross_entropy(scale * F.normalize(img, dim=-1) @ txt.T, target)
+                clip_loss = F.cross_entropy(scale * img @ txt.T, target)
                 loss = loss + c["clip_weight"] * clip_loss
                 metrics["loss_clip"] = clip_loss.detach()
             return loss, metrics
@@ -96,7 +98,8 @@ def objective(model, c: dict):
 
 def batch_inputs(batch: dict, preprocess, tokenizer, rng, generator, device):
     """A batch of images and prompts -> the objective's inputs, or None with fewer than 2 pairs.
-    Each distinct prompt is encoded once: the same prompt twice is not a negative of itself."""
+    Each distinct prompt is encoded once: the same prompt twice is not a negative of itself; and
+    pairs whose difference texts are equal share an id, so neither is the other's negative."""
     import torch
 
     from raypref import images as I
@@ -109,8 +112,9 @@ def batch_inputs(batch: dict, preprocess, tokenizer, rng, generator, device):
     rows = [f"samples row sample_id={s!r}" for s in batch[S.SAMPLE_ID]]
     pixels = torch.stack([preprocess(x) for x in I.decode_rows(batch[S.IMAGE], rows)]).to(device)
     target = torch.tensor([uniq.index(p) for p in prompts], device=device)
+    ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}
     return (pixels, tokenizer(texts).to(device), torch.tensor(a, device=device), torch.tensor(b, device=device),
-            tokenizer(uniq).to(device), target)
+            tokenizer(uniq).to(device), target, torch.tensor([ids[t] for t in texts], device=device))
 
 
 def comparative_texts(prompts: list[str], text, k: int, generator) -> tuple[list[tuple[int, int]], list[str]]:

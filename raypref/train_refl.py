@@ -86,22 +86,25 @@ def _eps(unet, x, t, cond, uncond, guidance: float):
     """Classifier-free-guided noise prediction (one UNet call on the doubled batch)."""
     import torch
 
+    from raypref.conditioning import Cond
+
     if guidance <= 1.0:
-        return unet(x, t, cond).sample
-    un, co = unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample.chunk(2)
+        return unet(x, t, **cond.unet_kwargs()).sample
+    un, co = unet(torch.cat([x, x]), t, **Cond.cat([uncond, cond]).unet_kwargs()).sample.chunk(2)
     return un + guidance * (co - un)
 
 
-def refl_step(unet_ddp, unet, prompts, tok, text, vae, parts: ReflParts, gen, device):
+def refl_step(unet_ddp, unet, prompts, texts, vae, parts: ReflParts, gen, device):
     """One ReFL forward on a batch of prompts: (loss, metrics). ``unet`` runs the steps without
     gradient; ``unet_ddp`` (the same module, DDP-wrapped) runs the one with it."""
     import torch
 
     from raypref.losses import refl_loss
-    from raypref.train_dpo import encode_prompts
+    from raypref.train_dpo import image_size
 
-    cond = encode_prompts(prompts, tok, text, device)
-    uncond = encode_prompts([""] * len(prompts), tok, text, device)
+    size = image_size(unet, vae)  # drawn at the UNet's own size, uncropped
+    cond = texts(prompts).with_default_sizes(size)
+    uncond = texts.unconditional(len(prompts)).with_default_sizes(size)
     shape = (len(prompts), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     x = torch.randn(shape, generator=gen).to(device) * parts.ddim.init_noise_sigma
     stop = grad_step_index(len(parts.ddim.timesteps), parts.last, gen)

@@ -11,7 +11,6 @@ listed in <output_dir>/train/sft_selected.parquet.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -30,12 +29,14 @@ def top_images(sample_ids, scores, top_p: float) -> tuple[np.ndarray, dict]:
     """The best K = ceil(top_p * n_valid) images by score (n_valid: those with a finite score),
     ties at the cut broken by sample_id ascending, so exactly K are kept whatever the row order.
     Returns the keep mask and counts {n, valid, kept, cut (the K-th score, None if K = 0)}."""
+    from raypref.select import top_k_count
+
     if not 0 < top_p <= 1:
         raise ValueError(f"train.sft_top_p must be in (0, 1], got {top_p}")
     ids = np.asarray(sample_ids, dtype=object)
     s = np.asarray(scores, dtype=np.float64)
     valid = np.flatnonzero(np.isfinite(s))
-    k = math.ceil(top_p * len(valid))
+    k = top_k_count(top_p, len(valid))  # on p's decimal value: 0.07 x 100 is 7, where float math gives 8
     keep = np.zeros(len(s), dtype=bool)
     cut = None
     if k:
@@ -47,16 +48,18 @@ def top_images(sample_ids, scores, top_p: float) -> tuple[np.ndarray, dict]:
 
 
 def sft_step(unet_ddp, latents, enc, sched, gen):
-    """One denoising step on kept images: random noise and timestep per image."""
+    """One denoising step on kept images: random noise and timestep per image. ``enc``: a
+    conditioning.Cond, or an SD model's hidden states."""
     import torch
 
+    from raypref.conditioning import Cond
     from raypref.losses import diffusion_sft_loss
     from raypref.train_dpo import noised
 
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
     noisy, target = noised(sched, latents, noise, t)
-    return diffusion_sft_loss(unet_ddp(noisy, t, enc).sample, target)
+    return diffusion_sft_loss(unet_ddp(noisy, t, **Cond.of(enc).unet_kwargs()).sample, target)
 
 
 def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:

@@ -105,6 +105,13 @@ def tiny_sd() -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl() -> str:
+    from raypref.models import resolve_model
+
+    return resolve_model("tiny:sdxl")
+
+
+@pytest.fixture(scope="session")
 def tiny_clip() -> str:
     from raypref.models import resolve_model
 

@@ -16,7 +16,7 @@ def _inputs(unet, g):
 
 
 def test_full_trains_every_weight_against_a_frozen_copy(tiny_sd):
-    _, _, _, sched, unet, params, ref = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full"}, "cpu")
+    _, _, sched, unet, params, ref = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full"}, "cpu")
     assert len(params) == len(list(unet.parameters())) and all(p.requires_grad for p in params)
     assert ref.frozen is not unet and not any(p.requires_grad for p in ref.frozen.parameters())
     before = {k: v.clone() for k, v in ref.frozen.state_dict().items()}
@@ -46,14 +46,14 @@ def test_sft_full_keeps_no_reference_copy_and_lora_uses_the_adapter(tiny_sd):
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_saved_weights_load_back_for_resume(tiny_sd, tmp_path, finetune):
     c = {**LORA, "base_model": tiny_sd, "finetune": finetune}
-    unet = load_for_training(c, "cpu")[4]
+    unet = load_for_training(c, "cpu")[3]
     with torch.no_grad():
         for p in unet.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     path = save_trained(unet, tmp_path, finetune)
     assert path == tmp_path / export_name(finetune) / export_file(finetune) and path.is_file()
-    fresh = load_for_training(c, "cpu")[4]
+    fresh = load_for_training(c, "cpu")[3]
     load_trained(fresh, tmp_path, finetune)
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), fresh.state_dict().values()))
 
@@ -61,13 +61,13 @@ def test_saved_weights_load_back_for_resume(tiny_sd, tmp_path, finetune):
 def test_a_sharded_full_unet_loads_back_for_resume(tiny_sd, tmp_path):
     # diffusers shards a UNet over its max_shard_size (10 GB: SDXL in fp32); a small limit makes the same layout here
     c = {**LORA, "base_model": tiny_sd, "finetune": "full"}
-    unet = load_for_training(c, "cpu")[4]
+    unet = load_for_training(c, "cpu")[3]
     with torch.no_grad():
         for p in unet.parameters():
             p.add_(0.01)
     unet.save_pretrained(str(tmp_path / export_name("full")), max_shard_size="200KB")
     assert len(list((tmp_path / export_name("full")).glob("*.safetensors"))) > 1
-    fresh = load_for_training(c, "cpu")[4]
+    fresh = load_for_training(c, "cpu")[3]
     load_trained(fresh, tmp_path, "full")
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), fresh.state_dict().values()))
 
@@ -77,7 +77,7 @@ def test_an_exported_lora_loads_in_diffusers_at_the_strength_it_trained_at(tiny_
     from diffusers import StableDiffusionPipeline
 
     c = {**LORA, "lora_rank": 2, "lora_alpha": 8.0, "base_model": tiny_sd}
-    unet = load_for_training(c, "cpu")[4]
+    unet = load_for_training(c, "cpu")[3]
     with torch.no_grad():
         for p in unet.parameters():
             if p.requires_grad:
@@ -101,7 +101,7 @@ def test_full_weights_of_another_model_are_a_clear_error(tiny_sd, tmp_path):
 
     (tmp_path / "unet").mkdir()
     save_file({"not_a_unet_weight": torch.zeros(1)}, str(tmp_path / "unet" / export_file("full")))
-    unet = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full"}, "cpu")[4]
+    unet = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full"}, "cpu")[3]
     with pytest.raises(ValueError, match=r"unet: UNet weights do not match the model: missing .*unexpected \['not_a"):
         load_trained(unet, tmp_path, "full")
     with pytest.raises(ValueError, match="train.finetune must be one of"):

@@ -335,6 +335,10 @@ def test_judge_config_errors_never_echo_a_key(monkeypatch):
     with pytest.raises(ValueError, match=r"args\.http\.base_url: .*must not have a query string") as e:
         resolve("llm_judge")(name="j", **http_args(f"https://api.example.com/v1?key={pasted}", api_key_env=None))
     assert pasted not in str(e.value)
+    for key_like in ("hf_" + "aB3" * 11, "gsk_" + "k9" * 24):  # keys of letters, digits and '_' alone
+        with pytest.raises(ValueError, match=r"args\.http\.api_key_env: .*NAME of an environment variable") as e:
+            resolve("llm_judge")(name="j", **http_args("http://127.0.0.1:9/v1", api_key_env=key_like))
+        assert key_like not in str(e.value)
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ValueError, match=f"environment variable {KEY_ENV} is not set"):
         resolve("llm_judge")(name="j", **http_args("http://127.0.0.1:9/v1"))
@@ -342,6 +346,22 @@ def test_judge_config_errors_never_echo_a_key(monkeypatch):
         resolve("llm_judge")(name="j", bogus=1, **http_args("http://127.0.0.1:9/v1"))
     with pytest.raises(ValueError, match="backend 'http' needs an 'http' section"):
         resolve("llm_judge")(name="j", backend="http")
+
+
+def test_a_build_with_a_pasted_key_stops_before_it_writes_its_config(tmp_path):
+    from raypref.build import run_build
+    from raypref.config import validate
+
+    from conftest import tiny_config_dict
+
+    pasted = "hf_" + "aB3" * 11
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1", api_key_env=pasted)}
+    cfg = validate(tiny_config_dict(tmp_path / "run", tmp_path / "p.txt", scorers=[judge]))
+    with pytest.raises(ValueError, match=r"scorer 'j': invalid llm_judge args\n.*api_key_env") as e:
+        run_build(cfg)
+    assert pasted not in str(e.value)
+    assert not list((tmp_path / "run").rglob("config.yaml"))  # nothing on disk holds the key
 
 
 # ---------------------------------------------------------------- local transformers backend

@@ -40,6 +40,25 @@ def test_difference_losses_hand_values():
         difference_alignment_loss(d, u, "cubic")
 
 
+def test_pairs_with_the_same_difference_text_are_not_each_others_negatives():
+    # two pairs with one text ("red instead of blue"), image differences at 90 degrees: s = [[r, r], [r, r]]
+    d = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    u = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    same = torch.tensor([0, 0])
+    # without ids each row's softmax has the other's equal logit: CE([r, r], k) = log 2 both ways
+    co, m = difference_alignment_loss(d, u, "contrastive", logit_scale=1.0)
+    assert co.item() == pytest.approx(math.log(2)) and m["retrieval_acc"].item() == 0.5
+    # with ids the other row is no negative: each softmax holds its positive alone, CE = 0
+    co, m = difference_alignment_loss(d, u, "contrastive", logit_scale=1.0, text_ids=same)
+    assert co.item() == pytest.approx(0.0, abs=1e-7) and m["retrieval_acc"].item() == 1.0
+    # hinge, margin 0.2: without ids 4 hinges of [0.2 - r + r]_+ = 0.2 over 2 rows; with them none
+    assert difference_alignment_loss(d, u, "hinge", margin=0.2)[0].item() == pytest.approx(0.4)
+    assert difference_alignment_loss(d, u, "hinge", margin=0.2, text_ids=same)[0].item() == 0.0
+    # distinct ids change nothing
+    other = torch.tensor([0, 1])
+    assert difference_alignment_loss(d, u, "hinge", margin=0.2, text_ids=other)[0].item() == pytest.approx(0.4)
+
+
 def test_difference_texts_say_what_changes():
     assert shapes("a red circle", "a blue circle") == "red instead of blue"
     assert shapes("a red circle", "a blue square") == "red instead of blue, a circle instead of a square"
@@ -291,3 +310,31 @@ def test_pcclip_counts_the_batches_it_cannot_learn_from(ray_session, tmp_path, t
     from raypref.train_pcclip import summary_text
 
     assert "; 1 batch(es) with under 2 pairs of different prompts skipped in" in summary_text(s)
+
+
+def test_the_objective_takes_differences_of_normalised_embeddings():
+    # image embeddings given directly (pixels are the embeddings): scaling one image's embedding
+    # changes the raw difference's direction but not that of the normalised embeddings' difference
+    import torch.nn as nn
+
+    from raypref.train_pcclip import objective
+
+    class Stub(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logit_scale = nn.Parameter(torch.tensor(0.0))
+
+        def encode_image(self, x):
+            return x
+
+        def encode_text(self, tokens):
+            return tokens.float()
+
+    obj = objective(Stub(), {"loss": "contrastive", "margin": 0.2, "clip_weight": 0.0})
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    texts = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    a, b, ids = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([0, 1])
+    args = (texts, a, b, None, None, ids)
+    loss, _ = obj(img, *args)
+    scaled, _ = obj(img * torch.tensor([[3.0], [1.0], [0.2]]), *args)
+    assert scaled.item() == pytest.approx(loss.item(), rel=1e-6)

@@ -324,6 +324,12 @@ def test_owlvit_actor(tiny_path):
     assert strict["count"][0] == 0 and strict[""][0] == out[""][0]
     only = resolve("owlvit")(name="owl", model=tiny_path("owlvit"), classes=["circle"]).score(imgs[:2], prompts[:2])
     assert np.isnan(only[""][0]) and only["rationale"][1].startswith("'a photo of a circle'")
+    # a group's class_label is the class looked for; a numeric label (an index) falls back to the prompt
+    batch = pa.table({S.PROMPT: ["a majestic elephant walking at sunset", "a photo of a dog", "..."],
+                      S.CLASS_LABEL: ["elephant", "3", None], S.IMAGE: [[I.encode(im)] for im in imgs]})
+    why = det(batch).column(S.rationale_column("owl")).to_pylist()
+    assert why[0][0].startswith("'a photo of a elephant': best") and why[1][0].startswith("'a photo of a dog': best")
+    assert why[2][0] == "no object class found in the prompt"
 
 
 def _face(size: int = 100) -> Image.Image:

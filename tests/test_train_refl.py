@@ -104,13 +104,13 @@ def test_one_refl_step_sends_the_reward_gradient_to_the_lora(tiny_sd, tiny_rm):
     from raypref.train_refl import ReflParts, refl_step
 
     c = _refl_cfg(tiny_sd, tiny_rm)
-    tok, text, vae, _, unet, params, ref = load_for_training(c, "cpu")
+    texts, vae, _, unet, params, ref = load_for_training(c, "cpu")
     assert ref.frozen is None  # no reference model: ReFL has no KL-to-reference term
     parts = ReflParts(c, "cpu")
     rm_params = list(parts.scorer.model.parameters())
     assert not any(p.requires_grad for p in rm_params)
     prompts = ["a red circle", "two blue squares"]
-    loss, m = refl_step(unet, unet, prompts, tok, text, vae, parts, torch.Generator().manual_seed(0), "cpu")
+    loss, m = refl_step(unet, unet, prompts, texts, vae, parts, torch.Generator().manual_seed(0), "cpu")
     # margin 1e6: every image is below it, so loss = 1e6 - mean reward
     assert loss.item() == pytest.approx(1e6 - m["reward"].item(), rel=1e-6)
     assert m["grad_step"].item() in (1.0, 2.0)
@@ -119,7 +119,25 @@ def test_one_refl_step_sends_the_reward_gradient_to_the_lora(tiny_sd, tiny_rm):
     assert all(p.grad is None for p in rm_params)
     bad = ReflParts(_refl_cfg(tiny_sd, tiny_rm, head="nope"), "cpu")
     with pytest.raises(ValueError, match=r"train.refl.head: 'nope' is not an output of train.refl.scorer 'rm' \(outputs: \['', 'prompt_following'"):
-        refl_step(unet, unet, prompts, tok, text, vae, bad, torch.Generator().manual_seed(0), "cpu")
+        refl_step(unet, unet, prompts, texts, vae, bad, torch.Generator().manual_seed(0), "cpu")
+
+
+def test_a_refl_step_on_sdxl_conditions_on_pooled_text_and_sizes(tiny_sdxl, tiny_rm):
+    from raypref.train_dpo import load_for_training
+    from raypref.train_refl import ReflParts, refl_step
+
+    c = _refl_cfg(tiny_sdxl, tiny_rm)
+    texts, vae, _, unet, params, _ = load_for_training(c, "cpu")
+    calls = []
+    hook = unet.add_embedding.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    loss, m = refl_step(unet, unet, ["a red circle", "two blue squares"], texts, vae, ReflParts(c, "cpu"),
+                        torch.Generator().manual_seed(0), "cpu")
+    hook.remove()
+    # every UNet call took SDXL's added embedding (6 size ids x 8 + the pooled 32), guided (2 x 2 rows)
+    assert calls and all(s == (4, 6 * 8 + 32) for s in calls)
+    assert loss.item() == pytest.approx(1e6 - m["reward"].item(), rel=1e-6)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
 def test_refl_summary_warns_when_no_image_was_below_the_margin():
@@ -180,9 +198,9 @@ def test_refl_step_on_gpu_moves_the_scorer_to_the_workers_device(tiny_sd, tiny_r
     from raypref.train_refl import ReflParts, refl_step
 
     c = _refl_cfg(tiny_sd, tiny_rm)
-    tok, text, vae, _, unet, params, _ = load_for_training(c, "cuda")
+    texts, vae, _, unet, params, _ = load_for_training(c, "cuda")
     parts = ReflParts(c, torch.device("cuda"))
     assert all(p.device.type == "cuda" for p in parts.scorer.model.parameters())
-    loss, _ = refl_step(unet, unet, ["a red circle"], tok, text, vae, parts, torch.Generator().manual_seed(0), "cuda")
+    loss, _ = refl_step(unet, unet, ["a red circle"], texts, vae, parts, torch.Generator().manual_seed(0), "cuda")
     loss.backward()
     assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)

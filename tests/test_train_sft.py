@@ -28,6 +28,8 @@ def test_top_images_keeps_exactly_the_best_with_ties_broken_by_id():
     assert {ids[i] for i, k in zip(perm, keep2) if k} == {"a", "b"}
     assert top_images(ids, scores, 1.0)[0].tolist() == [True, True, False, True, True]  # NaN never kept
     assert top_images(ids, scores, 0.01)[1]["kept"] == 1  # any p > 0 keeps one
+    # K is ceil(p x n) on p's decimal value: 0.07 of 100 is 7 (float math, ceil(7.000000000000001), gives 8)
+    assert top_images([f"s{i}" for i in range(100)], list(range(100)), 0.07)[1]["kept"] == 7
     nothing, c = top_images(["x"], [float("nan")], 0.5)
     assert not nothing.any() and c["kept"] == 0 and c["cut"] is None
     with pytest.raises(ValueError, match=r"sft_top_p must be in \(0, 1\]"):

@@ -139,7 +139,7 @@ def test_dpo_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny
     grads = {}
     for on in (False, True):
         torch.manual_seed(0)
-        _, _, _, sched, unet, params, reference = load_for_training({**c, "gradient_checkpointing": on}, "cpu")
+        _, _, sched, unet, params, reference = load_for_training({**c, "gradient_checkpointing": on}, "cpu")
         g = torch.Generator().manual_seed(1)
         latents = torch.randn(4, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)
         enc = torch.randn(4, 77, unet.config.cross_attention_dim, generator=g)
@@ -207,15 +207,15 @@ def test_a_bad_image_in_a_dpo_batch_names_its_pair(tiny_sd):
     from raypref.images import encode
     from raypref.train_dpo import load_frozen_parts, pair_batch_to_latents
 
-    tok, text, vae, _, _ = load_frozen_parts(tiny_sd, "cpu")
+    texts, vae, _, _ = load_frozen_parts(tiny_sd, "cpu")
     good = encode(Image.new("RGB", (16, 16), (200, 30, 30)))
     batch = {S.PROMPT: ["a red circle", "a blue square"], S.CHOSEN_ID: ["p0-a", "p1-a"],
              S.CHOSEN_IMAGE: [good, good], S.REJECTED_IMAGE: [good, b"\x89PNG broken"]}
     with pytest.raises(ValueError, match=r"pairs row chosen_id='p1-a', rejected_image: undecodable image bytes"):
-        pair_batch_to_latents(batch, tok, text, vae, 16, "cpu")
+        pair_batch_to_latents(batch, texts, vae, 16, "cpu")
     batch[S.REJECTED_IMAGE][1] = good
-    latents, enc = pair_batch_to_latents(batch, tok, text, vae, 16, "cpu")
-    assert latents.shape[0] == 4 and enc.shape[0] == 4
+    latents, enc = pair_batch_to_latents(batch, texts, vae, 16, "cpu")
+    assert latents.shape[0] == 4 and enc.hidden.shape[0] == 4 and enc.pooled is None
 
 
 def test_export_replaces_only_its_own_exports_whole(tmp_path):
