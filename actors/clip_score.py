@@ -1,5 +1,7 @@
-"""CLIP score with open_clip: 100 x cosine(image, text), floored at 0 (CLIPScore as AGFSync uses it;
-``floor_at_zero=False`` keeps negative values, useful for weak models whose cosines are often < 0).
+"""CLIP score with open_clip: 100 x cosine(image, text), floored at 0 (CLIPScore's max(cos, 0), Hessel
+et al. 2021; AGFSync's released code takes 100 x cosine unfloored, which differs only for images whose
+cosine is negative). ``floor_at_zero=False`` keeps negative values, useful for weak models whose
+cosines are often < 0.
 
 On a cluster pass a real checkpoint, e.g. model='ViT-L-14' with pretrained='openai', or
 model='hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K'. Locally, 'local-dir:/path' loads an

@@ -210,6 +210,7 @@ class TrainConf(_RayTrainScale, _StepConf):
     samples: str | None = Field(None, description="sft: samples Parquet dir (None: this run's build/samples).")
     sft_score: str = Field("score", description="sft: the samples column the images are ranked by (the build's aggregate 'score', or one scorer's 'score_<name>').")
     sft_top_p: float = Field(0.1, gt=0, le=1, description="sft: keep exactly the top ceil(p * n) images by sft_score over the whole table (n: images with a finite score; ties at the cut by sample_id).")
+    sft_per_prompt: int | None = Field(None, ge=1, description="sft: first keep only each prompt's best k images by sft_score (ties by sample_id), then the top p of those; 1 is the self-reward authors' best-of-N per prompt. None: the top p over all images.")
     finetune: Literal["lora", "full"] = Field(
         "lora", description="What trains: lora (an adapter on lora_targets; the DPO reference is the same UNet with "
         "the adapter off; exports train/lora) or full (every UNet weight; the DPO reference is a frozen copy, so the "
@@ -345,6 +346,8 @@ class PcClipConf(_RayTrainScale):
     llm_instruction: str = Field(DEFAULT_INSTRUCTION, description="text_generator 'llm': the request's text, with {a} and {b} for the two prompts; the answer's first line is the difference text.")
     loss: Literal["contrastive", "squared", "hinge"] = Field("contrastive", description="How differences meet their texts (losses.difference_alignment_loss): in-batch InfoNCE, squared distance, or sum of hinges.")
     margin: float = Field(0.2, ge=0, description="hinge: the margin.")
+    logit_scale: float | None = Field(None, gt=0, description="contrastive: the scale of the difference loss's cosine logits. None: the model's own exp(logit_scale) (about 100 for CLIP); 1: the PC-CLIP authors' code (temperature 1).")
+    train_towers: Literal["both", "text"] = Field("both", description="What trains: both towers, or the text tower only with the image tower frozen (the PC-CLIP authors' code, which embeds images once).")
     clip_weight: float = Field(1.0, ge=0, description="Weight of CLIP's own image-prompt contrastive loss on the same batch, beside the difference loss (keeps the embedding aligned with the prompts); 0: differences only.")
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate, cosine schedule with warmup.")
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
@@ -432,6 +435,12 @@ class RelabelConf(_Strict):
         "HPD v2 JSON + images, ImageRewardDB JSON + images, or AGFSync Parquet.")
     shard_size: int = Field(256, ge=1, description="Imported pairs per Parquet shard (the unit Ray Data scores in parallel).")
     limit: int | None = Field(None, ge=1, description="Import only the first N usable pairs.")
+    orient: Literal["ai", "source"] = Field(
+        "ai", description="Which label the pairs keep. ai: the AI's (its preferred image chosen, label_source 'ai:...', "
+        "the imported label in source_label). source: the imported one (the imported chosen image stays chosen, its "
+        "label and label_source kept), with the scorers' columns for both sides and margin = s(chosen) - s(rejected), "
+        "negative where the AI disagrees, and the AI's label in source_label: quality-aware ranking of human pairs "
+        "(raypref rank by margin) then trains on the human labels.")
 
 
 class ReportConf(_Strict):

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -60,13 +60,19 @@ class HttpJudgeConf(BaseModel):
         "None: no Authorization header (a local vLLM without --api-key). Never put the key itself in a config."
     )
     max_concurrency: int = Field(4, ge=1, description="Requests in flight at once, per judge actor.")
-    timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for an answer before the attempt counts as a timeout.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds the server may stay silent (before the answer starts, or "
+                             "between its bytes: requests' read timeout, not a cap on the whole answer) before the attempt "
+                             "counts as a timeout.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for the TCP connection.")
     max_retries: int = Field(4, ge=0, description="Retries after a 429, 5xx, timeout or dropped connection before giving up.")
     backoff_s: float = Field(1.0, ge=0, description="Delay before the first retry; doubles each retry, with random jitter.")
     max_backoff_s: float = Field(60.0, ge=0, description="Cap on one retry's delay, Retry-After included.")
-    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: the judge's most likely answer).")
+    temperature: float | None = Field(0.0, ge=0, description="Sampling temperature (0: the judge's most likely answer); "
+                                      "null: not sent (OpenAI's reasoning models take only their default).")
     max_tokens: int = Field(512, ge=1, description="Answer length cap.")
+    max_tokens_key: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", description="The request field the cap is sent in: max_tokens (vLLM and most servers), or "
+        "max_completion_tokens (OpenAI's reasoning models refuse max_tokens).")
     json_mode: bool = Field(False, description="Send response_format={'type': 'json_object'} (vLLM and OpenAI honour it).")
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="Extra fields merged into each request body (e.g. vLLM's guided_json)."
@@ -171,7 +177,9 @@ class ChatClient:
 
     def _body(self, messages: list[dict]) -> dict:
         c = self.conf
-        body = {"model": c.model, "messages": messages, "temperature": c.temperature, "max_tokens": c.max_tokens}
+        body = {"model": c.model, "messages": messages, c.max_tokens_key: c.max_tokens}
+        if c.temperature is not None:
+            body["temperature"] = c.temperature
         if c.json_mode:
             body["response_format"] = {"type": "json_object"}
         body.update(c.extra_body)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raypref import quarantine as Q
 from raypref import schema as S
@@ -47,7 +48,7 @@ from raypref.formats import FORMATS, Quarantine, first_pairs, write_pairs
 from raypref.resume import checkpointed
 
 _IMPORTED_COLUMNS = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL,
-                     S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR]
+                     S.LABEL_SOURCE, S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR]
 IMPORT_DONE = "import_settings.json"  # in relabel/: the import finished, from this input (record_settings)
 SETTINGS_FILE = "relabel_settings.json"  # in relabel/: what the written pairs were labelled with
 _PAIR_TO_SAMPLE = {S.SAMPLE_ID: (S.CHOSEN_ID, S.REJECTED_ID), S.GENERATOR: (S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR),
@@ -75,20 +76,53 @@ def pairs_to_groups(batch: pa.Table) -> pa.Table:
         else:  # seed and sampling settings: not known for imported images
             cols[f.name] = _two(pa.nulls(n, f.type), pa.nulls(n, f.type), f.type)
     cols[S.SOURCE_LABEL] = batch.column(S.LABEL).combine_chunks().cast(pa.float32())
+    cols[S.SOURCE_LABEL_SOURCE] = (batch.column(S.LABEL_SOURCE).combine_chunks().cast(pa.string())
+                                   if S.LABEL_SOURCE in batch.column_names else pa.nulls(n, pa.string()))  # an older import
     cols[S.IMPORT_ROW] = batch.column(S.IMPORT_ROW).combine_chunks()
     return pa.table(cols)
 
 
-def groups_to_pairs(batch: pa.Table, label_source: str) -> pa.Table:
+def to_source_orientation(pairs: pa.Table, flipped: np.ndarray, source_label_source: list) -> pa.Table:
+    """AI-oriented pairs -> the imported orientation (relabel.orient 'source'), pure: where the AI
+    chose the imported rejected image (``flipped``), every chosen_*/rejected_* column pair swaps and
+    the margin (and the quality, the margin here) changes sign; then label and source_label trade places (the imported label becomes
+    the label, the AI's, as P(this chosen preferred), goes to source_label) and label_source is the
+    imported one."""
+    mask = pa.array(np.asarray(flipped, bool))
+    cols = {n: pairs.column(n) for n in pairs.column_names}
+    for name in pairs.column_names:
+        other = S.REJECTED_PREFIX + name[len(S.CHOSEN_PREFIX):]
+        if name.startswith(S.CHOSEN_PREFIX) and other in cols:
+            a, b = pairs.column(name), pairs.column(other)
+            cols[name], cols[other] = pc.if_else(mask, b, a), pc.if_else(mask, a, b)
+    for name in (S.MARGIN, S.QUALITY):  # quality is the margin until raypref rank fills it
+        cols[name] = pc.if_else(mask, pc.negate(pairs.column(name)), pairs.column(name))
+
+    def turned(col):  # a label as P(chosen preferred), for the chosen side after the swap
+        x = pairs.column(col)
+        return pc.if_else(mask, pc.subtract(1.0, x), x)
+
+    cols[S.LABEL] = turned(S.SOURCE_LABEL).cast(pairs.schema.field(S.LABEL).type)
+    cols[S.SOURCE_LABEL] = turned(S.LABEL).cast(pa.float32())
+    cols[S.LABEL_SOURCE] = pa.array(source_label_source, pa.string())
+    return pa.table(cols, schema=pairs.schema)
+
+
+def groups_to_pairs(batch: pa.Table, label_source: str, orient: str = "ai") -> pa.Table:
     """Scored and paired groups -> AI-labelled pairs with source_label: the imported label when the AI
-    keeps the imported chosen image on the chosen side, 1 - it when the AI prefers the other one."""
+    keeps the imported chosen image on the chosen side, 1 - it when the AI prefers the other one.
+    ``orient`` 'source': turned back to the imported orientation (to_source_orientation)."""
     pairs = explode_pairs(batch, label_source)
     chosen = batch.column(S.PAIR_CHOSEN).to_pylist()
     src = batch.column(S.SOURCE_LABEL).to_pylist()
     source = [(s if c[0] == 0 else 1.0 - s) if s is not None else None for c, s in zip(chosen, src) if c]
     rows = [r for c, r in zip(chosen, batch.column(S.IMPORT_ROW).to_pylist()) if c]
-    return pairs.append_column(pa.field(S.SOURCE_LABEL, pa.float32()), pa.array(source, pa.float32())).append_column(
-        pa.field(S.IMPORT_ROW, pa.int64()), pa.array(rows, pa.int64()))
+    pairs = pairs.append_column(pa.field(S.SOURCE_LABEL, pa.float32()), pa.array(source, pa.float32()))
+    if orient == "source":
+        flipped = np.array([c[0] != 0 for c in chosen if c], bool)
+        kept_sources = [x for c, x in zip(chosen, batch.column(S.SOURCE_LABEL_SOURCE).to_pylist()) if c]
+        pairs = to_source_orientation(pairs, flipped, kept_sources)
+    return pairs.append_column(pa.field(S.IMPORT_ROW, pa.int64()), pa.array(rows, pa.int64()))
 
 
 def label_source(cfg: Config) -> str:
@@ -135,6 +169,8 @@ def guard_relabel_resume(cfg: Config, out: Path) -> None:
     """A rerun resumes the pairs already labelled only if the input, the scorers and the pairing are
     the same; with others it would mix two labellings (pool sizes may change). Records them."""
     mine = {**_import_settings(cfg), "build": labelling_settings(cfg.build)}
+    if cfg.relabel.orient != "ai":  # recorded only when set, so runs from before the key still resume
+        mine["orient"] = cfg.relabel.orient
     has_work = any((out / "pairs").glob("*.parquet")) or (out / "_checkpoint").exists()
     guard_rerun(out / SETTINGS_FILE, mine, has_work,
                 f"relabel: {out} holds pairs labelled with other settings ({{changed}}); a rerun would mix them. "
@@ -170,7 +206,8 @@ def run_relabel(cfg: Config) -> dict:
             ds = ray.data.read_parquet(str((out / "imported").resolve())).repartition(n_files)
             ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
             ds = generate_and_score(ds, [], b.scorers)
-            ds = ds.map_batches(score_pairs, fn_kwargs={"pairing": _pairing_kwargs(cfg), "label_source": source},
+            ds = ds.map_batches(score_pairs, fn_kwargs={"pairing": _pairing_kwargs(cfg), "label_source": source,
+                                                        "orient": r.orient},
                                 batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
             ds.write_parquet(str((out / "pairs").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
     quarantine_unscored(out)
@@ -179,9 +216,9 @@ def run_relabel(cfg: Config) -> dict:
     return summary
 
 
-def score_pairs(batch: pa.Table, pairing: dict, label_source: str) -> pa.Table:
-    """Scored 2-sample groups -> AI-labelled pairs (row-local)."""
-    return groups_to_pairs(finalize_groups(batch, **pairing), label_source)
+def score_pairs(batch: pa.Table, pairing: dict, label_source: str, orient: str = "ai") -> pa.Table:
+    """Scored 2-sample groups -> AI-labelled pairs (row-local), in ``orient``'s orientation."""
+    return groups_to_pairs(finalize_groups(batch, **pairing), label_source, orient)
 
 
 def _pair_keys(t: pa.Table) -> list[tuple]:
@@ -224,15 +261,18 @@ def summarize_relabel(out: Path, cfg: Config, n_imported: int, source: str, seco
     if (out / "pairs").exists():  # Ray Data writes no files for an empty table
         t = pds.dataset(out / "pairs", format="parquet").to_table(columns=[S.LABEL, S.SOURCE_LABEL])
         labels, src = t.column(S.LABEL).to_pylist(), t.column(S.SOURCE_LABEL).to_pylist()
+    # either way label is 1.0 or 0.5 and source_label the other labeller's view of the same chosen image
+    ai, imported = (labels, src) if cfg.relabel.orient == "ai" else (src, labels)
     return {
         "input": cfg.relabel.input,
         "format": cfg.relabel.format,
         "label_source": source,
+        "orient": cfg.relabel.orient,
         "pairs_imported": n_imported,
         "pairs": len(labels),
-        "ai_strict": sum(1 for x in labels if x == 1.0),
-        "ai_ties": sum(1 for x in labels if x == S.TIE),
-        "source_ties": sum(1 for x in src if x == S.TIE),
+        "ai_strict": sum(1 for x in ai if x in (0.0, 1.0)),
+        "ai_ties": sum(1 for x in ai if x == S.TIE),
+        "source_ties": sum(1 for x in imported if x == S.TIE),
         **agreement(labels, src),
         "quarantined": Q.counts(out / "quarantine"),
         "seconds": round(seconds, 1),
@@ -242,8 +282,9 @@ def summarize_relabel(out: Path, cfg: Config, n_imported: int, source: str, seco
 def summary_line(s: dict, where: str) -> str:
     q = sum(s["quarantined"].values())
     agree = "n/a" if s["agreement"] is None else f"{s['agreement']:.3f}"
+    how = "labelled by" if s.get("orient", "ai") == "ai" else "keeping the imported labels, scored by"
     return (f"[relabel] {s['pairs_imported']} {s['format']} pairs imported ({q} rows quarantined) -> {s['pairs']} pairs "
-            f"labelled by {s['label_source']}: {s['ai_strict']} strict, {s['ai_ties']} ties; agreement with the "
+            f"{how} {s['label_source']}: {s['ai_strict']} strict, {s['ai_ties']} ties; agreement with the "
             f"imported labels {agree} on {s['both_strict']} pairs ({s['flipped']} flipped) in {s['seconds']}s -> {where}")
 
 

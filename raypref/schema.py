@@ -65,6 +65,7 @@ STRICT, TIE = 1.0, 0.5  # the two values a pairs row's LABEL may hold
 CHOSEN_GENERATOR = "chosen_generator"
 REJECTED_GENERATOR = "rejected_generator"
 SOURCE_LABEL = "source_label"  # re-labelled pairs: the imported (e.g. human) label, as P(this chosen preferred)
+SOURCE_LABEL_SOURCE = "source_label_source"  # re-labelling's groups: the imported pairs' label_source
 IMPORT_ROW = "import_row"  # re-labelled pairs: the pair's row in relabel/imported, the key a resumed relabel skips by
 PAIR_ORDER = "pair_order"  # transient, reward training only: the seeded sort key that interleaves pairs dirs
 CHOSEN_PREFIX = "chosen_"  # + a score column: that scorer's (aspect's) score of the chosen image

@@ -237,9 +237,9 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
 
 # the train keys each method does not read: a change to them does not make a new run of it
 UNREAD = {
-    "dpo": ("method", "samples", "sft_score", "sft_top_p", "refl"),
+    "dpo": ("method", "samples", "sft_score", "sft_top_p", "sft_per_prompt", "refl"),
     "sft": ("method", "pairs", "beta", "refl"),
-    "refl": ("method", "pairs", "samples", "sft_score", "sft_top_p", "beta"),
+    "refl": ("method", "pairs", "samples", "sft_score", "sft_top_p", "sft_per_prompt", "beta"),
 }
 
 

@@ -83,8 +83,9 @@ def objective(model, c: dict):
             # PC-CLIP authors' code take it: the difference of two directions, not of two raw vectors
             img = F.normalize(self.model.encode_image(pixels), dim=-1)
             scale = self.model.logit_scale.exp().detach()
+            diff_scale = scale if c.get("logit_scale") is None else c["logit_scale"]
             loss, m = difference_alignment_loss(img[a] - img[b], self.model.encode_text(diff_tokens), c["loss"],
-                                                scale, c["margin"], text_ids)
+                                                diff_scale, c["margin"], text_ids)
             metrics = {"loss_diff": loss.detach(), "retrieval_acc": m["retrieval_acc"]}
             if c["clip_weight"] > 0:
                 txt = F.normalize(self.model.encode_text(prompt_tokens), dim=-1)
@@ -177,6 +178,15 @@ def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, d
     return out
 
 
+def trainable(model, towers: str) -> list:
+    """Freeze what pcclip.train_towers leaves out (the temperature always: fine-tuning keeps the
+    model's own) and return the parameters that train."""
+    model.logit_scale.requires_grad_(False)
+    if towers == "text":
+        model.visual.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def pcclip_loop(c: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -190,14 +200,13 @@ def pcclip_loop(c: dict) -> None:
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.manual_seed(c["seed"])
     model, preprocess, tokenizer, cfg = load_clip(c["model"], c["pretrained"])
-    model.logit_scale.requires_grad_(False)  # fine-tuning keeps the model's temperature
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
     step = state.get("step", 0)
     if ckpt_dir is not None:
         model.load_state_dict(load_file(str(Path(ckpt_dir) / MODEL_DIR / WEIGHTS_FILE)))
     model.to(device)
+    params = trainable(model, c.get("train_towers", "both"))
     obj = ray.train.torch.prepare_model(objective(model, c))
-    params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = cosine_adamw(params, c["learning_rate"], c["warmup_steps"], c["max_steps"], ckpt_dir, step, OPTIM_FILE)
     generator = resolve(c["text_generator"], c["llm"], c["llm_instruction"])
     held = c["heldout_rows"]
@@ -269,7 +278,10 @@ def run_train_pcclip(cfg: Config) -> dict:
         read_api_key(p.llm.api_key_env)  # a missing key fails here, not in every worker
     else:
         resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
-    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json"))
+    settings = p.model_dump(mode="json")
+    if settings["train_towers"] == "both":  # recorded only when set, so runs from before the key still resume
+        del settings["train_towers"]
+    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, settings)
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():

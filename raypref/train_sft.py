@@ -25,9 +25,11 @@ from raypref.config import Config, write_run_meta
 SELECTED_FILE = "sft_selected.parquet"
 
 
-def top_images(sample_ids, scores, top_p: float) -> tuple[np.ndarray, dict]:
+def top_images(sample_ids, scores, top_p: float, prompt_ids=None, per_prompt: int | None = None) -> tuple[np.ndarray, dict]:
     """The best K = ceil(top_p * n_valid) images by score (n_valid: those with a finite score),
     ties at the cut broken by sample_id ascending, so exactly K are kept whatever the row order.
+    With ``per_prompt`` k (and ``prompt_ids``), only each prompt's best k images (ties by sample_id)
+    take part, and n_valid counts those: k = 1 keeps at most one image a prompt, its best of N.
     Returns the keep mask and counts {n, valid, kept, cut (the K-th score, None if K = 0)}."""
     from raypref.select import top_k_count
 
@@ -36,15 +38,33 @@ def top_images(sample_ids, scores, top_p: float) -> tuple[np.ndarray, dict]:
     ids = np.asarray(sample_ids, dtype=object)
     s = np.asarray(scores, dtype=np.float64)
     valid = np.flatnonzero(np.isfinite(s))
+    if per_prompt is not None:
+        valid = valid[_best_per_prompt(np.asarray(prompt_ids, dtype=object)[valid], s[valid], ids[valid], per_prompt)]
     k = top_k_count(top_p, len(valid))  # on p's decimal value: 0.07 x 100 is 7, where float math gives 8
     keep = np.zeros(len(s), dtype=bool)
     cut = None
     if k:
-        t = pa.table({"s": s[valid], "id": pa.array([str(i) for i in ids[valid]], pa.string())})
-        best = pc.sort_indices(t, sort_keys=[("s", "descending"), ("id", "ascending")]).to_numpy()[:k]
+        best = _order(s[valid], ids[valid])[:k]
         keep[valid[best]] = True
         cut = float(s[valid[best[-1]]])
     return keep, {"n": len(s), "valid": len(valid), "kept": k, "cut": cut}
+
+
+def _order(s: np.ndarray, ids: np.ndarray, *first) -> np.ndarray:
+    """Positions by score descending, then sample id ascending (after any ``first`` keys, ascending)."""
+    cols = {f"k{i}": pa.array([str(x) for x in key], pa.string()) for i, key in enumerate(first)}
+    t = pa.table({**cols, "s": s, "id": pa.array([str(i) for i in ids], pa.string())})
+    keys = [(c, "ascending") for c in cols] + [("s", "descending"), ("id", "ascending")]
+    return pc.sort_indices(t, sort_keys=keys).to_numpy()
+
+
+def _best_per_prompt(prompts: np.ndarray, s: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of each prompt's best k (score descending, then sample id)."""
+    order = _order(s, ids, prompts)
+    grouped = prompts[order]
+    starts = np.r_[True, grouped[1:] != grouped[:-1]]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    return np.sort(order[np.arange(len(order)) - first < k])
 
 
 def sft_step(unet_ddp, latents, enc, sched, gen):
@@ -77,7 +97,8 @@ def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
         raise ValueError(f"train.sft_score: no column {t.sft_score!r} in {samples} (score columns: {cols})")
     table = data.to_table(columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, t.sft_score])
     keep, counts = top_images(table.column(S.SAMPLE_ID).to_pylist(),
-                              table.column(t.sft_score).to_numpy(zero_copy_only=False), t.sft_top_p)
+                              table.column(t.sft_score).to_numpy(zero_copy_only=False), t.sft_top_p,
+                              table.column(S.PROMPT_ID).to_pylist(), t.sft_per_prompt)
     if counts["kept"] == 0:
         raise ValueError(f"train.sft_score: no image in {samples} has a finite {t.sft_score!r}")
     kept = table.filter(pa.array(keep)).rename_columns([S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.SELECTED_SCORE])
@@ -124,6 +145,7 @@ def run_train_sft(cfg: Config) -> dict:
         "images_unscored": counts["n"] - counts["valid"],
         "score": t.sft_score,
         "top_p": t.sft_top_p,
+        "per_prompt": t.sft_per_prompt,
         "score_cut": counts["cut"],
         "prompts": len(set(kept.column(S.PROMPT_ID).to_pylist())),
         "workers": t.num_workers,

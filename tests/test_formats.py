@@ -460,6 +460,17 @@ def test_groups_to_pairs_by_hand():
         ("flip", 3.0, 1.0), ("keep", 2.0, 1.0), ("tie", 5.0, 5.0)]
     notes = [n for row in g.column(S.QUARANTINE_NOTES).to_pylist() for n in row]
     assert [(n[S.ROW], n[S.REASON]) for n in notes] == [("h", "NaN score: score_jpeg")]
+    # relabel.orient 'source': the imported chosen image stays chosen with its label and label_source;
+    # the scores follow their images, the margin turns negative where the AI disagrees, and the
+    # AI's view of the imported chosen image goes to source_label
+    kept = groups_to_pairs(g, "ai:jpeg*1", "source")
+    assert rows(kept, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.LABEL, S.SOURCE_LABEL, S.MARGIN, S.LABEL_SOURCE, S.IMPORT_ROW) == [
+        ("flip", "c", "d", 1.0, 0.0, -2.0, "ai:test", 11),
+        ("keep", "a", "b", 1.0, 1.0, 1.0, "ai:test", 10),
+        ("tie", "e", "f", 0.5, 0.5, 0.0, "ai:test", 12)]
+    assert rows(kept, S.PROMPT, S.chosen_column("score_jpeg"), S.rejected_column("score_jpeg"), S.CHOSEN_SCORE) == [
+        ("flip", 1.0, 3.0, 1.0), ("keep", 2.0, 1.0, 2.0), ("tie", 5.0, 5.0, 5.0)]
+    assert kept.column(S.CHOSEN_IMAGE).to_pylist() == [RED] * 3 and kept.schema == p.schema
 
 
 def test_pairs_without_ai_label_are_quarantined(tmp_path):
@@ -529,3 +540,20 @@ def test_relabel_through_ray(ray_session, tmp_path):
 
     with pytest.raises(ValueError, match=r"relabel: .* other settings \(build\.scorers\.0\.weight: '1\.0' -> '2\.0'\)"):
         run_relabel(validate(d))
+    # the human labels kept (relabel.orient source), the AI's view beside them; ranking by margin puts
+    # the pair the AI disagrees with last
+    d = relabel_config(tmp_path, f).model_dump(mode="json")
+    d["output_dir"], d["relabel"]["orient"] = str(tmp_path / "kept"), "source"
+    s3 = run_relabel(validate(d))
+    k = pds.dataset(tmp_path / "kept" / "relabel" / "pairs", format="parquet").to_table()
+    assert rows(k, S.PROMPT, S.CHOSEN_ID, S.LABEL, S.SOURCE_LABEL, S.LABEL_SOURCE) == [
+        ("human likes flat", "f1", 1.0, 1.0, "human:pickapic"),
+        ("human likes noise", "n2", 1.0, 0.0, "human:pickapic"),  # the human's choice, which the AI flips
+        ("human tie", "f3", 0.5, 1.0, "human:pickapic"),
+        ("same image", "f5", 1.0, 0.5, "human:pickapic"),
+    ]
+    assert k.column(S.QUALITY).to_pylist() == k.column(S.MARGIN).to_pylist()
+    margin = dict(zip(k.column(S.PROMPT).to_pylist(), k.column(S.MARGIN).to_pylist()))
+    assert margin["human likes flat"] > 0 > margin["human likes noise"] == -margin["human likes flat"]
+    assert (s3["ai_strict"], s3["ai_ties"], s3["source_ties"]) == (s["ai_strict"], s["ai_ties"], s["source_ties"])
+    assert (s3["both_strict"], s3["agree"], s3["flipped"], s3["agreement"]) == (2, 1, 1, 0.5)

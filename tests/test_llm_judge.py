@@ -348,6 +348,17 @@ def test_judge_config_errors_never_echo_a_key(monkeypatch):
         resolve("llm_judge")(name="j", backend="http")
 
 
+def test_request_body_fields_for_servers_that_differ():
+    msgs = [{"role": "user", "content": "hi"}]
+    plain = ChatClient(HttpJudgeConf(base_url="http://127.0.0.1:9/v1", model="m"))._body(msgs)
+    assert plain == {"model": "m", "messages": msgs, "max_tokens": 512, "temperature": 0.0}
+    # OpenAI's reasoning models: the cap under max_completion_tokens, and no temperature
+    reasoning = HttpJudgeConf(base_url="http://127.0.0.1:9/v1", model="o", max_tokens_key="max_completion_tokens",
+                              temperature=None, max_tokens=64, json_mode=True)
+    assert ChatClient(reasoning)._body(msgs) == {"model": "o", "messages": msgs, "max_completion_tokens": 64,
+                                                 "response_format": {"type": "json_object"}}
+
+
 def test_a_build_with_a_pasted_key_stops_before_it_writes_its_config(tmp_path):
     from raypref.build import run_build
     from raypref.config import validate

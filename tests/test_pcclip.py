@@ -338,3 +338,26 @@ def test_the_objective_takes_differences_of_normalised_embeddings():
     loss, _ = obj(img, *args)
     scaled, _ = obj(img * torch.tensor([[3.0], [1.0], [0.2]]), *args)
     assert scaled.item() == pytest.approx(loss.item(), rel=1e-6)
+    # pcclip.logit_scale: None takes the model's exp(logit_scale) (here log 100), 1 the authors' cosine logits
+    stub = Stub()
+    with torch.no_grad():
+        stub.logit_scale.fill_(math.log(100.0))
+    diff = torch.nn.functional.normalize(img, dim=-1)
+    for scale, want in ((None, 100.0), (1.0, 1.0)):
+        got, _ = objective(stub, {"loss": "contrastive", "margin": 0.2, "clip_weight": 0.0, "logit_scale": scale})(img, *args)
+        ref, _ = difference_alignment_loss(diff[a] - diff[b], texts, "contrastive", want, 0.2, ids)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_train_towers_text_freezes_the_image_tower(tiny_clip):
+    from raypref.train_pcclip import load_clip, trainable
+
+    model = load_clip(tiny_clip, None)[0]
+    both = trainable(model, "both")
+    assert not model.logit_scale.requires_grad and len(both) == sum(1 for p in model.parameters() if p.requires_grad)
+    text = trainable(load_clip(tiny_clip, None)[0], "text")
+    assert 0 < len(text) < len(both)
+    m = load_clip(tiny_clip, None)[0]
+    trainable(m, "text")
+    assert not any(p.requires_grad for p in m.visual.parameters())
+    assert all(p.requires_grad for n, p in m.named_parameters() if n.startswith("transformer."))

@@ -30,6 +30,12 @@ def test_top_images_keeps_exactly_the_best_with_ties_broken_by_id():
     assert top_images(ids, scores, 0.01)[1]["kept"] == 1  # any p > 0 keeps one
     # K is ceil(p x n) on p's decimal value: 0.07 of 100 is 7 (float math, ceil(7.000000000000001), gives 8)
     assert top_images([f"s{i}" for i in range(100)], list(range(100)), 0.07)[1]["kept"] == 7
+    # per_prompt 1: each prompt's best image only (p: a; q: e), then the top p of those
+    prompts = ["p", "p", "p", "p", "q"]
+    keep, c = top_images(ids, scores, 1.0, prompts, per_prompt=1)
+    assert keep.tolist() == [False, True, False, False, True] and c["valid"] == 2
+    keep, c = top_images(ids, scores, 0.5, prompts, per_prompt=2)  # p: a, b; q: e -> 3 valid, K = 2: a, b
+    assert keep.tolist() == [False, True, False, True, False] and (c["valid"], c["kept"], c["cut"]) == (3, 2, 0.5)
     nothing, c = top_images(["x"], [float("nan")], 0.5)
     assert not nothing.any() and c["kept"] == 0 and c["cut"] is None
     with pytest.raises(ValueError, match=r"sft_top_p must be in \(0, 1\]"):
