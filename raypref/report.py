@@ -33,8 +33,10 @@ def summary_line(stage: str, s: dict, where: str) -> str:
         )
     if stage == "train" and s.get("method") == "sft":
         return (
-            f"[train] sft ({s['finetune']}) on {s['images']} images of {s['prompts']} prompts (top {s['top_p']:g} of {s['images_scored']} "
-            f"by {s['score']}, cut {_f(s['score_cut'])}; {s['images_unscored']} unscored), {s['workers']} worker(s), "
+            f"[train] sft ({s['finetune']}) on {s['images']} images of {s['prompts']} prompts (top {s['top_p']:g} of "
+            + (f"{s['images_scored']}" if s.get("per_prompt") is None else
+               f"each prompt's best {s['per_prompt']}, {s['images_eligible']} of {s['images_scored']}")
+            + f" by {s['score']}, cut {_f(s['score_cut'])}; {s['images_unscored']} unscored), {s['workers']} worker(s), "
             f"step {s['final_step']}: loss {_f(s['first_loss'])} -> {_f(s['last_loss'])} in {s['seconds']}s -> {s['weights']}"
         )
     if stage == "train" and s.get("method") == "refl":

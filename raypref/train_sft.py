@@ -30,7 +30,8 @@ def top_images(sample_ids, scores, top_p: float, prompt_ids=None, per_prompt: in
     ties at the cut broken by sample_id ascending, so exactly K are kept whatever the row order.
     With ``per_prompt`` k (and ``prompt_ids``), only each prompt's best k images (ties by sample_id)
     take part, and n_valid counts those: k = 1 keeps at most one image a prompt, its best of N.
-    Returns the keep mask and counts {n, valid, kept, cut (the K-th score, None if K = 0)}."""
+    Returns the keep mask and counts {n, valid (finite scores), eligible (those taking part: each
+    prompt's best k, or all valid), kept, cut (the K-th score, None if K = 0)}."""
     from raypref.select import top_k_count
 
     if not 0 < top_p <= 1:
@@ -38,16 +39,17 @@ def top_images(sample_ids, scores, top_p: float, prompt_ids=None, per_prompt: in
     ids = np.asarray(sample_ids, dtype=object)
     s = np.asarray(scores, dtype=np.float64)
     valid = np.flatnonzero(np.isfinite(s))
+    eligible = valid
     if per_prompt is not None:
-        valid = valid[_best_per_prompt(np.asarray(prompt_ids, dtype=object)[valid], s[valid], ids[valid], per_prompt)]
-    k = top_k_count(top_p, len(valid))  # on p's decimal value: 0.07 x 100 is 7, where float math gives 8
+        eligible = valid[_best_per_prompt(np.asarray(prompt_ids, dtype=object)[valid], s[valid], ids[valid], per_prompt)]
+    k = top_k_count(top_p, len(eligible))  # on p's decimal value: 0.07 x 100 is 7, where float math gives 8
     keep = np.zeros(len(s), dtype=bool)
     cut = None
     if k:
-        best = _order(s[valid], ids[valid])[:k]
-        keep[valid[best]] = True
-        cut = float(s[valid[best[-1]]])
-    return keep, {"n": len(s), "valid": len(valid), "kept": k, "cut": cut}
+        best = _order(s[eligible], ids[eligible])[:k]
+        keep[eligible[best]] = True
+        cut = float(s[eligible[best[-1]]])
+    return keep, {"n": len(s), "valid": len(valid), "eligible": len(eligible), "kept": k, "cut": cut}
 
 
 def _order(s: np.ndarray, ids: np.ndarray, *first) -> np.ndarray:
@@ -143,6 +145,7 @@ def run_train_sft(cfg: Config) -> dict:
         "images": counts["kept"],
         "images_scored": counts["valid"],
         "images_unscored": counts["n"] - counts["valid"],
+        "images_eligible": counts["eligible"],
         "score": t.sft_score,
         "top_p": t.sft_top_p,
         "per_prompt": t.sft_per_prompt,

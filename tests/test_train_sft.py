@@ -21,7 +21,7 @@ def test_top_images_keeps_exactly_the_best_with_ties_broken_by_id():
     # 4 finite scores, p = 0.5: K = 2, a (0.9), then the tie at 0.5 goes to b before d
     keep, c = top_images(ids, scores, 0.5)
     assert keep.tolist() == [False, True, False, True, False]
-    assert c == {"n": 5, "valid": 4, "kept": 2, "cut": 0.5}
+    assert c == {"n": 5, "valid": 4, "eligible": 4, "kept": 2, "cut": 0.5}
     # the row order does not change the set
     perm = [4, 2, 0, 3, 1]
     keep2, _ = top_images([ids[i] for i in perm], [scores[i] for i in perm], 0.5)
@@ -33,9 +33,9 @@ def test_top_images_keeps_exactly_the_best_with_ties_broken_by_id():
     # per_prompt 1: each prompt's best image only (p: a; q: e), then the top p of those
     prompts = ["p", "p", "p", "p", "q"]
     keep, c = top_images(ids, scores, 1.0, prompts, per_prompt=1)
-    assert keep.tolist() == [False, True, False, False, True] and c["valid"] == 2
-    keep, c = top_images(ids, scores, 0.5, prompts, per_prompt=2)  # p: a, b; q: e -> 3 valid, K = 2: a, b
-    assert keep.tolist() == [False, True, False, True, False] and (c["valid"], c["kept"], c["cut"]) == (3, 2, 0.5)
+    assert keep.tolist() == [False, True, False, False, True] and (c["valid"], c["eligible"]) == (4, 2)
+    keep, c = top_images(ids, scores, 0.5, prompts, per_prompt=2)  # p: a, b; q: e -> 3 eligible, K = 2: a, b
+    assert keep.tolist() == [False, True, False, True, False] and (c["eligible"], c["kept"], c["cut"]) == (3, 2, 0.5)
     nothing, c = top_images(["x"], [float("nan")], 0.5)
     assert not nothing.any() and c["kept"] == 0 and c["cut"] is None
     with pytest.raises(ValueError, match=r"sft_top_p must be in \(0, 1\]"):
@@ -97,3 +97,13 @@ def test_sft_trains_on_the_top_images_resumes_and_exports(built_run, tmp_path, c
     d["output_dir"] = str(tmp_path / "fresh")
     with pytest.raises(ValueError, match=r"train.sft_score: no column 'score_nope' in .*score columns: \[.*'score_clip'"):
         stages.train_sft(validate(d))
+
+
+def test_sft_summary_line_says_how_images_were_chosen():
+    from raypref.report import summary_line
+
+    s = {"finetune": "lora", "images": 4, "prompts": 4, "top_p": 1.0, "images_scored": 16, "images_eligible": 4,
+         "images_unscored": 0, "per_prompt": 1, "score": "score", "score_cut": 0.5, "workers": 1, "final_step": 3,
+         "first_loss": 1.0, "last_loss": 0.9, "seconds": 2.0, "weights": "w", "method": "sft"}
+    assert "(top 1 of each prompt's best 1, 4 of 16 by score, cut 0.5000; 0 unscored)" in summary_line("train", s, "x")
+    assert "(top 1 of 16 by score" in summary_line("train", {**s, "per_prompt": None}, "x")
