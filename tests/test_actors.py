@@ -126,6 +126,17 @@ def test_actor_args_are_checked_against_the_class():
         scorer_kwargs(jpeg.model_copy(update={"args": {"incompresible": True}}))
     with pytest.raises(ValueError, match=r"generator 'r': args.true_render:"):
         generator_kwargs(render.model_copy(update={"args": {"true_render": 1}}))
-    # a class with **kwargs takes every argument and checks them itself
+    # a class with **kwargs takes every argument and checks them itself: in its check_args, on the driver
+    from raypref.registry import constructor_kwargs
+
+    class Open:
+        def __init__(self, name: str = "x", **args):
+            pass
+
+    assert constructor_kwargs(Open, {"name": "o", "model": "m"}, {"anything": 1}, "scorer 'o'") == {"name": "o", "model": "m",
+                                                                                                   "anything": 1}
     judge = ScorerConf(name="judge", cls="llm_judge", args={"anything": 1})
-    assert scorer_kwargs(judge)["anything"] == 1
+    with pytest.raises(ValueError, match=r"scorer 'judge': invalid llm_judge args\n  args\.anything: unknown key"):
+        scorer_kwargs(judge)
+    ok = {"backend": "http", "http": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}
+    assert scorer_kwargs(judge.model_copy(update={"args": ok}))["http"] == ok["http"]
