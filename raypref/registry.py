@@ -21,6 +21,7 @@ BUILTIN = {
     "simulated_judge": "actors.simulated_judge:SimulatedShapesJudge",
     "reward_model": "actors.reward_model:RewardModelScorer",
     "tifa_vqa": "actors.tifa_vqa:TifaVQA",
+    "vqascore": "actors.vqascore:VQAScore",
     "captioner": "actors.captioner:CaptionSimilarity",
     "owlvit": "actors.owlvit:OwlViTDetector",
     "haar_faces": "actors.haar_faces:HaarFaces",

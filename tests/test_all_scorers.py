@@ -19,6 +19,7 @@ EXPECTED = [
     "score_faces", "score_faces_present", "score_jpeg", "score_judge", "score_judge_prompt_following",
     "score_judge_fidelity", "score_judge_aesthetic", "score_judge_harmlessness", "rationale_tifa",
     "rationale_caption", "rationale_owl", "rationale_judge", "judge_events_judge",
+    "score_vqascore", "score_vqascore_no", "rationale_vqascore",
 ]
 
 

@@ -265,6 +265,27 @@ def test_tifa_choice_log_probabilities_are_the_decoders(tiny_path):
     assert vqa.rank(pixels, "What color is the circle?", choices) == [choices[int(k)] for k in lp.argmax(1)]
 
 
+def test_vqascore_is_the_decoders_first_token_probability_of_yes(tiny_path):
+    vs = resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"))
+    imgs, prompts = _images(), ["a red circle", "a red circle", "two squares"]
+    out = vs.score(imgs, prompts)
+    tok = vs.processor.tokenizer
+    yes, no = (tok(w, add_special_tokens=False)["input_ids"] for w in ("yes", "no"))
+    assert len(yes) == len(no) == 1 and yes != no
+    pixels = vs.processor(images=imgs, return_tensors="pt")["pixel_values"]
+    for i, p in enumerate(prompts):  # generate's own first step, as a distribution over the vocabulary
+        q = tok([f'Does this figure show "{p}"? Please answer yes or no.'], return_tensors="pt", return_token_type_ids=False)
+        g = vs.model.generate(input_ids=q["input_ids"], attention_mask=q["attention_mask"], pixel_values=pixels[i : i + 1],
+                              max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        first = torch.softmax(g.scores[0].float(), -1)[0]
+        assert out[""][i] == pytest.approx(float(first[yes[0]]), rel=1e-4)
+        assert out["no"][i] == pytest.approx(float(first[no[0]]), rel=1e-4)
+    assert ((out[""] > 0) & (out[""] + out["no"] <= 1)).all()
+    assert out["rationale"][2].startswith('Does this figure show "two squares"? Please answer yes or no. -> P(yes) ')
+    with pytest.raises(ValueError, match="needs a '{}' for the prompt"):
+        resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"), question_template="Is it good?")
+
+
 def test_tifa_vqa_answers_by_ranking_the_choices(tiny_path):
     from raypref.answer_match import tifa_score as fraction
 
