@@ -118,10 +118,13 @@ class TextEncoders:
         states, pooled = [], None
         with torch.no_grad():
             for tok, enc in self.pairs:
-                ids = tok(list(prompts), padding="max_length", truncation=True, max_length=tok.model_max_length,
-                          return_tensors="pt").input_ids.to(self.device)
+                t = tok(list(prompts), padding="max_length", truncation=True, max_length=tok.model_max_length,
+                        return_tensors="pt")
+                ids = t.input_ids.to(self.device)
                 if not self.xl:
-                    return Cond(enc(ids)[0])
+                    # as StableDiffusionPipeline: the padding masked only where the encoder's config asks (some SD 2.x)
+                    mask = t.attention_mask.to(self.device) if getattr(enc.config, "use_attention_mask", False) else None
+                    return Cond(enc(ids, attention_mask=mask)[0])
                 out = enc(ids, output_hidden_states=True)
                 states.append(out.hidden_states[-2])
                 pooled = out[0]  # the last encoder's projection: SDXL's pooled embedding

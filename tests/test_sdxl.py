@@ -36,6 +36,19 @@ def test_training_encodes_prompts_as_the_pipeline_does(which, request):
         assert cond.pooled is None and uncond.hidden.abs().sum() > 0
 
 
+def test_an_sd_text_encoder_that_asks_for_its_attention_mask_gets_it(tiny_sd, tmp_path):
+    # some SD 2.x checkpoints set use_attention_mask in the text encoder's config; the pipeline then masks the padding
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    pipe.text_encoder.config.use_attention_mask = True
+    pipe.save_pretrained(str(tmp_path / "sd2like"))
+    out = pipe.encode_prompt(prompt=PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+    unmasked = TextEncoders(tiny_sd, "cpu")(PROMPTS).hidden
+    assert not torch.allclose(out[0], unmasked)  # the mask changes the padding's states
+    torch.testing.assert_close(TextEncoders(str(tmp_path / "sd2like"), "cpu")(PROMPTS).hidden, out[0])
+
+
 def test_sdxl_generator_makes_images_and_noises_the_pooled_embedding_too(tiny_sdxl):
     gen_cls = resolve("diffusers")
     kw = dict(model=tiny_sdxl, name="xl", num_samples=2, num_inference_steps=2)
