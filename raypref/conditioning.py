@@ -79,9 +79,9 @@ class Cond:
         return self.with_sizes([(size, size, 0, 0)] * n, size)
 
 
-def pipeline_parts(base: str) -> tuple[str, bool]:
-    """(the pipeline's class name, whether it is SDXL-like) from its model_index.json; a pipeline
-    the training loops cannot condition is a ValueError naming it."""
+def pipeline_parts(base: str) -> tuple[dict, bool]:
+    """(the pipeline's model_index.json, whether it is SDXL-like); a pipeline the training loops
+    cannot condition is a ValueError naming it."""
     from diffusers import DiffusionPipeline
 
     index = DiffusionPipeline.load_config(base)
@@ -91,7 +91,7 @@ def pipeline_parts(base: str) -> tuple[str, bool]:
     if missing:
         raise ValueError(f"train.base_model: {base} is a {name} without {missing}; training supports Stable Diffusion "
                          "1.x / 2.x and SDXL pipelines (a UNet with CLIP text encoders)")
-    return name, all(p in present for p in _XL_PARTS)
+    return index, all(p in present for p in _XL_PARTS)
 
 
 class TextEncoders:
@@ -99,10 +99,9 @@ class TextEncoders:
     ``encoders(prompts)`` -> Cond."""
 
     def __init__(self, base: str, device):
-        from diffusers import DiffusionPipeline
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        self.name, self.xl = pipeline_parts(base)
+        index, self.xl = pipeline_parts(base)
         self.device = device
         subs = [("tokenizer", "text_encoder", CLIPTextModel)]
         if self.xl:
@@ -110,7 +109,7 @@ class TextEncoders:
         self.pairs = [(CLIPTokenizer.from_pretrained(base, subfolder=t),
                        cls.from_pretrained(base, subfolder=e).to(device).requires_grad_(False)) for t, e, cls in subs]
         # SDXL's pipeline conditions an empty negative prompt on zeros when its config says so
-        self.zero_uncond = self.xl and bool(DiffusionPipeline.load_config(base).get("force_zeros_for_empty_prompt", False))
+        self.zero_uncond = self.xl and bool(index.get("force_zeros_for_empty_prompt", False))
 
     def __call__(self, prompts) -> Cond:
         import torch
