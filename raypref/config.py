@@ -624,13 +624,36 @@ def record_settings(record: Path, settings: dict) -> None:
     write_atomic(record, json.dumps(_flat(settings, ""), indent=1, sort_keys=True) + "\n")
 
 
+_NO_DEFAULT = object()
+
+
+def _config_default(key: str):
+    """The JSON value of the Config field a dotted key names (e.g. 'pcclip.train_towers'), or
+    _NO_DEFAULT where the key names no field with a default."""
+    from pydantic_core import to_jsonable_python
+
+    model: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return _NO_DEFAULT
+        if i == len(parts) - 1:
+            return _NO_DEFAULT if field.is_required() else to_jsonable_python(field.get_default(call_default_factory=True))
+        model = field.annotation
+    return _NO_DEFAULT
+
+
 def settings_changed(record: Path, settings: dict) -> str | None:
     """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ..."),
-    or None when they are the same or nothing was recorded (work from before records were kept)."""
+    or None when they are the same or nothing was recorded (work from before records were kept).
+    A config key the record lacks (work from before the key existed) is the same while it holds
+    its default, so adding a key with a default does not refuse every earlier run's rerun."""
     if not record.is_file():
         return None
     theirs, mine = json.loads(record.read_text()), _flat(settings, "")
-    changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)
+                     and not (k not in theirs and mine[k] == _config_default(k)))
     if not changed:
         return None
     said = "; ".join(f"{k}: {str(theirs.get(k))[:60]!r} -> {str(mine.get(k))[:60]!r}" for k in changed[:4])

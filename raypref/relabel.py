@@ -166,11 +166,11 @@ def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
 
 
 def guard_relabel_resume(cfg: Config, out: Path) -> None:
-    """A rerun resumes the pairs already labelled only if the input, the scorers and the pairing are
-    the same; with others it would mix two labellings (pool sizes may change). Records them."""
-    mine = {**_import_settings(cfg), "build": labelling_settings(cfg.build)}
-    if cfg.relabel.orient != "ai":  # recorded only when set, so runs from before the key still resume
-        mine["orient"] = cfg.relabel.orient
+    """A rerun resumes the pairs already labelled only if the input, the scorers, the pairing and
+    the orientation are the same; with others it would mix two labellings (pool sizes may change).
+    Records them."""
+    mine = {"relabel": {**_import_settings(cfg)["relabel"], "orient": cfg.relabel.orient},
+            "build": labelling_settings(cfg.build)}
     has_work = any((out / "pairs").glob("*.parquet")) or (out / "_checkpoint").exists()
     guard_rerun(out / SETTINGS_FILE, mine, has_work,
                 f"relabel: {out} holds pairs labelled with other settings ({{changed}}); a rerun would mix them. "

@@ -278,10 +278,7 @@ def run_train_pcclip(cfg: Config) -> dict:
         read_api_key(p.llm.api_key_env)  # a missing key fails here, not in every worker
     else:
         resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
-    settings = p.model_dump(mode="json")
-    if settings["train_towers"] == "both":  # recorded only when set, so runs from before the key still resume
-        del settings["train_towers"]
-    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, settings)
+    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json"))
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():

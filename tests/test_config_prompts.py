@@ -182,3 +182,18 @@ def test_cli_errors_are_clear(tmp_path):
     r = _cli("build", f"output_dir={tmp_path}", "build.generators.0.model=/no/such/sd")
     assert r.returncode == 2 and "model path does not exist: /no/such/sd" in r.stderr
     assert "[ray]" not in r.stdout
+
+
+def test_a_key_added_since_a_record_holds_while_it_keeps_its_default(tmp_path):
+    from raypref.config import record_settings, settings_changed
+
+    old = tmp_path / "run.json"
+    record_settings(old, {"pcclip": {"loss": "contrastive"}, "relabel": {"format": "pickapic"}})  # before the keys
+    same = {"pcclip": {"loss": "contrastive", "train_towers": "both"}, "relabel": {"format": "pickapic", "orient": "ai"}}
+    assert settings_changed(old, same) is None
+    changed = {"pcclip": {"loss": "contrastive", "train_towers": "text"}, "relabel": {"format": "pickapic", "orient": "ai"}}
+    assert settings_changed(old, changed) == "pcclip.train_towers: 'None' -> 'text'"
+    # a key the config does not define, or a recorded value that changed, is a change as before
+    assert settings_changed(old, {**same, "extra": 1}) == "extra: 'None' -> '1'"
+    assert settings_changed(old, {**same, "pcclip": {"loss": "hinge", "train_towers": "both"}}) == \
+        "pcclip.loss: 'contrastive' -> 'hinge'"
