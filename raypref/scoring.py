@@ -52,8 +52,8 @@ class Scorer:
         # sample ids name the rows in quarantine notes; a hand-made batch without them gets positions
         ids_col = (batch.column(S.SAMPLE_ID).to_pylist() if S.SAMPLE_ID in batch.column_names
                    else [[f"row {r} image {i}" for i in range(len(x))] for r, x in enumerate(images_col)])
-        labels_col = (batch.column(S.CLASS_LABEL).to_pylist() if S.CLASS_LABEL in batch.column_names
-                      else [None] * batch.num_rows)
+        labels_col = (batch.column(S.CLASS_LABEL).to_pylist()
+                      if self.wants_class_labels and S.CLASS_LABEL in batch.column_names else [None] * batch.num_rows)
         flat_images, flat_prompts, flat_labels, counts, ok, notes = [], [], [], [], [], []
         for imgs, prompt, label, ids in zip(images_col, prompts_col, labels_col, ids_col):
             counts.append(len(imgs))
