@@ -12,11 +12,13 @@ for the backward pass of one micro-batch (counted with torch.autograd.graph.save
 on any device; checkpointing also keeps each recomputed block's inputs, outside those hooks); the
 training state, as the bytes of the trained weights' gradients, AdamW's moments and the DPO
 reference's frozen copy (counted from those tensors after a step); on CUDA also the peak allocated
-memory of a step; each as a ratio to the fp32 run of this invocation.
+memory of a step; each as a ratio to the first setting run by this invocation (fp32 unless ``--settings`` says otherwise).
 
     .venv/bin/python benchmarks/train_step_memory.py                      # DPO, shapes:sd, this machine
     .venv/bin/python benchmarks/train_step_memory.py --loop reward        # open_clip ViT-B-32 (random init)
     .venv/bin/python benchmarks/train_step_memory.py --model /models/sd15 --pairs 8 --device cuda
+    .venv/bin/python benchmarks/full_size_pipelines.py sdxl /tmp/sdxl --device cuda   # SDXL's size, random weights
+    .venv/bin/python benchmarks/train_step_memory.py --model /tmp/sdxl --pairs 2 --settings "bf16;bf16 + checkpointing"
 """
 
 from __future__ import annotations
@@ -61,25 +63,24 @@ def dpo_setup(a: dict, device):
     step on random latents."""
     import torch
 
-    from raypref.train_dpo import dpo_step, load_for_training
+    from raypref.train_dpo import dpo_step, image_size, load_for_training
 
     c = {"base_model": a["model"], "lora_rank": a["lora_rank"], "lora_alpha": float(a["lora_rank"]),
          "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "gradient_checkpointing": a["checkpointing"],
          "finetune": a["finetune"]}
-    _, _, sched, unet, params, reference = load_for_training(c, device)
+    texts, vae, sched, unet, params, reference = load_for_training(c, device)
     copy_bytes = tensor_bytes(reference.frozen.parameters()) if reference.frozen is not None else 0
     g = torch.Generator().manual_seed(0)
     cfg = unet.config
     n = a["pairs"]
-    latents = torch.randn(2 * n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g).to(device)
-    ids = tok([PROMPT] * n, padding="max_length", truncation=True, max_length=tok.model_max_length,
-              return_tensors="pt").input_ids
-    with torch.no_grad():
-        enc = text(ids.to(device))[0].repeat(2, 1, 1)
     per = n // a["micro"]
+    latents = torch.randn(2 * n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g).to(device)
+    with torch.no_grad():
+        # one prompt throughout, so every micro-batch's conditioning is the same: winners then losers
+        enc = texts([PROMPT] * per).with_default_sizes(image_size(unet, vae)).repeat(2)
     # a micro-batch holds its winners then its losers, as pair_batch_to_latents builds them
-    group = [(torch.cat([latents[i * per:(i + 1) * per], latents[n + i * per:n + (i + 1) * per]]),
-              torch.cat([enc[i * per:(i + 1) * per], enc[n + i * per:n + (i + 1) * per]])) for i in range(a["micro"])]
+    group = [(torch.cat([latents[i * per:(i + 1) * per], latents[n + i * per:n + (i + 1) * per]]), enc)
+             for i in range(a["micro"])]
     return unet, group, lambda b: dpo_step(unet, reference, b[0], b[1], sched, 5000.0, g), params, copy_bytes
 
 
@@ -173,6 +174,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     ap.add_argument("--lora-rank", type=int, default=4, help="dpo: LoRA rank")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--settings", help="semicolon-separated labels of the settings to run (default: all); the "
+                    "first is the baseline of the ratios. Labels: " + "; ".join(s[0] for s in SETTINGS))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -186,8 +189,15 @@ def main() -> None:
         model = resolve_model(args.model or "shapes:sd", what="--model")
     else:
         model = args.model or "ViT-B-32"
+    settings = SETTINGS
+    if args.settings:
+        by_label = {s[0]: s for s in SETTINGS}
+        unknown = [x for x in args.settings.split(";") if x.strip() not in by_label]
+        if unknown:
+            ap.error(f"--settings: unknown {unknown}; the labels are {list(by_label)}")
+        settings = [by_label[x.strip()] for x in args.settings.split(";")]
     rows = []
-    for label, precision, ckpt, micro, finetune in SETTINGS:
+    for label, precision, ckpt, micro, finetune in settings:
         if finetune != "lora" and args.loop != "dpo":
             continue
         a = {"finetune": finetune, "loop": args.loop, "model": model, "kind": args.kind, "pairs": args.pairs, "steps": args.steps,
@@ -197,13 +207,13 @@ def main() -> None:
         if out.returncode:
             raise SystemExit(f"{label}: the child failed:\n{out.stderr[-3000:]}")
         rows.append((label, json.loads(out.stdout.strip().splitlines()[-1])))
-    base = rows[0][1]
+    base_label, base = rows[0]
     cuda = base["peak_bytes"] is not None
     what = f"DPO step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}" if args.loop == "dpo" else \
         f"reward-model step, {args.kind} {model}, whole model trained"
-    print(f"{what}, {args.pairs} pairs a step, {args.device}, {args.steps} timed steps each")
-    print("| setting | trained params | s / step | vs fp32 | saved for backward (MiB) | vs fp32 "
-          "| grads + AdamW + reference copy (MiB) | vs fp32 |" + (" peak allocated (MiB) | vs fp32 |" if cuda else ""))
+    print(f"{what}, {args.pairs} pairs a step, {args.device}, {args.steps} timed steps each; ratios against {base_label}")
+    print("| setting | trained params | s / step | ratio | saved for backward (MiB) | ratio "
+          "| grads + AdamW + reference copy (MiB) | ratio |" + (" peak allocated (MiB) | ratio |" if cuda else ""))
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""))
     for label, r in rows:
         line = (f"| {label} | {r['trained_params']:,} | {r['seconds_per_step']:.3f} "

@@ -99,6 +99,7 @@ class TextEncoders:
     ``encoders(prompts)`` -> Cond."""
 
     def __init__(self, base: str, device):
+        import torch
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         index, self.xl = pipeline_parts(base)
@@ -106,8 +107,11 @@ class TextEncoders:
         subs = [("tokenizer", "text_encoder", CLIPTextModel)]
         if self.xl:
             subs.append(("tokenizer_2", "text_encoder_2", CLIPTextModelWithProjection))
+        # float32 as diffusers loads the UNet and VAE: transformers would keep a checkpoint's stored
+        # dtype, and an fp16-saved encoder's states crash an fp32 UNet (training casts under autocast)
         self.pairs = [(CLIPTokenizer.from_pretrained(base, subfolder=t),
-                       cls.from_pretrained(base, subfolder=e).to(device).requires_grad_(False)) for t, e, cls in subs]
+                       cls.from_pretrained(base, subfolder=e, dtype=torch.float32).to(device).requires_grad_(False))
+                      for t, e, cls in subs]
         # SDXL's pipeline conditions an empty negative prompt on zeros when its config says so
         self.zero_uncond = self.xl and bool(index.get("force_zeros_for_empty_prompt", False))
 

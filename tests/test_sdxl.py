@@ -49,6 +49,25 @@ def test_an_sd_text_encoder_that_asks_for_its_attention_mask_gets_it(tiny_sd, tm
     torch.testing.assert_close(TextEncoders(str(tmp_path / "sd2like"), "cpu")(PROMPTS).hidden, out[0])
 
 
+@pytest.mark.parametrize("which", ["tiny_sd", "tiny_sdxl"])
+def test_a_pipeline_saved_in_fp16_trains_in_fp32(which, request, tmp_path):
+    # many shared checkpoints are saved in fp16; transformers would load their text encoders so,
+    # and fp16 states into the fp32 UNet crashed an fp32 DPO step
+    from diffusers import DiffusionPipeline
+
+    from raypref.train_dpo import dpo_step, image_size, load_for_training
+
+    DiffusionPipeline.from_pretrained(request.getfixturevalue(which), dtype=torch.float16).save_pretrained(str(tmp_path))
+    c = {"base_model": str(tmp_path), "finetune": "lora", **LORA}
+    texts, vae, sched, unet, params, ref = load_for_training(c, "cpu")
+    assert {p.dtype for p in texts.parameters()} == {torch.float32} and unet.dtype == torch.float32
+    cond = texts(PROMPTS[:1]).with_default_sizes(image_size(unet, vae)).repeat(2)
+    s = unet.config.sample_size
+    loss, _ = dpo_step(unet, ref, torch.randn(2, 4, s, s), cond, sched, 5000.0, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
 def test_sdxl_generator_makes_images_and_noises_the_pooled_embedding_too(tiny_sdxl):
     gen_cls = resolve("diffusers")
     kw = dict(model=tiny_sdxl, name="xl", num_samples=2, num_inference_steps=2)

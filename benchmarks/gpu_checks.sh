@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, in one go: the GPU-marked tests, then a DPO training step's time
+# and memory at Stable Diffusion 1.5's and SDXL's real sizes (random weights: no hub needed), then a
+# reward-model step on open_clip ViT-L-14. Each part has its own time limit and writes its own log
+# to the folder $1, so one failing or slow part does not cost the others.
+#   bash benchmarks/gpu_checks.sh /tmp/gpu-checks
+set -u
+out=${1:?usage: gpu_checks.sh OUT_DIR}
+mkdir -p "$out"
+export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+models=${MODELS_DIR:-/tmp/raypref-full-size}
+
+part() {  # part NAME SECONDS COMMAND...: run it under a time limit, log to $out/NAME.txt
+  local name=$1 secs=$2
+  shift 2
+  echo "== $name ($(date +%T))"
+  local t0=$SECONDS
+  timeout "$secs" "$@" > "$out/$name.txt" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+  tail -n 12 "$out/$name.txt"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
+$py -c "import torch, diffusers, transformers, peft, open_clip; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, \
+'open_clip', open_clip.__version__)" >> "$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+part gpu_tests 180 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_scorers_clip_family.py tests/test_train_refl.py
+part sd15_build 120 $py benchmarks/full_size_pipelines.py sd15 "$models/sd15" --device cuda
+part sd15_dpo 240 $py benchmarks/train_step_memory.py --model "$models/sd15" --pairs 8 --steps 3
+part sdxl_build 150 $py benchmarks/full_size_pipelines.py sdxl "$models/sdxl" --device cuda
+part sdxl_dpo 300 $py benchmarks/train_step_memory.py --model "$models/sdxl" --pairs 2 --steps 3 \
+  --settings "fp32;bf16;bf16 + checkpointing;fp32, full fine-tune"
+part reward_vitl 150 $py benchmarks/train_step_memory.py --loop reward --model ViT-L-14 --pairs 32 --steps 3 \
+  --settings "fp32;bf16;bf16 + checkpointing"

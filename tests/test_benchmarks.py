@@ -1,0 +1,48 @@
+"""The benchmark scripts run: a training-step measurement on tiny SD / SDXL pipelines, and the
+full-size random pipelines have the released models' parameter counts."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("model", ["tiny_sd", "tiny_sdxl"])
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_dpo_step_measurement_runs_on_sd_and_sdxl(model, finetune, request):
+    bench = _load("train_step_memory")
+    a = {"finetune": finetune, "loop": "dpo", "model": request.getfixturevalue(model), "kind": "open_clip", "pairs": 2,
+         "steps": 1, "lora_rank": 4, "device": "cpu", "precision": "fp32", "checkpointing": False, "micro": 2}
+    r = bench.child(a)
+    assert r["seconds_per_step"] > 0 and r["saved_bytes"] > 0 and r["trained_params"] > 0
+    # a full fine-tune keeps a frozen reference copy as big as the UNet, a LoRA none
+    assert (r["state_bytes"] > 4 * r["trained_params"] * 3) == (finetune == "full")
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_full_size_pipelines_have_the_released_parameter_counts(arch):
+    sizes = _load("full_size_pipelines")
+    modules = sizes.parts(arch, "meta")  # shapes only: nothing is allocated
+    assert sizes.check_counts(arch, modules) == sizes.EXPECTED_PARAMS[arch]
+    assert modules["unet"].config.cross_attention_dim == (768 if arch == "sd15" else 2048)
+
+
+def test_a_config_slip_is_caught_by_the_count_check():
+    sizes = _load("full_size_pipelines")
+    modules = sizes.parts("sd15", "meta")
+    modules["text_encoder"] = sizes.parts("sdxl", "meta")["text_encoder_2"]
+    with pytest.raises(SystemExit, match="not the released model's"):
+        sizes.check_counts("sd15", modules)
