@@ -28,11 +28,11 @@ $py -c "import torch, diffusers, transformers, peft, open_clip; print('torch', t
 'open_clip', open_clip.__version__)" >> "$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
-part gpu_tests 180 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_scorers_clip_family.py tests/test_train_refl.py
-part sd15_build 120 $py benchmarks/full_size_pipelines.py sd15 "$models/sd15" --device cuda
-part sd15_dpo 240 $py benchmarks/train_step_memory.py --model "$models/sd15" --pairs 8 --steps 3
-part sdxl_build 150 $py benchmarks/full_size_pipelines.py sdxl "$models/sdxl" --device cuda
-part sdxl_dpo 300 $py benchmarks/train_step_memory.py --model "$models/sdxl" --pairs 2 --steps 3 \
+part gpu_tests 150 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_scorers_clip_family.py tests/test_train_refl.py
+part sd15_build 90 $py benchmarks/full_size_pipelines.py sd15 "$models/sd15" --device cuda
+part sd15_dpo 180 $py benchmarks/train_step_memory.py --model "$models/sd15" --pairs 8 --steps 3
+part sdxl_build 120 $py benchmarks/full_size_pipelines.py sdxl "$models/sdxl" --device cuda
+part sdxl_dpo 240 $py benchmarks/train_step_memory.py --model "$models/sdxl" --pairs 2 --steps 3 \
   --settings "fp32;bf16;bf16 + checkpointing;fp32, full fine-tune"
-part reward_vitl 150 $py benchmarks/train_step_memory.py --loop reward --model ViT-L-14 --pairs 32 --steps 3 \
+part reward_vitl 100 $py benchmarks/train_step_memory.py --loop reward --model ViT-L-14 --pairs 32 --steps 3 \
   --settings "fp32;bf16;bf16 + checkpointing"
