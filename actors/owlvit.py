@@ -60,7 +60,7 @@ class OwlViTDetector(Scorer):
         ref = check_model_ref(model, what=f"scorer {name!r} model")
         self.device = pick_device(num_gpus)
         self.processor = OwlViTProcessor.from_pretrained(ref)
-        self.model = OwlViTForObjectDetection.from_pretrained(ref).to(self.device).eval()
+        self.model = OwlViTForObjectDetection.from_pretrained(ref, dtype=torch.float32).to(self.device).eval()
         self.classes = list(classes) if classes else None
         self.template, self.threshold, self.nms_iou, self.batch_size = query_template, threshold, nms_iou, batch_size
 

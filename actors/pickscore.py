@@ -36,7 +36,7 @@ class PickScore(Scorer):
         processor = processor or model
         processor = check_model_ref(processor, what=f"scorer {name!r} processor")
         self.device = pick_device(num_gpus)
-        self.model = CLIPModel.from_pretrained(model).to(self.device).eval()
+        self.model = CLIPModel.from_pretrained(model, dtype=torch.float32).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(processor)
 
     @torch.no_grad()

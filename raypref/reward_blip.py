@@ -69,7 +69,7 @@ class BlipBackbone(nn.Module):
         notion and is ignored)."""
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
-        full, info = BlipForImageTextRetrieval.from_pretrained(ref, output_loading_info=True)
+        full, info = BlipForImageTextRetrieval.from_pretrained(ref, output_loading_info=True, dtype=torch.float32)
         missing = [k for k in info["missing_keys"] if k.startswith(_TOWERS)]
         if missing:
             raise ValueError(f"reward backbone {ref!r}: not a BLIP image-text-matching checkpoint (BlipForImageTextRetrieval, "

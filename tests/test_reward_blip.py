@@ -82,3 +82,15 @@ def test_blip_backbone_rejects_a_checkpoint_without_the_matching_encoder():
         RewardModel.create(resolve_model("tiny:blip_caption"), kind="blip")
     with pytest.raises(ValueError, match="not supported"):
         RewardModel.create("whatever", kind="blip2")
+
+
+def test_a_blip_backbone_saved_in_fp16_loads_and_trains_in_fp32(tiny_blip_itm, tmp_path):
+    # transformers would keep the stored fp16, and AdamW would then step fp16 weights
+    import shutil
+
+    from transformers import BlipForImageTextRetrieval
+
+    shutil.copytree(tiny_blip_itm, tmp_path / "m")
+    BlipForImageTextRetrieval.from_pretrained(tiny_blip_itm, dtype=torch.float16).save_pretrained(str(tmp_path / "m"))
+    model = RewardModel.create(str(tmp_path / "m"), kind="blip")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

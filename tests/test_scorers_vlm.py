@@ -385,3 +385,27 @@ def test_haar_faces_actor(tmp_path):
     (tmp_path / "bad.xml").write_text("<not a cascade/>")
     with pytest.raises(ValueError, match="cannot load a Haar cascade"):
         resolve("haar_faces")(name="faces", model=str(tmp_path / "bad.xml"))
+
+
+@pytest.mark.parametrize("cls, kind, model_cls", [
+    ("captioner", "blip_caption", "BlipForConditionalGeneration"),
+    ("tifa_vqa", "blip_vqa", "BlipForQuestionAnswering"),
+    ("owlvit", "owlvit", "OwlViTForObjectDetection"),
+    ("pickscore", "pickscore", "CLIPModel"),
+])
+def test_a_checkpoint_saved_in_fp16_scores_in_fp32(cls, kind, model_cls, tiny_path, tmp_path):
+    # transformers keeps a checkpoint's stored dtype: an fp16-saved model got the processor's
+    # float32 pixels and failed (or, where they are cast, ran in half precision on a CPU); the
+    # scorers load float32 whatever is stored
+    import shutil
+
+    import transformers
+
+    src = tiny_path(kind)
+    shutil.copytree(src, tmp_path / "m")
+    getattr(transformers, model_cls).from_pretrained(src, dtype=torch.float16).save_pretrained(str(tmp_path / "m"))
+    assert getattr(transformers, model_cls).from_pretrained(str(tmp_path / "m")).dtype == torch.float16
+    scorer = resolve(cls)(name="s", model=str(tmp_path / "m"))
+    assert {p.dtype for p in scorer.model.parameters()} == {torch.float32}
+    out = scorer.score(_images(), PROMPTS)
+    assert np.isfinite(out[""] if isinstance(out, dict) else out).all()
