@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one go: the GPU-marked tests, then a DPO training step's time
-# and memory at Stable Diffusion 1.5's and SDXL's real sizes (random weights: no hub needed), then a
-# reward-model step on open_clip ViT-L-14. Each part has its own time limit and writes its own log
-# to the folder $1, so one failing or slow part does not cost the others.
+# and memory at Stable Diffusion 1.5's and SDXL's real sizes (random weights: no hub needed), a ReFL
+# step on SD 1.5 with a ViT-L-14 CLIP-score reward, then a reward-model step on open_clip ViT-L-14. Each part has its own time limit and writes its own log
+# to the folder $1, so one failing or slow part does not cost the others. PARTS (space-separated
+# names) runs only those parts, in this file's order.
 #   bash benchmarks/gpu_checks.sh /tmp/gpu-checks
+#   PARTS="sd15_build refl_sd15" bash benchmarks/gpu_checks.sh /tmp/gpu-checks
 set -u
 out=${1:?usage: gpu_checks.sh OUT_DIR}
 mkdir -p "$out"
@@ -14,6 +16,7 @@ models=${MODELS_DIR:-/tmp/raypref-full-size}
 part() {  # part NAME SECONDS COMMAND...: run it under a time limit, log to $out/NAME.txt
   local name=$1 secs=$2
   shift 2
+  if [ -n "${PARTS:-}" ] && [[ " $PARTS " != *" $name "* ]]; then return; fi
   echo "== $name ($(date +%T))"
   local t0=$SECONDS
   timeout "$secs" "$@" > "$out/$name.txt" 2>&1
@@ -31,6 +34,8 @@ cat "$out/gpu.txt"
 part gpu_tests 150 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_scorers_clip_family.py tests/test_train_refl.py
 part sd15_build 90 $py benchmarks/full_size_pipelines.py sd15 "$models/sd15" --device cuda
 part sd15_dpo 180 $py benchmarks/train_step_memory.py --model "$models/sd15" --pairs 8 --steps 3
+part refl_sd15 150 $py benchmarks/train_step_memory.py --loop refl --model "$models/sd15" --pairs 4 --steps 3 \
+  --scorer ViT-L-14 --settings "fp32;bf16;bf16 + checkpointing"
 part sdxl_build 120 $py benchmarks/full_size_pipelines.py sdxl "$models/sdxl" --device cuda
 part sdxl_dpo 240 $py benchmarks/train_step_memory.py --model "$models/sdxl" --pairs 2 --steps 3 \
   --settings "fp32;bf16;bf16 + checkpointing;fp32, full fine-tune"

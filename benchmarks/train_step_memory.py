@@ -9,7 +9,8 @@ raypref.train_dpo.dpo_step (``--loop dpo``, a LoRA on the UNet) or over
 raypref.train_reward.forward_pairs and the Bradley-Terry loss (``--loop reward``, the whole reward
 model), then AdamW. Prints seconds per step; the activation memory, as the bytes autograd keeps
 for the backward pass of one micro-batch (counted with torch.autograd.graph.saved_tensors_hooks,
-on any device; checkpointing also keeps each recomputed block's inputs, outside those hooks); the
+on any device: each saved storage once, the models' weights not at all; checkpointing also keeps
+each recomputed block's inputs, outside those hooks); the
 training state, as the bytes of the trained weights' gradients, AdamW's moments and the DPO
 reference's frozen copy (counted from those tensors after a step); on CUDA also the peak allocated
 memory of a step; each as a ratio to the first setting run by this invocation (fp32 unless ``--settings`` says otherwise).
@@ -44,14 +45,31 @@ SETTINGS = [  # (label, precision, gradient checkpointing, micro-batches per ste
 
 
 class SavedBytes:
-    """Bytes of the tensors autograd saves for backward while active (what checkpointing and bf16 shrink)."""
+    """Bytes autograd keeps for backward while active (what checkpointing and bf16 shrink): each
+    saved tensor's storage once, and none of the models' own weights. A tensor's numel would count
+    a weight again each time a layer saves it, and an expanded view (open_clip's attention saves
+    its projection weight broadcast over the sequence) at its logical size."""
 
-    def __init__(self):
-        self.total = 0
+    def __init__(self, weights: set[int]):
+        self.total, self.seen, self.weights = 0, set(), weights
 
     def pack(self, t):
-        self.total += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.seen and ptr not in self.weights:
+            self.seen.add(ptr)
+            self.total += storage.nbytes()
         return t
+
+
+def weight_storages() -> set[int]:
+    """The storages of every live module's parameters and buffers: memory held whether or not a step runs."""
+    import gc
+
+    import torch
+
+    return {t.untyped_storage().data_ptr() for o in gc.get_objects() if isinstance(o, torch.nn.Module)
+            for t in (*o.parameters(recurse=False), *o.buffers(recurse=False))}
 
 
 def tensor_bytes(tensors) -> int:
@@ -82,6 +100,31 @@ def dpo_setup(a: dict, device):
     group = [(torch.cat([latents[i * per:(i + 1) * per], latents[n + i * per:n + (i + 1) * per]]), enc)
              for i in range(a["micro"])]
     return unet, group, lambda b: dpo_step(unet, reference, b[0], b[1], sched, 5000.0, g), params, copy_bytes
+
+
+def refl_setup(a: dict, device):
+    """(module, micro-batches, forward, trainable params) of a ReFL step: draw with DDIM from noise, the
+    gradient through the last step only (last_steps [1, 1], so every setting times the same work),
+    the frozen VAE's decode and a CLIP-score reward (``--scorer``, an open_clip model name built with
+    random weights, or a local-dir: / hub reference)."""
+    import torch
+
+    from raypref.train_dpo import load_for_training
+    from raypref.train_refl import ReflParts, refl_step
+
+    scorer = {"name": "clip", "model": a["scorer"], "pretrained": None, "num_gpus": 0.0}
+    refl = {"scorer": "clip", "scorer_cls": "clip_score", "scorer_kwargs": scorer, "head": "",
+            "num_inference_steps": a["refl_steps"], "guidance_scale": 5.0, "last_steps": [1, 1], "margin": 1e9,
+            "weight": 1e-3, "pretrain_weight": 0.0}
+    c = {"base_model": a["model"], "lora_rank": a["lora_rank"], "lora_alpha": float(a["lora_rank"]),
+         "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "gradient_checkpointing": a["checkpointing"],
+         "finetune": a["finetune"], "method": "refl", "refl": refl}
+    texts, vae, _, unet, params, _ = load_for_training(c, device)
+    parts = ReflParts(c, device)
+    g = torch.Generator().manual_seed(0)
+    per = a["pairs"] // a["micro"]
+    return unet, [[PROMPT] * per for _ in range(a["micro"])], \
+        lambda b: refl_step(unet, unet, b, texts, vae, parts, g, device), params, 0
 
 
 def reward_setup(a: dict, device):
@@ -131,7 +174,8 @@ def child(a: dict) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(a["device"])
-    module, group, plain, params, copy_bytes = (dpo_setup if a["loop"] == "dpo" else reward_setup)(a, device)
+    setup = {"dpo": dpo_setup, "refl": refl_setup, "reward": reward_setup}[a["loop"]]
+    module, group, plain, params, copy_bytes = setup(a, device)
     opt = torch.optim.AdamW(params, lr=1e-5)
 
     def step(forward):
@@ -139,10 +183,10 @@ def child(a: dict) -> dict:
         accumulate(module, next(micro_groups(group, len(group))), forward, device, a["precision"])
         opt.step()
 
-    saved = []
+    saved, weights = [], weight_storages()
 
     def counted(b):
-        c = SavedBytes()
+        c = SavedBytes(weights)
         with torch.autograd.graph.saved_tensors_hooks(c.pack, lambda t: t):
             out = plain(b)
         saved.append(c.total)
@@ -166,11 +210,13 @@ def child(a: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--loop", choices=["dpo", "reward"], default="dpo")
+    ap.add_argument("--loop", choices=["dpo", "refl", "reward"], default="dpo")
     ap.add_argument("--model", help="dpo: diffusers SD pipeline dir, hub name or shapes:sd (default); reward: an "
                     "open_clip model name built with random weights (default ViT-B-32), or a reward.backbone reference")
     ap.add_argument("--kind", default="open_clip", help="reward: reward.backbone_kind (open_clip, blip, film)")
-    ap.add_argument("--pairs", type=int, default=16, help="pairs per optimizer step (even)")
+    ap.add_argument("--pairs", type=int, default=16, help="pairs per optimizer step (even); refl: prompts")
+    ap.add_argument("--scorer", default="ViT-L-14", help="refl: the CLIP-score reward's open_clip model (random weights)")
+    ap.add_argument("--refl-steps", type=int, default=20, help="refl: DDIM steps of each drawing")
     ap.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     ap.add_argument("--lora-rank", type=int, default=4, help="dpo: LoRA rank")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -185,7 +231,7 @@ def main() -> None:
         ap.error("--pairs must be even (the accumulation setting halves it)")
     from raypref.models import resolve_model
 
-    if args.loop == "dpo":
+    if args.loop in ("dpo", "refl"):
         model = resolve_model(args.model or "shapes:sd", what="--model")
     else:
         model = args.model or "ViT-B-32"
@@ -198,20 +244,22 @@ def main() -> None:
         settings = [by_label[x.strip()] for x in args.settings.split(";")]
     rows = []
     for label, precision, ckpt, micro, finetune in settings:
-        if finetune != "lora" and args.loop != "dpo":
+        if finetune != "lora" and args.loop == "reward":
             continue
         a = {"finetune": finetune, "loop": args.loop, "model": model, "kind": args.kind, "pairs": args.pairs, "steps": args.steps,
              "lora_rank": args.lora_rank, "device": args.device, "precision": precision, "checkpointing": ckpt,
-             "micro": micro}
+             "micro": micro, "scorer": args.scorer, "refl_steps": args.refl_steps}
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(a)], capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{label}: the child failed:\n{out.stderr[-3000:]}")
         rows.append((label, json.loads(out.stdout.strip().splitlines()[-1])))
     base_label, base = rows[0]
     cuda = base["peak_bytes"] is not None
-    what = f"DPO step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}" if args.loop == "dpo" else \
-        f"reward-model step, {args.kind} {model}, whole model trained"
-    print(f"{what}, {args.pairs} pairs a step, {args.device}, {args.steps} timed steps each; ratios against {base_label}")
+    what = {"dpo": f"DPO step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}, {args.pairs} pairs",
+            "refl": f"ReFL step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}, {args.pairs} prompts, "
+                    f"{args.refl_steps} DDIM steps, CLIP-score reward {args.scorer}",
+            "reward": f"reward-model step, {args.kind} {model}, whole model trained, {args.pairs} pairs"}[args.loop]
+    print(f"{what} a step, {args.device}, {args.steps} timed steps each; ratios against {base_label}")
     print("| setting | trained params | s / step | ratio | saved for backward (MiB) | ratio "
           "| grads + AdamW + reference copy (MiB) | ratio |" + (" peak allocated (MiB) | ratio |" if cuda else ""))
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""))

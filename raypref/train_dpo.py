@@ -40,7 +40,7 @@ def load_frozen_parts(base: str, device):
 
 def load_for_training(c: dict, device):
     """load_frozen_parts, then what trains (c["finetune"]: a LoRA, or the whole UNet with a frozen
-    copy as DPO's reference) and gradient checkpointing if asked:
+    copy as DPO's reference) and gradient checkpointing if asked (the UNet's and the VAE's):
     (texts, vae, sched, unet, trainable params, finetune.Reference)."""
     from raypref.finetune import Reference, make_trainable
 
@@ -48,6 +48,9 @@ def load_for_training(c: dict, device):
     params, frozen = make_trainable(unet, c, reference=c.get("method", "dpo") == "dpo")
     if c["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
+        # ReFL backpropagates through the decode at full image size; elsewhere the VAE runs without
+        # gradient, where diffusers skips checkpointing
+        vae.enable_gradient_checkpointing()
     return texts, vae, sched, unet, params, Reference(unet, frozen)
 
 

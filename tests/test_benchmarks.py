@@ -46,3 +46,12 @@ def test_a_config_slip_is_caught_by_the_count_check():
     modules["text_encoder"] = sizes.parts("sdxl", "meta")["text_encoder_2"]
     with pytest.raises(SystemExit, match="not the released model's"):
         sizes.check_counts("sd15", modules)
+
+
+def test_refl_step_measurement_runs(tiny_sd, tiny_clip):
+    bench = _load("train_step_memory")
+    a = {"finetune": "lora", "loop": "refl", "model": tiny_sd, "kind": "open_clip", "pairs": 2, "steps": 1,
+         "lora_rank": 4, "device": "cpu", "precision": "bf16", "checkpointing": True, "micro": 1,
+         "scorer": tiny_clip, "refl_steps": 3}
+    r = bench.child(a)
+    assert r["seconds_per_step"] > 0 and r["saved_bytes"] > 0 and r["trained_params"] > 0

@@ -122,6 +122,29 @@ def test_one_refl_step_sends_the_reward_gradient_to_the_lora(tiny_sd, tiny_rm):
         refl_step(unet, unet, prompts, texts, vae, bad, torch.Generator().manual_seed(0), "cpu")
 
 
+def test_gradient_checkpointing_recomputes_the_decode_with_the_same_gradients(tiny_sd, tiny_rm):
+    from raypref.train_dpo import load_for_training
+    from raypref.train_refl import ReflParts, refl_step
+
+    grads, recomputed = [], []
+    for ckpt in (False, True):
+        c = {**_refl_cfg(tiny_sd, tiny_rm), "gradient_checkpointing": ckpt}
+        torch.manual_seed(0)  # the same LoRA init
+        texts, vae, _, unet, params, _ = load_for_training(c, "cpu")
+        calls = []
+        # a pre-hook: a recomputation may stop once it has what the backward needs, before a post-hook
+        hook = vae.decoder.mid_block.register_forward_pre_hook(lambda *_: calls.append(1))
+        loss, _ = refl_step(unet, unet, ["a red circle"], texts, vae, ReflParts(c, "cpu"),
+                            torch.Generator().manual_seed(0), "cpu")
+        loss.backward()
+        hook.remove()
+        recomputed.append(len(calls))
+        grads.append([p.grad.clone() for p in params])
+    assert recomputed == [1, 2]  # with checkpointing the decoder's blocks run again in the backward pass
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_a_refl_step_on_sdxl_conditions_on_pooled_text_and_sizes(tiny_sdxl, tiny_rm):
     from raypref.train_dpo import load_for_training
     from raypref.train_refl import ReflParts, refl_step
