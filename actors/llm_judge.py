@@ -87,13 +87,13 @@ class LocalVLM:
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start : start + self.batch_size]
             inputs = self.processor.apply_chat_template(
-                [messages for messages, _ in chunk], add_generation_prompt=True, tokenize=True, return_dict=True,
+                [job[0] for job in chunk], add_generation_prompt=True, tokenize=True, return_dict=True,
                 return_tensors="pt", processor_kwargs={"padding": True},
             ).to(self.model.device, dtype=self.model.dtype)
             with torch.no_grad():
                 gen = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
             texts = self.processor.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for text, (_, parse) in zip(texts, chunk):
+            for text, (_, parse, *_) in zip(texts, chunk):
                 out = Outcome()
                 out.events[REQUESTS] += 1
                 try:
@@ -128,9 +128,10 @@ class LLMJudge(Scorer):
 
     def _job(self, prompt: str, images: list):
         n = len(images)
+        what = f"prompt {prompt[:80]!r}" + (f", {n} images" if n > 1 else "")  # names the rows in a warning
         if self.backend == "http":
-            return R.openai_messages(prompt, images), lambda body: R.parse_answer(R.answer_text(body), n)
-        return R.local_messages(prompt, images), lambda text: R.parse_answer(text, n)
+            return R.openai_messages(prompt, images), lambda body: R.parse_answer(R.answer_text(body), n), what
+        return R.local_messages(prompt, images), lambda text: R.parse_answer(text, n), what
 
     def score(self, images, prompts):
         plan = R.request_plan(list(prompts), self.mode, self.both_orders)

@@ -189,10 +189,12 @@ class ChatClient:
         with self._rng_lock:
             return backoff_delay(retry, self.conf.backoff_s, self.conf.max_backoff_s, retry_after, self._rng)
 
-    def complete(self, messages: list[dict], parse: Callable[[dict], Any]) -> Outcome:
+    def complete(self, messages: list[dict], parse: Callable[[dict], Any], what: str = "") -> Outcome:
         """One request with retries; ``parse`` turns the decoded response body into the value
-        and raises MalformedAnswer (or ValueError) when it cannot."""
+        and raises MalformedAnswer (or ValueError) when it cannot. ``what`` names the request's
+        rows in the log (e.g. its prompt)."""
         c = self.conf
+        where = f"{self.url} ({what})" if what else self.url
         out = Outcome()
         out.events[REQUESTS] += 1
         body = self._body(messages)
@@ -213,7 +215,7 @@ class ChatClient:
                     except (ValueError, MalformedAnswer) as e:  # JSONDecodeError is a ValueError
                         out.events[MALFORMED] += 1
                         out.error = f"malformed answer: {str(e)[:200]}"
-                        log.warning("judge %s: %s", self.url, out.error)
+                        log.warning("judge %s: %s", where, out.error)
                     else:
                         out.events[OK] += 1
                     return out
@@ -225,20 +227,20 @@ class ChatClient:
                     out.events[HTTP_4XX] += 1
                     out.events[FAILED] += 1
                     out.error = f"HTTP {r.status_code} (not retried)"
-                    log.warning("judge %s: %s", self.url, out.error)
+                    log.warning("judge %s: %s", where, out.error)
                     return out
             if attempt == c.max_retries:
                 break
             delay = self._delay(attempt, retry_after)
-            log.info("judge %s: %s, retry %d/%d in %.2fs", self.url, out.error, attempt + 1, c.max_retries, delay)
+            log.info("judge %s: %s, retry %d/%d in %.2fs", where, out.error, attempt + 1, c.max_retries, delay)
             self._sleep(delay)
         out.events[FAILED] += 1
         out.error = f"gave up after {c.max_retries + 1} attempts (last: {out.error})"
-        log.warning("judge %s: %s", self.url, out.error)
+        log.warning("judge %s: %s", where, out.error)
         return out
 
-    def complete_all(self, jobs: list[tuple[list[dict], Callable[[dict], Any]]]) -> list[Outcome]:
-        """Many (messages, parse) requests, at most ``max_concurrency`` in flight; outcomes in input order."""
+    def complete_all(self, jobs: list[tuple]) -> list[Outcome]:
+        """Many (messages, parse[, what]) requests, at most ``max_concurrency`` in flight; outcomes in input order."""
         return list(self._pool.map(lambda job: self.complete(*job), jobs))
 
     def close(self) -> None:

@@ -257,6 +257,9 @@ def test_http_judge_counts_each_failure_and_scores_good_answers(monkeypatch, cap
     leaks = [caplog.text, *out["rationale"], *out["judge_events"], repr(judge.client), repr(judge.client.conf)]
     assert all(secret not in t for t in leaks)
     assert "retry 1/2" in caplog.text  # retries are visible in the log
+    # each warning names the prompt of the rows it failed, not just the server
+    assert "(prompt 'a red circle case:down'): gave up after 3 attempts" in caplog.text
+    assert "(prompt 'a red circle case:garbage'): malformed answer" in caplog.text
 
 
 def test_http_judge_honours_retry_after_and_backs_off(monkeypatch):
