@@ -65,11 +65,14 @@ class SavedBytes:
 def weight_storages() -> set[int]:
     """The storages of every live module's parameters and buffers: memory held whether or not a step runs."""
     import gc
+    import warnings
 
     import torch
 
-    return {t.untyped_storage().data_ptr() for o in gc.get_objects() if isinstance(o, torch.nn.Module)
-            for t in (*o.parameters(recurse=False), *o.buffers(recurse=False))}
+    with warnings.catch_warnings():  # isinstance on every live object wakes torch's deprecated aliases
+        warnings.simplefilter("ignore", FutureWarning)
+        return {t.untyped_storage().data_ptr() for o in gc.get_objects() if isinstance(o, torch.nn.Module)
+                for t in (*o.parameters(recurse=False), *o.buffers(recurse=False))}
 
 
 def tensor_bytes(tensors) -> int:
@@ -114,7 +117,7 @@ def refl_setup(a: dict, device):
 
     scorer = {"name": "clip", "model": a["scorer"], "pretrained": None, "num_gpus": 0.0}
     refl = {"scorer": "clip", "scorer_cls": "clip_score", "scorer_kwargs": scorer, "head": "",
-            "num_inference_steps": a["refl_steps"], "guidance_scale": 5.0, "last_steps": [1, 1], "margin": 1e9,
+            "sampler": "ddim", "num_inference_steps": a["refl_steps"], "guidance_scale": 5.0, "last_steps": [1, 1], "margin": 1e9,
             "weight": 1e-3, "pretrain_weight": 0.0}
     c = {"base_model": a["model"], "lora_rank": a["lora_rank"], "lora_alpha": float(a["lora_rank"]),
          "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "gradient_checkpointing": a["checkpointing"],

@@ -185,8 +185,13 @@ class ReflConf(_Strict):
     head: str = Field("", description="Which of the scorer's outputs is the reward: '' the main score, or an aspect (a reward model's prompt_following, ...).")
     prompts: str | None = Field(None, description="Prompts file or 'shapes:<split>' the images are drawn for (None: build.prompts).")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
-    num_inference_steps: int | None = Field(None, ge=1, description="DDIM steps of each drawing (None: build.generators[0]'s).")
-    guidance_scale: float | None = Field(None, description="Classifier-free guidance of each drawing (None: build.generators[0]'s).")
+    sampler: Literal["ddpm", "ddim"] = Field(
+        "ddpm", description="How each drawing is sampled: ddpm (ancestral, stochastic; ImageReward's ReFL scripts) or "
+        "ddim (deterministic, as raypref's generators draw), with the pipeline's own scheduler config.")
+    num_inference_steps: int | None = Field(40, ge=1, description="Sampling steps of each drawing (ImageReward: 40; None: build.generators[0]'s).")
+    guidance_scale: float | None = Field(
+        1.0, description="Classifier-free guidance of each drawing (1: none, one UNet call a step, as ImageReward's "
+        "ReFL scripts draw; None: build.generators[0]'s).")
     last_steps: tuple[int, int] = Field(
         (1, 10), description="[lo, hi]: the step that gets the gradient is drawn uniformly among the last lo..hi "
         "steps (1 = the last); the steps before it run without gradient, and its x0 prediction is decoded and "
@@ -222,18 +227,45 @@ class TrainConf(_RayTrainScale, _StepConf):
     lora_targets: list[str] = Field(
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules that get LoRA."
     )
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate. None: 1e-4 for a LoRA, 1e-5 for a full fine-tune (Wallace et al. "
+        "trained the whole SD1.5 UNet at 1e-8 x their batch of 2048 pairs, about 2e-5, after 500 warm-up steps).")
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over max_steps (diffusers.optimization.get_scheduler); "
+        "Wallace et al. use constant_with_warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the schedule (ignored by 'constant'; "
+                              "Wallace et al.: 500 for SD1.5, 200 for SDXL).")
+    optimizer: Literal["adamw", "adafactor"] = Field(
+        "adamw", description="adamw (torch's, weight decay 0.01), or adafactor (transformers' Adafactor at the set "
+        "learning rate: no relative step or parameter scaling, update clipping at 1.0, no first moment and a factored "
+        "second one, so far less optimizer state; Wallace et al. use it for SDXL).")
     batch_size: int = Field(4, ge=1, description="Pairs (dpo), images (sft) or prompts (refl) per worker per micro-batch (one step: grad_accum_steps of them).")
     max_steps: int = Field(100, ge=1, description="Optimizer steps in total.")
     checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints.")
-    max_grad_norm: float | None = Field(None, gt=0, description="Clip the trained weights' gradient norm to this (None: no clipping).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the trained weights' gradient norm to this, as Wallace et al. and the diffusers scripts do (None: no clipping).")
+    shuffle_buffer: int = Field(
+        256, ge=0, description="Ray Data local shuffle buffer per worker (rows: pairs, images or prompts), reseeded "
+        "every epoch, so that a batch mixes prompts (a build writes each prompt's pairs together) and the epochs' "
+        "batches differ. 0: file order, the same batches every epoch.")
+    empty_prompt_fraction: float = Field(
+        0.0, ge=0, lt=1, description="dpo, sft: the share of training rows whose prompt is replaced by '' (drawn per "
+        "row from the training seed), so the model keeps its unconditional prediction for classifier-free guidance; "
+        "Wallace et al. use 0.2. refl: unused.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute the UNet's activations in the backward pass instead of keeping them "
-        "(diffusers' enable_gradient_checkpointing): less memory, more compute, the same gradients.")
-    seed: int = Field(0, description="Training seed (noise, timesteps).")
+        "(diffusers' enable_gradient_checkpointing; in refl also the VAE decode it backpropagates through): less "
+        "memory, more compute, the same gradients.")
+    seed: int = Field(0, description="Training seed (noise, timesteps, shuffling, dropped prompts).")
     cache_pairs_max_mb: float = Field(
         1024.0, ge=0, description="Pairs whose Parquet files total less than this are read once into Ray's object "
         "store (each epoch of a small dataset would otherwise restart the streaming read); larger ones stream.")
+
+    @model_validator(mode="after")
+    def _default_learning_rate(self):
+        # resolved here, so config.yaml and the resume guard hold the rate that trained
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.finetune == "lora" else 1e-5
+        return self
 
 
 class EvalConf(_Strict):

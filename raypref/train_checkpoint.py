@@ -12,8 +12,10 @@ import atexit
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -203,20 +205,38 @@ def first_last_means(values: list[float], n: int = 20) -> list[float] | None:
     return [sum(values[:n]) / len(values[:n]), sum(values[-n:]) / len(values[-n:])]
 
 
-def cosine_adamw(params, lr: float, warmup: int, total: int, ckpt_dir: str | None, step: int,
-                 optim_file: str = "optimizer.pt", weight_decay: float = 0.1):
-    """AdamW under diffusers' cosine schedule with warmup; resuming from ``ckpt_dir``, the
-    optimizer's state comes back and the schedule is replayed to ``step``. (optimizer, schedule)."""
+def scheduled_optimizer(params, lr: float, schedule: str, warmup: int, total: int, ckpt_dir: str | None, step: int,
+                        optim_file: str = "optimizer.pt", kind: str = "adamw", weight_decay: float = 0.01):
+    """An optimizer (``kind``: torch's AdamW, or transformers' Adafactor at a fixed learning rate, as
+    Wallace et al. run it for SDXL) under one of diffusers' learning-rate schedules; resuming from
+    ``ckpt_dir``, the optimizer's state comes back and the schedule is replayed to ``step``.
+    (optimizer, schedule)."""
     import torch
     from diffusers.optimization import get_scheduler
 
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=warmup, num_training_steps=total)
+    if kind == "adafactor":
+        from transformers.optimization import Adafactor
+
+        opt = Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False,
+                        clip_threshold=1.0, weight_decay=weight_decay)
+    elif kind == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer: {kind!r} is not one of adamw, adafactor")
+    sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=total)
     if ckpt_dir is not None:
         opt.load_state_dict(torch.load(Path(ckpt_dir) / optim_file, weights_only=True))
-        for _ in range(step):
-            sched.step()
+        with warnings.catch_warnings():  # torch warns of a schedule stepped before its optimizer: here on purpose
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            for _ in range(step):  # the schedule is a function of the step
+                sched.step()
     return opt, sched
+
+
+def cosine_adamw(params, lr: float, warmup: int, total: int, ckpt_dir: str | None, step: int,
+                 optim_file: str = "optimizer.pt", weight_decay: float = 0.1):
+    """AdamW under diffusers' cosine schedule with warmup (scheduled_optimizer). (optimizer, schedule)."""
+    return scheduled_optimizer(params, lr, "cosine", warmup, total, ckpt_dir, step, optim_file, "adamw", weight_decay)
 
 
 def parquet_mb(dirs) -> float | None:

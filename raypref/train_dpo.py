@@ -19,7 +19,8 @@ from pathlib import Path
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.finetune import export_file, export_name
-from raypref.train_checkpoint import fit_and_export, guard_resume, load_state, materialize_if_small, report_step
+from raypref.train_checkpoint import (fit_and_export, guard_resume, load_state, materialize_if_small, report_step,
+                                      scheduled_optimizer)
 
 OPTIM_FILE = "optimizer.pt"
 
@@ -68,7 +69,8 @@ def encode_images(images, rows, vae, size: int, device):
 
     decoded = I.decode_rows(images, rows)
     pix = I.to_tensor(decoded, size=size).to(device)
-    with torch.no_grad():
+    # in the VAE's own float32 even under bf16 autocast, as the diffusers SDXL scripts keep it
+    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, enabled=False):
         return vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor, I.crop_boxes(decoded, size)
 
 
@@ -81,9 +83,32 @@ def pair_batch_to_latents(batch: dict, texts, vae, size: int, device):
 
 
 def noised(sched, latents, noise, t):
-    """(x_t, the model's regression target): the noise, or the velocity for a v-prediction model."""
-    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    """(x_t, the model's regression target): the noise, the velocity or the clean latents, as the
+    scheduler's prediction_type says."""
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = sched.get_velocity(latents, noise, t)
+    elif kind == "sample":
+        target = latents
+    else:
+        raise ValueError(f"the pipeline's scheduler/scheduler_config.json: prediction_type {kind!r} is not one of "
+                         "epsilon, v_prediction, sample")
     return sched.add_noise(latents, noise, t), target
+
+
+def drop_prompts(prompts, fraction: float, gen) -> list[str]:
+    """The prompts with each replaced by '' with probability ``fraction`` (one draw per row from
+    ``gen``, a torch.Generator): the unconditional rows that keep classifier-free guidance working,
+    as Wallace et al.'s proportion_empty_prompts."""
+    import torch
+
+    prompts = list(prompts)
+    if fraction <= 0:
+        return prompts
+    keep = torch.rand(len(prompts), generator=gen) >= fraction
+    return [p if k else "" for p, k in zip(prompts, keep.tolist())]
 
 
 def dpo_step(unet_ddp, reference, latents, enc, sched, beta: float, gen):
@@ -123,14 +148,14 @@ def train_loop_per_worker(c: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     texts, vae, sched, unet, params, reference = load_for_training(c, device)
-    opt = torch.optim.AdamW(params, lr=c["learning_rate"])
     size = image_size(unet, vae)
 
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
-    step = state.get("step", 0)
+    step, epoch = state.get("step", 0), state.get("epoch", 0)
     if ckpt_dir is not None:
         load_trained(unet, ckpt_dir, c["finetune"])
-        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
+    opt, lr_sched = scheduled_optimizer(params, c["learning_rate"], c["lr_schedule"], c["warmup_steps"], c["max_steps"],
+                                        ckpt_dir, step, OPTIM_FILE, c["optimizer"])
 
     def write(d):
         save_trained(unet, d, c["finetune"])
@@ -138,6 +163,7 @@ def train_loop_per_worker(c: dict) -> None:
 
     unet_ddp = ray.train.torch.prepare_model(unet)
     gen = torch.Generator().manual_seed(c["seed"] * 100003 + rank * 1009 + step)
+    drop = torch.Generator().manual_seed(c["seed"] * 100019 + rank * 1013 + step)  # its own stream: the noise stays as it was
     shard = ray.train.get_dataset_shard("train")
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
         report_step(rank, {"step": step}, history, {"step": step}, write)
@@ -158,10 +184,12 @@ def train_loop_per_worker(c: dict) -> None:
 
             latents, boxes = encode_images(batch[S.IMAGE], [f"samples row sample_id={s!r}" for s in batch[S.SAMPLE_ID]],
                                            vae, size, device)
-            loss, m = sft_step(unet_ddp, latents, texts(batch[S.PROMPT]).with_sizes(boxes, size), sched, gen)
+            prompts = batch[S.PROMPT] if refl is not None else drop_prompts(batch[S.PROMPT], c["empty_prompt_fraction"], drop)
+            loss, m = sft_step(unet_ddp, latents, texts(prompts).with_sizes(boxes, size), sched, gen)
             if refl is None:
                 return loss, m
             return refl.pretrain_weight * loss, {"pretrain_loss": loss.detach()}
+        batch = {**batch, S.PROMPT: drop_prompts(batch[S.PROMPT], c["empty_prompt_fraction"], drop)}
         latents, enc = pair_batch_to_latents(batch, texts, vae, size, device)
         return dpo_step(unet_ddp, reference, latents, enc, sched, c["beta"], gen)
 
@@ -172,7 +200,9 @@ def train_loop_per_worker(c: dict) -> None:
         pretrain = endless_batches(ray.train.get_dataset_shard("pretrain"), c["batch_size"])
     while step < c["max_steps"]:
         seen = 0
-        batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False)
+        batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
+                                     local_shuffle_buffer_size=c["shuffle_buffer"] or None,
+                                     local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank)
         per_step = c["grad_accum_steps"]
         if pretrain is not None:
             from raypref.train_refl import alternate
@@ -184,15 +214,18 @@ def train_loop_per_worker(c: dict) -> None:
             if c["max_grad_norm"]:
                 torch.nn.utils.clip_grad_norm_(params, c["max_grad_norm"])
             opt.step()
+            lr = lr_sched.get_last_lr()[0]  # the rate this step took
+            lr_sched.step()
             step += 1
             seen += 1
-            metrics = {"step": step, "loss": loss, "micro_batches": micro, **m}
+            metrics = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "micro_batches": micro, **m}
             history.append(metrics)
             last = step >= c["max_steps"]
-            report_step(rank, metrics, history, {"step": step},
+            report_step(rank, metrics, history, {"step": step, "epoch": epoch},
                         write if last or step % c["checkpoint_every"] == 0 else None)
             if last:
                 break
+        epoch += 1
         if seen == 0:
             what = {"sft": "kept images", "refl": "prompts"}.get(c["method"], "pairs")
             raise ValueError(f"train: the {what} gave this worker no batch; is it empty?")
@@ -242,7 +275,7 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
 UNREAD = {
     "dpo": ("method", "samples", "sft_score", "sft_top_p", "sft_per_prompt", "refl"),
     "sft": ("method", "pairs", "beta", "refl"),
-    "refl": ("method", "pairs", "samples", "sft_score", "sft_top_p", "sft_per_prompt", "beta"),
+    "refl": ("method", "pairs", "samples", "sft_score", "sft_top_p", "sft_per_prompt", "beta", "empty_prompt_fraction"),
 }
 
 

@@ -1,7 +1,8 @@
 """Reward feedback learning (ReFL; Xu et al. 2023, ImageReward, Sec. 4): the diffusion model learns
 straight from a differentiable scorer's gradient on images it draws.
 
-For each prompt the UNet draws with DDIM from fresh noise. All steps but one run without gradient;
+For each prompt the UNet draws from fresh noise (``train.refl.sampler``: DDPM, as ImageReward's ReFL
+scripts, or DDIM; ImageReward's defaults: 40 steps, no guidance). All steps but one run without gradient;
 the step that gets it is drawn among the last ``train.refl.last_steps``. Its x0 prediction is
 decoded by the frozen VAE and scored by the scorer's ``differentiable_score`` (its preprocessing done
 on tensors: raypref.pixels); ``losses.refl_loss`` of the reward trains the UNet (a LoRA, or every
@@ -34,11 +35,11 @@ def grad_step_index(num_steps: int, last_steps, gen) -> int:
 
 
 class ReflParts:
-    """What a ReFL step needs besides the UNet: the frozen scorer and the DDIM schedule."""
+    """What a ReFL step needs besides the UNet: the frozen scorer and the sampler's schedule."""
 
     def __init__(self, c: dict, device):
         import torch
-        from diffusers import DDIMScheduler
+        from diffusers import DDIMScheduler, DDPMScheduler
 
         from raypref.registry import resolve
 
@@ -53,8 +54,9 @@ class ReflParts:
         self.head, self.margin, self.weight = r["head"], r["margin"], r["weight"]
         self.pretrain_weight = r["pretrain_weight"]
         self.guidance, self.last = r["guidance_scale"], tuple(r["last_steps"])
-        self.ddim = DDIMScheduler.from_pretrained(c["base_model"], subfolder="scheduler")
-        self.ddim.set_timesteps(r["num_inference_steps"])
+        cls = DDPMScheduler if r["sampler"] == "ddpm" else DDIMScheduler
+        self.sampler = cls.from_pretrained(c["base_model"], subfolder="scheduler")
+        self.sampler.set_timesteps(r["num_inference_steps"])
 
     def reward(self, images, prompts):
         """The chosen output of the scorer's differentiable_score: one reward per image."""
@@ -106,19 +108,20 @@ def refl_step(unet_ddp, unet, prompts, texts, vae, parts: ReflParts, gen, device
     cond = texts(prompts).with_default_sizes(size)
     uncond = texts.unconditional(len(prompts)).with_default_sizes(size)
     shape = (len(prompts), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    x = torch.randn(shape, generator=gen).to(device) * parts.ddim.init_noise_sigma
-    stop = grad_step_index(len(parts.ddim.timesteps), parts.last, gen)
+    s = parts.sampler
+    x = torch.randn(shape, generator=gen).to(device) * s.init_noise_sigma
+    stop = grad_step_index(len(s.timesteps), parts.last, gen)
     with torch.no_grad():
-        for t in parts.ddim.timesteps[:stop]:
-            x = parts.ddim.step(_eps(unet, x, t, cond, uncond, parts.guidance), t, x).prev_sample
-    t = parts.ddim.timesteps[stop]
-    x0 = parts.ddim.step(_eps(unet_ddp, x, t, cond, uncond, parts.guidance), t, x).pred_original_sample
+        for t in s.timesteps[:stop]:  # DDPM's added noise comes from gen too (DDIM, eta 0, adds none)
+            x = s.step(_eps(unet, x, t, cond, uncond, parts.guidance), t, x, generator=gen).prev_sample
+    t = s.timesteps[stop]
+    x0 = s.step(_eps(unet_ddp, x, t, cond, uncond, parts.guidance), t, x, generator=gen).pred_original_sample
     images = (vae.decode(x0 / vae.config.scaling_factor).sample.float() / 2 + 0.5).clamp(0, 1)
     reward = parts.reward(images, prompts)
     loss = refl_loss(reward, parts.margin, parts.weight)
     below = (reward.detach() < parts.margin).float().mean()  # the images that give a gradient
     return loss, {"reward": reward.detach().mean(), "below_margin": below,
-                  "grad_step": torch.tensor(float(len(parts.ddim.timesteps) - stop))}
+                  "grad_step": torch.tensor(float(len(s.timesteps) - stop))}
 
 
 def resolved(cfg: Config) -> dict:

@@ -93,6 +93,21 @@ def test_scorers_add_float_columns(tiny_sd, tiny_clip):
         resolve("jpeg_compressibility")(name="jpeg")(out)
 
 
+def test_clip_score_can_cut_prompts_to_characters_as_agfsync_does(tiny_clip):
+    from PIL import Image
+
+    from raypref.models import resolve_model
+
+    imgs = [Image.new("RGB", (32, 32), (200, 30, 30))] * 2
+    long = ["a red circle left of a blue square", "two green stars"]
+    cut = resolve("clip_score")(name="c", model="tiny:clip", floor_at_zero=False, prompt_chars=8)
+    plain = resolve("clip_score")(name="c", model=resolve_model("tiny:clip"), floor_at_zero=False)
+    np.testing.assert_allclose(cut.score(imgs, long), plain.score(imgs, [p[:8] for p in long]), rtol=1e-5)
+    assert not np.allclose(plain.score(imgs, long), plain.score(imgs, [p[:8] for p in long]))
+    with pytest.raises(ValueError, match="prompt_chars must be >= 1"):
+        resolve("clip_score")(name="c", model=tiny_clip, prompt_chars=0)
+
+
 def test_generated_pipeline_loads_with_from_pretrained(tiny_sd):
     from diffusers import StableDiffusionPipeline
 

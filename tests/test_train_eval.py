@@ -181,8 +181,10 @@ def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_p
 
     from raypref.evaluate import run_eval
 
+    # also Adafactor under a warm-up schedule, as Wallace et al. train SDXL, and dropped prompts
     cfg = _cfg(built_run, tmp_path / "two", finetune="full", max_steps=2, checkpoint_every=2, num_workers=2,
-               batch_size=1, grad_accum_steps=2, precision="bf16", max_grad_norm=1.0, gradient_checkpointing=True)
+               batch_size=1, grad_accum_steps=2, precision="bf16", max_grad_norm=1.0, gradient_checkpointing=True,
+               optimizer="adafactor", lr_schedule="constant_with_warmup", warmup_steps=1, empty_prompt_fraction=0.5)
     s = run_train_dpo(cfg)
     assert s["workers"] == 2 and s["final_step"] == 2 and s["finetune"] == "full"
     unet_dir = tmp_path / "two" / "train" / "unet"
@@ -190,6 +192,7 @@ def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_p
     assert not (tmp_path / "two" / "train" / "lora").exists()
     hist = [json.loads(l) for l in (tmp_path / "two" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [h["micro_batches"] for h in hist] == [2, 2]
+    assert [h["lr"] for h in hist] == [0.0, cfg.train.learning_rate] == [0.0, 1e-3]  # one warm-up step, then the rate
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
     tuned = UNet2DConditionModel.from_pretrained(str(unet_dir)).state_dict()
     base = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").state_dict()

@@ -93,7 +93,7 @@ def _refl_cfg(tiny_sd, tiny_rm, **refl):
 
     s = ScorerConf(name="rm", cls="reward_model", model=str(tiny_rm))
     r = {"scorer": "rm", "scorer_cls": s.cls, "scorer_kwargs": scorer_kwargs(s), "head": "prompt_following",
-         "num_inference_steps": 4, "guidance_scale": 2.0, "last_steps": [1, 2], "margin": 1e6, "weight": 1.0,
+         "sampler": "ddim", "num_inference_steps": 4, "guidance_scale": 2.0, "last_steps": [1, 2], "margin": 1e6, "weight": 1.0,
          "pretrain_weight": 0.0, **refl}
     return {"base_model": tiny_sd, "lora_rank": 2, "lora_alpha": 2.0, "lora_targets": ["to_q", "to_v"],
             "gradient_checkpointing": False, "method": "refl", "refl": r}
@@ -143,6 +143,34 @@ def test_gradient_checkpointing_recomputes_the_decode_with_the_same_gradients(ti
     assert recomputed == [1, 2]  # with checkpointing the decoder's blocks run again in the backward pass
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_refl_draws_as_imagereward_by_default_ddpm_without_guidance(tiny_sd, tiny_rm):
+    from diffusers import DDPMScheduler
+
+    from raypref.config import validate
+    from raypref.train_dpo import load_for_training
+    from raypref.train_refl import ReflParts, refl_step
+
+    r = validate({}).train.refl  # ImageReward's ReFL scripts: DDPM, 40 steps, no guidance, the last 10 of them
+    assert (r.sampler, r.num_inference_steps, r.guidance_scale, r.last_steps) == ("ddpm", 40, 1.0, (1, 10))
+    c = _refl_cfg(tiny_sd, tiny_rm, sampler="ddpm", guidance_scale=1.0, num_inference_steps=4)
+    texts, vae, _, unet, params, _ = load_for_training(c, "cpu")
+    parts = ReflParts(c, "cpu")
+    assert isinstance(parts.sampler, DDPMScheduler) and len(parts.sampler.timesteps) == 4
+    rows = []
+    hook = unet.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    prompts = ["a red circle", "two blue squares"]
+    loss, m = refl_step(unet, unet, prompts, texts, vae, parts, torch.Generator().manual_seed(0), "cpu")
+    hook.remove()
+    assert rows and set(rows) == {2}  # one UNet call a step on the prompts alone: no unconditional half
+    assert len(rows) == 4 - m["grad_step"].item() + 1
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    # DDPM adds noise at each step, drawn from the generator: another seed, another image and reward
+    again = refl_step(unet, unet, prompts, texts, vae, parts, torch.Generator().manual_seed(0), "cpu")[1]["reward"]
+    other = refl_step(unet, unet, prompts, texts, vae, parts, torch.Generator().manual_seed(1), "cpu")[1]["reward"]
+    assert again == m["reward"] and other != m["reward"]
 
 
 def test_a_refl_step_on_sdxl_conditions_on_pooled_text_and_sizes(tiny_sdxl, tiny_rm):

@@ -1,0 +1,82 @@
+"""The DPO / SFT loop's options without Ray: dropped prompts, the regression target per
+prediction type, the optimizer and its schedule, and the learning rate's default."""
+
+import pytest
+import torch
+
+from raypref.config import validate
+from raypref.train_checkpoint import scheduled_optimizer
+from raypref.train_dpo import drop_prompts, noised
+
+
+def test_drop_prompts_blanks_each_row_with_its_own_draw():
+    prompts = [f"p{i}" for i in range(2000)]
+    assert drop_prompts(prompts, 0.0, torch.Generator().manual_seed(0)) == prompts
+    out = drop_prompts(prompts, 0.2, torch.Generator().manual_seed(0))
+    expect = torch.rand(2000, generator=torch.Generator().manual_seed(0)) >= 0.2  # the same draws, kept where >= p
+    assert out == [p if k else "" for p, k in zip(prompts, expect.tolist())]
+    assert 0.17 < out.count("") / 2000 < 0.23  # about the asked share (Wallace et al.'s 0.2)
+    assert drop_prompts(prompts, 0.2, torch.Generator().manual_seed(1)) != out
+
+
+def test_the_regression_target_follows_the_schedulers_prediction_type():
+    from diffusers import DDPMScheduler
+
+    latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    a = DDPMScheduler().alphas_cumprod[t].view(-1, 1, 1, 1)
+    for kind, target in (("epsilon", noise), ("sample", latents),
+                         ("v_prediction", a.sqrt() * noise - (1 - a).sqrt() * latents)):  # v = sqrt(a) eps - sqrt(1-a) x0
+        x_t, got = noised(DDPMScheduler(prediction_type=kind), latents, noise, t)
+        torch.testing.assert_close(x_t, a.sqrt() * latents + (1 - a).sqrt() * noise)
+        torch.testing.assert_close(got, target)
+    odd = DDPMScheduler()
+    odd.register_to_config(prediction_type="flow")
+    with pytest.raises(ValueError, match="prediction_type 'flow' is not one of epsilon, v_prediction, sample"):
+        noised(odd, latents, noise, t)
+
+
+def _params():
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
+
+
+def test_adafactor_keeps_factored_state_and_both_optimizers_learn(tmp_path):
+    state = {}
+    for kind in ("adamw", "adafactor"):
+        params = _params()
+        before = [p.detach().clone() for p in params]
+        opt, _ = scheduled_optimizer(params, 1e-2, "constant", 0, 10, None, 0, kind=kind)
+        (params[0].sum() + params[1].square().sum()).backward()
+        opt.step()
+        assert all(not torch.equal(b, p) for b, p in zip(before, params))
+        state[kind] = sum(t.numel() for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+        torch.save(opt.state_dict(), tmp_path / f"{kind}.pt")
+    assert state["adamw"] == 2 * (64 * 32 + 32)  # two moments per weight
+    assert state["adafactor"] == (64 + 32) + 32  # a row and a column factor for the matrix, the vector whole
+    # a checkpointed state loads back the way the loop resumes it (weights_only)
+    opt, _ = scheduled_optimizer(_params(), 1e-2, "constant", 0, 10, str(tmp_path), 1, "adafactor.pt", "adafactor")
+    assert opt.state_dict()["state"].keys() == torch.load(tmp_path / "adafactor.pt", weights_only=True)["state"].keys()
+    with pytest.raises(ValueError, match="'sgd' is not one of adamw, adafactor"):
+        scheduled_optimizer(_params(), 1e-2, "constant", 0, 10, None, 0, kind="sgd")
+
+
+def test_a_resumed_schedule_continues_the_same_curve(tmp_path):
+    params = _params()
+    opt, sched = scheduled_optimizer(params, 1e-3, "constant_with_warmup", 4, 10, None, 0)
+    rates = []
+    for _ in range(6):
+        rates.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert rates[:5] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])  # linear warm-up over 4 steps, then flat
+    torch.save(opt.state_dict(), tmp_path / "o.pt")
+    _, resumed = scheduled_optimizer(params, 1e-3, "constant_with_warmup", 4, 10, str(tmp_path), 2, "o.pt")
+    assert resumed.get_last_lr()[0] == pytest.approx(rates[2])
+
+
+def test_the_learning_rate_defaults_by_what_trains_and_is_recorded():
+    assert validate({}).train.learning_rate == 1e-4
+    assert validate({"train": {"finetune": "full"}}).train.learning_rate == 1e-5
+    assert validate({"train": {"finetune": "full", "learning_rate": 3e-5}}).train.learning_rate == 3e-5
+    # the resolved rate is what config.yaml holds
+    assert validate({"train": {"finetune": "full"}}).model_dump(mode="json")["train"]["learning_rate"] == 1e-5
