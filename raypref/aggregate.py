@@ -34,8 +34,9 @@ def normalize(scores: Sequence[float], method: str, value_range: tuple[float, fl
         return 100.0 * (x - lo) / (hi - lo)
     v = x[valid]
     if method == "zscore":
-        std = v.std() if v.size else 0.0
-        out[valid] = 0.0 if std == 0 else (v - v.mean()) / std
+        # equal values: 0 (their std is often a rounding residue such as 1e-17, not 0)
+        same = v.size == 0 or np.ptp(v) == 0
+        out[valid] = 0.0 if same else (v - v.mean()) / v.std()
         return out
     if method == "rank":
         if v.size == 1:

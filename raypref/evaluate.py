@@ -67,9 +67,10 @@ def _flat(table: pa.Table, column: str):
     return table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
 
 
-def exact_accuracy(base: pa.Table, tuned: pa.Table, main: str) -> dict:
+def exact_accuracy(base: pa.Table, tuned: pa.Table, main: str, clusters=None) -> dict:
     """Per aspect of a pass/fail scorer (values 0, 1 or NaN), base and tuned pass rates with
-    Wilson intervals and their paired difference. Aspects with other values are not pass/fail
+    Wilson intervals and their paired difference (``clusters``: a prompt id per image, so that a
+    prompt's seeds are not counted as independent). Aspects with other values are not pass/fail
     and are left out."""
     out = {}
     for col in base.column_names:
@@ -79,7 +80,8 @@ def exact_accuracy(base: pa.Table, tuned: pa.Table, main: str) -> dict:
         values = np.concatenate([b, t])
         if not np.isin(values[~np.isnan(values)], (0.0, 1.0)).all():
             continue
-        out[col[len(main) + 1:]] = {"base": accuracy(b), "tuned": accuracy(t), "diff": paired_difference(b, t)}
+        out[col[len(main) + 1:]] = {"base": accuracy(b, clusters), "tuned": accuracy(t, clusters),
+                                    "diff": paired_difference(b, t, clusters=clusters)}
     return out
 
 
@@ -119,10 +121,13 @@ def run_eval(cfg: Config) -> dict:
     seeds_t = tuned.column(S.SEED).combine_chunks().flatten().to_pylist()
     if seeds_b != seeds_t:
         raise RuntimeError("eval: base and tuned images were not made with the same seeds")
-    result = win_rate(b, t, e.tie_tolerance)
-    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, part: str(weights),
-                   "accuracy": exact_accuracy(base, tuned, col), "seconds": round(time.time() - t0, 1)})
     n = len(b)
+    # the prompt of each image: a prompt row holds its seeds' scores
+    per_prompt = pc.list_value_length(base.column(col).combine_chunks()).to_numpy(zero_copy_only=False)
+    clusters = np.repeat(np.arange(len(per_prompt)), per_prompt)
+    result = win_rate(b, t, e.tie_tolerance, clusters)
+    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, part: str(weights),
+                   "accuracy": exact_accuracy(base, tuned, col, clusters), "seconds": round(time.time() - t0, 1)})
     pq.write_table(
         pa.table(
             {
@@ -142,6 +147,8 @@ def run_eval(cfg: Config) -> dict:
 def win_rate_table(r: dict) -> str:
     lo, hi = r["win_rate_ci95"]
     return (
+        f"Win rate's 95% CI: Wilson, with n divided by the design effect of a prompt's seeds "
+        f"({r.get('design_effect', 1.0):.2f}).\n\n"
         f"| scorer | n | tuned wins | ties | base wins | win rate (95% CI) | base mean | tuned mean |\n"
         f"|---|---|---|---|---|---|---|---|\n"
         f"| {r['scorer']} | {r['n']} | {r['wins']} | {r['ties']} | {r['losses']} | "
@@ -154,7 +161,8 @@ def accuracy_table(r: dict) -> str:
     acc = r.get("accuracy") or {}
     if not acc:
         return ""
-    lines = ["", f"Exact checks by {r['scorer']} (pass rate, 95% Wilson CI; difference: paired, normal approx.)", "",
+    lines = ["", f"Exact checks by {r['scorer']} (pass rate, 95% Wilson CI with the design effect of a prompt's seeds; "
+             "difference: paired, normal approx., clustered by prompt)", "",
              "| aspect | n | base | tuned | tuned - base (95% CI) |", "|---|---|---|---|---|"]
     for aspect, a in acc.items():
         b, t, d = a["base"], a["tuned"], a["diff"]

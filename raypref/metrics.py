@@ -8,21 +8,59 @@ from typing import Sequence
 import numpy as np
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927); ties count as half a success."""
+def wilson_interval(successes: float, n: int, z: float = 1.96, deff: float = 1.0) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927); ties count as half a success.
+    ``deff`` (design_effect, >= 1) shrinks n to the effective n / deff (Kish 1965) where rows are
+    not independent."""
     if n == 0:
         return (float("nan"), float("nan"))
     p = successes / n
+    n = n / max(deff, 1.0)
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def win_rate(base: Sequence[float], tuned: Sequence[float], tie_tolerance: float = 0.0) -> dict:
+def _cluster_sums(values: np.ndarray, clusters) -> tuple[np.ndarray, int]:
+    """Per cluster, the sum of the values' deviations from their mean; (sums, number of clusters).
+    No clusters: every row is its own."""
+    dev = values - values.mean()
+    if clusters is None:
+        return dev, int(values.size)
+    _, idx = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    sums = np.bincount(idx, weights=dev)
+    return sums, int(sums.size)
+
+
+def mean_variance(values, clusters=None) -> float:
+    """Variance of the mean of ``values``, cluster-robust: G/(G-1) * sum_g (sum_{i in g} (x_i - mean))^2 / n^2
+    over G clusters (Liang and Zeger 1986; with every row its own cluster it is the sample variance / n).
+    Rows of one cluster (the pairs of one prompt, sharing its images; the seeds of one prompt) may
+    move together, so they are not counted as independent. NaN when it cannot be estimated."""
+    x = np.asarray(values, dtype=np.float64)
+    n = int(x.size)
+    sums, g = _cluster_sums(x, clusters)
+    if n == 0 or g < 2:
+        return float("nan")
+    return float(g / (g - 1) * np.square(sums).sum() / (n * n))
+
+
+def design_effect(values, clusters) -> float:
+    """Kish's design effect of the mean: its cluster-robust variance over the variance if every row
+    were independent, at least 1 (1 where either is 0 or cannot be estimated)."""
+    x = np.asarray(values, dtype=np.float64)
+    plain, clustered = mean_variance(x), mean_variance(x, clusters)
+    if not (plain > 0 and clustered > 0):
+        return 1.0
+    return max(1.0, clustered / plain)
+
+
+def win_rate(base: Sequence[float], tuned: Sequence[float], tie_tolerance: float = 0.0, clusters=None) -> dict:
     """Paired comparison on the same prompts and seeds: tuned wins where its score exceeds the
     base's by more than ``tie_tolerance``. win_rate = (wins + ties/2) / n. NaN pairs are skipped
-    and counted."""
+    and counted. The Wilson interval takes the design effect of ``clusters`` (a prompt id per row:
+    a prompt's seeds are not independent)."""
     b = np.asarray(base, dtype=np.float64)
     t = np.asarray(tuned, dtype=np.float64)
     if b.shape != t.shape:
@@ -34,9 +72,12 @@ def win_rate(base: Sequence[float], tuned: Sequence[float], tie_tolerance: float
     ties = int(d.size - wins - losses)
     n = int(d.size)
     rate = (wins + 0.5 * ties) / n if n else float("nan")
-    lo, hi = wilson_interval(wins + 0.5 * ties, n)
+    outcome = np.where(d > tie_tolerance, 1.0, np.where(d < -tie_tolerance, 0.0, 0.5))
+    deff = design_effect(outcome, None if clusters is None else np.asarray(clusters, dtype=object)[ok])
+    lo, hi = wilson_interval(wins + 0.5 * ties, n, deff=deff)
     return {
         "n": n,
+        "design_effect": deff,
         "skipped_nan": int((~ok).sum()),
         "wins": wins,
         "ties": ties,
@@ -48,20 +89,26 @@ def win_rate(base: Sequence[float], tuned: Sequence[float], tie_tolerance: float
     }
 
 
-def accuracy(passed: Sequence[float]) -> dict:
-    """Pass rate of 1/0 outcomes with a Wilson 95% interval; NaN (not applicable) is skipped."""
+def accuracy(passed: Sequence[float], clusters=None) -> dict:
+    """Pass rate of 1/0 outcomes with a Wilson 95% interval (with the design effect of ``clusters``,
+    a prompt id per row); NaN (not applicable) is skipped."""
     x = np.asarray(passed, dtype=np.float64)
-    x = x[~np.isnan(x)]
+    ok = ~np.isnan(x)
+    x = x[ok]
     n = int(x.size)
     correct = int((x > 0.5).sum())
-    lo, hi = wilson_interval(correct, n)
-    return {"n": n, "correct": correct, "accuracy": correct / n if n else float("nan"), "ci95": [lo, hi]}
+    deff = design_effect((x > 0.5).astype(np.float64), None if clusters is None else np.asarray(clusters, dtype=object)[ok])
+    lo, hi = wilson_interval(correct, n, deff=deff)
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else float("nan"), "ci95": [lo, hi],
+            "design_effect": deff}
 
 
-def paired_difference(base: Sequence[float], tuned: Sequence[float], z: float = 1.96) -> dict:
+def paired_difference(base: Sequence[float], tuned: Sequence[float], z: float = 1.96, clusters=None) -> dict:
     """tuned - base on paired outcomes (same prompt and seed), with a normal-approximation
-    interval on the mean of the per-pair differences: d_mean +- z * sd(d) / sqrt(n).
-    Pairs where either side is NaN are skipped."""
+    interval on the mean of the per-pair differences: d_mean +- z * sqrt(mean_variance(d, clusters)),
+    which without clusters is z * sd(d) / sqrt(n); with ``clusters`` (a prompt id per row) a prompt's
+    seeds count as one cluster. Pairs where either side is NaN are skipped. Where every pair differs
+    alike the interval has no width: it is an approximation, not exact."""
     b = np.asarray(base, dtype=np.float64)
     t = np.asarray(tuned, dtype=np.float64)
     if b.shape != t.shape:
@@ -71,6 +118,6 @@ def paired_difference(base: Sequence[float], tuned: Sequence[float], z: float = 
     n = int(d.size)
     if n == 0:
         return {"n": 0, "diff": float("nan"), "ci95": [float("nan"), float("nan")]}
-    half = z * d.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+    half = z * math.sqrt(mean_variance(d, None if clusters is None else np.asarray(clusters, dtype=object)[ok]))
     mean = float(d.mean())
     return {"n": n, "diff": mean, "ci95": [mean - half, mean + half]}

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.config import Config, ScorerConf, record_settings, renew_if_changed, settings_changed, write_run_meta
-from raypref.metrics import wilson_interval
+from raypref.metrics import design_effect, wilson_interval
 from raypref.resume import actor_settings, checkpointed, fingerprint, write_atomic
 
 STAGE = "accuracy"
@@ -42,14 +42,17 @@ STAGED_COUNTS = "staged_counts.json"  # in accuracy/: pairs staged and quarantin
 SETTINGS_FILE = "settings.json"  # in accuracy/scorers/<name>/: what its stored scores were made with
 TIE_RULE = ("pairs labelled 0.5 (ties) are excluded and counted; a scorer tie (|chosen - rejected| <= {tol:g}) "
             "counts as half correct; a pair with a NaN score is skipped and counted as unscored")
-_COLUMNS = ("scorer", "output", "pairs", "agree", "scorer_ties", "disagree", "accuracy", "ci95_low", "ci95_high", "unscored")
+_COLUMNS = ("scorer", "output", "pairs", "agree", "scorer_ties", "disagree", "accuracy", "ci95_low", "ci95_high", "design_effect",
+            "unscored")
 
 
 def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labels: Sequence[float],
-                        tie_tolerance: float = 0.0) -> dict:
+                        tie_tolerance: float = 0.0, clusters=None) -> dict:
     """Accuracy of one scorer on pairs: label > 0.5 means the chosen image is preferred, < 0.5
     the rejected one, 0.5 a tie (excluded). Returns counts, accuracy = (agree + ties / 2) / pairs
-    and its Wilson 95% interval (ties as half a success, as metrics.wilson_interval takes them)."""
+    and its Wilson 95% interval (ties as half a success, as metrics.wilson_interval takes them),
+    with the design effect of ``clusters`` (a prompt id per pair: a prompt's pairs share its images,
+    so they are not independent trials)."""
     c = np.asarray(chosen, dtype=np.float64)
     r = np.asarray(rejected, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
@@ -65,7 +68,9 @@ def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labe
     disagree = int((d < -tie_tolerance).sum())
     ties = int(d.size - agree - disagree)
     n = int(d.size)
-    lo, hi = wilson_interval(agree + 0.5 * ties, n)
+    outcome = np.where(d > tie_tolerance, 1.0, np.where(d < -tie_tolerance, 0.0, 0.5))
+    deff = design_effect(outcome, None if clusters is None else np.asarray(clusters, dtype=object)[use])
+    lo, hi = wilson_interval(agree + 0.5 * ties, n, deff=deff)
     return {
         "pairs": n,
         "agree": agree,
@@ -75,6 +80,7 @@ def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labe
         "ci95_low": lo,
         "ci95_high": hi,
         "unscored": int(unscored.sum()),
+        "design_effect": deff,
         "tie_labelled": int(tie_label.sum()),
         "unlabelled": int(unlabelled.sum()),
     }
@@ -235,6 +241,8 @@ def owner(column: str, names: Sequence[str]) -> str | None:
 def accuracy_rows(scores: pa.Table, names: Sequence[str], aspects: bool, tie_tolerance: float) -> list[dict]:
     """One row per scorer (its main score), then, with ``aspects``, one per aspect output."""
     labels = scores.column(S.LABEL).to_numpy(zero_copy_only=False)
+    # a prompt's pairs share its images: its pairs are one cluster in the intervals
+    clusters = scores.column(S.PROMPT_ID).to_numpy(zero_copy_only=False) if S.PROMPT_ID in scores.column_names else None
     rows = []
     for name in names:
         main = S.score_column(name)
@@ -244,7 +252,8 @@ def accuracy_rows(scores: pa.Table, names: Sequence[str], aspects: bool, tie_tol
             if S.chosen_column(c) not in scores.column_names:
                 raise ValueError(f"accuracy: scorer {name!r} wrote no {c!r} column")
             acc = preference_accuracy(scores.column(S.chosen_column(c)).to_numpy(zero_copy_only=False),
-                                      scores.column(S.rejected_column(c)).to_numpy(zero_copy_only=False), labels, tie_tolerance)
+                                      scores.column(S.rejected_column(c)).to_numpy(zero_copy_only=False), labels, tie_tolerance,
+                                      clusters)
             rows.append({"scorer": name, "output": "overall" if c == main else c[len(main) + 1:], **acc})
     return rows
 
@@ -256,12 +265,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         "Tie rule: " + meta["tie_rule"] + ".",
         "",
-        "| scorer | output | pairs | agree | scorer ties | disagree | accuracy | 95% CI | unscored |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "95% CI: Wilson, with n divided by the design effect of pairs clustered by prompt (its pairs share images).",
+        "",
+        "| scorer | output | pairs | agree | scorer ties | disagree | accuracy | 95% CI | design effect | unscored |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['scorer']} | {r['output']} | {r['pairs']} | {r['agree']} | {r['scorer_ties']} | {r['disagree']} "
-                     f"| {100 * r['accuracy']:.1f}% | [{100 * r['ci95_low']:.1f}, {100 * r['ci95_high']:.1f}] | {r['unscored']} |")
+                     f"| {100 * r['accuracy']:.1f}% | [{100 * r['ci95_low']:.1f}, {100 * r['ci95_high']:.1f}] "
+                     f"| {r['design_effect']:.2f} | {r['unscored']} |")
     return "\n".join(lines) + "\n"
 
 

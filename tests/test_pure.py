@@ -56,6 +56,8 @@ def test_normalize_hand_values():
     assert normalize([2.0, 1.0, 2.0], "rank").tolist() == pytest.approx([0.75, 0.0, 0.75])
     assert normalize([0.2, 0.5], "rescale100", (0.0, 1.0)).tolist() == pytest.approx([20.0, 50.0])
     assert normalize([5.0, 5.0], "zscore").tolist() == [0.0, 0.0]
+    # equal values whose float std is a rounding residue (1.39e-17 for 0.1 x 3), not 0: still 0, not -1
+    assert normalize([0.1, 0.1, 0.1], "zscore").tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="value range"):
         normalize([1.0], "rescale100")
     with pytest.raises(ValueError, match="unknown"):
@@ -125,6 +127,38 @@ def test_paired_difference_hand_values():
     assert r["ci95"] == pytest.approx([0.25 - 1.96 * sd / 2, 0.25 + 1.96 * sd / 2])
     with pytest.raises(ValueError, match="outcomes"):
         paired_difference([1, 0], [1])
+
+
+def test_cluster_robust_variance_and_design_effect_hand_values():
+    from raypref.metrics import design_effect, mean_variance
+
+    x, prompts = [1, 1, 0, 0, 1, 0], ["a", "a", "b", "b", "c", "c"]
+    # independent rows: sample variance / n = (6 x 0.25 / 5) / 6 = 0.05
+    assert mean_variance(x) == pytest.approx(0.05)
+    # clusters (Liang-Zeger): deviations from 0.5 summed per prompt: a +1, b -1, c 0;
+    # G/(G-1) * sum of squares / n^2 = 3/2 * 2 / 36
+    assert mean_variance(x, prompts) == pytest.approx(1 / 12)
+    assert design_effect(x, prompts) == pytest.approx((1 / 12) / 0.05)
+    # prompts whose rows disagree within them: less variance than independence, the effect stays 1
+    assert design_effect([1, 0, 1, 0], ["a", "a", "b", "b"]) == 1.0
+    assert design_effect([1, 1, 1], ["a", "b", "b"]) == 1.0  # no spread
+    assert math.isnan(mean_variance([1, 0], ["a", "a"]))  # one cluster: nothing to estimate from
+
+
+def test_clustered_intervals_widen_by_the_design_effect():
+    x, prompts = [1, 1, 0, 0, 1, 0], ["a", "a", "b", "b", "c", "c"]
+    deff = (1 / 12) / 0.05
+    r = accuracy(x, prompts)  # Kish: Wilson on n / deff = 3.6 rows
+    assert r["design_effect"] == pytest.approx(deff)
+    assert r["ci95"] == pytest.approx(list(wilson_interval(3 / deff, 6 / deff)))
+    assert r["ci95"][1] - r["ci95"][0] > accuracy(x)["ci95"][1] - accuracy(x)["ci95"][0]
+    w = win_rate([0.5] * 6, x, clusters=prompts)  # wins where x is 1, losses where 0
+    assert w["design_effect"] == pytest.approx(deff) and w["win_rate_ci95"] == pytest.approx(r["ci95"])
+    # the paired difference's half-width is 1.96 * sqrt(the clustered variance of the differences)
+    d = paired_difference([0] * 6, x, clusters=prompts)
+    assert d["ci95"] == pytest.approx([0.5 - 1.96 * math.sqrt(1 / 12), 0.5 + 1.96 * math.sqrt(1 / 12)])
+    # every row its own prompt: the intervals are the plain ones
+    assert accuracy(x, list("abcdef"))["ci95"] == pytest.approx(accuracy(x)["ci95"])
 
 
 def test_training_pixels_keep_proportions_short_side_scaled_then_center_cropped():

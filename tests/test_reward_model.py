@@ -92,6 +92,15 @@ def test_preference_accuracy_tie_rule():
     assert r["ci95_low"] < 0.7 < r["ci95_high"]
     wide = preference_accuracy(chosen, rejected, labels, tie_tolerance=0.65)
     assert (wide["agree"], wide["scorer_ties"], wide["disagree"]) == (2, 3, 0)  # |d| 0.6 and 0.5 now tie too
+    # pairs of one prompt share its images: clustered by prompt, the interval takes the design effect
+    # of the scored pairs' outcomes (pairs 0, 1, 2, 3, 5: 1, 0, 0.5, 1, 1 over prompts p, q, q, p, r)
+    from raypref.metrics import design_effect, wilson_interval
+
+    prompts = ["p", "q", "q", "p", "x", "r", "r"]
+    c = preference_accuracy(chosen, rejected, labels, clusters=prompts)
+    deff = design_effect([1, 0, 0.5, 1, 1], ["p", "q", "q", "p", "r"])
+    assert c["design_effect"] == pytest.approx(deff) and deff > 1
+    assert (c["ci95_low"], c["ci95_high"]) == pytest.approx(wilson_interval(3.5, 5, deff=deff))
 
 
 def test_swap_words_whole_words_only():
