@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
 
 from raypref.config import Config, load_config
+
+# set by Ray's job supervisor in a submitted job's driver: the job's runtime_env among it
+_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def check_output_dir(cfg: Config, environ=os.environ) -> None:
+    """Under `ray job submit` with a working_dir, the driver runs in the job's unpacked copy of it, a
+    temporary directory Ray deletes: a relative output_dir would be written there (and, on several
+    nodes, on each node's own copy). Refused before anything is written."""
+    job = environ.get(_JOB_CONFIG)
+    if not job or Path(cfg.output_dir).is_absolute():
+        return
+    if not (json.loads(job).get("runtime_env") or {}).get("working_dir"):
+        return
+    raise ValueError(f"output_dir: {cfg.output_dir!r} is relative, and this job runs in its uploaded working_dir, a "
+                     "temporary directory Ray deletes; give an absolute path on storage every node mounts, e.g. "
+                     f"output_dir=/mnt/raypref/{cfg.output_dir}")
 
 
 def parse_config(description: str, argv: list[str] | None = None) -> Config:
@@ -12,4 +32,6 @@ def parse_config(description: str, argv: list[str] | None = None) -> Config:
     p.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded demo config)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     a = p.parse_args(argv)
-    return load_config(a.config, a.overrides)
+    cfg = load_config(a.config, a.overrides)
+    check_output_dir(cfg)
+    return cfg

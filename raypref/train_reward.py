@@ -189,6 +189,9 @@ def reward_loop(c: dict) -> None:
     model = RewardModel.create(c["backbone"], c["backbone_pretrained"], aspects, c["hidden"], c["freeze"],
                                c["unfrozen_blocks"], c["backbone_kind"], c["film"])
     model.train()  # transformers loads BLIP in eval mode, where its gradient checkpointing is off
+    # on the worker's device before the optimizer loads a checkpoint's state: load_state_dict puts each
+    # state tensor on its parameter's device, and state left on the CPU fails the first GPU step
+    model.to(device)
     if c["gradient_checkpointing"]:
         model.backbone.set_grad_checkpointing(True)
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())

@@ -152,3 +152,18 @@ def test_rayjob_entrypoint_is_a_job_whose_config_loads_here():
     assert args[3] == "--config"
     cfg = load_config(ROOT / args[4], args[5:])  # the job's own parsing: a bad key or value fails here
     assert cfg.output_dir.startswith("/mnt/raypref/")  # on the volume every pod mounts
+
+
+def test_a_submitted_job_refuses_a_relative_output_dir_in_its_temporary_working_dir():
+    import json
+
+    from jobs._args import check_output_dir
+    from raypref.config import validate
+
+    job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0a1b.zip"}})}
+    with pytest.raises(ValueError, match=r"output_dir: 'runs/x' is relative.*output_dir=/mnt/raypref/runs/x"):
+        check_output_dir(validate({"output_dir": "runs/x"}), job)
+    check_output_dir(validate({"output_dir": "/mnt/raypref/runs/x"}), job)  # absolute: fine
+    check_output_dir(validate({"output_dir": "runs/x"}), {})  # not a submitted job: a local run
+    no_dir = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}})}
+    check_output_dir(validate({"output_dir": "runs/x"}), no_dir)  # a job run where it was started
