@@ -160,6 +160,11 @@ class _RayTrainScale(_Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker (Ray sets the worker's torch threads from it).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
+    max_failures: int = Field(
+        0, ge=-1, description="Times Ray Train restarts the workers after one fails (an error, an out-of-memory kill, a "
+        "lost node), each time from the latest checkpoint; -1: without limit. 0: a failure ends the run, and a rerun "
+        "resumes it. An input error is retried like any other before it is reported. (Preempted nodes are retried "
+        "either way: Ray Train's default.)")
 
 
 class _StepConf(_Strict):

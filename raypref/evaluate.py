@@ -36,23 +36,36 @@ def side_settings(gen, scorer, num_samples: int) -> dict:
     return {"generator": actor_settings(gen), "scorer": actor_settings(scorer), "num_samples": num_samples}
 
 
+def _holds_all(side: Path, prompts: pa.Table) -> bool:
+    """Whether <side>/scores already holds every prompt asked for (unreadable or missing: no)."""
+    try:
+        ids = pq.read_table(side / "scores", columns=[S.PROMPT_ID]).column(S.PROMPT_ID).combine_chunks()
+    except (OSError, pa.ArrowInvalid):  # FileNotFoundError is an OSError
+        return False
+    return bool(pc.all(pc.is_in(prompts.column(S.PROMPT_ID), value_set=ids)).as_py())
+
+
 def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, side: Path, task_cpus: float) -> pa.Table:
     """One side's scores of ``prompts``: generated and scored prompt shard by prompt shard into
-    <side>/scores with Ray Data checkpointing, so a rerun scores only the prompts not yet written.
-    Scores made with other settings are removed first."""
+    <side>/scores with Ray Data checkpointing, so a rerun scores only the prompts not yet written
+    (and, when every one is written, starts no pipeline and loads no model). Scores made with other
+    settings are removed first."""
     import ray
     import ray.data
 
     renew_if_changed(side / SETTINGS_FILE, side_settings(generator, scorer, generator.num_samples), f"[eval] {side.name}")
     main = S.score_column(scorer.name)
-    with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
-        ds = ray.data.read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
-        ds = generate_and_score(ds, [generator], [scorer])
-        # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each
-        ds = ds.map_batches(lambda t: t.select([c for c in t.column_names
-                                                if c in (S.PROMPT_ID, S.PROMPT, S.SEED, main) or c.startswith(main + "_")]),
-                            batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
-        ds.write_parquet(str((side / "scores").resolve()), ray_remote_args={"num_cpus": task_cpus})
+    if _holds_all(side, prompts):
+        print(f"[eval] {side.name}: every prompt's scores are stored; nothing to generate", flush=True)
+    else:
+        with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
+            ds = ray.data.read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
+            ds = generate_and_score(ds, [generator], [scorer])
+            # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each
+            ds = ds.map_batches(lambda t: t.select([c for c in t.column_names
+                                                    if c in (S.PROMPT_ID, S.PROMPT, S.SEED, main) or c.startswith(main + "_")]),
+                                batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
+            ds.write_parquet(str((side / "scores").resolve()), ray_remote_args={"num_cpus": task_cpus})
     stored = pq.read_table(side / "scores")
     # an earlier run may have scored prompts this one does not ask for (a larger eval.limit)
     stored = stored.filter(pc.is_in(stored.column(S.PROMPT_ID), value_set=prompts.column(S.PROMPT_ID).combine_chunks()))

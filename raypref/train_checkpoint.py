@@ -112,7 +112,7 @@ RUN_FILE = "raypref_run.json"  # beside a Ray Train run's checkpoints: the setti
 # computed (precision, micro-batches, recomputation, the order pairs arrive in), where it exports
 # and what it measures; the data, the model and the objective make it another run
 RESUMABLE = frozenset({"max_steps", "vae_steps", "unet_steps", "steps", "checkpoint_every", "eval_every",
-                       "num_workers", "cpus_per_worker", "use_gpu", "precision", "grad_accum_steps",
+                       "num_workers", "cpus_per_worker", "use_gpu", "max_failures", "precision", "grad_accum_steps",
                        "gradient_checkpointing", "shuffle_buffer", "prompt_shuffle_buffer", "cache_pairs_max_mb",
                        "cache_samples_max_mb",
                        "export_dir", "eval_images", "comparatives_per_class", "comparative_alpha"})
@@ -134,11 +134,12 @@ def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) 
 
 def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,
                    datasets: dict | None = None) -> list[dict]:
-    """Run ``loop`` in a TorchTrainer scaled by ``scale`` (num_workers, use_gpu, cpus_per_worker),
+    """Run ``loop`` in a TorchTrainer scaled by ``scale`` (num_workers, use_gpu, cpus_per_worker; max_failures
+    restarts from the latest checkpoint),
     with checkpoints under <out>/ray so that a rerun resumes from them; then copy the final
     checkpoint's ``subdir`` to ``export`` (replacing it) and its metric history to
     <out>/metrics.jsonl. Returns the history."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     check_export_dir(export, out.parent)  # before training, not after it
@@ -150,7 +151,8 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
             num_workers=scale.num_workers, use_gpu=scale.use_gpu, resources_per_worker={"CPU": scale.cpus_per_worker}
         ),
         run_config=RunConfig(
-            name=name, storage_path=str((out / "ray").resolve()), checkpoint_config=CheckpointConfig(num_to_keep=2)
+            name=name, storage_path=str((out / "ray").resolve()), checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=getattr(scale, "max_failures", 0)),
         ),
         datasets=datasets or {},
     )

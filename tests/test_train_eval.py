@@ -92,7 +92,7 @@ def _lora_b_norm(path):
     return sum(v.float().norm().item() for k, v in state.items() if "lora_B" in k or "lora.up" in k)
 
 
-def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
+def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd, capsys):
     n = _with_a_tie(built_run, tmp_path / "pairs").num_rows
     cfg = _cfg(built_run, tmp_path / "r", max_steps=2, checkpoint_every=1, pairs=str(tmp_path / "pairs"))
     s1 = run_train_dpo(cfg)
@@ -162,13 +162,18 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd):
 
     kept = {side: files(side) for side in ("base", "tuned")}
     assert kept["base"] and kept["tuned"]
+    capsys.readouterr()
     assert run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))["wins"] == r["wins"]
     assert {side: files(side) for side in ("base", "tuned")} == kept
+    out = capsys.readouterr().out  # a finished side starts no pipeline: no model is loaded again
+    assert "[eval] base: every prompt's scores are stored" in out and "[eval] tuned: every prompt's scores are stored" in out
     from safetensors.torch import load_file, save_file
 
     save_file({k: v * 3 for k, v in load_file(str(lora)).items()}, str(lora))
     r2 = run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))
     assert files("base") == kept["base"] and files("tuned") != kept["tuned"]
+    out = capsys.readouterr().out
+    assert "[eval] base: every prompt's scores are stored" in out and "[eval] tuned: every" not in out
     tuned2 = pq.read_table(tmp_path / "r" / "eval" / "scores.parquet").column(S.tuned_column("score_clip")).to_pylist()
     assert tuned2 != tuned and r2["n"] == 4
 

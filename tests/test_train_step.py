@@ -262,3 +262,28 @@ def test_orphaned_resume_copies_are_removed_and_live_ones_kept(tmp_path):
         (d / "lora").mkdir(parents=True)
     assert remove_orphaned_copies(tmp_path) == 1
     assert not dead.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_a_failed_worker_is_restarted_from_the_latest_checkpoint_when_asked(ray_session, tmp_path):
+    from types import SimpleNamespace
+
+    import ray.cloudpickle
+    import flaky_train
+    from raypref.train_checkpoint import fit_and_export
+
+    ray.cloudpickle.register_pickle_by_value(flaky_train)  # the workers cannot import tests/ modules
+    flaky_loop = flaky_train.flaky_loop
+
+    def run(where, max_failures):
+        out = tmp_path / where / "flaky"
+        out.mkdir(parents=True)
+        scale = SimpleNamespace(num_workers=1, use_gpu=False, cpus_per_worker=1.0, max_failures=max_failures)
+        return fit_and_export(flaky_loop, scale, {"marker": str(tmp_path / where / "marker")}, out, "flaky", "model",
+                              out / "model"), out
+
+    # the first attempt checkpoints step 1 and dies; the restart resumes there and runs step 2
+    hist, out = run("restarted", 1)
+    assert hist == [{"step": 1, "attempt": 0}, {"step": 2, "attempt": 1}]
+    assert (out / "model" / "weights.txt").read_text() == "2"
+    # (with max_failures 0, Ray Train's default, the same failure ends the run: see test_train_eval's bad image)
