@@ -265,12 +265,13 @@ class TrainConf(_RayTrainScale, _StepConf):
         1024.0, ge=0, description="Pairs whose Parquet files total less than this are read once into Ray's object "
         "store (each epoch of a small dataset would otherwise restart the streaming read); larger ones stream.")
 
-    @model_validator(mode="after")
-    def _default_learning_rate(self):
-        # resolved here, so config.yaml and the resume guard hold the rate that trained
-        if self.learning_rate is None:
-            self.learning_rate = 1e-4 if self.finetune == "lora" else 1e-5
-        return self
+    @property
+    def lr(self) -> float:
+        """learning_rate, or its default for what trains (resolved where it is used, so a config
+        dumped and edited, as a sweep point is, still gets the default of its own finetune)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.finetune == "lora" else 1e-5
 
 
 class EvalConf(_Strict):
@@ -662,6 +663,9 @@ def record_settings(record: Path, settings: dict) -> None:
 
 
 _NO_DEFAULT = object()
+# keys added with a default other than what the code did before them: a record without such a key
+# was made the earlier way, not the new default's
+_BEFORE_KEY = {"train.refl.sampler": "ddim"}
 
 
 def _config_default(key: str):
@@ -685,12 +689,13 @@ def settings_changed(record: Path, settings: dict) -> str | None:
     """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ..."),
     or None when they are the same or nothing was recorded (work from before records were kept).
     A config key the record lacks (work from before the key existed) is the same while it holds
-    its default, so adding a key with a default does not refuse every earlier run's rerun."""
+    its default (or, for a key in _BEFORE_KEY, what the code did before it), so adding a key with a
+    default does not refuse every earlier run's rerun."""
     if not record.is_file():
         return None
     theirs, mine = json.loads(record.read_text()), _flat(settings, "")
     changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)
-                     and not (k not in theirs and mine[k] == _config_default(k)))
+                     and not (k not in theirs and mine[k] == _BEFORE_KEY.get(k, _config_default(k))))
     if not changed:
         return None
     said = "; ".join(f"{k}: {str(theirs.get(k))[:60]!r} -> {str(mine.get(k))[:60]!r}" for k in changed[:4])

@@ -40,20 +40,25 @@ def mean_variance(values, clusters=None) -> float:
     move together, so they are not counted as independent. NaN when it cannot be estimated."""
     x = np.asarray(values, dtype=np.float64)
     n = int(x.size)
+    if n == 0:
+        return float("nan")
     sums, g = _cluster_sums(x, clusters)
-    if n == 0 or g < 2:
+    if g < 2:
         return float("nan")
     return float(g / (g - 1) * np.square(sums).sum() / (n * n))
 
 
 def design_effect(values, clusters) -> float:
     """Kish's design effect of the mean: its cluster-robust variance over the variance if every row
-    were independent, at least 1 (1 where either is 0 or cannot be estimated)."""
+    were independent, at least 1. Where it cannot be estimated (one cluster, or no spread at all, as
+    when every image passes) it is the mean cluster size: each cluster counts as one row."""
     x = np.asarray(values, dtype=np.float64)
-    plain, clustered = mean_variance(x), mean_variance(x, clusters)
-    if not (plain > 0 and clustered > 0):
+    if clusters is None or x.size == 0:
         return 1.0
-    return max(1.0, clustered / plain)
+    plain, clustered = mean_variance(x), mean_variance(x, clusters)
+    if plain > 0 and clustered >= 0:
+        return max(1.0, clustered / plain)
+    return x.size / len(set(np.asarray(clusters, dtype=object).astype(str).tolist()))
 
 
 def win_rate(base: Sequence[float], tuned: Sequence[float], tie_tolerance: float = 0.0, clusters=None) -> dict:

@@ -151,7 +151,8 @@ def train_loop_per_worker(c: dict) -> None:
     size = image_size(unet, vae)
 
     state, history, ckpt_dir = load_state(ray.train.get_checkpoint())
-    step, epoch = state.get("step", 0), state.get("epoch", 0)
+    # in_epoch: the optimizer steps the checkpoint had taken in its epoch, which a resume skips
+    step, epoch, done = state.get("step", 0), state.get("epoch", 0), state.get("in_epoch", 0)
     if ckpt_dir is not None:
         load_trained(unet, ckpt_dir, c["finetune"])
     opt, lr_sched = scheduled_optimizer(params, c["learning_rate"], c["lr_schedule"], c["warmup_steps"], c["max_steps"],
@@ -166,7 +167,7 @@ def train_loop_per_worker(c: dict) -> None:
     drop = torch.Generator().manual_seed(c["seed"] * 100019 + rank * 1013 + step)  # its own stream: the noise stays as it was
     shard = ray.train.get_dataset_shard("train")
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
-        report_step(rank, {"step": step}, history, {"step": step}, write)
+        report_step(rank, {"step": step}, history, {"step": step, "epoch": epoch, "in_epoch": done}, write)
 
     refl = None
     if c["method"] == "refl":  # prompts only: images are drawn and scored (raypref.train_refl)
@@ -199,7 +200,7 @@ def train_loop_per_worker(c: dict) -> None:
 
         pretrain = endless_batches(ray.train.get_dataset_shard("pretrain"), c["batch_size"])
     while step < c["max_steps"]:
-        seen = 0
+        seen, skip, done = 0, done, 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
                                      local_shuffle_buffer_size=c["shuffle_buffer"] or None,
                                      local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank)
@@ -209,6 +210,12 @@ def train_loop_per_worker(c: dict) -> None:
 
             batches, per_step = alternate(batches, pretrain), 2 * per_step
         for group in micro_groups(batches, per_step):
+            seen += 1
+            if skip:  # trained on before the checkpoint this run resumed from: read past, not again
+                skip -= 1
+                for _ in group:
+                    pass
+                continue
             opt.zero_grad(set_to_none=True)
             loss, m, micro = accumulate(unet_ddp, group, forward, device, c["precision"])
             if c["max_grad_norm"]:
@@ -217,11 +224,10 @@ def train_loop_per_worker(c: dict) -> None:
             lr = lr_sched.get_last_lr()[0]  # the rate this step took
             lr_sched.step()
             step += 1
-            seen += 1
             metrics = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "micro_batches": micro, **m}
             history.append(metrics)
             last = step >= c["max_steps"]
-            report_step(rank, metrics, history, {"step": step, "epoch": epoch},
+            report_step(rank, metrics, history, {"step": step, "epoch": epoch, "in_epoch": seen},
                         write if last or step % c["checkpoint_every"] == 0 else None)
             if last:
                 break
@@ -281,8 +287,9 @@ UNREAD = {
 
 def guard_train_resume(cfg: Config, method: str, base: str) -> None:
     """guard_resume for a train method: the train section, with the base model as resolved."""
-    guard_resume(cfg.stage_dir("train"), method, "train", {**cfg.train.model_dump(mode="json"), "base_model": base},
-                 ignore=UNREAD[method])
+    t = cfg.train
+    guard_resume(cfg.stage_dir("train"), method, "train",
+                 {**t.model_dump(mode="json"), "base_model": base, "learning_rate": t.lr}, ignore=UNREAD[method])
 
 
 def run_train_dpo(cfg: Config) -> dict:
@@ -295,7 +302,7 @@ def run_train_dpo(cfg: Config) -> dict:
         raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
     ds, n_pairs, ties = strict_pairs(pairs_dir, t.cache_pairs_max_mb)
     loop_cfg = t.model_dump()
-    loop_cfg.update(base_model=base, method="dpo")
+    loop_cfg.update(base_model=base, method="dpo", learning_rate=t.lr)
     t0 = time.time()
     name = export_name(t.finetune)
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", name, out / name, datasets={"train": ds})

@@ -23,7 +23,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
-from raypref.train_checkpoint import first_last_means, fit_and_export, load_state, parquet_mb, report_step
+from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, parquet_mb, report_step
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -218,10 +218,11 @@ def reward_loop(c: dict) -> None:
     eval_shard = ray.train.get_dataset_shard("eval")
     if step == 0:
         history.append({"step": 0, **evaluate(model, backbone, eval_shard, c, device)})
+    # in_epoch: the optimizer steps the checkpoint had taken in its epoch, which a resume skips
+    epoch, done = state.get("epoch", 0), state.get("in_epoch", 0)
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
-        report_step(rank, {"step": step}, history, {"step": step}, write)
+        report_step(rank, {"step": step}, history, {"step": step, "epoch": epoch, "in_epoch": done}, write)
     t0 = time.time()
-    epoch = state.get("epoch", 0)
     flips = np.random.default_rng([c["seed"], rank, step])  # a resumed run draws anew from its step
 
     def forward(batch):
@@ -233,7 +234,7 @@ def reward_loop(c: dict) -> None:
         return reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, c["aspect_weight"])
 
     while step < c["max_steps"]:
-        seen = 0
+        seen, skip, done = 0, done, 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
                                      local_shuffle_buffer_size=c["shuffle_buffer"] or None,
                                      local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank)
@@ -241,20 +242,26 @@ def reward_loop(c: dict) -> None:
             batches = prompt_batches(batches, c["batch_size"], c["prompt_shuffle_buffer"], S.PROMPT_ID,
                                      np.random.default_rng([c["seed"], rank, epoch]))
         for group in micro_groups(batches, c["grad_accum_steps"]):
+            seen += 1
+            if skip:  # trained on before the checkpoint this run resumed from: read past, not again
+                skip -= 1
+                for _ in group:
+                    pass
+                continue
             opt.zero_grad(set_to_none=True)
             loss, m, micro = accumulate(ddp, group, forward, device, c["precision"])
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])
             opt.step()
+            lr = sched.get_last_lr()[0]  # the rate this step took
             sched.step()
             step += 1
-            seen += 1
-            metrics = {"step": step, "epoch": epoch, "loss": loss, "lr": sched.get_last_lr()[0], "micro_batches": micro,
+            metrics = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "micro_batches": micro,
                        **m, "seconds": round(time.time() - t0, 2)}
             last = step >= c["max_steps"]
             if last or step % c["eval_every"] == 0:
                 metrics.update(evaluate(model, backbone, eval_shard, c, device))
             history.append(metrics)
-            report_step(rank, metrics, history, {"step": step, "epoch": epoch},
+            report_step(rank, metrics, history, {"step": step, "epoch": epoch, "in_epoch": seen},
                         write if last or step % c["checkpoint_every"] == 0 else None)
             if last:
                 break
@@ -332,8 +339,6 @@ def split_counts(paths: list[str], fraction: float, seed: int, train_fraction: f
 def run_train_reward(cfg: Config) -> dict:
     from raypref.models import resolve_model
     from raypref.reward_model import aspect_score_columns
-
-    from raypref.train_checkpoint import guard_resume
 
     r = cfg.reward
     guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json"))

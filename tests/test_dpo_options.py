@@ -74,9 +74,21 @@ def test_a_resumed_schedule_continues_the_same_curve(tmp_path):
     assert resumed.get_last_lr()[0] == pytest.approx(rates[2])
 
 
-def test_the_learning_rate_defaults_by_what_trains_and_is_recorded():
-    assert validate({}).train.learning_rate == 1e-4
-    assert validate({"train": {"finetune": "full"}}).train.learning_rate == 1e-5
-    assert validate({"train": {"finetune": "full", "learning_rate": 3e-5}}).train.learning_rate == 3e-5
-    # the resolved rate is what config.yaml holds
-    assert validate({"train": {"finetune": "full"}}).model_dump(mode="json")["train"]["learning_rate"] == 1e-5
+def test_the_learning_rate_defaults_by_what_trains_even_in_an_edited_dump():
+    assert validate({}).train.lr == 1e-4
+    assert validate({"train": {"finetune": "full"}}).train.lr == 1e-5
+    assert validate({"train": {"finetune": "full", "learning_rate": 3e-5}}).train.lr == 3e-5
+    # a sweep point is the dumped config with its keys set: a full fine-tune point gets its own default
+    d = validate({}).model_dump(mode="json")
+    d["train"]["finetune"] = "full"
+    assert validate(d).train.lr == 1e-5
+
+
+def test_a_record_from_before_refl_sampler_existed_was_made_with_ddim(tmp_path):
+    from raypref.config import record_settings, settings_changed
+
+    old = tmp_path / "run.json"
+    record_settings(old, {"train": {"refl": {"num_inference_steps": 20}}})  # before train.refl.sampler
+    assert settings_changed(old, {"train": {"refl": {"num_inference_steps": 20, "sampler": "ddim"}}}) is None
+    assert settings_changed(old, {"train": {"refl": {"num_inference_steps": 20, "sampler": "ddpm"}}}) == \
+        "train.refl.sampler: 'None' -> 'ddpm'"

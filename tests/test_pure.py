@@ -141,8 +141,10 @@ def test_cluster_robust_variance_and_design_effect_hand_values():
     assert design_effect(x, prompts) == pytest.approx((1 / 12) / 0.05)
     # prompts whose rows disagree within them: less variance than independence, the effect stays 1
     assert design_effect([1, 0, 1, 0], ["a", "a", "b", "b"]) == 1.0
-    assert design_effect([1, 1, 1], ["a", "b", "b"]) == 1.0  # no spread
-    assert math.isnan(mean_variance([1, 0], ["a", "a"]))  # one cluster: nothing to estimate from
+    # no spread (every image passed), or one cluster: not estimable, so each cluster counts as one row
+    assert design_effect([1, 1, 1], ["a", "b", "b"]) == 1.5
+    assert math.isnan(mean_variance([1, 0], ["a", "a"])) and design_effect([1, 0], ["a", "a"]) == 2.0
+    assert accuracy([1, 1, 1, 1], ["a", "a", "b", "b"])["ci95"] == pytest.approx(list(wilson_interval(2, 2)))
 
 
 def test_clustered_intervals_widen_by_the_design_effect():

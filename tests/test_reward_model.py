@@ -318,10 +318,12 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     assert (s2["pairs_train"], s2["pairs_heldout"]) == (s1["pairs_train"], s1["pairs_heldout"])
     assert [h["step"] for h in hist2] == list(range(37))
     assert hist2[:31] == hist1
-    # the cosine schedule warmed up, decayed, and resumed where it was (replayed to the resumed step):
-    # after step 31 of 36 the rate is lr * (1 + cos(pi * (31 - 5) / (36 - 5))) / 2
-    assert hist1[1]["lr"] < hist1[5]["lr"] == pytest.approx(3e-3) and hist1[30]["lr"] < hist1[10]["lr"]
-    assert hist2[31]["lr"] == pytest.approx(3e-3 * (1 + math.cos(math.pi * 26 / 31)) / 2, rel=1e-6)
+    # the cosine schedule warmed up, decayed, and was replayed to the resumed step over the new
+    # max_steps (a longer curve: the rate rises again). Each step records the rate it took: step 6
+    # the peak after 5 warm-up steps, step 31 of 36 lr * (1 + cos(pi * (30 - 5) / (36 - 5))) / 2
+    assert hist1[1]["lr"] < hist1[6]["lr"] == pytest.approx(3e-3) and hist1[30]["lr"] < hist1[10]["lr"]
+    assert hist1[1]["lr"] == 0.0
+    assert hist2[31]["lr"] == pytest.approx(3e-3 * (1 + math.cos(math.pi * 25 / 31)) / 2, rel=1e-6)
     last = hist2[-1]
     assert math.isfinite(last["loss"]) and last["eval_loss"] < evals[0]["eval_loss"]
     # the held-out pairs are split between the workers and their sums all-reduced: every pair counted

@@ -114,6 +114,10 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd, ca
     assert s2["final_step"] == 3
     assert [h["step"] for h in hist2] == [1, 2, 3]
     assert hist2[:2] == hist1  # steps 1-2 came from the checkpoint, not from a second run
+    # the resumed run read past the batches its epoch had trained on: step 3 is where an uninterrupted
+    # run would be (an epoch of n pairs is ceil(n / 2) steps of 2), not the epoch's first batch again
+    per_epoch = -(-n // 2)
+    assert [h["epoch"] for h in hist2] == [(k - 1) // per_epoch for k in (1, 2, 3)]
     # other settings do not resume (nor re-export) that run: a clear error before anything is written
     meta = (tmp_path / "r" / "train" / "config.yaml").read_text()
     with pytest.raises(ValueError, match=r"dpo: .*train/ray/dpo holds checkpoints trained with other settings "
