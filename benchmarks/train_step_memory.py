@@ -88,7 +88,7 @@ def dpo_setup(a: dict, device):
 
     c = {"base_model": a["model"], "lora_rank": a["lora_rank"], "lora_alpha": float(a["lora_rank"]),
          "lora_targets": ["to_q", "to_k", "to_v", "to_out.0"], "gradient_checkpointing": a["checkpointing"],
-         "finetune": a["finetune"]}
+         "finetune": a["finetune"], "precision": a["precision"]}  # as the loop passes it
     texts, vae, sched, unet, params, reference = load_for_training(c, device)
     copy_bytes = tensor_bytes(reference.frozen.parameters()) if reference.frozen is not None else 0
     g = torch.Generator().manual_seed(0)

@@ -36,12 +36,18 @@ def _check(finetune: str) -> str:
 def make_trainable(unet, c: dict, reference: bool):
     """(trainable params, frozen reference UNet or None). LoRA: the adapter's weights, and no copy, since
     the reference is the same UNet with the adapter off. Full: every weight, and when ``reference``
-    (DPO) a frozen copy taken before training moves them."""
+    (DPO) a frozen copy taken before training moves them, in bf16 when c["precision"] is bf16."""
     if _check(c.get("finetune", "lora")) == "lora":
         from raypref.lora import add_lora
 
         return add_lora(unet, c["lora_rank"], c["lora_alpha"], c["lora_targets"]), None
     frozen = copy.deepcopy(unet).requires_grad_(False).eval() if reference else None
+    if frozen is not None and c.get("precision") == "bf16":
+        import torch
+
+        # under bf16 autocast its matrix products run in bf16 anyway: a bf16 copy gives them the same
+        # weights at half the memory (Wallace et al. keep their reference in fp16)
+        frozen.to(torch.bfloat16)
     unet.requires_grad_(True)
     return list(unet.parameters()), frozen
 

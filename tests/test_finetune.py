@@ -35,6 +35,26 @@ def test_full_trains_every_weight_against_a_frozen_copy(tiny_sd):
     assert torch.isfinite(loss2) and loss2.item() != pytest.approx(0.6931, abs=1e-6)
 
 
+def test_under_bf16_the_frozen_reference_is_a_bf16_copy_at_half_the_memory(tiny_sd):
+    from raypref.train_step import autocast
+
+    c = {**LORA, "base_model": tiny_sd, "finetune": "full"}
+    _, _, sched, unet, params, ref = load_for_training({**c, "precision": "bf16"}, "cpu")
+    _, _, _, _, _, fp32_ref = load_for_training({**c, "precision": "fp32"}, "cpu")
+    assert {p.dtype for p in ref.frozen.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fp32_ref.frozen.parameters()} == {torch.float32} == {p.dtype for p in params}
+    size = sum(p.numel() * p.element_size() for p in ref.frozen.parameters())
+    assert 2 * size == sum(p.numel() * p.element_size() for p in fp32_ref.frozen.parameters())
+    g = torch.Generator().manual_seed(0)
+    latents, enc = _inputs(unet, g)
+    with autocast("cpu", "bf16"):
+        loss, _ = dpo_step(unet, ref, latents, enc, sched, 500.0, g)
+    # at step 0 the model matches its reference but for bf16's rounding of the norms' weights
+    assert loss.item() == pytest.approx(0.6931, abs=5e-3)
+    loss.backward()
+    assert all(p.grad is not None for p in params if p.requires_grad)
+
+
 def test_sft_full_keeps_no_reference_copy_and_lora_uses_the_adapter(tiny_sd):
     *_, unet, params, ref = load_for_training({**LORA, "base_model": tiny_sd, "finetune": "full", "method": "sft"}, "cpu")
     assert ref.frozen is None and len(params) == len(list(unet.parameters()))
