@@ -141,7 +141,7 @@ def train_loop_per_worker(c: dict) -> None:
     import torch
 
     from raypref.finetune import load_trained, save_trained
-    from raypref.train_step import accumulate, micro_groups
+    from raypref.train_step import accumulate, micro_groups, skip_groups
 
     torch.manual_seed(c["seed"])
     device = ray.train.torch.get_device()
@@ -200,7 +200,8 @@ def train_loop_per_worker(c: dict) -> None:
 
         pretrain = endless_batches(ray.train.get_dataset_shard("pretrain"), c["batch_size"])
     while step < c["max_steps"]:
-        seen, skip, done = 0, done, 0
+        # the groups a resumed epoch's checkpoint had trained on are read past, not trained again
+        seen, skip, done = done, done, 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
                                      local_shuffle_buffer_size=c["shuffle_buffer"] or None,
                                      local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank)
@@ -209,13 +210,8 @@ def train_loop_per_worker(c: dict) -> None:
             from raypref.train_refl import alternate
 
             batches, per_step = alternate(batches, pretrain), 2 * per_step
-        for group in micro_groups(batches, per_step):
+        for group in skip_groups(micro_groups(batches, per_step), skip):
             seen += 1
-            if skip:  # trained on before the checkpoint this run resumed from: read past, not again
-                skip -= 1
-                for _ in group:
-                    pass
-                continue
             opt.zero_grad(set_to_none=True)
             loss, m, micro = accumulate(unet_ddp, group, forward, device, c["precision"])
             if c["max_grad_norm"]:

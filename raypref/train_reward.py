@@ -180,7 +180,7 @@ def reward_loop(c: dict) -> None:
     from raypref.losses import reward_model_loss
     from raypref.prompt_shuffle import prompt_batches
     from raypref.reward_model import RewardModel
-    from raypref.train_step import accumulate, micro_groups
+    from raypref.train_step import accumulate, micro_groups, skip_groups
 
     torch.manual_seed(c["seed"])
     device = ray.train.torch.get_device()
@@ -234,20 +234,16 @@ def reward_loop(c: dict) -> None:
         return reward_model_loss(oc[""], orj[""], label, ac, ar, target, mask, c["aspect_weight"])
 
     while step < c["max_steps"]:
-        seen, skip, done = 0, done, 0
+        # the groups a resumed epoch's checkpoint had trained on are read past, not trained again
+        seen, skip, done = done, done, 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=False,
                                      local_shuffle_buffer_size=c["shuffle_buffer"] or None,
                                      local_shuffle_seed=c["seed"] * 1000003 + epoch * 1009 + rank)
         if c["prompt_shuffle_buffer"]:
             batches = prompt_batches(batches, c["batch_size"], c["prompt_shuffle_buffer"], S.PROMPT_ID,
                                      np.random.default_rng([c["seed"], rank, epoch]))
-        for group in micro_groups(batches, c["grad_accum_steps"]):
+        for group in skip_groups(micro_groups(batches, c["grad_accum_steps"]), skip):
             seen += 1
-            if skip:  # trained on before the checkpoint this run resumed from: read past, not again
-                skip -= 1
-                for _ in group:
-                    pass
-                continue
             opt.zero_grad(set_to_none=True)
             loss, m, micro = accumulate(ddp, group, forward, device, c["precision"])
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"])

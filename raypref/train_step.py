@@ -35,6 +35,17 @@ def micro_groups(batches: Iterable, k: int) -> Iterator[Iterator[tuple[object, b
         yield group()
 
 
+def skip_groups(groups: Iterable, n: int) -> Iterator:
+    """The micro_groups after the first ``n``, which are read past, not yielded: a resumed epoch's
+    batches that its checkpoint had already trained on."""
+    for i, group in enumerate(groups):
+        if i < n:
+            for _ in group:
+                pass
+            continue
+        yield group
+
+
 def autocast(device, precision: str):
     """The forward's autocast context: bf16 compute with fp32 weights, optimizer state and gradients.
 

@@ -287,3 +287,12 @@ def test_a_failed_worker_is_restarted_from_the_latest_checkpoint_when_asked(ray_
     assert hist == [{"step": 1, "attempt": 0}, {"step": 2, "attempt": 1}]
     assert (out / "model" / "weights.txt").read_text() == "2"
     # (with max_failures 0, Ray Train's default, the same failure ends the run: see test_train_eval's bad image)
+
+
+def test_skip_groups_reads_past_the_groups_a_checkpoint_trained_on():
+    from raypref.train_step import skip_groups
+
+    read = []
+    batches = (read.append(i) or i for i in range(5))  # records each batch as it is read
+    left = [[b for b, _ in g] for g in skip_groups(micro_groups(batches, 2), 1)]
+    assert left == [[2, 3], [4]] and read == [0, 1, 2, 3, 4]  # the first group was read, not yielded
