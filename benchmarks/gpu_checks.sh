@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one go: the GPU-marked tests, then a DPO training step's time
 # and memory at Stable Diffusion 1.5's and SDXL's real sizes (random weights: no hub needed), a ReFL
-# step on SD 1.5 with a ViT-L-14 CLIP-score reward, then a reward-model step on open_clip ViT-L-14. Each part has its own time limit and writes its own log
+# step on SD 1.5 with a ViT-L-14 CLIP-score reward, a full SDXL fine-tune's memory (fp32, bf16 with its bf16
+# reference, and Adafactor), then a reward-model step on open_clip ViT-L-14. Each part has its own time limit and writes its own log
 # to the folder $1, so one failing or slow part does not cost the others. PARTS (space-separated
 # names) runs only those parts, in this file's order.
 #   bash benchmarks/gpu_checks.sh /tmp/gpu-checks
@@ -31,7 +32,8 @@ $py -c "import torch, diffusers, transformers, peft, open_clip; print('torch', t
 'open_clip', open_clip.__version__)" >> "$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
-part gpu_tests 150 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_scorers_clip_family.py tests/test_train_refl.py
+part gpu_tests 360 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_scorers_clip_family.py tests/test_train_refl.py \
+  tests/test_gpu_train.py
 part sd15_build 90 $py benchmarks/full_size_pipelines.py sd15 "$models/sd15" --device cuda
 part sd15_dpo 180 $py benchmarks/train_step_memory.py --model "$models/sd15" --pairs 8 --steps 3
 part refl_sd15 150 $py benchmarks/train_step_memory.py --loop refl --model "$models/sd15" --pairs 4 --steps 3 \
@@ -39,5 +41,7 @@ part refl_sd15 150 $py benchmarks/train_step_memory.py --loop refl --model "$mod
 part sdxl_build 120 $py benchmarks/full_size_pipelines.py sdxl "$models/sdxl" --device cuda
 part sdxl_dpo 240 $py benchmarks/train_step_memory.py --model "$models/sdxl" --pairs 2 --steps 3 \
   --settings "fp32;bf16;bf16 + checkpointing;fp32, full fine-tune"
+part sdxl_full 300 $py benchmarks/train_step_memory.py --model "$models/sdxl" --pairs 2 --steps 3 \
+  --settings "fp32, full fine-tune;bf16, full fine-tune;bf16, full fine-tune, Adafactor"
 part reward_vitl 100 $py benchmarks/train_step_memory.py --loop reward --model ViT-L-14 --pairs 32 --steps 3 \
   --settings "fp32;bf16;bf16 + checkpointing"

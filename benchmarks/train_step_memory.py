@@ -7,11 +7,12 @@ smaller micro-batches), and for DPO ``finetune: full`` (every UNet weight traine
 reference). A step is the training loop's own: raypref.train_step.accumulate over
 raypref.train_dpo.dpo_step (``--loop dpo``, a LoRA on the UNet) or over
 raypref.train_reward.forward_pairs and the Bradley-Terry loss (``--loop reward``, the whole reward
-model), then AdamW. Prints seconds per step; the activation memory, as the bytes autograd keeps
+model), then the setting's optimizer (AdamW unless it says Adafactor). Prints seconds per step; the activation memory, as the bytes autograd keeps
 for the backward pass of one micro-batch (counted with torch.autograd.graph.saved_tensors_hooks,
 on any device: each saved storage once, the models' weights not at all; checkpointing also keeps
 each recomputed block's inputs, outside those hooks); the
-training state, as the bytes of the trained weights' gradients, AdamW's moments and the DPO
+training state, as the bytes of the trained weights' gradients, the optimizer's state (AdamW's moments, or
+Adafactor's factored second moments) and the DPO
 reference's frozen copy (counted from those tensors after a step); on CUDA also the peak allocated
 memory of a step; each as a ratio to the first setting run by this invocation (fp32 unless ``--settings`` says otherwise).
 
@@ -34,13 +35,16 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROMPT = "a red circle left of a blue square"
-SETTINGS = [  # (label, precision, gradient checkpointing, micro-batches per step, finetune)
-    ("fp32", "fp32", False, 1, "lora"),
-    ("bf16", "bf16", False, 1, "lora"),
-    ("fp32 + checkpointing", "fp32", True, 1, "lora"),
-    ("bf16 + checkpointing", "bf16", True, 1, "lora"),
-    ("fp32, 2 micro-batches", "fp32", False, 2, "lora"),
-    ("fp32, full fine-tune", "fp32", False, 1, "full"),  # dpo only: the reward loop trains the whole model anyway
+SETTINGS = [  # (label, precision, gradient checkpointing, micro-batches per step, finetune, train.optimizer)
+    ("fp32", "fp32", False, 1, "lora", "adamw"),
+    ("bf16", "bf16", False, 1, "lora", "adamw"),
+    ("fp32 + checkpointing", "fp32", True, 1, "lora", "adamw"),
+    ("bf16 + checkpointing", "bf16", True, 1, "lora", "adamw"),
+    ("fp32, 2 micro-batches", "fp32", False, 2, "lora", "adamw"),
+    # dpo only: the reward loop trains the whole model anyway
+    ("fp32, full fine-tune", "fp32", False, 1, "full", "adamw"),
+    ("bf16, full fine-tune", "bf16", False, 1, "full", "adamw"),  # the reference copy in bf16
+    ("bf16, full fine-tune, Adafactor", "bf16", False, 1, "full", "adafactor"),  # factored second moments
 ]
 
 
@@ -173,13 +177,15 @@ def reward_setup(a: dict, device):
 def child(a: dict) -> dict:
     import torch
 
+    from raypref.train_checkpoint import scheduled_optimizer
     from raypref.train_step import accumulate, micro_groups
 
     torch.manual_seed(0)
     device = torch.device(a["device"])
     setup = {"dpo": dpo_setup, "refl": refl_setup, "reward": reward_setup}[a["loop"]]
     module, group, plain, params, copy_bytes = setup(a, device)
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    # the loops' own optimizer (AdamW, or Adafactor's factored state), at a constant rate
+    opt, _ = scheduled_optimizer(params, 1e-5, "constant", 0, a["steps"] + 1, None, 0, kind=a.get("optimizer", "adamw"))
 
     def step(forward):
         opt.zero_grad(set_to_none=True)
@@ -246,12 +252,12 @@ def main() -> None:
             ap.error(f"--settings: unknown {unknown}; the labels are {list(by_label)}")
         settings = [by_label[x.strip()] for x in args.settings.split(";")]
     rows = []
-    for label, precision, ckpt, micro, finetune in settings:
+    for label, precision, ckpt, micro, finetune, optimizer in settings:
         if finetune != "lora" and args.loop == "reward":
             continue
         a = {"finetune": finetune, "loop": args.loop, "model": model, "kind": args.kind, "pairs": args.pairs, "steps": args.steps,
              "lora_rank": args.lora_rank, "device": args.device, "precision": precision, "checkpointing": ckpt,
-             "micro": micro, "scorer": args.scorer, "refl_steps": args.refl_steps}
+             "micro": micro, "scorer": args.scorer, "refl_steps": args.refl_steps, "optimizer": optimizer}
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(a)], capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{label}: the child failed:\n{out.stderr[-3000:]}")
@@ -264,7 +270,7 @@ def main() -> None:
             "reward": f"reward-model step, {args.kind} {model}, whole model trained, {args.pairs} pairs"}[args.loop]
     print(f"{what} a step, {args.device}, {args.steps} timed steps each; ratios against {base_label}")
     print("| setting | trained params | s / step | ratio | saved for backward (MiB) | ratio "
-          "| grads + AdamW + reference copy (MiB) | ratio |" + (" peak allocated (MiB) | ratio |" if cuda else ""))
+          "| grads + optimizer state + reference copy (MiB) | ratio |" + (" peak allocated (MiB) | ratio |" if cuda else ""))
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""))
     for label, r in rows:
         line = (f"| {label} | {r['trained_params']:,} | {r['seconds_per_step']:.3f} "

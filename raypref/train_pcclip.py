@@ -118,6 +118,24 @@ def batch_inputs(batch: dict, preprocess, tokenizer, rng, generator, device):
             tokenizer(uniq).to(device), target, torch.tensor([ids[t] for t in texts], device=device))
 
 
+def learnable(batches, make, world: int, rank: int):
+    """(inputs, batches skipped since the last yield) for each batch that ``make`` turns into inputs;
+    a batch it cannot (fewer than 2 pairs of different prompts: None) is skipped and counted on one
+    worker, and an error on several, where skipping on one rank alone would leave the others
+    waiting in DDP's all-reduce."""
+    skipped = 0
+    for batch in batches:
+        inputs = make(batch)
+        if inputs is None:
+            if world > 1:
+                raise ValueError(f"pcclip: a batch on rank {rank} has fewer than 2 pairs of different prompts; "
+                                 "raise pcclip.shuffle_buffer or pcclip.batch_size so batches mix prompts")
+            skipped += 1
+            continue
+        yield inputs, skipped
+        skipped = 0
+
+
 def comparative_texts(prompts: list[str], text, k: int, generator) -> tuple[list[tuple[int, int]], list[str]]:
     """Comparative prompting's inputs for classes ``prompts`` with text embeddings ``text``: for
     each class c, its k nearest other classes i and the generator's text for how i differs from c."""
@@ -223,24 +241,18 @@ def pcclip_loop(c: dict) -> None:
     if step >= c["max_steps"]:  # a rerun of a finished run: re-export
         report_step(rank, {"step": step}, history, {"step": step}, write)
     shard = ray.train.get_dataset_shard("train")
-    skipped = 0  # one-worker batches with too few pairs to learn from, since the last step
+
+    def make(batch):
+        return batch_inputs(batch, preprocess, tokenizer, np.random.default_rng([c["seed"], rank, step]), generator, device)
 
     while step < c["max_steps"]:
         seen = 0
-        for batch in shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=True,
-                                        local_shuffle_buffer_size=c["shuffle_buffer"] or None,
-                                        local_shuffle_seed=c["seed"] * 1009 + rank * 31 + step):
-            inputs = batch_inputs(batch, preprocess, tokenizer, np.random.default_rng([c["seed"], rank, step]),
-                                  generator, device)
-            if inputs is None:
-                if world > 1:  # skipping on one rank alone would leave the others waiting in DDP's all-reduce
-                    raise ValueError(f"pcclip: a batch on rank {rank} has fewer than 2 pairs of different prompts; "
-                                     "raise pcclip.shuffle_buffer or pcclip.batch_size so batches mix prompts")
-                skipped += 1
-                continue
+        batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=True,
+                                     local_shuffle_buffer_size=c["shuffle_buffer"] or None,
+                                     local_shuffle_seed=c["seed"] * 1009 + rank * 31 + step)
+        for inputs, skipped in learnable(batches, make, world, rank):
             loss, m = obj(*inputs)
             metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2]), "skipped_batches": skipped}
-            skipped = 0
             if hasattr(generator, "events"):  # the LLM's requests so far on this worker: failures are skipped pairs
                 metrics |= {f"texts_{k}": v for k, v in generator.events.items()}
             opt.zero_grad(set_to_none=True)

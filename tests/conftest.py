@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -92,7 +93,9 @@ def ray_session():
 
     # as the stages start it: the dashboard on loopback (it serves the state API that Ray Train's
     # placement-group cleaner polls) and ray.data_context's defaults
-    ray = init_ray(RayConf(num_cpus=8))
+    # a minimal Ray (no ray[default] packages, as carried to a GPU machine) cannot start a dashboard
+    dashboard = importlib.util.find_spec("aiohttp_cors") is not None
+    ray = init_ray(RayConf(num_cpus=8, include_dashboard=dashboard))
     yield ray
     ray.shutdown()
 

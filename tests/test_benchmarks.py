@@ -32,6 +32,27 @@ def test_dpo_step_measurement_runs_on_sd_and_sdxl(model, finetune, request):
     assert (r["state_bytes"] > 4 * r["trained_params"] * 3) == (finetune == "full")
 
 
+def test_full_fine_tune_measurement_counts_adafactors_factored_state(tiny_sd):
+    bench = _load("train_step_memory")
+    a = {"finetune": "full", "loop": "dpo", "model": tiny_sd, "kind": "open_clip", "pairs": 2, "steps": 1,
+         "lora_rank": 4, "device": "cpu", "precision": "fp32", "checkpointing": False, "micro": 1}
+    adamw, adafactor = (bench.child(a | {"optimizer": o}) for o in ("adamw", "adafactor"))
+    p = adamw["trained_params"] * 4  # bytes of one fp32 copy of the UNet
+    # AdamW: gradients, two moments and the reference copy, 4 copies
+    assert adamw["state_bytes"] == 4 * p
+    # Adafactor: gradients and the reference copy, no first moment, and each weight's second moment
+    # factored over its last two dims into a row (shape[:-1]) and a column (shape[:-2] + shape[-1:]);
+    # a vector's is kept whole
+    from math import prod
+
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    second = sum(prod(w.shape[:-1]) + prod(w.shape[:-2] + w.shape[-1:]) if w.dim() >= 2 else w.numel()
+                 for w in unet.parameters())
+    assert adafactor["state_bytes"] == 2 * p + 4 * second < 3 * p
+
+
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_full_size_pipelines_have_the_released_parameter_counts(arch):
     sizes = _load("full_size_pipelines")

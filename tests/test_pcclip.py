@@ -232,6 +232,11 @@ def test_pcclip_finetunes_resumes_and_exports_a_clip_scorer(ray_session, tmp_pat
                       "checkpoint_every": 2, "heldout_fraction": 0.25, "shuffle_buffer": 64}}
     s = stages.train_pcclip(validate(cfg))
     assert s["final_step"] == 4 and s["images_train"] + s["images_heldout"] == 96 and s["heldout_pairs"] > 0
+    # the splits are counted from the prompt ids: every row of a held-out prompt is held out
+    from raypref.train_reward import heldout_mask
+
+    ids = pq.read_table(samples, columns=[S.PROMPT_ID]).column(S.PROMPT_ID).to_pylist()
+    assert s["images_heldout"] == int(heldout_mask(ids, 0.25, 0).sum()) > 0
     hist = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [0, 1, 2, 3, 4]  # step 0: the model as it came
     assert all(np.isfinite(h["loss"]) and h["pairs"] >= 2 for h in hist[1:])
@@ -276,40 +281,42 @@ def tiny_clip_dir(ref):
     return Path(ref[len("local-dir:"):] if ref.startswith("local-dir:") else ref)
 
 
-@pytest.mark.slow
-def test_pcclip_counts_the_batches_it_cannot_learn_from(ray_session, tmp_path, tiny_clip):
-    # shuffle off and batches of 8: the first batch is 8 images of one prompt (no pair of two prompts),
-    # so it is skipped and counted; the next batches hold 8 prompts each
-    from raypref import stages
-    from raypref.config import validate
+def test_batches_without_two_pairs_are_skipped_and_counted_on_one_worker_only():
+    from raypref.train_pcclip import learnable, summary_text
+
+    def make(batch):  # as batch_inputs: None where the batch cannot be learnt from
+        return None if batch == "one prompt" else batch.upper()
+
+    batches = ["a", "one prompt", "one prompt", "b", "c", "one prompt"]
+    # the count rides with the next batch learnt from, as the step's skipped_batches metric
+    assert list(learnable(batches, make, world=1, rank=0)) == [("A", 0), ("B", 2), ("C", 0)]
+    with pytest.raises(ValueError, match="a batch on rank 1 has fewer than 2 pairs of different prompts"):
+        list(learnable(batches, make, world=2, rank=1))  # a skip on one rank would stall the others' all-reduce
+    s = {"loss_kind": "hinge", "images_train": 8, "workers": 1, "final_step": 2, "loss": [0.5, 0.4],
+         "images_measured": 4, "images_heldout": 4, "heldout_pairs": 2, "heldout_diff_retrieval": [0.5, 0.6],
+         "heldout_prompt_retrieval": [0.5, 0.5], "skipped_batches": 3, "seconds": 1.0, "export": "x"}
+    assert "; 3 batch(es) with under 2 pairs of different prompts skipped in" in summary_text(s)
+    assert "skipped" not in summary_text(s | {"skipped_batches": 0})
+
+
+def test_a_batch_of_one_prompt_has_no_pairs_to_learn_from(tiny_clip):
     from raypref.images import encode
     from raypref.shapes import parse_prompt
     from raypref.shapes.render import render
     from raypref.shapes.world import prompts
-    from raypref.train_reward import heldout_mask
+    from raypref.train_pcclip import batch_inputs, load_clip
 
-    pool = prompts("train", ["single", "position"])[:40]
-    held = heldout_mask([S.prompt_id(p) for p in pool], 0.25, 0)
-    first = next(p for p, h in zip(pool, held) if not h)
-    chosen = [first] * 8 + [p for p in pool if p != first][:30]
-    rows = {S.PROMPT_ID: [S.prompt_id(p) for p in chosen], S.PROMPT: chosen,
-            S.SAMPLE_ID: [f"s{i}" for i in range(len(chosen))],
-            S.IMAGE: [encode(render(parse_prompt(p), seed=i)[0]) for i, p in enumerate(chosen)]}
-    (tmp_path / "samples").mkdir()
-    pq.write_table(pa.table(rows), tmp_path / "samples" / "part-0.parquet")
-    cfg = {"output_dir": str(tmp_path / "run"),
-           "pcclip": {"samples": str(tmp_path / "samples"), "model": tiny_clip, "pretrained": None,
-                      "text_generator": "shapes", "batch_size": 8, "max_steps": 2, "checkpoint_every": 2,
-                      "heldout_fraction": 0.25, "shuffle_buffer": 0, "comparatives_per_class": 0}}
-    s = stages.train_pcclip(validate(cfg))
-    # the splits are counted from the prompt ids: every row of a held-out prompt is held out
-    n_held = int(heldout_mask(rows[S.PROMPT_ID], 0.25, 0).sum())
-    assert (s["images_train"], s["images_heldout"]) == (len(chosen) - n_held, n_held) and n_held > 0
-    hist = [json.loads(x) for x in (tmp_path / "run" / "pcclip" / "metrics.jsonl").read_text().splitlines()]
-    assert [h.get("skipped_batches") for h in hist] == [None, 1, 0] and s["skipped_batches"] == 1
-    from raypref.train_pcclip import summary_text
+    _, preprocess, tokenizer, _ = load_clip(tiny_clip, None)
+    one, other = prompts("train", ["single", "position"])[:2]
 
-    assert "; 1 batch(es) with under 2 pairs of different prompts skipped in" in summary_text(s)
+    def batch(ps):
+        return {S.PROMPT: np.array(ps, dtype=object), S.SAMPLE_ID: np.array([f"s{i}" for i in range(len(ps))], dtype=object),
+                S.IMAGE: np.array([encode(render(parse_prompt(p), seed=i)[0]) for i, p in enumerate(ps)], dtype=object)}
+
+    rng = np.random.default_rng(0)
+    assert batch_inputs(batch([one] * 4), preprocess, tokenizer, rng, resolve("shapes"), "cpu") is None
+    inputs = batch_inputs(batch([one, one, other, other]), preprocess, tokenizer, rng, resolve("shapes"), "cpu")
+    assert inputs is not None and len(inputs[2]) >= 2  # pairs of images of different prompts
 
 
 def test_the_objective_takes_differences_of_normalised_embeddings():

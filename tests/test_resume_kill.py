@@ -58,7 +58,7 @@ def test_killed_build_resumes_without_duplicates(tmp_path, tiny_sd):
     # the rerun also brings a prompt the first run never had: resume serves growing prompt files too
     prompts.write_text(prompts.read_text() + NEW + "\n")
     scored_before = len(_scored(log))
-    second = _run(tmp_path / "cfg.yaml", env)
+    second = _run(tmp_path / "cfg.yaml", dict(env, RAYPREF_TEST_SLOW_S="0"))  # nothing left to land a kill in
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out
     rerun = set(_scored(log)[scored_before:])
