@@ -256,11 +256,18 @@ class TrainConf(_RayTrainScale, _StepConf):
         0.0, ge=0, lt=1, description="dpo, sft: the share of training rows whose prompt is replaced by '' (drawn per "
         "row from the training seed), so the model keeps its unconditional prediction for classifier-free guidance; "
         "Wallace et al. use 0.2. refl: unused.")
+    hflip: float = Field(
+        0.0, ge=0, le=1, description="dpo, sft (and refl's pretraining images): the probability that a training row is "
+        "mirrored left-right, a pair's two images together (drawn per row from the training seed), with the prompt's "
+        "hflip_swap words swapped to match; Wallace et al.'s and the diffusers scripts' random_flip is 0.5 when on, "
+        "off by default. Only for prompts whose meaning the swap keeps. 0: off.")
+    hflip_swap: dict[str, str] = Field(default_factory=lambda: {"left": "right", "right": "left"},
+                                       description="Whole words swapped in the prompt of a mirrored row (hflip).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute the UNet's activations in the backward pass instead of keeping them "
         "(diffusers' enable_gradient_checkpointing; in refl also the VAE decode it backpropagates through): less "
         "memory, more compute, the same gradients.")
-    seed: int = Field(0, description="Training seed (noise, timesteps, shuffling, dropped prompts).")
+    seed: int = Field(0, description="Training seed (noise, timesteps, shuffling, dropped prompts, mirroring).")
     cache_pairs_max_mb: float = Field(
         1024.0, ge=0, description="Pairs whose Parquet files total less than this are read once into Ray's object "
         "store (each epoch of a small dataset would otherwise restart the streaming read); larger ones stream.")

@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.finetune import export_file, export_name
@@ -60,25 +62,29 @@ def image_size(unet, vae) -> int:
     return unet.config.sample_size * (2 ** (len(vae.config.block_out_channels) - 1))
 
 
-def encode_images(images, rows, vae, size: int, device):
-    """Decode encoded images (``rows`` name them in an error) and encode them with the frozen VAE:
-    (scaled latents, each image's crop box for SDXL's size ids: images.crop_boxes)."""
+def encode_images(images, rows, vae, size: int, device, flip=None):
+    """Decode encoded images (``rows`` name them in an error), mirror those ``flip`` marks, and encode
+    them with the frozen VAE: (scaled latents, each image's crop box for SDXL's size ids: images.crop_boxes,
+    of the mirrored image where mirrored)."""
     import torch
 
     from raypref import images as I
+    from raypref.mirroring import mirror_images
 
-    decoded = I.decode_rows(images, rows)
+    decoded = mirror_images(I.decode_rows(images, rows), flip)
     pix = I.to_tensor(decoded, size=size).to(device)
     # in the VAE's own float32 even under bf16 autocast, as the diffusers SDXL scripts keep it
     with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, enabled=False):
         return vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor, I.crop_boxes(decoded, size)
 
 
-def pair_batch_to_latents(batch: dict, texts, vae, size: int, device):
+def pair_batch_to_latents(batch: dict, texts, vae, size: int, device, flip=None):
     """Chosen then rejected images as latents, and their conditioning: (2B latents, a 2B-row
-    conditioning.Cond; SDXL's size ids each image's own)."""
+    conditioning.Cond; SDXL's size ids each image's own). ``flip`` (one per pair) mirrors both
+    images of a pair; its prompt is the caller's to swap (raypref.mirroring)."""
     rows = [f"pairs row chosen_id={c!r}, {side}" for side in (S.CHOSEN_IMAGE, S.REJECTED_IMAGE) for c in batch[S.CHOSEN_ID]]
-    latents, boxes = encode_images(list(batch[S.CHOSEN_IMAGE]) + list(batch[S.REJECTED_IMAGE]), rows, vae, size, device)
+    both = None if flip is None else np.concatenate([flip, flip])
+    latents, boxes = encode_images(list(batch[S.CHOSEN_IMAGE]) + list(batch[S.REJECTED_IMAGE]), rows, vae, size, device, both)
     return latents, texts(batch[S.PROMPT]).repeat(2).with_sizes(boxes, size)
 
 
@@ -141,6 +147,7 @@ def train_loop_per_worker(c: dict) -> None:
     import torch
 
     from raypref.finetune import load_trained, save_trained
+    from raypref.mirroring import draw_flips, mirror_prompts
     from raypref.train_step import accumulate, micro_groups, skip_groups
 
     torch.manual_seed(c["seed"])
@@ -165,6 +172,7 @@ def train_loop_per_worker(c: dict) -> None:
     unet_ddp = ray.train.torch.prepare_model(unet)
     gen = torch.Generator().manual_seed(c["seed"] * 100003 + rank * 1009 + step)
     drop = torch.Generator().manual_seed(c["seed"] * 100019 + rank * 1013 + step)  # its own stream: the noise stays as it was
+    mirror = torch.Generator().manual_seed(c["seed"] * 100043 + rank * 1019 + step)  # and another for hflip
     shard = ray.train.get_dataset_shard("train")
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
         report_step(rank, {"step": step}, history, {"step": step, "epoch": epoch, "in_epoch": done}, write)
@@ -180,18 +188,20 @@ def train_loop_per_worker(c: dict) -> None:
             from raypref.train_refl import refl_step
 
             return refl_step(unet_ddp, unet, list(batch[S.PROMPT]), texts, vae, refl, gen, device)
+        flip = draw_flips(len(batch[S.PROMPT]), c["hflip"], mirror)
+        prompts = mirror_prompts(batch[S.PROMPT], flip, c["hflip_swap"])
         if S.IMAGE in batch:  # sft's kept images, or refl's pretraining images (raypref.train_sft, train_refl)
             from raypref.train_sft import sft_step
 
             latents, boxes = encode_images(batch[S.IMAGE], [f"samples row sample_id={s!r}" for s in batch[S.SAMPLE_ID]],
-                                           vae, size, device)
-            prompts = batch[S.PROMPT] if refl is not None else drop_prompts(batch[S.PROMPT], c["empty_prompt_fraction"], drop)
+                                           vae, size, device, flip)
+            prompts = prompts if refl is not None else drop_prompts(prompts, c["empty_prompt_fraction"], drop)
             loss, m = sft_step(unet_ddp, latents, texts(prompts).with_sizes(boxes, size), sched, gen)
             if refl is None:
                 return loss, m
             return refl.pretrain_weight * loss, {"pretrain_loss": loss.detach()}
-        batch = {**batch, S.PROMPT: drop_prompts(batch[S.PROMPT], c["empty_prompt_fraction"], drop)}
-        latents, enc = pair_batch_to_latents(batch, texts, vae, size, device)
+        batch = {**batch, S.PROMPT: drop_prompts(prompts, c["empty_prompt_fraction"], drop)}
+        latents, enc = pair_batch_to_latents(batch, texts, vae, size, device, flip)
         return dpo_step(unet_ddp, reference, latents, enc, sched, c["beta"], gen)
 
     pretrain = None

@@ -23,6 +23,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.mirroring import mirror_images, mirror_prompts
 from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, parquet_mb, report_step
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
@@ -96,32 +97,24 @@ def _check_labels(batch: dict) -> None:
                          f"({bad.size} such rows in this batch)")
 
 
-def swap_words(prompt: str, swap: dict[str, str]) -> str:
-    """The prompt with each whole word in ``swap`` replaced by its partner ("left" <-> "right")."""
-    return " ".join(swap.get(w, w) for w in prompt.split(" "))
-
-
 def forward_pairs(model, backbone, batch: dict, aspect_columns: list[str], device, flip: np.ndarray | None = None,
                   swap: dict[str, str] | None = None):
     """One forward over the distinct images of the batch (distinct_images): (chosen outputs,
     rejected outputs, targets) per pair. ``flip`` (per pair, the training-time augmentation):
     mirror both images left-right and swap the prompt's ``swap`` words, so the label still holds."""
     import torch
-    from PIL import ImageOps
 
     from raypref.reward_model import batch_targets
 
     _check_labels(batch)
-    prompts = list(batch[S.PROMPT])
-    flip = np.zeros(len(prompts), dtype=bool) if flip is None else np.asarray(flip, dtype=bool)
-    if flip.any():
-        prompts = [swap_words(p, swap or {}) if f else p for p, f in zip(prompts, flip)]
+    flip = np.zeros(len(batch[S.PROMPT]), dtype=bool) if flip is None else np.asarray(flip, dtype=bool)
+    prompts = mirror_prompts(batch[S.PROMPT], flip, swap or {})
     # a mirrored image is another image: the id carries the flip, so it is encoded apart
     ids = [[f"{i}|m" if f else str(i) for i, f in zip(batch[col], flip)] for col in (S.CHOSEN_ID, S.REJECTED_ID)]
     order, ci, ri = distinct_images(ids[0], ids[1], prompts)
     columns = (S.CHOSEN_IMAGE, S.REJECTED_IMAGE)
     images = [_image(batch, columns[side], row) for side, row in order]
-    images = [ImageOps.mirror(im) if flip[row] else im for im, (_, row) in zip(images, order)]
+    images = mirror_images(images, flip[[row for _, row in order]])
     pix, tok = backbone.inputs(images, [prompts[row] for _, row in order])
     # fp32 outputs: under bf16 autocast the losses and accuracies still compare in full precision
     out = {k: v.float() for k, v in model(pix.to(device), tok.to(device)).items()}

@@ -1,8 +1,10 @@
 """The DPO / SFT loop's options without Ray: dropped prompts, the regression target per
 prediction type, the optimizer and its schedule, and the learning rate's default."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from raypref.config import validate
 from raypref.train_checkpoint import scheduled_optimizer
@@ -92,3 +94,61 @@ def test_a_record_from_before_refl_sampler_existed_was_made_with_ddim(tmp_path):
     assert settings_changed(old, {"train": {"refl": {"num_inference_steps": 20, "sampler": "ddim"}}}) is None
     assert settings_changed(old, {"train": {"refl": {"num_inference_steps": 20, "sampler": "ddpm"}}}) == \
         "train.refl.sampler: 'None' -> 'ddpm'"
+
+
+def test_hflip_draws_nothing_when_off_and_mirrors_both_images_of_a_pair_with_its_prompt():
+    from raypref.mirroring import draw_flips, mirror_images, mirror_prompts
+
+    gen = torch.Generator().manual_seed(0)
+    assert draw_flips(4, 0.0, gen) is None
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())  # the stream is untouched
+    assert draw_flips(3, 1.0, gen).tolist() == [True, True, True]
+    flips = draw_flips(1000, 0.5, torch.Generator().manual_seed(1))
+    assert 400 < flips.sum() < 600  # about half
+    flip = np.array([True, False])
+    assert mirror_prompts(["a circle left of a square", "a circle left of a square"], flip, {"left": "right"}) == \
+        ["a circle right of a square", "a circle left of a square"]
+    im = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(1, 4, 3))
+    out = mirror_images([im, im], flip)
+    assert np.asarray(out[0]).tolist() == np.asarray(im)[:, ::-1].tolist() and out[1] is im
+
+
+def test_a_mirrored_pair_encodes_as_its_mirrored_images(tiny_sd):
+    # pair_batch_to_latents with flip: both images of the first pair mirrored (latents and SDXL crop boxes
+    # alike), the second pair's as they were
+    from diffusers import AutoencoderKL
+    from PIL import ImageOps
+
+    from raypref import images as I
+    from raypref import schema as S
+    from raypref.train_dpo import pair_batch_to_latents
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae")
+    rng = np.random.default_rng(0)
+    pics = [Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)) for _ in range(4)]
+    calls = []
+
+    class Texts:  # records the prompts; SD conditioning has no size ids to mirror
+        def __call__(self, prompts):
+            calls.append(list(prompts))
+            return self
+
+        def repeat(self, n):
+            return self
+
+        def with_sizes(self, boxes, size):
+            calls.append(boxes)
+            return self
+
+    def batch(images):
+        return {S.CHOSEN_ID: np.array(["a", "b"], dtype=object), S.PROMPT: np.array(["p", "q"], dtype=object),
+                S.CHOSEN_IMAGE: np.array([I.encode(x) for x in images[:2]], dtype=object),
+                S.REJECTED_IMAGE: np.array([I.encode(x) for x in images[2:]], dtype=object)}
+
+    torch.manual_seed(0)
+    flipped, _ = pair_batch_to_latents(batch(pics), Texts(), vae, 32, "cpu", np.array([True, False]))
+    torch.manual_seed(0)
+    by_hand = [ImageOps.mirror(pics[0]), pics[1], ImageOps.mirror(pics[2]), pics[3]]
+    expected, _ = pair_batch_to_latents(batch(by_hand), Texts(), vae, 32, "cpu")
+    torch.testing.assert_close(flipped, expected)
+    assert calls[1] == calls[3]  # the same crop boxes

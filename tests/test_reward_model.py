@@ -104,7 +104,7 @@ def test_preference_accuracy_tie_rule():
 
 
 def test_swap_words_whole_words_only():
-    from raypref.train_reward import swap_words
+    from raypref.mirroring import swap_words
 
     swap = {"left": "right", "right": "left"}
     assert swap_words("a red circle left of a blue square", swap) == "a red circle right of a blue square"

@@ -201,10 +201,11 @@ def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_p
 
     from raypref.evaluate import run_eval
 
-    # also Adafactor under a warm-up schedule, as Wallace et al. train SDXL, and dropped prompts
+    # also Adafactor under a warm-up schedule, as Wallace et al. train SDXL, dropped prompts and mirrored pairs
     cfg = _cfg(built_run, tmp_path / "two", finetune="full", max_steps=2, checkpoint_every=2, num_workers=2,
                batch_size=1, grad_accum_steps=2, precision="bf16", max_grad_norm=1.0, gradient_checkpointing=True,
-               optimizer="adafactor", lr_schedule="constant_with_warmup", warmup_steps=1, empty_prompt_fraction=0.5)
+               optimizer="adafactor", lr_schedule="constant_with_warmup", warmup_steps=1, empty_prompt_fraction=0.5,
+               hflip=0.5)
     s = run_train_dpo(cfg)
     assert s["workers"] == 2 and s["final_step"] == 2 and s["finetune"] == "full"
     unet_dir = tmp_path / "two" / "train" / "unet"

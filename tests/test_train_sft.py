@@ -62,7 +62,7 @@ def test_sft_trains_on_the_top_images_and_exports(built_run, tmp_path, capsys):
     d = base.model_dump(mode="json")
     d["output_dir"] = str(tmp_path / "r")
     d["train"].update(samples=str(base.stage_dir("build") / "samples"), sft_score="score_clip", sft_top_p=0.5,
-                      max_steps=2, checkpoint_every=1, num_workers=2)  # a LoRA under DDP
+                      max_steps=2, checkpoint_every=1, num_workers=2, hflip=0.5)  # a LoRA under DDP, images mirrored
     s = stages.train_sft(validate(d))
     samples = pads.dataset(str(base.stage_dir("build") / "samples")).to_table(columns=[S.SAMPLE_ID, "score_clip"])
     clip = samples.column("score_clip").to_numpy()
