@@ -264,7 +264,8 @@ def main() -> None:
         rows.append((label, json.loads(out.stdout.strip().splitlines()[-1])))
     base_label, base = rows[0]
     cuda = base["peak_bytes"] is not None
-    what = {"dpo": f"DPO step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}, {args.pairs} pairs",
+    what = {"dpo": f"DPO step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank} (full fine-tunes: every weight), "
+                   f"{args.pairs} pairs",
             "refl": f"ReFL step, {args.model or 'shapes:sd'}, LoRA rank {args.lora_rank}, {args.pairs} prompts, "
                     f"{args.refl_steps} DDIM steps, CLIP-score reward {args.scorer}",
             "reward": f"reward-model step, {args.kind} {model}, whole model trained, {args.pairs} pairs"}[args.loop]

@@ -259,8 +259,8 @@ class TrainConf(_RayTrainScale, _StepConf):
     hflip: float = Field(
         0.0, ge=0, le=1, description="dpo, sft (and refl's pretraining images): the probability that a training row is "
         "mirrored left-right, a pair's two images together (drawn per row from the training seed), with the prompt's "
-        "hflip_swap words swapped to match; Wallace et al.'s and the diffusers scripts' random_flip is 0.5 when on, "
-        "off by default. Only for prompts whose meaning the swap keeps. 0: off.")
+        "hflip_swap words swapped to match, so a prompt that names a side stays true. 0: off. (Wallace et al.'s "
+        "train.py mirrors each image on its own with probability 0.5 unless --no_hflip, and leaves the prompt as it is.)")
     hflip_swap: dict[str, str] = Field(default_factory=lambda: {"left": "right", "right": "left"},
                                        description="Whole words swapped in the prompt of a mirrored row (hflip).")
     gradient_checkpointing: bool = Field(
@@ -686,9 +686,21 @@ def _config_default(key: str):
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return _NO_DEFAULT
-        if i == len(parts) - 1:
-            return _NO_DEFAULT if field.is_required() else to_jsonable_python(field.get_default(call_default_factory=True))
-        model = field.annotation
+        if field.is_required():
+            return _NO_DEFAULT
+        if i < len(parts) - 1 and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+            continue
+        # the field's default, and within it (a dict's or list's default, e.g. train.hflip_swap.left) the rest
+        value = to_jsonable_python(field.get_default(call_default_factory=True))
+        for rest in parts[i + 1:]:
+            if isinstance(value, dict) and rest in value:
+                value = value[rest]
+            elif isinstance(value, list) and rest.isdigit() and int(rest) < len(value):
+                value = value[int(rest)]
+            else:
+                return _NO_DEFAULT
+        return value
     return _NO_DEFAULT
 
 

@@ -3,12 +3,26 @@ of its prompt that name a side are swapped, so the prompt still describes it. Pu
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
 def swap_words(prompt: str, swap: dict[str, str]) -> str:
-    """The prompt with each whole word in ``swap`` replaced by its partner ("left" <-> "right")."""
-    return " ".join(swap.get(w, w) for w in prompt.split(" "))
+    """The prompt with each whole word in ``swap`` replaced by its partner ("left" <-> "right"), whatever
+    punctuation is beside it, in any case (a capitalised or upper-case word stays so)."""
+    if not swap:
+        return prompt
+    lower = {k.lower(): v for k, v in swap.items()}
+
+    def partner(m: re.Match) -> str:
+        word, new = m.group(0), lower[m.group(0).lower()]
+        if word.isupper() and len(word) > 1:
+            return new.upper()
+        return new[:1].upper() + new[1:] if word[:1].isupper() else new
+
+    pattern = r"\b(?:" + "|".join(re.escape(k) for k in sorted(lower, key=len, reverse=True)) + r")\b"
+    return re.sub(pattern, partner, prompt, flags=re.IGNORECASE)
 
 
 def draw_flips(n: int, p: float, gen) -> np.ndarray | None:

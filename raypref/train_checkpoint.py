@@ -227,7 +227,9 @@ def scheduled_optimizer(params, lr: float, schedule: str, warmup: int, total: in
         raise ValueError(f"optimizer: {kind!r} is not one of adamw, adafactor")
     sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=total)
     if ckpt_dir is not None:
-        opt.load_state_dict(torch.load(Path(ckpt_dir) / optim_file, weights_only=True))
+        # read onto the CPU: load_state_dict moves each state to its parameter's device (a checkpoint written on a
+        # GPU resumes on a CPU, and GPU workers of one node do not all read onto cuda:0)
+        opt.load_state_dict(torch.load(Path(ckpt_dir) / optim_file, map_location="cpu", weights_only=True))
         with warnings.catch_warnings():  # torch warns of a schedule stepped before its optimizer: here on purpose
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for _ in range(step):  # the schedule is a function of the step

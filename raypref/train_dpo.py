@@ -172,7 +172,9 @@ def train_loop_per_worker(c: dict) -> None:
     unet_ddp = ray.train.torch.prepare_model(unet)
     gen = torch.Generator().manual_seed(c["seed"] * 100003 + rank * 1009 + step)
     drop = torch.Generator().manual_seed(c["seed"] * 100019 + rank * 1013 + step)  # its own stream: the noise stays as it was
-    mirror = torch.Generator().manual_seed(c["seed"] * 100043 + rank * 1019 + step)  # and another for hflip
+    # and hflip's: from SeedSequence, since the two seeds above are both `step` for seed 0 on rank 0, and a
+    # stream drawn like drop's would mirror exactly the rows it blanks
+    mirror = torch.Generator().manual_seed(int(np.random.SeedSequence([c["seed"], rank, step, 2]).generate_state(1)[0]))
     shard = ray.train.get_dataset_shard("train")
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
         report_step(rank, {"step": step}, history, {"step": step, "epoch": epoch, "in_epoch": done}, write)

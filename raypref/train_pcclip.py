@@ -118,12 +118,12 @@ def batch_inputs(batch: dict, preprocess, tokenizer, rng, generator, device):
             tokenizer(uniq).to(device), target, torch.tensor([ids[t] for t in texts], device=device))
 
 
-def learnable(batches, make, world: int, rank: int):
-    """(inputs, batches skipped since the last yield) for each batch that ``make`` turns into inputs;
-    a batch it cannot (fewer than 2 pairs of different prompts: None) is skipped and counted on one
-    worker, and an error on several, where skipping on one rank alone would leave the others
-    waiting in DDP's all-reduce."""
-    skipped = 0
+def learnable(batches, make, world: int, rank: int, skipped: int = 0):
+    """(inputs, batches skipped since the last yield) for each batch that ``make`` turns into inputs,
+    then (None, the batches skipped after the last of them) when there are any, for the caller to carry
+    into its next epoch (``skipped``: those carried in). A batch ``make`` cannot use (fewer than 2 pairs
+    of different prompts: None) is skipped and counted on one worker, and an error on several, where
+    skipping on one rank alone would leave the others waiting in DDP's all-reduce."""
     for batch in batches:
         inputs = make(batch)
         if inputs is None:
@@ -134,6 +134,8 @@ def learnable(batches, make, world: int, rank: int):
             continue
         yield inputs, skipped
         skipped = 0
+    if skipped:
+        yield None, skipped
 
 
 def comparative_texts(prompts: list[str], text, k: int, generator) -> tuple[list[tuple[int, int]], list[str]]:
@@ -245,12 +247,17 @@ def pcclip_loop(c: dict) -> None:
     def make(batch):
         return batch_inputs(batch, preprocess, tokenizer, np.random.default_rng([c["seed"], rank, step]), generator, device)
 
+    carried = 0  # batches skipped at an epoch's end: counted with the next epoch's first step
     while step < c["max_steps"]:
         seen = 0
         batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=True,
                                      local_shuffle_buffer_size=c["shuffle_buffer"] or None,
                                      local_shuffle_seed=c["seed"] * 1009 + rank * 31 + step)
-        for inputs, skipped in learnable(batches, make, world, rank):
+        for inputs, skipped in learnable(batches, make, world, rank, carried):
+            carried = 0
+            if inputs is None:
+                carried = skipped
+                break
             loss, m = obj(*inputs)
             metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2]), "skipped_batches": skipped}
             if hasattr(generator, "events"):  # the LLM's requests so far on this worker: failures are skipped pairs

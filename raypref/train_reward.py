@@ -197,7 +197,7 @@ def reward_loop(c: dict) -> None:
     opt = torch.optim.AdamW(groups, weight_decay=c["weight_decay"])
     sched = get_scheduler(c["lr_schedule"], opt, num_warmup_steps=c["warmup_steps"], num_training_steps=c["max_steps"])
     if ckpt_dir is not None:
-        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
+        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, map_location="cpu", weights_only=True))
         for _ in range(step):  # the schedule is a function of the step: replay it, as the pretrain loops do
             sched.step()
     backbone = model.backbone

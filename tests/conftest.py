@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
@@ -93,8 +92,14 @@ def ray_session():
 
     # as the stages start it: the dashboard on loopback (it serves the state API that Ray Train's
     # placement-group cleaner polls) and ray.data_context's defaults
-    # a minimal Ray (no ray[default] packages, as carried to a GPU machine) cannot start a dashboard
-    dashboard = importlib.util.find_spec("aiohttp_cors") is not None
+    # a minimal Ray (without the ray[default] packages, as carried to a GPU machine) cannot start a dashboard;
+    # Ray's own list of what the dashboard needs is the module this imports
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+
+        dashboard = True
+    except ImportError:
+        dashboard = False
     ray = init_ray(RayConf(num_cpus=8, include_dashboard=dashboard))
     yield ray
     ray.shutdown()

@@ -96,6 +96,19 @@ def test_a_record_from_before_refl_sampler_existed_was_made_with_ddim(tmp_path):
         "train.refl.sampler: 'None' -> 'ddpm'"
 
 
+def test_a_record_from_before_hflip_existed_resumes_while_the_new_keys_hold_their_defaults(tmp_path):
+    # train.hflip_swap is a dict: a record without it is compared with its default key by key
+    from raypref.config import TrainConf, record_settings, settings_changed
+
+    old = tmp_path / "run.json"
+    before = {k: v for k, v in TrainConf().model_dump(mode="json").items() if k not in ("hflip", "hflip_swap")}
+    record_settings(old, {"train": before})
+    assert settings_changed(old, {"train": TrainConf().model_dump(mode="json")}) is None
+    assert settings_changed(old, {"train": TrainConf(hflip=0.5).model_dump(mode="json")}) == "train.hflip: 'None' -> '0.5'"
+    swapped = TrainConf(hflip_swap={"left": "right", "right": "left", "top": "top"}).model_dump(mode="json")
+    assert settings_changed(old, {"train": swapped}) == "train.hflip_swap.top: 'None' -> 'top'"
+
+
 def test_hflip_draws_nothing_when_off_and_mirrors_both_images_of_a_pair_with_its_prompt():
     from raypref.mirroring import draw_flips, mirror_images, mirror_prompts
 
@@ -114,8 +127,7 @@ def test_hflip_draws_nothing_when_off_and_mirrors_both_images_of_a_pair_with_its
 
 
 def test_a_mirrored_pair_encodes_as_its_mirrored_images(tiny_sd):
-    # pair_batch_to_latents with flip: both images of the first pair mirrored (latents and SDXL crop boxes
-    # alike), the second pair's as they were
+    # pair_batch_to_latents with flip: both images of the first pair mirrored, the second pair's as they were
     from diffusers import AutoencoderKL
     from PIL import ImageOps
 
@@ -151,4 +163,4 @@ def test_a_mirrored_pair_encodes_as_its_mirrored_images(tiny_sd):
     by_hand = [ImageOps.mirror(pics[0]), pics[1], ImageOps.mirror(pics[2]), pics[3]]
     expected, _ = pair_batch_to_latents(batch(by_hand), Texts(), vae, 32, "cpu")
     torch.testing.assert_close(flipped, expected)
-    assert calls[1] == calls[3]  # the same crop boxes
+    assert calls[0] == ["p", "q"]  # the prompts are the caller's to swap (mirror_prompts), not swapped here

@@ -1,6 +1,8 @@
 """On a CUDA GPU, through Ray Train with ``use_gpu``: the DPO, SFT, ReFL, reward-model and PC-CLIP loops train on
-the worker's GPU, checkpoint, and resume there. A resumed optimizer's state must land on the GPU with its model, or the first
-step after a resume fails; a full DPO fine-tune under bf16 keeps its reference in bf16 on the GPU.
+the worker's GPU (their checkpointed optimizer state is on the GPU), checkpoint, and resume there: the reward loop
+loads a checkpoint's optimizer state after moving its model to the GPU, or the state would stay on the CPU and fail
+the first step after a resume. A full DPO fine-tune under bf16 (its reference a bf16 copy: test_finetune.py) starts
+from log 2 on the GPU.
 Skipped without a GPU (the CPU paths are tested in their own modules)."""
 
 import json
@@ -23,6 +25,14 @@ def _steps(path):
     return [json.loads(x) for x in path.read_text().splitlines() if x]
 
 
+def _optimizer_devices(stage) -> set[str]:
+    """The device types of the optimizer state in a stage's latest Ray Train checkpoint, as it was saved:
+    'cuda' where the loop trained on the GPU."""
+    latest = max(stage.glob("ray/*/checkpoint_*/optimizer.pt"), key=lambda f: f.stat().st_mtime_ns)
+    state = torch.load(latest, weights_only=True)["state"]
+    return {t.device.type for s in state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0}
+
+
 def test_dpo_lora_trains_and_resumes_on_the_gpu(gpu_ray, built_run, tmp_path):
     from test_train_eval import _cfg, _lora_b_norm
 
@@ -37,6 +47,7 @@ def test_dpo_lora_trains_and_resumes_on_the_gpu(gpu_ray, built_run, tmp_path):
     assert hist[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # the model is its reference at step 1
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
     assert _lora_b_norm(tmp_path / "r" / "train" / "lora" / LORA_FILE) > 0  # the adapter learned
+    assert _optimizer_devices(tmp_path / "r" / "train") == {"cuda"}  # it trained on the GPU
 
 
 def test_dpo_full_bf16_reference_on_the_gpu(gpu_ray, built_run, tmp_path):
@@ -51,6 +62,7 @@ def test_dpo_full_bf16_reference_on_the_gpu(gpu_ray, built_run, tmp_path):
     assert s["final_step"] == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
     # the bf16 reference equals the bf16-cast model at step 1: the loss starts within bf16's rounding of log 2
     assert hist[0]["loss"] == pytest.approx(0.6931, abs=5e-3)
+    assert _optimizer_devices(tmp_path / "f" / "train") == {"cuda"}
 
 
 def test_reward_model_trains_and_resumes_on_the_gpu(gpu_ray, tmp_path):
@@ -68,6 +80,7 @@ def test_reward_model_trains_and_resumes_on_the_gpu(gpu_ray, tmp_path):
     hist = _history(out)
     assert s2["final_step"] == 6 and [h["step"] for h in hist] == list(range(7))
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist[1:])
+    assert _optimizer_devices(out / "reward") == {"cuda"}
 
 
 def _lora_run(built_run, out, **train):
@@ -95,6 +108,7 @@ def test_sft_and_refl_train_and_resume_on_the_gpu(gpu_ray, built_run, tmp_path):
         hist = _steps(tmp_path / method / "train" / "metrics.jsonl")
         assert s["final_step"] == 3 and [h["step"] for h in hist] == [1, 2, 3], method
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist), method
+        assert _optimizer_devices(tmp_path / method / "train") == {"cuda"}, method
 
 
 def test_pcclip_trains_and_resumes_on_the_gpu(gpu_ray, tmp_path, tiny_clip):
@@ -114,3 +128,4 @@ def test_pcclip_trains_and_resumes_on_the_gpu(gpu_ray, tmp_path, tiny_clip):
     hist = _steps(tmp_path / "run" / "pcclip" / "metrics.jsonl")
     assert s["final_step"] == 3 and [h["step"] for h in hist] == [0, 1, 2, 3]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist[1:])
+    assert _optimizer_devices(tmp_path / "run" / "pcclip") == {"cuda"}

@@ -288,8 +288,10 @@ def test_batches_without_two_pairs_are_skipped_and_counted_on_one_worker_only():
         return None if batch == "one prompt" else batch.upper()
 
     batches = ["a", "one prompt", "one prompt", "b", "c", "one prompt"]
-    # the count rides with the next batch learnt from, as the step's skipped_batches metric
-    assert list(learnable(batches, make, world=1, rank=0)) == [("A", 0), ("B", 2), ("C", 0)]
+    # the count rides with the next batch learnt from, as the step's skipped_batches metric; those after
+    # the last come last, to be carried into the next epoch, where they are counted with its first
+    assert list(learnable(batches, make, world=1, rank=0)) == [("A", 0), ("B", 2), ("C", 0), (None, 1)]
+    assert list(learnable(["one prompt", "d"], make, world=1, rank=0, skipped=1)) == [("D", 2)]
     with pytest.raises(ValueError, match="a batch on rank 1 has fewer than 2 pairs of different prompts"):
         list(learnable(batches, make, world=2, rank=1))  # a skip on one rank would stall the others' all-reduce
     s = {"loss_kind": "hinge", "images_train": 8, "workers": 1, "final_step": 2, "loss": [0.5, 0.4],

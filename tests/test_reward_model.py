@@ -110,6 +110,9 @@ def test_swap_words_whole_words_only():
     assert swap_words("a red circle left of a blue square", swap) == "a red circle right of a blue square"
     assert swap_words("a red circle on the right", swap) == "a red circle on the left"
     assert swap_words("a leftover rightward circle", swap) == "a leftover rightward circle"
+    # beside punctuation, and in any case
+    assert swap_words("Left, a circle; right.", swap) == "Right, a circle; left."
+    assert swap_words("LEFT of (right)", swap) == "RIGHT of (left)"
 
 
 def test_distinct_images_hand_values():

@@ -70,7 +70,7 @@ def t2i_loop(c: dict) -> None:
         opt = torch.optim.AdamW(objective.parameters(), lr=c["vae_lr"])
         lr = get_scheduler("cosine", opt, num_warmup_steps=c["warmup_steps"], num_training_steps=c["vae_steps"])
         if step > 0:
-            opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
+            opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, map_location="cpu", weights_only=True))
             for _ in range(step):
                 lr.step()
 
@@ -114,9 +114,9 @@ def t2i_loop(c: dict) -> None:
     lr = get_scheduler("cosine", opt, num_warmup_steps=c["warmup_steps"], num_training_steps=max(1, c["unet_steps"]))
     ema = EMAModel(objective.parameters(), decay=c["ema_decay"]) if c["ema_decay"] > 0 else None
     if step > 0:
-        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, weights_only=True))
+        opt.load_state_dict(torch.load(Path(ckpt_dir) / OPTIM_FILE, map_location="cpu", weights_only=True))
         if ema is not None:
-            ema.load_state_dict(torch.load(Path(ckpt_dir) / EMA_FILE, weights_only=True))
+            ema.load_state_dict(torch.load(Path(ckpt_dir) / EMA_FILE, map_location=device, weights_only=True))  # EMAModel keeps the tensors as given
         for _ in range(step):
             lr.step()
 
