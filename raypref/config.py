@@ -280,6 +280,11 @@ class TrainConf(_RayTrainScale, _StepConf):
             return self.learning_rate
         return 1e-4 if self.finetune == "lora" else 1e-5
 
+    def dump(self, **kw) -> dict:
+        """model_dump (``kw``: its arguments) with learning_rate resolved (lr): what a loop trains with
+        and a resume compares."""
+        return {**self.model_dump(**kw), "learning_rate": self.lr}
+
 
 class EvalConf(_Strict):
     prompts: str = Field("", description="Held-out prompts file, or 'shapes:eval'.")

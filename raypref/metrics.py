@@ -58,7 +58,7 @@ def design_effect(values, clusters) -> float:
     plain, clustered = mean_variance(x), mean_variance(x, clusters)
     if plain > 0 and clustered >= 0:
         return max(1.0, clustered / plain)
-    return x.size / len(set(np.asarray(clusters, dtype=object).astype(str).tolist()))
+    return x.size / _cluster_sums(x, clusters)[1]
 
 
 def win_rate(base: Sequence[float], tuned: Sequence[float], tie_tolerance: float = 0.0, clusters=None) -> dict:

@@ -297,7 +297,7 @@ def guard_train_resume(cfg: Config, method: str, base: str) -> None:
     """guard_resume for a train method: the train section, with the base model as resolved."""
     t = cfg.train
     guard_resume(cfg.stage_dir("train"), method, "train",
-                 {**t.model_dump(mode="json"), "base_model": base, "learning_rate": t.lr}, ignore=UNREAD[method])
+                 {**t.dump(mode="json"), "base_model": base}, ignore=UNREAD[method])
 
 
 def run_train_dpo(cfg: Config) -> dict:
@@ -309,8 +309,7 @@ def run_train_dpo(cfg: Config) -> dict:
     if not pairs_dir.exists():
         raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
     ds, n_pairs, ties = strict_pairs(pairs_dir, t.cache_pairs_max_mb)
-    loop_cfg = t.model_dump()
-    loop_cfg.update(base_model=base, method="dpo", learning_rate=t.lr)
+    loop_cfg = {**t.dump(), "base_model": base, "method": "dpo"}
     t0 = time.time()
     name = export_name(t.finetune)
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", name, out / name, datasets={"train": ds})

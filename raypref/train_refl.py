@@ -177,7 +177,7 @@ def run_train_refl(cfg: Config) -> dict:
             raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
         datasets["pretrain"] = materialize_if_small(
             ray.data.read_parquet(str(pre), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
-    loop_cfg = {**t.model_dump(), "method": "refl", "base_model": base, "refl": refl, "learning_rate": t.lr}
+    loop_cfg = {**t.dump(), "method": "refl", "base_model": base, "refl": refl}
     t0 = time.time()
     name = export_name(t.finetune)
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "refl", name, out / name, datasets=datasets)

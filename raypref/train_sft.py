@@ -135,7 +135,7 @@ def run_train_sft(cfg: Config) -> dict:
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     samples, kept, counts = select(cfg, out)
     ds = kept_images(samples, kept, t.cache_pairs_max_mb, t.sft_top_p)
-    loop_cfg = {**t.model_dump(), "method": "sft", "base_model": base, "learning_rate": t.lr}
+    loop_cfg = {**t.dump(), "method": "sft", "base_model": base}
     t0 = time.time()
     name = export_name(t.finetune)
     history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", name, out / name, datasets={"train": ds})
