@@ -113,6 +113,14 @@ def tuned_weights(cfg: Config) -> tuple[str, Path]:
     return key, where
 
 
+def eval_sides(cfg: Config) -> dict:
+    """The two generators an eval compares: the first build generator at eval.num_samples ("base"),
+    and the same with the tuned weights added as its lora or unet ("tuned")."""
+    part, weights = tuned_weights(cfg)
+    gen = cfg.build.generators[0].model_copy(update={"num_samples": cfg.eval.num_samples})
+    return {"base": gen, "tuned": gen.model_copy(update={part: str(weights.resolve())})}
+
+
 def run_eval(cfg: Config) -> dict:
     e = cfg.eval
     t0 = time.time()
@@ -124,8 +132,7 @@ def run_eval(cfg: Config) -> dict:
     part, weights = tuned_weights(cfg)
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
-    gen = cfg.build.generators[0].model_copy(update={"num_samples": e.num_samples})
-    sides = {"base": gen, "tuned": gen.model_copy(update={part: str(weights.resolve())})}
+    sides = eval_sides(cfg)
     base, tuned = (_scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
                    for side, g in sides.items())
     col = S.score_column(scorer.name)

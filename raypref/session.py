@@ -33,10 +33,14 @@ def init_ray(conf: RayConf):
             logging_level=logging.WARNING,
         )
         # Ray's own "View the dashboard at" line is INFO, below the level set above
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        where = f"dashboard http://{ctx.dashboard_url}" if ctx.dashboard_url else "no dashboard (ray.include_dashboard)"
-        print(f"[ray] new local Ray, {cpus} CPUs, {where}", flush=True)
+        print(started_line(int(ray.cluster_resources().get("CPU", 0)), ctx.dashboard_url), flush=True)
     return ray
+
+
+def started_line(cpus: int, dashboard_url: str | None) -> str:
+    """The line a new local Ray is announced with: where its dashboard is, or that it has none."""
+    where = f"dashboard http://{dashboard_url}" if dashboard_url else "no dashboard (ray.include_dashboard)"
+    return f"[ray] new local Ray, {cpus} CPUs, {where}"
 
 
 def set_data_context(conf: RayConf) -> None:

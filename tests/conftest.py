@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
 import shutil
@@ -86,7 +88,7 @@ def session_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(pytestconfig):
     from raypref.config import RayConf
     from raypref.session import init_ray
 
@@ -100,9 +102,23 @@ def ray_session():
         dashboard = True
     except ImportError:
         dashboard = False
-    ray = init_ray(RayConf(num_cpus=8, include_dashboard=dashboard))
+    # with a dashboard, RayConf's defaults as users get them: test_session reads where it was put
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ray = init_ray(RayConf(num_cpus=8) if dashboard else RayConf(num_cpus=8, include_dashboard=False))
+    print(out.getvalue(), end="")
+    pytestconfig.stash[RAY_STARTED] = out.getvalue().strip()
     yield ray
     ray.shutdown()
+
+
+RAY_STARTED = pytest.StashKey[str]()
+
+
+@pytest.fixture(scope="session")
+def ray_started_line(ray_session, pytestconfig) -> str:
+    """The line init_ray announced the session's Ray with."""
+    return pytestconfig.stash[RAY_STARTED]
 
 
 @pytest.fixture(scope="session")

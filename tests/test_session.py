@@ -2,36 +2,29 @@
 
 import os
 import re
-import subprocess
-import sys
 
-CODE = """
-from raypref.config import RayConf
-from raypref.session import init_ray
-init_ray(RayConf(num_cpus=1)).shutdown()
-init_ray(RayConf(num_cpus=1, include_dashboard=False)).shutdown()
-"""
+import pytest
 
 
-def _start(tmp_path) -> str:
-    # a process of its own: init_ray must start a Ray, not find the session-wide fixture's; one process
-    # starts both, one after the other (a Python and its imports fewer)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env,
-                         timeout=180, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
+def test_local_ray_dashboard_on_loopback_by_default(ray_started_line):
+    # the session-wide Ray is started by init_ray from RayConf's defaults (conftest), as a stage starts it
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError:
+        pytest.skip("a minimal Ray without ray[default] starts no dashboard")
+    assert re.fullmatch(r"\[ray\] new local Ray, 8 CPUs, dashboard http://127\.0\.0\.1:\d+", ray_started_line), ray_started_line
 
 
-def test_local_ray_dashboard_on_loopback_by_default(tmp_path):
-    default, off = _start(tmp_path).strip().splitlines()[-2:]
-    assert re.fullmatch(r"\[ray\] new local Ray, 1 CPUs, dashboard http://127\.0\.0\.1:\d+", default), default
-    assert off == "[ray] new local Ray, 1 CPUs, no dashboard (ray.include_dashboard)"
+def test_a_ray_without_a_dashboard_says_so():
+    from raypref.config import RayConf
+    from raypref.session import started_line
+
+    assert RayConf().include_dashboard and RayConf().dashboard_host == "127.0.0.1"
+    assert started_line(1, None) == "[ray] new local Ray, 1 CPUs, no dashboard (ray.include_dashboard)"
+    assert started_line(2, "127.0.0.1:8265") == "[ray] new local Ray, 2 CPUs, dashboard http://127.0.0.1:8265"
 
 
 def test_ray_data_settings_apply_to_the_driver(monkeypatch):
-    import pytest
     from ray.data import DataContext
 
     from raypref.config import ConfigError, RayConf

@@ -176,30 +176,30 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd, ca
     from safetensors.torch import load_file, save_file
 
     from raypref.config import settings_changed
-    from raypref.evaluate import SETTINGS_FILE, side_settings, tuned_weights
+    from raypref.evaluate import SETTINGS_FILE, eval_sides, side_settings
 
     cfg3 = _cfg(built_run, tmp_path / "r", max_steps=3)
-    part, weights = tuned_weights(cfg3)
-    gen = cfg3.build.generators[0].model_copy(update={"num_samples": cfg3.eval.num_samples})
-    sides = {"base": gen, "tuned": gen.model_copy(update={part: str(weights.resolve())})}
+    sides = eval_sides(cfg3)
+    assert sides["tuned"].lora == str(lora.parent.resolve()) and sides["base"].lora is None
 
     def unchanged(side):  # the check run_eval makes before it keeps a side's stored scores
         record = tmp_path / "r" / "eval" / side / SETTINGS_FILE
         assert record.is_file()
-        return not settings_changed(record, side_settings(sides[side], cfg3.scorer(cfg3.eval.scorer), gen.num_samples))
+        return not settings_changed(record, side_settings(sides[side], cfg3.scorer(cfg3.eval.scorer), cfg3.eval.num_samples))
 
     assert unchanged("base") and unchanged("tuned")
     save_file({k: v * 3 for k, v in load_file(str(lora)).items()}, str(lora))
     assert unchanged("base") and not unchanged("tuned")
 
 
-def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_path, tiny_sd):
+def test_full_dpo_two_workers_exports_a_unet_that_the_eval_swaps_in(built_run, tmp_path, tiny_sd):
     # every UNet weight trained against a frozen copy, with the at-scale settings together: 2 workers,
     # 2 micro-batches a step (DDP syncs on the second), bf16 autocast, gradient clipping and
     # gradient checkpointing
     from diffusers import UNet2DConditionModel
 
-    from raypref.evaluate import run_eval
+    from raypref import schema as S
+    from raypref.evaluate import eval_sides
 
     # also Adafactor under a warm-up schedule, as Wallace et al. train SDXL, dropped prompts and mirrored pairs
     cfg = _cfg(built_run, tmp_path / "two", finetune="full", max_steps=2, checkpoint_every=2, num_workers=2,
@@ -220,14 +220,16 @@ def test_full_dpo_two_workers_exports_a_unet_that_eval_swaps_in(built_run, tmp_p
     assert tuned.keys() == base.keys()
     assert sum(not torch.equal(tuned[k], base[k]) for k in base) > len(base) // 2  # not only some projections
 
-    r = run_eval(cfg)  # train.finetune: full -> the tuned images come from the base pipeline with train/unet
-    assert r["unet"] == str(unet_dir) and "lora" not in r and r["n"] == 4
-    import pyarrow.parquet as pq
+    # train.finetune: full -> the eval's tuned side is the base pipeline with train/unet swapped in (run_eval's
+    # own run is the LoRA test's: the sides differ only in this part)
+    sides = eval_sides(cfg)
+    assert sides["tuned"].unet == str(unet_dir.resolve()) and sides["tuned"].lora is None and sides["base"].unet is None
+    from raypref.build import generator_kwargs
+    from raypref.registry import resolve
 
-    from raypref import schema as S
-
-    scores = pq.read_table(tmp_path / "two" / "eval" / "scores.parquet").to_pydict()
-    assert scores[S.base_column("score_clip")] != scores[S.tuned_column("score_clip")]  # the images changed: the UNet was swapped in
+    prompts = pa.table({S.PROMPT_ID: ["p"], S.PROMPT: ["a red circle"]})
+    images = {side: resolve(g.cls)(**generator_kwargs(g))(prompts).column(S.IMAGE).to_pylist() for side, g in sides.items()}
+    assert len(images["base"][0]) == cfg.eval.num_samples and images["base"] != images["tuned"]  # the UNet was swapped in
 
 
 def test_eval_without_lora_is_a_clear_error(built_run, tmp_path):
