@@ -94,11 +94,13 @@ def test_build_rejects_config_without_scorers(ray_session, tmp_path, prompts_fil
         run_build(validate(cfg))
 
 
-def test_build_carries_aspect_and_rationale_columns(ray_session, tmp_path, tiny_sd):
+def test_build_carries_aspect_and_rationale_columns(ray_session, tmp_path):
     """Scorers with several outputs (checker attributes, judge aspects + rationale) each get a column."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle on the left\ntwo blue squares\n")
     cfg = tiny_config_dict(tmp_path / "run", prompts)
+    # renders (no model to load): this checks the scorers' columns, not the images
+    cfg["build"]["generators"] = [{"name": "render", "cls": "shapes_render", "num_samples": 4, "args": {"true_renders": 2}}]
     cfg["build"]["scorers"] = [
         {"name": "vqa", "cls": "shapes_vqa", "weight": 1.0, "pool": {"batch_size": 2, "num_cpus": 0.5}},
         {"name": "judge", "cls": "simulated_judge", "weight": 1.0, "args": {"noise": 1.0},

@@ -1,6 +1,6 @@
-"""A build killed mid-way (SIGKILL to the whole process group: driver and its Ray) and rerun, with
-one prompt added, skips the prompt shards already written, runs only the unfinished and new ones,
-and never duplicates a row; an empty prompt line is quarantined."""
+"""A build killed mid-way (SIGKILL to the whole process group: the CLI's driver and its Ray) and
+rerun, with one prompt added, skips the prompt shards already written, runs only the unfinished and
+new ones, and never duplicates a row; an empty prompt line is quarantined."""
 
 import os
 import signal
@@ -30,20 +30,26 @@ def _scored(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def test_killed_build_resumes_without_duplicates(tmp_path, tiny_sd):
+def test_killed_build_resumes_without_duplicates(ray_session, tmp_path, tiny_sd, capsys):
+    from raypref import stages
+    from raypref.config import validate
+
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS[:3] + ["   "] + PROMPTS[3:]) + "\n")  # line 4 is empty: quarantined
+    log, delay = tmp_path / "scored.log", tmp_path / "delay"
+    delay.write_text("0.8")
     cfg = tiny_config_dict(tmp_path / "run", prompts, shard_size=1)
     cfg["ray"]["num_cpus"] = 4
     cfg["build"]["generators"][0].update(num_samples=2, pool={"batch_size": 1, "num_cpus": 1})
-    cfg["build"]["scorers"] = [{"name": "slow", "cls": "slow_scorer:SlowJpeg", "pool": {"batch_size": 1, "num_cpus": 1}}]
+    slow = {"name": "slow", "cls": "tests.slow_scorer:SlowJpeg", "args": {"log": str(log), "delay": str(delay)},
+            "pool": {"batch_size": 1, "num_cpus": 1}}
+    cfg["build"]["scorers"] = [slow]
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "scored.log"
-    # the driver's environment reaches the Ray workers of the cluster it starts
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}", RAYPREF_TEST_SCORED_LOG=str(log), RAYPREF_TEST_SLOW_S="0.8")
     groups = tmp_path / "run" / "build" / "groups"
 
-    first = _run(tmp_path / "cfg.yaml", env)
+    # the first run is the CLI in a process group of its own, with its own local Ray, so that one
+    # SIGKILL takes the driver and every Ray process with it
+    first = _run(tmp_path / "cfg.yaml", dict(os.environ, PYTHONPATH=str(REPO)))
     deadline = time.time() + 240
     while time.time() < deadline and not (groups.exists() and any(groups.glob("*.parquet"))):
         assert first.poll() is None, f"build ended before the kill:\n{first.stdout.read()}"
@@ -55,12 +61,14 @@ def test_killed_build_resumes_without_duplicates(tmp_path, tiny_sd):
     assert 1 <= len(done) < len(PROMPTS), "the kill should land mid-build"
     assert not (tmp_path / "run" / "build" / "pairs").exists()
 
-    # the rerun also brings a prompt the first run never had: resume serves growing prompt files too
+    # the rerun also brings a prompt the first run never had: resume serves growing prompt files too. It
+    # runs in this process, on the session's Ray, without the delay: there is no kill to land
     prompts.write_text(prompts.read_text() + NEW + "\n")
     scored_before = len(_scored(log))
-    second = _run(tmp_path / "cfg.yaml", dict(env, RAYPREF_TEST_SLOW_S="0"))  # nothing left to land a kill in
-    out, _ = second.communicate(timeout=300)
-    assert second.returncode == 0, out
+    delay.write_text("0")
+    capsys.readouterr()
+    stages.build(validate(cfg))  # as the CLI runs it, with its summary line
+    out = capsys.readouterr().out
     rerun = set(_scored(log)[scored_before:])
     assert rerun == set(PROMPTS + [NEW]) - done  # only the unfinished and the new prompts ran
     # the first run's files are untouched; every prompt is there exactly once
