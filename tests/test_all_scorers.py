@@ -9,7 +9,7 @@ import pytest
 
 from raypref import schema as S
 from raypref.build import run_build
-from raypref.config import load_config
+from raypref.config import GeneratorConf, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,10 @@ def test_every_scorer_in_its_own_pool(ray_session, tmp_path):
     from raypref.config import DEFAULT_CONFIG
     from raypref.prompts import read_prompts
 
+    # renders in place of the config's tiny diffusion model: one model fewer to load, and this checks the scorers
     cfg = load_config(DEFAULT_CONFIG.parent / "tiny_all_scorers.yaml", [f"output_dir={tmp_path}"])
+    cfg.build.generators = [GeneratorConf(name="render", cls="shapes_render", num_samples=2, args={"true_renders": 1},
+                                          pool=cfg.build.generators[0].pool)]
     first, second = read_prompts(cfg.build.prompts, limit=cfg.build.limit).column(S.PROMPT).to_pylist()
 
     def script(text, attempt, n_images):
