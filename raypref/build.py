@@ -27,6 +27,7 @@ from raypref.config import (
     BuildConf, Config, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
 )
 from raypref.models import resolve_model
+from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
 from raypref.registry import constructor_kwargs, resolve
@@ -239,7 +240,7 @@ def run_build(cfg: Config) -> dict:
         # ignores override_num_blocks), and a block is the unit that streams from pool to pool and
         # that is written, so one block would mean nothing written, and nothing to resume, until
         # the end. Splitting the prompts table costs nothing next to generation.
-        ds = ray.data.read_parquet(str((out / "prompts").resolve())).repartition(len(shards))
+        ds = read_parquet(str((out / "prompts").resolve())).repartition(len(shards))
         ds = generate_and_score(ds, b.generators, b.scorers)
         # batch_size=None: one call per block; the default bundles blocks up to 1024 rows, so nothing
         # would be written (and nothing could resume) until many prompts had finished
@@ -279,7 +280,7 @@ def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: i
     b = cfg.build
     t0 = time.time()
     names = [s.name for s in b.scorers]
-    groups = ray.data.read_parquet(str((out / "groups").resolve()))
+    groups = read_parquet(str((out / "groups").resolve()))
     groups.map_batches(explode_samples, fn_kwargs={"scorer_names": names}, batch_format="pyarrow", num_cpus=b.task_cpus).write_parquet(
         str((out / "samples").resolve()), mode="overwrite", ray_remote_args={"num_cpus": b.task_cpus}
     )
@@ -289,7 +290,7 @@ def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: i
     )
     # the notes column alone: a third pass over the groups need not read their images again
     if S.QUARANTINE_NOTES in groups.schema().names:
-        notes = ray.data.read_parquet(str((out / "groups").resolve()), columns=[S.QUARANTINE_NOTES])
+        notes = read_parquet(str((out / "groups").resolve()), columns=[S.QUARANTINE_NOTES])
         notes.map_batches(Q.explode, batch_format="pyarrow", num_cpus=b.task_cpus).write_parquet(
             str((out / "quarantine" / "groups").resolve()), mode="overwrite", ray_remote_args={"num_cpus": b.task_cpus}
         )
@@ -329,11 +330,11 @@ def run_pair(cfg: Config) -> dict:
         raise FileNotFoundError(f"pair.groups: no stored groups at {src} (run the build first, or set pair.groups)")
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir("pair"), "pair")
-    groups = ray.data.read_parquet(str(src.resolve()))
+    groups = read_parquet(str(src.resolve()))
     groups.map_batches(regroup, fn_kwargs=_pairing_kwargs(cfg), batch_format="pyarrow", num_cpus=cfg.build.task_cpus).write_parquet(
         str((out / "groups").resolve()), mode="overwrite", ray_remote_args={"num_cpus": cfg.build.task_cpus}
     )
-    n = ray.data.read_parquet(str((out / "groups").resolve())).count()
+    n = read_parquet(str((out / "groups").resolve())).count()
     return write_samples_and_pairs(cfg, out, time.time() - t0, n, 0)
 
 

@@ -21,6 +21,7 @@ from raypref.build import generate_and_score, scorer_kwargs
 from raypref.config import Config, renew_if_changed, write_run_meta
 from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, paired_difference, win_rate
+from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
 from raypref.resume import actor_settings, checkpointed
@@ -50,16 +51,13 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
     <side>/scores with Ray Data checkpointing, so a rerun scores only the prompts not yet written
     (and, when every one is written, starts no pipeline and loads no model). Scores made with other
     settings are removed first."""
-    import ray
-    import ray.data
-
     renew_if_changed(side / SETTINGS_FILE, side_settings(generator, scorer, generator.num_samples), f"[eval] {side.name}")
     main = S.score_column(scorer.name)
     if _holds_all(side, prompts):
         print(f"[eval] {side.name}: every prompt's scores are stored; nothing to generate", flush=True)
     else:
         with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
-            ds = ray.data.read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
+            ds = read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
             ds = generate_and_score(ds, [generator], [scorer])
             # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each
             ds = ds.map_batches(lambda t: t.select([c for c in t.column_names

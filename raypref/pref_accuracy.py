@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from raypref import schema as S
 from raypref.config import Config, ScorerConf, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, wilson_interval
+from raypref.parquet_read import read_parquet
 from raypref.resume import actor_settings, checkpointed, fingerprint, write_atomic
 
 STAGE = "accuracy"
@@ -198,15 +199,12 @@ def score_pairs(out: Path, s: ScorerConf, task_cpus: float) -> None:
     """Score both images of every staged pair with one scorer (a Ray Data actor pool), file by file,
     into <out>/scorers/<name>/scores with checkpointing on import_row: a rerun scores only the pairs
     not yet written. Only scores are written; the images stay in the staged copy."""
-    import ray
-    import ray.data
-
     from raypref.build import generate_and_score
 
     d = out / "scorers" / s.name  # its settings recorded by scorer_done
     files = len(list((out / "staged").glob("part-*.parquet")))
     with checkpointed(S.IMPORT_ROW, d / "_checkpoint"):
-        ds = ray.data.read_parquet(str((out / "staged").resolve())).repartition(files)  # a block a file, as in the build
+        ds = read_parquet(str((out / "staged").resolve())).repartition(files)  # a block a file, as in the build
         ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
         ds = generate_and_score(ds, [], [s])
         ds = ds.map_batches(groups_to_sides, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)

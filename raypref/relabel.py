@@ -45,6 +45,7 @@ from raypref.build import (
 )
 from raypref.config import Config, guard_rerun, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, first_pairs, write_pairs
+from raypref.parquet_read import read_parquet
 from raypref.resume import checkpointed
 
 _IMPORTED_COLUMNS = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL,
@@ -203,7 +204,7 @@ def run_relabel(cfg: Config) -> dict:
         with checkpointed(S.IMPORT_ROW, out / "_checkpoint"):
             # one streaming execution: pairs -> 2-sample groups -> scorer pools -> labelled pairs; one
             # block per imported shard (as in the build), so each is written, and resumable, when scored
-            ds = ray.data.read_parquet(str((out / "imported").resolve())).repartition(n_files)
+            ds = read_parquet(str((out / "imported").resolve())).repartition(n_files)
             ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
             ds = generate_and_score(ds, [], b.scorers)
             ds = ds.map_batches(score_pairs, fn_kwargs={"pairing": _pairing_kwargs(cfg), "label_source": source,

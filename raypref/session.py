@@ -44,7 +44,7 @@ def started_line(cpus: int, dashboard_url: str | None) -> str:
 
 
 def set_data_context(conf: RayConf) -> None:
-    """Apply ``ray.parquet_footer_actors`` and ``ray.data_context`` to this driver's Ray Data.
+    """Apply ``ray.parquet_footer_actors``, ``ray.v1_read_max_mb`` and ``ray.data_context`` to this driver's Ray Data.
 
     Both act where a dataset is planned, in the driver: the Parquet reader reads the variable when
     each read is planned, and every dataset copies the DataContext when it is made.
@@ -53,6 +53,7 @@ def set_data_context(conf: RayConf) -> None:
 
     if conf.parquet_footer_actors is not None:
         os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = str(conf.parquet_footer_actors)
+    os.environ["RAYPREF_V1_READ_MAX_MB"] = str(conf.v1_read_max_mb)  # read by raypref.parquet_read
     ctx = DataContext.get_current()
     for key, value in conf.data_context.items():
         if not hasattr(ctx, key) or key.startswith("_"):

@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from raypref.parquet_read import parquet_mb
+
 STATE_FILE = "train_state.json"
 METRICS_FILE = "metrics.jsonl"
 REPORT_EVERY = 25  # ray.train.report waits for the controller to poll (~1 s): once a step would throttle training
@@ -241,14 +243,6 @@ def cosine_adamw(params, lr: float, warmup: int, total: int, ckpt_dir: str | Non
                  optim_file: str = "optimizer.pt", weight_decay: float = 0.1):
     """AdamW under diffusers' cosine schedule with warmup (scheduled_optimizer). (optimizer, schedule)."""
     return scheduled_optimizer(params, lr, "cosine", warmup, total, ckpt_dir, step, optim_file, "adamw", weight_decay)
-
-
-def parquet_mb(dirs) -> float | None:
-    """Size in MiB of the Parquet files under ``dirs``, or None when one is not a local dir."""
-    local = [Path(d) for d in dirs]
-    if not all(p.exists() for p in local):
-        return None
-    return sum(f.stat().st_size for p in local for f in p.rglob("*.parquet")) / 2**20
 
 
 def materialize_if_small(ds, dirs, max_mb: float, share: float = 1.0):

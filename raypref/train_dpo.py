@@ -21,6 +21,7 @@ import numpy as np
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.finetune import export_file, export_name
+from raypref.parquet_read import read_parquet
 from raypref.train_checkpoint import (fit_and_export, guard_resume, load_state, materialize_if_small, report_step,
                                       scheduled_optimizer)
 
@@ -262,7 +263,6 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     """
     import pyarrow.compute as pc
     import pyarrow.dataset as pds
-    import ray.data
 
     data = pds.dataset(str(pairs_dir), format="parquet")
     cols = [S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]
@@ -279,7 +279,7 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     if ties == n:
         raise ValueError(f"train.pairs: all {n} pairs in {pairs_dir} are ties ({S.LABEL} {S.TIE}); "
                          "Diffusion-DPO needs a preferred image")
-    ds = ray.data.read_parquet(str(pairs_dir), columns=cols + ([S.LABEL] if ties else []))
+    ds = read_parquet(str(pairs_dir), columns=cols + ([S.LABEL] if ties else []))
     if ties:
         ds = ds.filter(expr=f"{S.LABEL} != {S.TIE}")
     return materialize_if_small(ds.select_columns(cols), [pairs_dir], cache_max_mb, share=1 - ties / n), n - ties, ties

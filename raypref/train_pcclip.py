@@ -24,6 +24,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.parquet_read import read_parquet
 from raypref.train_checkpoint import (cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state,
                                       materialize_if_small, report_step)
 
@@ -311,7 +312,7 @@ def run_train_pcclip(cfg: Config) -> dict:
         mask = heldout_mask(batch.column(S.PROMPT_ID).to_pylist(), p.heldout_fraction, p.seed)
         return batch.filter(pa.array(mask if heldout else ~mask)).select([S.SAMPLE_ID, S.PROMPT, S.IMAGE])
 
-    ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE])
+    ds = read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE])
     n_train, n_held = split_counts([str(samples)], p.heldout_fraction, p.seed)
     train = materialize_if_small(ds.map_batches(split, fn_kwargs={"heldout": False}, batch_format="pyarrow"),
                                  [samples], p.cache_samples_max_mb, share=n_train / max(n_train + n_held, 1))

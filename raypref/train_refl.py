@@ -23,6 +23,7 @@ from pathlib import Path
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.parquet_read import read_parquet
 
 
 def grad_step_index(num_steps: int, last_steps, gen) -> int:
@@ -176,7 +177,7 @@ def run_train_refl(cfg: Config) -> dict:
         if not pre.exists():
             raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
         datasets["pretrain"] = materialize_if_small(
-            ray.data.read_parquet(str(pre), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
+            read_parquet(str(pre), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
     loop_cfg = {**t.dump(), "method": "refl", "base_model": base, "refl": refl}
     t0 = time.time()
     name = export_name(t.finetune)

@@ -24,7 +24,8 @@ import numpy as np
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.mirroring import mirror_images, mirror_prompts
-from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, parquet_mb, report_step
+from raypref.parquet_read import parquet_mb, read_parquet
+from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, report_step
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -300,9 +301,9 @@ def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float
                   for i, p in enumerate(paths)]
         return ray.data.from_arrow(pa.concat_tables(tables).sort_by(S.PAIR_ORDER).drop_columns([S.PAIR_ORDER]))
     if interleave_seed is None:
-        ds = ray.data.read_parquet(paths, columns=needed + side)
+        ds = read_parquet(paths, columns=needed + side)
     else:
-        parts = [ray.data.read_parquet(p, columns=needed + side).map_batches(
+        parts = [read_parquet(p, columns=needed + side).map_batches(
             _order_key, fn_kwargs={"source": i, "seed": interleave_seed}, batch_format="pyarrow")
             for i, p in enumerate(paths)]
         ds = parts[0].union(*parts[1:]).sort(S.PAIR_ORDER).drop_columns([S.PAIR_ORDER])
@@ -313,7 +314,6 @@ def split_counts(paths: list[str], fraction: float, seed: int, train_fraction: f
     """(training, held-out) rows as _split makes them, from the prompt ids alone: a large set streams
     every epoch, and counting its splits should not read its images."""
     import pyarrow as pa
-    import ray.data
 
     def count(batch: pa.Table) -> pa.Table:
         ids = batch.column(S.PROMPT_ID).to_pylist()
@@ -321,7 +321,7 @@ def split_counts(paths: list[str], fraction: float, seed: int, train_fraction: f
         train = ~held & subset_mask(ids, train_fraction, seed)
         return pa.table({"train": [int(train.sum())], "held": [int(held.sum())]})
 
-    rows = ray.data.read_parquet(paths, columns=[S.PROMPT_ID]).map_batches(count, batch_format="pyarrow").take_all()
+    rows = read_parquet(paths, columns=[S.PROMPT_ID]).map_batches(count, batch_format="pyarrow").take_all()
     return sum(r["train"] for r in rows), sum(r["held"] for r in rows)
 
 

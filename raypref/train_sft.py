@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.parquet_read import read_parquet
 
 SELECTED_FILE = "sft_selected.parquet"
 
@@ -110,8 +111,6 @@ def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
 
 def kept_images(samples: Path, kept: pa.Table, cache_max_mb: float, share: float):
     """Ray dataset of the kept images (sample id, prompt, image), read from the samples table."""
-    import ray.data
-
     from raypref.train_checkpoint import materialize_if_small
 
     ids = kept.column(S.SAMPLE_ID).combine_chunks()
@@ -119,7 +118,7 @@ def kept_images(samples: Path, kept: pa.Table, cache_max_mb: float, share: float
     def only_kept(batch: pa.Table) -> pa.Table:
         return batch.filter(pc.is_in(batch[S.SAMPLE_ID], value_set=ids))
 
-    ds = ray.data.read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE])
+    ds = read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE])
     return materialize_if_small(ds.map_batches(only_kept, batch_format="pyarrow"), [samples], cache_max_mb, share=share)
 
 
