@@ -237,9 +237,10 @@ def run_build(cfg: Config) -> dict:
 
     with checkpointed(S.PROMPT_ID, out / "_checkpoint"):
         # one block per shard: Ray 2.60's V2 Parquet reader merges small files into one block (it
-        # ignores override_num_blocks), and a block is the unit that streams from pool to pool and
-        # that is written, so one block would mean nothing written, and nothing to resume, until
-        # the end. Splitting the prompts table costs nothing next to generation.
+        # ignores override_num_blocks), and neither reader promises a block a file; a block is the
+        # unit that streams from pool to pool and that is written, so one block would mean nothing
+        # written, and nothing to resume, until the end. Splitting the prompts table costs nothing
+        # next to generation.
         ds = read_parquet(str((out / "prompts").resolve())).repartition(len(shards))
         ds = generate_and_score(ds, b.generators, b.scorers)
         # batch_size=None: one call per block; the default bundles blocks up to 1024 rows, so nothing
@@ -275,8 +276,6 @@ def _pairing_kwargs(cfg: Config) -> dict:
 
 def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: int, duplicates: int) -> dict:
     """<out>/groups -> <out>/samples and <out>/pairs (streaming row-local maps), then the summary."""
-    import ray
-
     b = cfg.build
     t0 = time.time()
     names = [s.name for s in b.scorers]
@@ -323,8 +322,6 @@ def regroup(batch: pa.Table, **pairing) -> pa.Table:
 def run_pair(cfg: Config) -> dict:
     """Re-pair stored groups with this config's scorer weights, normalisation and pair strategy,
     without running any model; writes <output_dir>/pair/{groups,samples,pairs}."""
-    import ray
-
     src = Path(cfg.pair.groups) if cfg.pair.groups else cfg.stage_dir("build") / "groups"
     if not src.exists():
         raise FileNotFoundError(f"pair.groups: no stored groups at {src} (run the build first, or set pair.groups)")

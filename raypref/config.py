@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from raypref import schema as S
 from raypref.difference_text import DEFAULT_INSTRUCTION, NEEDS_SERVER, check_instruction
 from raypref.judge_http import HttpJudgeConf
+from raypref.parquet_read import V1_READ_MAX_MB
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -53,10 +54,10 @@ class RayConf(_Strict):
         "None leaves Ray's default (or the variable as set).",
     )
     v1_read_max_mb: float = Field(
-        32.0, ge=0, description="Parquet inputs on local disk under this many MiB in all are read with Ray Data's V1 "
-        "reader, which starts no footer-reader actor: a read of a small table took 0.9 s with V2 and 0.13 s with V1 "
-        "here (benchmarks/parquet_read.py). Larger or remote inputs use the DataContext's reader (V2 by default); "
-        "0: always the DataContext's.",
+        V1_READ_MAX_MB, ge=0, description="Parquet inputs on local disk under this many MiB in all are read with Ray "
+        "Data's V1 reader, which starts no footer-reader actor: read -> map -> write of a 0.2 MiB table took 1.16 s "
+        "with V2 and 0.55 s with V1 here (benchmarks/parquet_read.py; README, Ray Data's Parquet reader). Larger or "
+        "remote inputs use the DataContext's reader (V2 by default); 0: always the DataContext's.",
     )
     data_context: dict[str, Any] = Field(
         default_factory=dict,
@@ -715,6 +716,18 @@ def _config_default(key: str):
     return _NO_DEFAULT
 
 
+def changed_keys(theirs: dict, mine: dict) -> list[str]:
+    """The dotted keys whose values differ between two flat configs (_flat's), less the keys ``theirs``
+    lacks while ``mine`` holds their default (or, for a key in _BEFORE_KEY, what the code did before it)."""
+    return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)
+                  and not (k not in theirs and mine[k] == _BEFORE_KEY.get(k, _config_default(k))))
+
+
+def config_changes(recorded: dict, current: dict) -> list[str]:
+    """changed_keys of two nested configs (model_dump's)."""
+    return changed_keys(_flat(recorded, ""), _flat(current, ""))
+
+
 def settings_changed(record: Path, settings: dict) -> str | None:
     """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ..."),
     or None when they are the same or nothing was recorded (work from before records were kept).
@@ -724,8 +737,7 @@ def settings_changed(record: Path, settings: dict) -> str | None:
     if not record.is_file():
         return None
     theirs, mine = json.loads(record.read_text()), _flat(settings, "")
-    changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)
-                     and not (k not in theirs and mine[k] == _BEFORE_KEY.get(k, _config_default(k))))
+    changed = changed_keys(theirs, mine)
     if not changed:
         return None
     said = "; ".join(f"{k}: {str(theirs.get(k))[:60]!r} -> {str(mine.get(k))[:60]!r}" for k in changed[:4])

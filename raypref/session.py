@@ -46,8 +46,9 @@ def started_line(cpus: int, dashboard_url: str | None) -> str:
 def set_data_context(conf: RayConf) -> None:
     """Apply ``ray.parquet_footer_actors``, ``ray.v1_read_max_mb`` and ``ray.data_context`` to this driver's Ray Data.
 
-    Both act where a dataset is planned, in the driver: the Parquet reader reads the variable when
-    each read is planned, and every dataset copies the DataContext when it is made.
+    They act where a dataset is planned, in the driver: the Parquet readers (Ray's footer indexer,
+    raypref.parquet_read) read the variables when each read is planned, and every dataset copies the
+    DataContext when it is made.
     """
     from ray.data import DataContext
 

@@ -178,7 +178,7 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
         r = json.loads(f.read_text())
     except json.JSONDecodeError:
         return None, f"runs again ({f} is unreadable)"
-    if r.get("config") != config:
+    if _config_changed(r.get("config"), config):
         if _scale_free(r.get("config")) == _scale_free(config):  # the same work: its stages resume it
             return None, "runs again in place (only its scale or budget changed; its stages resume)"
         aside = point_dir.with_name(f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -199,6 +199,14 @@ def collect(point_dir: Path, sw: SweepConf) -> dict[str, float]:
             if getattr(m, end):
                 metrics[f"{m.name}_{end}"] = read_metric(point_dir, getattr(m, end))
     return metrics
+
+
+def _config_changed(recorded, config: dict) -> bool:
+    """Whether a finished point's recorded config differs from this one; a key added to raypref since
+    it was recorded (absent from the record) that holds its default is no change."""
+    from raypref.config import config_changes
+
+    return not isinstance(recorded, dict) or bool(config_changes(recorded, config))
 
 
 def _scale_free(config):

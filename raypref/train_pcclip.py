@@ -284,7 +284,6 @@ def pcclip_loop(c: dict) -> None:
 def run_train_pcclip(cfg: Config) -> dict:
     import pyarrow as pa
     import pyarrow.dataset as pads
-    import ray.data
     from ray.data.dataset import MaterializedDataset
 
     from raypref.difference_text import resolve

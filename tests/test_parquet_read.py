@@ -24,7 +24,7 @@ def test_small_local_reads_take_v1_and_others_the_contexts_reader(ray_session, t
     (tmp_path / "d").mkdir()
     for i in range(3):
         pq.write_table(pa.table({"a": list(range(1000 * i, 1000 * (i + 1)))}), tmp_path / "d" / f"{i}.parquet")
-    sizes = sorted(f.stat().st_size for f in (tmp_path / "d").glob("*.parquet"))
+    sizes = [(tmp_path / "d" / f"{i}.parquet").stat().st_size for i in range(3)]
     assert parquet_mb(tmp_path / "d") == pytest.approx(sum(sizes) / 2**20)
     assert parquet_mb([tmp_path / "d" / "0.parquet"]) == pytest.approx((tmp_path / "d" / "0.parquet").stat().st_size / 2**20)
     assert parquet_mb(tmp_path / "d", stop_above=0) < parquet_mb(tmp_path / "d")  # stops at the first file past it
@@ -41,4 +41,9 @@ def test_small_local_reads_take_v1_and_others_the_contexts_reader(ray_session, t
     assert _reader(read_parquet([str(tmp_path / "d" / f"{i}.parquet") for i in range(2)])) == "ReadParquet"
     assert _reader(read_parquet(str(tmp_path / "d"))) == "ReadFilesParquetV2"
     set_data_context(RayConf(v1_read_max_mb=0))
-    assert _reader(read_parquet(str(tmp_path / "d"), columns=["a"])) == "ReadFilesParquetV2" and ctx.use_datasource_v2
+    v2 = read_parquet(str(tmp_path / "d"), columns=["a"])
+    assert _reader(v2) == "ReadFilesParquetV2" and ctx.use_datasource_v2
+    assert sorted(r["a"] for r in v2.take_all()) == list(range(3000))
+    # arguments V1 does not take (or another filesystem) leave the read to the context's reader
+    set_data_context(RayConf())
+    assert _reader(read_parquet(str(tmp_path / "d"), ignore_missing_paths=True)) == "ReadFilesParquetV2"

@@ -4,6 +4,7 @@ then resumed on 2), the export as a build scorer, and the preference-accuracy ha
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -276,7 +277,8 @@ def _history(out):
 
 
 @pytest.mark.slow
-def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session, tmp_path, tiny_clip, prompts_file):
+def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session, tmp_path, tiny_clip, prompts_file,
+                                                                     monkeypatch):
     from safetensors.torch import load_file
 
     from raypref.build import run_build
@@ -312,11 +314,15 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     # whole prompts shuffled per epoch: both workers still take the same number of steps (it crosses an epoch)
     # and now 2 micro-batches a step under bf16 autocast, with gradient checkpointing: the schedule still
     # counts optimizer steps
-    # and with cache_pairs_max_mb=0: nothing held in the object store, both splits stream from the files
-    # every epoch, counted from the prompt ids alone, and come out as the cached run's did
-    s2 = run_train_reward(_cfg(out, [str(pairs / "a"), str(pairs / "b")], max_steps=36, eval_every=15,
-                               checkpoint_every=30, num_workers=2, hflip=0.5, shuffle_buffer=0, prompt_shuffle_buffer=16,
-                               grad_accum_steps=2, precision="bf16", gradient_checkpointing=True, cache_pairs_max_mb=0))
+    # and as large pairs are read: cache_pairs_max_mb=0 holds nothing in the object store, both splits stream
+    # from the files every epoch, counted from the prompt ids alone, and ray.v1_read_max_mb=0 reads them with
+    # Ray Data's V2 reader; they come out as the cached run's did
+    cfg2 = _cfg(out, [str(pairs / "a"), str(pairs / "b")], max_steps=36, eval_every=15,
+                checkpoint_every=30, num_workers=2, hflip=0.5, shuffle_buffer=0, prompt_shuffle_buffer=16,
+                grad_accum_steps=2, precision="bf16", gradient_checkpointing=True, cache_pairs_max_mb=0)
+    cfg2.ray.v1_read_max_mb = 0
+    monkeypatch.setenv("RAYPREF_V1_READ_MAX_MB", os.environ["RAYPREF_V1_READ_MAX_MB"])  # put back after the test
+    s2 = run_train_reward(cfg2)
     hist2 = _history(out)
     assert s2["workers"] == 2 and s2["final_step"] == 36
     assert s1["pairs_cached"] is True and s2["pairs_cached"] is False

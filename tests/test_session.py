@@ -12,6 +12,8 @@ def test_local_ray_dashboard_on_loopback_by_default(ray_started_line):
         import ray.dashboard.optional_deps  # noqa: F401
     except ImportError:
         pytest.skip("a minimal Ray without ray[default] starts no dashboard")
+    if not ray_started_line:  # init_ray found a Ray already up and said nothing
+        pytest.skip("a Ray was started before the session fixture")
     assert re.fullmatch(r"\[ray\] new local Ray, 8 CPUs, dashboard http://127\.0\.0\.1:\d+", ray_started_line), ray_started_line
 
 

@@ -150,6 +150,9 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     (d / "result.json").write_text(json.dumps({"config": {"a": 1}, "stages": ["rank"]}))
     assert _done(d, {"a": 1}, ["rank"])[0]["stages"] == ["rank"]
     assert _done(d, {"a": 1}, ["rank", "report"]) == (None, "runs again for the stage(s) added since: report")
+    # a key raypref added since the point ran, at its default, is no change; at another value it is one
+    assert _done(d, {"a": 1, "ray": {"v1_read_max_mb": 32.0}}, ["rank"])[1] == "done"
+    assert _done(d, {"a": 1, "ray": {"v1_read_max_mb": 0.0}}, ["rank"])[1].startswith("runs again in place")
     # only its scale or budget changed: it runs again where it is, and its stages resume
     base = {"a": 1, "ray": {"num_cpus": 8}, "reward": {"max_steps": 10, "lr": 1.0},
             "build": {"scorers": [{"name": "s", "pool": {"batch_size": 4}}]}}
