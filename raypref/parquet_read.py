@@ -28,10 +28,10 @@ def parquet_mb(paths, stop_above: float | None = None) -> float | None:
         if "://" in str(raw):  # before Path(), which folds 's3://b' into 's3:/b'
             return None
         p = Path(raw)
+        if not p.exists():
+            return None
         try:
-            for f in [p] if p.is_file() else p.rglob("*.parquet") if p.is_dir() else [None]:
-                if f is None:
-                    return None
+            for f in [p] if p.is_file() else p.rglob("*.parquet"):
                 total += f.stat().st_size
                 if stop_above is not None and total > stop_above * 2**20:
                     return total / 2**20

@@ -102,10 +102,10 @@ def ray_session(pytestconfig):
         dashboard = True
     except ImportError:
         dashboard = False
-    # with a dashboard, RayConf's defaults as users get them: test_session reads where it was put
+    # otherwise RayConf's defaults, as users get them: test_session reads where the dashboard was put
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        ray = init_ray(RayConf(num_cpus=8) if dashboard else RayConf(num_cpus=8, include_dashboard=False))
+        ray = init_ray(RayConf(num_cpus=8, include_dashboard=dashboard))
     print(out.getvalue(), end="")
     pytestconfig.stash[RAY_STARTED] = out.getvalue().strip()
     yield ray
