@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one go: the GPU-marked tests (the training loops in Ray Train as a part of their
-# own, gpu_train), then a DPO training step's time
+# The checks that need a CUDA GPU, in one go: the GPU-marked tests (the training loops in Ray Train as two parts of
+# their own, gpu_train_a and gpu_train_b), then a DPO training step's time
 # and memory at Stable Diffusion 1.5's and SDXL's real sizes (random weights: no hub needed), a ReFL
 # step on SD 1.5 with a ViT-L-14 CLIP-score reward, a full SDXL fine-tune's memory (fp32, bf16 with its bf16
 # reference, and Adafactor), then a reward-model step on open_clip ViT-L-14. Each part has its own time limit and writes its own log
 # to the folder $1, so one failing or slow part does not cost the others. PARTS (space-separated
-# names) runs only those parts, in this file's order; on a machine lent for 10-minute calls, run gpu_train in a call
-# of its own.
+# names) runs only those parts, in this file's order; on a machine lent for 10-minute calls, run gpu_train_a and
+# gpu_train_b each in a call of its own.
 #   bash benchmarks/gpu_checks.sh /tmp/gpu-checks
 #   PARTS="sd15_build refl_sd15" bash benchmarks/gpu_checks.sh /tmp/gpu-checks
 set -u
@@ -35,8 +35,10 @@ $py -c "import torch, diffusers, transformers, peft, open_clip; print('torch', t
 cat "$out/gpu.txt"
 
 part gpu_tests 150 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_scorers_clip_family.py tests/test_train_refl.py
-# each training loop in Ray Train on the GPU (needs Ray): about 9 minutes on one H200, more than the other parts together
-part gpu_train 600 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_gpu_train.py
+# each training loop in Ray Train on the GPU (needs Ray), in two halves of about 4.5 minutes each on one H200 (more
+# than the other parts together), so that each fits a 10-minute call of its own
+part gpu_train_a 420 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_gpu_train.py -k "dpo or reward"
+part gpu_train_b 420 $py -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_gpu_train.py -k "sft or pcclip"
 part sd15_build 90 $py benchmarks/full_size_pipelines.py sd15 "$models/sd15" --device cuda
 part sd15_dpo 180 $py benchmarks/train_step_memory.py --model "$models/sd15" --pairs 8 --steps 3
 part refl_sd15 150 $py benchmarks/train_step_memory.py --loop refl --model "$models/sd15" --pairs 4 --steps 3 \

@@ -76,3 +76,23 @@ def test_refl_step_measurement_runs(tiny_sd, tiny_clip):
          "scorer": tiny_clip, "refl_steps": 3}
     r = bench.child(a)
     assert r["seconds_per_step"] > 0 and r["saved_bytes"] > 0 and r["trained_params"] > 0
+
+
+def test_gpu_checks_halves_run_every_gpu_training_test_once():
+    """gpu_checks.sh splits tests/test_gpu_train.py in two parts by -k, so each fits a 10-minute device call: between
+    them they must select every test in the file, none twice, as pytest itself selects them."""
+    import ast
+    import re
+    import subprocess
+
+    script = (ROOT / "benchmarks" / "gpu_checks.sh").read_text()
+    exprs = re.findall(r'^part gpu_train_\w+ \d+ .*tests/test_gpu_train\.py -k "([^"]+)"', script, re.M)
+    assert len(exprs) == 2, exprs
+    tree = ast.parse((ROOT / "tests" / "test_gpu_train.py").read_text())
+    every = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    procs = [subprocess.Popen([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                               "tests/test_gpu_train.py", "-k", e], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             for e in exprs]
+    halves = [{ln.split("::")[1] for ln in p.communicate()[0].splitlines() if "::" in ln} for p in procs]
+    assert all(halves), halves
+    assert halves[0] | halves[1] == every and not halves[0] & halves[1], (halves, every)
