@@ -105,6 +105,19 @@ def noised(sched, latents, noise, t):
     return sched.add_noise(latents, noise, t), target
 
 
+def worker_generators(seed: int, rank: int, step: int):
+    """A training worker's three random streams from where it starts (``step``): the noise and timesteps, the
+    dropped prompts, and the mirrored rows. The noise keeps its original seed, so runs stay as they were; the other
+    two come from SeedSequence (seed, rank, step, purpose), so no stream repeats another: seeds made the noise's way
+    would all be ``step`` for seed 0 on rank 0, and the rows blanked would follow the first noise values drawn."""
+    import torch
+
+    def stream(purpose: int):
+        return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank, step, purpose]).generate_state(1)[0]))
+
+    return torch.Generator().manual_seed(seed * 100003 + rank * 1009 + step), stream(1), stream(2)
+
+
 def drop_prompts(prompts, fraction: float, gen) -> list[str]:
     """The prompts with each replaced by '' with probability ``fraction`` (one draw per row from
     ``gen``, a torch.Generator): the unconditional rows that keep classifier-free guidance working,
@@ -171,11 +184,7 @@ def train_loop_per_worker(c: dict) -> None:
         torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
 
     unet_ddp = ray.train.torch.prepare_model(unet)
-    gen = torch.Generator().manual_seed(c["seed"] * 100003 + rank * 1009 + step)
-    drop = torch.Generator().manual_seed(c["seed"] * 100019 + rank * 1013 + step)  # its own stream: the noise stays as it was
-    # and hflip's: from SeedSequence, since the two seeds above are both `step` for seed 0 on rank 0, and a
-    # stream drawn like drop's would mirror exactly the rows it blanks
-    mirror = torch.Generator().manual_seed(int(np.random.SeedSequence([c["seed"], rank, step, 2]).generate_state(1)[0]))
+    gen, drop, mirror = worker_generators(c["seed"], rank, step)
     shard = ray.train.get_dataset_shard("train")
     if step >= c["max_steps"]:  # a rerun of a finished run: report its final state again
         report_step(rank, {"step": step}, history, {"step": step, "epoch": epoch, "in_epoch": done}, write)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from raypref.config import validate
 from raypref.train_checkpoint import scheduled_optimizer
-from raypref.train_dpo import drop_prompts, noised
+from raypref.train_dpo import drop_prompts, noised, worker_generators
 
 
 def test_drop_prompts_blanks_each_row_with_its_own_draw():
@@ -19,6 +19,22 @@ def test_drop_prompts_blanks_each_row_with_its_own_draw():
     assert out == [p if k else "" for p, k in zip(prompts, expect.tolist())]
     assert 0.17 < out.count("") / 2000 < 0.23  # about the asked share (Wallace et al.'s 0.2)
     assert drop_prompts(prompts, 0.2, torch.Generator().manual_seed(1)) != out
+
+
+def test_a_workers_noise_drop_and_mirror_streams_never_share_a_seed():
+    # seed 0 on rank 0 once gave the noise and the dropped prompts the same seed (`step`), so the rows blanked
+    # followed the first noise values drawn; the noise keeps its seed, so earlier runs draw the same noise
+    seeds = {}
+    for seed in (0, 1, 7):
+        for rank in (0, 1, 2):
+            for step in (0, 1, 1009, 100003):
+                gen, drop, mirror = worker_generators(seed, rank, step)
+                assert gen.initial_seed() == seed * 100003 + rank * 1009 + step
+                assert len({gen.initial_seed(), drop.initial_seed(), mirror.initial_seed()}) == 3, (seed, rank, step)
+                for g in (drop, mirror):  # nor does a drop or mirror stream repeat another worker's
+                    assert seeds.setdefault(g.initial_seed(), (seed, rank, step)) == (seed, rank, step)
+    gen, drop, _ = worker_generators(0, 0, 0)
+    assert not torch.equal(torch.rand(64, generator=gen), torch.rand(64, generator=drop))
 
 
 def test_the_regression_target_follows_the_schedulers_prediction_type():
