@@ -111,10 +111,10 @@ def tuned_weights(cfg: Config) -> tuple[str, Path]:
     return key, where
 
 
-def eval_sides(cfg: Config) -> dict:
+def eval_sides(cfg: Config, tuned: tuple[str, Path] | None = None) -> dict:
     """The two generators an eval compares: the first build generator at eval.num_samples ("base"),
-    and the same with the tuned weights added as its lora or unet ("tuned")."""
-    part, weights = tuned_weights(cfg)
+    and the same with the tuned weights added as its lora or unet ("tuned"; ``tuned_weights(cfg)`` unless given)."""
+    part, weights = tuned or tuned_weights(cfg)
     gen = cfg.build.generators[0].model_copy(update={"num_samples": cfg.eval.num_samples})
     return {"base": gen, "tuned": gen.model_copy(update={part: str(weights.resolve())})}
 
@@ -126,11 +126,11 @@ def run_eval(cfg: Config) -> dict:
         raise ValueError("build.generators: eval uses the first generator's settings")
     scorer = cfg.scorer(e.scorer)
     scorer_kwargs(scorer)  # its model and args checked before the config is written
+    part, weights = tuned = tuned_weights(cfg)  # and the tuned weights found
     out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
-    part, weights = tuned_weights(cfg)
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
-    sides = eval_sides(cfg)
+    sides = eval_sides(cfg, tuned)
     base, tuned = (_scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
                    for side, g in sides.items())
     col = S.score_column(scorer.name)

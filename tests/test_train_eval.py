@@ -242,3 +242,4 @@ def test_eval_without_lora_is_a_clear_error(built_run, tmp_path):
     cfg = _cfg(built_run, tmp_path / "none")
     with pytest.raises(ValueError, match="eval.lora and eval.unet are both set"):
         run_eval(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"lora": "x", "unet": "y"})}))
+    assert not (tmp_path / "none" / "eval").exists()  # checked before anything is written
