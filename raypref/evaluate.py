@@ -126,11 +126,11 @@ def run_eval(cfg: Config) -> dict:
         raise ValueError("build.generators: eval uses the first generator's settings")
     scorer = cfg.scorer(e.scorer)
     scorer_kwargs(scorer)  # its model and args checked before the config is written
-    part, weights = tuned = tuned_weights(cfg)  # and the tuned weights found
+    part, weights = tuned_weights(cfg)  # and the tuned weights found
     out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
-    sides = eval_sides(cfg, tuned)
+    sides = eval_sides(cfg, (part, weights))
     base, tuned = (_scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
                    for side, g in sides.items())
     col = S.score_column(scorer.name)

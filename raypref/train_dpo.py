@@ -107,9 +107,10 @@ def noised(sched, latents, noise, t):
 
 def worker_generators(seed: int, rank: int, step: int):
     """A training worker's three random streams from where it starts (``step``): the noise and timesteps, the
-    dropped prompts, and the mirrored rows. The noise keeps its original seed, so runs stay as they were; the other
-    two come from SeedSequence (seed, rank, step, purpose), so no stream repeats another: seeds made the noise's way
-    would all be ``step`` for seed 0 on rank 0, and the rows blanked would follow the first noise values drawn."""
+    dropped prompts, and the mirrored rows. The noise and timesteps keep their original seed; the other two come from
+    SeedSequence (seed, rank, step, purpose), so they repeat neither the noise nor each other. The dropped prompts'
+    seed was once made the noise's way, which for seed 0 on rank 0 was ``step`` for both, so the rows blanked followed
+    the first noise values drawn (runs with empty_prompt_fraction > 0 now blank other rows than before)."""
     import torch
 
     def stream(purpose: int):

@@ -17,7 +17,10 @@ import pytest
 # local Ray, `ray start` and `ray job submit` all run authenticated, as Ray 2.60 does by default.
 # Made once: a second import of this module (as tests.conftest, or in a Ray worker, which inherits
 # the environment) reuses the dir and token instead of making and leaking another.
-if os.environ.get("RAYPREF_TEST_SESSION_DIR"):
+# Only the process that made the dir removes it: a pytest a test starts (it inherits the environment) must
+# not delete the running session's token and model cache when it exits.
+_OWNS_SESSION_DIR = not os.environ.get("RAYPREF_TEST_SESSION_DIR")
+if not _OWNS_SESSION_DIR:
     _SESSION_DIR = Path(os.environ["RAYPREF_TEST_SESSION_DIR"])
 else:
     _SESSION_DIR = Path(tempfile.mkdtemp(prefix="raypref-tests-"))
@@ -46,7 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 def pytest_unconfigure(config):
     # the session dir holds the token and the model cache (tens of MB); left behind, every run
     # adds to /tmp until the disk fills
-    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+    if _OWNS_SESSION_DIR:
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 def tiny_config_dict(out: Path, prompts: Path, **build) -> dict:

@@ -4,6 +4,7 @@ full-size random pipelines have the released models' parameter counts."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -91,8 +92,10 @@ def test_gpu_checks_halves_run_every_gpu_training_test_once():
     tree = ast.parse((ROOT / "tests" / "test_gpu_train.py").read_text())
     every = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
     procs = [subprocess.Popen([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                               "tests/test_gpu_train.py", "-k", e], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                               "-m", "gpu", "tests/test_gpu_train.py", "-k", e], cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for e in exprs]
     halves = [{ln.split("::")[1] for ln in p.communicate()[0].splitlines() if "::" in ln} for p in procs]
+    # the children reuse this session's dir (token, model cache); only the session that made it removes it
+    assert Path(os.environ["RAYPREF_TEST_SESSION_DIR"]).is_dir()
     assert all(halves), halves
     assert halves[0] | halves[1] == every and not halves[0] & halves[1], (halves, every)
