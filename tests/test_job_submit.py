@@ -1,4 +1,6 @@
-"""`ray job submit` against a token-authenticated `ray start` head: the build job end to end."""
+"""`ray job submit` to a two-node, token-authenticated cluster on this machine: a head that schedules no work
+(as cluster/aws.yaml's) and a worker joined with cluster/local.yaml's own worker command. The build job runs end to
+end, all its work on the worker node, its data crossing between the two nodes' object stores."""
 
 import json
 import os
@@ -25,23 +27,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, prompts_file):
+def _local_yaml_worker_start(ray_bin: str, gcs: int) -> tuple[dict, list[str]]:
+    """cluster/local.yaml's worker `ray start`, as (its VAR=value prefix, its argv), pointed at this test's head."""
+    c = yaml.safe_load((REPO / "cluster" / "local.yaml").read_text())
+    words = [w for w in c["worker_start_ray_commands"] if " start " in w][-1].split()
+    prefix = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    argv = [w for w in words if not ("=" in w and not w.startswith("-"))]
+    assert argv[0].endswith("/ray") and argv[1] == "start", argv
+    return prefix, [ray_bin, "start"] + [w.replace("$RAY_HEAD_IP:6379", f"127.0.0.1:{gcs}") for w in argv[2:]]
+
+
+def test_build_job_via_ray_job_submit_on_two_nodes(tmp_path, tiny_sd, prompts_file):
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = dict(os.environ)  # carries RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH from conftest
-    gcs, dash, agent, metrics = _free_port(), _free_port(), _free_port(), _free_port()
+    gcs, dash, agent, metrics, w_agent, w_metrics = (_free_port() for _ in range(6))
     temp = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # unix socket paths must stay under 108 bytes
-    # --block keeps the head tied to this process: terminating it stops this cluster only, where
+    # --block keeps each node tied to this process: killing it stops this cluster only, where
     # `ray stop` would also kill the test session's own local Ray.
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=8", "--disable-usage-stats", f"--temp-dir={temp}",
+         f"--dashboard-port={dash}", "--num-cpus=0", "--disable-usage-stats", f"--temp-dir={temp}",
          # the session's own local Ray already holds the default agent and metrics ports; without its
          # own, this head's job agent never starts and every submission says "No available agent"
          f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
+    nodes = [head]
     try:
         _wait_for_dashboard(dash, head)
+        # the worker joins as local.yaml starts it: token mode from the command's own prefix, not from conftest
+        prefix, argv = _local_yaml_worker_start(ray_bin, gcs)
+        assert prefix.get("RAY_AUTH_MODE") == "token"
+        worker_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"} | prefix
+        nodes.append(subprocess.Popen(
+            argv + ["--block", "--num-cpus=8", f"--dashboard-agent-listen-port={w_agent}",
+                    f"--metrics-export-port={w_metrics}"],  # ports of its own: it shares this machine
+            env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        _wait_for_nodes(ray_bin, gcs, 2, nodes, worker_env)
         cfg = tiny_config_dict(tmp_path / "run", prompts_file)
         cfg["build"]["limit"] = 2
         cfg["build"]["scorers"] = cfg["build"]["scorers"][1:]  # jpeg alone: this tests the job, not the scorers
@@ -77,18 +99,33 @@ def test_build_job_via_ray_job_submit(tmp_path, tiny_sd, prompts_file):
         refused = subprocess.run([ray_bin, "job", "list"], env=no_mode, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0
     finally:
-        _stop(head)
+        for node in reversed(nodes):
+            _stop(node)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _stop(head: subprocess.Popen) -> None:
-    # after a job, a SIGTERMed head drains for about 30 s, so it is killed outright; the head runs in its
-    # own session, so its process group is this cluster's processes alone (GCS, raylet, dashboard, workers)
+def _stop(node: subprocess.Popen) -> None:
+    # after a job, a SIGTERMed head drains for about 30 s, so it is killed outright; each node runs in its
+    # own session, so its process group is that node's processes alone (GCS, raylet, dashboard, workers)
     try:
-        os.killpg(head.pid, signal.SIGKILL)
+        os.killpg(node.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    head.wait()
+    node.wait()
+
+
+def _wait_for_nodes(ray_bin: str, gcs: int, n: int, procs: list, env: dict, timeout: float = 120) -> None:
+    """Until `ray status` on the head counts ``n`` live nodes (the worker joined, its token accepted)."""
+    deadline, out = time.time() + timeout, ""
+    while time.time() < deadline:
+        assert all(p.poll() is None for p in procs), "a `ray start --block` exited early"
+        st = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{gcs}"], env=env, capture_output=True,
+                            text=True, timeout=60)
+        out = st.stdout + st.stderr
+        if st.returncode == 0 and out.count(" node_") == n:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{n} nodes did not join in {timeout}s; ray status said:\n{out[-2000:]}")
 
 
 def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120) -> None:
