@@ -1,6 +1,7 @@
-"""`ray job submit` to a two-node, token-authenticated cluster on this machine: a head that schedules no work
-(as cluster/aws.yaml's) and a worker joined with cluster/local.yaml's own worker command. The build job runs end to
-end, all its work on the worker node, its data crossing between the two nodes' object stores."""
+"""`ray job submit` to a three-node, token-authenticated cluster on this machine: a head that schedules no work
+(as cluster/aws.yaml's) and two workers joined with cluster/local.yaml's own worker command. The build job runs end
+to end on the workers, its data crossing between the nodes' object stores, then a DPO job trains with one Ray Train
+worker on each node."""
 
 import json
 import os
@@ -37,10 +38,10 @@ def _local_yaml_worker_start(ray_bin: str, gcs: int) -> tuple[dict, list[str]]:
     return prefix, [ray_bin, "start"] + [w.replace("$RAY_HEAD_IP:6379", f"127.0.0.1:{gcs}") for w in argv[2:]]
 
 
-def test_build_job_via_ray_job_submit_on_two_nodes(tmp_path, tiny_sd, prompts_file):
+def test_build_and_train_jobs_via_ray_job_submit_on_three_nodes(tmp_path, tiny_sd, prompts_file):
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = dict(os.environ)  # carries RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH from conftest
-    gcs, dash, agent, metrics, w_agent, w_metrics = (_free_port() for _ in range(6))
+    gcs, dash, agent, metrics = (_free_port() for _ in range(4))
     temp = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # unix socket paths must stay under 108 bytes
     # --block keeps each node tied to this process: killing it stops this cluster only, where
     # `ray stop` would also kill the test session's own local Ray.
@@ -55,38 +56,57 @@ def test_build_job_via_ray_job_submit_on_two_nodes(tmp_path, tiny_sd, prompts_fi
     nodes = [head]
     try:
         _wait_for_dashboard(dash, head)
-        # the worker joins as local.yaml starts it: token mode from the command's own prefix, not from conftest
+        # two workers join as local.yaml starts them: token mode from the command's own prefix, not from conftest
         prefix, argv = _local_yaml_worker_start(ray_bin, gcs)
         assert prefix.get("RAY_AUTH_MODE") == "token"
         worker_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"} | prefix
-        nodes.append(subprocess.Popen(
-            argv + ["--block", "--num-cpus=8", f"--dashboard-agent-listen-port={w_agent}",
-                    f"--metrics-export-port={w_metrics}"],  # ports of its own: it shares this machine
-            env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for_nodes(ray_bin, gcs, 2, nodes, worker_env)
+        # one at a time: two nodes started together on one machine failed 2 starts in 5 here ("The current node
+        # timed out during startup"); started one after the other, 24 starts in a row joined
+        for joined in (2, 3):
+            nodes.append(subprocess.Popen(
+                argv + ["--block", "--num-cpus=4", f"--dashboard-agent-listen-port={_free_port()}",
+                        f"--metrics-export-port={_free_port()}"],  # ports of its own: it shares this machine
+                env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            _wait_for_nodes(ray_bin, gcs, joined, nodes, worker_env)
         cfg = tiny_config_dict(tmp_path / "run", prompts_file)
         cfg["build"]["limit"] = 2
         cfg["build"]["scorers"] = cfg["build"]["scorers"][1:]  # jpeg alone: this tests the job, not the scorers
         (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
         job_env = dict(env, RAY_ADDRESS=f"http://127.0.0.1:{dash}")
+
+        def submit(*entrypoint):
+            cmd = [ray_bin, "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--", *entrypoint]
+            deadline = time.time() + 240  # a loaded 2-core machine can take minutes to start the agent
+            while True:
+                sub = subprocess.run(cmd, env=job_env, capture_output=True, text=True, timeout=600, cwd=REPO)
+                # the dashboard answers before the head's job agent is up; Ray says to try again later
+                if "No available agent to submit job" not in sub.stdout + sub.stderr or time.time() > deadline:
+                    break
+                time.sleep(3)
+            assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-3000:])
+            assert "succeeded" in sub.stdout + sub.stderr
+            return sub
+
         # the uploaded working_dir has no .git/: the entrypoint hands the job the commit, as the README says
-        cmd = [ray_bin, "job", "submit", "--runtime-env", "cluster/runtime_env.yaml", "--",
-               "env", "RAYPREF_GIT_SHA=0123abc-from-submitter",
-               sys.executable, "-m", "jobs.build", "--config", str(tmp_path / "job.yaml")]
-        deadline = time.time() + 240  # a loaded 2-core machine can take minutes to start the agent
-        while True:
-            sub = subprocess.run(cmd, env=job_env, capture_output=True, text=True, timeout=600, cwd=REPO)
-            # the dashboard answers before the head's job agent is up; Ray says to try again later
-            if "No available agent to submit job" not in sub.stdout + sub.stderr or time.time() > deadline:
-                break
-            time.sleep(3)
-        assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-3000:])
-        assert "succeeded" in sub.stdout + sub.stderr
+        sub = submit("env", "RAYPREF_GIT_SHA=0123abc-from-submitter",
+                     sys.executable, "-m", "jobs.build", "--config", str(tmp_path / "job.yaml"))
         assert "[build] 2 prompts -> 8 samples -> 2 pairs" in sub.stdout
         summary = json.loads((tmp_path / "run" / "build" / "summary.json").read_text())
         assert summary["pairs"] == 2
         meta = json.loads((tmp_path / "run" / "build" / "run_meta.json").read_text())
         assert meta["git_sha"] == "0123abc-from-submitter"
+
+        # DPO data-parallel across the two workers: 3 CPUs a worker and 4 a node put one on each, so DDP's
+        # all-reduce and the checkpoints (on the shared output_dir) cross nodes
+        sub = submit(sys.executable, "-m", "jobs.train_dpo", "--config", str(tmp_path / "job.yaml"),
+                     "train.num_workers=2", "train.cpus_per_worker=3", "train.batch_size=1")
+        assert "[train] dpo (lora) on 2 pairs, 2 worker(s), step 2" in sub.stdout, sub.stdout[-3000:]
+        hist = [json.loads(x) for x in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+        assert [h["step"] for h in hist] == [1, 2]
+        assert (tmp_path / "run" / "train" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+        listed = subprocess.run([ray_bin, "list", "actors", "--filter", "class_name=RayTrainWorker", "--detail",
+                                 "--format", "json"], env=job_env, capture_output=True, text=True, timeout=120)
+        assert len({a["node_id"] for a in json.loads(listed.stdout)}) == 2, listed.stdout[-2000:]  # one a node
 
         # without the token the cluster refuses the job
         bad = dict(job_env, RAY_AUTH_TOKEN="wrong-token")
