@@ -145,8 +145,8 @@ def _node(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 def _stop(node: subprocess.Popen) -> None:
     # after a job, a SIGTERMed head drains for about 30 s, so it is killed outright; each node runs in its
-    # own session, so its process group is that node's Ray processes alone (a job's driver, in a session of
-    # its own, and the node's workers end when their raylet goes)
+    # own session, so its process group is that node's Ray processes alone; a job's driver runs in a session of
+    # its own, and it and the node's workers exit when their raylet goes
     try:
         os.killpg(node.pid, signal.SIGKILL)
     except ProcessLookupError:
