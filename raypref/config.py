@@ -13,10 +13,10 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raypref import schema as S
 from raypref.difference_text import DEFAULT_INSTRUCTION, NEEDS_SERVER, check_instruction
@@ -28,6 +28,20 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message names it."""
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _local_path(p: str | None) -> str | None:
+    # a URI would be taken as a relative directory named 's3:' on each node, silently
+    if p is not None and (m := _URI.match(p)):
+        raise ValueError(f"a URI ({m.group(0)}...); outputs go to a filesystem path. On a cluster, use one every node "
+                         "mounts (NFS, EFS, a ReadWriteMany volume, or an object store mounted as a filesystem)")
+    return p
+
+
+LocalPath = Annotated[str, AfterValidator(_local_path)]
 
 
 class _Strict(BaseModel):
@@ -333,7 +347,7 @@ class PretrainT2IConf(_RayTrainScale):
     batch_size: int = Field(48, ge=1, description="Images per worker per step.")
     checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints (each phase).")
     seed: int = Field(0, description="Initialisation and data seed.")
-    export_dir: str | None = Field(None, description="Where the StableDiffusionPipeline directory goes (None: <output_dir>/pretrain/sd).")
+    export_dir: LocalPath | None = Field(None, description="Where the StableDiffusionPipeline directory goes (None: <output_dir>/pretrain/sd).")
 
 
 class PretrainClipConf(_RayTrainScale):
@@ -354,7 +368,7 @@ class PretrainClipConf(_RayTrainScale):
     batch_size: int = Field(64, ge=2, description="Image-text pairs per worker per step (in-batch negatives, distinct prompts).")
     checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints.")
     seed: int = Field(0, description="Initialisation and data seed.")
-    export_dir: str | None = Field(None, description="Where the open_clip directory goes (None: <output_dir>/pretrain/clip).")
+    export_dir: LocalPath | None = Field(None, description="Where the open_clip directory goes (None: <output_dir>/pretrain/clip).")
 
 
 class PretrainConf(_Strict):
@@ -419,7 +433,7 @@ class PcClipConf(_RayTrainScale):
     comparative_alpha: float = Field(0.8, ge=0, le=1, description="Comparative prompting: the weight of a prompt's own embedding; 1 - alpha goes to the mean of its comparative estimates (0.8, as in the authors' code).")
 
     seed: int = Field(0, description="Seed for the pairing, the shuffle and the held-out split.")
-    export_dir: str | None = Field(None, description="Where the fine-tuned open_clip directory goes (None: <output_dir>/pcclip/model); a clip_score scorer loads it as 'local-dir:<dir>'.")
+    export_dir: LocalPath | None = Field(None, description="Where the fine-tuned open_clip directory goes (None: <output_dir>/pcclip/model); a clip_score scorer loads it as 'local-dir:<dir>'.")
 
     @model_validator(mode="after")
     def _llm_complete(self):
@@ -468,7 +482,7 @@ class RewardConf(_RayTrainScale, _StepConf):
     interleave: bool = Field(False, description="Sort the pairs once, before training, by a seeded hash of (pairs dir, prompt id): the dirs in reward.pairs interleave prompt by prompt instead of following each other, and each prompt's pairs stay together (with shuffle_buffer 0 a batch holds whole prompts). The sorted order is the same every epoch; prompt_shuffle_buffer reshuffles it prompt by prompt.")
     seed: int = Field(0, description="Initialisation, split and shuffle seed.")
     cache_pairs_max_mb: float = Field(1024.0, ge=0, description="Pairs smaller than this on disk are read once into the object store.")
-    export_dir: str | None = Field(None, description="Where the exported model goes (None: <output_dir>/reward/model).")
+    export_dir: LocalPath | None = Field(None, description="Where the exported model goes (None: <output_dir>/reward/model).")
 
 
 class AccuracyConf(_Strict):
@@ -531,7 +545,7 @@ class SweepConf(_Strict):
 
 
 class Config(_Strict):
-    output_dir: str = Field("runs/demo", description="Run directory: build/, train/, eval/ go under it.")
+    output_dir: LocalPath = Field("runs/demo", description="Run directory: build/, train/, eval/ go under it. A filesystem path, not a URI (on a cluster, one every node mounts).")
     ray: RayConf = Field(default_factory=RayConf)
     build: BuildConf = Field(default_factory=BuildConf)
     train: TrainConf = Field(default_factory=TrainConf)

@@ -85,6 +85,16 @@ def test_bad_values_and_files(tmp_path):
         .build.scorers[0].value_range == (0.0, 1.0)
 
 
+def test_output_uris_are_refused_by_key():
+    # a URI would otherwise become a local directory named 's3:' on every node
+    with pytest.raises(ConfigError, match=r"  output_dir: .*a URI \(s3://\.\.\.\); outputs go to a filesystem path"):
+        load_config(None, ["output_dir=s3://bucket/run"])
+    for key in ("reward.export_dir", "pcclip.export_dir", "pretrain.clip.export_dir", "pretrain.t2i.export_dir"):
+        with pytest.raises(ConfigError, match=rf"  {key}: .*a URI \(gs://\.\.\.\)"):
+            load_config(None, [f"{key}=gs://bucket/model"])
+    assert load_config(None, ["output_dir=/mnt/raypref/run", "reward.export_dir=rm"]).output_dir == "/mnt/raypref/run"
+
+
 def test_run_meta_written(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}"])
     d = write_run_meta(cfg, tmp_path / "build", "build")
