@@ -742,15 +742,21 @@ def config_changes(recorded: dict, current: dict) -> list[str]:
     return changed_keys(_flat(recorded, ""), _flat(current, ""))
 
 
-def settings_changed(record: Path, settings: dict) -> str | None:
+def _without(flat: dict, ignore) -> dict:
+    """A flat config less the dotted keys in ``ignore`` and every key under them."""
+    return {k: v for k, v in flat.items() if not any(k == i or k.startswith(i + ".") for i in ignore)}
+
+
+def settings_changed(record: Path, settings: dict, ignore=()) -> str | None:
     """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ..."),
     or None when they are the same or nothing was recorded (work from before records were kept).
     A config key the record lacks (work from before the key existed) is the same while it holds
     its default (or, for a key in _BEFORE_KEY, what the code did before it), so adding a key with a
-    default does not refuse every earlier run's rerun."""
+    default does not refuse every earlier run's rerun. The dotted keys in ``ignore`` (settings this
+    run does not read) are left out of the record too, which may hold them from an earlier run."""
     if not record.is_file():
         return None
-    theirs, mine = json.loads(record.read_text()), _flat(settings, "")
+    theirs, mine = _without(json.loads(record.read_text()), ignore), _without(_flat(settings, ""), ignore)
     changed = changed_keys(theirs, mine)
     if not changed:
         return None
@@ -758,11 +764,12 @@ def settings_changed(record: Path, settings: dict) -> str | None:
     return said + ("; ..." if len(changed) > 4 else "")
 
 
-def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str) -> None:
+def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, ignore=()) -> None:
     """Before a stage writes anything: if it already holds work (``has_work``) made with settings
-    other than ``settings`` (as recorded in ``record``), a rerun would resume or mix another run's
-    work, so raise ``refusal`` with its {changed} filled in; otherwise record ``settings``."""
-    changed = settings_changed(record, settings) if has_work else None
+    other than ``settings`` (as recorded in ``record``; ``ignore`` as for settings_changed), a rerun
+    would resume or mix another run's work, so raise ``refusal`` with its {changed} filled in;
+    otherwise record ``settings``."""
+    changed = settings_changed(record, settings, ignore) if has_work else None
     if changed:
         raise ValueError(refusal.replace("{changed}", changed))  # not format(): a path may hold braces
     record_settings(record, settings)

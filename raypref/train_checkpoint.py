@@ -123,15 +123,19 @@ RESUMABLE = frozenset({"max_steps", "vae_steps", "unet_steps", "steps", "checkpo
 def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) -> None:
     """Before a training stage writes anything: a rerun resumes the checkpoints under <out>/ray/<name>
     only if they were trained with the same ``settings`` (the config ``section``'s values, less
-    RESUMABLE and the keys in ``ignore``, which this run does not read); otherwise it would continue,
+    RESUMABLE, the keys in ``ignore``, and hflip_swap where hflip is 0, which this run does not read;
+    compared with the record less the same keys); otherwise it would continue,
     or re-export, another run's model under this config. Records the settings for the next rerun."""
     from raypref.config import guard_rerun
 
     run = out / "ray" / name
-    mine = {k: v for k, v in settings.items() if k not in RESUMABLE and k not in ignore}
+    skip = RESUMABLE | set(ignore) | ({"hflip_swap"} if settings.get("hflip") == 0 else set())  # no mirroring: words unread
+    mine = {k: v for k, v in settings.items() if k not in skip}
+    # an earlier run's record may hold a key this run skips (it mirrored, or the key was read then)
     guard_rerun(run / RUN_FILE, {section: mine}, any(run.glob("checkpoint_*")),
                 f"{name}: {run} holds checkpoints trained with other settings ({{changed}}); a rerun resumes only "
-                f"the same run. Use another output_dir, or delete {run} to train from scratch")
+                f"the same run. Use another output_dir, or delete {run} to train from scratch",
+                ignore=[f"{section}.{k}" for k in skip])
 
 
 def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,

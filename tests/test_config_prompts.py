@@ -207,3 +207,26 @@ def test_a_key_added_since_a_record_holds_while_it_keeps_its_default(tmp_path):
     assert settings_changed(old, {**same, "extra": 1}) == "extra: 'None' -> '1'"
     assert settings_changed(old, {**same, "pcclip": {"loss": "hinge", "train_towers": "both"}}) == \
         "pcclip.loss: 'contrastive' -> 'hinge'"
+
+
+def test_resume_guard_leaves_out_what_the_run_does_not_read(tmp_path):
+    from raypref.train_checkpoint import guard_resume
+
+    ckpt = tmp_path / "ray" / "reward" / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    swap = {"left": "right", "right": "left"}
+    guard_resume(tmp_path, "reward", "reward", {"hflip": 0.0, "hflip_swap": swap, "lr": 1.0, "max_steps": 5})
+    # the swap words of a run that mirrors nothing are not read: changing them still resumes
+    guard_resume(tmp_path, "reward", "reward", {"hflip": 0.0, "hflip_swap": {"top": "bottom"}, "lr": 1.0, "max_steps": 9})
+    with pytest.raises(ValueError, match=r"reward: .* other settings \(reward\.lr: '1\.0' -> '2\.0'\)"):
+        guard_resume(tmp_path, "reward", "reward", {"hflip": 0.0, "hflip_swap": swap, "lr": 2.0})
+    with pytest.raises(ValueError, match=r"reward\.hflip: '0\.0' -> '0\.5'"):
+        guard_resume(tmp_path, "reward", "reward", {"hflip": 0.5, "hflip_swap": swap, "lr": 1.0})
+    # a record made before a key was skipped still holds it; the comparison leaves it out on both sides
+    old = {"reward": {"hflip": 0.5, "hflip_swap.left": "right", "lr": 1.0, "method": "x"}}
+    (tmp_path / "ray" / "reward" / "raypref_run.json").write_text(json.dumps(
+        {f"{s}.{k}": v for s, d in old.items() for k, v in d.items()}))
+    guard_resume(tmp_path, "reward", "reward", {"hflip": 0.5, "hflip_swap": {"left": "right"}, "lr": 1.0, "method": "y"},
+                 ignore=("method",))
+    with pytest.raises(ValueError, match=r"reward\.hflip_swap\.left: 'right' -> 'east'"):
+        guard_resume(tmp_path, "reward", "reward", {"hflip": 0.5, "hflip_swap": {"left": "east"}, "lr": 1.0})
