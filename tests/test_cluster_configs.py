@@ -67,6 +67,20 @@ def test_aws_launcher_runs_in_an_image_of_the_locked_ray_and_a_python_that_will_
     assert SpecifierSet(requires).contains(f"{m.group(2)}.{m.group(3)}")
 
 
+def test_aws_nodes_share_the_run_directory_the_jobs_write_to():
+    c = _load("cluster/aws.yaml")
+    init = " ".join(c["initialization_commands"])  # on each host, before Docker starts the container
+    assert re.search(r"mount -t nfs4 .* fs-\w+\.efs\.[\w-]+\.amazonaws\.com:/ /mnt/raypref;", init)
+    assert "-v /mnt/raypref:/mnt/raypref" in c["docker"]["run_options"]
+    # the README's jobs and the KubeRay volume use the same path
+    readme = (ROOT / "README.md").read_text()
+    dirs = re.findall(r"output_dir=(\S+)", readme.split("## On a cluster")[1].split("**Kubernetes")[0])
+    assert dirs and all(d.startswith("/mnt/raypref/") for d in dirs)
+    runs = {m for p in (ROOT / "cluster/kuberay").glob("*.yaml")
+            for m in re.findall(r"\{name: runs, mountPath: (\S+)\}", p.read_text())}
+    assert runs == {"/mnt/raypref"}
+
+
 def test_job_runtime_env_is_valid_and_leaves_local_state_behind():
     from ray.runtime_env import RuntimeEnv
 
