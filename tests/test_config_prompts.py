@@ -230,3 +230,7 @@ def test_resume_guard_leaves_out_what_the_run_does_not_read(tmp_path):
                  ignore=("method",))
     with pytest.raises(ValueError, match=r"reward\.hflip_swap\.left: 'right' -> 'east'"):
         guard_resume(tmp_path, "reward", "reward", {"hflip": 0.5, "hflip_swap": {"left": "east"}, "lr": 1.0})
+    # a record from before hflip_swap was skipped at hflip 0 (and before max_steps could change) holds both
+    (tmp_path / "ray" / "reward" / "raypref_run.json").write_text(json.dumps(
+        {"reward.hflip": 0.0, "reward.hflip_swap.left": "right", "reward.lr": 1.0, "reward.max_steps": 5}))
+    guard_resume(tmp_path, "reward", "reward", {"hflip": 0.0, "hflip_swap": {"top": "bottom"}, "lr": 1.0, "max_steps": 9})
