@@ -687,12 +687,13 @@ def _flat(v, key: str) -> dict:
     return {key: v}
 
 
-def record_settings(record: Path, settings: dict) -> None:
-    """Write the settings a stage's resumable work is made with (see settings_changed), atomically."""
+def record_settings(record: Path, settings: dict, ignore=()) -> None:
+    """Write the settings a stage's resumable work is made with (see settings_changed), less the dotted
+    keys in ``ignore``, atomically."""
     from raypref.resume import write_atomic
 
     record.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(record, json.dumps(_flat(settings, ""), indent=1, sort_keys=True) + "\n")
+    write_atomic(record, json.dumps(_without(_flat(settings, ""), ignore), indent=1, sort_keys=True) + "\n")
 
 
 _NO_DEFAULT = object()
@@ -766,13 +767,13 @@ def settings_changed(record: Path, settings: dict, ignore=()) -> str | None:
 
 def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, ignore=()) -> None:
     """Before a stage writes anything: if it already holds work (``has_work``) made with settings
-    other than ``settings`` (as recorded in ``record``; ``ignore`` as for settings_changed), a rerun
-    would resume or mix another run's work, so raise ``refusal`` with its {changed} filled in;
-    otherwise record ``settings``."""
+    other than ``settings`` (as recorded in ``record``; the dotted keys in ``ignore``, which this run
+    does not read, neither compared nor recorded), a rerun would resume or mix another run's work, so
+    raise ``refusal`` with its {changed} filled in; otherwise record ``settings``."""
     changed = settings_changed(record, settings, ignore) if has_work else None
     if changed:
         raise ValueError(refusal.replace("{changed}", changed))  # not format(): a path may hold braces
-    record_settings(record, settings)
+    record_settings(record, settings, ignore)
 
 
 def renew_if_changed(record: Path, settings: dict, what: str) -> None:

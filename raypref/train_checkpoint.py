@@ -130,9 +130,8 @@ def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) 
 
     run = out / "ray" / name
     skip = RESUMABLE | set(ignore) | ({"hflip_swap"} if settings.get("hflip") == 0 else set())  # no mirroring: words unread
-    mine = {k: v for k, v in settings.items() if k not in skip}
-    # an earlier run's record may hold a key this run skips (it mirrored, or the key was read then)
-    guard_rerun(run / RUN_FILE, {section: mine}, any(run.glob("checkpoint_*")),
+    # neither recorded nor compared, in an earlier run's record too (it mirrored, or the key was read then)
+    guard_rerun(run / RUN_FILE, {section: settings}, any(run.glob("checkpoint_*")),
                 f"{name}: {run} holds checkpoints trained with other settings ({{changed}}); a rerun resumes only "
                 f"the same run. Use another output_dir, or delete {run} to train from scratch",
                 ignore=[f"{section}.{k}" for k in skip])

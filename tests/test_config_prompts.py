@@ -216,6 +216,8 @@ def test_resume_guard_leaves_out_what_the_run_does_not_read(tmp_path):
     ckpt.mkdir(parents=True)
     swap = {"left": "right", "right": "left"}
     guard_resume(tmp_path, "reward", "reward", {"hflip": 0.0, "hflip_swap": swap, "lr": 1.0, "max_steps": 5})
+    # what a run does not read (its swap words at hflip 0, its budget) is not recorded either
+    assert json.loads((tmp_path / "ray" / "reward" / "raypref_run.json").read_text()) == {"reward.hflip": 0.0, "reward.lr": 1.0}
     # the swap words of a run that mirrors nothing are not read: changing them still resumes
     guard_resume(tmp_path, "reward", "reward", {"hflip": 0.0, "hflip_swap": {"top": "bottom"}, "lr": 1.0, "max_steps": 9})
     with pytest.raises(ValueError, match=r"reward: .* other settings \(reward\.lr: '1\.0' -> '2\.0'\)"):
