@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.build import generate_and_score, scorer_kwargs
 from raypref.config import Config, renew_if_changed, write_run_meta
@@ -59,9 +60,11 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
         with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
             ds = read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
             ds = generate_and_score(ds, [generator], [scorer])
-            # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each
-            ds = ds.map_batches(lambda t: t.select([c for c in t.column_names
-                                                    if c in (S.PROMPT_ID, S.PROMPT, S.SEED, main) or c.startswith(main + "_")]),
+            # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each; and
+            # the quarantine notes (images a safety checker blanked, or that did not decode), in every block
+            keep = (S.PROMPT_ID, S.PROMPT, S.SEED, main)
+            ds = ds.map_batches(lambda t: Q.add_notes(t, [[]] * t.num_rows).select(
+                                    [c for c in t.column_names if c in keep or c.startswith(main + "_")] + [S.QUARANTINE_NOTES]),
                                 batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
             ds.write_parquet(str((side / "scores").resolve()), ray_remote_args={"num_cpus": task_cpus})
     stored = pq.read_table(side / "scores")
@@ -74,20 +77,51 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
     return stored.take(pa.array(first)).sort_by(S.PROMPT_ID)
 
 
-def _flat(table: pa.Table, column: str):
-    return table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+def per_image(side: pa.Table, main: str) -> pa.Table:
+    """One side's stored scores (a row a prompt, a list entry an image) as a row an image: prompt id,
+    seed, and the scorer's main and aspect columns."""
+    seeds = side.column(S.SEED).combine_chunks()
+    cols = {S.PROMPT_ID: side.column(S.PROMPT_ID).combine_chunks().take(pc.list_parent_indices(seeds)),
+            S.SEED: pc.list_flatten(seeds)}
+    for c in side.column_names:
+        if c == main or c.startswith(main + "_"):
+            cols[c] = pc.list_flatten(side.column(c).combine_chunks())
+    return pa.table(cols)
 
 
-def exact_accuracy(base: pa.Table, tuned: pa.Table, main: str, clusters=None) -> dict:
+def match_sides(base: pa.Table, tuned: pa.Table, main: str, generator: str) -> tuple[pa.Table, dict[str, list[dict]]]:
+    """The images both sides made, matched on (prompt id, seed): a row each, the base's and the tuned's
+    score columns side by side (S.base_column, S.tuned_column), by prompt id and seed. And, per side, a
+    quarantine note for each of its images the other side lacks (a safety checker left that one out),
+    by sample id (``generator``: both sides' name): a win rate compares twins only, so these are
+    counted, not compared."""
+    keys = [S.PROMPT_ID, S.SEED]
+    sides = {name: per_image(t, main) for name, t in (("base", base), ("tuned", tuned))}
+    have = {name: set(zip(*(t.column(k).to_pylist() for k in keys))) for name, t in sides.items()}
+    unpaired = {}
+    for name, other in (("base", "tuned"), ("tuned", "base")):
+        unpaired[name] = [Q.note("eval", S.sample_id(pid, generator, seed), f"unpaired: the {other} side has no image "
+                                 "of this prompt and seed") for pid, seed in sorted(have[name] - have[other])]
+    named = [t.rename_columns([c if c in keys else col(c) for c in t.column_names])
+             for t, col in ((sides["base"], S.base_column), (sides["tuned"], S.tuned_column))]
+    both = named[0].join(named[1], keys, join_type="inner") if named[0].num_rows and named[1].num_rows else None
+    if both is None or both.num_rows == 0:
+        raise RuntimeError("eval: no image of the base side has a twin (the same prompt and seed) on the tuned side")
+    return both.sort_by([(S.PROMPT_ID, "ascending"), (S.SEED, "ascending")]), unpaired
+
+
+def exact_accuracy(pairs: pa.Table, main: str, clusters=None) -> dict:
     """Per aspect of a pass/fail scorer (values 0, 1 or NaN), base and tuned pass rates with
-    Wilson intervals and their paired difference (``clusters``: a prompt id per image, so that a
-    prompt's seeds are not counted as independent). Aspects with other values are not pass/fail
-    and are left out."""
+    Wilson intervals and their paired difference, over match_sides' ``pairs`` (``clusters``: a
+    prompt id per image, so that a prompt's seeds are not counted as independent). Aspects with
+    other values are not pass/fail and are left out."""
     out = {}
-    for col in base.column_names:
-        if not col.startswith(main + "_"):
+    prefix = S.base_column(main + "_")
+    for bcol in pairs.column_names:
+        if not bcol.startswith(prefix):
             continue
-        b, t = _flat(base, col), _flat(tuned, col)
+        col = bcol[len(S.base_column("")):]
+        b, t = (pairs.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in (bcol, S.tuned_column(col)))
         values = np.concatenate([b, t])
         if not np.isin(values[~np.isnan(values)], (0.0, 1.0)).all():
             continue
@@ -131,32 +165,21 @@ def run_eval(cfg: Config) -> dict:
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
     sides = eval_sides(cfg, (part, weights))
-    base, tuned = (_scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
-                   for side, g in sides.items())
+    scored = {side: _scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
+              for side, g in sides.items()}
     col = S.score_column(scorer.name)
-    b, t = _flat(base, col), _flat(tuned, col)
-    seeds_b = base.column(S.SEED).combine_chunks().flatten().to_pylist()
-    seeds_t = tuned.column(S.SEED).combine_chunks().flatten().to_pylist()
-    if seeds_b != seeds_t:
-        raise RuntimeError("eval: base and tuned images were not made with the same seeds")
-    n = len(b)
-    # the prompt of each image: a prompt row holds its seeds' scores
-    per_prompt = pc.list_value_length(base.column(col).combine_chunks()).to_numpy(zero_copy_only=False)
-    clusters = np.repeat(np.arange(len(per_prompt)), per_prompt)
+    pairs, unpaired = match_sides(scored["base"], scored["tuned"], col, sides["base"].name)
+    # what each side left out (blanked by a safety checker, undecodable), and its images without a twin
+    for side in sides:
+        Q.write(pa.concat_tables([Q.explode(scored[side]), pa.Table.from_pylist(unpaired[side], schema=S.QUARANTINE_SCHEMA)]),
+                out / "quarantine" / f"{side}.parquet")
+    b, t = (pairs.column(c(col)).to_numpy(zero_copy_only=False) for c in (S.base_column, S.tuned_column))
+    # the prompt of each image: a prompt's seeds are not independent
+    clusters = np.unique(pairs.column(S.PROMPT_ID).to_numpy(zero_copy_only=False), return_inverse=True)[1]
     result = win_rate(b, t, e.tie_tolerance, clusters)
-    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, part: str(weights),
-                   "accuracy": exact_accuracy(base, tuned, col, clusters), "seconds": round(time.time() - t0, 1)})
-    pq.write_table(
-        pa.table(
-            {
-                S.PROMPT_ID: base.column(S.PROMPT_ID).take(pa.array([i // e.num_samples for i in range(n)])),
-                S.SEED: pa.array(seeds_b, pa.int64()),
-                S.base_column(col): pa.array(b, pa.float32()),
-                S.tuned_column(col): pa.array(t, pa.float32()),
-            }
-        ),
-        out / "scores.parquet",
-    )
+    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, part: str(weights), "quarantined": Q.counts(out / "quarantine"),
+                   "accuracy": exact_accuracy(pairs, col, clusters), "seconds": round(time.time() - t0, 1)})
+    pq.write_table(pairs.select([S.PROMPT_ID, S.SEED, S.base_column(col), S.tuned_column(col)]), out / "scores.parquet")
     (out / "win_rate.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "win_rate.md").write_text(win_rate_table(result) + accuracy_table(result))
     return result

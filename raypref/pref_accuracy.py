@@ -137,7 +137,9 @@ def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
         if not old.select(cols).slice(0, m).equals(keys.select(cols).slice(0, m)):
             print(f"[accuracy] {a.pairs} now reads as other pairs; every scorer is scored again", flush=True)
             shutil.rmtree(out / "scorers", ignore_errors=True)
-    pq.write_table(keys, keys_file)
+    tmp = keys_file.with_name(keys_file.name + ".tmp")  # whole or not at all: the next run reads it back
+    pq.write_table(keys, tmp)
+    tmp.replace(keys_file)
     counts = {"pairs": keys.num_rows, "quarantined": quarantined, "limit": a.limit, "staged": True}
     _write_json(counts_file, counts)
     record_settings(record, mine)

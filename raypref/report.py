@@ -65,6 +65,7 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             f"[eval] tuned vs base on {s['prompts']} held-out prompts x seeds (n={s['n']}), judged by {s['scorer']}: "
             f"win rate {s['win_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), wins/ties/losses "
             f"{s['wins']}/{s['ties']}/{s['losses']}, mean {s['base_mean']:.3f} -> {s['tuned_mean']:.3f}"
+            + (f", {_quarantined(s)}" if s.get("quarantined") else "")
             + _exact(s.get("accuracy") or {}) + f" -> {where}"
         )
     if stage == "pretrain":

@@ -269,8 +269,11 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     """(Ray dataset of the prompt, chosen id and both images of every strict pair, their number, ties left out).
 
     Diffusion-DPO's loss (Eq. 14) needs a winner; a tie (imported, or kept by build.pairs.keep_ties)
-    has none, so it is left out and counted. The labels alone are read to count them.
+    has none, so it is left out and counted. The labels alone are read to count them. Any other label
+    (0, a soft one, NaN, null) is an error naming the first such row: trained as is, it would teach the
+    rejected image, or a preference the pair does not state.
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as pds
 
@@ -282,6 +285,17 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     if S.LABEL in data.schema.names:
         labels = data.to_table(columns=[S.LABEL]).column(S.LABEL)
         n, ties = len(labels), int(pc.sum(pc.equal(labels, S.TIE)).as_py() or 0)
+        usable = pc.is_in(labels, value_set=pa.array([S.STRICT, S.TIE], labels.type))  # null and NaN: false
+        if not pc.all(usable).as_py():
+            i = pc.index(usable, False).as_py()
+            for frag in data.get_fragments():  # the table is the fragments in order: name the file and its row
+                if i < (m := frag.count_rows()):
+                    break
+                i -= m
+            row = frag.to_table(columns=[S.CHOSEN_ID, S.LABEL]).slice(i, 1).to_pylist()[0]
+            raise ValueError(f"train.pairs: {frag.path} row {i} (chosen_id={row[S.CHOSEN_ID]!r}) has {S.LABEL} "
+                             f"{row[S.LABEL]!r}, not {S.STRICT} (chosen preferred) or {S.TIE} (a tie); "
+                             f"{n - int(pc.sum(usable).as_py())} of {n} pairs have such a label")
     else:  # as the raypref pairs reader takes them: strict preferences
         n, ties = data.count_rows(), 0
     if n == 0:

@@ -373,14 +373,16 @@ def test_hpdv2_bad_records(tmp_path):
         {"prompt": "z", "image_path": ["a.png", "missing.png", "c.png"], "rank": [1, 2, 3]},  # one file missing
         {"prompt": "w", "image_path": ["a.png", "bad.png"], "rank": [2, 1]},  # undecodable file
         "not a record",
+        {"prompt": "v", "image_path": ["a.png", "b.png", "c.png"], "rank": [1, float("nan"), 2]},  # NaN: no tie pairs
     ]
-    (tmp_path / "test.json").write_text(json.dumps(recs))
+    (tmp_path / "test.json").write_text(json.dumps(recs))  # json writes the NaN as NaN, which json.loads reads back
     q = Quarantine("import:hpdv2")
     t = read_pairs(tmp_path / "test.json", "hpdv2", q)
     assert rows(t, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID) == [("z", "a", "c")]  # the group's other images still pair
-    assert q.counts() == {"missing key": 1, "bad label": 2, "missing image file": 1, "undecodable image": 1, "bad record": 1}
+    assert q.counts() == {"missing key": 1, "bad label": 3, "missing image file": 1, "undecodable image": 1, "bad record": 1}
     assert {r[S.ROW] for r in q.rows} == {"test.json[0]", "test.json[1]", "test.json[2]", "test.json[3].image_path[1]",
-                                          "test.json[4].image_path[1]", "test.json[5]"}
+                                          "test.json[4].image_path[1]", "test.json[5]", "test.json[6]"}
+    assert q.rows[-1][S.REASON] == "bad label: rank [1, nan, 2] must be 3 finite numbers"
 
 
 def test_imagereward_db_bad_records(tmp_path):
@@ -392,13 +394,15 @@ def test_imagereward_db_bad_records(tmp_path):
         (no_rank, webp((9, 9, 9))),
         (ir_record("u4", "p", "a", 4, 4), webp((99, 9, 9))),
         (ir_record("u5", "q", " ", 1, 1), webp((9, 99, 9))),
+        (ir_record("u6", "p", "a", float("nan"), 4), webp((9, 9, 99))),  # NaN would tie with every image
     ])
     q = Quarantine("import:imagereward_db")
     t = read_pairs(jf, "imagereward_db", q)
     assert rows(t, S.CHOSEN_ID, S.REJECTED_ID, S.LABEL) == [("u1", "u4", 1.0)]
-    assert q.counts() == {"undecodable image": 1, "missing key": 1, "empty caption": 1}
-    assert [r[S.ROW] for r in q.rows] == ["train_1.json[1]", "train_1.json[2]", "train_1.json[4]"]
+    assert q.counts() == {"undecodable image": 1, "missing key": 1, "empty caption": 1, "bad label": 1}
+    assert [r[S.ROW] for r in q.rows] == ["train_1.json[1]", "train_1.json[2]", "train_1.json[4]", "train_1.json[5]"]
     assert q.rows[1][S.REASON] == "missing key: 'rank'"
+    assert q.rows[3][S.REASON] == "bad label: rank nan is not a finite number"
 
 
 def test_image_check_catches_truncated_jpeg():

@@ -2,6 +2,7 @@
 fine-tune (2 workers, the at-scale settings) with its UNet export and its eval."""
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -64,6 +65,15 @@ def test_dpo_reads_strict_pairs_and_counts_the_ties(built_run, tmp_path):
         (tmp_path / name).mkdir()
         pq.write_table(table, tmp_path / name / "p.parquet")
     assert strict_pairs(tmp_path / "nolabel", 64)[1:] == (t.num_rows, 0)  # as the raypref reader reads them: strict
+    # any other label is an error naming its row: 0 (the rejected image preferred), a soft label, NaN, null
+    for k, bad in enumerate((0.0, 0.7, float("nan"), None)):
+        labels = pa.array([S.STRICT] * (t.num_rows - 1) + [bad], pa.float32())
+        (tmp_path / f"bad{k}").mkdir()
+        pq.write_table(t.set_column(t.schema.get_field_index(S.LABEL), S.LABEL, labels), tmp_path / f"bad{k}" / "p.parquet")
+        last = t.column(S.CHOSEN_ID)[-1].as_py()
+        with pytest.raises(ValueError, match=rf"bad{k}/p.parquet row {t.num_rows - 1} \(chosen_id={re.escape(repr(last))}\) has "
+                                             rf"label {bad if bad is None else '.*'}, not 1.0 .* 1 of {t.num_rows} pairs"):
+            strict_pairs(tmp_path / f"bad{k}", 64)
     with pytest.raises(ValueError, match=r"train.pairs: .*noid has no column\(s\) \['chosen_id'\]"):
         strict_pairs(tmp_path / "noid", 64)
 
@@ -143,6 +153,7 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd, ca
 
     r = run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))
     assert r["n"] == 4 and r["lora"] == str(tmp_path / "r" / "train" / "lora")
+    assert r["quarantined"] == {} and not list((tmp_path / "r" / "eval").glob("quarantine/*"))  # every image had its twin
     import pyarrow.parquet as pq
 
     from raypref import schema as S

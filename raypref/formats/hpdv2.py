@@ -21,7 +21,7 @@ side). 'image_path' and 'file_path' are both accepted in either kind of record. 
 image paths without extension (the source's own names); the JSON has no generator. Quarantined:
 record not an object, missing 'prompt' / image list / label key, empty prompt,
 human_preference not marking exactly one image with 1, rank list of the wrong length or not
-numbers, and (per image; the record's other images still pair) a missing or undecodable file.
+finite numbers, and (per image; the record's other images still pair) a missing or undecodable file.
 
 Writing: <path>/<split>.json plus the images under <path>/<split>/, named <id>.<ext> (ext from the
 image bytes, bytes as they are). split='train' writes one pairwise record per pair
@@ -31,6 +31,8 @@ raw_annotations []), which keeps ties. Scores and generators are not part of the
 """
 
 from __future__ import annotations
+
+import math
 
 from pathlib import Path
 from typing import Iterator
@@ -78,8 +80,9 @@ def _order(rec: dict, n: int, where: str, q: Quarantine) -> list[tuple[int, int,
         return [(w, j, STRICT) for j in range(n) if j != w]
     ranks = rec["rank"]
     if (not isinstance(ranks, list) or len(ranks) != n
-            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranks)):
-        q.add(where, f"bad label: rank {ranks!r} must be {n} numbers")
+            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) for r in ranks)):
+        # json reads NaN and Infinity as floats; NaN compares false both ways and would pair as a tie
+        q.add(where, f"bad label: rank {ranks!r} must be {n} finite numbers")
         return None
     return ranking_pairs(ranks)
 

@@ -19,7 +19,7 @@ the JSON's folder by file name. Ids: the image path relative to the JSON's folde
 extension (the UUID for the real data). No generator column (all images come from DiffusionDB).
 The ratings are not carried into the pairs. Quarantined, per image record (the group's other
 images still pair): record not an object, a missing key (prompt_id, prompt, image_path, rank),
-empty prompt, rank not a number, missing or undecodable image file.
+empty prompt, rank not a finite number, missing or undecodable image file.
 
 Writing: one group per pair (prompt_id a hash of the pair), ranks 1 (chosen) and 2 (rejected), a
 tie 1 and 1; images as <id>.<ext> (ext from the bytes, bytes as they are) under
@@ -29,6 +29,8 @@ tie 1 and 1; images as <id>.<ext> (ext from the bytes, bytes as they are) under
 """
 
 from __future__ import annotations
+
+import math
 
 from pathlib import Path
 from typing import Iterator
@@ -89,8 +91,8 @@ def _image(rec, where: str, resolve: _Resolver, q: Quarantine):
         q.add(where, f"empty caption: {rec['prompt']!r}")
         return None
     rank = rec["rank"]
-    if not isinstance(rank, (int, float)) or isinstance(rank, bool):
-        q.add(where, f"bad label: rank {rank!r} is not a number")
+    if not isinstance(rank, (int, float)) or isinstance(rank, bool) or not math.isfinite(rank):
+        q.add(where, f"bad label: rank {rank!r} is not a finite number")  # NaN would pair as a tie with every image
         return None
     if not nonempty_text(rec["image_path"]):
         q.add(where, f"missing key: image_path is empty ({rec['image_path']!r})")

@@ -1,0 +1,50 @@
+"""The eval compares a base image with its tuned twin (same prompt, same seed) only: an image one side
+left out (a safety checker blanked it) leaves its twin unpaired, counted and written aside."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raypref import quarantine as Q
+from raypref import schema as S
+from raypref.evaluate import exact_accuracy, match_sides, per_image
+
+MAIN = S.score_column("vqa")
+
+
+def _side(rows):
+    """A side's stored scores: a row a prompt, list columns a value an image; rows: (pid, seeds, scores, passed)."""
+    lists = pa.list_(pa.float32())
+    return pa.table({S.PROMPT_ID: [r[0] for r in rows], S.SEED: pa.array([r[1] for r in rows], pa.list_(pa.int64())),
+                     MAIN: pa.array([r[2] for r in rows], lists), MAIN + "_colour": pa.array([r[3] for r in rows], lists)})
+
+
+def test_per_image_flattens_a_prompts_images():
+    t = per_image(_side([("p1", [5, 6], [0.1, 0.2], [1, 0]), ("p2", [7], [0.3], [1])]), MAIN)
+    assert t.to_pydict() == {S.PROMPT_ID: ["p1", "p1", "p2"], S.SEED: [5, 6, 7],
+                             MAIN: pytest.approx([0.1, 0.2, 0.3]), MAIN + "_colour": [1.0, 0.0, 1.0]}
+
+
+def test_twins_are_matched_by_prompt_and_seed_and_the_rest_set_aside():
+    base = _side([("p2", [3, 4], [0.5, 0.25], [1, 0]), ("p1", [1, 2], [0.0, 1.0], [0, 1])])
+    # the tuned side lost p2's seed 3 (blanked) and lists p1's seeds in another order
+    tuned = _side([("p1", [2, 1], [0.75, 0.5], [1, 1]), ("p2", [4], [1.0], [1])])
+    pairs, unpaired = match_sides(base, tuned, MAIN, "gen")
+    got = pairs.to_pydict()
+    assert got[S.PROMPT_ID] == ["p1", "p1", "p2"] and got[S.SEED] == [1, 2, 4]
+    assert got[S.base_column(MAIN)] == [0.0, 1.0, 0.25]  # each base score beside its own twin's
+    assert got[S.tuned_column(MAIN)] == [0.5, 0.75, 1.0]
+    assert unpaired["tuned"] == []
+    assert unpaired["base"] == [Q.note("eval", S.sample_id("p2", "gen", 3),
+                                       "unpaired: the tuned side has no image of this prompt and seed")]
+    # exact checks over the twins: base passes 1 of 3 (p1 seed 2), tuned 3 of 3
+    acc = exact_accuracy(pairs, MAIN, clusters=np.array([0, 0, 1]))
+    assert set(acc) == {"colour"}
+    assert acc["colour"]["base"]["accuracy"] == pytest.approx(1 / 3)
+    assert acc["colour"]["tuned"]["accuracy"] == 1.0
+    assert acc["colour"]["diff"]["diff"] == pytest.approx(2 / 3)
+
+
+def test_no_twins_at_all_is_an_error():
+    with pytest.raises(RuntimeError, match="no image of the base side has a twin"):
+        match_sides(_side([("p1", [1], [0.5], [1])]), _side([("p1", [9], [0.5], [1])]), MAIN, "gen")
