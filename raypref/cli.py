@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             import yaml
 
+            from raypref.config import check_scorer_args
+
+            check_scorer_args(cfg)  # as every stage does before it writes the config: a pasted key is not echoed
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         elif args.command == "build":
             stages.build(cfg)

@@ -787,8 +787,21 @@ def renew_if_changed(record: Path, settings: dict, what: str) -> None:
     record_settings(record, settings)
 
 
+def check_scorer_args(cfg: Config) -> None:
+    """Each configured scorer whose class checks its own args (registry.constructor_kwargs: the LLM judge
+    refuses a pasted key or a URL holding credentials) checks them now, so that no stage writes a config
+    that holds a secret, whether or not it runs that scorer."""
+    from raypref.registry import resolve
+
+    for s in cfg.build.scorers + cfg.accuracy.scorers:
+        check = getattr(resolve(s.cls), "check_args", None)
+        if check is not None:
+            check(f"scorer {s.name!r}", s.args)
+
+
 def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:
-    """Write the resolved config and the git SHA next to a stage's outputs."""
+    """Write the resolved config and the git SHA next to a stage's outputs (its scorers' args checked first)."""
+    check_scorer_args(cfg)
     d = Path(stage_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

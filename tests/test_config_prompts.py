@@ -192,6 +192,11 @@ def test_cli_errors_are_clear(tmp_path):
     r = _cli("build", f"output_dir={tmp_path}", "build.generators.0.model=/no/such/sd")
     assert r.returncode == 2 and "model path does not exist: /no/such/sd" in r.stderr
     assert "[ray]" not in r.stdout
+    pasted = "sk-live-" + "x9" * 20  # `raypref config` does not echo a key pasted into a judge's args
+    r = _cli("config", "build.scorers.0.cls=llm_judge", "build.scorers.0.args.backend=http",
+             "build.scorers.0.args.http.base_url=http://127.0.0.1:9/v1", "build.scorers.0.args.http.model=m",
+             f"build.scorers.0.args.http.api_key_env={pasted}")
+    assert r.returncode == 2 and "args.http.api_key_env" in r.stderr and pasted not in r.stdout + r.stderr
 
 
 def test_a_key_added_since_a_record_holds_while_it_keeps_its_default(tmp_path):

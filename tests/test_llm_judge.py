@@ -351,6 +351,25 @@ def test_judge_config_errors_never_echo_a_key(monkeypatch):
         resolve("llm_judge")(name="j", backend="http")
 
 
+def test_no_stage_writes_a_config_holding_a_pasted_key(tmp_path):
+    # every stage writes its resolved config through write_run_meta, also those that never run the judge
+    # (train, eval, a sweep before its first stage): the judge's own check runs there first
+    from raypref.config import validate, write_run_meta
+
+    pasted = "sk-live-" + "x9" * 20
+    for args in (http_args("http://127.0.0.1:9/v1", api_key_env=pasted),
+                 http_args(f"https://user:{pasted}@api.example.com/v1", api_key_env=None)):
+        for where in ("build", "accuracy"):
+            cfg = validate({"output_dir": str(tmp_path / "run"), where: {"scorers": [{"name": "j", "cls": "llm_judge", "args": args}]}})
+            with pytest.raises(ValueError, match=r"scorer 'j': invalid llm_judge args\n  args\.http\.") as e:
+                write_run_meta(cfg, tmp_path / "run" / "train", "train")
+            assert pasted not in str(e.value)
+    assert not (tmp_path / "run").exists()
+    ok = validate({"output_dir": str(tmp_path / "run"), "build": {"scorers": [{"name": "j", "cls": "llm_judge",
+                                                                              "args": http_args("http://127.0.0.1:9/v1")}]}})
+    assert (write_run_meta(ok, tmp_path / "run" / "train", "train") / "config.yaml").is_file()
+
+
 def test_request_body_fields_for_servers_that_differ():
     msgs = [{"role": "user", "content": "hi"}]
     plain = ChatClient(HttpJudgeConf(base_url="http://127.0.0.1:9/v1", model="m"))._body(msgs)
