@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from raypref import quality as Q
 from raypref import schema as S
+from raypref.resume import swap_in
 
 _SHARD, _ROW, _Q = "_shard", "_row", "_quality"
 ORDER = [(_Q, "descending"), (S.CHOSEN_ID, "ascending"), (S.REJECTED_ID, "ascending"), (_SHARD, "ascending"), (_ROW, "ascending")]
@@ -323,11 +324,14 @@ def rank_pairs(
         # an error or interrupt mid-way leaves no half-written staging dir behind
         out_fs.delete_dir(staging)
         raise
-    out_fs.delete_dir_contents(out_root, missing_dir_ok=True)
-    out_fs.create_dir(out_root, recursive=True)
-    for info in out_fs.get_file_info(pafs.FileSelector(staging)):
-        out_fs.move(info.path, f"{out_root}/{info.base_name}")
-    out_fs.delete_dir(staging)
+    if isinstance(out_fs, pafs.LocalFileSystem):  # renamed whole: a crash leaves one selection, never a part of one
+        swap_in(Path(staging), Path(out_root))
+    else:  # an object store renames no directory: the parts move one by one
+        out_fs.delete_dir_contents(out_root, missing_dir_ok=True)
+        out_fs.create_dir(out_root, recursive=True)
+        for info in out_fs.get_file_info(pafs.FileSelector(staging)):
+            out_fs.move(info.path, f"{out_root}/{info.base_name}")
+        out_fs.delete_dir(staging)
     t_end = time.time()
     return {
         "input": src,

@@ -108,6 +108,29 @@ def test_a_failed_export_leaves_the_earlier_one(tmp_path, fmt, opts, keeps_ids, 
     assert not [p for p in out.parent.rglob("*") if p.name.endswith(".partial")]  # no staging left behind
 
 
+def test_raypref_pairs_replace_the_earlier_parts_whole(tmp_path, monkeypatch):
+    import raypref.formats.raypref_pairs as RP
+    import raypref.resume
+
+    out = tmp_path / "pairs"
+    assert write_pairs(SOURCE, out, "raypref", rows_per_file=1) == SOURCE.num_rows > 2
+    before = sorted(p.name for p in out.iterdir())
+    seen = []
+
+    def swap(staging, target):  # the earlier parts are all there until the new ones, whole, are renamed over them
+        seen.append((sorted(p.name for p in target.iterdir()), sorted(p.name for p in staging.iterdir())))
+        raypref.resume.swap_in(staging, target)
+
+    monkeypatch.setattr(RP, "swap_in", swap)
+    assert write_pairs(SOURCE.slice(0, 2), out, "raypref", rows_per_file=1) == 2
+    assert seen == [(before, ["part-00000.parquet", "part-00001.parquet"])]
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]  # no stale part
+    (out / "notes.txt").write_text("mine")  # a directory holding anything else is not replaced
+    with pytest.raises(ValueError, match=r"pairs output .*pairs holds 'notes.txt' beside earlier pairs parts"):
+        write_pairs(SOURCE, out, "raypref")
+    assert (out / "notes.txt").read_text() == "mine" and len(seen) == 1
+
+
 @pytest.mark.parametrize("fmt", ["hpdv2", "imagereward_db"])
 def test_a_smaller_export_leaves_no_file_of_the_earlier_one(tmp_path, fmt):
     out = tmp_path / "out"

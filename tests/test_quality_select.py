@@ -209,6 +209,27 @@ def test_top_k_count_and_edge_cases(tmp_path):
     assert got.num_rows == 0 and got.schema.field(S.QUALITY).type == pa.float32()
 
 
+def test_rank_replaces_a_local_selection_whole(tmp_path, monkeypatch):
+    # the earlier selection stays untouched until the new one, whole in its staging dir, is renamed over it
+    import raypref.resume
+
+    t = pairs_table(4, chosen_score=[1.0, 2.0, 3.0, 4.0], rejected_score=[0.0] * 4)
+    _write_shards(tmp_path / "pairs", t, [2, 2])
+    out = tmp_path / "sel"
+    SEL.rank_pairs(tmp_path / "pairs", out, "margin", {}, 1.0, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    seen = []
+
+    def swap(staging, target):
+        seen.append(({p.name: p.read_bytes() for p in target.iterdir()}, pds.dataset(staging).count_rows()))
+        raypref.resume.swap_in(staging, target)
+
+    monkeypatch.setattr(SEL, "swap_in", swap)
+    s = SEL.rank_pairs(tmp_path / "pairs", out, "margin", {}, 0.5, overwrite=True, progress=False)
+    assert seen == [(before, 2)]  # at the swap: the old selection as it was, the new one whole beside it
+    assert s["n_kept"] == pds.dataset(out).count_rows() == 2 and not (tmp_path / "sel.partial").exists()
+
+
 def test_rank_errors_name_the_problem(tmp_path, monkeypatch):
     t = pairs_table(3, chosen_score=[1.0, 2.0, 3.0], rejected_score=[0.0] * 3)
     _write_shards(tmp_path / "pairs", t, [3])

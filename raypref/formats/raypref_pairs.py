@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypref import schema as S
+from raypref.resume import swap_in
 from raypref.formats._common import (
     DEFAULT_BATCH_ROWS, STRICT, TIE, Quarantine, as_tables, concat, image_problem, nonempty_text,
     parquet_files, require_columns,
@@ -88,10 +89,17 @@ def read(path, quarantine: Quarantine | None = None) -> pa.Table:
 
 
 def write(table_or_batches, path, quarantine: Quarantine | None = None, rows_per_file: int | None = None) -> int:
-    """Write pairs to <path>/part-NNNNN.parquet; returns the number of rows written. (``quarantine``
-    is unused: every pairs row can be written; it is accepted so all writers share one signature.)"""
+    """Write pairs to <path>/part-NNNNN.parquet; returns the number of rows written. ``path`` is replaced
+    whole once every part is written, so it must hold nothing but earlier parts. (``quarantine`` is
+    unused: every pairs row can be written; it is accepted so all writers share one signature.)"""
     root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.is_file():
+        raise ValueError(f"pairs output {root} is a file; raypref pairs are written to a directory")
+    other = sorted(p.name for p in root.iterdir() if not p.match("part-*.parquet")) if root.is_dir() else []
+    if other:
+        raise ValueError(f"pairs output {root} holds {other[0]!r} beside earlier pairs parts; it would be replaced "
+                         "with the new parts: write raypref pairs to a directory of their own")
+    root.parent.mkdir(parents=True, exist_ok=True)
     staging = root.with_name(root.name + ".partial")  # the new parts replace the old ones only when all are written
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -120,9 +128,5 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, rows_per
         writer.close()
     if n_files == 0:  # no rows: an empty file keeps the directory readable as a (empty) pairs table
         pq.write_table((schema or S.PAIRS_SCHEMA).empty_table(), staging / "part-00000.parquet")
-    for old in root.glob("part-*.parquet"):
-        old.unlink()
-    for new in sorted(staging.iterdir()):
-        new.replace(root / new.name)
-    staging.rmdir()
+    swap_in(staging, root)  # renamed whole: a crash leaves the earlier parts or the new ones, never a mix
     return n
