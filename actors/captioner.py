@@ -21,6 +21,8 @@ from raypref.scoring import Scorer
 
 
 class CaptionSimilarity(Scorer):
+    outputs = ("precision", "recall", "rationale")
+
     def __init__(self, name: str = "caption", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  max_new_tokens: int = 30, num_beams: int = 1, batch_size: int = 32):
         from transformers import BlipForConditionalGeneration

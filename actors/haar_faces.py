@@ -27,6 +27,8 @@ def default_cascade_path() -> str:
 
 
 class HaarFaces(Scorer):
+    outputs = ("present",)
+
     def __init__(self, name: str = "faces", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24):
         import cv2

@@ -107,6 +107,8 @@ class LocalVLM:
 
 
 class LLMJudge(Scorer):
+    outputs = (*R.ASPECTS, "rationale", "judge_events")
+
     @classmethod
     def check_args(cls, where: str, args: dict) -> None:
         """The driver's check (registry.constructor_kwargs), before a run writes its config."""

@@ -44,6 +44,7 @@ def _label_class(label) -> str | None:
 
 class OwlViTDetector(Scorer):
     wants_class_labels = True
+    outputs = ("count", "rationale")
 
     def __init__(self, name: str = "owlvit", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  classes: list[str] | None = None, query_template: str = "a photo of a {}", threshold: float = 0.1,

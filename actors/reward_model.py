@@ -16,6 +16,7 @@ class RewardModelScorer(Scorer):
         path = check_model_ref(model, what=f"scorer {name!r} model")
         self.batch_size = batch_size
         self.model = RewardModel.load(path, device=pick_device(num_gpus))
+        self.outputs = self.model.aspects  # the export's aspect heads
 
     def score(self, images, prompts):
         return self.model.score(images, prompts, batch_size=self.batch_size)

@@ -27,7 +27,10 @@ def _spec(prompt: str):
 
 class ShapesVQA(Scorer):
     def __init__(self, name: str = "vqa"):
+        from raypref.shapes import ATTRIBUTES
+
         super().__init__(name)
+        self.outputs = (*ATTRIBUTES, "overall")
 
     def score(self, images, prompts):
         from raypref.shapes import ATTRIBUTES, check

@@ -33,6 +33,8 @@ def _clean_fraction(image) -> float:
 
 
 class SimulatedShapesJudge(Scorer):
+    outputs = (*ASPECTS, "rationale")
+
     def __init__(self, name: str = "simjudge", noise: float = 0.0, seed: int = 0):
         super().__init__(name)
         if noise < 0:

@@ -34,6 +34,8 @@ from raypref.vqa_questions import ELEMENTS
 
 
 class TifaVQA(Scorer):
+    outputs = (*ELEMENTS, "rationale")
+
     def __init__(self, name: str = "tifa", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  questions: str = "template", answers: str = "choices", max_new_tokens: int = 10, num_beams: int = 1,
                  batch_size: int = 32):

@@ -26,6 +26,8 @@ DEFAULT_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 
 
 class VQAScore(TifaVQA):
+    outputs = ("no", "rationale")
+
     def __init__(self, name: str = "vqascore", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  question_template: str = DEFAULT_QUESTION, batch_size: int = 32):
         if "{}" not in question_template:

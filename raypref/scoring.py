@@ -5,7 +5,12 @@ array, or a dict {aspect: array} whose "" entry is the main score (column ``scor
 whose other entries become ``score_<name>_<aspect>`` columns; the text entries in TEXT_OUTPUTS
 (one string per image) become their own columns: "rationale" -> ``rationale_<name>``,
 "judge_events" -> ``judge_events_<name>`` (a judge's request event counts, JSON). NaN marks a
-value the scorer could not give (counted in the build summary, never paired on). The base class
+value the scorer could not give (counted in the build summary, never paired on). A scorer that
+returns more than the main score names those entries in ``outputs`` (in the order score() returns
+them; a class attribute, or set in __init__ where its config decides them): a batch with no image to
+score (none decoded, or a safety checker left none) still gets every column, as NaN or '', so all of
+a run's files share one schema; an entry score() returns that ``outputs`` does not name, or one it
+names that score() leaves out, is an error. The base class
 handles the prompt-group rows the build pipeline streams: it flattens every group's images into
 one call, then splits the scores back into a list column per group.
 
@@ -36,6 +41,7 @@ TEXT_OUTPUTS = {"rationale": S.rationale_column, "judge_events": S.judge_events_
 
 class Scorer:
     wants_class_labels = False
+    outputs: tuple[str, ...] = ()  # what score() returns besides the main score: aspects, TEXT_OUTPUTS keys
 
     def __init__(self, name: str):
         self.name = name
@@ -69,10 +75,18 @@ class Scorer:
                     row_notes.append(Q.note(f"score:{self.name}", sid, f"undecodable image: {type(e).__name__}: {e}"))
             notes.append(row_notes)
         extra = {"class_labels": flat_labels} if self.wants_class_labels else {}
-        out = self.score(flat_images, flat_prompts, **extra) if flat_images else np.zeros(0, np.float32)
+        if flat_images:
+            out = self.score(flat_images, flat_prompts, **extra)
+        else:  # nothing to score: every column still comes, so this block's schema is the others'
+            out = {"": np.zeros(0, np.float32), **{a: [] for a in self.outputs}}
         outputs = out if isinstance(out, dict) else {"": out}
         if "" not in outputs:
             raise ValueError(f"scorer {self.name!r} returned aspects {sorted(outputs)} but no main score ('')")
+        if set(outputs) != {"", *self.outputs}:
+            raise ValueError(f"scorer {self.name!r} ({type(self).__qualname__}) returned {sorted(k for k in outputs if k)} "
+                             f"besides its main score, but its `outputs` names {sorted(self.outputs)}: set `outputs` to "
+                             "what score() returns, so that a batch with no image to score gets the same columns")
+        outputs = {a: outputs[a] for a in ("", *self.outputs)}  # one column order in every block
         for aspect, vals in outputs.items():
             if len(vals) != len(flat_images):
                 raise ValueError(f"scorer {self.name!r} returned {len(vals)} {aspect or 'score'} values for {len(flat_images)} images")

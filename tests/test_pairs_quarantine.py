@@ -144,6 +144,8 @@ def test_explode_pairs_carries_every_score_column_and_labels():
 
 
 class _Mean(Scorer):
+    outputs = ("rationale",)
+
     def score(self, images, prompts):
         return {"": np.array([np.asarray(im).mean() for im in images], np.float32), "rationale": ["ok"] * len(images)}
 
@@ -163,6 +165,34 @@ def test_undecodable_image_gets_nan_and_a_quarantine_note():
     assert (note[S.STAGE], note[S.ROW]) == ("score:m", "s1") and note[S.REASON].startswith("undecodable image: ")
     table = Q.explode(out)
     assert table.schema.equals(S.QUARANTINE_SCHEMA) and table.num_rows == 1
+
+
+def test_a_batch_with_no_image_to_score_gets_every_column():
+    from PIL import Image
+
+    from actors.shapes_checker import ShapesVQA
+
+    # one group of bad bytes, one group the safety checker emptied: nothing reaches score(), yet every
+    # column comes, as NaN or '', so this block's files read as one table with the others
+    batch = pa.table({S.PROMPT_ID: ["p0", "p1"], S.PROMPT: ["a red circle", "a red circle"],
+                      S.SAMPLE_ID: [["s0"], []], S.IMAGE: pa.array([[b"junk"], []], pa.list_(pa.binary()))})
+    good = I.encode(Image.new("RGB", (32, 32), (255, 255, 255)))
+    full = pa.table({S.PROMPT_ID: ["p0", "p1"], S.PROMPT: ["a red circle", "a red circle"],
+                     S.SAMPLE_ID: [["s0"], ["s1"]], S.IMAGE: pa.array([[good], [good]], pa.list_(pa.binary()))})
+    vqa = ShapesVQA("vqa")
+    empty, scored = vqa(batch), vqa(full)
+    assert len(vqa.outputs) > 1 and S.QUARANTINE_NOTES in empty.column_names  # the bad bytes' note
+    assert empty.drop_columns([S.QUARANTINE_NOTES]).schema.equals(scored.schema)
+    assert all(math.isnan(v) for v in empty.column("score_vqa_overall").to_pylist()[0]) and empty.column("score_vqa_overall").to_pylist()[1] == []
+    m = _Mean("m")
+    assert m(batch).column("rationale_m").to_pylist() == [[""], []]
+
+    class Undeclared(Scorer):  # returns an aspect its `outputs` does not name
+        def score(self, images, prompts):
+            return {"": np.zeros(len(images), np.float32), "extra": np.zeros(len(images), np.float32)}
+
+    with pytest.raises(ValueError, match=r"scorer 'u' \(.*Undeclared\) returned \['extra'\] .* `outputs` names \[\]"):
+        Undeclared("u")(full)
 
 
 def test_empty_prompts_are_quarantined_with_their_line(tmp_path):
