@@ -24,7 +24,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.dataset_report import write_report
 from raypref.config import (
-    BuildConf, Config, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
+    BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
 )
 from raypref.models import resolve_model
 from raypref.parquet_read import read_parquet
@@ -174,8 +174,41 @@ def explode_pairs(batch: pa.Table, label_source: str) -> pa.Table:
 _PER_SAMPLE = (S.SAMPLE_ID, S.IMAGE, S.GENERATOR, S.SCORE)
 
 
+READ_TASK_CPUS = 1.0  # what Ray Data's read tasks ask for by default
+
+
+def check_pools_fit(generators: list[GeneratorConf], scorers: list[ScorerConf]) -> None:
+    """Ray Data starts every pool's actors at once and still needs a CPU for a read task: on a Ray with
+    fewer, the pipeline waits for ever, saying only "pending" in its log (measured here: two 1-CPU pools
+    on a 2-CPU local Ray never started; pools of 2 CPUs and a read task ran on 3, pools of 2.5 did not).
+    An error on a Ray this process started; a warning on a joined cluster, whose autoscaler may add nodes."""
+    import ray
+
+    from raypref import session
+
+    pools = [(f"generator {g.name!r}", g.pool) for g in generators] + [(f"scorer {s.name!r}", s.pool) for s in scorers]
+    have = ray.cluster_resources()
+    short = []
+    for res, key, extra in (("CPU", "num_cpus", READ_TASK_CPUS), ("GPU", "num_gpus", 0.0)):
+        need = sum(p.concurrency * getattr(p, key) for _, p in pools) + extra
+        if need > have.get(res, 0.0) + 1e-9:
+            parts = [f"{w} {p.concurrency} x {getattr(p, key):g}" for w, p in pools if getattr(p, key)]
+            short.append(f"{need:g} {res}s at once ({', '.join(parts)}{' and a read task 1' if extra else ''}) "
+                         f"where this Ray has {have.get(res, 0.0):g}")
+    if not short:
+        return
+    msg = ("the actor pools need " + "; and ".join(short) + ": the pipeline would wait for ever. Lower the pools' "
+           "pool.num_cpus / pool.num_gpus (fractions are fine) or their concurrency, or raise ray.num_cpus (logical "
+           "slots: more than the machine's cores oversubscribes it, as the shipped configs do)")
+    if session.JOINED:
+        print(f"[ray] warning: {msg}; it goes on, in case the cluster's autoscaler adds nodes", flush=True)
+    else:
+        raise ConfigError(msg)
+
+
 def generate_and_score(ds, generators: list[GeneratorConf], scorers: list[ScorerConf]):
-    """Append each generator pool's samples, then each scorer pool's score column."""
+    """Append each generator pool's samples, then each scorer pool's score column (the pools checked to fit first)."""
+    check_pools_fit(generators, scorers)
     for g in generators:
         ds = ds.map_batches(
             resolve(g.cls), fn_constructor_kwargs=generator_kwargs(g), batch_format="pyarrow", **pool_args(g.pool)

@@ -15,6 +15,9 @@ import os
 from raypref.config import ConfigError, RayConf
 
 
+JOINED = False  # whether init_ray joined a running cluster (whose autoscaler may add nodes) rather than start a Ray
+
+
 def init_ray(conf: RayConf):
     import ray
 
@@ -23,6 +26,8 @@ def init_ray(conf: RayConf):
     if ray.is_initialized():
         return ray
     address = conf.address or os.environ.get("RAY_ADDRESS")
+    global JOINED
+    JOINED = bool(address)
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:

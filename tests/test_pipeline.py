@@ -87,6 +87,27 @@ def test_pool_args_applied_to_map_batches(ray_session, tmp_path, tiny_sd):
     assert jpeg_op.ray_remote_args["num_cpus"] == 0.75
 
 
+def test_pools_that_do_not_fit_the_ray_are_refused_before_the_pipeline(ray_session, monkeypatch, capsys):
+    # the session's Ray has 8 CPUs and no GPU; Ray Data's read task needs one CPU beside the pools
+    from raypref import session
+    from raypref.build import check_pools_fit
+    from raypref.config import ConfigError, GeneratorConf, ScorerConf
+
+    gen = GeneratorConf(name="g", cls="shapes_render", pool=PoolConf(num_cpus=4))
+    fits = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(concurrency=2, num_cpus=1.5))  # 4 + 3 + 1 = 8
+    check_pools_fit([gen], [fits])
+    over = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(concurrency=2, num_cpus=2))  # 4 + 4 + 1 = 9
+    with pytest.raises(ConfigError, match=r"need 9 CPUs at once \(generator 'g' 1 x 4, scorer 's' 2 x 2 and a read "
+                                          r"task 1\) where this Ray has 8: .*raise ray.num_cpus"):
+        check_pools_fit([gen], [over])
+    gpu = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(num_cpus=0.5, num_gpus=0.25))
+    with pytest.raises(ConfigError, match=r"need 0.25 GPUs at once \(scorer 's' 1 x 0.25\) where this Ray has 0"):
+        check_pools_fit([gen], [gpu])
+    monkeypatch.setattr(session, "JOINED", True)  # a joined cluster's autoscaler may add nodes: a warning only
+    check_pools_fit([gen], [over])
+    assert "[ray] warning: the actor pools need 9 CPUs" in capsys.readouterr().out
+
+
 def test_build_rejects_config_without_scorers(ray_session, tmp_path, prompts_file):
     cfg = tiny_config_dict(tmp_path, prompts_file)
     cfg["build"]["scorers"] = []
