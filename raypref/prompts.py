@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 from pathlib import Path
@@ -16,17 +17,34 @@ class PromptsError(ValueError):
     """A prompts file is missing or has a row that cannot be used; the message names it."""
 
 
-def _rows(path: Path) -> list[tuple[str, dict]]:
-    """(where, record) for each row; 'where' names the file and line/row for errors."""
+def _lines(path: Path) -> list[str | UnicodeDecodeError]:
+    """A text file's lines, each decoded on its own: a line that is not UTF-8 is its error, so it is
+    one bad row, not a bad file. A leading byte-order mark (Windows editors write one) is not text."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    out = []
+    for raw in data.splitlines():
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            out.append(e)
+    return out
+
+
+def _rows(path: Path) -> list[tuple[str, dict | str]]:
+    """(where, record, or why the row cannot be used) for each row; 'where' names the file and line/row."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        while lines and not lines[-1].strip():  # trailing blank lines are not prompts
+        lines = _lines(path)
+        while lines and isinstance(lines[-1], str) and not lines[-1].strip():  # trailing blank lines are not prompts
             lines.pop()
-        return [(f"{path}:{i + 1}", {S.PROMPT: line}) for i, line in enumerate(lines)]
+        return [(f"{path}:{i + 1}", {S.PROMPT: line} if isinstance(line, str) else _not_utf8(line))
+                for i, line in enumerate(lines)]
     if suffix in (".jsonl", ".json"):
         out = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, line in enumerate(_lines(path)):
+            if isinstance(line, UnicodeDecodeError):
+                out.append((f"{path}:{i + 1}", _not_utf8(line)))
+                continue
             if not line.strip():
                 continue
             try:
@@ -43,6 +61,20 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
             raise PromptsError(f"{path}: no {S.PROMPT!r} column (columns: {table.column_names})")
         return [(f"{path} row {i}", rec) for i, rec in enumerate(table.to_pylist())]
     raise PromptsError(f"{path}: unsupported prompts format {suffix!r} (use .txt, .jsonl or .parquet)")
+
+
+def _not_utf8(e: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8: byte {e.object[e.start]:#04x} at column {e.start + 1}"
+
+
+def _problem(rec: dict | str) -> str | None:
+    """Why a row gives no prompt (None: it does)."""
+    if isinstance(rec, str):
+        return rec
+    text = rec.get(S.PROMPT)
+    if text is not None and not isinstance(text, str):
+        return f"prompt is not text: {type(text).__name__}"
+    return None if text and text.strip() else "empty prompt"
 
 
 SHAPES_SOURCE = "shapes:"  # 'shapes:<split>[+<split>...]' reads shapes-world splits (train, align, eval, heldout)
@@ -65,8 +97,9 @@ def _shapes_rows(ref: str) -> list[tuple[str, dict]]:
 
 def read_prompts(path: str | Path, limit: int | None = None, source: str | None = None,
                  quarantine: list | None = None) -> pa.Table:
-    """The prompts table (schema.PROMPTS_SCHEMA). An empty prompt is an error naming the row, or,
-    when a ``quarantine`` list is given, a quarantine note appended to it (the build's way).
+    """The prompts table (schema.PROMPTS_SCHEMA). A row without a prompt (empty, not text, or a line that
+    is not UTF-8) is an error naming the row, or, when a ``quarantine`` list is given, a quarantine note
+    appended to it (the build's way), as is a repeated prompt.
 
     ``path`` is a .txt / .jsonl / .parquet file, or 'shapes:<split>' for a shapes-world split.
 
@@ -80,21 +113,23 @@ def read_prompts(path: str | Path, limit: int | None = None, source: str | None 
         if not str(path) or not path.is_file():
             raise PromptsError(f"prompts file not found: {path}")
         rows, name = _rows(path), path.name
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     records, duplicates = [], 0
     for where, rec in rows:
-        text = rec.get(S.PROMPT)
-        if not isinstance(text, str) or not text.strip():
+        problem = _problem(rec)
+        if problem:
             if quarantine is None:
-                raise PromptsError(f"{where}: empty prompt")
-            quarantine.append({S.STAGE: "prompts", S.ROW: where, S.REASON: "empty prompt"})
+                raise PromptsError(f"{where}: {problem}")
+            quarantine.append({S.STAGE: "prompts", S.ROW: where, S.REASON: problem})
             continue
-        text = text.strip()
+        text = rec[S.PROMPT].strip()
         pid = S.prompt_id(text)
         if pid in seen:
             duplicates += 1
+            if quarantine is not None:  # counted either way; written aside where rows are
+                quarantine.append({S.STAGE: "prompts", S.ROW: where, S.REASON: f"duplicate prompt: as {seen[pid]}"})
             continue
-        seen.add(pid)
+        seen[pid] = where
         label = rec.get(S.CLASS_LABEL)
         records.append(
             {

@@ -11,7 +11,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.build import explode_pairs, finalize_groups, regroup
 from raypref.pairs import all_pairs, best_vs_worst, top_k_vs_bottom_k
-from raypref.prompts import read_prompts
+from raypref.prompts import PromptsError, read_prompts
 from raypref.scoring import Scorer
 
 NAN = float("nan")
@@ -203,6 +203,26 @@ def test_empty_prompts_are_quarantined_with_their_line(tmp_path):
     assert bad == [{S.STAGE: "prompts", S.ROW: f"{tmp_path / 'e.txt'}:2", S.REASON: "empty prompt"}]
     Q.write(bad, tmp_path / "q" / "prompts.parquet")
     assert Q.counts(tmp_path / "q") == {"prompts: empty prompt": 1}
+
+
+def test_prompt_rows_that_cannot_be_used_are_named_and_set_aside(tmp_path):
+    # a byte-order mark is not part of the first prompt; a line that is not UTF-8 is one bad row, not a
+    # bad file; a JSON prompt that is not text says so; a repeated prompt is written aside too
+    (tmp_path / "w.txt").write_bytes(b"\xef\xbb\xbfa green square\r\n\xff\xfe bad line\r\na red circle\r\na green square\r\n")
+    bad = []
+    t = read_prompts(tmp_path / "w.txt", quarantine=bad)
+    assert t.column(S.PROMPT).to_pylist() == ["a green square", "a red circle"]
+    assert t.column(S.PROMPT_ID)[0].as_py() == S.prompt_id("a green square")
+    where = f"{tmp_path / 'w.txt'}"
+    assert bad == [{S.STAGE: "prompts", S.ROW: f"{where}:2", S.REASON: "not valid UTF-8: byte 0xff at column 1"},
+                   {S.STAGE: "prompts", S.ROW: f"{where}:4", S.REASON: f"duplicate prompt: as {where}:1"}]
+    with pytest.raises(PromptsError, match=r"w\.txt:2: not valid UTF-8: byte 0xff at column 1"):
+        read_prompts(tmp_path / "w.txt")  # without a quarantine list: an error naming the line
+    (tmp_path / "n.jsonl").write_bytes(b'{"prompt": 5}\n{"prompt": ["a"]}\n{"prompt": "\xe9t\xe9"}\n{"prompt": "ok"}\n')
+    bad = []
+    assert read_prompts(tmp_path / "n.jsonl", quarantine=bad).column(S.PROMPT).to_pylist() == ["ok"]
+    assert [(b[S.ROW].rsplit(":", 1)[1], b[S.REASON]) for b in bad] == [
+        ("1", "prompt is not text: int"), ("2", "prompt is not text: list"), ("3", "not valid UTF-8: byte 0xe9 at column 13")]
 
 
 def test_generator_win_rates_hand_values():
