@@ -27,11 +27,32 @@ def check_output_dir(cfg: Config, environ=os.environ) -> None:
                      f"output_dir=/mnt/raypref/{cfg.output_dir}")
 
 
-def parse_config(description: str, argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(description=description)
+def parse_config(description: str, argv: list[str] | None = None, prog: str | None = None) -> Config:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded demo config)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     a = p.parse_args(argv)
     cfg = load_config(a.config, a.overrides)
     check_output_dir(cfg)
     return cfg
+
+
+def run_job(main, description: str, argv: list[str] | None = None) -> None:
+    """A job's entry point: parse the config and run ``main`` on it. A config or input error ends the job
+    with its message alone (exit 2), a sweep with failed points with its summary (exit 1), as the raypref
+    CLI does: those messages name the key, file or row, and are what a `ray job submit` log should show."""
+    import sys
+
+    from raypref.config import ConfigError
+    from raypref.sweep import SweepFailed
+
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    prog = f"python -m {spec.name}" if spec else None  # not the file name argparse would print
+    try:
+        main(parse_config(description, argv, prog))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"{prog or 'job'}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except SweepFailed as e:
+        print(f"{prog or 'job'}: error: {e}", file=sys.stderr)
+        sys.exit(1)

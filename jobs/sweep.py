@@ -9,6 +9,6 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    from jobs._args import parse_config
+    from jobs._args import run_job
 
-    main(parse_config(__doc__))
+    run_job(main, __doc__)

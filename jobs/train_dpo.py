@@ -1,4 +1,4 @@
-"""Train: Diffusion-DPO with a LoRA in Ray Train.  `ray job submit -- python -m jobs.train_dpo --config C key=value ...`"""
+"""Train: Diffusion-DPO of a LoRA or the whole UNet (train.finetune) in Ray Train.  `ray job submit -- python -m jobs.train_dpo --config C key=value ...`"""
 
 from raypref import stages
 from raypref.config import Config
@@ -9,6 +9,6 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    from jobs._args import parse_config
+    from jobs._args import run_job
 
-    main(parse_config(__doc__))
+    run_job(main, __doc__)

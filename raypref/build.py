@@ -50,20 +50,21 @@ def generator_kwargs(g: GeneratorConf) -> dict:
     """Constructor arguments for a generator actor, model references resolved on the driver."""
     kw = g.model_dump(exclude={"pool", "cls", "args"})
     # a generator class that loads no model says so (loads_model = False) and may leave it empty
-    needs = g.model or getattr(resolve(g.cls), "loads_model", True)
+    cls = resolve(g.cls, "generator", f"generator {g.name!r} cls")
+    needs = g.model or getattr(cls, "loads_model", True)
     kw["model"] = resolve_model(g.model, what=f"generator {g.name!r} model") if needs else ""
     for part in ("lora", "unet"):
         if kw.get(part):
             kw[part] = resolve_model(kw[part], what=f"generator {g.name!r} {part}")
     kw["num_gpus"] = g.pool.num_gpus
-    return constructor_kwargs(resolve(g.cls), kw, g.args, f"generator {g.name!r}")
+    return constructor_kwargs(cls, kw, g.args, f"generator {g.name!r}")
 
 
 def scorer_kwargs(s: ScorerConf) -> dict:
     """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none."""
     model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
     kw = {"name": s.name, "model": model, "pretrained": s.pretrained, "num_gpus": s.pool.num_gpus}
-    return constructor_kwargs(resolve(s.cls), kw, s.args, f"scorer {s.name!r}")
+    return constructor_kwargs(resolve(s.cls, "scorer", f"scorer {s.name!r} cls"), kw, s.args, f"scorer {s.name!r}")
 
 
 def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_margin: float, k: int = 1,

@@ -16,7 +16,7 @@ EPILOG = (
 
 def _command(parent, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand taking --config FILE and dotted overrides."""
-    p = parent.add_parser(name, help=help, epilog=EPILOG)
+    p = parent.add_parser(name, help=help, description=help[0].upper() + help[1:].replace("%%", "%") + ".", epilog=EPILOG)
     p.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded demo config)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     return p

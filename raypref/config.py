@@ -584,6 +584,22 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
+def _unique_keys(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are unique: PyYAML keeps a repeated key's last value, so a second `train:`
+    section would silently replace the first."""
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first on line "
+                                                    f"{seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
 def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
@@ -633,26 +649,60 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     data = copy.deepcopy(data)
+    given = []
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value)
-    return validate(data, source=str(path))
+        given.append(key)
+    return validate(data, source=str(path), overrides=given)
 
 
-def validation_lines(e: ValidationError, prefix: str = "") -> list[str]:
-    """One '  key: problem' line per error; keys and messages only, never the offending value."""
+def _field_names(model: type[BaseModel], loc) -> list[str]:
+    """The keys a config section takes, the section found by following ``loc`` from ``model`` (list
+    indices skipped); [] where the path leaves the typed models (a dict of free args)."""
+    import typing
+
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        todo, model = [field.annotation], None
+        while todo:  # unwrap list[X], X | None, Annotated[X, ...] to the section's model
+            t = todo.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                model = t
+                break
+            todo.extend(typing.get_args(t))
+        if model is None:
+            return []
+    return list(model.model_fields) if model is not None else []
+
+
+def validation_lines(e: ValidationError, prefix: str = "", overrides=(), model: type[BaseModel] | None = None) -> list[str]:
+    """One '  key: problem' line per error; keys and messages only, never the offending value. An unknown
+    key names the likeliest one meant (of ``model``'s, where given); a key set by one of ``overrides``
+    (the command line's dotted keys) says so, since the file named above it does not hold it."""
+    import difflib
+
     lines = []
     for err in e.errors():
-        key = prefix + ".".join(str(p) for p in err["loc"])
+        key = (prefix + ".".join(str(p) for p in err["loc"])).rstrip(".")
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {key.rstrip('.')}: {msg}")
+        if err["type"] == "extra_forbidden" and model is not None and err["loc"]:
+            near = difflib.get_close_matches(str(err["loc"][-1]), _field_names(model, err["loc"][:-1]), n=1)
+            msg += f" (did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{near[0]}?)" if near else ""
+        if any(key == o or key.startswith(o + ".") or o.startswith(key + ".") for o in overrides):
+            msg += " [from a command-line override]"
+        lines.append(f"  {key}: {msg}")
     return lines
 
 
-def validate(data: dict, source: str = "config") -> Config:
+def validate(data: dict, source: str = "config", overrides=()) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: invalid config\n" + "\n".join(validation_lines(e))) from None
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(validation_lines(e, overrides=overrides, model=Config))) from None
 
 
 def git_sha() -> str:
@@ -794,7 +844,7 @@ def check_scorer_args(cfg: Config) -> None:
     from raypref.registry import resolve
 
     for s in cfg.build.scorers + cfg.accuracy.scorers:
-        check = getattr(resolve(s.cls), "check_args", None)
+        check = getattr(resolve(s.cls, "scorer", f"scorer {s.name!r} cls"), "check_args", None)
         if check is not None:
             check(f"scorer {s.name!r}", s.args)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib
 import inspect
 
-BUILTIN = {
-    # generators
+GENERATORS = {
     "diffusers": "actors.generators:DiffusersGenerator",
     "shapes_render": "actors.shapes_render:ShapesRenderGenerator",
-    # scorers
+}
+SCORERS = {
     "clip_score": "actors.clip_score:CLIPScore",
     "jpeg_compressibility": "actors.compressibility:JpegCompressibility",
     "shapes_vqa": "actors.shapes_checker:ShapesVQA",
@@ -31,6 +31,7 @@ BUILTIN = {
     "hpsv2": "actors.hpsv2:HPSv2",
     "image_reward": "actors.image_reward:ImageReward",
 }
+BUILTIN = {**GENERATORS, **SCORERS}
 
 
 def import_attr(path: str, what: str):
@@ -49,14 +50,26 @@ def import_attr(path: str, what: str):
         raise ValueError(f"{what}: module {module_name!r} has no {attr!r}") from None
 
 
-def resolve(name: str) -> type:
+def resolve(name: str, kind: str | None = None, what: str | None = None) -> type:
+    """The actor class ``name`` names. With ``kind`` ('generator' or 'scorer') it must be one: a scorer
+    is a raypref.scoring.Scorer subclass, a generator any other class. ``what`` names the config entry."""
+    names = {"generator": GENERATORS, "scorer": SCORERS}.get(kind, BUILTIN)
+    what = what or f"actor {name!r}"
     path = BUILTIN.get(name, name)
     if ":" not in path:  # a dotted path, 'pkg.mod.Class'
         module_name, _, attr = path.rpartition(".")
         path = f"{module_name}:{attr}"
     if path.startswith(":") or path.endswith(":"):
-        raise ValueError(f"actor {name!r}: not a registry name ({sorted(BUILTIN)}) nor 'module:Class'")
-    return import_attr(path, f"actor {name!r}")
+        raise ValueError(f"{what}: {name!r} is not a {kind or 'registry'} name ({', '.join(sorted(names))}) nor 'module:Class'")
+    cls = import_attr(path, what)
+    if kind is not None:
+        from raypref.scoring import Scorer
+
+        is_scorer = isinstance(cls, type) and issubclass(cls, Scorer)
+        if is_scorer != (kind == "scorer"):
+            why = "is a scorer, not a generator" if is_scorer else "is not a raypref.scoring.Scorer subclass, so not a scorer"
+            raise ValueError(f"{what}: {name!r} ({path}) {why}; {kind}s: {', '.join(sorted(names))}, or 'module:Class'")
+    return cls
 
 
 def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:

@@ -122,6 +122,18 @@ def test_registry_errors():
         resolve("actors.clip_score:Nope")
     with pytest.raises(ValueError, match="not a registry name"):
         resolve("bogus")
+    # a config entry of one kind naming a class of the other is refused by its key, before any model loads
+    from raypref.build import generator_kwargs, scorer_kwargs
+    from raypref.config import GeneratorConf, ScorerConf
+
+    with pytest.raises(ValueError, match=r"scorer 'v' cls: 'shapes_render' \(actors.shapes_render:ShapesRenderGenerator\) "
+                                         r"is not a raypref.scoring.Scorer subclass, so not a scorer; scorers: aesthetic, "):
+        scorer_kwargs(ScorerConf(name="v", cls="shapes_render"))
+    with pytest.raises(ValueError, match=r"generator 'g' cls: 'shapes_vqa' \(.*\) is a scorer, not a generator; "
+                                         r"generators: diffusers, shapes_render, or 'module:Class'"):
+        generator_kwargs(GeneratorConf(name="g", cls="shapes_vqa"))
+    with pytest.raises(ValueError, match=r"scorer 'v' cls: 'shapes_vq' is not a scorer name \(aesthetic, .*\) nor"):
+        scorer_kwargs(ScorerConf(name="v", cls="shapes_vq"))
 
 
 def test_actor_args_are_checked_against_the_class():

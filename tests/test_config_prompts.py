@@ -199,6 +199,33 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "args.http.api_key_env" in r.stderr and pasted not in r.stdout + r.stderr
 
 
+def test_config_errors_name_the_override_and_the_likely_key(tmp_path):
+    from raypref.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.betta=2500", "build.scorers.0.wieght=1", "rank.top_p=7"])
+    lines = str(e.value).splitlines()[1:]
+    assert "  train.betta: unknown key (did you mean train.beta?) [from a command-line override]" in lines
+    assert "  build.scorers.0.wieght: unknown key (did you mean build.scorers.0.weight?) [from a command-line override]" in lines
+    assert any(l.startswith("  rank.top_p: Input should be less than or equal to 1") and l.endswith("override]") for l in lines)
+    (tmp_path / "c.yaml").write_text("train:\n  max_steps: 5\nbuild:\n  limit: 3\ntrain:\n  beta: 100\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML: duplicate key 'train' \(first on line 1\)"):
+        load_config(tmp_path / "c.yaml")  # PyYAML alone keeps the second section and drops max_steps
+    (tmp_path / "c.yaml").write_text("train:\n  max_stepz: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "c.yaml")
+    assert str(e.value).splitlines()[1] == "  train.max_stepz: unknown key (did you mean train.max_steps?)"  # in the file
+
+
+def test_jobs_end_a_config_error_with_its_message_alone():
+    # what a `ray job submit` log shows: the message naming the key, exit 2, no traceback
+    r = subprocess.run([sys.executable, "-m", "jobs.rank_pairs", "rank.top_pp=0.1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("python -m jobs.rank_pairs: error: ") and "rank.top_pp: unknown key (did you mean rank.top_p?)" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "jobs.build", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m jobs.build ")
+
+
 def test_a_key_added_since_a_record_holds_while_it_keeps_its_default(tmp_path):
     from raypref.config import record_settings, settings_changed
 
