@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from actors.generators import append_samples, sample_columns, sample_seed
 from raypref import images as I
+from raypref import quarantine as Q
 from raypref import schema as S
 
 
@@ -67,15 +68,20 @@ class ShapesRenderGenerator:
 
         pids = batch.column(S.PROMPT_ID).to_pylist()
         prompts = batch.column(S.PROMPT).to_pylist()
-        seeds, encoded = [], []
+        seeds, encoded, counts, notes = [], [], [], []
         for pid, prompt in zip(pids, prompts):
             try:
                 spec = parse_prompt(prompt)
-            except ValueError as e:
-                raise ValueError(f"generator {self.name!r}: prompt_id {pid!r}: {e}") from None
+            except ValueError as e:  # a prompt it cannot draw: no samples from it, and a note (other generators may draw it)
+                counts.append(0)
+                notes.append([Q.note("generate", pid, f"{e} (generator {self.name!r} draws none)")])
+                continue
+            counts.append(self.n)
+            notes.append([])
             for i in range(self.n):
                 s = sample_seed(self.seed, pid + "|" + self.name, i)
                 seeds.append(s)
                 encoded.append(I.encode(self._draw(spec, s, i, pid)))
         # no diffusion: steps, guidance and noise are recorded as 0
-        return append_samples(batch, sample_columns(pids, self.name, self.n, seeds, encoded, 0, 0.0, 0.0), self.n)
+        batch = append_samples(batch, sample_columns(pids, self.name, counts, seeds, encoded, 0, 0.0, 0.0), counts)
+        return Q.add_notes(batch, notes) if any(notes) else batch

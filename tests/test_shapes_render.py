@@ -51,8 +51,12 @@ def test_bad_settings_and_prompts_name_the_problem():
         resolve("shapes_render")(num_samples=4, true_renders=5)
     with pytest.raises(ValueError, match="kinds"):
         resolve("shapes_render")(kinds=["upside_down"])
-    with pytest.raises(ValueError, match=f"prompt_id '{S.prompt_id('a photo of a cat')}'"):
-        resolve("shapes_render")()(_batch(["a photo of a cat"]))
+    # a prompt outside the grammar gets no samples and a quarantine note; the batch's others are drawn
+    out = resolve("shapes_render")(num_samples=2)(_batch(["a photo of a cat", PROMPTS[1]]))
+    assert [len(x) for x in out.column(S.IMAGE).to_pylist()] == [0, 2]
+    [[note], []] = out.column(S.QUARANTINE_NOTES).to_pylist()
+    assert note == {S.STAGE: "generate", S.ROW: S.prompt_id("a photo of a cat"),
+                    S.REASON: "not a shapes-world prompt: 'a photo of a cat' (generator 'shapes-render' draws none)"}
 
 
 def test_generator_conf_args_reach_the_actor_and_diffusers_needs_a_model():
