@@ -161,6 +161,9 @@ def run_eval(cfg: Config) -> dict:
     scorer = cfg.scorer(e.scorer)
     scorer_kwargs(scorer)  # its model and args checked before the config is written
     part, weights = tuned_weights(cfg)  # and the tuned weights found
+    from raypref.session import init_ray
+
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
     prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)

@@ -290,6 +290,9 @@ def run_accuracy(cfg: Config) -> dict:
 
     for s in a.scorers:  # a missing model or a bad arg stops the run here, before the pairs are read
         scorer_kwargs(s)
+    from raypref.session import init_ray
+
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     keys, staged = staged_pairs(cfg, out, images=False)

@@ -193,6 +193,9 @@ def run_relabel(cfg: Config) -> dict:
         raise ValueError("build.scorers: at least one scorer is needed to re-label pairs")
     for s in b.scorers:  # a missing model or a bad arg stops the run here, before the import
         scorer_kwargs(s)
+    from raypref.session import init_ray
+
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
     out = cfg.stage_dir("relabel")
     guard_relabel_resume(cfg, out)
@@ -290,10 +293,7 @@ def summary_line(s: dict, where: str) -> str:
 
 
 def relabel(cfg: Config) -> dict:
-    """The stage as the CLI and the job run it: start or join Ray, run, print the summary line."""
-    from raypref.session import init_ray
-
-    init_ray(cfg.ray)
-    s = run_relabel(cfg)
+    """The stage as the CLI and the job run it: run (it starts or joins Ray), print the summary line."""
+    s = run_relabel(cfg)  # starts Ray once its inputs are checked
     print(summary_line(s, str(cfg.stage_dir("relabel"))), flush=True)
     return s

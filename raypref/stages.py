@@ -116,16 +116,14 @@ def train_pcclip(cfg: Config) -> dict:
 def accuracy(cfg: Config) -> dict:
     from raypref.pref_accuracy import run_accuracy
 
-    init_ray(cfg.ray)
-    s = run_accuracy(cfg)
+    s = run_accuracy(cfg)  # starts Ray once its inputs are checked
     print((cfg.stage_dir("accuracy") / "accuracy.md").read_text(), flush=True)
     return s
 
 def evaluate(cfg: Config) -> dict:
     from raypref.evaluate import run_eval
 
-    init_ray(cfg.ray)
-    s = run_eval(cfg)
+    s = run_eval(cfg)  # starts Ray once its inputs are checked
     print(summary_line("eval", s, str(cfg.stage_dir("eval"))), flush=True)
     print((cfg.stage_dir("eval") / "win_rate.md").read_text(), flush=True)
     return s
