@@ -64,12 +64,16 @@ def test_pool_resources_reach_ray_remote_args():
     assert args == {"batch_size": 16, "num_cpus": 2.0, "num_gpus": 0.25}
 
 
-def test_pool_args_applied_to_map_batches(ray_session, tmp_path, tiny_sd):
+def test_pool_args_applied_to_map_batches(ray_session, tmp_path, tiny_sd, monkeypatch):
     """The Ray Data operator built for a pool carries the configured resources."""
     import ray.data
 
+    from raypref import session
     from raypref.build import generate_and_score
     from raypref.config import GeneratorConf, ScorerConf
+
+    # the plan is only inspected, never run: GPU pools on this GPU-less Ray get the joined cluster's warning
+    monkeypatch.setattr(session, "JOINED", True)
 
     g = GeneratorConf(name="g", model=tiny_sd, pool=PoolConf(concurrency=2, batch_size=3, num_cpus=0.5, num_gpus=0.25))
     s = ScorerConf(name="j", cls="jpeg_compressibility", pool=PoolConf(num_cpus=0.75))
