@@ -182,7 +182,8 @@ def check_pools_fit(generators: list[GeneratorConf], scorers: list[ScorerConf]) 
     """Ray Data starts every pool's actors at once and still needs a CPU for a read task: on a Ray with
     fewer, the pipeline waits for ever, saying only "pending" in its log (measured here: two 1-CPU pools
     on a 2-CPU local Ray never started; pools of 2 CPUs and a read task ran on 3, pools of 2.5 did not).
-    An error on a Ray this process started; a warning on a joined cluster, whose autoscaler may add nodes."""
+    An error on a Ray raypref started here (session.started_here); a warning elsewhere: a joined cluster's
+    autoscaler may add nodes."""
     import ray
 
     from raypref import session
@@ -201,7 +202,7 @@ def check_pools_fit(generators: list[GeneratorConf], scorers: list[ScorerConf]) 
     msg = ("the actor pools need " + "; and ".join(short) + ": the pipeline would wait for ever. Lower the pools' "
            "pool.num_cpus / pool.num_gpus (fractions are fine) or their concurrency, or raise ray.num_cpus (logical "
            "slots: more than the machine's cores oversubscribes it, as the shipped configs do)")
-    if session.JOINED:
+    if not session.started_here():
         print(f"[ray] warning: {msg}; it goes on, in case the cluster's autoscaler adds nodes", flush=True)
     else:
         raise ConfigError(msg)

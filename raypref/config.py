@@ -589,7 +589,12 @@ def _unique_keys(loader: _Loader, node: yaml.MappingNode, deep: bool = False) ->
     section would silently replace the first."""
     seen = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges a mapping in; it is no key
+            continue
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool, type(None))):
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, not {type(key).__name__}",
+                                                    key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first on line "
                                                     f"{seen[key] + 1})", key_node.start_mark)
@@ -840,11 +845,19 @@ def renew_if_changed(record: Path, settings: dict, what: str) -> None:
 def check_scorer_args(cfg: Config) -> None:
     """Each configured scorer whose class checks its own args (registry.constructor_kwargs: the LLM judge
     refuses a pasted key or a URL holding credentials) checks them now, so that no stage writes a config
-    that holds a secret, whether or not it runs that scorer."""
-    from raypref.registry import resolve
+    that holds a secret, whether or not it runs that scorer. A built-in without such a check is not
+    imported (a stage that runs no model need not load torch); a class of one's own that cannot be
+    imported here is left to the stages that run it, which stop on it."""
+    from raypref.registry import BUILTIN, CHECK_ARGS, resolve
 
     for s in cfg.build.scorers + cfg.accuracy.scorers:
-        check = getattr(resolve(s.cls, "scorer", f"scorer {s.name!r} cls"), "check_args", None)
+        if s.cls in BUILTIN and s.cls not in CHECK_ARGS:
+            continue
+        try:
+            cls = resolve(s.cls, "scorer", f"scorer {s.name!r} cls")
+        except ValueError:
+            continue
+        check = getattr(cls, "check_args", None)
         if check is not None:
             check(f"scorer {s.name!r}", s.args)
 

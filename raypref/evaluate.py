@@ -60,14 +60,10 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
         with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
             ds = read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
             ds = generate_and_score(ds, [generator], [scorer])
-            # the scorer's aspect columns (score_<name>_<aspect>) come along: exact checks report each; and
-            # the quarantine notes (images a safety checker blanked, or that did not decode), in every block
-            keep = (S.PROMPT_ID, S.PROMPT, S.SEED, main)
-            ds = ds.map_batches(lambda t: Q.add_notes(t, [[]] * t.num_rows).select(
-                                    [c for c in t.column_names if c in keep or c.startswith(main + "_")] + [S.QUARANTINE_NOTES]),
-                                batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
+            ds = ds.map_batches(eval_columns, fn_kwargs={"main": main}, batch_format="pyarrow", batch_size=None,
+                                num_cpus=task_cpus)
             ds.write_parquet(str((side / "scores").resolve()), ray_remote_args={"num_cpus": task_cpus})
-    stored = pq.read_table(side / "scores")
+    stored = read_side(side / "scores")
     # an earlier run may have scored prompts this one does not ask for (a larger eval.limit)
     stored = stored.filter(pc.is_in(stored.column(S.PROMPT_ID), value_set=prompts.column(S.PROMPT_ID).combine_chunks()))
     _, first = np.unique(stored.column(S.PROMPT_ID).to_numpy(zero_copy_only=False), return_index=True)
@@ -75,6 +71,27 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
         raise RuntimeError(f"eval: {side}/scores holds {len(first)} of the {prompts.num_rows} prompts, though its "
                            f"checkpoint says they were written; delete {side} and rerun to score that side again")
     return stored.take(pa.array(first)).sort_by(S.PROMPT_ID)
+
+
+def eval_columns(t: pa.Table, main: str) -> pa.Table:
+    """What a side stores of a scored groups block: prompt, seeds, the scorer's main and aspect columns
+    (exact checks report each aspect), and the quarantine notes (images a safety checker blanked, or that
+    did not decode), that column in every block, empty where none, so every file has the same columns."""
+    keep = (S.PROMPT_ID, S.PROMPT, S.SEED, main)
+    cols = [c for c in t.column_names if c in keep or c.startswith(main + "_")]
+    return Q.add_notes(t, [[]] * t.num_rows).select(cols + [S.QUARANTINE_NOTES])
+
+
+def read_side(scores: Path) -> pa.Table:
+    """A side's stored scores, over the union of its files' columns: files an earlier version wrote lack
+    the notes column, and a table read by the first file's columns would drop the later files' notes."""
+    import pyarrow.dataset as pds
+
+    files = sorted(scores.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"eval: no scores in {scores}")
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files])
+    return pds.dataset(files, schema=schema, format="parquet").to_table()
 
 
 def per_image(side: pa.Table, main: str) -> pa.Table:
@@ -161,11 +178,11 @@ def run_eval(cfg: Config) -> dict:
     scorer = cfg.scorer(e.scorer)
     scorer_kwargs(scorer)  # its model and args checked before the config is written
     part, weights = tuned_weights(cfg)  # and the tuned weights found
+    prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)  # and the prompts read
     from raypref.session import init_ray
 
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
-    prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
     sides = eval_sides(cfg, (part, weights))
     scored = {side: _scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)

@@ -290,6 +290,8 @@ def run_accuracy(cfg: Config) -> dict:
 
     for s in a.scorers:  # a missing model or a bad arg stops the run here, before the pairs are read
         scorer_kwargs(s)
+    if "://" not in a.pairs and not Path(a.pairs).exists():
+        raise FileNotFoundError(f"accuracy.pairs: no such file or directory: {a.pairs}")
     from raypref.session import init_ray
 
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)

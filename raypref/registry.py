@@ -32,6 +32,8 @@ SCORERS = {
     "image_reward": "actors.image_reward:ImageReward",
 }
 BUILTIN = {**GENERATORS, **SCORERS}
+# the built-ins whose class checks its own args (check_args): the others need no import to know they do not
+CHECK_ARGS = frozenset({"llm_judge"})
 
 
 def import_attr(path: str, what: str):
@@ -51,8 +53,9 @@ def import_attr(path: str, what: str):
 
 
 def resolve(name: str, kind: str | None = None, what: str | None = None) -> type:
-    """The actor class ``name`` names. With ``kind`` ('generator' or 'scorer') it must be one: a scorer
-    is a raypref.scoring.Scorer subclass, a generator any other class. ``what`` names the config entry."""
+    """The actor class ``name`` names. With ``kind`` ('generator' or 'scorer') it must not be of the other
+    kind: a built-in generator is no scorer, a raypref.scoring.Scorer subclass no generator (a class of
+    one's own that is neither passes). ``what`` names the config entry."""
     names = {"generator": GENERATORS, "scorer": SCORERS}.get(kind, BUILTIN)
     what = what or f"actor {name!r}"
     path = BUILTIN.get(name, name)
@@ -66,9 +69,11 @@ def resolve(name: str, kind: str | None = None, what: str | None = None) -> type
         from raypref.scoring import Scorer
 
         is_scorer = isinstance(cls, type) and issubclass(cls, Scorer)
-        if is_scorer != (kind == "scorer"):
-            why = "is a scorer, not a generator" if is_scorer else "is not a raypref.scoring.Scorer subclass, so not a scorer"
-            raise ValueError(f"{what}: {name!r} ({path}) {why}; {kind}s: {', '.join(sorted(names))}, or 'module:Class'")
+        wrong = is_scorer if kind == "generator" else path in GENERATORS.values()
+        if wrong:
+            other = "scorer" if kind == "generator" else "generator"
+            raise ValueError(f"{what}: {name!r} ({path}) is a {other}, not a {kind}; {kind}s: {', '.join(sorted(names))}, "
+                             "or 'module:Class'")
     return cls
 
 

@@ -40,9 +40,19 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def put_back(target: Path) -> None:
+    """Undo a swap_in a crash cut between its two renames: the earlier ``target``, moved aside to
+    <target>.old, goes back in place. Writers call it before they look at what ``target`` holds."""
+    old = target.with_name(target.name + ".old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)
+
+
 def swap_in(staging: Path, target: Path) -> None:
     """Put the directory ``staging`` in place of ``target`` (which may not exist): the earlier one is
-    moved aside (<target>.old) and removed only once the new one is in, so a crash leaves one whole."""
+    moved aside (<target>.old) and removed only once the new one is in, so a crash leaves one whole.
+    A crash between the two renames leaves the earlier one in <target>.old (see put_back)."""
+    put_back(target)
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

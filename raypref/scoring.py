@@ -9,8 +9,10 @@ value the scorer could not give (counted in the build summary, never paired on).
 returns more than the main score names those entries in ``outputs`` (in the order score() returns
 them; a class attribute, or set in __init__ where its config decides them): a batch with no image to
 score (none decoded, or a safety checker left none) still gets every column, as NaN or '', so all of
-a run's files share one schema; an entry score() returns that ``outputs`` does not name, or one it
-names that score() leaves out, is an error. The base class
+a run's files share one schema. Declared, it is held to: an entry score() returns that ``outputs``
+does not name, or one it names that score() leaves out, is an error. Undeclared (None), whatever
+score() returns is taken, and a batch with no image gets the entries the actor has seen so far, with a
+warning once that ``outputs`` would keep every batch's columns the same. The base class
 handles the prompt-group rows the build pipeline streams: it flattens every group's images into
 one call, then splits the scores back into a list column per group.
 
@@ -28,6 +30,8 @@ through it; the scorer's own weights stay frozen.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 
@@ -41,7 +45,8 @@ TEXT_OUTPUTS = {"rationale": S.rationale_column, "judge_events": S.judge_events_
 
 class Scorer:
     wants_class_labels = False
-    outputs: tuple[str, ...] = ()  # what score() returns besides the main score: aspects, TEXT_OUTPUTS keys
+    outputs: tuple[str, ...] | None = None  # what score() returns besides the main score (None: undeclared)
+    _seen: tuple[str, ...] = ()  # an undeclared scorer's entries, as far as this actor has seen them
 
     def __init__(self, name: str):
         self.name = name
@@ -75,18 +80,29 @@ class Scorer:
                     row_notes.append(Q.note(f"score:{self.name}", sid, f"undecodable image: {type(e).__name__}: {e}"))
             notes.append(row_notes)
         extra = {"class_labels": flat_labels} if self.wants_class_labels else {}
+        declared = self.outputs
         if flat_images:
             out = self.score(flat_images, flat_prompts, **extra)
         else:  # nothing to score: every column still comes, so this block's schema is the others'
-            out = {"": np.zeros(0, np.float32), **{a: [] for a in self.outputs}}
+            out = {"": np.zeros(0, np.float32), **{a: [] for a in (self._seen if declared is None else declared)}}
         outputs = out if isinstance(out, dict) else {"": out}
         if "" not in outputs:
             raise ValueError(f"scorer {self.name!r} returned aspects {sorted(outputs)} but no main score ('')")
-        if set(outputs) != {"", *self.outputs}:
+        if declared is None:
+            new = tuple(a for a in outputs if a and a not in self._seen)
+            if new and flat_images:
+                if not self._seen:
+                    logging.getLogger(__name__).warning(
+                        "scorer %r (%s) returns %s besides its main score but declares no `outputs`: a batch with no "
+                        "image to score may then lack those columns; set `outputs` to them", self.name,
+                        type(self).__qualname__, sorted(new))
+                self._seen = self._seen + new
+        elif set(outputs) != {"", *declared}:
             raise ValueError(f"scorer {self.name!r} ({type(self).__qualname__}) returned {sorted(k for k in outputs if k)} "
-                             f"besides its main score, but its `outputs` names {sorted(self.outputs)}: set `outputs` to "
+                             f"besides its main score, but its `outputs` names {sorted(declared)}: set `outputs` to "
                              "what score() returns, so that a batch with no image to score gets the same columns")
-        outputs = {a: outputs[a] for a in ("", *self.outputs)}  # one column order in every block
+        else:
+            outputs = {a: outputs[a] for a in ("", *declared)}  # one column order in every block
         for aspect, vals in outputs.items():
             if len(vals) != len(flat_images):
                 raise ValueError(f"scorer {self.name!r} returned {len(vals)} {aspect or 'score'} values for {len(flat_images)} images")

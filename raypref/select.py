@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from raypref import quality as Q
 from raypref import schema as S
-from raypref.resume import swap_in
+from raypref.resume import put_back, swap_in
 
 _SHARD, _ROW, _Q = "_shard", "_row", "_quality"
 ORDER = [(_Q, "descending"), (S.CHOSEN_ID, "ascending"), (S.REJECTED_ID, "ascending"), (_SHARD, "ascending"), (_ROW, "ascending")]
@@ -239,6 +239,8 @@ def rank_pairs(
         i, o = Path(src).resolve(), Path(out_root)
         if o == i or i in o.parents or o in i.parents:
             raise ValueError(f"rank: output {o} and input {i} overlap; write the selection elsewhere")
+    if isinstance(out_fs, pafs.LocalFileSystem):
+        put_back(Path(out_root))  # a selection a crash left aside is the one there
     if out_fs.get_file_info(out_root).type != pafs.FileType.NotFound and not overwrite:
         if out_fs.get_file_info(pafs.FileSelector(out_root, recursive=False)):
             raise ValueError(f"rank: output {dst} exists and is not empty (pass overwrite=True to replace it)")

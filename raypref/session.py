@@ -15,7 +15,15 @@ import os
 from raypref.config import ConfigError, RayConf
 
 
-JOINED = False  # whether init_ray joined a running cluster (whose autoscaler may add nodes) rather than start a Ray
+# "1" where the Ray this process uses was started by raypref (init_ray) with a fixed size, "0" where it
+# joined a cluster: set before ray.init, so the Ray's workers (a sweep's points) inherit it; unset where
+# someone else started it. The pool-fit check refuses a pipeline only on a Ray it knows cannot grow.
+LOCAL_RAY_ENV = "RAYPREF_LOCAL_RAY"
+
+
+def started_here() -> bool:
+    """Whether this process's Ray is one raypref started on this machine (no autoscaler adds to it)."""
+    return os.environ.get(LOCAL_RAY_ENV) == "1"
 
 
 def init_ray(conf: RayConf):
@@ -26,8 +34,7 @@ def init_ray(conf: RayConf):
     if ray.is_initialized():
         return ray
     address = conf.address or os.environ.get("RAY_ADDRESS")
-    global JOINED
-    JOINED = bool(address)
+    os.environ[LOCAL_RAY_ENV] = "0" if address else "1"
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:

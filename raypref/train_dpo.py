@@ -285,6 +285,11 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     if S.LABEL in data.schema.names:
         labels = data.to_table(columns=[S.LABEL]).column(S.LABEL)
         n, ties = len(labels), int(pc.sum(pc.equal(labels, S.TIE)).as_py() or 0)
+    else:  # as the raypref pairs reader takes them: strict preferences
+        n, ties = data.count_rows(), 0
+    if n == 0:
+        raise ValueError(f"train.pairs: {pairs_dir} has no pairs")
+    if S.LABEL in data.schema.names:
         usable = pc.is_in(labels, value_set=pa.array([S.STRICT, S.TIE], labels.type))  # null and NaN: false
         if not pc.all(usable).as_py():
             i = pc.index(usable, False).as_py()
@@ -296,10 +301,6 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
             raise ValueError(f"train.pairs: {frag.path} row {i} (chosen_id={row[S.CHOSEN_ID]!r}) has {S.LABEL} "
                              f"{row[S.LABEL]!r}, not {S.STRICT} (chosen preferred) or {S.TIE} (a tie); "
                              f"{n - int(pc.sum(usable).as_py())} of {n} pairs have such a label")
-    else:  # as the raypref pairs reader takes them: strict preferences
-        n, ties = data.count_rows(), 0
-    if n == 0:
-        raise ValueError(f"train.pairs: {pairs_dir} has no pairs")
     if ties == n:
         raise ValueError(f"train.pairs: all {n} pairs in {pairs_dir} are ties ({S.LABEL} {S.TIE}); "
                          "Diffusion-DPO needs a preferred image")

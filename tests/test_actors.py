@@ -115,6 +115,12 @@ def test_generated_pipeline_loads_with_from_pretrained(tiny_sd):
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
 
 
+def test_the_registry_knows_which_built_ins_check_their_args():
+    from raypref.registry import BUILTIN, CHECK_ARGS
+
+    assert {n for n in BUILTIN if hasattr(resolve(n), "check_args")} == CHECK_ARGS  # config.check_scorer_args relies on it
+
+
 def test_registry_errors():
     with pytest.raises(ValueError, match="cannot import module"):
         resolve("no_such_module:Thing")
@@ -127,11 +133,14 @@ def test_registry_errors():
     from raypref.config import GeneratorConf, ScorerConf
 
     with pytest.raises(ValueError, match=r"scorer 'v' cls: 'shapes_render' \(actors.shapes_render:ShapesRenderGenerator\) "
-                                         r"is not a raypref.scoring.Scorer subclass, so not a scorer; scorers: aesthetic, "):
+                                         r"is a generator, not a scorer; scorers: aesthetic, "):
         scorer_kwargs(ScorerConf(name="v", cls="shapes_render"))
     with pytest.raises(ValueError, match=r"generator 'g' cls: 'shapes_vqa' \(.*\) is a scorer, not a generator; "
                                          r"generators: diffusers, shapes_render, or 'module:Class'"):
         generator_kwargs(GeneratorConf(name="g", cls="shapes_vqa"))
+    import collections
+
+    assert resolve("collections:OrderedDict", "scorer") is collections.OrderedDict  # a class of one's own passes
     with pytest.raises(ValueError, match=r"scorer 'v' cls: 'shapes_vq' is not a scorer name \(aesthetic, .*\) nor"):
         scorer_kwargs(ScorerConf(name="v", cls="shapes_vq"))
 

@@ -48,3 +48,24 @@ def test_twins_are_matched_by_prompt_and_seed_and_the_rest_set_aside():
 def test_no_twins_at_all_is_an_error():
     with pytest.raises(RuntimeError, match="no image of the base side has a twin"):
         match_sides(_side([("p1", [1], [0.5], [1])]), _side([("p1", [9], [0.5], [1])]), MAIN, "gen")
+
+
+def test_each_stored_block_keeps_its_notes_and_a_side_reads_every_files_columns(tmp_path):
+    import pyarrow.parquet as pq
+
+    from raypref.evaluate import eval_columns, read_side
+
+    scored = _side([("p1", [1], [0.5], [1])]).append_column(S.PROMPT, pa.array(["x"])).append_column(
+        "image", pa.array([[b"png"]], pa.list_(pa.binary())))
+    plain = eval_columns(scored, MAIN)  # no notes in the block: an empty notes column all the same
+    assert plain.column_names == [S.PROMPT_ID, S.SEED, MAIN, MAIN + "_colour", S.PROMPT, S.QUARANTINE_NOTES]
+    assert plain.column(S.QUARANTINE_NOTES).to_pylist() == [[]]
+    note = Q.note("generate", "p2|gen|3", "safety checker: blanked")
+    noted = eval_columns(Q.add_notes(_side([("p2", [4], [1.0], [1])]), [[note]]), MAIN)
+    assert Q.explode(noted).to_pylist() == [note]
+    # a side an earlier version began (no notes column) and this one finished: the later file's notes are read
+    (tmp_path / "scores").mkdir()
+    pq.write_table(plain.drop_columns([S.QUARANTINE_NOTES, S.PROMPT]), tmp_path / "scores" / "a.parquet")
+    pq.write_table(noted, tmp_path / "scores" / "b.parquet")
+    side = read_side(tmp_path / "scores")
+    assert sorted(side.column(S.PROMPT_ID).to_pylist()) == ["p1", "p2"] and Q.explode(side).to_pylist() == [note]

@@ -125,6 +125,18 @@ def test_raypref_pairs_replace_the_earlier_parts_whole(tmp_path, monkeypatch):
     assert write_pairs(SOURCE.slice(0, 2), out, "raypref", rows_per_file=1) == 2
     assert seen == [(before, ["part-00000.parquet", "part-00001.parquet"])]
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]  # no stale part
+    # a crash between swap_in's two renames leaves the earlier parts aside in <out>.old: the next write puts them
+    # back before anything else, so a write that then fails leaves them where they were
+    out.rename(out.with_name("pairs.old"))
+
+    def failing():
+        yield SOURCE.slice(0, 1)
+        raise FormatError("broken")
+
+    with pytest.raises(FormatError):
+        write_pairs(failing(), out, "raypref")
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert not (tmp_path / "pairs.old").exists() and read_pairs(out, "raypref").num_rows == 2
     (out / "notes.txt").write_text("mine")  # a directory holding anything else is not replaced
     with pytest.raises(ValueError, match=r"pairs output .*pairs holds 'notes.txt' beside earlier pairs parts"):
         write_pairs(SOURCE, out, "raypref")

@@ -1,5 +1,6 @@
 """Pair strategies, tie and generator rules, the pairs table and quarantine notes, on hand-made rows."""
 
+import logging
 import math
 
 import numpy as np
@@ -167,7 +168,7 @@ def test_undecodable_image_gets_nan_and_a_quarantine_note():
     assert table.schema.equals(S.QUARANTINE_SCHEMA) and table.num_rows == 1
 
 
-def test_a_batch_with_no_image_to_score_gets_every_column():
+def test_a_batch_with_no_image_to_score_gets_every_column(caplog):
     from PIL import Image
 
     from actors.shapes_checker import ShapesVQA
@@ -187,12 +188,20 @@ def test_a_batch_with_no_image_to_score_gets_every_column():
     m = _Mean("m")
     assert m(batch).column("rationale_m").to_pylist() == [[""], []]
 
-    class Undeclared(Scorer):  # returns an aspect its `outputs` does not name
+    class Undeclared(Scorer):  # returns an aspect, and declares no `outputs` (as scorers written before it existed)
         def score(self, images, prompts):
             return {"": np.zeros(len(images), np.float32), "extra": np.zeros(len(images), np.float32)}
 
-    with pytest.raises(ValueError, match=r"scorer 'u' \(.*Undeclared\) returned \['extra'\] .* `outputs` names \[\]"):
-        Undeclared("u")(full)
+    class Misdeclared(Undeclared):  # declares outputs that are not what score() returns
+        outputs = ("other",)
+
+    with pytest.raises(ValueError, match=r"scorer 'u' \(.*Misdeclared\) returned \['extra'\] .* `outputs` names \['other'\]"):
+        Misdeclared("u")(full)
+    u = Undeclared("u")
+    with caplog.at_level(logging.WARNING, logger="raypref.scoring"):
+        assert "score_u_extra" in u(full).column_names  # taken as it comes, with a warning to declare it
+    assert "declares no `outputs`" in caplog.text
+    assert u(batch).column("score_u_extra").to_pylist()[1] == []  # an empty batch gets what the actor has seen
 
 
 def test_empty_prompts_are_quarantined_with_their_line(tmp_path):

@@ -73,7 +73,7 @@ def test_pool_args_applied_to_map_batches(ray_session, tmp_path, tiny_sd, monkey
     from raypref.config import GeneratorConf, ScorerConf
 
     # the plan is only inspected, never run: GPU pools on this GPU-less Ray get the joined cluster's warning
-    monkeypatch.setattr(session, "JOINED", True)
+    monkeypatch.setenv(session.LOCAL_RAY_ENV, "0")
 
     g = GeneratorConf(name="g", model=tiny_sd, pool=PoolConf(concurrency=2, batch_size=3, num_cpus=0.5, num_gpus=0.25))
     s = ScorerConf(name="j", cls="jpeg_compressibility", pool=PoolConf(num_cpus=0.75))
@@ -97,6 +97,7 @@ def test_pools_that_do_not_fit_the_ray_are_refused_before_the_pipeline(ray_sessi
     from raypref.build import check_pools_fit
     from raypref.config import ConfigError, GeneratorConf, ScorerConf
 
+    assert session.started_here()  # init_ray started the session's Ray, and says so to its workers' environment
     gen = GeneratorConf(name="g", cls="shapes_render", pool=PoolConf(num_cpus=4))
     fits = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(concurrency=2, num_cpus=1.5))  # 4 + 3 + 1 = 8
     check_pools_fit([gen], [fits])
@@ -107,7 +108,7 @@ def test_pools_that_do_not_fit_the_ray_are_refused_before_the_pipeline(ray_sessi
     gpu = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(num_cpus=0.5, num_gpus=0.25))
     with pytest.raises(ConfigError, match=r"need 0.25 GPUs at once \(scorer 's' 1 x 0.25\) where this Ray has 0"):
         check_pools_fit([gen], [gpu])
-    monkeypatch.setattr(session, "JOINED", True)  # a joined cluster's autoscaler may add nodes: a warning only
+    monkeypatch.setenv(session.LOCAL_RAY_ENV, "0")  # a joined cluster's autoscaler may add nodes: a warning only
     check_pools_fit([gen], [over])
     assert "[ray] warning: the actor pools need 9 CPUs" in capsys.readouterr().out
 

@@ -74,6 +74,10 @@ def test_dpo_reads_strict_pairs_and_counts_the_ties(built_run, tmp_path):
         with pytest.raises(ValueError, match=rf"bad{k}/p.parquet row {t.num_rows - 1} \(chosen_id={re.escape(repr(last))}\) has "
                                              rf"label {bad if bad is None else '.*'}, not 1.0 .* 1 of {t.num_rows} pairs"):
             strict_pairs(tmp_path / f"bad{k}", 64)
+    (tmp_path / "empty").mkdir()  # as the pairs writer leaves a build without pairs: one file of no rows
+    pq.write_table(t.schema.empty_table(), tmp_path / "empty" / "part-00000.parquet")
+    with pytest.raises(ValueError, match=r"train.pairs: .*empty has no pairs"):
+        strict_pairs(tmp_path / "empty", 64)
     with pytest.raises(ValueError, match=r"train.pairs: .*noid has no column\(s\) \['chosen_id'\]"):
         strict_pairs(tmp_path / "noid", 64)
 

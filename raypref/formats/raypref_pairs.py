@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypref import schema as S
-from raypref.resume import swap_in
+from raypref.resume import put_back, swap_in
 from raypref.formats._common import (
     DEFAULT_BATCH_ROWS, STRICT, TIE, Quarantine, as_tables, concat, image_problem, nonempty_text,
     parquet_files, require_columns,
@@ -93,6 +93,7 @@ def write(table_or_batches, path, quarantine: Quarantine | None = None, rows_per
     whole once every part is written, so it must hold nothing but earlier parts. (``quarantine`` is
     unused: every pairs row can be written; it is accepted so all writers share one signature.)"""
     root = Path(path)
+    put_back(root)  # parts a crash left aside are the ones there
     if root.is_file():
         raise ValueError(f"pairs output {root} is a file; raypref pairs are written to a directory")
     other = sorted(p.name for p in root.iterdir() if not p.match("part-*.parquet")) if root.is_dir() else []
