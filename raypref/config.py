@@ -632,13 +632,23 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    """'a.b=3' -> ('a.b', 3). Values are parsed as YAML, so 'x=[1,2]' and 'x=null' work."""
+    """'a.b=3' -> ('a.b', 3). Values are parsed as YAML, so 'x=[1,2]' and 'x=null' work; a value holding
+    ' #', which YAML would cut there as a comment, is taken as the text it is."""
     out = []
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
+            raise ConfigError(f"override {item.split('=')[0]!r}: expected key=value")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), _yaml(raw) if raw != "" else "")) 
+        if raw == "" or " #" in raw or raw.startswith("#"):
+            out.append((key.strip(), raw))
+            continue
+        try:
+            out.append((key.strip(), _yaml(raw)))
+        except yaml.YAMLError as e:  # the value is not echoed: it may be a secret
+            where = getattr(e, "problem_mark", None)
+            raise ConfigError(f"override {key.strip()}: its value is not valid YAML"
+                              + (f" (column {where.column + 1}: {e.problem})" if where is not None else "")
+                              + "; quote it to give a string") from None
     return out
 
 

@@ -211,6 +211,10 @@ def test_config_errors_name_the_override_and_the_likely_key(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  max_steps: 5\nbuild:\n  limit: 3\ntrain:\n  beta: 100\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML: duplicate key 'train' \(first on line 1\)"):
         load_config(tmp_path / "c.yaml")  # PyYAML alone keeps the second section and drops max_steps
+    # an override's value that is not YAML is an error naming the key, not the value; ' #' is no comment there
+    with pytest.raises(ConfigError, match=r"^override train.beta: its value is not valid YAML \(column 4: .*\); quote it"):
+        load_config(None, ["train.beta=[1,"])
+    assert load_config(None, ["output_dir=/tmp/a #b"]).output_dir == "/tmp/a #b"
     # a merge key is no repeated key: a pool block shared through an anchor still loads
     (tmp_path / "c.yaml").write_text("build:\n  scorers:\n    - {name: a, cls: shapes_vqa, pool: &p {batch_size: 3, num_cpus: 0.5}}\n"
                                      "    - {name: b, cls: shapes_detector, pool: {<<: *p, num_cpus: 0.25}}\n")
