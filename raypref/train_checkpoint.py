@@ -190,14 +190,45 @@ def check_export_dir(export: Path, run_root: Path) -> None:
                          "name a new or empty directory")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Byte for byte, or for safetensors the same tensors: a finished run's rerun saves the same weights
+    under other header metadata."""
+    import filecmp
+
+    if filecmp.cmp(a, b, shallow=False):
+        return True
+    if a.suffix != ".safetensors":
+        return False
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+        keys = set(fa.keys())
+        return keys == set(fb.keys()) and all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in keys)
+
+
+def _same_export(src: Path, export: Path) -> bool:
+    """Whether ``export`` already holds ``src``'s files (_same_file), its mark aside."""
+    if not (export / EXPORT_MARK).is_file():
+        return False
+    mine = sorted(f.relative_to(src) for f in src.rglob("*") if f.is_file())
+    theirs = sorted(f.relative_to(export) for f in export.rglob("*") if f.is_file() and f.name != EXPORT_MARK)
+    return mine == theirs and all(_same_file(src / f, export / f) for f in mine)
+
+
 def export_dir(src: Path, export: Path, run_root: Path) -> None:
     """Copy ``src`` to ``export`` (see check_export_dir), replacing an earlier export whole: the new
     copy is made beside it and renamed into place, so a crash leaves the old export or the new one,
-    never a mix or nothing."""
+    never a mix or nothing. An export that already holds the same files is left as it is: a rerun of a
+    finished run changes nothing, so what scored it (eval, accuracy: they key on the files' times) keeps
+    its scores."""
     from raypref.resume import swap_in
 
     check_export_dir(export, run_root)
     export = export.resolve()
+    if _same_export(src, export):
+        print(f"[train] {export} already holds these weights; left as it is", flush=True)
+        return
     new = export.with_name(export.name + ".new")
     shutil.rmtree(new, ignore_errors=True)  # from a crash mid-export
     shutil.copytree(src, new)

@@ -232,6 +232,25 @@ def test_export_replaces_only_its_own_exports_whole(tmp_path):
     export_dir(src, export, run_root)  # its own export: replaced whole
     assert (export / "weights.safetensors").read_text() == "v2" and not (export / "stale.txt").exists()
     assert sorted(p.name for p in export.parent.iterdir()) == ["rm"]  # no .new / .old left behind
+    # the same weights again (a finished run's rerun) leave the export untouched: its files keep their times
+    before = {p.name: p.stat().st_mtime_ns for p in export.iterdir()}
+    export_dir(src, export, run_root)
+    assert {p.name: p.stat().st_mtime_ns for p in export.iterdir()} == before
+    # so do the same tensors under other header metadata (how a finished run's rerun saves them); other tensors do not
+    import torch
+    from safetensors.torch import save_file
+
+    t = {"w": torch.arange(4.0)}
+    save_file(t, str(src / "lora.safetensors"), metadata={"a": "1"})
+    export_dir(src, export, run_root)
+    save_file(t, str(src / "lora.safetensors"), metadata={"format": "pt", "a": "1"})
+    before = {p.name: p.stat().st_mtime_ns for p in export.iterdir()}
+    export_dir(src, export, run_root)
+    assert {p.name: p.stat().st_mtime_ns for p in export.iterdir()} == before
+    save_file({"w": torch.arange(4.0) + 1}, str(src / "lora.safetensors"))
+    export_dir(src, export, run_root)
+    assert {p.name: p.stat().st_mtime_ns for p in export.iterdir()} != before
+    (src / "lora.safetensors").unlink()
     # a user's folder is never deleted
     mine = tmp_path / "my_models"
     mine.mkdir()
