@@ -38,21 +38,13 @@ def parse_config(description: str, argv: list[str] | None = None, prog: str | No
 
 
 def run_job(main, description: str, argv: list[str] | None = None) -> None:
-    """A job's entry point: parse the config and run ``main`` on it. A config or input error ends the job
-    with its message alone (exit 2), a sweep with failed points with its summary (exit 1), as the raypref
-    CLI does: those messages name the key, file or row, and are what a `ray job submit` log should show."""
+    """A job's entry point: parse the config and run ``main`` on it, ending as the raypref CLI does
+    (cli.exit_status): a config or input error with its message alone, which names the key, file or row
+    and is what a `ray job submit` log should show."""
     import sys
 
-    from raypref.config import ConfigError
-    from raypref.sweep import SweepFailed
+    from raypref.cli import exit_status
 
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     prog = f"python -m {spec.name}" if spec else None  # not the file name argparse would print
-    try:
-        main(parse_config(description, argv, prog))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"{prog or 'job'}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except SweepFailed as e:
-        print(f"{prog or 'job'}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(exit_status(prog or "job", lambda: main(parse_config(description, argv, prog))))

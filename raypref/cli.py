@@ -56,62 +56,73 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    from raypref import stages
+def exit_status(prog: str, run) -> int:
+    """0 once ``run()`` returns. A config or input error (its message names the key, file or row) is printed
+    as '<prog>: error: ...' and gives 2, a sweep with failed points 1: the CLI and the jobs end alike."""
     from raypref.sweep import SweepFailed
 
     try:
-        if args.command == "config" and args.doc:
-            print("\n".join(describe()))
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "config":
-            import yaml
-
-            from raypref.config import check_scorer_args
-
-            check_scorer_args(cfg)  # as every stage does before it writes the config: a pasted key is not echoed
-            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-        elif args.command == "build":
-            stages.build(cfg)
-        elif args.command == "pair":
-            stages.pair(cfg)
-        elif args.command == "rank":
-            stages.rank(cfg)
-        elif args.command == "sweep":
-            stages.sweep(cfg)
-        elif args.command == "relabel":
-            from raypref.relabel import relabel
-
-            relabel(cfg)
-        elif args.command == "train" and args.method == "reward":
-            stages.train_reward(cfg)
-        elif args.command == "train" and args.method == "sft":
-            stages.train_sft(cfg)
-        elif args.command == "train" and args.method == "refl":
-            stages.train_refl(cfg)
-        elif args.command == "train" and args.method == "pcclip":
-            stages.train_pcclip(cfg)
-        elif args.command == "train":
-            stages.train_dpo(cfg)
-        elif args.command == "accuracy":
-            stages.accuracy(cfg)
-        elif args.command == "pretrain":
-            stages.pretrain(cfg, args.model)
-        elif args.command == "eval":
-            stages.evaluate(cfg)
-        elif args.command == "report":
-            stages.report(cfg)
-        elif args.command == "demo":
-            stages.demo(cfg)
+        run()
     except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"raypref {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except SweepFailed as e:
-        print(f"raypref {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return exit_status(f"raypref {args.command}", lambda: _run(args))
+
+
+def _run(args) -> None:
+    from raypref import stages
+
+    if args.command == "config" and args.doc:
+        print("\n".join(describe()))
+        return
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "config":
+        import yaml
+
+        from raypref.config import check_scorer_args
+
+        check_scorer_args(cfg)  # as every stage does before it writes the config: a pasted key is not echoed
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    elif args.command == "build":
+        stages.build(cfg)
+    elif args.command == "pair":
+        stages.pair(cfg)
+    elif args.command == "rank":
+        stages.rank(cfg)
+    elif args.command == "sweep":
+        stages.sweep(cfg)
+    elif args.command == "relabel":
+        from raypref.relabel import relabel
+
+        relabel(cfg)
+    elif args.command == "train" and args.method == "reward":
+        stages.train_reward(cfg)
+    elif args.command == "train" and args.method == "sft":
+        stages.train_sft(cfg)
+    elif args.command == "train" and args.method == "refl":
+        stages.train_refl(cfg)
+    elif args.command == "train" and args.method == "pcclip":
+        stages.train_pcclip(cfg)
+    elif args.command == "train":
+        stages.train_dpo(cfg)
+    elif args.command == "accuracy":
+        stages.accuracy(cfg)
+    elif args.command == "pretrain":
+        stages.pretrain(cfg, args.model)
+    elif args.command == "eval":
+        stages.evaluate(cfg)
+    elif args.command == "report":
+        stages.report(cfg)
+    elif args.command == "demo":
+        stages.demo(cfg)
 
 
 if __name__ == "__main__":
