@@ -127,6 +127,7 @@ def resolve_model(ref: str, what: str = "model") -> str:
             )
         return _SHAPES_KINDS[kind] + str(target)
     if ref.startswith("hf-hub:"):
+        _check_offline_cache(ref[len("hf-hub:"):], ref, what)
         return ref
     local = ref[len(_LOCAL_DIR):] if ref.startswith(_LOCAL_DIR) else ref
     if Path(local).expanduser().exists():
@@ -135,7 +136,27 @@ def resolve_model(ref: str, what: str = "model") -> str:
         return _LOCAL_DIR + absolute if ref.startswith(_LOCAL_DIR) else absolute
     if ref.startswith(_LOCAL_DIR) or not _HUB_NAME.match(ref):
         raise ModelNotFound(f"{what}: model path does not exist: {local}")
+    _check_offline_cache(ref, ref, what)
     return ref  # a hub name: resolved (and possibly downloaded) by the loading library
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading
+
+
+def _check_offline_cache(repo: str, ref: str, what: str) -> None:
+    """With HF_HUB_OFFLINE set, a hub repo ('org/name') must already be in the local Hugging Face cache:
+    else every actor or training worker would fail in turn, each with a long traceback from its loader."""
+    if not _offline() or "/" not in repo:  # a bare name may be a loader's own (open_clip's 'ViT-B-32')
+        return
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    if not (snapshots.is_dir() and any(snapshots.iterdir())):
+        raise ModelNotFound(
+            f"{what}: {ref!r} is not a local path, and HF_HUB_OFFLINE is set while the hub repo {repo} is not in the "
+            f"Hugging Face cache ({constants.HF_HUB_CACHE}); download it where there is a network "
+            f"(`hf download {repo}`) and copy the cache here, or give a local path")
 
 
 def check_model_ref(ref: str, what: str = "model") -> str:

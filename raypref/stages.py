@@ -89,8 +89,7 @@ def train_refl(cfg: Config) -> dict:
 
 def _train_diffusion(cfg: Config, method: str, run) -> dict:
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
-    init_ray(cfg.ray)
-    s = run(cfg)
+    s = run(cfg)  # starts Ray once its inputs are checked
     print(summary_line("train", s, str(cfg.stage_dir("train"))), flush=True)
     return s
 
@@ -98,8 +97,7 @@ def _train_diffusion(cfg: Config, method: str, run) -> dict:
 def train_reward(cfg: Config) -> dict:
     from raypref.train_reward import run_train_reward, summary_text
 
-    init_ray(cfg.ray)
-    s = run_train_reward(cfg)
+    s = run_train_reward(cfg)  # starts Ray once its inputs are checked
     print(summary_text(s), flush=True)
     return s
 
@@ -107,8 +105,7 @@ def train_reward(cfg: Config) -> dict:
 def train_pcclip(cfg: Config) -> dict:
     from raypref.train_pcclip import run_train_pcclip, summary_text
 
-    init_ray(cfg.ray)
-    s = run_train_pcclip(cfg)
+    s = run_train_pcclip(cfg)  # starts Ray once its inputs are checked
     print(summary_text(s), flush=True)
     return s
 

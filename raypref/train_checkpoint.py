@@ -286,3 +286,14 @@ def materialize_if_small(ds, dirs, max_mb: float, share: float = 1.0):
     mb = parquet_mb(dirs)
     return ds.materialize() if mb is not None and mb * share < max_mb else ds
 
+
+
+def check_rows_per_worker(rows: int, what: str, workers: int, key: str, per_worker: int = 1, why: str = "") -> None:
+    """Before Ray Train starts: it gives each worker an equal share of a dataset (the remainder is
+    left out), and a worker whose share is under ``per_worker`` rows would fail only once it runs."""
+    share = rows // max(workers, 1)
+    if share < per_worker:
+        fix = f"lower {key}, or train on more data" if workers > 1 else "train on more data"
+        need = f"{per_worker} rows" if per_worker > 1 else "one row"
+        raise ValueError(f"{key}={workers}: {rows} {what} give each worker {share}, and each needs at least "
+                         f"{need}{why}; {fix}")

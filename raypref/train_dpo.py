@@ -22,8 +22,9 @@ from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.finetune import export_file, export_name
 from raypref.parquet_read import read_parquet
-from raypref.train_checkpoint import (fit_and_export, guard_resume, load_state, materialize_if_small, report_step,
-                                      scheduled_optimizer)
+from raypref.session import init_ray
+from raypref.train_checkpoint import (check_rows_per_worker, fit_and_export, guard_resume, load_state,
+                                      materialize_if_small, report_step, scheduled_optimizer)
 
 OPTIM_FILE = "optimizer.pt"
 
@@ -265,8 +266,11 @@ def base_model_ref(cfg: Config) -> str:
                          what="train.base_model")
 
 
-def strict_pairs(pairs_dir: Path, cache_max_mb: float):
-    """(Ray dataset of the prompt, chosen id and both images of every strict pair, their number, ties left out).
+PAIR_COLUMNS = [S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]  # what the loop reads of a pair
+
+
+def check_pairs(pairs_dir: Path) -> tuple[int, int]:
+    """(pairs, ties among them) of a pairs dir, checked with pyarrow alone (no Ray, no image read).
 
     Diffusion-DPO's loss (Eq. 14) needs a winner; a tie (imported, or kept by build.pairs.keep_ties)
     has none, so it is left out and counted. The labels alone are read to count them. Any other label
@@ -278,7 +282,7 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     import pyarrow.dataset as pds
 
     data = pds.dataset(str(pairs_dir), format="parquet")
-    cols = [S.PROMPT, S.CHOSEN_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE]
+    cols = PAIR_COLUMNS
     missing = [c for c in cols if c not in data.schema.names]
     if missing:
         raise ValueError(f"train.pairs: {pairs_dir} has no column(s) {missing}; is it a raypref pairs dir?")
@@ -304,10 +308,21 @@ def strict_pairs(pairs_dir: Path, cache_max_mb: float):
     if ties == n:
         raise ValueError(f"train.pairs: all {n} pairs in {pairs_dir} are ties ({S.LABEL} {S.TIE}); "
                          "Diffusion-DPO needs a preferred image")
-    ds = read_parquet(str(pairs_dir), columns=cols + ([S.LABEL] if ties else []))
+    return n, ties
+
+
+def strict_pairs(pairs_dir: Path, cache_max_mb: float):
+    """(Ray dataset of the prompt, chosen id and both images of every strict pair, their number, ties
+    left out), once check_pairs passes."""
+    n, ties = check_pairs(pairs_dir)
+    return _strict_dataset(pairs_dir, n, ties, cache_max_mb), n - ties, ties
+
+
+def _strict_dataset(pairs_dir: Path, n: int, ties: int, cache_max_mb: float):
+    ds = read_parquet(str(pairs_dir), columns=PAIR_COLUMNS + ([S.LABEL] if ties else []))
     if ties:
         ds = ds.filter(expr=f"{S.LABEL} != {S.TIE}")
-    return materialize_if_small(ds.select_columns(cols), [pairs_dir], cache_max_mb, share=1 - ties / n), n - ties, ties
+    return materialize_if_small(ds.select_columns(PAIR_COLUMNS), [pairs_dir], cache_max_mb, share=1 - ties / n)
 
 
 # the train keys each method does not read: a change to them does not make a new run of it
@@ -333,7 +348,10 @@ def run_train_dpo(cfg: Config) -> dict:
     pairs_dir = Path(t.pairs or cfg.stage_dir("build") / "pairs").resolve()
     if not pairs_dir.exists():
         raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
-    ds, n_pairs, ties = strict_pairs(pairs_dir, t.cache_pairs_max_mb)
+    n, ties = check_pairs(pairs_dir)
+    check_rows_per_worker(n - ties, "strict pairs", t.num_workers, "train.num_workers")
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
+    ds, n_pairs = _strict_dataset(pairs_dir, n, ties, t.cache_pairs_max_mb), n - ties
     loop_cfg = {**t.dump(), "base_model": base, "method": "dpo"}
     t0 = time.time()
     name = export_name(t.finetune)

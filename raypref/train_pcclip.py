@@ -25,8 +25,9 @@ import numpy as np
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.parquet_read import read_parquet
-from raypref.train_checkpoint import (cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state,
-                                      materialize_if_small, report_step)
+from raypref.session import init_ray
+from raypref.train_checkpoint import (check_rows_per_worker, cosine_adamw, first_last_means, fit_and_export, guard_resume,
+                                      load_state, materialize_if_small, report_step)
 
 STAGE = "pcclip"
 MODEL_DIR = "model"
@@ -311,16 +312,19 @@ def run_train_pcclip(cfg: Config) -> dict:
         mask = heldout_mask(batch.column(S.PROMPT_ID).to_pylist(), p.heldout_fraction, p.seed)
         return batch.filter(pa.array(mask if heldout else ~mask)).select([S.SAMPLE_ID, S.PROMPT, S.IMAGE])
 
-    ds = read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE])
+    model = resolve_model(p.model, what="pcclip.model")
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs); the split counts need it
     n_train, n_held = split_counts([str(samples)], p.heldout_fraction, p.seed)
+    # a worker's batches are whole (pcclip_loop drops a short last one)
+    check_rows_per_worker(n_train, f"training images in {samples}", p.num_workers, "pcclip.num_workers",
+                          per_worker=p.batch_size, why=" (pcclip.batch_size)")
+    ds = read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE])
     train = materialize_if_small(ds.map_batches(split, fn_kwargs={"heldout": False}, batch_format="pyarrow"),
                                  [samples], p.cache_samples_max_mb, share=n_train / max(n_train + n_held, 1))
     cached = isinstance(train, MaterializedDataset)
     # only the rows rank 0 measures are read from the held-out split (the read stops at the limit)
     held = ds.map_batches(split, fn_kwargs={"heldout": True}, batch_format="pyarrow").limit(p.eval_images).take_all()
-    if n_train < p.batch_size:
-        raise ValueError(f"pcclip: {n_train} training images in {samples}, fewer than pcclip.batch_size={p.batch_size}")
-    loop_cfg = {**p.model_dump(), "model": resolve_model(p.model, what="pcclip.model"),
+    loop_cfg = {**p.model_dump(), "model": model,
                 "heldout_rows": {c: [r[c] for r in held] for c in (S.SAMPLE_ID, S.PROMPT, S.IMAGE)}}
     export = Path(p.export_dir) if p.export_dir else out / MODEL_DIR
     t0 = time.time()

@@ -152,12 +152,14 @@ def resolved(cfg: Config) -> dict:
 
 
 def run_train_refl(cfg: Config) -> dict:
+    import pyarrow.dataset as pads
     import ray.data
 
     from raypref.finetune import export_file, export_name
     from raypref.paths import resolve_path
     from raypref.prompts import read_prompts
-    from raypref.train_checkpoint import fit_and_export, first_last_means, materialize_if_small
+    from raypref.session import init_ray
+    from raypref.train_checkpoint import check_rows_per_worker, fit_and_export, first_last_means, materialize_if_small
     from raypref.train_dpo import base_model_ref, guard_train_resume, train_loop_per_worker
 
     t = cfg.train
@@ -171,11 +173,16 @@ def run_train_refl(cfg: Config) -> dict:
     prompts = read_prompts(resolve_path(source), limit=t.refl.limit).select([S.PROMPT_ID, S.PROMPT])
     if prompts.num_rows == 0:
         raise ValueError(f"train.refl.prompts: {source} has no prompts")
-    datasets = {"train": ray.data.from_arrow(prompts)}
+    check_rows_per_worker(prompts.num_rows, f"prompts in {source}", t.num_workers, "train.num_workers")
     if refl["pretrain_weight"] > 0:
         pre = Path(t.refl.pretrain_samples or cfg.stage_dir("build") / "samples").resolve()
         if not pre.exists():
             raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
+        check_rows_per_worker(pads.dataset(str(pre), format="parquet").count_rows(), f"samples in {pre}",
+                              t.num_workers, "train.num_workers")
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
+    datasets = {"train": ray.data.from_arrow(prompts)}
+    if refl["pretrain_weight"] > 0:
         datasets["pretrain"] = materialize_if_small(
             read_parquet(str(pre), columns=[S.SAMPLE_ID, S.PROMPT, S.IMAGE]), [pre], t.cache_pairs_max_mb)
     loop_cfg = {**t.dump(), "method": "refl", "base_model": base, "refl": refl}

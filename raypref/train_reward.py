@@ -25,7 +25,8 @@ from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.mirroring import mirror_images, mirror_prompts
 from raypref.parquet_read import parquet_mb, read_parquet
-from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, report_step
+from raypref.train_checkpoint import (check_rows_per_worker, first_last_means, fit_and_export, guard_resume, load_state,
+                                      report_step)
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -275,22 +276,35 @@ def _small(paths: list[str], cache_max_mb: float) -> bool:
     return mb is not None and mb < cache_max_mb
 
 
-def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float, interleave_seed: int | None = None):
-    """One Ray dataset over every pairs dir in ``paths`` (each checked for the needed columns);
-    with ``interleave_seed``, sorted by _order_key: in this process when the pairs are local and
-    under ``cache_max_mb``, else by Ray Data."""
-    import pyarrow.dataset as pds
-    import ray.data
+_NEEDED = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]
 
-    needed = [S.PROMPT_ID, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID, S.CHOSEN_IMAGE, S.REJECTED_IMAGE, S.LABEL]
-    side = [f(c) for c in aspect_columns for f in (S.chosen_column, S.rejected_column)]
+
+def _columns(aspect_columns: list[str]) -> list[str]:
+    """What training reads of a pair: the pair, and both sides' score of each aspect column."""
+    return _NEEDED + [f(c) for c in aspect_columns for f in (S.chosen_column, S.rejected_column)]
+
+
+def check_pairs_columns(paths: list[str], aspect_columns: list[str]) -> None:
+    """Every pairs dir in ``paths`` has the columns training reads (its schema alone is read, no Ray)."""
+    import pyarrow.dataset as pds
+
     for path in paths:
         names = pds.dataset(path, format="parquet").schema.names
-        missing = [c for c in needed + side if c not in names]
+        missing = [c for c in _columns(aspect_columns) if c not in names]
         if missing:
             raise ValueError(f"reward.pairs: {path} lacks columns {missing} "
                              f"(its score columns: {S.pair_score_columns(names)}; reward.aspect_scorer names the scorer "
                              "whose aspect columns label the aspect heads)")
+
+
+def _read_pairs(paths: list[str], aspect_columns: list[str], cache_max_mb: float, interleave_seed: int | None = None):
+    """One Ray dataset over every pairs dir in ``paths`` (check_pairs_columns passed); with
+    ``interleave_seed``, sorted by _order_key: in this process when the pairs are local and under
+    ``cache_max_mb``, else by Ray Data."""
+    import pyarrow.dataset as pds
+    import ray.data
+
+    needed, side = _NEEDED, _columns(aspect_columns)[len(_NEEDED):]
     small = _small(paths, cache_max_mb)
     if interleave_seed is not None and small:
         # small and local: read and sort in this process (a distributed sort costs seconds of tasks), the
@@ -328,6 +342,7 @@ def split_counts(paths: list[str], fraction: float, seed: int, train_fraction: f
 def run_train_reward(cfg: Config) -> dict:
     from raypref.models import resolve_model
     from raypref.reward_model import aspect_score_columns
+    from raypref.session import init_ray
 
     r = cfg.reward
     guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json"))
@@ -342,6 +357,9 @@ def run_train_reward(cfg: Config) -> dict:
         raise ValueError(f"reward.prompt_shuffle_buffer={r.prompt_shuffle_buffer} needs reward.shuffle_buffer=0 (got "
                          f"{r.shuffle_buffer}): a row shuffle would split the prompts it keeps whole")
     aspect_cols = aspect_score_columns(r.aspect_scorer, r.aspects) if r.aspect_scorer else []
+    check_pairs_columns(paths, aspect_cols)
+    backbone = resolve_model(r.backbone, what="reward.backbone")
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs); the split counts need it
     ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb, r.seed if r.interleave else None)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}
     train = ds.map_batches(_split, fn_kwargs={**fn, "heldout": False, "train_fraction": r.train_fraction},
@@ -358,8 +376,9 @@ def run_train_reward(cfg: Config) -> dict:
         raise ValueError(f"reward: {pairs} splits into {n_train} training and {n_held} held-out pairs "
                          f"(reward.heldout_fraction={r.heldout_fraction}, reward.train_fraction={r.train_fraction}); "
                          "both need pairs from distinct prompts")
+    check_rows_per_worker(n_train, "training pairs", r.num_workers, "reward.num_workers")
     loop_cfg = r.model_dump()
-    loop_cfg.update({"backbone": resolve_model(r.backbone, what="reward.backbone"), "aspect_columns": aspect_cols})
+    loop_cfg.update({"backbone": backbone, "aspect_columns": aspect_cols})
     export = Path(r.export_dir) if r.export_dir else out / MODEL_DIR
     t0 = time.time()
     history = fit_and_export(reward_loop, r, loop_cfg, out, STAGE, MODEL_DIR, export,

@@ -123,9 +123,9 @@ def kept_images(samples: Path, kept: pa.Table, cache_max_mb: float, share: float
 
 
 def run_train_sft(cfg: Config) -> dict:
-
     from raypref.finetune import export_file, export_name
-    from raypref.train_checkpoint import fit_and_export
+    from raypref.session import init_ray
+    from raypref.train_checkpoint import check_rows_per_worker, fit_and_export
     from raypref.train_dpo import base_model_ref, guard_train_resume, train_loop_per_worker
 
     t = cfg.train
@@ -133,6 +133,8 @@ def run_train_sft(cfg: Config) -> dict:
     guard_train_resume(cfg, "sft", base)
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     samples, kept, counts = select(cfg, out)
+    check_rows_per_worker(counts["kept"], "kept images", t.num_workers, "train.num_workers")
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     ds = kept_images(samples, kept, t.cache_pairs_max_mb, t.sft_top_p)
     loop_cfg = {**t.dump(), "method": "sft", "base_model": base}
     t0 = time.time()

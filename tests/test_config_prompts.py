@@ -146,10 +146,27 @@ def test_model_refs(tmp_path, monkeypatch):
     assert resolve_model("m") == str((tmp_path / "m").resolve())
     with pytest.raises(ModelNotFound, match="unknown tiny model"):
         resolve_model("tiny:gpt")
-    assert resolve_model("stable-diffusion-v1-5/stable-diffusion-v1-5") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert resolve_model(str(tmp_path)) == str(tmp_path.resolve())
     with pytest.raises(ModelNotFound, match="unknown shapes model 'gpt'"):
         resolve_model("shapes:gpt")
+
+
+def test_hub_names_offline_need_the_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    sd = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert resolve_model(sd) == sd  # online: the loader downloads it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match=r"generator 'sd' model: 'stable-diffusion-v1-5/stable-diffusion-v1-5' is "
+                                            r"not a local path, and HF_HUB_OFFLINE is set while .* not in the Hugging Face cache"):
+        resolve_model(sd, what="generator 'sd' model")
+    with pytest.raises(ModelNotFound, match="hub repo laion/CLIP-ViT-B-32 is not in"):
+        resolve_model("hf-hub:laion/CLIP-ViT-B-32", what="reward.backbone")
+    assert resolve_model("ViT-B-32") == "ViT-B-32"  # a bare name may be the loader's own: left to it
+    (tmp_path / "hub" / "models--stable-diffusion-v1-5--stable-diffusion-v1-5" / "snapshots" / "abc").mkdir(parents=True)
+    assert resolve_model(sd) == sd  # cached: the loader finds it offline
 
 
 def test_shapes_prompt_source_is_balanced_and_checked():

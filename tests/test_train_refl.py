@@ -228,6 +228,10 @@ def test_refl_with_pretraining_trains_in_ray_train_and_exports_a_lora(built_run,
     assert "pretraining loss (x 0.5)" in out
 
     d["output_dir"] = str(tmp_path / "errors")  # input errors, each found before anything trains
+    d["train"]["num_workers"] = 5
+    with pytest.raises(ValueError, match=r"train.num_workers=5: 4 prompts in .* give each worker 0"):
+        stages.train_refl(validate(d))
+    d["train"]["num_workers"] = 1
     d["train"]["refl"]["pretrain_samples"] = str(tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="train.refl.pretrain_samples: no samples at"):
         stages.train_refl(validate(d))

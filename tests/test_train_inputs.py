@@ -1,0 +1,96 @@
+"""The training stages check their inputs before they start Ray, and refuse a worker count the data
+cannot feed before Ray Train starts (a worker with no rows would fail only once it had loaded its model)."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raypref import schema as S
+from raypref.config import validate
+from raypref.train_checkpoint import check_rows_per_worker
+from tests.test_reward_model import _cfg as reward_cfg
+from tests.test_reward_model import synthetic_pairs
+
+
+def test_rows_per_worker_hand_values():
+    check_rows_per_worker(4, "pairs", 4, "train.num_workers")  # one each
+    check_rows_per_worker(16, "images", 2, "pcclip.num_workers", per_worker=8)
+    with pytest.raises(ValueError, match=r"train.num_workers=4: 3 pairs give each worker 0, and each needs at least "
+                                         r"one row; lower train.num_workers, or train on more data"):
+        check_rows_per_worker(3, "pairs", 4, "train.num_workers")
+    # Ray Train splits evenly and leaves the remainder out: 15 rows are 7 a worker, not 8
+    with pytest.raises(ValueError, match=r"give each worker 7, and each needs at least 8 rows \(pcclip.batch_size\)"):
+        check_rows_per_worker(15, "images", 2, "pcclip.num_workers", per_worker=8, why=" (pcclip.batch_size)")
+    with pytest.raises(ValueError, match=r"needs at least 8 rows; train on more data$"):  # one worker: nothing to lower
+        check_rows_per_worker(5, "images", 1, "pcclip.num_workers", per_worker=8)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Starting Ray fails the test: what it checks must come first."""
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started before the inputs were checked")
+
+    import raypref.session
+    import raypref.train_dpo
+    import raypref.train_pcclip
+
+    for module in (raypref.session, raypref.train_dpo, raypref.train_pcclip):
+        monkeypatch.setattr(module, "init_ray", refuse)
+
+
+def _train_cfg(tmp_path, tiny_sd, **train):
+    return validate({"output_dir": str(tmp_path / "run"), "train": {"base_model": tiny_sd, **train}})
+
+
+def test_dpo_and_sft_refuse_more_workers_than_rows_before_ray(tmp_path, tiny_sd, no_ray):
+    from raypref.train_dpo import run_train_dpo
+    from raypref.train_sft import run_train_sft
+
+    synthetic_pairs(tmp_path / "pairs", n_prompts=6)  # 6 pairs in pairs/a, one of them a tie
+    with pytest.raises(FileNotFoundError, match="train.pairs: no pairs at"):
+        run_train_dpo(_train_cfg(tmp_path, tiny_sd, pairs=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match=r"train.num_workers=8: 5 strict pairs give each worker 0"):
+        run_train_dpo(_train_cfg(tmp_path, tiny_sd, pairs=str(tmp_path / "pairs" / "a"), num_workers=8))
+
+    (tmp_path / "samples").mkdir()
+    pq.write_table(pa.table({S.SAMPLE_ID: ["s0", "s1", "s2"], S.PROMPT_ID: ["p0", "p0", "p1"],
+                             S.PROMPT: ["a", "a", "b"], S.SCORE: [0.1, 0.9, 0.5],
+                             S.IMAGE: [b"never read"] * 3}),
+                   tmp_path / "samples" / "part-0.parquet")
+    with pytest.raises(ValueError, match=r"train.num_workers=4: 3 kept images give each worker 0"):
+        run_train_sft(_train_cfg(tmp_path, tiny_sd, samples=str(tmp_path / "samples"), sft_top_p=1.0, num_workers=4))
+
+
+def test_reward_and_pcclip_check_columns_before_ray(tmp_path, no_ray):
+    from raypref.train_pcclip import run_train_pcclip
+    from raypref.train_reward import run_train_reward
+
+    table = synthetic_pairs(tmp_path / "pairs", n_prompts=4)
+    (tmp_path / "thin").mkdir()
+    pq.write_table(table.drop_columns([S.REJECTED_IMAGE]), tmp_path / "thin" / "p.parquet")
+    with pytest.raises(ValueError, match=r"reward.pairs: .*thin lacks columns \['rejected_image'\]"):
+        run_train_reward(reward_cfg(tmp_path / "run", tmp_path / "thin"))
+    (tmp_path / "samples").mkdir()
+    pq.write_table(pa.table({S.SAMPLE_ID: ["s0"], S.PROMPT: ["a"]}), tmp_path / "samples" / "p.parquet")
+    cfg = validate({"output_dir": str(tmp_path / "run"), "pcclip": {"samples": str(tmp_path / "samples")}})
+    with pytest.raises(ValueError, match=r"pcclip.samples: .* has no column\(s\) \['prompt_id', 'image'\]"):
+        run_train_pcclip(cfg)
+
+
+def test_reward_and_pcclip_refuse_more_workers_than_rows(ray_session, tmp_path, tiny_clip):
+    from raypref.train_pcclip import run_train_pcclip
+    from raypref.train_reward import run_train_reward
+
+    table = synthetic_pairs(tmp_path / "pairs", n_prompts=8)
+    with pytest.raises(ValueError, match=r"reward.num_workers=64: \d+ training pairs give each worker 0"):
+        run_train_reward(reward_cfg(tmp_path / "run", tmp_path / "pairs" / "a", num_workers=64))
+    (tmp_path / "samples").mkdir()
+    ids = table.column(S.CHOSEN_ID).to_pylist()
+    pq.write_table(pa.table({S.SAMPLE_ID: ids, S.PROMPT_ID: table.column(S.PROMPT_ID), S.PROMPT: table.column(S.PROMPT),
+                             S.IMAGE: table.column(S.CHOSEN_IMAGE)}), tmp_path / "samples" / "p.parquet")
+    cfg = validate({"output_dir": str(tmp_path / "run2"), "pcclip": {
+        "samples": str(tmp_path / "samples"), "model": tiny_clip, "batch_size": 16, "num_workers": 2}})
+    with pytest.raises(ValueError, match=r"pcclip.num_workers=2: \d+ training images in .* give each worker \d, and "
+                                         r"each needs at least 16 rows \(pcclip.batch_size\)"):
+        run_train_pcclip(cfg)
