@@ -10,9 +10,9 @@ once, its stages asking for their own resources as they do outside a sweep. A me
 
 Resume: a finished point leaves ``result.json`` holding its config; a rerun skips it while the
 config is the same, and runs it again (its stages resuming what they can) when it is not. A
-failed point leaves ``error.txt``, the others still run, and the sweep then fails naming it. A
-metric whose file a finished point holds but that is not a number there (a typo in its path)
-stops a rerun before any point runs again: running would not change the file.
+failed point leaves ``error.txt`` (removed once it succeeds), the others still run, and the sweep
+then fails naming it. A metric whose file a finished point holds but that is not a number there
+(a typo in its path) stops a rerun before any point runs again: running would not change the file.
 """
 
 from __future__ import annotations
@@ -278,7 +278,8 @@ def _point_config(pcfg: Config) -> dict:
 
 def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, fns: dict) -> dict:
     """Run one point's stages and read its metrics; result.json (with ``pconf``, _point_config's
-    record) is written last, so a crash leaves none and the point runs again."""
+    record) is written last, so a crash leaves none and the point runs again. An error.txt of an
+    earlier attempt goes first: a crash between the two leaves neither, not an error beside a result."""
     d = Path(pcfg.output_dir)
     t0 = time.time()
     for stage in sw.stages:
@@ -286,8 +287,8 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
               "started": round(t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "config": pconf,
               "stages": list(sw.stages)}
-    write_atomic(d / RESULT_FILE, json.dumps(result, indent=2) + "\n")  # a crash mid-write must not read as done
     (d / ERROR_FILE).unlink(missing_ok=True)
+    write_atomic(d / RESULT_FILE, json.dumps(result, indent=2) + "\n")  # a crash mid-write must not read as done
     return result
 
 
@@ -376,6 +377,7 @@ def run_sweep(cfg: Config) -> dict:
             pending.append((i, name, point, pcfg, pconf))
             continue
         resumed += 1
+        (d / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's (or a dead task's) error, no longer so
         rows[i] = _row(prior, "done")
         say(i, name, f"done before, {_metrics_text(prior['metrics'])}")
     runner = _in_process if sw.concurrency == 1 or len(pending) <= 1 else _as_ray_tasks

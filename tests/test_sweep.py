@@ -290,6 +290,30 @@ def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp
     assert s["ran"] == 1 and s["points"] == 1 and not err.exists()
 
 
+def test_a_points_error_goes_before_its_result_is_written_and_a_stale_one_beside_a_result_goes(tmp_path, monkeypatch):
+    from raypref import sweep as SW
+
+    pairs = _write_pairs(tmp_path)
+    cfg = _sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5]})
+    [(name, point, pcfg)] = point_configs(cfg)
+    d = tmp_path / "run" / "sweep" / "points" / name
+    d.mkdir(parents=True)
+    (d / "error.txt").write_text("Traceback: an earlier attempt\n")
+    seen = []
+    real = SW.write_atomic
+    # what is on disk when result.json is put in place: a crash then must not leave the old error beside it
+    monkeypatch.setattr(SW, "write_atomic", lambda path, text: (seen.append((d / "error.txt").exists()), real(path, text)))
+    SW.run_point(name, point, pcfg, SW._point_config(pcfg), cfg.sweep, SW._stage_fns())
+    assert seen == [False] and (d / "result.json").is_file() and not (d / "error.txt").exists()
+    monkeypatch.undo()
+    # a finished point with an error beside its result (a task that died after writing it, or an attempt
+    # under other settings since reverted): it is done, and the stale error goes
+    (d / "error.txt").write_text("ray.exceptions.WorkerCrashedError\n")
+    s = run_sweep(cfg)
+    assert s["resumed"] == 1 and not s["failed"] and not (d / "error.txt").exists()
+    assert [r["status"] for r in json.loads((tmp_path / "run" / "sweep" / "results.json").read_text())] == ["done"]
+
+
 def test_sweep_fits_a_scaling_law_per_line_and_draws_it(tmp_path, capsys):
     pairs = _write_pairs(tmp_path)
     metrics = [{"name": "kept", "value": "rank/summary.json:n_kept", "fit": "power_law"}]
