@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from raypref.config import Config, ConfigError, SweepConf, _set_dotted, validate, write_run_meta
+from raypref.metrics import json_text
 from raypref.resume import write_atomic
 
 STAGE = "sweep"
@@ -424,7 +425,7 @@ def _columns(rows: list[dict]) -> list[str]:
 def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
     """results.{json,csv,md} and one plot per metric (but the one on the x axis); returns the plot file names."""
     cols = _columns(rows)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "results.json").write_text(json_text(rows))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -493,7 +494,7 @@ def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str,
             fits.setdefault(m.name, {})[label] = {"x": x, **f}
             print(f"[sweep] fit {m.name} vs {x}{f' ({label})' if label else ''}: {text}", flush=True)
     if fits:
-        (out / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
+        (out / "fits.json").write_text(json_text(fits))
     else:
         (out / "fits.json").unlink(missing_ok=True)
     return fits
