@@ -11,7 +11,6 @@ groups by streaming row-local maps, without re-running a model.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from raypref.dataset_report import write_report
 from raypref.config import (
     BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
 )
+from raypref.metrics import json_text
 from raypref.models import resolve_model
 from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
@@ -332,7 +332,7 @@ def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: i
     summary["quarantined"] = Q.counts(out / "quarantine")
     summary["report"] = str(out / "report" / "report.md")
     write_report(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary
 
 

@@ -7,13 +7,13 @@ report of a multi-million-pair dataset costs one pass over a few float columns.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from raypref import schema as S
+from raypref.metrics import json_text
 
 
 def generator_win_rates(chosen: list[str], rejected: list[str], labels=None) -> dict[str, dict]:
@@ -108,7 +108,7 @@ def write_report(stage_dir: Path, out: Path | None = None) -> dict:
         if S.CHOSEN_GENERATOR in pairs:
             report["generators"] = generator_win_rates(pairs[S.CHOSEN_GENERATOR], pairs[S.REJECTED_GENERATOR],
                                                        pairs.get(S.LABEL))
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.json").write_text(json_text(report))
     (out / "report.md").write_text(_markdown(report))
     return report
 

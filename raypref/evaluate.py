@@ -7,7 +7,6 @@ scored again while the other side's scores are kept."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from raypref import schema as S
 from raypref.build import generate_and_score, scorer_kwargs
 from raypref.config import Config, renew_if_changed, write_run_meta
 from raypref.finetune import export_file, export_name
-from raypref.metrics import accuracy, paired_difference, win_rate
+from raypref.metrics import accuracy, json_text, paired_difference, win_rate
 from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
@@ -200,7 +199,7 @@ def run_eval(cfg: Config) -> dict:
     result.update({"scorer": scorer.name, "prompts": prompts.num_rows, part: str(weights), "quarantined": Q.counts(out / "quarantine"),
                    "accuracy": exact_accuracy(pairs, col, clusters), "seconds": round(time.time() - t0, 1)})
     pq.write_table(pairs.select([S.PROMPT_ID, S.SEED, S.base_column(col), S.tuned_column(col)]), out / "scores.parquet")
-    (out / "win_rate.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "win_rate.json").write_text(json_text(result))
     (out / "win_rate.md").write_text(win_rate_table(result) + accuracy_table(result))
     return result
 

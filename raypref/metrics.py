@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` (nested dicts and lists) with NaN and infinities as None, for JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """A summary or metrics file's JSON, NaN and infinities as null: json.dumps would write a bare NaN,
+    which is not JSON (jq, JavaScript and strict parsers reject it)."""
+    return json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n"
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96, deff: float = 1.0) -> tuple[float, float]:

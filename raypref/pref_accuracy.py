@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.config import Config, ScorerConf, record_settings, renew_if_changed, settings_changed, write_run_meta
-from raypref.metrics import design_effect, wilson_interval
+from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
 from raypref.resume import actor_settings, checkpointed, fingerprint, write_atomic
 
@@ -329,5 +329,5 @@ def run_accuracy(cfg: Config) -> dict:
         w.writeheader()
         w.writerows([{k: r[k] for k in _COLUMNS} for r in rows])
     summary = {**meta, "rows": rows, "seconds": round(time.time() - t0, 1)}
-    (out / "accuracy.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "accuracy.json").write_text(json_text(summary))
     return summary

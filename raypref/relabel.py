@@ -28,7 +28,6 @@ margin is kept (its margin says how sure the AI is; rank it with ``raypref rank`
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -45,6 +44,7 @@ from raypref.build import (
 )
 from raypref.config import Config, guard_rerun, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, first_pairs, write_pairs
+from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 from raypref.resume import checkpointed
 
@@ -216,7 +216,7 @@ def run_relabel(cfg: Config) -> dict:
             ds.write_parquet(str((out / "pairs").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
     quarantine_unscored(out)
     summary = summarize_relabel(out, cfg, n_imported, source, time.time() - t0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary
 
 

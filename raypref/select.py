@@ -32,7 +32,6 @@ is the embarrassingly parallel part to spread as one Ray task per shard.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -48,6 +47,7 @@ import pyarrow.parquet as pq
 
 from raypref import quality as Q
 from raypref import schema as S
+from raypref.metrics import json_text
 from raypref.resume import put_back, swap_in
 
 _SHARD, _ROW, _Q = "_shard", "_row", "_quality"
@@ -385,6 +385,6 @@ def run_rank(cfg) -> dict:
     out = write_run_meta(cfg, cfg.stage_dir("rank"), "rank")
     dst = out / r.output
     s = rank_pairs(src, dst, r.metric, r.metric_args, r.top_p, batch_mb=r.batch_mb, overwrite=True)
-    (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(s))
     print(summary_line(s, str(dst)), flush=True)
     return s

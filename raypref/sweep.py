@@ -10,7 +10,9 @@ once, its stages asking for their own resources as they do outside a sweep. A me
 
 Resume: a finished point leaves ``result.json`` holding its config; a rerun skips it while the
 config is the same, and runs it again (its stages resuming what they can) when it is not. A
-failed point leaves ``error.txt``, the others still run, and the sweep then fails naming it.
+failed point leaves ``error.txt`` (removed once it succeeds), the others still run, and the sweep
+then fails naming it. A metric whose file a finished point holds but that is not a number there
+(a typo in its path) stops a rerun before any point runs again: running would not change the file.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from raypref.config import Config, ConfigError, SweepConf, _set_dotted, validate, write_run_meta
+from raypref.metrics import json_text
 from raypref.resume import write_atomic
 
 STAGE = "sweep"
@@ -72,53 +75,95 @@ def substitute(obj: Any, point_dir: str) -> Any:
 _TOKEN = re.compile(r"\.?([^.\[\]]+)|\[([^\]]*)\]")
 
 
-def select(doc: Any, path: str) -> Any:
-    """Follow ``path`` into parsed JSON: keys split by '.', a list item by its index ('rows.0') or
-    by a filter ('rows[scorer=reward,output=overall]', which must match exactly one item)."""
-    node, pos = doc, 0
+def _steps(path: str) -> list[tuple[str | None, dict[str, str] | None]]:
+    """A metric path's steps: (key, None) or (None, the filter's terms); KeyError where it does not parse."""
+    steps, pos = [], 0
     for m in _TOKEN.finditer(path):
         if m.start() != pos:
             break
         pos = m.end()
         key, filt = m.group(1), m.group(2)
+        if key is None:
+            want = dict(kv.split("=", 1) for kv in filt.split(",") if "=" in kv)
+            if not want:
+                raise KeyError(f"{path!r}: [{filt}] needs key=value terms")
+            steps.append((None, want))
+        else:
+            steps.append((key, None))
+    if pos != len(path) or not path:
+        raise KeyError(f"{path!r}: cannot parse near {path[pos:]!r}")
+    return steps
+
+
+def select(doc: Any, path: str) -> Any:
+    """Follow ``path`` into parsed JSON: keys split by '.', a list item by its index ('rows.0') or
+    by a filter ('rows[scorer=reward,output=overall]', which must match exactly one item)."""
+    node = doc
+    for key, want in _steps(path):
         if key is not None:
             if isinstance(node, list) and key.isdigit() and int(key) < len(node):
                 node = node[int(key)]
             elif isinstance(node, dict) and key in node:
                 node = node[key]
             else:
-                known = sorted(node) if isinstance(node, dict) else f"a list of {len(node)}" if isinstance(node, list) else repr(node)
-                raise KeyError(f"{path!r}: no {key!r} at this step (there: {known})")
+                raise KeyError(f"{path!r}: no {key!r} at this step (there: {_shape(node)})")
         else:
-            want = dict(kv.split("=", 1) for kv in filt.split(",") if "=" in kv)
-            if not want or not isinstance(node, list):
-                raise KeyError(f"{path!r}: [{filt}] needs a list and key=value terms")
+            terms = ",".join(f"{k}={v}" for k, v in want.items())
+            if not isinstance(node, list):
+                raise KeyError(f"{path!r}: [{terms}] needs a list (there: {_shape(node)})")
             hits = [it for it in node if isinstance(it, dict) and all(str(it.get(k)) == v for k, v in want.items())]
             if len(hits) != 1:
-                raise KeyError(f"{path!r}: [{filt}] matches {len(hits)} items, not 1")
+                # the items' values of the filter's keys, so that a misspelt value shows
+                seen = sorted({",".join(f"{k}={it.get(k)}" for k in want) for it in node if isinstance(it, dict)})
+                raise KeyError(f"{path!r}: [{terms}] matches {len(hits)} items, not 1"
+                               + (f" (there: {_some(seen, '; ')})" if not hits and seen else ""))
             node = hits[0]
-    if pos != len(path) or not path:
-        raise KeyError(f"{path!r}: cannot parse near {path[pos:]!r}")
     return node
 
 
-def read_metric(point_dir: Path, spec: str) -> float:
-    """'<file>:<path>' under a point dir -> a number; a clear error names the file and path."""
+def _shape(node: Any) -> str:
+    return str(sorted(node)) if isinstance(node, dict) else f"a list of {len(node)}" if isinstance(node, list) else repr(node)
+
+
+def _some(names: list[str], sep: str) -> str:
+    return sep.join(names[:12]) + (f"{sep}..." if len(names) > 12 else "")
+
+
+def metric_spec(spec: str, key: str) -> tuple[str, str]:
+    """'<file>:<path>' -> (file, path), the path parsed; a ConfigError naming ``key`` where it is not one."""
     file, sep, path = spec.partition(":")
-    if not sep:
-        raise ConfigError(f"sweep.metrics: {spec!r} is not '<file>:<path>'")
+    if not sep or not file:
+        raise ConfigError(f"{key}: {spec!r} is not '<file>:<path>'")
+    try:
+        _steps(path)
+    except KeyError as e:
+        raise ConfigError(f"{key}: {e.args[0]}") from None
+    return file, path
+
+
+def read_metric(point_dir: Path, spec: str, key: str = "sweep.metrics") -> float | None:
+    """'<file>:<path>' under a point dir -> a number, or None where the file holds null (or NaN): no number,
+    e.g. an interval with no data. A missing file is a FileNotFoundError (a stage may yet write it); a file
+    that is there but does not hold a number at that path is a ConfigError naming ``key``, the file and
+    what is there."""
+    file, path = metric_spec(spec, key)
     f = point_dir / file
     if not f.is_file():
-        raise FileNotFoundError(f"sweep metric {spec!r}: no file {f} (did a stage that writes it run?)")
+        there = sorted(p.name for p in f.parent.iterdir()) if f.parent.is_dir() else []
+        raise FileNotFoundError(f"{key}: no file {f} (did a stage that writes it run?)"
+                                + (f"; {f.parent} holds {_some(there, ', ')}" if there else ""))
     try:
         value = select(json.loads(f.read_text()), path)
     except KeyError as e:
-        raise ValueError(f"sweep metric, in {f}: {e.args[0]}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"sweep metric {spec!r}: {f} is not JSON ({e})") from None
+        raise ConfigError(f"{key}: in {f}, {e.args[0]}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: {spec!r}: {f} is not JSON ({e})") from None
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"sweep metric {spec!r} in {f}: {value!r} is not a number")
-    return float(value)
+        what = f"a dict with keys {sorted(value)}" if isinstance(value, dict) else _shape(value)
+        raise ConfigError(f"{key}: {spec!r} in {f} is {what}, not a number")
+    return float(value) if math.isfinite(value) else None
 
 
 def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
@@ -132,6 +177,8 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
                 raise ConfigError(f"sweep.{section}.{key}: the sweep sets output_dir and its own section itself")
     x = x_axis(sw)
     for m in sw.metrics:
+        for field, spec in _specs(m):
+            metric_spec(spec, f"sweep.metrics.{m.name}.{field}")
         if m.fit and (x is None or x == m.name):
             raise ConfigError(f"sweep.metrics.{m.name}.fit: needs an x axis other than the metric itself (sweep.x or a grid key)")
         if m.fit and x in sw.grid and not all(_num(v) is not None and v > 0 for v in sw.grid[x]):
@@ -190,15 +237,16 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
     return r, "done"
 
 
-def collect(point_dir: Path, sw: SweepConf) -> dict[str, float]:
-    """sweep.metrics read from a point's files (read again on resume, so a metric added later is filled in)."""
-    metrics = {}
-    for m in sw.metrics:
-        metrics[m.name] = read_metric(point_dir, m.value)
-        for end in ("low", "high"):
-            if getattr(m, end):
-                metrics[f"{m.name}_{end}"] = read_metric(point_dir, getattr(m, end))
-    return metrics
+def _specs(m) -> list[tuple[str, str]]:
+    """A metric's (field, '<file>:<path>') for its value and, where given, its interval ends."""
+    return [(field, getattr(m, field)) for field in ("value", "low", "high") if getattr(m, field)]
+
+
+def collect(point_dir: Path, sw: SweepConf) -> dict[str, float | None]:
+    """sweep.metrics read from a point's files (read again on resume, so a metric added later is filled in):
+    <name>, and <name>_low, <name>_high where given; None where a file holds null."""
+    return {m.name if field == "value" else f"{m.name}_{field}": read_metric(point_dir, spec, f"sweep.metrics.{m.name}.{field}")
+            for m in sw.metrics for field, spec in _specs(m)}
 
 
 def _config_changed(recorded, config: dict) -> bool:
@@ -231,7 +279,8 @@ def _point_config(pcfg: Config) -> dict:
 
 def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, fns: dict) -> dict:
     """Run one point's stages and read its metrics; result.json (with ``pconf``, _point_config's
-    record) is written last, so a crash leaves none and the point runs again."""
+    record) is written last, so a crash leaves none and the point runs again. An error.txt of an
+    earlier attempt goes first: a crash between the two leaves neither, not an error beside a result."""
     d = Path(pcfg.output_dir)
     t0 = time.time()
     for stage in sw.stages:
@@ -239,8 +288,8 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
               "started": round(t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "config": pconf,
               "stages": list(sw.stages)}
-    write_atomic(d / RESULT_FILE, json.dumps(result, indent=2) + "\n")  # a crash mid-write must not read as done
     (d / ERROR_FILE).unlink(missing_ok=True)
+    write_atomic(d / RESULT_FILE, json.dumps(result, indent=2) + "\n")  # a crash mid-write must not read as done
     return result
 
 
@@ -318,14 +367,18 @@ def run_sweep(cfg: Config) -> dict:
         if prior is not None:
             try:
                 prior["metrics"] = collect(d, sw)
-            except Exception as e:  # noqa: BLE001 - a metric added since that this point's files lack: run it again
-                prior, why = None, f"runs again (a metric cannot be read: {type(e).__name__}: {e})"
+            except FileNotFoundError as e:  # a metric added since whose file its stages did not write: they may now
+                prior, why = None, f"runs again (a metric cannot be read: {e})"
+            except ConfigError as e:  # the file is there: running again would write it alike, and fail alike
+                raise ConfigError(f"{e} (read from the finished point {name}, before any point ran; "
+                                  "to have its stages write that file again, delete it)") from None
         if prior is None:
             if why != "runs":
                 say(i, name, why)
             pending.append((i, name, point, pcfg, pconf))
             continue
         resumed += 1
+        (d / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's (or a dead task's) error, no longer so
         rows[i] = _row(prior, "done")
         say(i, name, f"done before, {_metrics_text(prior['metrics'])}")
     runner = _in_process if sw.concurrency == 1 or len(pending) <= 1 else _as_ray_tasks
@@ -359,7 +412,7 @@ def _fmt(v: float) -> str:
 
 
 def _metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()) or "no metrics"
+    return ", ".join(f"{k}={'null (no number)' if v is None else _fmt(v)}" for k, v in metrics.items()) or "no metrics"
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -372,7 +425,7 @@ def _columns(rows: list[dict]) -> list[str]:
 def write_results(rows: list[dict], out: Path, sw: SweepConf) -> list[str]:
     """results.{json,csv,md} and one plot per metric (but the one on the x axis); returns the plot file names."""
     cols = _columns(rows)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "results.json").write_text(json_text(rows))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -441,7 +494,7 @@ def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str,
             fits.setdefault(m.name, {})[label] = {"x": x, **f}
             print(f"[sweep] fit {m.name} vs {x}{f' ({label})' if label else ''}: {text}", flush=True)
     if fits:
-        (out / "fits.json").write_text(json.dumps(fits, indent=2) + "\n")
+        (out / "fits.json").write_text(json_text(fits))
     else:
         (out / "fits.json").unlink(missing_ok=True)
     return fits

@@ -12,7 +12,6 @@ diffusers UNet directory: a generator's ``unet`` key).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.finetune import export_file, export_name
+from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 from raypref.session import init_ray
 from raypref.train_checkpoint import (check_rows_per_worker, fit_and_export, guard_resume, load_state,
@@ -368,5 +368,5 @@ def run_train_dpo(cfg: Config) -> dict:
         "weights": str(out / name / export_file(t.finetune)),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary

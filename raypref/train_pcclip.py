@@ -16,7 +16,6 @@ open_clip_model.safetensors) that a clip_score scorer loads as 'local-dir:<dir>'
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 from raypref.session import init_ray
 from raypref.train_checkpoint import (check_rows_per_worker, cosine_adamw, first_last_means, fit_and_export, guard_resume,
@@ -353,7 +353,7 @@ def run_train_pcclip(cfg: Config) -> dict:
     texts = {k[len("texts_"):]: v for k, v in (history[-1] if history else {}).items() if k.startswith("texts_")}
     if texts:  # rank 0's LLM requests (its training pairs and the held-out measures)
         summary["llm_texts"] = texts
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary
 
 

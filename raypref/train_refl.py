@@ -17,12 +17,12 @@ train/unet, so `raypref eval` measures the tuned model.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 
 
@@ -208,5 +208,5 @@ def run_train_refl(cfg: Config) -> dict:
         "weights": str(out / name / export_file(t.finetune)),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary

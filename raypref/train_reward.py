@@ -15,7 +15,6 @@ loadable with ``RewardModel.load`` and as the 'reward_model' scorer.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.metrics import json_text
 from raypref.mirroring import mirror_images, mirror_prompts
 from raypref.parquet_read import parquet_mb, read_parquet
 from raypref.train_checkpoint import (check_rows_per_worker, first_last_means, fit_and_export, guard_resume, load_state,
@@ -400,7 +400,7 @@ def run_train_reward(cfg: Config) -> dict:
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary
 
 

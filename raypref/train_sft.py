@@ -10,7 +10,6 @@ listed in <output_dir>/train/sft_selected.parquet.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
+from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 
 SELECTED_FILE = "sft_selected.parquet"
@@ -160,5 +160,5 @@ def run_train_sft(cfg: Config) -> dict:
         "selected": str(out / SELECTED_FILE),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary

@@ -1,6 +1,8 @@
 """The eval compares a base image with its tuned twin (same prompt, same seed) only: an image one side
 left out (a safety checker blanked it) leaves its twin unpaired, counted and written aside."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -69,3 +71,22 @@ def test_each_stored_block_keeps_its_notes_and_a_side_reads_every_files_columns(
     pq.write_table(noted, tmp_path / "scores" / "b.parquet")
     side = read_side(tmp_path / "scores")
     assert sorted(side.column(S.PROMPT_ID).to_pylist()) == ["p1", "p2"] and Q.explode(side).to_pylist() == [note]
+
+
+def test_win_rate_json_writes_null_where_there_is_no_number():
+    """eval/win_rate.json holds json_text of its result: a win rate or an interval with no data (every
+    pair has a NaN score) is null there, not json.dumps' bare NaN, which strict parsers reject."""
+    from raypref.metrics import accuracy, json_text, paired_difference, win_rate
+
+    r = win_rate([np.nan, 0.5], [0.75, np.nan], clusters=["p1", "p2"])
+    r["accuracy"] = {"overall": {"base": accuracy([np.nan, 1.0]), "tuned": accuracy([np.nan, np.nan]),
+                                 "diff": paired_difference([np.nan, 1.0], [np.nan, np.nan])}}
+    r["inf"] = (np.float64("inf"), -np.inf)
+    assert "NaN" in json.dumps(r)  # what was written before
+    back = json.loads(json_text(r), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert (back["n"], back["skipped_nan"], back["win_rate"], back["win_rate_ci95"]) == (0, 2, None, [None, None])
+    assert back["base_mean"] is None and back["tuned_mean"] is None
+    acc = back["accuracy"]["overall"]
+    assert acc["base"]["accuracy"] == 1.0 and acc["tuned"]["accuracy"] is None and acc["tuned"]["ci95"] == [None, None]
+    assert acc["diff"] == {"n": 0, "diff": None, "ci95": [None, None]} and back["inf"] == [None, None]
+    assert json_text({"a": 0.5, "b": [1, "x"]}) == json.dumps({"a": 0.5, "b": [1, "x"]}, indent=2) + "\n"  # finite: as before

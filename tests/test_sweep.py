@@ -168,8 +168,100 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     r, why = _done(d, {"a": 1}, ["rank"])
     assert r is None and why == f"runs again ({d / 'result.json'} is unreadable)"
     (d / "x.md").write_text("# not JSON")
-    with pytest.raises(ValueError, match=r"sweep metric 'x.md:a': .*x\.md is not JSON"):
-        read_metric(d, "x.md:a")
+    with pytest.raises(ConfigError, match=r"sweep.metrics.m.value: 'x.md:a': .*x\.md is not JSON"):
+        read_metric(d, "x.md:a", "sweep.metrics.m.value")
+
+
+def test_read_metric_names_the_key_the_file_and_what_is_there(tmp_path):
+    from raypref.sweep import read_metric
+
+    d = tmp_path / "p"
+    (d / "eval").mkdir(parents=True)
+    (d / "eval" / "win_rate.json").write_text(json.dumps(
+        {"win_rate": 0.75, "n": 4, "win_rate_ci95": [None, None], "old": float("nan"), "big": float("inf"),
+         "accuracy": {"overall": {"n": 2}}, "rows": [{"scorer": "clip", "v": 1}, {"scorer": "vqa", "v": 2}]}))
+    key = "sweep.metrics.win.value"
+    assert read_metric(d, "eval/win_rate.json:win_rate", key) == 0.75
+    # null (a stage measured nothing) and the bare NaN or Infinity older files hold: no number, not an error
+    assert [read_metric(d, f"eval/win_rate.json:{p}", key) for p in ("win_rate_ci95.0", "old", "big")] == [None] * 3
+    f = d / "eval" / "win_rate.json"
+    with pytest.raises(ConfigError, match=rf"^{key}: in {f}, 'win_rat': no 'win_rat' at this step \(there: "
+                                          r"\['accuracy', 'big', 'n', 'old', 'rows', 'win_rate', 'win_rate_ci95'\]\)"):
+        read_metric(d, "eval/win_rate.json:win_rat", key)
+    with pytest.raises(ConfigError, match=rf"^{key}: 'eval/win_rate.json:accuracy' in {f} is a dict with keys "
+                                          r"\['overall'\], not a number"):
+        read_metric(d, "eval/win_rate.json:accuracy", key)
+    with pytest.raises(ConfigError, match=r"\[scorer=vqaa\] matches 0 items, not 1 \(there: scorer=clip; scorer=vqa\)"):
+        read_metric(d, "eval/win_rate.json:rows[scorer=vqaa].v", key)
+    # a missing file is no config error (a stage may yet write it); its dir's files are named
+    with pytest.raises(FileNotFoundError, match=rf"^{key}: no file {d / 'eval' / 'win_rate.jsn'} .*; "
+                                                rf"{d / 'eval'} holds win_rate.json$"):
+        read_metric(d, "eval/win_rate.jsn:win_rate", key)
+    # a spec that is not '<file>:<path>', or a path that does not parse: an error before any point runs
+    pairs = _write_pairs(tmp_path)
+    for value, err in (("rank/summary.json", r"'rank/summary.json' is not '<file>:<path>'"),
+                       ("rank/summary.json:rows[scorer", r"cannot parse near '\[scorer'"),
+                       ("rank/summary.json:rows[x]", r"\[x\] needs key=value terms")):
+        with pytest.raises(ConfigError, match=rf"^sweep.metrics.bad.value: .*{err}"):
+            point_configs(_sweep_cfg(tmp_path, pairs, metrics=[{"name": "bad", "value": value}]))
+
+
+def test_a_metric_typo_stops_a_rerun_before_any_finished_point_runs_again(tmp_path, capsys):
+    pairs = _write_pairs(tmp_path)
+    grid = {"rank.top_p": [0.25, 0.5]}
+    run_sweep(_sweep_cfg(tmp_path, pairs, grid=grid))
+    out = tmp_path / "run" / "sweep"
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("points/*/*/*") if p.is_file()}
+    assert stamps
+    capsys.readouterr()
+    summary = out / "points" / "rank.top_p=0.25" / "rank" / "summary.json"
+    typo = [{"name": "kept", "value": "rank/summary.json:n_kep"}]
+    with pytest.raises(ConfigError, match=rf"^sweep.metrics.kept.value: in {summary}, 'n_kep': no 'n_kep' at this step "
+                                          r"\(there: \[.*'n_kept'.*\]\) \(read from the finished point rank.top_p=0.25, "
+                                          r"before any point ran; .*delete it\)"):
+        run_sweep(_sweep_cfg(tmp_path, pairs, grid=grid, metrics=typo))
+    assert "running" not in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no stage wrote anything again
+    # a value that is not a number is a typo too; the CLI ends it as a config error (2), not a failed sweep
+    not_number = [{"name": "q", "value": "rank/summary.json:quality_kept"}]
+    with pytest.raises(ConfigError, match=r"sweep.metrics.q.value: 'rank/summary.json:quality_kept' in .* is a dict with keys"):
+        run_sweep(_sweep_cfg(tmp_path, pairs, grid=grid, metrics=not_number))
+    # a metric whose file the finished points lack runs them again: their stages may write it
+    missing = [{"name": "kept", "value": "rank/summary.json:n_kept"}, {"name": "w", "value": "eval/win_rate.json:win_rate"}]
+    with pytest.raises(SweepFailed, match="2 of 2 points failed"):
+        run_sweep(_sweep_cfg(tmp_path, pairs, grid=grid, metrics=missing))
+    text = capsys.readouterr().out
+    assert text.count("runs again (a metric cannot be read: sweep.metrics.w.value: no file") == 2
+
+
+def test_a_metric_typo_on_a_fresh_sweep_fails_each_point_naming_the_metric(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    typo = [{"name": "kept", "value": "rank/summary.json:n_kep"}]
+    with pytest.raises(SweepFailed, match="1 of 1 points failed: rank.top_p=0.5"):
+        run_sweep(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5]}, metrics=typo))
+    err = (tmp_path / "run" / "sweep" / "points" / "rank.top_p=0.5" / "error.txt").read_text()
+    assert "ConfigError: sweep.metrics.kept.value: in " in err and "no 'n_kep' at this step (there: [" in err
+    assert not (tmp_path / "run" / "sweep" / "points" / "rank.top_p=0.5" / "result.json").exists()
+    # fixed, the rerun succeeds and the point's error goes
+    assert run_sweep(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5]}))["ran"] == 1
+    assert not (tmp_path / "run" / "sweep" / "points" / "rank.top_p=0.5" / "error.txt").exists()
+
+
+def test_a_null_metric_reads_as_no_number_in_the_table_and_plots(tmp_path, capsys):
+    pairs = _write_pairs(tmp_path)
+    run_sweep(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.25, 0.5, 1.0]}))
+    out = tmp_path / "run" / "sweep"
+    f = out / "points" / "rank.top_p=0.5" / "rank" / "summary.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "n_kept": None}))  # as a stage that measured nothing writes it
+    capsys.readouterr()
+    s = run_sweep(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.25, 0.5, 1.0]}))
+    assert s["resumed"] == 3 and s["ran"] == 0 and s["plots"] == ["kept.png", "qmin.png"]
+    assert "point 2/3 rank.top_p=0.5: done before, kept=null (no number), qmin=" in capsys.readouterr().out
+    # strict JSON: null, never a bare NaN
+    rows = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert [r["kept"] for r in rows] == [10, None, 40]
+    assert (out / "results.md").read_text().splitlines()[3].startswith("| rank.top_p=0.5 | 0.5 |  |")
+    assert (out / "results.csv").read_text().splitlines()[2].startswith("rank.top_p=0.5,0.5,,")
 
 
 def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp_path):
@@ -196,6 +288,30 @@ def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp
     # fixed (no metric_args), a rerun retries the failed point and clears its error file
     s = run_sweep(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5], "rank.metric": ["random"]}))
     assert s["ran"] == 1 and s["points"] == 1 and not err.exists()
+
+
+def test_a_points_error_goes_before_its_result_is_written_and_a_stale_one_beside_a_result_goes(tmp_path, monkeypatch):
+    from raypref import sweep as SW
+
+    pairs = _write_pairs(tmp_path)
+    cfg = _sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5]})
+    [(name, point, pcfg)] = point_configs(cfg)
+    d = tmp_path / "run" / "sweep" / "points" / name
+    d.mkdir(parents=True)
+    (d / "error.txt").write_text("Traceback: an earlier attempt\n")
+    seen = []
+    real = SW.write_atomic
+    # what is on disk when result.json is put in place: a crash then must not leave the old error beside it
+    monkeypatch.setattr(SW, "write_atomic", lambda path, text: (seen.append((d / "error.txt").exists()), real(path, text)))
+    SW.run_point(name, point, pcfg, SW._point_config(pcfg), cfg.sweep, SW._stage_fns())
+    assert seen == [False] and (d / "result.json").is_file() and not (d / "error.txt").exists()
+    monkeypatch.undo()
+    # a finished point with an error beside its result (a task that died after writing it, or an attempt
+    # under other settings since reverted): it is done, and the stale error goes
+    (d / "error.txt").write_text("ray.exceptions.WorkerCrashedError\n")
+    s = run_sweep(cfg)
+    assert s["resumed"] == 1 and not s["failed"] and not (d / "error.txt").exists()
+    assert [r["status"] for r in json.loads((tmp_path / "run" / "sweep" / "results.json").read_text())] == ["done"]
 
 
 def test_sweep_fits_a_scaling_law_per_line_and_draws_it(tmp_path, capsys):

@@ -7,11 +7,11 @@ CLIP-score scorer loads as 'local-dir:<path>'.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from raypref.config import Config, write_run_meta
+from raypref.metrics import json_text
 from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state, report_step
 
 MODEL_DIR = "clip"
@@ -93,5 +93,5 @@ def run_pretrain_clip(cfg: Config) -> dict:
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary

@@ -10,11 +10,11 @@ StableDiffusionPipeline directory (safetensors) that ``from_pretrained(path)`` l
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from raypref.config import Config, write_run_meta
+from raypref.metrics import json_text
 from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, report_step
 
 PIPELINE_DIR = "pipeline"  # inside each checkpoint: the loadable pipeline (EMA weights)
@@ -180,5 +180,5 @@ def run_pretrain_t2i(cfg: Config) -> dict:
         "export": str(export),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     return summary
