@@ -120,15 +120,48 @@ RESUMABLE = frozenset({"max_steps", "vae_steps", "unet_steps", "steps", "checkpo
                        "export_dir", "eval_images", "comparatives_per_class", "comparative_alpha"})
 
 
+# the settings that name data dirs, by config section, with their default under <output_dir>: a rerun
+# compares the dirs they resolve to, so spelling the default out, or a path another way, is the same data
+DATA_DIRS = {"train": {"pairs": "build/pairs", "samples": "build/samples", "refl.pretrain_samples": "build/samples"},
+             "reward": {"pairs": "build/pairs"}, "pcclip": {"samples": "build/samples"}}
+
+
+def _data_dirs(value, default: Path) -> list[str]:
+    """The dirs a data setting names (None: ``default``; a list: each, in order), resolved as the stages
+    resolve them; a URI as it is."""
+    given = value if isinstance(value, list) else [value or str(default)]
+    return [p if "://" in p else str(Path(p).resolve()) for p in given]
+
+
+def _spelled_as_recorded(record: Path, section: str, settings: dict, output_dir: Path) -> dict:
+    """``settings`` with each DATA_DIRS value that names the same dirs as ``record`` holds spelled as there."""
+    if not record.is_file():
+        return settings
+    recorded = json.loads(record.read_text())
+    settings = json.loads(json.dumps(settings))  # a copy: the caller's dict stays as it is
+    for key, default in DATA_DIRS.get(section, {}).items():
+        *parents, leaf = key.split(".")
+        d = settings
+        for p in parents:
+            d = d.get(p) if isinstance(d, dict) else None
+        flat = f"{section}.{key}"
+        if isinstance(d, dict) and leaf in d and flat in recorded and recorded[flat] != d[leaf] \
+                and _data_dirs(recorded[flat], output_dir / default) == _data_dirs(d[leaf], output_dir / default):
+            d[leaf] = recorded[flat]
+    return settings
+
+
 def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) -> None:
     """Before a training stage writes anything: a rerun resumes the checkpoints under <out>/ray/<name>
     only if they were trained with the same ``settings`` (the config ``section``'s values, less
     RESUMABLE, the keys in ``ignore``, and hflip_swap where hflip is 0, which this run does not read;
-    compared with the record less the same keys); otherwise it would continue,
+    compared with the record less the same keys; the DATA_DIRS keys as the dirs they name, ``out``
+    being <output_dir>/<stage>); otherwise it would continue,
     or re-export, another run's model under this config. Records the settings for the next rerun."""
     from raypref.config import guard_rerun
 
     run = out / "ray" / name
+    settings = _spelled_as_recorded(run / RUN_FILE, section, settings, out.parent)
     skip = RESUMABLE | set(ignore) | ({"hflip_swap"} if settings.get("hflip") == 0 else set())  # no mirroring: words unread
     # neither recorded nor compared, in an earlier run's record too (it mirrored, or the key was read then)
     guard_rerun(run / RUN_FILE, {section: settings}, any(run.glob("checkpoint_*")),
