@@ -181,6 +181,7 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     from ray.train.torch import TorchTrainer
 
     check_export_dir(export, out.parent)  # before training, not after it
+    warn_if_another_run(export, name, "export_dir" in getattr(type(scale), "model_fields", {}))
 
     trainer = TorchTrainer(
         _removing_resume_copies(loop),
@@ -205,12 +206,35 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: the run finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        export_dir(Path(d) / subdir, export, out.parent)
+        export_dir(Path(d) / subdir, export, out.parent, name)
         shutil.copy2(Path(d) / METRICS_FILE, out / METRICS_FILE)
     return [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines() if x]
 
 
-EXPORT_MARK = ".raypref-export"  # in every export dir: a re-export may replace it, and no other dir
+EXPORT_MARK = ".raypref-export"  # in every export dir: a re-export may replace it, and no other dir; names the run
+
+
+def exported_by(export: Path) -> str | None:
+    """The run (dpo, sft, refl, reward, ...) whose export ``export`` holds, as its EXPORT_MARK records it;
+    None where there is no mark or it records no run (an export from before the record)."""
+    try:
+        mark = json.loads((export / EXPORT_MARK).read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: an earlier mark, a line of text
+        return None
+    return mark.get("run") if isinstance(mark, dict) else None
+
+
+def warn_if_another_run(export: Path, name: str, has_export_dir: bool) -> None:
+    """Say so before training when ``export`` holds another run's export, which this ``name`` run's
+    will replace: the train methods share <output_dir>/train/lora (or unet), and what reads it (eval)
+    would then get the last method's model."""
+    other = exported_by(export)
+    if other is None or other == name:
+        return
+    print(f"[train] warning: {export} holds the {other} run's export; this {name} run replaces it when it "
+          f"finishes, so what loads it afterwards (raypref eval, a scorer) gets the {name} model. To keep "
+          f"both, copy {export} elsewhere first, or run {name} with another output_dir"
+          + (" or export_dir" if has_export_dir else ""), flush=True)
 
 
 def check_export_dir(export: Path, run_root: Path) -> None:
@@ -249,12 +273,12 @@ def _same_export(src: Path, export: Path) -> bool:
     return mine == theirs and all(_same_file(src / f, export / f) for f in mine)
 
 
-def export_dir(src: Path, export: Path, run_root: Path) -> None:
+def export_dir(src: Path, export: Path, run_root: Path, run: str | None = None) -> None:
     """Copy ``src`` to ``export`` (see check_export_dir), replacing an earlier export whole: the new
     copy is made beside it and renamed into place, so a crash leaves the old export or the new one,
-    never a mix or nothing. An export that already holds the same files is left as it is: a rerun of a
-    finished run changes nothing, so what scored it (eval, accuracy: they key on the files' times) keeps
-    its scores."""
+    never a mix or nothing. Its EXPORT_MARK records ``run``, the run exporting. An export that already
+    holds the same files is left as it is: a rerun of a finished run changes nothing, so what scored
+    it (eval, accuracy: they key on the files' times) keeps its scores."""
     from raypref.resume import swap_in
 
     check_export_dir(export, run_root)
@@ -265,7 +289,8 @@ def export_dir(src: Path, export: Path, run_root: Path) -> None:
     new = export.with_name(export.name + ".new")
     shutil.rmtree(new, ignore_errors=True)  # from a crash mid-export
     shutil.copytree(src, new)
-    (new / EXPORT_MARK).write_text("exported by raypref; a re-export replaces this directory\n")
+    (new / EXPORT_MARK).write_text(json.dumps({"exported_by": "raypref", "run": run,
+                                               "note": "a re-export replaces this directory"}) + "\n")
     swap_in(new, export)
 
 
