@@ -294,8 +294,12 @@ def export_dir(src: Path, export: Path, run_root: Path, run: str | None = None) 
     swap_in(new, export)
 
 
-def first_last_means(values: list[float], n: int = 20) -> list[float] | None:
-    """[mean of the first n, mean of the last n]: a loss trend that one noisy step cannot fake."""
+TREND_STEPS = 20  # first_last_means' window
+
+
+def first_last_means(values: list[float], n: int = TREND_STEPS) -> list[float] | None:
+    """[mean of the first n, mean of the last n] (of all, where fewer): a loss trend that one noisy step
+    cannot fake."""
     if not values:
         return None
     return [sum(values[:n]) / len(values[:n]), sum(values[-n:]) / len(values[-n:])]
