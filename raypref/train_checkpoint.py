@@ -120,15 +120,48 @@ RESUMABLE = frozenset({"max_steps", "vae_steps", "unet_steps", "steps", "checkpo
                        "export_dir", "eval_images", "comparatives_per_class", "comparative_alpha"})
 
 
+# the settings that name data dirs, by config section, with their default under <output_dir>: a rerun
+# compares the dirs they resolve to, so spelling the default out, or a path another way, is the same data
+DATA_DIRS = {"train": {"pairs": "build/pairs", "samples": "build/samples", "refl.pretrain_samples": "build/samples"},
+             "reward": {"pairs": "build/pairs"}, "pcclip": {"samples": "build/samples"}}
+
+
+def _data_dirs(value, default: Path) -> list[str]:
+    """The dirs a data setting names (None: ``default``; a list: each, in order), resolved as the stages
+    resolve them; a URI as it is."""
+    given = value if isinstance(value, list) else [value or str(default)]
+    return [p if "://" in p else str(Path(p).resolve()) for p in given]
+
+
+def _spelled_as_recorded(record: Path, section: str, settings: dict, output_dir: Path) -> dict:
+    """``settings`` with each DATA_DIRS value that names the same dirs as ``record`` holds spelled as there."""
+    if not record.is_file():
+        return settings
+    recorded = json.loads(record.read_text())
+    settings = json.loads(json.dumps(settings))  # a copy: the caller's dict stays as it is
+    for key, default in DATA_DIRS.get(section, {}).items():
+        *parents, leaf = key.split(".")
+        d = settings
+        for p in parents:
+            d = d.get(p) if isinstance(d, dict) else None
+        flat = f"{section}.{key}"
+        if isinstance(d, dict) and leaf in d and flat in recorded and recorded[flat] != d[leaf] \
+                and _data_dirs(recorded[flat], output_dir / default) == _data_dirs(d[leaf], output_dir / default):
+            d[leaf] = recorded[flat]
+    return settings
+
+
 def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) -> None:
     """Before a training stage writes anything: a rerun resumes the checkpoints under <out>/ray/<name>
     only if they were trained with the same ``settings`` (the config ``section``'s values, less
     RESUMABLE, the keys in ``ignore``, and hflip_swap where hflip is 0, which this run does not read;
-    compared with the record less the same keys); otherwise it would continue,
+    compared with the record less the same keys; the DATA_DIRS keys as the dirs they name, ``out``
+    being <output_dir>/<stage>); otherwise it would continue,
     or re-export, another run's model under this config. Records the settings for the next rerun."""
     from raypref.config import guard_rerun
 
     run = out / "ray" / name
+    settings = _spelled_as_recorded(run / RUN_FILE, section, settings, out.parent)
     skip = RESUMABLE | set(ignore) | ({"hflip_swap"} if settings.get("hflip") == 0 else set())  # no mirroring: words unread
     # neither recorded nor compared, in an earlier run's record too (it mirrored, or the key was read then)
     guard_rerun(run / RUN_FILE, {section: settings}, any(run.glob("checkpoint_*")),
@@ -148,6 +181,7 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     from ray.train.torch import TorchTrainer
 
     check_export_dir(export, out.parent)  # before training, not after it
+    warn_if_another_run(export, name, "export_dir" in getattr(type(scale), "model_fields", {}))
 
     trainer = TorchTrainer(
         _removing_resume_copies(loop),
@@ -172,12 +206,35 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: the run finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        export_dir(Path(d) / subdir, export, out.parent)
+        export_dir(Path(d) / subdir, export, out.parent, name)
         shutil.copy2(Path(d) / METRICS_FILE, out / METRICS_FILE)
     return [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines() if x]
 
 
-EXPORT_MARK = ".raypref-export"  # in every export dir: a re-export may replace it, and no other dir
+EXPORT_MARK = ".raypref-export"  # in every export dir: a re-export may replace it, and no other dir; names the run
+
+
+def exported_by(export: Path) -> str | None:
+    """The run (dpo, sft, refl, reward, ...) whose export ``export`` holds, as its EXPORT_MARK records it;
+    None where there is no mark or it records no run (an export from before the record)."""
+    try:
+        mark = json.loads((export / EXPORT_MARK).read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: an earlier mark, a line of text
+        return None
+    return mark.get("run") if isinstance(mark, dict) else None
+
+
+def warn_if_another_run(export: Path, name: str, has_export_dir: bool) -> None:
+    """Say so before training when ``export`` holds another run's export, which this ``name`` run's
+    will replace: the train methods share <output_dir>/train/lora (or unet), and what reads it (eval)
+    would then get the last method's model."""
+    other = exported_by(export)
+    if other is None or other == name:
+        return
+    print(f"[train] warning: {export} holds the {other} run's export; this {name} run replaces it when it "
+          f"finishes, so what loads it afterwards (raypref eval, a scorer) gets the {name} model. To keep "
+          f"both, copy {export} elsewhere first, or run {name} with another output_dir"
+          + (" or export_dir" if has_export_dir else ""), flush=True)
 
 
 def check_export_dir(export: Path, run_root: Path) -> None:
@@ -216,12 +273,12 @@ def _same_export(src: Path, export: Path) -> bool:
     return mine == theirs and all(_same_file(src / f, export / f) for f in mine)
 
 
-def export_dir(src: Path, export: Path, run_root: Path) -> None:
+def export_dir(src: Path, export: Path, run_root: Path, run: str | None = None) -> None:
     """Copy ``src`` to ``export`` (see check_export_dir), replacing an earlier export whole: the new
     copy is made beside it and renamed into place, so a crash leaves the old export or the new one,
-    never a mix or nothing. An export that already holds the same files is left as it is: a rerun of a
-    finished run changes nothing, so what scored it (eval, accuracy: they key on the files' times) keeps
-    its scores."""
+    never a mix or nothing. Its EXPORT_MARK records ``run``, the run exporting. An export that already
+    holds the same files is left as it is: a rerun of a finished run changes nothing, so what scored
+    it (eval, accuracy: they key on the files' times) keeps its scores."""
     from raypref.resume import swap_in
 
     check_export_dir(export, run_root)
@@ -232,12 +289,17 @@ def export_dir(src: Path, export: Path, run_root: Path) -> None:
     new = export.with_name(export.name + ".new")
     shutil.rmtree(new, ignore_errors=True)  # from a crash mid-export
     shutil.copytree(src, new)
-    (new / EXPORT_MARK).write_text("exported by raypref; a re-export replaces this directory\n")
+    (new / EXPORT_MARK).write_text(json.dumps({"exported_by": "raypref", "run": run,
+                                               "note": "a re-export replaces this directory"}) + "\n")
     swap_in(new, export)
 
 
-def first_last_means(values: list[float], n: int = 20) -> list[float] | None:
-    """[mean of the first n, mean of the last n]: a loss trend that one noisy step cannot fake."""
+TREND_STEPS = 20  # first_last_means' window
+
+
+def first_last_means(values: list[float], n: int = TREND_STEPS) -> list[float] | None:
+    """[mean of the first n, mean of the last n] (of all, where fewer): a loss trend that one noisy step
+    cannot fake."""
     if not values:
         return None
     return [sum(values[:n]) / len(values[:n]), sum(values[-n:]) / len(values[-n:])]

@@ -25,8 +25,8 @@ from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
 from raypref.mirroring import mirror_images, mirror_prompts
 from raypref.parquet_read import parquet_mb, read_parquet
-from raypref.train_checkpoint import (check_rows_per_worker, first_last_means, fit_and_export, guard_resume, load_state,
-                                      report_step)
+from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, first_last_means, fit_and_export, guard_resume,
+                                      load_state, report_step)
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -394,6 +394,7 @@ def run_train_reward(cfg: Config) -> dict:
         "aspect_columns": aspect_cols,
         "final_step": history[-1]["step"] if history else 0,
         "loss": first_last_means([h["loss"] for h in steps]),
+        "loss_mean_of": min(TREND_STEPS, len(steps)),  # the steps each of the two loss means averages
         "eval_loss": [evals[0]["eval_loss"], evals[-1]["eval_loss"]] if evals else None,
         "eval_accuracy": [evals[0]["eval_accuracy"], evals[-1]["eval_accuracy"]] if evals else None,
         "eval_steps": [evals[0]["step"], evals[-1]["step"]] if evals else None,
@@ -410,6 +411,8 @@ def summary_text(s: dict) -> str:
         return "n/a" if not x else f"{x[0]:{spec}} -> {x[1]:{spec}}"
 
     steps = f"steps {s['eval_steps'][0]} -> {s['eval_steps'][1]}" if s.get("eval_steps") else "no eval"
+    n = s["loss_mean_of"]  # the first and the last n steps: fewer than TREND_STEPS in a short run
+    loss = f"loss (mean of {n} step{'s' * (n != 1)}) {pair(s['loss'], '.4f')}" if s["loss"] else "loss n/a"
     return (f"[reward] {s['pairs_train']} training / {s['pairs_heldout']} held-out pairs, {s['workers']} worker(s), "
-            f"step {s['final_step']}: loss (mean of 20) {pair(s['loss'], '.4f')}; held-out ({steps}) loss "
+            f"step {s['final_step']}: {loss}; held-out ({steps}) loss "
             f"{pair(s['eval_loss'], '.4f')}, accuracy {pair(s['eval_accuracy'], '.3f')} in {s['seconds']}s -> {s['export']}")

@@ -294,3 +294,44 @@ def test_resume_guard_leaves_out_what_the_run_does_not_read(tmp_path):
     (tmp_path / "ray" / "reward" / "raypref_run.json").write_text(json.dumps(
         {"reward.hflip": 0.0, "reward.hflip_swap.left": "right", "reward.lr": 1.0, "reward.max_steps": 5}))
     guard_resume(tmp_path, "reward", "reward", {"hflip": 0.0, "hflip_swap": {"top": "bottom"}, "lr": 1.0, "max_steps": 9})
+
+
+def test_resume_guard_compares_data_dirs_as_the_dirs_they_name(tmp_path, monkeypatch):
+    from raypref.train_checkpoint import guard_resume
+    from raypref.train_dpo import guard_train_resume
+
+    monkeypatch.chdir(tmp_path)
+
+    def train(out, *overrides, method="dpo"):
+        (tmp_path / out / "train" / "ray" / method / "checkpoint_000001").mkdir(parents=True, exist_ok=True)
+        guard_train_resume(load_config(None, [f"output_dir={out}", *overrides]), method, "base")
+
+    train("runs/a")
+    # the default (build/pairs) spelled out, absolute or relative, with a trailing slash: the same data
+    for spelled in (tmp_path / "runs/a/build/pairs", f"{tmp_path}/runs/a/build/pairs/", "runs/a/build/pairs",
+                    "./runs/a/build/../build/pairs"):
+        train("runs/a", f"train.pairs={spelled}")
+    with pytest.raises(ValueError, match=r"dpo: .* other settings \(train\.pairs: 'None' -> 'runs/b/build/pairs'\)"):
+        train("runs/a", "train.pairs=runs/b/build/pairs")  # another run's pairs are other data
+    # and the reverse: a run that spelled the default out resumes without it, or with another spelling
+    train("runs/b", "train.pairs=runs/b/build/pairs")
+    train("runs/b")
+    train("runs/b", f"train.pairs={tmp_path}/runs/b/build/pairs/")
+    record = tmp_path / "runs/b/train/ray/dpo/raypref_run.json"
+    assert json.loads(record.read_text())["train.pairs"] == "runs/b/build/pairs"  # kept as first spelled
+    # refl's pretraining images, a key inside train.refl, the same way
+    train("runs/c", method="refl")
+    train("runs/c", "train.refl.pretrain_samples=runs/c/build/samples/", method="refl")
+    with pytest.raises(ValueError, match=r"train\.refl\.pretrain_samples: 'None' -> 'elsewhere'"):
+        train("runs/c", "train.refl.pretrain_samples=elsewhere", method="refl")
+    # reward.pairs may be a list: the same dirs in the same order are the same data; a URI is compared as spelled
+    stage = tmp_path / "runs/d/reward"
+    (stage / "ray" / "reward" / "checkpoint_000001").mkdir(parents=True)
+    guard_resume(stage, "reward", "reward", {"pairs": None})
+    guard_resume(stage, "reward", "reward", {"pairs": [f"{tmp_path}/runs/d/build/pairs/"]})
+    with pytest.raises(ValueError, match=r"reward\.pairs: 'None' -> "):
+        guard_resume(stage, "reward", "reward", {"pairs": ["runs/d/build/pairs", "more"]})
+    guard_resume(tmp_path / "runs/e/reward", "reward", "reward", {"pairs": "s3://bucket/pairs"})
+    (tmp_path / "runs/e/reward/ray/reward/checkpoint_000001").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"reward\.pairs: 's3://bucket/pairs' -> 's3://bucket/pairs/'"):
+        guard_resume(tmp_path / "runs/e/reward", "reward", "reward", {"pairs": "s3://bucket/pairs/"})

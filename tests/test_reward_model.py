@@ -377,6 +377,26 @@ def test_train_resume_two_workers_export_score_in_build_and_accuracy(ray_session
     assert not (tmp_path / "acc" / "accuracy" / "staged").exists()
 
 
+@pytest.mark.slow
+def test_a_short_run_says_how_many_steps_its_loss_means_average(ray_session, tmp_path):
+    from raypref.train_reward import run_train_reward, summary_text
+
+    pairs = tmp_path / "pairs"
+    synthetic_pairs(pairs, n_prompts=16)
+    s = run_train_reward(_cfg(tmp_path / "run", [str(pairs / "a"), str(pairs / "b")], max_steps=3, eval_every=3,
+                              checkpoint_every=3, warmup_steps=0, aspect_scorer=None))
+    losses = [h["loss"] for h in _history(tmp_path / "run") if h["step"] > 0 and "loss" in h]
+    # under 20 steps, each of the two means is of every step there is
+    assert len(losses) == 3 and s["loss_mean_of"] == 3
+    assert s["loss"] == pytest.approx([sum(losses) / 3] * 2)
+    text = summary_text(s)
+    assert f"step 3: loss (mean of 3 steps) {s['loss'][0]:.4f} -> {s['loss'][1]:.4f};" in text
+    assert "mean of 20" not in text
+    assert "loss (mean of 20 steps)" in summary_text({**s, "loss_mean_of": 20})
+    assert "loss (mean of 1 step) " in summary_text({**s, "loss_mean_of": 1})
+    assert "step 3: loss n/a;" in summary_text({**s, "loss": None, "loss_mean_of": 0})
+
+
 def test_prompt_shuffle_needs_no_row_shuffle(tmp_path):
     from raypref.train_reward import run_train_reward
 

@@ -84,6 +84,18 @@ def test_sft_trains_on_the_top_images_and_exports(built_run, tmp_path, capsys):
     hist = [json.loads(x) for x in (tmp_path / "r" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [1, 2] and all(np.isfinite(h["loss"]) for h in hist)
 
+    # DPO after SFT in the same output_dir exports to the same train/lora: it says so before training,
+    # naming both methods and the dir, and its export then records DPO
+    from raypref.train_checkpoint import exported_by
+
+    assert exported_by(lora.parent) == "sft"
+    dpo = {**d, "train": {**d["train"], "pairs": str(base.stage_dir("build") / "pairs"), "max_steps": 1,
+                          "num_workers": 1}}
+    stages.train_dpo(validate(dpo))
+    out = capsys.readouterr().out
+    assert f"[train] warning: {lora.parent} holds the sft run's export; this dpo run replaces it" in out
+    assert "another output_dir" in out and exported_by(lora.parent) == "dpo"
+
     # (a longer budget resumes: the loop is DPO's, whose test resumes it; tests/test_gpu_train.py resumes
     # SFT on a GPU)
     # another score column is another run: not resumed from these checkpoints

@@ -266,6 +266,39 @@ def test_export_replaces_only_its_own_exports_whole(tmp_path):
     assert sorted(p.name for p in legacy.iterdir()) == [EXPORT_MARK, "weights.safetensors"]
 
 
+def test_an_export_records_its_run_and_another_run_replacing_it_is_warned_of(tmp_path, capsys):
+    from raypref.train_checkpoint import EXPORT_MARK, export_dir, exported_by, warn_if_another_run
+
+    src = tmp_path / "ckpt" / "lora"
+    src.mkdir(parents=True)
+    (src / "weights.bin").write_text("dpo")
+    run_root = tmp_path / "run"
+    export = run_root / "train" / "lora"
+    warn_if_another_run(export, "dpo", False)  # nothing exported yet
+    export_dir(src, export, run_root, "dpo")
+    assert exported_by(export) == "dpo"
+    warn_if_another_run(export, "dpo", False)  # the same method again: its own export
+    assert "[train] warning" not in capsys.readouterr().out
+    # another method would replace it (train sft after train dpo: both export train/lora)
+    warn_if_another_run(export, "sft", False)
+    out = capsys.readouterr().out
+    assert f"[train] warning: {export} holds the dpo run's export; this sft run replaces it when it finishes" in out
+    assert "To keep both, copy" in out and "run sft with another output_dir\n" in out
+    warn_if_another_run(export, "pcclip", True)  # a stage with an export_dir says so
+    assert "run pcclip with another output_dir or export_dir\n" in capsys.readouterr().out
+    (src / "weights.bin").write_text("sft")
+    export_dir(src, export, run_root, "sft")
+    assert exported_by(export) == "sft" and (export / "weights.bin").read_text() == "sft"
+    # an export from before the record (its mark a line of text) names no run: no warning, replaced as before
+    (export / EXPORT_MARK).write_text("exported by raypref; a re-export replaces this directory\n")
+    assert exported_by(export) is None
+    warn_if_another_run(export, "dpo", False)
+    assert "[train] warning" not in capsys.readouterr().out
+    (src / "weights.bin").write_text("dpo")
+    export_dir(src, export, run_root, "dpo")
+    assert exported_by(export) == "dpo" and (export / "weights.bin").read_text() == "dpo"
+
+
 def test_orphaned_resume_copies_are_removed_and_live_ones_kept(tmp_path):
     import os
     import subprocess
