@@ -198,6 +198,11 @@ def test_refl_summary_warns_when_no_image_was_below_the_margin():
          "final_step": 2, "reward_first_last": [60.0, 61.0], "margin": 2.0, "seconds": 1.0, "weights": "w"}
     assert "WARNING no image scored below train.refl.margin" in summary_line("train", {**s, "below_margin": 0.0}, "x")
     assert "WARNING" not in summary_line("train", {**s, "below_margin": 0.5}, "x")
+    # first_last_means averages the first and last 20 steps, or all of a shorter run's
+    assert "reward (mean of 2 steps) 60.0000 -> 61.0000" in summary_line("train", {**s, "below_margin": 0.5}, "x")
+    assert "reward (mean of 20 steps)" in summary_line("train", {**s, "below_margin": 0.5, "final_step": 300}, "x")
+    p = {"what": "t2i", "workers": 1, "steps": 1, "loss": [0.5, 0.5], "seconds": 1.0}
+    assert "1 steps, loss (mean of 1 step) 0.5000 -> 0.5000" in summary_line("pretrain", p, "x")
 
 
 @pytest.mark.slow
