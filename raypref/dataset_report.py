@@ -39,16 +39,34 @@ def generator_win_rates(chosen: list[str], rejected: list[str], labels=None) -> 
     return out
 
 
-def _columns(directory: Path, want) -> dict[str, np.ndarray | list]:
-    import pyarrow.dataset as pds
+def _parts(directory: Path) -> list[Path]:
+    """The *.parquet files under ``directory`` (sorted), an export's staging dirs left out."""
+    from raypref.formats._common import STAGING_SUFFIXES
 
-    if not directory.exists() or not any(directory.rglob("*.parquet")):
-        return {}
-    ds = pds.dataset(directory, format="parquet")
+    if not directory.is_dir():
+        return []
+    return sorted(f for f in directory.rglob("*.parquet") if f.is_file()
+                  and not any(d.endswith(STAGING_SUFFIXES) for d in f.relative_to(directory).parts[:-1]))
+
+
+def _columns(files: list[Path], want) -> tuple[int, dict[str, np.ndarray | list]]:
+    """(rows, {column: values}) of the wanted columns of these Parquet files."""
+    import pyarrow as pa
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    if not files:
+        return 0, {}
+    for f in files:  # Arrow's dataset errors do not say which file is bad
+        try:
+            pq.read_metadata(f)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"report: {f} is not a readable Parquet file: {e}") from None
+    ds = pds.dataset([str(f) for f in files], format="parquet")
     names = [c for c in ds.schema.names if want(c)]
     t = ds.to_table(columns=names)
-    return {c: (t.column(c).to_pylist() if t.schema.field(c).type == "string"
-                else t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)) for c in names}
+    return t.num_rows, {c: (t.column(c).to_pylist() if t.schema.field(c).type == "string"
+                            else t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)) for c in names}
 
 
 def _hist_png(series: dict[str, np.ndarray], path: Path, title: str) -> None:
@@ -82,27 +100,31 @@ def _stats(v: np.ndarray) -> dict:
 
 
 def write_report(stage_dir: Path, out: Path | None = None) -> dict:
-    """Report on <stage_dir>/samples and <stage_dir>/pairs (either may be absent); writes
+    """Report on <stage_dir>/samples and <stage_dir>/pairs (either may be absent, not both); writes
     report.json, report.md and PNG histograms to ``out`` (default <stage_dir>/report)."""
     stage_dir = Path(stage_dir)
+    sample_files, pair_files = _parts(stage_dir / "samples"), _parts(stage_dir / "pairs")
+    if not sample_files and not pair_files:
+        hint = (f"; it holds Parquet files itself: pass the stage dir above it ({stage_dir.parent})"
+                if _parts(stage_dir) else "")
+        raise ValueError(f"report.input: {stage_dir} has no Parquet files under samples/ or pairs/{hint}")
     out = Path(out) if out else stage_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    samples = _columns(stage_dir / "samples", lambda c: c == S.SCORE or S.is_score_column(c))
-    pairs = _columns(stage_dir / "pairs", lambda c: c in (S.MARGIN, S.QUALITY, S.LABEL, S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR))
-    report: dict = {"samples": 0, "pairs": 0, "scores": {}, "margin": None, "ties": 0, "generators": {}, "plots": []}
+    n_samples, samples = _columns(sample_files, lambda c: c == S.SCORE or S.is_score_column(c))
+    n_pairs, pairs = _columns(pair_files, lambda c: c in (S.MARGIN, S.QUALITY, S.LABEL, S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR))
+    report: dict = {"samples": n_samples, "pairs": n_pairs, "scores": {}, "margin": None, "ties": 0, "generators": {}, "plots": []}
     if samples:
-        report["samples"] = len(next(iter(samples.values())))
         report["scores"] = {c: _stats(v) for c, v in samples.items()}
         _hist_png(samples, out / "score_histograms.png", "score distributions (per sample)")
         report["plots"].append("score_histograms.png")
     if pairs:
-        report["pairs"] = len(pairs[S.MARGIN])
-        report["margin"] = _stats(pairs[S.MARGIN])
-        series = {"margin": pairs[S.MARGIN]}
-        if S.QUALITY in pairs:
-            series["quality"] = pairs[S.QUALITY]
-        _hist_png(series, out / "margin_histograms.png", "pair margins and quality")
-        report["plots"].append("margin_histograms.png")
+        # pairs not scored yet (an import's, as relabel/imported) have no margin: the rest is still reported
+        if S.MARGIN in pairs:
+            report["margin"] = _stats(pairs[S.MARGIN])
+        series = {c: pairs[c] for c in (S.MARGIN, S.QUALITY) if c in pairs}
+        if series:
+            _hist_png(series, out / "margin_histograms.png", "pair margins and quality")
+            report["plots"].append("margin_histograms.png")
         if S.LABEL in pairs:
             report["ties"] = int((pairs[S.LABEL] == S.TIE).sum())
         if S.CHOSEN_GENERATOR in pairs:
@@ -124,6 +146,8 @@ def _markdown(r: dict) -> str:
     if r["margin"] and r["margin"]["n"]:
         m = r["margin"]
         lines.append(f"Margin: mean {m['mean']:.4g}, min {m['min']:.4g}, max {m['max']:.4g}.\n")
+    elif r["pairs"] and r["margin"] is None:
+        lines.append("The pairs have no margin column (not scored).\n")
     if r["generators"]:
         lines += ["Per-generator win rate over pairs across generators (ties left out of the rate):\n",
                   "| generator | wins | losses | ties | win rate |", "|---|---|---|---|---|"]

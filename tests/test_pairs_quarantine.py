@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -274,3 +275,43 @@ def test_dataset_report_on_a_stage_dir_via_cli(tmp_path):
     for png in ("score_histograms.png", "margin_histograms.png"):
         assert (stage / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| y | 2 | 0 | 0 | 1.000 |" in (stage / "report" / "report.md").read_text()
+
+
+def test_report_refuses_a_dir_without_samples_or_pairs_and_reports_unscored_pairs(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from raypref.cli import main
+    from raypref.dataset_report import write_report
+
+    stage = tmp_path / "stage"
+    (stage / "pairs").mkdir(parents=True)
+    pq.write_table(explode_pairs(finalize_groups(_groups([1.0, 3.0], [0.0, 0.0]), SPECS, "all_pairs", 0.0), "ai:t"),
+                   stage / "pairs" / "p.parquet")
+    # the pairs dir itself: refused, the stage dir above it suggested, nothing written into the dataset
+    with pytest.raises(ValueError, match=r"report.input: .*pairs has no Parquet files under samples/ or pairs/.*\(" + re.escape(str(stage)) + r"\)"):
+        write_report(stage / "pairs")
+    assert sorted(p.name for p in (stage / "pairs").iterdir()) == ["p.parquet"]
+    assert main(["report", f"output_dir={tmp_path}", f"report.input={stage / 'pairs'}"]) == 2
+    with pytest.raises(ValueError, match=r"report.input: .*empty has no Parquet files under samples/ or pairs/$"):
+        write_report(tmp_path / "empty")
+    # an unreadable part is named; a staging dir's parts and other files are not read
+    (stage / "pairs" / "notes.txt").write_text("x")
+    (stage / "pairs" / "x.old").mkdir()
+    (stage / "pairs" / "x.old" / "part.parquet").write_text("not parquet")
+    assert write_report(stage)["pairs"] == 1
+    (stage / "pairs" / "bad.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"report: .*bad.parquet is not a readable Parquet file"):
+        write_report(stage)
+    # imported pairs (relabel/imported's layout): no margin, no scores; counts, ties and generators still
+    imp = tmp_path / "imp"
+    (imp / "pairs").mkdir(parents=True)
+    pq.write_table(pa.table({S.CHOSEN_ID: ["a", "b", "c"], S.LABEL: pa.array([1.0, 0.5, 1.0], pa.float32()),
+                             S.CHOSEN_GENERATOR: ["x", "x", "y"], S.REJECTED_GENERATOR: ["y", "y", "x"]}),
+                   imp / "pairs" / "part-0.parquet")
+    r = write_report(imp)
+    assert (r["pairs"], r["ties"], r["margin"], r["plots"]) == (3, 1, None, [])
+    assert r["generators"]["x"] == {"wins": 1, "losses": 1, "ties": 1, "win_rate": 0.5}
+    assert json.loads((imp / "report" / "report.json").read_text())["pairs"] == 3
+    assert "no margin column" in (imp / "report" / "report.md").read_text()
