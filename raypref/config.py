@@ -168,6 +168,12 @@ class BuildConf(_Strict):
         names = [s.name for s in self.scorers]
         if len(set(names)) != len(names):
             raise ValueError(f"scorer names must be unique (each names its score column), got {names}")
+        # score_<a>_x reads as an aspect of scorer a: a name that extends another by '_' is ambiguous
+        clash = [(a, b) for a in names for b in names if b.startswith(a + "_")]
+        if clash:
+            a, b = clash[0]
+            raise ValueError(f"scorer name {b!r} extends {a!r} by '_': its column {S.score_column(b)!r} would read as an "
+                             f"aspect of {a!r}; rename one (e.g. without the '_')")
         on = self.pairs.on
         if on and names and not any(on == S.score_column(n) or on.startswith(S.score_column(n) + "_") for n in names):
             raise ValueError(f"pairs.on: {on!r} is no scorer's column (score_<name> or score_<name>_<aspect>, "

@@ -23,7 +23,8 @@ ranking's first pass reads only those; without one, every column is read.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Sequence
+import math
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -99,16 +100,37 @@ def combined(
 
 def _agreement_columns(names, columns=None, weights=None, margin_weighted=False, tie_tolerance=0.0):
     cols = _scorer_columns(names, columns)
+    _weights(weights, cols)  # before any data is read
     return [S.LABEL] + [x for c in cols for x in (S.chosen_column(c), S.rejected_column(c))]
 
 
 def _scorer_columns(names, columns: Sequence[str] | None) -> list[str]:
-    if columns:
+    if columns is not None:
+        if isinstance(columns, str) or not isinstance(columns, Sequence) or not columns:
+            raise ValueError(f"rank.metric_args.columns: a non-empty list of score columns, got {columns!r}")
         return list(columns)
-    found = S.pair_score_columns(names)
+    # one vote per scorer: a judge's aspects are parts of its opinion, not more scorers
+    found = S.main_score_columns(S.pair_score_columns(names))
     if not found:
         raise ValueError(f"agreement: the pairs table has no per-scorer columns (chosen_score_<name> / rejected_score_<name>); columns: {list(names)}")
     return found
+
+
+def _weights(weights, cols: list[str]) -> dict[str, float]:
+    """rank.metric_args.weights checked: a mapping from voting columns to finite weights >= 0."""
+    if weights is None:
+        return {}
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"rank.metric_args.weights: a mapping {{score column: weight}}, got {weights!r}")
+    unknown = sorted(set(weights) - set(cols))
+    if unknown:
+        raise ValueError(f"rank.metric_args.weights: weights for {unknown}, which are not among the scorer columns {cols}")
+    out = {}
+    for c, x in weights.items():
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+            raise ValueError(f"rank.metric_args.weights: {c!r}: a finite number >= 0, got {x!r}")
+        out[c] = float(x)
+    return out
 
 
 @_with_columns(_agreement_columns)
@@ -127,16 +149,14 @@ def agreement(
         q = sum_k w_k v_k g_k / sum_k w_k,  g_k = 1, or |m_k| with margin_weighted
     so plain agreement is the (weighted) fraction of scorers that agree, and the margin-weighted
     form is the mean margin of the agreeing scorers (disagreeing ones add 0): it separates pairs
-    that all scorers agree on by how strongly they agree. ``columns``: score columns (default:
-    every per-scorer column of the table); ``weights``: per column (default 1). A scorer with a
-    NaN score abstains (leaves numerator and denominator); all abstaining, or a NaN label, is NaN.
+    that all scorers agree on by how strongly they agree. ``columns``: score columns (default: each
+    scorer's main column score_<name>, one vote per scorer, its aspects not voting); ``weights``: a
+    mapping per column (default 1). A scorer with a NaN score abstains (leaves numerator and
+    denominator); all abstaining, or a NaN label, is NaN.
     Majority agreement of several scorers as a label's reliability: BalancedDPO (arXiv 2503.12575).
     """
     cols = _scorer_columns(batch.schema.names, columns)
-    w = dict(weights or {})
-    unknown = sorted(set(w) - set(cols))
-    if unknown:
-        raise ValueError(f"agreement: weights for {unknown}, which are not among the scorer columns {cols}")
+    w = _weights(weights, cols)
     label = _values(batch, S.LABEL)
     num = np.zeros(batch.num_rows)
     den = np.zeros(batch.num_rows)

@@ -170,6 +170,15 @@ def pair_score_columns(column_names) -> list[str]:
             if c.startswith(CHOSEN_PREFIX + SCORE_PREFIX) and rejected_column(c[len(CHOSEN_PREFIX):]) in names]
 
 
+def main_score_columns(score_cols) -> list[str]:
+    """The scorers' own score columns (score_<name>) among score columns, without their aspects
+    (score_<name>_<aspect>). A scorer always writes its main column beside its aspects, so a column
+    that extends another one given by '_<aspect>' is an aspect; exact because no scorer name extends
+    another's by '_' (build.scorers checks it)."""
+    cols = list(score_cols)
+    return [c for c in cols if not any(c.startswith(m + "_") for m in cols if m != c)]
+
+
 def pairs_schema(score_cols=()) -> pa.Schema:
     """Pairs table: PAIRS_SCHEMA, then chosen_/rejected_ float32 columns for each score column given
     (every scorer and aspect), so pairs can be re-ranked and re-labelled per scorer without a join."""

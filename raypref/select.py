@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -152,13 +151,28 @@ class TopK:
 
 
 def _files(src: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The *.parquet files under ``src`` (or ``src`` itself), sorted; an export's staging dirs
+    (<dir>.partial, <dir>.old) and any other file are not part of the dataset."""
+    from raypref.formats._common import STAGING_SUFFIXES
+
     if "://" not in src and not Path(src).exists():
         raise FileNotFoundError(f"rank.input: no pairs at {src}")
-    ds = pds.dataset(src, format="parquet")
-    files = sorted(ds.files)
+    fs, root = _out_fs(src)
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        return fs, [root]
+    files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                   if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                   and not any(d.endswith(STAGING_SUFFIXES) for d in i.path[len(root):].strip("/").split("/")[:-1]))
     if not files:
         raise FileNotFoundError(f"rank.input: no Parquet files under {src}")
-    return ds.filesystem, files
+    return fs, files
+
+
+def _parquet(path: str, fs: pafs.FileSystem) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"rank.input: {path} is not a readable Parquet file: {e}") from None
 
 
 def _out_fs(dst: str) -> tuple[pafs.FileSystem, str]:
@@ -246,13 +260,13 @@ def rank_pairs(
             raise ValueError(f"rank: output {dst} exists and is not empty (pass overwrite=True to replace it)")
 
     # 0. counts, schema and the metric's columns from the footers; nothing is written before this
-    first = pq.ParquetFile(files[0], filesystem=in_fs).schema_arrow
+    first = _parquet(files[0], in_fs).schema_arrow
     out_schema = _output_schema(first)
     need = Q.needed_columns(fn, first.names, args)
     read = None if need is None else sorted(set(need) | {S.CHOSEN_ID, S.REJECTED_ID})
     metas = []
     for path in files:
-        f = pq.ParquetFile(path, filesystem=in_fs)
+        f = _parquet(path, in_fs)
         absent = [c for c in (read or [S.CHOSEN_ID, S.REJECTED_ID]) if c not in f.schema_arrow.names]
         if absent:
             raise ValueError(f"rank: shard {path} has no column {absent} (metric {metric!r} with {args} reads {read})")

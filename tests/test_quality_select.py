@@ -97,6 +97,46 @@ def test_agreement_hand_values():
         Q.agreement(t, weights={"score_zzz": 1.0})
 
 
+def test_agreement_votes_once_per_scorer_not_per_aspect():
+    # scorer a, and judge j with aspects x and y (score_j_x, score_j_y); score_ab is another scorer
+    assert S.main_score_columns(["score_a", "score_j", "score_j_x", "score_j_y", "score_ab"]) == ["score_a", "score_j", "score_ab"]
+    #          a          j          j_x        j_y      label
+    # row 0:  +1 agree   -1 no      +1 agree   +1 agree   1   -> scorers a, j: 1/2 (every column: 3/4)
+    # row 1:  -1 no      +1 agree   -1 no      -1 no      1   -> 1/2 (every column: 1/4)
+    cols = {"score_a": ([1.0, 0.0], [0.0, 1.0]), "score_j": ([0.0, 1.0], [1.0, 0.0]),
+            "score_j_x": ([1.0, 0.0], [0.0, 1.0]), "score_j_y": ([1.0, 0.0], [0.0, 1.0])}
+    data = {S.LABEL: pa.array([1.0, 1.0], pa.float32())}
+    for c, (ch, rj) in cols.items():
+        data[S.chosen_column(c)], data[S.rejected_column(c)] = ch, rj
+    t = pa.table(data)
+    assert Q.agreement(t).tolist() == [0.5, 0.5]
+    assert Q.needed_columns(Q.agreement, t.schema.names, {}) == [S.LABEL, "chosen_score_a", "rejected_score_a",
+                                                                 "chosen_score_j", "rejected_score_j"]
+    # aspects vote when named: a, j_x, j_y -> row 0: 3/3, row 1: 0/3; weights j_x = 2 -> (1 + 2 + 1) / 4
+    named = ["score_a", "score_j_x", "score_j_y"]
+    assert Q.agreement(t, columns=named).tolist() == [1.0, 0.0]
+    assert Q.agreement(t, columns=named, weights={"score_j_x": 2}).tolist() == [1.0, 0.0]
+    assert Q.agreement(t, columns=["score_j", "score_j_x"], weights={"score_j_x": 3}).tolist() == [0.75, 0.25]
+    # weights that are no mapping, name a column that does not vote, or are no number >= 0
+    for bad, msg in (([1], "a mapping"), ({"score_j_x": 1.0}, r"\['score_j_x'\], which are not among"),
+                     ({"score_a": -1}, "'score_a': a finite number >= 0"), ({"score_a": "2"}, "a finite number")):
+        with pytest.raises(ValueError, match=r"rank.metric_args.weights: .*" + msg):
+            Q.agreement(t, weights=bad)
+        with pytest.raises(ValueError, match="rank.metric_args.weights"):  # before any data is read
+            Q.needed_columns(Q.agreement, t.schema.names, {"weights": bad})
+    with pytest.raises(ValueError, match="rank.metric_args.columns: a non-empty list"):
+        Q.agreement(t, columns="score_a")
+
+
+def test_scorer_names_that_read_as_another_scorers_aspect_are_refused():
+    from raypref.config import ConfigError, validate
+
+    scorer = {"cls": "jpeg_compressibility"}
+    validate({"build": {"scorers": [{"name": "hps", **scorer}, {"name": "hpsv2", **scorer}]}})
+    with pytest.raises(ConfigError, match="scorer name 'hps_v2' extends 'hps' by '_'"):
+        validate({"build": {"scorers": [{"name": "hps", **scorer}, {"name": "hps_v2", **scorer}]}})
+
+
 def test_metric_registry_plugin_and_argument_errors(tmp_path, monkeypatch):
     assert set(Q.METRICS) >= {"margin", "chosen_quality", "combined", "agreement"}
     (tmp_path / "my_metrics.py").write_text(
@@ -273,6 +313,19 @@ def test_rank_errors_name_the_problem(tmp_path, monkeypatch):
         SEL.rank_pairs(src, tmp_path / "o4", "pass2_fails:fails_on_full_batches", {}, 0.5, overwrite=True, progress=False)
     assert not (tmp_path / "o4.partial").exists()
     assert sorted(p.name for p in (tmp_path / "o4").iterdir()) == before
+    # weights as a list: an error naming the key before anything is written
+    with pytest.raises(ValueError, match="rank.metric_args.weights: a mapping"):
+        SEL.rank_pairs(src, tmp_path / "o5", "agreement", {"columns": ["score_a"], "weights": [1]}, 0.5, progress=False)
+    assert not (tmp_path / "o5").exists() and not (tmp_path / "o5.partial").exists()
+    # other files and staging dirs under the input are not read; a .parquet Arrow cannot read is named
+    (src / "report").mkdir()
+    (src / "report" / "report.json").write_text("{}")
+    (src / "old.old").mkdir()
+    (src / "old.old" / "part-000.parquet").write_text("not parquet")
+    assert SEL.rank_pairs(src, tmp_path / "o6", "margin", {}, 1.0, progress=False)["n_in"] == 3
+    (src / "report" / "broken.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"rank.input: .*report/broken.parquet is not a readable Parquet file"):
+        SEL.rank_pairs(src, tmp_path / "o7", "margin", {}, 1.0, progress=False)
 
 
 # ---- all pairs -------------------------------------------------------------------------------
