@@ -35,7 +35,7 @@ from raypref import schema as S
 from raypref.config import Config, ScorerConf, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
-from raypref.resume import actor_settings, checkpointed, fingerprint, write_atomic
+from raypref.resume import actor_settings, checkpointed, write_atomic
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
@@ -119,7 +119,11 @@ def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
     keeps them, the first rows being the same pairs (checked)."""
     a = cfg.accuracy
     record, keys_file, counts_file = out / STAGED_FILE, out / "pairs_keys.parquet", out / STAGED_COUNTS
-    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format, "files": fingerprint(a.pairs)}}
+    from raypref.formats import input_fingerprint
+
+    # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen
+    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format,
+                         "files": input_fingerprint(a.pairs, a.format, out)}}
     same = record.is_file() and keys_file.is_file() and counts_file.is_file() and settings_changed(record, mine) is None
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
@@ -287,11 +291,14 @@ def run_accuracy(cfg: Config) -> dict:
     if len(set(names)) != len(names):
         raise ValueError(f"accuracy.scorers: names must be unique, got {names}")
     from raypref.build import scorer_kwargs
+    from raypref.formats import check_format
 
     for s in a.scorers:  # a missing model or a bad arg stops the run here, before the pairs are read
         scorer_kwargs(s)
     if "://" not in a.pairs and not Path(a.pairs).exists():
         raise FileNotFoundError(f"accuracy.pairs: no such file or directory: {a.pairs}")
+    if "://" not in a.pairs:
+        check_format(a.pairs, a.format, "accuracy.pairs", "accuracy.format")
     from raypref.session import init_ray
 
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)

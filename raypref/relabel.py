@@ -20,7 +20,8 @@ scorer's columns, so ranking them (``raypref rank``) or re-weighting never re-ru
 A rerun resumes: the import is kept when it finished with the same input, and Ray Data's
 checkpointing (keyed on import_row, each pair's row in the import) skips the pairs already written,
 so a crash loses at most the shards in flight, not hours of judge calls. Other settings (input,
-scorers, pairing) are refused on a rerun, as for the build.
+its files, scorers, pairing) are refused on a rerun, as for the build; a larger relabel.limit or
+another shard_size imports again and labels only the pairs not yet labelled.
 
 build.pairs' strategy and min_margin do not apply: a pair is two images, and a pair with a small
 margin is kept (its margin says how sure the AI is; rank it with ``raypref rank``).
@@ -28,6 +29,7 @@ margin is kept (its margin says how sure the AI is; rank it with ``raypref rank`
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -43,7 +45,7 @@ from raypref.build import (
     _scorer_specs, explode_pairs, finalize_groups, generate_and_score, labelling_settings, scorer_kwargs,
 )
 from raypref.config import Config, guard_rerun, record_settings, settings_changed, write_run_meta
-from raypref.formats import FORMATS, Quarantine, first_pairs, write_pairs
+from raypref.formats import FORMATS, Quarantine, check_format, first_pairs, input_fingerprint, write_pairs
 from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 from raypref.resume import checkpointed
@@ -139,43 +141,92 @@ def _pairing_kwargs(cfg: Config) -> dict:
 
 def _import_settings(cfg: Config) -> dict:
     r = cfg.relabel
-    return {"relabel": {"input": str(Path(r.input).resolve()), "format": r.format, "limit": r.limit,
+    return {"relabel": {"input": str(Path(r.input).resolve()), "format": r.format,
+                        "input_files": input_fingerprint(r.input, r.format, cfg.stage_dir("relabel")), "limit": r.limit,
                         "shard_size": r.shard_size}}
+
+
+# import_row numbers the pairs of the same input in the same order whatever the limit or the shard files, so
+# labels made under another limit or shard_size are still those of the same rows
+_LAYOUT = ("relabel.limit", "relabel.shard_size")
+
+
+def _unrecorded(record: Path) -> tuple:
+    """relabel.input_files where ``record`` predates it: such a run's input files cannot be compared."""
+    if record.is_file() and "relabel.input_files" not in json.loads(record.read_text()):
+        return ("relabel.input_files",)
+    return ()
+
+
+def _import_keys(d: Path) -> pa.Table | None:
+    import pyarrow.dataset as pds
+
+    if not d.is_dir():
+        return None
+    cols = [S.IMPORT_ROW, S.PROMPT_ID, S.CHOSEN_ID, S.REJECTED_ID]
+    return pds.dataset(d, format="parquet").to_table(columns=cols).sort_by(S.IMPORT_ROW)
 
 
 def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
     """Stream relabel.input into <out>/imported (raypref pairs, shard_size rows per file, each row
     numbered in import_row) and its bad rows into <out>/quarantine/import; returns (pairs imported,
-    shard files). An import that finished before from the same input is kept."""
+    shard files). An import that finished before from the same input is kept; the same input with
+    another limit or shard_size is imported again, keeping the pairs labelled (checked to be the
+    same first rows)."""
     import pyarrow.dataset as pds
 
     r = cfg.relabel
-    done = out / IMPORT_DONE
-    if done.is_file() and settings_changed(done, _import_settings(cfg)) is None:
+    done, mine = out / IMPORT_DONE, _import_settings(cfg)
+    if done.is_file() and settings_changed(done, mine, _unrecorded(done)) is None:
         return pds.dataset(out / "imported", format="parquet").count_rows(), len(list((out / "imported").glob("part-*.parquet")))
-    done.unlink(missing_ok=True)
+    same = done.is_file() and settings_changed(done, mine, _LAYOUT + _unrecorded(done)) is None
+    before = _import_keys(out / "imported") if same else None
     q = Quarantine(f"import:{r.format}")
-    for d in ("imported", "pairs", "_checkpoint"):  # labels of an earlier import are keyed on its rows
-        shutil.rmtree(out / d, ignore_errors=True)
+    if not same:  # labels of an earlier import are keyed on its rows
+        done.unlink(missing_ok=True)
+        for d in ("imported", "pairs", "_checkpoint"):
+            shutil.rmtree(out / d, ignore_errors=True)
+    # (the same input: the earlier import stays, and its record, until the new one replaces it whole)
 
     imported = (t.select(_IMPORTED_COLUMNS + [S.IMPORT_ROW])
                 for t in first_pairs(r.input, r.format, q, r.limit, f"[relabel] import {r.format}"))
     n = write_pairs(imported, out / "imported", "raypref", q, rows_per_file=r.shard_size)
     q.write(out / "quarantine" / "import" / "import.parquet")
-    record_settings(done, _import_settings(cfg))
+    if before is not None:
+        now = _import_keys(out / "imported")
+        m = min(before.num_rows, now.num_rows)
+        if not before.slice(0, m).equals(now.slice(0, m)):
+            print(f"[relabel] {r.input} now reads as other pairs; every pair is labelled again", flush=True)
+            for d in ("_checkpoint", "pairs"):
+                shutil.rmtree(out / d, ignore_errors=True)
+    record_settings(done, mine)
     return n, len(list((out / "imported").glob("part-*.parquet")))
 
 
 def guard_relabel_resume(cfg: Config, out: Path) -> None:
-    """A rerun resumes the pairs already labelled only if the input, the scorers, the pairing and
-    the orientation are the same; with others it would mix two labellings (pool sizes may change).
-    Records them."""
+    """A rerun resumes the pairs already labelled only if the input (its files too), the scorers, the
+    pairing and the orientation are the same; with others it would mix two labellings (pool sizes may
+    change). A larger relabel.limit adds pairs; a smaller one than the import holds is refused, as it
+    would keep pairs beyond it. Records them."""
+    import pyarrow.dataset as pds
+
     mine = {"relabel": {**_import_settings(cfg)["relabel"], "orient": cfg.relabel.orient},
             "build": labelling_settings(cfg.build)}
+    record = out / SETTINGS_FILE
     has_work = any((out / "pairs").glob("*.parquet")) or (out / "_checkpoint").exists()
-    guard_rerun(out / SETTINGS_FILE, mine, has_work,
-                f"relabel: {out} holds pairs labelled with other settings ({{changed}}); a rerun would mix them. "
-                f"Use another output_dir, or delete {out} to label from scratch")
+    limit = cfg.relabel.limit
+    imported = out / "imported"
+    held = pds.dataset(imported, format="parquet").count_rows() if has_work and imported.is_dir() else 0
+    if limit is not None and held > limit:
+        raise ValueError(f"relabel.limit: {out} holds {held} imported pairs, labelled ones among them, more than "
+                         f"relabel.limit={limit}; a rerun would keep pairs beyond it. Raise relabel.limit, use another "
+                         f"output_dir, or delete {out} to label from scratch")
+    refusal = (f"relabel: {out} holds pairs labelled with other settings ({{changed}}); a rerun would mix them. "
+               f"Use another output_dir, or delete {out} to label from scratch")
+    unrecorded = _unrecorded(record)
+    guard_rerun(record, mine, has_work, refusal, _LAYOUT + unrecorded)
+    if unrecorded:  # compared from now on
+        record_settings(record, mine, _LAYOUT)
 
 
 def run_relabel(cfg: Config) -> dict:
@@ -193,6 +244,7 @@ def run_relabel(cfg: Config) -> dict:
         raise ValueError("build.scorers: at least one scorer is needed to re-label pairs")
     for s in b.scorers:  # a missing model or a bad arg stops the run here, before the import
         scorer_kwargs(s)
+    check_format(r.input, r.format, "relabel.input", "relabel.format")  # its first file, before Ray and any write
     from raypref.session import init_ray
 
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)

@@ -61,10 +61,11 @@ def swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def fingerprint(model: str | None) -> str | None:
+def fingerprint(model: str | None, skip: Path | None = None) -> str | None:
     """For a local file or directory, a hash of each file's path in it, size and modification time:
     a re-export changes it, without reading gigabytes of weights. None for anything else (a hub
-    name, tiny:*, shapes:*), which the settings name as they are."""
+    name, tiny:*, shapes:*), which the settings name as they are. Files under ``skip`` (a stage's own
+    output inside the directory) are left out."""
     if not model:
         return None
     try:
@@ -74,6 +75,9 @@ def fingerprint(model: str | None) -> str | None:
     except (OSError, ValueError, RuntimeError):  # not a path at all (a long text, a NUL byte, ~user unknown)
         return None
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    if skip is not None:
+        skip = Path(skip).resolve()
+        files = [f for f in files if not f.resolve().is_relative_to(skip)]
     h = hashlib.sha256()
     for f in files:
         st = f.stat()

@@ -91,3 +91,30 @@ def test_actor_settings_see_what_the_actor_reads_and_its_files(tmp_path):
     assert set(before["files"]) == {"args.head"}  # tiny:clip and "fast" name no local file
     head.write_bytes(b"other weights")  # re-exported in place
     assert actor_settings(conf) != before
+
+
+def test_an_image_added_beside_a_json_input_scores_every_scorer_again(tmp_path):
+    """HPD v2 test.json reads its images from test/: one added there is a change of the input, though
+    the JSON is the same file, so the stored scores go and every pair is staged again."""
+    from raypref.formats import write_pairs
+    from raypref.pref_accuracy import staged_pairs
+    from tests.test_formats import SOURCE
+
+    write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
+    image = tmp_path / "h" / "test" / "s-noise.png"
+    data = image.read_bytes()
+    image.unlink()  # its pair is quarantined
+    cfg = validate({"output_dir": str(tmp_path / "acc"), "accuracy": {
+        "pairs": str(tmp_path / "h" / "test.json"), "format": "hpdv2",
+        "scorers": [{"name": "jpeg", "cls": "jpeg_compressibility"}]}})
+    out = tmp_path / "acc" / "accuracy"
+    out.mkdir(parents=True)
+    keys, counts = staged_pairs(cfg, out, images=True)
+    assert (keys.num_rows, counts["quarantined"]) == (2, 1)
+    stored = out / "scorers" / "jpeg" / "settings.json"  # as a scorer's run leaves it
+    stored.parent.mkdir(parents=True)
+    stored.write_text("{}")
+    assert staged_pairs(cfg, out, images=True)[0].num_rows == 2 and stored.is_file()  # nothing changed: kept
+    image.write_bytes(data)
+    keys, counts = staged_pairs(cfg, out, images=True)
+    assert (keys.num_rows, counts["quarantined"]) == (3, 0) and not stored.exists()

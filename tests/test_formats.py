@@ -440,6 +440,73 @@ def test_imagereward_db_bad_records(tmp_path):
     assert q.rows[3][S.REASON] == "bad label: rank nan is not a finite number"
 
 
+def test_input_fingerprint_sees_every_file_a_format_reads(tmp_path):
+    """A JSON format's images are read from beside the JSON: a file added, fixed or removed there
+    changes the input's fingerprint (sizes and times, no contents read), as a Parquet file rewritten does."""
+    from raypref.formats import input_fingerprint, source_paths
+    from raypref.resume import fingerprint
+
+    write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
+    js = tmp_path / "h" / "test.json"
+    assert source_paths(js, "hpdv2") == [js, tmp_path / "h" / "test"]
+    before = input_fingerprint(js, "hpdv2")
+    (tmp_path / "h" / "test" / "s-noise.png").unlink()  # the JSON itself unchanged
+    assert input_fingerprint(js, "hpdv2") != before
+    stage = tmp_path / "h" / "test" / "run" / "accuracy"  # a stage writing inside the image folder changes nothing
+    before = input_fingerprint(js, "hpdv2", stage)
+    stage.mkdir(parents=True)
+    (stage / "scores.parquet").write_bytes(b"x")
+    assert input_fingerprint(js, "hpdv2", stage) == before != input_fingerprint(js, "hpdv2")
+    folder = write_imagereward_folder(tmp_path / "ir", [(ir_record("u1", "p", "a cat", 1, 2), webp((0, 0, 0))),
+                                                        (ir_record("u2", "p", "a cat", 2, 2), webp((9, 9, 9)))])
+    assert source_paths(folder, "imagereward_db") == [folder.parent]
+    before = input_fingerprint(folder, "imagereward_db")
+    (folder.parent / "u2.webp").write_bytes(webp((200, 9, 9)))  # an image replaced in place
+    assert input_fingerprint(folder, "imagereward_db") != before
+    f = tmp_path / "pick.parquet"
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m")])
+    assert input_fingerprint(f, "pickapic") == fingerprint(str(f))  # as accuracy recorded it before
+    before = input_fingerprint(f, "pickapic")
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m"), ("q", RED, GREEN, 1.0, "c", "d", "m", "m")])
+    assert input_fingerprint(f, "pickapic") != before
+
+
+def test_check_input_names_the_file_and_what_is_missing(tmp_path):
+    """The look a stage takes before Ray: a dataset of another format is an error naming the file and
+    the column or key; a bad record among good ones is left to the reader's quarantine."""
+    from raypref.formats import check_input
+
+    f = tmp_path / "pick.parquet"
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m")])
+    check_input(f, "pickapic")
+    with pytest.raises(FormatError, match=r"raypref: .*pick\.parquet has no column 'prompt_id'"):
+        check_input(f, "raypref")
+    write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
+    check_input(tmp_path / "h", "hpdv2")
+    with pytest.raises(FormatError, match=r"imagereward_db: .*test\.json holds no ImageRewardDB records: its first "
+                                          r"record has no key 'prompt_id'"):
+        check_input(tmp_path / "h", "imagereward_db")
+    folder = write_imagereward_folder(tmp_path / "ir", [(ir_record("u1", "p", "a cat", 1, 1), webp((0, 0, 0)))])
+    check_input(tmp_path / "ir", "imagereward_db")
+    with pytest.raises(FormatError, match=r"hpdv2: .*ir holds neither train\.json nor test\.json"):
+        check_input(tmp_path / "ir", "hpdv2")
+    with pytest.raises(FormatError, match=r"hpdv2: .*train_1\.json holds no HPD v2 records: its first record has no "
+                                          r"'file_path' / 'image_path' list of image paths \(as do the first 1\)"):
+        check_input(folder, "hpdv2")
+    # only the start of the file is parsed: a first record over the first read, a bad record among good
+    # ones, and whatever follows the first 20 records (here not JSON at all) stop nothing
+    big = ir_record("u1", "p", "x" * 100_000, 1, 1)
+    head = ", ".join(json.dumps(r) for r in [big, {"rank": 1}] + [big] * 20)
+    (tmp_path / "head.json").write_text("[" + head + ", oops")
+    check_input(tmp_path / "head.json", "imagereward_db")
+    (tmp_path / "obj.json").write_text('{"prompt": "p"}')
+    with pytest.raises(FormatError, match=r"obj\.json must hold a JSON list of records \(it starts with '\{"):
+        check_input(tmp_path / "obj.json", "hpdv2")
+    (tmp_path / "cut.json").write_text('[{"prompt": "p", ')
+    with pytest.raises(FormatError, match=r"cut\.json is not valid JSON"):
+        check_input(tmp_path / "cut.json", "hpdv2")
+
+
 def test_image_check_catches_truncated_jpeg():
     big = I.encode(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "JPEG")
     assert image_problem(big) is None
@@ -474,6 +541,26 @@ def test_relabel_scorer_errors_stop_it_before_the_import(tmp_path):
     with pytest.raises(ModelNotFound, match="scorer 'clip' model"):
         run_relabel(validate(d))
     assert not (tmp_path / "run" / "relabel").exists()  # nothing imported, nothing written
+
+
+def test_a_wrong_format_stops_relabel_and_accuracy_before_ray(tmp_path):
+    """A Pick-a-Pic file read as raypref pairs: refused naming the keys, the file and the column, before
+    Ray starts and before anything is written."""
+    from raypref.config import validate
+    from raypref.pref_accuracy import run_accuracy
+    from raypref.relabel import run_relabel
+
+    f = tmp_path / "human.parquet"
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m")])
+    with pytest.raises(FormatError, match=r"relabel\.format: relabel\.input does not read as 'raypref': raypref: "
+                                          r".*human\.parquet has no column 'prompt_id'"):
+        run_relabel(relabel_config(tmp_path, f, "raypref"))
+    jpeg = {"name": "jpeg", "cls": "jpeg_compressibility"}
+    with pytest.raises(FormatError, match=r"accuracy\.format: accuracy\.pairs does not read as 'raypref': .*"
+                                          r"human\.parquet has no column 'prompt_id'"):
+        run_accuracy(validate({"output_dir": str(tmp_path / "run"),
+                               "accuracy": {"pairs": str(f), "format": "raypref", "scorers": [jpeg]}}))
+    assert not (tmp_path / "run").exists()
 
 
 def test_groups_to_pairs_by_hand():
@@ -596,3 +683,36 @@ def test_relabel_through_ray(ray_session, tmp_path):
     assert margin["human likes flat"] > 0 > margin["human likes noise"] == -margin["human likes flat"]
     assert (s3["ai_strict"], s3["ai_ties"], s3["source_ties"]) == (s["ai_strict"], s["ai_ties"], s["source_ties"])
     assert (s3["both_strict"], s3["agree"], s3["flipped"], s3["agreement"]) == (2, 1, 1, 0.5)
+
+
+def test_relabel_extends_with_a_larger_limit_and_refuses_a_changed_input(ray_session, tmp_path):
+    """A trial run's limit raised: the pairs labelled are kept and only the new ones labelled (another
+    shard_size too: the resume key is each pair's row in the import, not its file). A smaller limit,
+    or the input's file changed in place, would leave labels of pairs the import no longer holds: refused."""
+    from raypref.config import validate
+    from raypref.relabel import run_relabel
+
+    flat32, noisy = flat((90, 90, 90), size=32), noise(3, size=32)
+    f = tmp_path / "human.parquet"
+    pairs = [(f"p{i}", flat32, noisy, 1.0, f"f{i}", f"n{i}", "m", "m") for i in range(3)]
+    write_pickapic_file(f, pairs)
+
+    def cfg(**relabel):
+        d = relabel_config(tmp_path, f).model_dump(mode="json")
+        d["relabel"].update(relabel)
+        return validate(d)
+
+    out = tmp_path / "run" / "relabel"
+    s1 = run_relabel(cfg(limit=1, shard_size=1))
+    assert (s1["pairs_imported"], s1["pairs"]) == (1, 1)
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "pairs").glob("*.parquet")}
+    s2 = run_relabel(cfg(limit=None, shard_size=2))
+    assert (s2["pairs_imported"], s2["pairs"]) == (3, 3)
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "pairs").glob("*.parquet")}
+    assert {k: now.get(k) for k in first} == first and len(now) > len(first)  # the first pair not labelled again
+    assert sorted(pq.read_table(out / "pairs", columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_pylist()) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"relabel\.limit: .* holds 3 imported pairs, .*relabel\.limit=2"):
+        run_relabel(cfg(limit=2))
+    write_pickapic_file(f, pairs[:2] + [("p2", noisy, flat32, 0.0, "f2", "n2", "m", "m")])  # a row fixed in place
+    with pytest.raises(ValueError, match=r"relabel: .* other settings \(relabel\.input_files: '\w+' -> '\w+'\)"):
+        run_relabel(cfg())

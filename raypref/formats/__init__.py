@@ -18,6 +18,7 @@ against the dataset's card or the code that reads it, and what was not.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,7 @@ import pyarrow as pa
 from raypref import schema as S
 from raypref.formats import agfsync, hpdv2, imagereward_db, pickapic, raypref_pairs
 from raypref.formats._common import DEFAULT_BATCH_ROWS, FormatError, Quarantine, concat
+from raypref.resume import fingerprint
 
 FORMATS = {
     "raypref": raypref_pairs,
@@ -36,8 +38,8 @@ FORMATS = {
     "agfsync": agfsync,
 }
 
-__all__ = ["FORMATS", "FormatError", "Quarantine", "convert", "first_pairs", "iter_pairs", "read_pairs", "with_progress",
-           "write_pairs"]
+__all__ = ["FORMATS", "FormatError", "Quarantine", "check_format", "check_input", "convert", "first_pairs",
+           "input_fingerprint", "iter_pairs", "read_pairs", "source_paths", "with_progress", "write_pairs"]
 
 
 def _module(fmt: str):
@@ -45,6 +47,44 @@ def _module(fmt: str):
         return FORMATS[fmt]
     except KeyError:
         raise ValueError(f"unknown pairs format {fmt!r} (known: {sorted(FORMATS)})") from None
+
+
+def check_input(path, fmt: str) -> None:
+    """A look at a dataset before a stage starts Ray, reading no rows: the first file has the format's
+    columns (Parquet) or its first records the format's keys (JSON); FormatError naming the file and
+    what is missing otherwise."""
+    _module(fmt).check(path)
+
+
+def check_format(path, fmt: str, path_key: str, format_key: str) -> None:
+    """check_input for a stage, its error naming the config keys that set the path and the format."""
+    try:
+        check_input(path, fmt)
+    except FormatError as e:
+        raise FormatError(f"{format_key}: {path_key} does not read as {fmt!r}: {e}") from None
+
+
+def source_paths(path, fmt: str) -> list[Path]:
+    """The files and folders a read of ``path`` opens: the input itself, and for a JSON file of HPD v2
+    or ImageRewardDB the folder of its images."""
+    m = _module(fmt)
+    return m.source_paths(path) if hasattr(m, "source_paths") else [Path(path)]
+
+
+def input_fingerprint(path, fmt: str, stage_dir=None) -> str | None:
+    """A hash of the path, size and modification time of every file a read of ``path`` opens (stat
+    only, so cheap on a large image folder): a file fixed, added or removed in place changes it.
+    A stage's own ``stage_dir``, where it lies in an image folder, is left out: its writes are no change."""
+    skip = None
+    if stage_dir is not None and not Path(path).resolve().is_relative_to(Path(stage_dir).resolve()):
+        skip = Path(stage_dir)
+    paths = source_paths(path, fmt)
+    if paths == [Path(path)]:  # the input alone: its own fingerprint, as records made before this hold
+        return fingerprint(str(path), skip)
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{p.resolve()}\0{fingerprint(str(p), skip)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def iter_pairs(path, fmt: str, quarantine: Quarantine | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,

@@ -181,6 +181,14 @@ def require_columns(names, required, file, what: str) -> None:
                           f"columns there: {list(names)})")
 
 
+def check_parquet(path, what: str, required) -> None:
+    """A format check that reads no rows: the first Parquet file's schema holds the required columns."""
+    import pyarrow.parquet as pq
+
+    f = parquet_files(path, what)[0]
+    require_columns(pq.read_schema(f).names, required, f, what)
+
+
 def iter_parquet_pairs(path, what: str, required, optional, to_pair, batch_rows: int) -> Iterator[pa.Table]:
     """Pairs tables from a Parquet layout, one per batch of ``batch_rows`` rows (files are never
     loaded whole): ``to_pair(row dict, where)`` returns a pair row, or None for a quarantined one,
@@ -210,6 +218,44 @@ def read_json_list(file: Path, what: str) -> list:
     if not isinstance(data, list):
         raise FormatError(f"{what}: {file} must hold a JSON list of records, found {type(data).__name__}")
     return data
+
+
+def first_json_records(file: Path, what: str, n: int = 20) -> list:
+    """The first ``n`` records (fewer in a shorter list) of a file holding a JSON list, parsed from the
+    file's start only, so a check before a run need not parse a large file whole."""
+    dec, size = json.JSONDecoder(), 1 << 16
+    while True:
+        with open(file, encoding="utf-8") as f:
+            text = f.read(size)
+        whole = len(text) < size
+        try:
+            return _json_head(text, dec, n, file, what)
+        except (IndexError, json.JSONDecodeError) as e:  # cut off at the end of what was read
+            if whole:
+                why = e if isinstance(e, json.JSONDecodeError) else "it ends before its list does"
+                raise FormatError(f"{what}: {file} is not valid JSON: {why}") from None
+            size *= 4
+
+
+def _json_head(text: str, dec: json.JSONDecoder, n: int, file, what: str) -> list:
+    def ws(i):
+        while text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    i = ws(0)
+    if text[i] != "[":
+        raise FormatError(f"{what}: {file} must hold a JSON list of records (it starts with {text[i:i + 20]!r})")
+    i, records = ws(i + 1), []
+    while text[i] != "]" and len(records) < n:
+        rec, i = dec.raw_decode(text, i)
+        records.append(rec)
+        i = ws(i)
+        if text[i] == ",":
+            i = ws(i + 1)
+        elif text[i] != "]":
+            raise json.JSONDecodeError("expected ',' or ']'", text, i)
+    return records
 
 
 def batched(rows: Iterable[dict], n: int) -> Iterator[list[dict]]:

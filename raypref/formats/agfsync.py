@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.formats._common import (
-    iter_parquet_pairs,
+    check_parquet, iter_parquet_pairs,
     DEFAULT_BATCH_ROWS, STRICT, Quarantine, as_tables, concat, content_id, image_problem, nonempty_text,
     pair_row, replaced_on_success, writable,
 )
@@ -64,6 +64,11 @@ def _pair(r: dict, where: str, q: Quarantine) -> dict | None:
 def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
     q = quarantine if quarantine is not None else Quarantine(f"import:{NAME}")
     yield from iter_parquet_pairs(path, NAME, REQUIRED, (), lambda r, where: _pair(r, where, q), batch_rows)
+
+
+def check(path) -> None:
+    """Before a run: the first file has the format's columns (a FormatError naming the file and the column)."""
+    check_parquet(path, NAME, REQUIRED)
 
 
 def read(path, quarantine: Quarantine | None = None) -> pa.Table:

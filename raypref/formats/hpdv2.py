@@ -42,7 +42,7 @@ import pyarrow as pa
 from raypref import schema as S
 from raypref.formats._common import (
     DEFAULT_BATCH_ROWS, STRICT, TIE, FormatError, JsonListWriter, Quarantine, as_tables, batched, concat,
-    file_name_for, id_from_path, nonempty_text, pair_row, pairs_table, ranking_pairs, read_image,
+    file_name_for, first_json_records, id_from_path, nonempty_text, pair_row, pairs_table, ranking_pairs, read_image,
     read_json_list, replaced_on_success, write_image, writable,
 )
 
@@ -113,6 +113,38 @@ def _record_pairs(rec, where: str, root: Path, q: Quarantine) -> list[dict]:
         pair_row(rec["prompt"], id_from_path(paths[c]), id_from_path(paths[j]), images[c], images[j], lab, LABEL_SOURCE)
         for c, j, lab in order if images[c] is not None and images[j] is not None
     ]
+
+
+def _misfit(rec) -> str | None:
+    """What an HPD v2 record lacks, or None."""
+    if not isinstance(rec, dict):
+        return f"is not an object (found {type(rec).__name__})"
+    if "prompt" not in rec:
+        return "has no key 'prompt'"
+    if "human_preference" not in rec and "rank" not in rec:
+        return "has neither 'human_preference' (train.json) nor 'rank' (test.json)"
+    if not any(isinstance(rec.get(k), list) for k in ("file_path", "image_path")):
+        return "has no 'file_path' / 'image_path' list of image paths"
+    return None
+
+
+def check(path) -> None:
+    """Before a run: each JSON is a list whose first records (one of them at least) are HPD v2 records; a
+    bad record further on is the reader's to quarantine."""
+    for jf in _json_files(Path(path)):
+        recs = first_json_records(jf, NAME)
+        if recs and all(_misfit(r) for r in recs):
+            raise FormatError(f"{NAME}: {jf} holds no HPD v2 records: its first record {_misfit(recs[0])} "
+                              f"(as do the first {len(recs)})")
+
+
+def source_paths(path) -> list[Path]:
+    """What a read opens: the input, and for a JSON file its image folder too."""
+    p = Path(path)
+    if not p.is_file():
+        return [p]
+    root = _image_root(p, None)
+    return [root] if root == p.parent else [p, root]
 
 
 def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,

@@ -39,8 +39,8 @@ import pyarrow as pa
 
 from raypref import schema as S
 from raypref.formats._common import (
-    DEFAULT_BATCH_ROWS, TIE, JsonListWriter, data_files, Quarantine, as_tables, batched, concat,
-    file_name_for, id_from_path, image_file, nonempty_text, pair_row, pairs_table, ranking_pairs,
+    DEFAULT_BATCH_ROWS, TIE, FormatError, JsonListWriter, data_files, Quarantine, as_tables, batched, concat,
+    file_name_for, first_json_records, id_from_path, image_file, nonempty_text, pair_row, pairs_table, ranking_pairs,
     read_json_list, replaced_on_success, write_image, writable,
 )
 
@@ -116,6 +116,29 @@ def _file_pairs(jf: Path, q: Quarantine) -> Iterator[dict]:
         prompt = imgs[0][1]
         for c, j, lab in ranking_pairs([im[2] for im in imgs]):
             yield pair_row(prompt, imgs[c][3], imgs[j][3], imgs[c][4], imgs[j][4], lab, LABEL_SOURCE)
+
+
+def _misfit(rec) -> str | None:
+    if not isinstance(rec, dict):
+        return f"is not an object (found {type(rec).__name__})"
+    missing = [k for k in KEYS if k not in rec]
+    return f"has no key {missing[0]!r} (required: {list(KEYS)})" if missing else None
+
+
+def check(path) -> None:
+    """Before a run: the first JSON is a list whose first records (one of them at least) are ImageRewardDB
+    image records; a bad record further on is the reader's to quarantine."""
+    jf = _json_files(Path(path))[0]
+    recs = first_json_records(jf, NAME)
+    if recs and all(_misfit(r) for r in recs):
+        raise FormatError(f"{NAME}: {jf} holds no ImageRewardDB records: its first record {_misfit(recs[0])} "
+                          f"(as do the first {len(recs)})")
+
+
+def source_paths(path) -> list[Path]:
+    """What a read opens: the input, and for a JSON file the folder of its images."""
+    p = Path(path)
+    return [p.parent] if p.is_file() else [p]
 
 
 def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:

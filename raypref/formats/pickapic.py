@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from raypref import schema as S
 from raypref.formats._common import (
-    iter_parquet_pairs,
+    check_parquet, iter_parquet_pairs,
     DEFAULT_BATCH_ROWS, STRICT, TIE, Quarantine, as_tables, concat, content_id, image_problem,
     nonempty_text, pair_row, replaced_on_success, writable,
 )
@@ -92,6 +92,11 @@ def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFA
     """Pairs tables, one per Parquet batch of ``batch_rows`` rows (files are never loaded whole)."""
     q = quarantine if quarantine is not None else Quarantine(f"import:{NAME}")
     yield from iter_parquet_pairs(path, NAME, REQUIRED, OPTIONAL, lambda r, where: _pair(r, where, q), batch_rows)
+
+
+def check(path) -> None:
+    """Before a run: the first file has the format's columns (a FormatError naming the file and the column)."""
+    check_parquet(path, NAME, REQUIRED)
 
 
 def read(path, quarantine: Quarantine | None = None) -> pa.Table:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from raypref import schema as S
 from raypref.resume import put_back, swap_in
 from raypref.formats._common import (
-    DEFAULT_BATCH_ROWS, STRICT, TIE, Quarantine, as_tables, concat, image_problem, nonempty_text,
+    DEFAULT_BATCH_ROWS, STRICT, TIE, Quarantine, as_tables, check_parquet, concat, image_problem, nonempty_text,
     parquet_files, require_columns,
 )
 
@@ -82,6 +82,11 @@ def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFA
             offset += t.num_rows
             if keep:
                 yield t if len(keep) == t.num_rows else t.take(pa.array(keep, pa.int64()))
+
+
+def check(path) -> None:
+    """Before a run: the first file has the format's columns (a FormatError naming the file and the column)."""
+    check_parquet(path, NAME, REQUIRED)
 
 
 def read(path, quarantine: Quarantine | None = None) -> pa.Table:
