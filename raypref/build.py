@@ -11,6 +11,7 @@ groups by streaming row-local maps, without re-running a model.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
 from raypref.registry import constructor_kwargs, resolve
-from raypref.resume import checkpointed
+from raypref.resume import checkpointed, put_back, swap_in
 
 
 def pool_args(pool: PoolConf) -> dict:
@@ -80,15 +81,17 @@ def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_mar
     needed = [s["column"] for s in scorers] + ([on] if on and on not in [s["column"] for s in scorers] else [])
     if on and on not in batch.column_names:
         raise ValueError(f"build.pairs.on: no score column {on!r} (score columns: {[c for c in batch.column_names if S.is_score_column(c)]})")
-    lists = {c: batch.column(c).to_pylist() for c in needed}
     ids = batch.column(S.SAMPLE_ID).to_pylist()
     pids = batch.column(S.PROMPT_ID).to_pylist()
     gens = batch.column(S.GENERATOR).to_pylist()
+    # the groups keep a short list as stored (a re-pairing notes it again); samples and pairs fill it
+    short = fill_short_lists(batch, sample_counts(batch))[1]
+    lists = {c: batch.column(c).to_pylist() for c in needed}
     totals, chosen, rejected, margins, labels, notes = [], [], [], [], [], []
     for r in range(batch.num_rows):
         n = len(ids[r])
-        missing = [c for c in needed if lists[c][r] is None or len(lists[c][r]) != n]
-        row_notes = [Q.note("pair", pids[r], f"missing score: {c}") for c in missing]
+        missing = [c for c in needed if c in short[r]]
+        row_notes = [Q.note("pair", pids[r], f"missing score: {c}") for c in short[r] if S.is_score_column(c)]
         raw = {c: np.full(n, np.nan) if c in missing else np.asarray(lists[c][r], dtype=np.float64) for c in needed}
         cols = [A.normalize(raw[s["column"]], s["normalize"], s["value_range"]) for s in scorers]
         total = A.weighted_sum(cols, [s["weight"] for s in scorers])
@@ -115,6 +118,36 @@ def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_mar
     return Q.add_notes(batch, notes)
 
 
+def sample_counts(batch: pa.Table) -> np.ndarray:
+    """How many samples each group row holds."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.list_value_length(batch.column(S.SAMPLE_ID)), 0).to_numpy(zero_copy_only=False)
+
+
+def fill_short_lists(batch: pa.Table, counts: np.ndarray) -> tuple[pa.Table, list[list[str]]]:
+    """A stored row's score (or rationale) list that is null, or not one value per sample, would shift every
+    later row's values once the lists are flattened into samples and pairs: it becomes one NaN (null for
+    text) per sample. Returns the batch and, per row, the columns so filled."""
+    import pyarrow.compute as pc
+
+    short: list[list[str]] = [[] for _ in counts]
+    for c in batch.column_names:
+        if not ((S.is_score_column(c) and c != S.SCORE) or c.startswith((S.RATIONALE_PREFIX, S.JUDGE_EVENTS_PREFIX))):
+            continue
+        col = batch.column(c)
+        bad = np.flatnonzero(pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False) != counts)
+        if not bad.size:
+            continue
+        fill = float("nan") if pa.types.is_floating(col.type.value_type) else None
+        values = col.to_pylist()
+        for r in bad:
+            values[r] = [fill] * int(counts[r])
+            short[r].append(c)
+        batch = batch.set_column(batch.column_names.index(c), c, pa.array(values, col.type))
+    return batch, short
+
+
 def aspect_columns(column_names, scorer_names: list[str]) -> list[str]:
     """The score columns of the groups table that are scorers' extra aspects."""
     main = set(S.score_columns(scorer_names))
@@ -123,7 +156,8 @@ def aspect_columns(column_names, scorer_names: list[str]) -> list[str]:
 
 def explode_samples(batch: pa.Table, scorer_names: list[str]) -> pa.Table:
     """groups -> samples: one row per image."""
-    counts = [len(x) for x in batch.column(S.SAMPLE_ID).to_pylist()]
+    counts = sample_counts(batch)
+    batch = fill_short_lists(batch, counts)[0]
     idx = np.repeat(np.arange(batch.num_rows), counts)
     cols = {S.PROMPT_ID: batch.column(S.PROMPT_ID).take(idx), S.PROMPT: batch.column(S.PROMPT).take(idx)}
     aspects = aspect_columns(batch.column_names, scorer_names)
@@ -136,6 +170,7 @@ def explode_samples(batch: pa.Table, scorer_names: list[str]) -> pa.Table:
 def explode_pairs(batch: pa.Table, label_source: str) -> pa.Table:
     """groups -> pairs: one row per pair, images inline, with every score column (scorers and their
     aspects) for both sides, so pairs can be ranked and re-labelled per scorer without a join."""
+    batch = fill_short_lists(batch, sample_counts(batch))[0]
     pc = batch.column(S.PAIR_CHOSEN).combine_chunks()
     n_pairs = np.diff(pc.offsets.to_numpy())
     row = np.repeat(np.arange(batch.num_rows), n_pairs)
@@ -309,8 +344,10 @@ def _pairing_kwargs(cfg: Config) -> dict:
     return {"scorers": _scorer_specs(cfg), **p.model_dump()}
 
 
-def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: int, duplicates: int) -> dict:
-    """<out>/groups -> <out>/samples and <out>/pairs (streaming row-local maps), then the summary."""
+def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: int, duplicates: int,
+                            final: Path | None = None) -> dict:
+    """<out>/groups -> <out>/samples and <out>/pairs (streaming row-local maps), then the summary.
+    ``final``: where <out> will be moved once whole (the summary names the report there)."""
     b = cfg.build
     t0 = time.time()
     names = [s.name for s in b.scorers]
@@ -330,7 +367,7 @@ def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: i
         )
     summary = summarize_build(out, n_prompts, duplicates, seconds + time.time() - t0)
     summary["quarantined"] = Q.counts(out / "quarantine")
-    summary["report"] = str(out / "report" / "report.md")
+    summary["report"] = str((final or out) / "report" / "report.md")
     write_report(out)
     (out / "summary.json").write_text(json_text(summary))
     return summary
@@ -354,20 +391,68 @@ def regroup(batch: pa.Table, **pairing) -> pa.Table:
     return finalize_groups(batch.drop_columns(stale), **pairing)
 
 
-def run_pair(cfg: Config) -> dict:
-    """Re-pair stored groups with this config's scorer weights, normalisation and pair strategy,
-    without running any model; writes <output_dir>/pair/{groups,samples,pairs}."""
-    src = Path(cfg.pair.groups) if cfg.pair.groups else cfg.stage_dir("build") / "groups"
+def check_pair_input(cfg: Config, src: Path, out: Path) -> None:
+    """What `raypref pair` can check before Ray starts: the stored groups exist, lie outside the pair
+    stage's own output (which it replaces), and hold the columns the pairing reads."""
+    import pyarrow.dataset as pds
+
     if not src.exists():
         raise FileNotFoundError(f"pair.groups: no stored groups at {src} (run the build first, or set pair.groups)")
-    t0 = time.time()
-    out = write_run_meta(cfg, cfg.stage_dir("pair"), "pair")
-    groups = read_parquet(str(src.resolve()))
-    groups.map_batches(regroup, fn_kwargs=_pairing_kwargs(cfg), batch_format="pyarrow", num_cpus=cfg.build.task_cpus).write_parquet(
-        str((out / "groups").resolve()), mode="overwrite", ray_remote_args={"num_cpus": cfg.build.task_cpus}
-    )
-    n = read_parquet(str((out / "groups").resolve())).count()
-    return write_samples_and_pairs(cfg, out, time.time() - t0, n, 0)
+    i = src.resolve()
+    for o in (out.resolve(), staging_dir(out).resolve()):
+        if o == i or o in i.parents or i in o.parents:
+            raise ValueError(f"pair.groups: {src} overlaps the pair stage's output {o}, which a re-pairing replaces; "
+                             "copy the groups elsewhere first, or re-pair the build's")
+    names = pds.dataset(i, format="parquet").schema.names
+    if not names:
+        raise FileNotFoundError(f"pair.groups: no Parquet files at {src} (run the build first, or set pair.groups)")
+    score_cols = [c for c in names if S.is_score_column(c)]
+    missing = [c for c in [S.PROMPT_ID, S.PROMPT, *S.SAMPLE_LIST_FIELDS] if c not in names]
+    if missing:
+        raise ValueError(f"pair.groups: {src} has no column {missing}; is it a build's groups table?")
+    missing = [s["column"] for s in _scorer_specs(cfg) if s["column"] not in names]
+    if missing:
+        raise ValueError(f"build.scorers: the stored groups at {src} have no column {missing} (score columns there: "
+                         f"{score_cols}); re-pairing never runs a scorer")
+    on = cfg.build.pairs.on
+    if on and on not in names:
+        raise ValueError(f"build.pairs.on: the stored groups at {src} have no score column {on!r} (score columns there: "
+                         f"{score_cols})")
+
+
+def staging_dir(out: Path) -> Path:
+    """Where the pair stage writes before its output is swapped in whole."""
+    return out.with_name(out.name + ".partial")
+
+
+def run_pair(cfg: Config) -> dict:
+    """Re-pair stored groups with this config's scorer weights, normalisation and pair strategy,
+    without running any model; writes <output_dir>/pair/{groups,samples,pairs}. Everything is written
+    to <output_dir>/pair.partial and swapped in at the end: a failure leaves the earlier output whole,
+    its config.yaml included, never new groups beside old pairs."""
+    from raypref.session import init_ray
+
+    final = cfg.stage_dir("pair")
+    src = Path(cfg.pair.groups) if cfg.pair.groups else cfg.stage_dir("build") / "groups"
+    put_back(final)  # an output a crash left aside mid-swap is the one there
+    check_pair_input(cfg, src, final)
+    out = staging_dir(final)
+    shutil.rmtree(out, ignore_errors=True)  # what a crashed run left half-written
+    try:
+        t0 = time.time()
+        write_run_meta(cfg, out, "pair")
+        init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
+        groups = read_parquet(str(src.resolve()))
+        groups.map_batches(regroup, fn_kwargs=_pairing_kwargs(cfg), batch_format="pyarrow", num_cpus=cfg.build.task_cpus).write_parquet(
+            str((out / "groups").resolve()), mode="overwrite", ray_remote_args={"num_cpus": cfg.build.task_cpus}
+        )
+        n = read_parquet(str((out / "groups").resolve())).count()
+        summary = write_samples_and_pairs(cfg, out, time.time() - t0, n, 0, final=final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    swap_in(out, final)
+    return summary
 
 
 def summarize_build(out: Path, n_prompts: int, duplicates: int, seconds: float) -> dict:

@@ -34,8 +34,7 @@ def build(cfg: Config) -> dict:
 def pair(cfg: Config) -> dict:
     from raypref.build import run_pair
 
-    init_ray(cfg.ray)
-    s = run_pair(cfg)
+    s = run_pair(cfg)  # starts Ray once its inputs are checked
     print(summary_line("pair", s, str(cfg.stage_dir("pair"))), flush=True)
     return s
 

@@ -145,6 +145,35 @@ def test_explode_pairs_carries_every_score_column_and_labels():
         ("p1", r[S.CHOSEN_IMAGE], r[S.REJECTED_IMAGE]) for r in rows]
 
 
+def test_a_row_missing_a_score_list_is_noted_and_the_other_rows_explode_in_place():
+    """A null (or short) stored list made explode_samples fail, and would shift explode_pairs' later rows."""
+    from raypref.build import explode_samples
+
+    def row(pid, a, b, aspect):
+        t = _groups(a, b, aspect=aspect).set_column(0, S.PROMPT_ID, pa.array([pid]))
+        t = t.set_column(t.column_names.index(S.SAMPLE_ID), S.SAMPLE_ID, pa.array([[f"{pid}s{i}" for i in range(len(a))]]))
+        for f in (S.SEED, S.STEPS):
+            t = t.append_column(f, pa.array([list(range(len(a)))]))
+        for f in (S.GUIDANCE, S.NOISE_SIGMA):
+            t = t.append_column(f, pa.array([[0.0] * len(a)]))
+        return t
+
+    bad = row("p0", [2.0, 1.0], [1.0, 1.0], aspect=[7.0])  # its aspect list is one short
+    bad = bad.set_column(bad.column_names.index("score_b"), "score_b", pa.array([None], pa.list_(pa.float64())))
+    batch = pa.concat_tables([bad, row("p1", [1.0, 3.0], [0.0, 2.0], aspect=[5.0, 6.0])])
+    out = finalize_groups(batch, SPECS, "best_vs_worst", 0.0)
+    assert out.column(S.PAIR_CHOSEN).to_pylist() == [[], [1]]
+    assert out.column(S.QUARANTINE_NOTES).to_pylist() == [
+        [Q.note("pair", "p0", "missing score: score_b"), Q.note("pair", "p0", "missing score: score_a_shape")], []]
+    assert out.column("score_b").to_pylist()[0] is None  # the groups keep the row as stored
+    samples = explode_samples(out, ["a", "b"]).to_pylist()
+    assert [r[S.SAMPLE_ID] for r in samples] == ["p0s0", "p0s1", "p1s0", "p1s1"]
+    assert [r["score_a_shape"] for r in samples][2:] == [5.0, 6.0] and math.isnan(samples[1]["score_a_shape"])
+    assert math.isnan(samples[0]["score_b"]) and samples[3]["score_b"] == 2.0
+    [pair] = explode_pairs(out, "ai:test").to_pylist()
+    assert (pair[S.CHOSEN_ID], pair["chosen_score_a_shape"], pair["rejected_score_a_shape"]) == ("p1s1", 6.0, 5.0)
+
+
 class _Mean(Scorer):
     outputs = ("rationale",)
 

@@ -182,3 +182,55 @@ def test_repair_from_stored_scores_runs_no_model(built_run, tmp_path):
     d["build"]["scorers"].append({"name": "nope", "cls": "jpeg_compressibility"})
     with pytest.raises(Exception, match="no column \\['score_nope'\\]"):
         run_pair(validate(d))
+
+
+def test_repair_checks_before_ray_quarantines_a_missing_list_and_swaps_its_output_whole(built_run, tmp_path, monkeypatch):
+    """A re-pairing that fails leaves the earlier pair/ whole (config included); bad keys fail before Ray."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raypref import build, session
+    from raypref.build import run_pair
+
+    cfg, _ = built_run
+    groups = pds.dataset(cfg.stage_dir("build") / "groups", format="parquet").to_table()
+    i = groups.column_names.index("score_clip")
+    clip = groups.column(i).to_pylist()
+    clip[0] = None  # a stored row missing its score list
+    (tmp_path / "g").mkdir()
+    pq.write_table(groups.set_column(i, "score_clip", pa.array(clip, groups.schema.field(i).type)), tmp_path / "g" / "g.parquet")
+    d = cfg.model_dump(mode="json")
+    d["output_dir"] = str(tmp_path / "re")
+    d["pair"] = {"groups": str(tmp_path / "g")}
+    d["build"]["pairs"] = {"strategy": "top_k_vs_bottom_k", "k": 2}
+    s = run_pair(validate(d))
+    out = tmp_path / "re" / "pair"
+    assert s["quarantined"] == {"pair: missing score": 1} and s["report"] == str(out / "report" / "report.md")
+    assert s["samples"] == groups.num_rows * 4 and s["prompts_without_pair"] == 1 and s["pairs"] > 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def no_ray(_):
+        raise AssertionError("Ray started before the inputs were checked")
+
+    monkeypatch.setattr(session, "init_ray", no_ray)
+    bad = [("build.scorers", lambda d: d["build"]["scorers"].append({"name": "jpeg2", "cls": "jpeg_compressibility"}),
+            "no column \\['score_jpeg2'\\]"),
+           ("build.pairs.on", lambda d: d["build"]["pairs"].update(on="score_clip_nope"), "'score_clip_nope'"),
+           ("pair.groups", lambda d: d["pair"].update(groups=str(out / "groups")), "overlaps")]
+    for key, change, what in bad:
+        e = json.loads(json.dumps(d))
+        change(e)
+        with pytest.raises(ValueError, match=f"^{key}: .*{what}"):
+            run_pair(validate(e))
+    monkeypatch.undo()
+
+    def fail(*a, **k):
+        raise RuntimeError("crash mid-way")
+
+    monkeypatch.setattr(build, "write_samples_and_pairs", fail)
+    d["build"]["pairs"] = {"strategy": "best_vs_worst"}
+    out.rename(out.with_name("pair.old"))  # a crash between swap_in's two renames
+    with pytest.raises(RuntimeError, match="crash mid-way"):
+        run_pair(validate(d))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "re" / "pair.partial").exists() and not (tmp_path / "re" / "pair.old").exists()
