@@ -491,6 +491,23 @@ class RewardConf(_RayTrainScale, _StepConf):
     export_dir: LocalPath | None = Field(None, description="Where the exported model goes (None: <output_dir>/reward/model).")
 
 
+IMAGE_ROOT_DOC = ("The folder the image paths of an HPD v2 JSON are relative to, where the images are kept elsewhere "
+                  "than HPSv2's layout (<json dir>/<json stem>/ beside {key}'s train.json / test.json). format hpdv2 "
+                  "only; None: that layout. Its files count as the input's (a changed image is seen on a rerun).")
+
+
+def _check_image_root(image_root: str | None, fmt: str, section: str) -> None:
+    # only the HPD v2 reader takes it: the others find their images from the data itself
+    if image_root is not None and fmt != "hpdv2":
+        raise ValueError(f"{section}.image_root: only {section}.format 'hpdv2' reads it, not {fmt!r} (its images are "
+                         "found from its own files); unset it")
+
+
+def format_options(section: "AccuracyConf | RelabelConf") -> dict:
+    """The format reader options a stage's section sets (HPD v2's image_root), for raypref.formats."""
+    return {} if section.image_root is None else {"image_root": section.image_root}
+
+
 class AccuracyConf(_Strict):
     """Preference-prediction accuracy of scorers on a pairs dataset (raypref.pref_accuracy)."""
 
@@ -501,6 +518,12 @@ class AccuracyConf(_Strict):
     tie_tolerance: float = Field(0.0, ge=0, description="A scorer whose two scores differ by <= this ties (counted as half correct).")
     limit: int | None = Field(None, ge=1, description="Use only the first N pairs.")
     shard_size: int = Field(256, ge=1, description="Pairs per staged Parquet shard: the unit scored, written, and skipped by a resumed run.")
+    image_root: str | None = Field(None, description=IMAGE_ROOT_DOC.format(key="accuracy.pairs"))
+
+    @model_validator(mode="after")
+    def _image_root_read(self):
+        _check_image_root(self.image_root, self.format, "accuracy")
+        return self
 
 
 class RelabelConf(_Strict):
@@ -518,6 +541,12 @@ class RelabelConf(_Strict):
         "label and label_source kept), with the scorers' columns for both sides and margin = s(chosen) - s(rejected), "
         "negative where the AI disagrees, and the AI's label in source_label: quality-aware ranking of human pairs "
         "(raypref rank by margin) then trains on the human labels.")
+    image_root: str | None = Field(None, description=IMAGE_ROOT_DOC.format(key="relabel.input"))
+
+    @model_validator(mode="after")
+    def _image_root_read(self):
+        _check_image_root(self.image_root, self.format, "relabel")
+        return self
 
 
 class ReportConf(_Strict):

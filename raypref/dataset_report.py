@@ -16,15 +16,21 @@ from raypref import schema as S
 from raypref.metrics import json_text
 
 
+def one_generator_unknown(chosen: list, rejected: list) -> int:
+    """Pairs with a generator on one side only (null on the other): generator_win_rates leaves them out."""
+    return sum(1 for c, r in zip(chosen, rejected) if (c is None) != (r is None))
+
+
 def generator_win_rates(chosen: list[str], rejected: list[str], labels=None) -> dict[str, dict]:
     """Per generator, over the pairs whose two images come from different generators: wins (chosen),
     losses (rejected), ties (pairs labelled TIE: their chosen side is only the earlier sample) and
     win rate = wins / (wins + losses), None with no strict pair. Same-generator pairs say nothing
-    about which generator is better and are left out."""
+    about which generator is better and are left out, as are pairs with a generator unknown (null) on
+    either side, which may be the same one (counted by one_generator_unknown)."""
     wins, losses, ties = Counter(), Counter(), Counter()
     labels = [S.STRICT] * len(chosen) if labels is None else labels
     for c, r, y in zip(chosen, rejected, labels):
-        if c == r:
+        if c == r or c is None or r is None:
             continue
         if y == S.TIE:
             ties[c] += 1
@@ -112,7 +118,8 @@ def write_report(stage_dir: Path, out: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     n_samples, samples = _columns(sample_files, lambda c: c == S.SCORE or S.is_score_column(c))
     n_pairs, pairs = _columns(pair_files, lambda c: c in (S.MARGIN, S.QUALITY, S.LABEL, S.CHOSEN_GENERATOR, S.REJECTED_GENERATOR))
-    report: dict = {"samples": n_samples, "pairs": n_pairs, "scores": {}, "margin": None, "ties": 0, "generators": {}, "plots": []}
+    report: dict = {"samples": n_samples, "pairs": n_pairs, "scores": {}, "margin": None, "ties": 0, "generators": {},
+                    "generator_unknown_pairs": 0, "plots": []}
     if samples:
         report["scores"] = {c: _stats(v) for c, v in samples.items()}
         _hist_png(samples, out / "score_histograms.png", "score distributions (per sample)")
@@ -130,6 +137,7 @@ def write_report(stage_dir: Path, out: Path | None = None) -> dict:
         if S.CHOSEN_GENERATOR in pairs:
             report["generators"] = generator_win_rates(pairs[S.CHOSEN_GENERATOR], pairs[S.REJECTED_GENERATOR],
                                                        pairs.get(S.LABEL))
+            report["generator_unknown_pairs"] = one_generator_unknown(pairs[S.CHOSEN_GENERATOR], pairs[S.REJECTED_GENERATOR])
     (out / "report.json").write_text(json_text(report))
     (out / "report.md").write_text(_markdown(report))
     return report
@@ -154,5 +162,8 @@ def _markdown(r: dict) -> str:
         lines += [f"| {g} | {s['wins']} | {s['losses']} | {s['ties']} | "
                   + ("" if s["win_rate"] is None else f"{s['win_rate']:.3f}") + " |" for g, s in r["generators"].items()]
         lines.append("")
+    if r.get("generator_unknown_pairs"):
+        lines.append(f"{r['generator_unknown_pairs']} pairs with a generator on one side only (null on the other) are "
+                     "left out of the win rates.\n")
     lines += [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join(lines) + "\n"

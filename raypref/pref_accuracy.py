@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypref import schema as S
-from raypref.config import Config, ScorerConf, record_settings, renew_if_changed, settings_changed, write_run_meta
+from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
 from raypref.resume import actor_settings, checkpointed, write_atomic
@@ -88,15 +88,15 @@ def preference_accuracy(chosen: Sequence[float], rejected: Sequence[float], labe
 
 
 def stage_pairs(path: str, fmt: str, limit: int | None, staged: Path, quarantine_file: Path,
-                rows_per_file: int = 256) -> tuple[int, int]:
-    """Stream the first ``limit`` pairs of a dataset in any supported format into ``staged`` (raypref
-    pairs Parquet, each pair numbered in import_row, ``rows_per_file`` pairs a file), so no more
-    than a batch of images is ever in the driver's memory. Returns (pairs staged, rows the reader
-    quarantined, written to ``quarantine_file``)."""
+                rows_per_file: int = 256, **opts) -> tuple[int, int]:
+    """Stream the first ``limit`` pairs of a dataset in any supported format (reader options ``opts``,
+    e.g. image_root) into ``staged`` (raypref pairs Parquet, each pair numbered in import_row,
+    ``rows_per_file`` pairs a file), so no more than a batch of images is ever in the driver's memory.
+    Returns (pairs staged, rows the reader quarantined, written to ``quarantine_file``)."""
     from raypref.formats import Quarantine, first_pairs, write_pairs
 
     q = Quarantine(f"{STAGE}:{fmt}")
-    n = write_pairs(first_pairs(path, fmt, q, limit, f"[accuracy] read {fmt}"), staged, "raypref", q,
+    n = write_pairs(first_pairs(path, fmt, q, limit, f"[accuracy] read {fmt}", **opts), staged, "raypref", q,
                     rows_per_file=rows_per_file)
     q.write(quarantine_file)  # with none, a stale file from an earlier run goes
     if n == 0:
@@ -123,7 +123,7 @@ def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
 
     # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen
     mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format,
-                         "files": input_fingerprint(a.pairs, a.format, out)}}
+                         "files": input_fingerprint(a.pairs, a.format, out, **format_options(a))}}
     same = record.is_file() and keys_file.is_file() and counts_file.is_file() and settings_changed(record, mine) is None
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
@@ -132,7 +132,8 @@ def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
         shutil.rmtree(out / "scorers", ignore_errors=True)
     _write_json(counts_file, {**counts, "staged": False})  # until the staged copy is whole again
     shutil.rmtree(out / "staged", ignore_errors=True)
-    _, quarantined = stage_pairs(a.pairs, a.format, a.limit, out / "staged", out / "quarantine.parquet", a.shard_size)
+    _, quarantined = stage_pairs(a.pairs, a.format, a.limit, out / "staged", out / "quarantine.parquet", a.shard_size,
+                                 **format_options(a))
     keys = pq.read_table(out / "staged", columns=_KEYS).sort_by(S.IMPORT_ROW)
     if same:
         old = pq.read_table(keys_file)
@@ -297,6 +298,8 @@ def run_accuracy(cfg: Config) -> dict:
         scorer_kwargs(s)
     if "://" not in a.pairs and not Path(a.pairs).exists():
         raise FileNotFoundError(f"accuracy.pairs: no such file or directory: {a.pairs}")
+    if a.image_root is not None and not Path(a.image_root).is_dir():
+        raise FileNotFoundError(f"accuracy.image_root: no such directory: {a.image_root}")
     if "://" not in a.pairs:
         check_format(a.pairs, a.format, "accuracy.pairs", "accuracy.format")
     from raypref.session import init_ray

@@ -12,7 +12,8 @@ label each pair by the AI aggregate, keeping the imported label beside it.
          margin = quality, label_source 'ai:<scorer>*<weight>+...') with source_label, the imported
          label re-expressed for the new chosen side (1 - label when the AI flipped the pair)
       -> <out>/quarantine/import (unusable imported rows) and <out>/quarantine/relabel (imported
-         pairs with no AI label: a scorer gave NaN).
+         pairs with no AI label, each naming the score columns that were NaN and the image's side;
+         score_pairs notes them in <out>/_unscored while the run lasts).
 
 One Ray Data execution runs from the imported shards to the pairs. The pairs carry every
 scorer's columns, so ranking them (``raypref rank``) or re-weighting never re-runs a scorer.
@@ -44,7 +45,7 @@ from raypref import schema as S
 from raypref.build import (
     _scorer_specs, explode_pairs, finalize_groups, generate_and_score, labelling_settings, scorer_kwargs,
 )
-from raypref.config import Config, guard_rerun, record_settings, settings_changed, write_run_meta
+from raypref.config import Config, format_options, guard_rerun, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, check_format, first_pairs, input_fingerprint, write_pairs
 from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
@@ -142,7 +143,8 @@ def _pairing_kwargs(cfg: Config) -> dict:
 def _import_settings(cfg: Config) -> dict:
     r = cfg.relabel
     return {"relabel": {"input": str(Path(r.input).resolve()), "format": r.format,
-                        "input_files": input_fingerprint(r.input, r.format, cfg.stage_dir("relabel")), "limit": r.limit,
+                        "input_files": input_fingerprint(r.input, r.format, cfg.stage_dir("relabel"), **format_options(r)),
+                        "limit": r.limit,
                         "shard_size": r.shard_size}}
 
 
@@ -189,7 +191,7 @@ def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
     # (the same input: the earlier import stays, and its record, until the new one replaces it whole)
 
     imported = (t.select(_IMPORTED_COLUMNS + [S.IMPORT_ROW])
-                for t in first_pairs(r.input, r.format, q, r.limit, f"[relabel] import {r.format}"))
+                for t in first_pairs(r.input, r.format, q, r.limit, f"[relabel] import {r.format}", **format_options(r)))
     n = write_pairs(imported, out / "imported", "raypref", q, rows_per_file=r.shard_size)
     q.write(out / "quarantine" / "import" / "import.parquet")
     if before is not None:
@@ -238,6 +240,8 @@ def run_relabel(cfg: Config) -> dict:
         raise ValueError("relabel.input: set the pairs dataset to re-label (a file or directory)")
     if not Path(r.input).exists():
         raise FileNotFoundError(f"relabel.input: no such file or directory: {r.input}")
+    if r.image_root is not None and not Path(r.image_root).is_dir():
+        raise FileNotFoundError(f"relabel.image_root: no such directory: {r.image_root}")
     if r.format not in FORMATS:
         raise ValueError(f"relabel.format: unknown format {r.format!r} (known: {sorted(FORMATS)})")
     if not b.scorers:
@@ -253,7 +257,8 @@ def run_relabel(cfg: Config) -> dict:
     guard_relabel_resume(cfg, out)
     write_run_meta(cfg, out, "relabel")
     n_imported, n_files = import_pairs(cfg, out)
-    shutil.rmtree(out / "quarantine" / "relabel", ignore_errors=True)
+    for d in (out / "quarantine" / "relabel", out / UNSCORED_DIR):  # unlabelled pairs are scored again
+        shutil.rmtree(d, ignore_errors=True)
     source = label_source(cfg)
     if n_imported:
         with checkpointed(S.IMPORT_ROW, out / "_checkpoint"):
@@ -263,7 +268,8 @@ def run_relabel(cfg: Config) -> dict:
             ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
             ds = generate_and_score(ds, [], b.scorers)
             ds = ds.map_batches(score_pairs, fn_kwargs={"pairing": _pairing_kwargs(cfg), "label_source": source,
-                                                        "orient": r.orient},
+                                                        "orient": r.orient,
+                                                        "unscored_dir": str((out / UNSCORED_DIR).resolve())},
                                 batch_format="pyarrow", batch_size=None, num_cpus=b.task_cpus)
             ds.write_parquet(str((out / "pairs").resolve()), ray_remote_args={"num_cpus": b.task_cpus})
     quarantine_unscored(out)
@@ -272,31 +278,80 @@ def run_relabel(cfg: Config) -> dict:
     return summary
 
 
-def score_pairs(batch: pa.Table, pairing: dict, label_source: str, orient: str = "ai") -> pa.Table:
-    """Scored 2-sample groups -> AI-labelled pairs (row-local), in ``orient``'s orientation."""
-    return groups_to_pairs(finalize_groups(batch, **pairing), label_source, orient)
+def score_pairs(batch: pa.Table, pairing: dict, label_source: str, orient: str = "ai",
+                unscored_dir: str | None = None) -> pa.Table:
+    """Scored 2-sample groups -> AI-labelled pairs (row-local), in ``orient``'s orientation. Why a pair
+    got no label (unscored_notes) goes to a file of its own in ``unscored_dir``, for quarantine_unscored."""
+    groups = finalize_groups(batch, **pairing)
+    if unscored_dir is not None:
+        notes = unscored_notes(groups, pairing)
+        if notes:  # named by the block's first import_row: a retried task writes the same file again
+            first = int(np.min(groups.column(S.IMPORT_ROW).to_numpy()))
+            Q.write(notes, Path(unscored_dir) / f"rows-{first:012d}.parquet")
+    return groups_to_pairs(groups, label_source, orient)
 
 
-def _pair_keys(t: pa.Table) -> list[tuple]:
-    """An imported pair's identity whichever side the AI chose: prompt and the unordered ids."""
-    d = t.to_pydict()
-    return [(p, *sorted((c, r))) for p, c, r in zip(d[S.PROMPT], d[S.CHOSEN_ID], d[S.REJECTED_ID])]
+def _pair_row(prompt: str, a: str, b: str) -> str:
+    """A pair's quarantine row whichever side the AI chose: the prompt and the ids in sorted order."""
+    a, b = sorted((a, b))
+    return f"imported pair {a} / {b} ({prompt!r})"
+
+
+UNSCORED_DIR = "_unscored"  # in relabel/: score_pairs' notes on the pairs left unlabelled, read by quarantine_unscored
+_UNSCORED = "unscored: a scorer gave NaN for one of the two images, so the AI cannot label the pair"
+
+
+def unscored_notes(groups: pa.Table, pairing: dict) -> list[dict]:
+    """Pure: a quarantine note for each finalized 2-sample group that gave no pair, naming the score
+    columns that were NaN (or missing) and the image's side in the import (sample 0 the imported chosen
+    image), as finalize_groups judges them: the pairing column, or every scorer's in the aggregate."""
+    on = pairing.get("on")
+    needed = [on] if on else [s["column"] for s in pairing["scorers"]]
+    chosen = groups.column(S.PAIR_CHOSEN).to_pylist()
+    ids = groups.column(S.SAMPLE_ID).to_pylist()
+    prompts = groups.column(S.PROMPT).to_pylist()
+    lists = {c: groups.column(c).to_pylist() if c in groups.column_names else [None] * groups.num_rows for c in needed}
+    notes = []
+    for r in np.flatnonzero([not c for c in chosen]):
+        sides = []
+        for i, side in enumerate(("chosen", "rejected")):
+            bad = [c for c in needed if lists[c][r] is None or len(lists[c][r]) != 2 or lists[c][r][i] is None
+                   or np.isnan(lists[c][r][i])]
+            if bad:
+                sides.append(f"{', '.join(bad)} NaN for the imported {side} image {ids[r][i]}")
+        why = "; ".join(sides) or "the aggregate score NaN"  # a weighted sum can be NaN with no column NaN (inf - inf)
+        notes.append(Q.note("relabel", _pair_row(prompts[r], *ids[r]), f"unscored: {why}, so the AI cannot label the pair"))
+    return notes
 
 
 def quarantine_unscored(out: Path) -> int:
-    """Imported pairs with no labelled pair (a scorer gave NaN for an image) -> <out>/quarantine/relabel.
-    Compares the id columns of imported and labelled pairs on the driver, as multisets (a dataset may
-    hold the same pair twice)."""
+    """Imported pairs with no labelled pair (a scorer gave NaN for an image) -> <out>/quarantine/relabel,
+    each with score_pairs' note on which score and image were NaN (<out>/_unscored). Compares the id
+    columns of imported and labelled pairs on the driver, as multisets (a dataset may hold the same
+    pair twice)."""
     import pyarrow.dataset as pds
 
     cols = [S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID]
-    imported = Counter(_pair_keys(pds.dataset(out / "imported", format="parquet").to_table(columns=cols)))
+
+    def keys(d: Path) -> Counter:
+        t = pds.dataset(d, format="parquet").to_table(columns=cols).to_pydict()
+        return Counter(_pair_row(*x) for x in zip(t[S.PROMPT], t[S.CHOSEN_ID], t[S.REJECTED_ID]))
+
+    left = keys(out / "imported")
     if (out / "pairs").exists():  # Ray Data writes no files for an empty table
-        imported -= Counter(_pair_keys(pds.dataset(out / "pairs", format="parquet").to_table(columns=cols)))
-    rows = [Q.note("relabel", f"imported pair {a} / {b} ({p!r})",
-                   "unscored: a scorer gave NaN for one of the two images, so the AI cannot label the pair")
-            for (p, a, b), k in sorted(imported.items()) for _ in range(k)]
-    return Q.write(rows, out / "quarantine" / "relabel" / "relabel.parquet")
+        left -= keys(out / "pairs")
+    why: dict[str, list[str]] = {}
+    if any((out / UNSCORED_DIR).glob("*.parquet")):
+        t = pds.dataset(out / UNSCORED_DIR, format="parquet").to_table()
+        for row, reason in zip(t.column(S.ROW).to_pylist(), t.column(S.REASON).to_pylist()):
+            why.setdefault(row, []).append(reason)
+    rows = []
+    for row, k in sorted(left.items()):
+        reasons = why.get(row, [])  # a run scores every unlabelled pair again, so its note is there
+        rows += [Q.note("relabel", row, reasons[j] if j < len(reasons) else _UNSCORED) for j in range(k)]
+    n = Q.write(rows, out / "quarantine" / "relabel" / "relabel.parquet")
+    shutil.rmtree(out / UNSCORED_DIR, ignore_errors=True)  # its notes are in the quarantine now
+    return n
 
 
 def agreement(labels, source_labels) -> dict:
@@ -319,6 +374,7 @@ def summarize_relabel(out: Path, cfg: Config, n_imported: int, source: str, seco
         labels, src = t.column(S.LABEL).to_pylist(), t.column(S.SOURCE_LABEL).to_pylist()
     # either way label is 1.0 or 0.5 and source_label the other labeller's view of the same chosen image
     ai, imported = (labels, src) if cfg.relabel.orient == "ai" else (src, labels)
+    counts = Q.counts(out / "quarantine")
     return {
         "input": cfg.relabel.input,
         "format": cfg.relabel.format,
@@ -330,18 +386,22 @@ def summarize_relabel(out: Path, cfg: Config, n_imported: int, source: str, seco
         "ai_ties": sum(1 for x in ai if x == S.TIE),
         "source_ties": sum(1 for x in imported if x == S.TIE),
         **agreement(labels, src),
-        "quarantined": Q.counts(out / "quarantine"),
+        "quarantined": counts,
+        # the import's rows set aside apart from the imported pairs the scorers left unlabelled
+        "import_quarantined": sum(v for k, v in counts.items() if not k.startswith("relabel:")),
+        "unscored": sum(v for k, v in counts.items() if k.startswith("relabel:")),
         "seconds": round(seconds, 1),
     }
 
 
 def summary_line(s: dict, where: str) -> str:
-    q = sum(s["quarantined"].values())
     agree = "n/a" if s["agreement"] is None else f"{s['agreement']:.3f}"
     how = "labelled by" if s.get("orient", "ai") == "ai" else "keeping the imported labels, scored by"
-    return (f"[relabel] {s['pairs_imported']} {s['format']} pairs imported ({q} rows quarantined) -> {s['pairs']} pairs "
-            f"{how} {s['label_source']}: {s['ai_strict']} strict, {s['ai_ties']} ties; agreement with the "
-            f"imported labels {agree} on {s['both_strict']} pairs ({s['flipped']} flipped) in {s['seconds']}s -> {where}")
+    unscored = f" ({s['unscored']} unscored: a scorer gave NaN, quarantined)" if s["unscored"] else ""
+    return (f"[relabel] {s['pairs_imported']} {s['format']} pairs imported ({s['import_quarantined']} rows quarantined "
+            f"by the import) -> {s['pairs']} pairs{unscored} {how} {s['label_source']}: {s['ai_strict']} strict, "
+            f"{s['ai_ties']} ties; agreement with the imported labels {agree} on {s['both_strict']} pairs "
+            f"({s['flipped']} flipped) in {s['seconds']}s -> {where}")
 
 
 def relabel(cfg: Config) -> dict:

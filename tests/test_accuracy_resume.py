@@ -118,3 +118,29 @@ def test_an_image_added_beside_a_json_input_scores_every_scorer_again(tmp_path):
     image.write_bytes(data)
     keys, counts = staged_pairs(cfg, out, images=True)
     assert (keys.num_rows, counts["quarantined"]) == (3, 0) and not stored.exists()
+
+
+def test_accuracy_reads_hpdv2_images_from_image_root_and_sees_them_change(tmp_path):
+    """accuracy.image_root: HPD v2 images kept apart from the JSON are read from there, and an image
+    changed there is a change of the input (the pairs staged again); another format refuses the key."""
+    from raypref.config import ConfigError
+    from raypref.formats import write_pairs
+    from raypref.pref_accuracy import staged_pairs
+    from tests.test_formats import SOURCE
+
+    write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
+    (tmp_path / "h" / "test").rename(tmp_path / "images")  # not where the layout puts them
+    acc = {"pairs": str(tmp_path / "h" / "test.json"), "format": "hpdv2", "scorers": [{"name": "jpeg", "cls": "jpeg_compressibility"}]}
+    cfg = validate({"output_dir": str(tmp_path / "acc"), "accuracy": {**acc, "image_root": str(tmp_path / "images")}})
+    out = tmp_path / "acc" / "accuracy"
+    out.mkdir(parents=True)
+    keys, counts = staged_pairs(cfg, out, images=True)
+    assert (keys.num_rows, counts["quarantined"]) == (3, 0)
+    (tmp_path / "images" / "s-noise.png").unlink()  # the JSON unchanged
+    keys, counts = staged_pairs(cfg, out, images=True)
+    assert (keys.num_rows, counts["quarantined"]) == (2, 1)
+    with pytest.raises(ConfigError, match=r"accuracy\.image_root: only accuracy\.format 'hpdv2' reads it, not 'pickapic'"):
+        validate({"accuracy": {**acc, "format": "pickapic", "image_root": str(tmp_path / "images")}})
+    with pytest.raises(FileNotFoundError, match=r"accuracy\.image_root: no such directory: .*nowhere"):
+        run_accuracy(validate({"output_dir": str(tmp_path / "acc2"), "accuracy": {**acc, "image_root": str(tmp_path / "nowhere")}}))
+    assert not (tmp_path / "acc2").exists()

@@ -440,6 +440,67 @@ def test_imagereward_db_bad_records(tmp_path):
     assert q.rows[3][S.REASON] == "bad label: rank nan is not a finite number"
 
 
+def test_records_and_prompts_with_no_pair_are_quarantined(tmp_path):
+    """An HPD v2 record listing fewer than two images, and an ImageRewardDB prompt_id left with one
+    usable image, give no pair: each is set aside with its file, record and reason, not dropped."""
+    (tmp_path / "test").mkdir()
+    for name, data in (("a.png", RED), ("b.png", GREEN)):
+        (tmp_path / "test" / name).write_bytes(data)
+    recs = [{"prompt": "empty", "image_path": [], "rank": []},
+            {"prompt": "one", "image_path": ["a.png"], "rank": [1]},
+            {"prompt": "one train", "file_path": ["a.png"], "human_preference": [1]},
+            {"prompt": "two", "image_path": ["a.png", "b.png"], "rank": [2, 1]}]
+    (tmp_path / "test.json").write_text(json.dumps(recs))
+    q = Quarantine("import:hpdv2")
+    t = read_pairs(tmp_path / "test.json", "hpdv2", q)
+    assert rows(t, S.PROMPT, S.CHOSEN_ID, S.REJECTED_ID) == [("two", "b", "a")]
+    assert [(r[S.ROW], r[S.REASON]) for r in q.rows] == [
+        ("test.json[0]", "no pair: image_path lists 0 image(s); a pair needs two"),
+        ("test.json[1]", "no pair: image_path lists 1 image(s); a pair needs two"),
+        ("test.json[2]", "no pair: file_path lists 1 image(s); a pair needs two")]
+    jf = write_imagereward_folder(tmp_path / "ir", [
+        (ir_record("s1", "solo", "a lone cat", 1, 1), webp((0, 0, 0))),  # the prompt's only image
+        (ir_record("u1", "p", "a dog", 1, 2), webp((9, 9, 9))),
+        (ir_record("u2", "p", "a dog", 2, 2), b"RIFF....WEBPjunk"),  # its partner undecodable
+        (ir_record("v1", "q", "a fox", 1, 2), webp((99, 9, 9))),
+        (ir_record("v2", "q", "a fox", 2, 2), webp((9, 99, 9))),
+    ])
+    q = Quarantine("import:imagereward_db")
+    t = read_pairs(jf, "imagereward_db", q)
+    assert rows(t, S.CHOSEN_ID, S.REJECTED_ID) == [("v1", "v2")]
+    assert [(r[S.ROW], r[S.REASON].split(":")[0]) for r in q.rows] == [
+        ("train_1.json[2]", "undecodable image"), ("train_1.json[0]", "no pair"), ("train_1.json[1]", "no pair")]
+    assert q.rows[1][S.REASON] == "no pair: the only usable image of prompt_id 'solo' in train_1.json"
+
+
+def test_hpdv2_image_root_is_read_and_part_of_the_input(tmp_path):
+    """image_root: HPD v2 images kept elsewhere than beside the JSON are read from there and counted in
+    the input's files; a format whose reader takes no image_root refuses it, naming it."""
+    from raypref.formats import first_pairs, input_fingerprint, source_paths
+
+    write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
+    (tmp_path / "h" / "test").rename(tmp_path / "imgs")
+    js, imgs = tmp_path / "h" / "test.json", tmp_path / "imgs"
+    q = Quarantine("import:hpdv2")
+    assert read_pairs(js, "hpdv2", q).num_rows == 0 and len(q) == 6  # the layout's folder is gone
+    got = pa.concat_tables(first_pairs(js, "hpdv2", Quarantine("x"), None, "read", image_root=imgs))
+    assert rows(got, S.CHOSEN_ID, S.REJECTED_ID, S.IMPORT_ROW) == [("s-blue", "s-noise", 1), ("s-gray", "s-red", 2),
+                                                                   ("s-red", "s-green", 0)]
+    assert source_paths(js, "hpdv2", image_root=imgs) == [js, imgs]
+    assert source_paths(tmp_path / "h", "hpdv2", image_root=imgs) == [tmp_path / "h", imgs]
+    before = input_fingerprint(js, "hpdv2", image_root=imgs)
+    assert before != input_fingerprint(js, "hpdv2")
+    (imgs / "s-red.png").write_bytes(GRAY)  # fixed in place, the JSON unchanged
+    assert input_fingerprint(js, "hpdv2", image_root=imgs) != before
+    f = tmp_path / "pick.parquet"
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m")])
+    for fmt, path in (("pickapic", f), ("imagereward_db", js)):
+        with pytest.raises(ValueError, match=f"{fmt}: its reader takes no option 'image_root'"):
+            read_pairs(path, fmt, image_root=imgs)
+        with pytest.raises(ValueError, match=f"{fmt}: its reader takes no option 'image_root'"):
+            input_fingerprint(path, fmt, image_root=imgs)
+
+
 def test_input_fingerprint_sees_every_file_a_format_reads(tmp_path):
     """A JSON format's images are read from beside the JSON: a file added, fixed or removed there
     changes the input's fingerprint (sizes and times, no contents read), as a Parquet file rewritten does."""
@@ -612,6 +673,86 @@ def test_pairs_without_ai_label_are_quarantined(tmp_path):
     q = pq.read_table(tmp_path / "quarantine" / "relabel" / "relabel.parquet").to_pylist()
     assert [r[S.ROW] for r in q] == ["imported pair a / b ('p')", "imported pair c / d ('q')"]
     assert {r[S.REASON].split(":")[0] for r in q} == {"unscored"}
+
+
+def test_unscored_pairs_name_the_nan_score_and_image(tmp_path):
+    """The quarantine note of a pair the AI cannot label names the score column that was NaN and the
+    image's side in the import; the summary line counts the import's quarantine apart from it."""
+    from raypref.build import finalize_groups
+    from raypref.relabel import _pairing_kwargs, pairs_to_groups, quarantine_unscored, score_pairs, summary_line
+
+    src = pairs_table([("ok", "a", "b", RED, GREEN, 1.0, None, None), ("nan rejected", "c", "d", RED, GREEN, 1.0, None, None),
+                       ("nan both", "e", "f", RED, GREEN, 1.0, None, None)])
+    write_pairs(src, tmp_path / "imported", "raypref")
+    g = pairs_to_groups(src.append_column(S.IMPORT_ROW, pa.array([7, 8, 9], pa.int64())))
+    nan = float("nan")
+    g = g.append_column(S.score_column("jpeg"), pa.array([[2.0, 1.0], [1.0, nan], [nan, nan]], pa.list_(pa.float32())))
+    g = g.append_column(S.score_column("clip"), pa.array([[2.0, 1.0], [1.0, 2.0], [nan, 3.0]], pa.list_(pa.float32())))
+    d = relabel_config(tmp_path, "x").model_dump(mode="json")
+    d["build"]["scorers"].append({"name": "clip", "cls": "jpeg_compressibility"})
+    from raypref.config import validate
+
+    pairing = _pairing_kwargs(validate(d))
+    p = score_pairs(g, pairing, "ai:jpeg*1+clip*1", unscored_dir=str(tmp_path / "_unscored"))
+    assert p.column(S.PROMPT).to_pylist() == ["ok"]
+    write_pairs(p, tmp_path / "pairs", "raypref")
+    assert [f.name for f in (tmp_path / "_unscored").iterdir()] == ["rows-000000000007.parquet"]  # the block's first row
+    assert quarantine_unscored(tmp_path) == 2 and not (tmp_path / "_unscored").exists()
+    q = pq.read_table(tmp_path / "quarantine" / "relabel" / "relabel.parquet").to_pylist()
+    assert [(r[S.ROW], r[S.REASON]) for r in q] == [
+        ("imported pair c / d ('nan rejected')", "unscored: score_jpeg NaN for the imported rejected image d, so the AI "
+                                                 "cannot label the pair"),
+        ("imported pair e / f ('nan both')", "unscored: score_jpeg, score_clip NaN for the imported chosen image e; "
+                                             "score_jpeg NaN for the imported rejected image f, so the AI cannot label the pair")]
+    s = {"format": "pickapic", "pairs_imported": 96, "pairs": 90, "import_quarantined": 3, "unscored": 6, "label_source": "ai:j",
+         "ai_strict": 90, "ai_ties": 0, "agreement": 0.5, "both_strict": 90, "flipped": 45, "seconds": 1.0}
+    line = summary_line(s, "out")
+    assert "96 pickapic pairs imported (3 rows quarantined by the import) -> 90 pairs (6 unscored: a scorer gave NaN, " \
+           "quarantined) labelled by ai:j" in line
+    assert "unscored" not in summary_line({**s, "unscored": 0}, "out")
+
+
+def test_relabel_quarantines_a_pair_a_scorer_gave_nan_naming_it(ray_session, tmp_path):
+    """Through Ray: a pair whose rejected image a scorer cannot score is quarantined with a note naming
+    the score column and the image, and counted apart from the import's quarantine."""
+    from raypref.config import validate
+    from raypref.relabel import run_relabel, summary_line
+
+    f = tmp_path / "human.parquet"
+    write_pickapic_file(f, [("ok", flat((90, 90, 90), size=32), noise(3, size=32), 1.0, "f1", "n1", "m", "m"),
+                            ("small", flat((90, 90, 90), size=32), noise(4, size=8), 1.0, "f2", "n2", "m", "m"),
+                            ("broken", b"xx", noise(3, size=32), 1.0, "f3", "n3", "m", "m")])
+    d = relabel_config(tmp_path, f).model_dump(mode="json")
+    d["build"]["scorers"][0].update(name="small", cls="tests.nan_scorer:NanForSmall")
+    s = run_relabel(validate(d))
+    out = tmp_path / "run" / "relabel"
+    q = pq.read_table(out / "quarantine" / "relabel" / "relabel.parquet").to_pylist()
+    assert [(r[S.ROW], r[S.REASON]) for r in q] == [
+        ("imported pair f2 / n2 ('small')", "unscored: score_small NaN for the imported rejected image n2, so the AI "
+                                            "cannot label the pair")]
+    assert (s["pairs_imported"], s["pairs"], s["import_quarantined"], s["unscored"]) == (2, 1, 1, 1)
+    assert "2 pickapic pairs imported (1 rows quarantined by the import) -> 1 pairs (1 unscored" in summary_line(s, "x")
+    assert not (out / "_unscored").exists()
+
+
+def test_relabel_reads_hpdv2_images_from_image_root(tmp_path):
+    """relabel.image_root reaches the HPD v2 reader and the input's files; another format refuses it."""
+    from raypref.config import ConfigError, validate
+    from raypref.relabel import _import_settings, import_pairs
+
+    write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
+    (tmp_path / "h" / "test").rename(tmp_path / "imgs")
+    d = relabel_config(tmp_path, tmp_path / "h" / "test.json", "hpdv2").model_dump(mode="json")
+    d["relabel"]["image_root"] = str(tmp_path / "imgs")
+    cfg = validate(d)
+    out = tmp_path / "run" / "relabel"
+    assert import_pairs(cfg, out)[0] == 3 and not (out / "quarantine" / "import" / "import.parquet").exists()
+    before = _import_settings(cfg)["relabel"]["input_files"]
+    (tmp_path / "imgs" / "s-red.png").write_bytes(GRAY)
+    assert _import_settings(cfg)["relabel"]["input_files"] != before
+    d["relabel"]["format"] = "imagereward_db"
+    with pytest.raises(ConfigError, match=r"relabel\.image_root: only relabel\.format 'hpdv2' reads it, not 'imagereward_db'"):
+        validate(d)
 
 
 def test_relabel_through_ray(ray_session, tmp_path):

@@ -279,6 +279,25 @@ def test_generator_win_rates_hand_values():
                  "d": {"wins": 0, "losses": 0, "ties": 1, "win_rate": None}}
 
 
+def test_generator_win_rates_leave_out_and_count_a_generator_known_on_one_side(tmp_path):
+    """A null generator on one side (an imported pair, a mixed dataset) was a TypeError when the
+    generators were sorted; such pairs are left out of the rates and counted in the report."""
+    import pyarrow.parquet as pq
+
+    from raypref.dataset_report import generator_win_rates, one_generator_unknown, write_report
+
+    chosen, rejected = ["a", None, "b", None, "a"], ["b", "a", None, None, "b"]
+    assert generator_win_rates(chosen, rejected) == {"a": {"wins": 2, "losses": 0, "ties": 0, "win_rate": 1.0},
+                                                     "b": {"wins": 0, "losses": 2, "ties": 0, "win_rate": 0.0}}
+    assert one_generator_unknown(chosen, rejected) == 2  # both null: no generator at all, as most imports
+    (tmp_path / "pairs").mkdir()
+    pq.write_table(pa.table({S.LABEL: pa.array([1.0] * 5, pa.float32()), S.CHOSEN_GENERATOR: pa.array(chosen, pa.string()),
+                             S.REJECTED_GENERATOR: pa.array(rejected, pa.string())}), tmp_path / "pairs" / "part-0.parquet")
+    r = write_report(tmp_path)
+    assert (r["generator_unknown_pairs"], sorted(r["generators"])) == (2, ["a", "b"])
+    assert "2 pairs with a generator on one side only" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_dataset_report_on_a_stage_dir_via_cli(tmp_path):
     import json
 

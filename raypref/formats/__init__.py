@@ -19,6 +19,7 @@ against the dataset's card or the code that reads it, and what was not.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Iterator
 
@@ -39,7 +40,7 @@ FORMATS = {
 }
 
 __all__ = ["FORMATS", "FormatError", "Quarantine", "check_format", "check_input", "convert", "first_pairs",
-           "input_fingerprint", "iter_pairs", "read_pairs", "source_paths", "with_progress", "write_pairs"]
+           "input_fingerprint", "iter_pairs", "read_options", "read_pairs", "source_paths", "with_progress", "write_pairs"]
 
 
 def _module(fmt: str):
@@ -64,21 +65,33 @@ def check_format(path, fmt: str, path_key: str, format_key: str) -> None:
         raise FormatError(f"{format_key}: {path_key} does not read as {fmt!r}: {e}") from None
 
 
-def source_paths(path, fmt: str) -> list[Path]:
-    """The files and folders a read of ``path`` opens: the input itself, and for a JSON file of HPD v2
-    or ImageRewardDB the folder of its images."""
+def read_options(fmt: str, opts: dict) -> dict:
+    """``opts`` if the reader of ``fmt`` takes them all (HPD v2's image_root), else a ValueError naming
+    the first it does not take: an option no reader looks at would be silently ignored."""
+    takes = inspect.signature(_module(fmt).iter_read).parameters
+    bad = [k for k in opts if k in ("quarantine", "batch_rows") or k not in takes]
+    if bad:
+        raise ValueError(f"{fmt}: its reader takes no option {bad[0]!r}")
+    return opts
+
+
+def source_paths(path, fmt: str, **opts) -> list[Path]:
+    """The files and folders a read of ``path`` (with reader options ``opts``) opens: the input
+    itself, and for HPD v2 or ImageRewardDB the folder of its images."""
     m = _module(fmt)
-    return m.source_paths(path) if hasattr(m, "source_paths") else [Path(path)]
+    read_options(fmt, opts)
+    return m.source_paths(path, **opts) if hasattr(m, "source_paths") else [Path(path)]
 
 
-def input_fingerprint(path, fmt: str, stage_dir=None) -> str | None:
-    """A hash of the path, size and modification time of every file a read of ``path`` opens (stat
-    only, so cheap on a large image folder): a file fixed, added or removed in place changes it.
-    A stage's own ``stage_dir``, where it lies in an image folder, is left out: its writes are no change."""
+def input_fingerprint(path, fmt: str, stage_dir=None, **opts) -> str | None:
+    """A hash of the path, size and modification time of every file a read of ``path`` (with reader
+    options ``opts``, e.g. an HPD v2 image_root) opens (stat only, so cheap on a large image folder):
+    a file fixed, added or removed in place changes it. A stage's own ``stage_dir``, where it lies in
+    an image folder, is left out: its writes are no change."""
     skip = None
     if stage_dir is not None and not Path(path).resolve().is_relative_to(Path(stage_dir).resolve()):
         skip = Path(stage_dir)
-    paths = source_paths(path, fmt)
+    paths = source_paths(path, fmt, **opts)
     if paths == [Path(path)]:  # the input alone: its own fingerprint, as records made before this hold
         return fingerprint(str(path), skip)
     h = hashlib.sha256()
@@ -90,7 +103,7 @@ def input_fingerprint(path, fmt: str, stage_dir=None) -> str | None:
 def iter_pairs(path, fmt: str, quarantine: Quarantine | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,
                **opts) -> Iterator[pa.Table]:
     """Stream a dataset as pairs tables of about ``batch_rows`` rows each (bad rows to ``quarantine``)."""
-    return _module(fmt).iter_read(path, quarantine, batch_rows=batch_rows, **opts)
+    return _module(fmt).iter_read(path, quarantine, batch_rows=batch_rows, **read_options(fmt, opts))
 
 
 def with_progress(tables: Iterator[pa.Table], desc: str, quarantine: Quarantine | None = None) -> Iterator[pa.Table]:
@@ -106,12 +119,12 @@ def with_progress(tables: Iterator[pa.Table], desc: str, quarantine: Quarantine 
             yield t
 
 
-def first_pairs(path, fmt: str, quarantine: Quarantine, limit: int | None, desc: str) -> Iterator[pa.Table]:
-    """The first ``limit`` pairs of a dataset (all of them for None), as non-empty tables, under a
-    progress bar (``desc``), each pair numbered by its place among them in import_row: what relabel
-    and the accuracy harness import, and the key they resume by."""
+def first_pairs(path, fmt: str, quarantine: Quarantine, limit: int | None, desc: str, **opts) -> Iterator[pa.Table]:
+    """The first ``limit`` pairs of a dataset (all of them for None), read with reader options
+    ``opts``, as non-empty tables, under a progress bar (``desc``), each pair numbered by its place
+    among them in import_row: what relabel and the accuracy harness import, and the key they resume by."""
     left, row = limit, 0
-    for t in with_progress(iter_pairs(path, fmt, quarantine), desc, quarantine):
+    for t in with_progress(iter_pairs(path, fmt, quarantine, **opts), desc, quarantine):
         if left is not None:
             t = t.slice(0, left)
             left -= t.num_rows

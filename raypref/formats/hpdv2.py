@@ -21,7 +21,8 @@ side). 'image_path' and 'file_path' are both accepted in either kind of record. 
 image paths without extension (the source's own names); the JSON has no generator. Quarantined:
 record not an object, missing 'prompt' / image list / label key, empty prompt,
 human_preference not marking exactly one image with 1, rank list of the wrong length or not
-finite numbers, and (per image; the record's other images still pair) a missing or undecodable file.
+finite numbers, fewer than two images listed (no pair: an empty list, or one image), and (per image;
+the record's other images still pair) a missing or undecodable file.
 
 Writing: <path>/<split>.json plus the images under <path>/<split>/, named <id>.<ext> (ext from the
 image bytes, bytes as they are). split='train' writes one pairwise record per pair
@@ -105,6 +106,9 @@ def _record_pairs(rec, where: str, root: Path, q: Quarantine) -> list[dict]:
         q.add(where, f"empty caption: {rec['prompt']!r}")
         return []
     paths = rec[key]
+    if len(paths) < 2:  # passes every other check, yet gives no pair
+        q.add(where, f"no pair: {key} lists {len(paths)} image(s); a pair needs two")
+        return []
     order = _order(rec, len(paths), where, q)
     if order is None:
         return []
@@ -138,9 +142,12 @@ def check(path) -> None:
                               f"(as do the first {len(recs)})")
 
 
-def source_paths(path) -> list[Path]:
-    """What a read opens: the input, and for a JSON file its image folder too."""
+def source_paths(path, image_root=None) -> list[Path]:
+    """What a read opens: the input, and its image folder too (for a JSON file, or any input
+    given an ``image_root``)."""
     p = Path(path)
+    if image_root is not None:
+        return [p, Path(image_root)]
     if not p.is_file():
         return [p]
     root = _image_root(p, None)

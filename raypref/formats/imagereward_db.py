@@ -19,7 +19,8 @@ the JSON's folder by file name. Ids: the image path relative to the JSON's folde
 extension (the UUID for the real data). No generator column (all images come from DiffusionDB).
 The ratings are not carried into the pairs. Quarantined, per image record (the group's other
 images still pair): record not an object, a missing key (prompt_id, prompt, image_path, rank),
-empty prompt, rank not a finite number, missing or undecodable image file.
+empty prompt, rank not a finite number, missing or undecodable image file, and the one usable
+image of a prompt_id (no pair: the prompt has one image in the file, or its others were quarantined).
 
 Writing: one group per pair (prompt_id a hash of the pair), ranks 1 (chosen) and 2 (rejected), a
 tie 1 and 1; images as <id>.<ext> (ext from the bytes, bytes as they are) under
@@ -111,8 +112,11 @@ def _file_pairs(jf: Path, q: Quarantine) -> Iterator[dict]:
     for i, rec in enumerate(read_json_list(jf, NAME)):
         img = _image(rec, f"{jf.name}[{i}]", resolve, q)
         if img is not None:
-            groups.setdefault(str(img[0]), []).append(img)
-    for imgs in groups.values():
+            groups.setdefault(str(img[0]), []).append((*img, i))
+    for pid, imgs in groups.items():
+        if len(imgs) < 2:  # a lone image pairs with nothing; it is set aside, not dropped
+            q.add(f"{jf.name}[{imgs[0][5]}]", f"no pair: the only usable image of prompt_id {pid!r} in {jf.name}")
+            continue
         prompt = imgs[0][1]
         for c, j, lab in ranking_pairs([im[2] for im in imgs]):
             yield pair_row(prompt, imgs[c][3], imgs[j][3], imgs[c][4], imgs[j][4], lab, LABEL_SOURCE)
