@@ -290,7 +290,11 @@ def run_build(cfg: Config) -> dict:
         raise ValueError("build.scorers: at least one scorer is needed to make pairs")
     if not b.generators:
         raise ValueError("build.generators: at least one generator is needed")
+    if not b.prompts:
+        raise ValueError("build.prompts: not set (a prompts file, or 'shapes:<split>')")
     t0 = time.time()
+    warn_batch_unit([("generator", g) for g in b.generators] + [("scorer", s) for s in b.scorers],
+                    b.shard_size, "build.shard_size", "[build]")
     # every model ref and actor argument is checked (a path test each) before Ray starts: a typo
     # fails in a second, not after Ray's start-up and the first pools
     for g in b.generators:
@@ -365,7 +369,7 @@ def write_samples_and_pairs(cfg: Config, out: Path, seconds: float, n_prompts: i
         notes.map_batches(Q.explode, batch_format="pyarrow", num_cpus=b.task_cpus).write_parquet(
             str((out / "quarantine" / "groups").resolve()), mode="overwrite", ray_remote_args={"num_cpus": b.task_cpus}
         )
-    summary = summarize_build(out, n_prompts, duplicates, seconds + time.time() - t0)
+    summary = summarize_build(out, n_prompts, duplicates, seconds + time.time() - t0, scorers=names)
     summary["quarantined"] = Q.counts(out / "quarantine")
     summary["report"] = str((final or out) / "report" / "report.md")
     write_report(out)
@@ -455,33 +459,66 @@ def run_pair(cfg: Config) -> dict:
     return summary
 
 
-def summarize_build(out: Path, n_prompts: int, duplicates: int, seconds: float) -> dict:
+def summarize_build(out: Path, n_prompts: int, duplicates: int, seconds: float, scorers: list[str] = ()) -> dict:
+    """Counts over every stored group (an earlier run's too); ``n_prompts``: the prompts this run read,
+    which a rerun with a smaller build.limit makes fewer than those stored. A sample is unscored where
+    the aggregate or any of ``scorers``' main columns (a weight-0 scorer's too) is NaN, or its list is short."""
+    import pyarrow.compute as pc
     import pyarrow.dataset as pds
 
-    groups = pds.dataset(out / "groups", format="parquet").to_table(columns=[S.PROMPT_ID, S.SCORE, S.PAIR_CHOSEN])
+    gds = pds.dataset(out / "groups", format="parquet")
+    mains = [c for c in S.score_columns(list(scorers)) if c in gds.schema.names]
+    groups = gds.to_table(columns=[S.PROMPT_ID, S.SCORE, S.PAIR_CHOSEN] + mains)
     n_groups = groups.num_rows
     n_unique = len(set(groups.column(S.PROMPT_ID).to_pylist()))
     scores = groups.column(S.SCORE).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    counts = pc.fill_null(pc.list_value_length(groups.column(S.SCORE)), 0).to_numpy(zero_copy_only=False)
+    unscored = np.isnan(scores)
+    by_scorer = {}
+    for name, c in zip(scorers, S.score_columns(list(scorers))):
+        if c not in mains:
+            continue
+        col = groups.column(c).combine_chunks()
+        # a row's list that is null or not one value per sample counts whole (fill_short_lists' NaNs)
+        whole = pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False) == counts
+        nan = np.ones(scores.size, dtype=bool)
+        nan[np.repeat(whole, counts)] = np.isnan(
+            pc.list_flatten(col.filter(pa.array(whole))).to_numpy(zero_copy_only=False).astype(np.float64))
+        by_scorer[name] = int(nan.sum())
+        unscored |= nan
     # Ray Data writes no files for an empty table: a build where every prompt tied has no pairs dir
     n_pairs = pds.dataset(out / "pairs", format="parquet").count_rows() if (out / "pairs").exists() else 0
     no_pair = sum(1 for x in groups.column(S.PAIR_CHOSEN).to_pylist() if not x)
     # each LLM judge's request events (429s, 5xx, timeouts, malformed answers, give-ups), summed
     from raypref.judge_rubric import sum_events
 
-    gds = pds.dataset(out / "groups", format="parquet")
     judge_events = {
         c[len(S.JUDGE_EVENTS_PREFIX):]: sum_events(gds.to_table(columns=[c]).column(c).combine_chunks().flatten().to_pylist())
         for c in gds.schema.names if c.startswith(S.JUDGE_EVENTS_PREFIX)
     }
     return {
-        "prompts": n_prompts,
+        "prompts": n_unique,
+        "prompts_read": n_prompts,
         "duplicate_prompts_dropped": duplicates,
         "groups_written": n_groups,
         "duplicate_groups": n_groups - n_unique,
         "samples": int(scores.size),
-        "samples_without_score": int(np.isnan(scores).sum()),
+        "samples_without_score": int(unscored.sum()),
+        "unscored_by_scorer": by_scorer,
         "prompts_without_pair": no_pair,
         "pairs": n_pairs,
         "judge_events": judge_events,
         "seconds": round(seconds, 1),
     }
+
+
+def warn_batch_unit(pools: list[tuple[str, GeneratorConf | ScorerConf]], shard_size: int, key: str, tag: str) -> list[str]:
+    """Ray Data joins shards into a pool's batch: a pool.batch_size above the shard size makes that batch,
+    not the shard, the unit written (and lost to a crash). Prints and returns a warning per such pool."""
+    out = [f"{tag} warning: {what} {c.name!r} pool.batch_size {c.pool.batch_size} > {key} {shard_size}: Ray Data "
+           f"joins shards into batches of up to {c.pool.batch_size} prompts, and that batch, not the shard, is the "
+           f"unit written and resumed (a crash loses the batches in flight); set {key} >= {c.pool.batch_size} or "
+           "lower the pool's batch_size" for what, c in pools if c.pool.batch_size > shard_size]
+    for line in out:
+        print(line, flush=True)
+    return out

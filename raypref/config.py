@@ -157,7 +157,7 @@ class BuildConf(_Strict):
     generators: list[GeneratorConf] = Field(
         default_factory=lambda: [GeneratorConf()], description="Generators; one actor pool each, each appends samples."
     )
-    shard_size: int = Field(64, ge=1, description="Prompts per input shard (the unit of parallel reading and resume).")
+    shard_size: int = Field(64, ge=1, description="Prompts per input shard: the unit of parallel reading, writing and resume, unless a pool's batch_size is larger (Ray Data then joins shards into that pool's batches, which become the unit; the build warns).")
     scorers: list[ScorerConf] = Field(default_factory=list, description="Judges; one actor pool each.")
     pairs: PairConf = Field(default_factory=PairConf)
     limit: int | None = Field(None, description="Use only the first N prompts.")
@@ -322,7 +322,7 @@ class EvalConf(_Strict):
     num_samples: int = Field(2, ge=1, description="Images per prompt per model, same seeds for base and tuned.")
     scorer: str = Field("", description="Name of a build scorer used to judge base vs tuned.")
     tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")
-    shard_size: int = Field(16, ge=1, description="Prompts per shard: the unit written, and skipped by a resumed eval.")
+    shard_size: int = Field(16, ge=1, description="Prompts per shard: the unit written, and skipped by a resumed eval, unless the generator's or scorer's pool.batch_size is larger (then that batch is; the eval warns).")
 
 
 _SHAPES_SPLITS = r"^(train|heldout|align|eval)(\+(train|heldout|align|eval))*$"

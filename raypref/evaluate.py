@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from raypref import quarantine as Q
 from raypref import schema as S
-from raypref.build import generate_and_score, scorer_kwargs
+from raypref.build import _duplicates, generate_and_score, scorer_kwargs, warn_batch_unit
 from raypref.config import Config, renew_if_changed, write_run_meta
 from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, json_text, paired_difference, win_rate
@@ -74,10 +74,11 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
 
 def eval_columns(t: pa.Table, main: str) -> pa.Table:
     """What a side stores of a scored groups block: prompt, seeds, the scorer's main and aspect columns
-    (exact checks report each aspect), and the quarantine notes (images a safety checker blanked, or that
-    did not decode), that column in every block, empty where none, so every file has the same columns."""
+    (exact checks report each aspect), a judge's request events (summed in the eval's result), and the
+    quarantine notes (images a safety checker blanked, or that did not decode), that column in every
+    block, empty where none, so every file has the same columns."""
     keep = (S.PROMPT_ID, S.PROMPT, S.SEED, main)
-    cols = [c for c in t.column_names if c in keep or c.startswith(main + "_")]
+    cols = [c for c in t.column_names if c in keep or c.startswith((main + "_", S.JUDGE_EVENTS_PREFIX))]
     return Q.add_notes(t, [[]] * t.num_rows).select(cols + [S.QUARANTINE_NOTES])
 
 
@@ -126,6 +127,38 @@ def match_sides(base: pa.Table, tuned: pa.Table, main: str, generator: str) -> t
     return both.sort_by([(S.PROMPT_ID, "ascending"), (S.SEED, "ascending")]), unpaired
 
 
+def nan_notes(pairs: pa.Table, main: str, generator: str) -> dict[str, list[dict]]:
+    """Per side, a quarantine note for each twin pair that side scored NaN (a judge gave no rating): the
+    win rate leaves such a pair out, so it is counted and written aside, by the side's sample id, naming
+    the prompt id, the seed and which side was NaN."""
+    pids, seeds = (pairs.column(k).to_pylist() for k in (S.PROMPT_ID, S.SEED))
+    nan = {side: np.isnan(pairs.column(col(main)).to_numpy(zero_copy_only=False).astype(np.float64))
+           for side, col in (("base", S.base_column), ("tuned", S.tuned_column))}
+    out: dict[str, list[dict]] = {"base": [], "tuned": []}
+    for i in np.flatnonzero(nan["base"] | nan["tuned"]):
+        which = "both sides" if nan["base"][i] and nan["tuned"][i] else "base side" if nan["base"][i] else "tuned side"
+        for side in ("base", "tuned"):
+            if nan[side][i]:
+                out[side].append(Q.note("eval", S.sample_id(pids[i], generator, seeds[i]),
+                                        f"NaN score: {main} on the {which} (prompt {pids[i]}, seed {seeds[i]}); "
+                                        "the pair is left out of the win rate"))
+    return out
+
+
+def judge_events(side: pa.Table) -> dict[str, int] | None:
+    """A side's judge request events, summed as the build sums them (None: its scorer records none)."""
+    from raypref.judge_rubric import sum_events
+
+    cols = [c for c in side.column_names if c.startswith(S.JUDGE_EVENTS_PREFIX)]
+    if not cols:
+        return None
+    total: dict[str, int] = {}
+    for c in cols:
+        for k, v in sum_events(pc.list_flatten(side.column(c).combine_chunks()).to_pylist()).items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
 def exact_accuracy(pairs: pa.Table, main: str, clusters=None) -> dict:
     """Per aspect of a pass/fail scorer (values 0, 1 or NaN), base and tuned pass rates with
     Wilson intervals and their paired difference, over match_sides' ``pairs`` (``clusters``: a
@@ -169,34 +202,50 @@ def eval_sides(cfg: Config, tuned: tuple[str, Path] | None = None) -> dict:
     return {"base": gen, "tuned": gen.model_copy(update={part: str(weights.resolve())})}
 
 
+def eval_prompts(e) -> tuple[pa.Table, list[dict]]:
+    """eval.prompts read as the build reads its own: an empty or repeated prompt is not an error but a
+    quarantine note (returned, for eval/quarantine/prompts.parquet), and repeats are counted."""
+    if not e.prompts:
+        raise ValueError("eval.prompts: not set (a held-out prompts file, or 'shapes:eval')")
+    bad: list[dict] = []
+    return read_prompts(resolve_path(e.prompts), limit=e.limit, quarantine=bad), bad
+
+
 def run_eval(cfg: Config) -> dict:
     e = cfg.eval
     t0 = time.time()
+    prompts, bad_prompts = eval_prompts(e)  # the prompts read first
     if not cfg.build.generators:
         raise ValueError("build.generators: eval uses the first generator's settings")
     scorer = cfg.scorer(e.scorer)
     scorer_kwargs(scorer)  # its model and args checked before the config is written
     part, weights = tuned_weights(cfg)  # and the tuned weights found
-    prompts = read_prompts(resolve_path(e.prompts), limit=e.limit)  # and the prompts read
     from raypref.session import init_ray
 
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
+    Q.write(bad_prompts, out / "quarantine" / "prompts.parquet")
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
     sides = eval_sides(cfg, (part, weights))
+    warn_batch_unit([("generator", sides["base"]), ("scorer", scorer)], e.shard_size, "eval.shard_size", "[eval]")
     scored = {side: _scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
               for side, g in sides.items()}
     col = S.score_column(scorer.name)
     pairs, unpaired = match_sides(scored["base"], scored["tuned"], col, sides["base"].name)
-    # what each side left out (blanked by a safety checker, undecodable), and its images without a twin
+    nan = nan_notes(pairs, col, sides["base"].name)
+    # what each side left out (blanked by a safety checker, undecodable), its images without a twin,
+    # and its NaN scores (their pairs are not compared)
     for side in sides:
-        Q.write(pa.concat_tables([Q.explode(scored[side]), pa.Table.from_pylist(unpaired[side], schema=S.QUARANTINE_SCHEMA)]),
+        Q.write(pa.concat_tables([Q.explode(scored[side]), pa.Table.from_pylist(unpaired[side] + nan[side], schema=S.QUARANTINE_SCHEMA)]),
                 out / "quarantine" / f"{side}.parquet")
     b, t = (pairs.column(c(col)).to_numpy(zero_copy_only=False) for c in (S.base_column, S.tuned_column))
     # the prompt of each image: a prompt's seeds are not independent
     clusters = np.unique(pairs.column(S.PROMPT_ID).to_numpy(zero_copy_only=False), return_inverse=True)[1]
     result = win_rate(b, t, e.tie_tolerance, clusters)
-    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, part: str(weights), "quarantined": Q.counts(out / "quarantine"),
+    events = {side: judge_events(scored[side]) for side in sides}
+    result.update({"scorer": scorer.name, "prompts": prompts.num_rows, "duplicate_prompts_dropped": _duplicates(prompts),
+                   part: str(weights), "quarantined": Q.counts(out / "quarantine"),
+                   "judge_events": {side: ev for side, ev in events.items() if ev is not None},
                    "accuracy": exact_accuracy(pairs, col, clusters), "seconds": round(time.time() - t0, 1)})
     pq.write_table(pairs.select([S.PROMPT_ID, S.SEED, S.base_column(col), S.tuned_column(col)]), out / "scores.parquet")
     (out / "win_rate.json").write_text(json_text(result))
@@ -208,12 +257,18 @@ def win_rate_table(r: dict) -> str:
     lo, hi = r["win_rate_ci95"]
     return (
         f"Win rate's 95% CI: Wilson, with n divided by the design effect of a prompt's seeds "
-        f"({r.get('design_effect', 1.0):.2f}).\n\n"
-        f"| scorer | n | tuned wins | ties | base wins | win rate (95% CI) | base mean | tuned mean |\n"
-        f"|---|---|---|---|---|---|---|---|\n"
-        f"| {r['scorer']} | {r['n']} | {r['wins']} | {r['ties']} | {r['losses']} | "
-        f"{r['win_rate']:.3f} ({lo:.3f}-{hi:.3f}) | {r['base_mean']:.3f} | {r['tuned_mean']:.3f} |\n"
+        f"({r.get('design_effect', 1.0):.2f}). n counts the twin pairs compared; a pair with a NaN score on "
+        f"either side is left out (eval/quarantine/).\n\n"
+        f"| scorer | n | left out (NaN score) | tuned wins | ties | base wins | win rate (95% CI) | base mean | tuned mean |\n"
+        f"|---|---|---|---|---|---|---|---|---|\n"
+        f"| {r['scorer']} | {r['n']} | {r.get('skipped_nan', 0)} | {r['wins']} | {r['ties']} | {r['losses']} | "
+        f"{_f3(r['win_rate'])} ({_f3(lo)}-{_f3(hi)}) | {_f3(r['base_mean'])} | {_f3(r['tuned_mean'])} |\n"
     )
+
+
+def _f3(x) -> str:
+    """A rate or mean over no compared pair (every one had a NaN) has no value."""
+    return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
 def accuracy_table(r: dict) -> str:

@@ -109,8 +109,10 @@ def read_prompts(path: str | Path, limit: int | None = None, source: str | None 
     if str(path).startswith(SHAPES_SOURCE):
         rows, name = _shapes_rows(str(path)), str(path)
     else:
+        if not str(path):  # Path("") would be the current dir, '.'
+            raise PromptsError("prompts file not set")
         path = Path(path)
-        if not str(path) or not path.is_file():
+        if not path.is_file():
             raise PromptsError(f"prompts file not found: {path}")
         rows, name = _rows(path), path.name
     seen: dict[str, str] = {}

@@ -6,7 +6,7 @@ from raypref.train_checkpoint import TREND_STEPS
 
 
 def _f(x, spec=".4f"):
-    return "n/a" if x is None else format(x, spec)
+    return "n/a" if x is None or x != x else format(x, spec)  # None or NaN: no value
 
 
 def _exact(acc: dict) -> str:
@@ -28,10 +28,17 @@ def _quarantined(s: dict) -> str:
 
 def summary_line(stage: str, s: dict, where: str) -> str:
     if stage in ("build", "pair"):
+        # a rerun with a smaller build.limit reads fewer prompts than the stored groups hold, which the
+        # samples and pairs count; the duplicates and the prompts quarantine are of this run's read
+        read = s.get("prompts_read", s["prompts"])
+        by = {k: v for k, v in (s.get("unscored_by_scorer") or {}).items() if v}
         return (
-            f"[{stage}] {s['prompts']} prompts -> {s['samples']} samples -> {s['pairs']} pairs "
-            f"({s['prompts_without_pair']} prompts without a pair, {s['samples_without_score']} samples unscored, "
-            f"{s['duplicate_prompts_dropped']} duplicate prompts dropped, {_quarantined(s)}) in {s['seconds']}s -> {where}"
+            f"[{stage}] {s['prompts']} prompts"
+            + (f" ({read} read this run)" if stage == "build" and read != s["prompts"] else "")
+            + f" -> {s['samples']} samples -> {s['pairs']} pairs "
+            f"({s['prompts_without_pair']} prompts without a pair, {s['samples_without_score']} samples unscored"
+            + (f" [{', '.join(f'{k} {v}' for k, v in by.items())}]" if by else "")
+            + f", {s['duplicate_prompts_dropped']} duplicate prompts dropped, {_quarantined(s)}) in {s['seconds']}s -> {where}"
         )
     if stage == "train" and s.get("method") == "sft":
         return (
@@ -64,10 +71,15 @@ def summary_line(stage: str, s: dict, where: str) -> str:
     if stage == "eval":
         lo, hi = s["win_rate_ci95"]
         return (
-            f"[eval] tuned vs base on {s['prompts']} held-out prompts x seeds (n={s['n']}), judged by {s['scorer']}: "
-            f"win rate {s['win_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), wins/ties/losses "
-            f"{s['wins']}/{s['ties']}/{s['losses']}, mean {s['base_mean']:.3f} -> {s['tuned_mean']:.3f}"
+            f"[eval] tuned vs base on {s['prompts']} held-out prompts x seeds (n={s['n']} pairs compared"
+            + (f", {s['skipped_nan']} left out for a NaN score" if s.get("skipped_nan") else "")
+            + (f", {s['duplicate_prompts_dropped']} duplicate prompts dropped" if s.get("duplicate_prompts_dropped") else "")
+            + f"), judged by {s['scorer']}: "
+            f"win rate {_f(s['win_rate'], '.3f')} (95% CI {_f(lo, '.3f')}-{_f(hi, '.3f')}), wins/ties/losses "
+            f"{s['wins']}/{s['ties']}/{s['losses']}, mean {_f(s['base_mean'], '.3f')} -> {_f(s['tuned_mean'], '.3f')}"
             + (f", {_quarantined(s)}" if s.get("quarantined") else "")
+            + "".join(f", {side} judge events " + " ".join(f"{k} {v}" for k, v in ev.items())
+                      for side, ev in (s.get("judge_events") or {}).items() if ev)
             + _exact(s.get("accuracy") or {}) + f" -> {where}"
         )
     if stage == "pretrain":

@@ -127,6 +127,8 @@ def test_prompts_formats(tmp_path):
 def test_prompt_errors_name_the_row(tmp_path):
     with pytest.raises(PromptsError, match="prompts file not found"):
         read_prompts(tmp_path / "missing.txt")
+    with pytest.raises(PromptsError, match="prompts file not set"):  # not "not found: ."
+        read_prompts("")
     (tmp_path / "e.txt").write_text("ok\n   \nfine\n")
     with pytest.raises(PromptsError, match=r"e\.txt:2: empty prompt"):
         read_prompts(tmp_path / "e.txt")
@@ -206,6 +208,8 @@ def test_cli_errors_are_clear(tmp_path):
     r = _cli("build", f"output_dir={tmp_path}", f"build.prompts={tmp_path}/none.txt")
     assert r.returncode == 2 and "prompts file not found" in r.stderr
     assert "[ray]" not in r.stdout  # found before Ray starts
+    r = _cli("build", f"output_dir={tmp_path}", "build.prompts=")
+    assert r.returncode == 2 and "build.prompts: not set" in r.stderr and "[ray]" not in r.stdout
     r = _cli("build", f"output_dir={tmp_path}", "build.generators.0.model=/no/such/sd")
     assert r.returncode == 2 and "model path does not exist: /no/such/sd" in r.stderr
     assert "[ray]" not in r.stdout

@@ -90,3 +90,53 @@ def test_win_rate_json_writes_null_where_there_is_no_number():
     assert acc["base"]["accuracy"] == 1.0 and acc["tuned"]["accuracy"] is None and acc["tuned"]["ci95"] == [None, None]
     assert acc["diff"] == {"n": 0, "diff": None, "ci95": [None, None]} and back["inf"] == [None, None]
     assert json_text({"a": 0.5, "b": [1, "x"]}) == json.dumps({"a": 0.5, "b": [1, "x"]}, indent=2) + "\n"  # finite: as before
+
+
+def test_pairs_with_a_nan_score_are_noted_per_side_and_counted_in_the_table_and_line():
+    """A judge that rated no image leaves NaN: the win rate leaves those pairs out, and each is written
+    aside (by sample id, naming prompt, seed and side) and counted in win_rate.md and the summary line."""
+    from raypref.evaluate import nan_notes, win_rate_table
+    from raypref.metrics import win_rate
+    from raypref.report import summary_line
+
+    base = _side([("p1", [1, 2], [0.5, np.nan], [1, 0]), ("p2", [3], [np.nan], [1])])
+    tuned = _side([("p1", [1, 2], [0.75, 0.5], [1, 1]), ("p2", [3], [np.nan], [1])])
+    pairs, _ = match_sides(base, tuned, MAIN, "gen")
+    notes = nan_notes(pairs, MAIN, "gen")
+    assert [n[S.ROW] for n in notes["base"]] == [S.sample_id("p1", "gen", 2), S.sample_id("p2", "gen", 3)]
+    assert notes["base"][0][S.REASON].startswith(f"NaN score: {MAIN} on the base side (prompt p1, seed 2)")
+    assert notes["tuned"] == [Q.note("eval", S.sample_id("p2", "gen", 3), f"NaN score: {MAIN} on the both sides "
+                                     "(prompt p2, seed 3); the pair is left out of the win rate")]
+    r = win_rate(pairs.column(S.base_column(MAIN)).to_numpy(), pairs.column(S.tuned_column(MAIN)).to_numpy(),
+                 clusters=["p1", "p1", "p2"])
+    r.update({"scorer": "vqa", "prompts": 2, "quarantined": {"eval: NaN score": 3}})
+    assert (r["n"], r["skipped_nan"]) == (1, 2)
+    assert "| vqa | 1 | 2 | 1 | 0 | 0 |" in win_rate_table(r)
+    line = summary_line("eval", r, "out")
+    assert "(n=1 pairs compared, 2 left out for a NaN score)" in line and "eval: NaN score 3" in line
+
+
+def test_eval_keeps_a_judges_events_and_sums_them_per_side():
+    from raypref.evaluate import eval_columns, judge_events
+
+    ev = S.judge_events_column("vqa")
+    scored = _side([("p1", [1, 2], [0.5, np.nan], [1, 0])]).append_column(
+        ev, pa.array([['{"requests": 2, "ok": 1, "http_429": 1}', '{"requests": 3, "malformed": 3}']], pa.list_(pa.string())))
+    kept = eval_columns(scored, MAIN)
+    assert ev in kept.column_names
+    assert judge_events(kept) == {"http_429": 1, "malformed": 3, "ok": 1, "requests": 5}
+    assert judge_events(eval_columns(_side([("p1", [1], [0.5], [1])]), MAIN)) is None  # no judge: no events
+
+
+def test_eval_prompts_write_aside_duplicates_and_name_an_unset_key(tmp_path):
+    from raypref.config import load_config
+    from raypref.evaluate import eval_prompts, run_eval
+
+    p = tmp_path / "p.txt"
+    p.write_text("a red circle\n\na red circle\ntwo green stars\n")
+    cfg = load_config(None, [f"eval.prompts={p}"])
+    prompts, bad = eval_prompts(cfg.eval)
+    assert prompts.column(S.PROMPT).to_pylist() == ["a red circle", "two green stars"]
+    assert [(b[S.ROW], b[S.REASON].split(":")[0]) for b in bad] == [(f"{p}:2", "empty prompt"), (f"{p}:3", "duplicate prompt")]
+    with pytest.raises(ValueError, match="eval.prompts: not set"):
+        run_eval(load_config(None, ["eval.prompts="]))

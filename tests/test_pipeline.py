@@ -162,6 +162,56 @@ def test_summary_of_a_build_without_pairs(tmp_path):
     assert (s["pairs"], s["prompts_without_pair"], s["samples"]) == (0, 1, 2)
 
 
+def test_summary_counts_a_weight_0_scorers_nans_and_the_stored_prompts(tmp_path):
+    """A weight-0 judge's NaNs leave the aggregate whole but are still unscored samples (per scorer, too);
+    a rerun that read fewer prompts than the groups hold reports the stored prompts, and the line says both."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raypref.build import summarize_build
+    from raypref.report import summary_line
+
+    f32 = pa.list_(pa.float32())
+    (tmp_path / "groups").mkdir()
+    pq.write_table(pa.table({
+        S.PROMPT_ID: ["p1", "p2", "p3", "p4"],
+        S.SCORE: pa.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]], f32),
+        S.PAIR_CHOSEN: pa.array([[1], [1], [1], [1]], pa.list_(pa.int32())),
+        "score_clip": pa.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]], f32),
+        # p1 one NaN, p2 a short list (both samples unscored), p3 a null list, p4 scored
+        "score_judge": pa.array([[float("nan"), 5.0], [5.0], None, [6.0, 7.0]], f32),
+        "score_judge_fidelity": pa.array([[float("nan")] * 2] * 4, f32),  # an aspect: not a scorer's main column
+    }), tmp_path / "groups" / "g.parquet")
+    s = summarize_build(tmp_path, 2, 0, 1.0, scorers=["clip", "judge"])
+    assert (s["samples"], s["samples_without_score"], s["unscored_by_scorer"]) == (8, 5, {"clip": 0, "judge": 5})
+    assert (s["prompts"], s["prompts_read"]) == (4, 2)
+    s.update(quarantined={})
+    line = summary_line("build", s, "out")
+    assert line.startswith("[build] 4 prompts (2 read this run) -> 8 samples -> 0 pairs")  # no pairs dir here
+    assert "5 samples unscored [judge 5]" in line
+
+
+def test_a_pool_batch_above_the_shard_size_is_warned_of_by_name(capsys):
+    from raypref.build import warn_batch_unit
+    from raypref.config import load_config
+
+    cfg = load_config(None, ["build.shard_size=2"])
+    g = cfg.build.generators[0].model_copy(update={"pool": cfg.build.generators[0].pool.model_copy(update={"batch_size": 8})})
+    lines = warn_batch_unit([("generator", g)] + [("scorer", s) for s in cfg.build.scorers if s.pool.batch_size <= 2],
+                            2, "build.shard_size", "[build]")
+    assert len(lines) == 1 and f"generator {g.name!r} pool.batch_size 8 > build.shard_size 2" in lines[0]
+    assert capsys.readouterr().out == lines[0] + "\n"
+    assert warn_batch_unit([("generator", g)], 8, "build.shard_size", "[build]") == []
+
+
+def test_an_unset_prompts_key_is_named(tmp_path):
+    from raypref.build import run_build
+    from raypref.config import load_config
+
+    with pytest.raises(ValueError, match="build.prompts: not set"):
+        run_build(load_config(None, ["build.prompts=", f"output_dir={tmp_path}"]))
+
+
 def test_repair_from_stored_scores_runs_no_model(built_run, tmp_path):
     """Re-pairing reads the stored score columns only: with the generator's model path broken it
     still works, and top-2 vs bottom-2 gives up to 4 pairs per prompt where the build made 1."""

@@ -208,6 +208,24 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd, ca
     save_file({k: v * 3 for k, v in load_file(str(lora)).items()}, str(lora))
     assert unchanged("base") and not unchanged("tuned")
 
+    # a scorer that gives NaN (a judge with no rating): every pair is left out of the win rate, and each
+    # is counted and written aside per side; a repeated eval prompt is written aside too
+    from raypref.report import summary_line
+
+    twice = tmp_path / "twice.txt"
+    twice.write_text(Path(cfg3.eval.prompts).read_text() + "a red circle\n")
+    d = _cfg(built_run, tmp_path / "nan").model_dump(mode="json")
+    d["build"]["scorers"][1].update(name="small", cls="tests.nan_scorer:NanForSmall", args={"min_width": 10**6})
+    d["eval"].update(scorer="small", prompts=str(twice), lora=str(lora.parent))
+    r = run_eval(validate(d))
+    q = tmp_path / "nan" / "eval" / "quarantine"
+    assert (r["n"], r["skipped_nan"], r["prompts"], r["duplicate_prompts_dropped"]) == (0, 4, 4, 1)
+    assert r["quarantined"] == {"eval: NaN score": 8, "prompts: duplicate prompt": 1}
+    assert all(n[S.REASON].startswith("NaN score: score_small on the both sides (prompt ")
+               for side in ("base", "tuned") for n in pq.read_table(q / f"{side}.parquet").to_pylist())
+    assert "| small | 0 | 4 |" in (tmp_path / "nan" / "eval" / "win_rate.md").read_text()
+    assert "(n=0 pairs compared, 4 left out for a NaN score, 1 duplicate prompts dropped)" in summary_line("eval", r, "x")
+
 
 def test_full_dpo_two_workers_exports_a_unet_that_the_eval_swaps_in(built_run, tmp_path, tiny_sd):
     # every UNet weight trained against a frozen copy, with the at-scale settings together: 2 workers,
