@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raypref import judge_rubric as R
-from raypref.judge_http import MALFORMED, OK, REQUESTS, ChatClient, HttpJudgeConf, Outcome
+from raypref.judge_http import MALFORMED, OK, REQUESTS, ChatClient, HttpJudgeConf, Outcome, read_api_key
 from raypref.scoring import Scorer, pick_device
 
 
@@ -113,6 +113,24 @@ class LLMJudge(Scorer):
     def check_args(cls, where: str, args: dict) -> None:
         """The driver's check (registry.constructor_kwargs), before a run writes its config."""
         parse_args("", args, where)
+
+    @classmethod
+    def check_env(cls, where: str, args: dict, local_ray: bool) -> None:
+        """The driver's check of this machine's environment (config.check_scorer_args, in a stage that runs
+        the judge, before its config is written): the API key's variable. The actors of a Ray started here
+        inherit the driver's environment, so a missing key is an error; a cluster's worker nodes may set it
+        where the driver has not, so there it is a warning. The key's value is never shown."""
+        conf = parse_args("", args, where)
+        if conf.backend != "http":
+            return
+        try:
+            read_api_key(conf.http.api_key_env)
+        except ValueError as e:
+            if local_ray:
+                raise ValueError(f"{where}: {e} (the judge's actors run on a Ray started on this machine, "
+                                 "with this environment)") from None
+            print(f"[judge] warning: {where}: {e} on this machine; it goes on, as the cluster's worker nodes "
+                  "may set it", flush=True)
 
     def __init__(self, name: str = "judge", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0, **args):
         super().__init__(name)

@@ -887,14 +887,28 @@ def renew_if_changed(record: Path, settings: dict, what: str) -> None:
     record_settings(record, settings)
 
 
-def check_scorer_args(cfg: Config) -> None:
+def stage_scorers(cfg: Config, stage: str | None) -> list[ScorerConf]:
+    """The scorers a stage (write_run_meta's name for it) runs actors of."""
+    if stage in ("build", "relabel"):
+        return list(cfg.build.scorers)
+    if stage == "accuracy":
+        return list(cfg.accuracy.scorers)
+    if stage == "eval":
+        return [s for s in cfg.build.scorers if s.name == cfg.eval.scorer]
+    return []
+
+
+def check_scorer_args(cfg: Config, stage: str | None = None) -> None:
     """Each configured scorer whose class checks its own args (registry.constructor_kwargs: the LLM judge
     refuses a pasted key or a URL holding credentials) checks them now, so that no stage writes a config
     that holds a secret, whether or not it runs that scorer. A built-in without such a check is not
     imported (a stage that runs no model need not load torch); a class of one's own that cannot be
-    imported here is left to the stages that run it, which stop on it."""
+    imported here is left to the stages that run it, which stop on it. The scorers ``stage`` runs also
+    check this machine's environment, where their class has ``check_env(where, args, local_ray)`` (the
+    judge's API key variable): only a stage that runs a scorer needs what it needs."""
     from raypref.registry import BUILTIN, CHECK_ARGS, resolve
 
+    runs = {id(s) for s in stage_scorers(cfg, stage)}
     for s in cfg.build.scorers + cfg.accuracy.scorers:
         if s.cls in BUILTIN and s.cls not in CHECK_ARGS:
             continue
@@ -905,11 +919,16 @@ def check_scorer_args(cfg: Config) -> None:
         check = getattr(cls, "check_args", None)
         if check is not None:
             check(f"scorer {s.name!r}", s.args)
+        check_env = getattr(cls, "check_env", None)
+        if check_env is not None and id(s) in runs:
+            from raypref.session import ray_is_local
+
+            check_env(f"scorer {s.name!r}", s.args, ray_is_local(cfg.ray))
 
 
 def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:
     """Write the resolved config and the git SHA next to a stage's outputs (its scorers' args checked first)."""
-    check_scorer_args(cfg)
+    check_scorer_args(cfg, stage)
     d = Path(stage_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -3,7 +3,7 @@
 Requests run in a bounded thread pool (``max_concurrency`` in flight per client). 429 and 5xx
 answers, timeouts and dropped connections are retried with exponential backoff and jitter,
 honouring Retry-After; other 4xx fail at once. An answer that is not JSON, or whose text the
-caller's parser rejects, is "malformed" and not retried. Every request returns an ``Outcome``
+caller's parser rejects or fails on, is "malformed" and not retried. Every request returns an ``Outcome``
 with its value (None when missing) and its event counts, so a build can report exactly what
 went wrong instead of crashing.
 
@@ -45,6 +45,28 @@ EVENTS = (REQUESTS, OK, HTTP_429, HTTP_5XX, HTTP_4XX, TIMEOUT, CONNECTION_ERROR,
 # upper case only: many API keys are letters, digits and '_' (hf_..., gsk_...), so the wider POSIX
 # pattern would take a pasted key, which config.yaml and the not-set error would then show
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# the last word of an extra_body field naming a credential (api_key, x-api-key, apiKey, access_token,
+# Authorization...); 'max_tokens' or 'stop_token_ids' end in another word and pass
+_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "authorization", "bearer", "credential", "credentials"}
+
+_SCHEMA = re.compile(r"json|schema|format|grammar|regex|guided", re.I)
+
+
+def _secret_fields(obj, prefix: str = "") -> list[str]:
+    """The dotted names of the fields in ``obj`` (nested too) that name a credential."""
+    found = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(k)).lower()
+            words = [w for w in re.split(r"[^a-z0-9]+", words) if w]
+            if words and words[-1] in _SECRET_WORDS:
+                found.append(f"{prefix}{k}")
+            if not _SCHEMA.search(str(k)):  # a JSON schema's properties may well be named 'token'
+                found += _secret_fields(v, f"{prefix}{k}.")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found += _secret_fields(v, f"{prefix}{i}.")
+    return found
 
 
 class HttpJudgeConf(BaseModel):
@@ -75,7 +97,8 @@ class HttpJudgeConf(BaseModel):
         "max_completion_tokens (OpenAI's reasoning models refuse max_tokens).")
     json_mode: bool = Field(False, description="Send response_format={'type': 'json_object'} (vLLM and OpenAI honour it).")
     extra_body: dict[str, Any] = Field(
-        default_factory=dict, description="Extra fields merged into each request body (e.g. vLLM's guided_json)."
+        default_factory=dict, description="Extra fields merged into each request body (e.g. vLLM's guided_json); a "
+        "field named like a credential (api_key, access_token, Authorization...) is refused: use api_key_env."
     )
 
     @field_validator("base_url")
@@ -90,6 +113,15 @@ class HttpJudgeConf(BaseModel):
             raise ValueError("must not have a query string or fragment (requests go to <base_url>/chat/completions); "
                              "name a key's environment variable in api_key_env")
         return v.rstrip("/")
+
+    @field_validator("extra_body")
+    @classmethod
+    def _no_secret(cls, v: dict) -> dict:
+        # names only: the values are never echoed
+        if bad := _secret_fields(v):
+            raise ValueError(f"field {bad[0]!r} looks like a credential; the key goes only in the environment "
+                             "variable that api_key_env names (sent as the Authorization header)")
+        return v
 
     @field_validator("api_key_env")
     @classmethod
@@ -212,7 +244,9 @@ class ChatClient:
                 if r.status_code == 200:
                     try:
                         out.value = parse(r.json())
-                    except (ValueError, MalformedAnswer) as e:  # JSONDecodeError is a ValueError
+                    # JSONDecodeError is a ValueError; the others are a body of an unforeseen shape reaching
+                    # the parser, which must cost this image its score, not kill the actor and the build
+                    except (ValueError, MalformedAnswer, TypeError, KeyError, AttributeError, IndexError) as e:
                         out.events[MALFORMED] += 1
                         out.error = f"malformed answer: {str(e)[:200]}"
                         log.warning("judge %s: %s", where, out.error)

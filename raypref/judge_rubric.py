@@ -101,8 +101,8 @@ def answer_text(body) -> str:
         content = body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise MalformedAnswer("response has no choices[0].message.content") from None
-    if isinstance(content, list):  # some servers return content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if isinstance(content, list):  # some servers return content parts; a part whose text is no string is skipped
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     if not isinstance(content, str) or not content.strip():
         raise MalformedAnswer("response content is empty")
     return content

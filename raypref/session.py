@@ -26,6 +26,15 @@ def started_here() -> bool:
     return os.environ.get(LOCAL_RAY_ENV) == "1"
 
 
+def ray_is_local(conf: RayConf) -> bool:
+    """Whether the Ray this process uses is, or will be, one raypref starts on this machine: init_ray's
+    mark once it ran (a sweep's points inherit it), before that whether no cluster address is configured."""
+    mark = os.environ.get(LOCAL_RAY_ENV)
+    if mark is not None:
+        return mark == "1"
+    return not (conf.address or os.environ.get("RAY_ADDRESS"))
+
+
 def init_ray(conf: RayConf):
     import ray
 

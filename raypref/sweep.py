@@ -183,6 +183,12 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
             raise ConfigError(f"sweep.metrics.{m.name}.fit: needs an x axis other than the metric itself (sweep.x or a grid key)")
         if m.fit and x in sw.grid and not all(_num(v) is not None and v > 0 for v in sw.grid[x]):
             raise ConfigError(f"sweep.metrics.{m.name}.fit: the x axis {x!r} must hold numbers > 0, got {sw.grid[x]}")
+    return sweep_points(cfg)
+
+
+def sweep_points(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
+    """(name, overrides, config) for every point: the base with sweep.set and the point's grid values."""
+    sw = cfg.sweep
     root = Path(cfg.output_dir) / STAGE / "points"
     base = cfg.model_dump(mode="json")
     out, seen = [], {}
@@ -201,6 +207,20 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
         data["output_dir"] = str(root / name)
         out.append((name, point, validate(substitute(data, str(root / name)), source=f"sweep point {name}")))
     return out
+
+
+def check_point_args(points: list[tuple[str, dict[str, Any], Config]]) -> None:
+    """Every point's scorers' own argument checks (config.check_scorer_args), before anything is written:
+    a key pasted into sweep.set or the grid would otherwise reach sweep/config.yaml, the point dirs' names
+    and the results. The error names the point by number and grid keys, never by its values."""
+    from raypref.config import check_scorer_args
+
+    for i, (_, point, pcfg) in enumerate(points, 1):
+        try:
+            check_scorer_args(pcfg)
+        except ValueError as e:
+            keys = ", ".join(point) if point else "no grid keys"
+            raise ConfigError(f"sweep point {i}/{len(points)} ({keys}; sweep.set applied): {e}") from None
 
 
 def _stage_fns() -> dict:
@@ -347,6 +367,7 @@ def run_sweep(cfg: Config) -> dict:
     """The sweep stage: <output_dir>/sweep/{points/, results.{csv,md,json}, <metric>.png}."""
     sw = cfg.sweep
     points = point_configs(cfg)
+    check_point_args(points)  # before write_run_meta writes sweep.set and the grid to sweep/config.yaml
     out = write_run_meta(cfg, Path(cfg.output_dir) / STAGE, STAGE)
     rows: dict[int, dict] = {}
     pending, failed, resumed = [], [], 0

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import re
 import threading
@@ -79,6 +80,16 @@ def test_answer_text_reads_chat_completions_bodies():
     assert R.answer_text({"choices": [{"message": {"content": "hi"}}]}) == "hi"
     assert R.answer_text({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}]}) == "ab"
     for body in ({}, {"choices": []}, {"choices": [{"message": {"content": None}}]}, ["x"]):
+        with pytest.raises(R.MalformedAnswer):
+            R.answer_text(body)
+
+
+def test_answer_text_turns_content_parts_without_string_text_into_malformed():
+    parts = lambda *ps: {"choices": [{"message": {"content": list(ps)}}]}  # noqa: E731
+    assert R.answer_text(parts({"type": "text", "text": None}, {"type": "text", "text": "ok"})) == "ok"
+    for body in (parts({"type": "text", "text": None}), parts({"type": "text", "text": 7}),
+                 parts({"type": "text", "text": ["a"]}, "b"), {"choices": [{"message": {"content": 7}}]},
+                 {"choices": [{"message": "hi"}]}, {"choices": ["hi"]}):
         with pytest.raises(R.MalformedAnswer):
             R.answer_text(body)
 
@@ -325,6 +336,98 @@ def test_http_judge_through_scorer_call_writes_columns(monkeypatch):
     assert out.column(S.rationale_column("j")).to_pylist()[0] == ["fine", "fine"]
     assert [[json.loads(e) for e in g] for g in out.column(S.judge_events_column("j")).to_pylist()] == [
         [{"ok": 1, "requests": 1}] * 2, [{"malformed": 1, "requests": 1}]]
+
+
+def odd_bodies(text, attempt, n_images):
+    """200 answers of shapes a parser may not expect."""
+    case = re.search(r"case:(\w+)", text).group(1)
+    content = {"ok": None, "nulltext": [{"type": "text", "text": None}], "numtext": [{"type": "text", "text": 8}],
+               "listtext": [{"type": "text", "text": ["x"]}]}[case]
+    return (200, {}, rating(n_images) if content is None else json.dumps({"choices": [{"message": {"content": content}}]}).encode(), 0.0)
+
+
+def test_an_odd_answer_body_is_malformed_not_a_crash(monkeypatch):
+    # a text part holding null or a number crashed the actor (str.join), and with it the whole build
+    monkeypatch.setenv(KEY_ENV, "k")
+    cases = ["ok", "nulltext", "numtext", "listtext"]
+    with JudgeServer(odd_bodies) as server:
+        out = resolve("llm_judge")(name="j", **http_args(server.base_url)).score([_img((9, 9, 9))] * 4, [f"case:{c}" for c in cases])
+        # the client's backstop: a parser failing on a body of a shape nobody foresaw costs that request only
+        client = ChatClient(HttpJudgeConf(base_url=server.base_url, model="m"))
+        msgs = R.openai_messages("case:ok", [_img((0, 0, 0))])
+        for exc in (TypeError, KeyError, AttributeError, IndexError):
+            def parse(body, exc=exc):
+                raise exc("odd body")
+            o = client.complete(msgs, parse)
+            assert o.value is None and o.events == Counter(requests=1, malformed=1) and "malformed answer" in o.error
+        client.close()
+    assert out[""][0] == pytest.approx(7.75) and np.isnan(out[""][1:]).all()
+    assert all(r.startswith("[missing] malformed answer") for r in out["rationale"][1:])
+    assert R.sum_events(out["judge_events"]) == {"requests": 4, "ok": 1, "malformed": 3}
+
+
+def test_extra_body_refuses_a_credential_field_without_echoing_it():
+    pasted = "sk-abc" + "Q7" * 16
+    for extra in ({"api_key": pasted}, {"headers": {"Authorization": f"Bearer {pasted}"}}, {"apiKey": pasted},
+                  {"access_token": pasted}):
+        with pytest.raises(ValueError, match=r"args\.http\.extra_body: .* looks like a credential") as e:
+            resolve("llm_judge").check_args("scorer 'j'", http_args("http://127.0.0.1:9/v1", extra_body=extra))
+        assert pasted not in str(e.value)
+    fine = {"max_completion_tokens": 9, "stop_token_ids": [1], "skip_special_tokens": True, "top_k": 5,
+            "guided_json": {"properties": {"token": {"type": "string"}}}}
+    resolve("llm_judge").check_args("scorer 'j'", http_args("http://127.0.0.1:9/v1", extra_body=fine))
+
+
+def test_a_missing_key_variable_stops_a_stage_running_the_judge_on_a_local_ray(tmp_path, monkeypatch, capsys):
+    from raypref.config import validate, write_run_meta
+    from raypref.session import LOCAL_RAY_ENV
+
+    for var in (KEY_ENV, "RAY_ADDRESS", LOCAL_RAY_ENV):
+        monkeypatch.delenv(var, raising=False)
+    judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1")}
+
+    def cfg(**ray):
+        return validate({"output_dir": str(tmp_path / "run"), "ray": ray, "build": {"scorers": [judge]}})
+
+    for stage in ("build", "relabel"):  # no Ray address: raypref starts one here, whose actors lack the key
+        with pytest.raises(ValueError, match=f"^scorer 'j': judge API key: environment variable {KEY_ENV} is not set"):
+            write_run_meta(cfg(), tmp_path / "run" / stage, stage)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    monkeypatch.setenv(LOCAL_RAY_ENV, "1")  # init_ray's mark wins: this Ray was started here
+    with pytest.raises(ValueError, match=f"environment variable {KEY_ENV} is not set"):
+        write_run_meta(cfg(), tmp_path / "run" / "build", "build")
+    assert not (tmp_path / "run").exists()
+    # a stage that does not run the judge needs no key
+    assert (write_run_meta(cfg(), tmp_path / "run" / "train", "train") / "config.yaml").is_file()
+    # joining a cluster, whose worker nodes may hold the variable: a warning, and the stage goes on
+    monkeypatch.delenv(LOCAL_RAY_ENV)
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert (write_run_meta(cfg(address="ray://head:10001"), tmp_path / "run" / "build", "build") / "config.yaml").is_file()
+    assert f"[judge] warning: scorer 'j': judge API key: environment variable {KEY_ENV} is not set" in capsys.readouterr().out
+    secret = "sk-" + "k3y" * 10
+    monkeypatch.setenv(KEY_ENV, secret)
+    write_run_meta(cfg(), tmp_path / "run" / "build", "build")
+    assert secret not in capsys.readouterr().out + (tmp_path / "run" / "build" / "config.yaml").read_text()
+
+
+def test_cli_build_without_the_key_variable_exits_2_before_ray(tmp_path, monkeypatch, capsys):
+    from raypref.cli import main
+    from raypref.session import LOCAL_RAY_ENV
+
+    from conftest import tiny_config_dict
+
+    for var in (KEY_ENV, "RAY_ADDRESS", LOCAL_RAY_ENV):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1")}
+    d = tiny_config_dict(tmp_path / "run", tmp_path / "p.txt", scorers=[judge],
+                         generators=[{"name": "r", "cls": "shapes_render", "num_samples": 2}])
+    (tmp_path / "c.yaml").write_text(json.dumps(d))
+    assert main(["build", "-c", str(tmp_path / "c.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"raypref build: error: scorer 'j': judge API key: environment variable {KEY_ENV} is not set")
+    assert "[ray]" not in out and LOCAL_RAY_ENV not in os.environ  # Ray was never started
+    assert not list((tmp_path / "run").rglob("config.yaml"))
 
 
 def test_judge_config_errors_never_echo_a_key(monkeypatch):

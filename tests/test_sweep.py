@@ -408,3 +408,45 @@ def test_reward_data_size_sweep_trains_on_nested_prompt_subsets(ray_session, tmp
     assert 0 < small["pairs"] < whole["pairs"] and all(np.isfinite(r["acc"]) for r in rows)
     for r in rows:  # '{point}' put each point's export in its own dir
         assert (tmp_path / "run" / "sweep" / "points" / r["point"] / "model" / "reward_config.json").is_file()
+
+
+# -- secrets in sweep.set and the grid -------------------------------------------------------------
+
+
+def _judge_sweep_dict(tmp_path, pairs, **sweep) -> dict:
+    judge = {"name": "j", "cls": "llm_judge",
+             "args": {"http": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "JUDGE_KEY"}}}
+    sw = {"stages": ["rank"], "grid": {"rank.top_p": [0.5]}, "metrics": [{"name": "kept", "value": "rank/summary.json:n_kept"}]}
+    sw.update(sweep)
+    return {"output_dir": str(tmp_path / "run"), "rank": {"input": str(pairs)}, "build": {"scorers": [judge]}, "sweep": sw}
+
+
+def test_a_key_pasted_into_sweep_set_or_the_grid_stops_the_sweep_before_anything_is_written(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    pasted = "sk_live_" + "secret1" * 4
+    cases = [
+        ({"set": {"build.scorers.0.args.http.api_key_env": pasted}}, r"sweep point 1/1 \(rank.top_p; sweep.set applied\): "
+         r"scorer 'j': invalid llm_judge args\n  args\.http\.api_key_env: .*NAME of an environment variable"),
+        ({"grid": {"rank.top_p": [0.5], "build.scorers.0.args.http.extra_body.api_key": [pasted]}},
+         r"sweep point 1/1 \(rank.top_p, build.scorers.0.args.http.extra_body.api_key; sweep.set applied\): "
+         r"scorer 'j': invalid llm_judge args\n  args\.http\.extra_body: .*'api_key' looks like a credential"),
+    ]
+    for sweep, err in cases:
+        with pytest.raises(ConfigError, match=err) as e:
+            run_sweep(validate(_judge_sweep_dict(tmp_path, pairs, **sweep)))
+        assert pasted not in str(e.value)
+        assert not (tmp_path / "run").exists()  # no sweep/config.yaml, no point dir named by the key
+
+
+def test_cli_config_checks_the_sweep_points_without_echoing_a_key(tmp_path, capsys):
+    from raypref.cli import main
+
+    pairs = _write_pairs(tmp_path)
+    f = tmp_path / "j.yaml"
+    f.write_text(json.dumps(_judge_sweep_dict(tmp_path, pairs)))
+    pasted = "sk_live_" + "x9" * 12
+    assert main(["config", "-c", str(f), "sweep.set={build.scorers.0.args.http.api_key_env: %s}" % pasted]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and pasted not in err
+    assert "raypref config: error: sweep point 1/1 (rank.top_p; sweep.set applied): scorer 'j'" in err
+    assert main(["config", "-c", str(f)]) == 0 and "api_key_env: JUDGE_KEY" in capsys.readouterr().out
