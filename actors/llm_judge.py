@@ -108,6 +108,9 @@ class LocalVLM:
 
 class LLMJudge(Scorer):
     outputs = (*R.ASPECTS, "rationale", "judge_events")
+    # how requests are paced and retried, not what an answer says: changing them keeps stored scores
+    untracked_args = ("http.max_concurrency", "http.timeout_s", "http.connect_timeout_s", "http.max_retries",
+                      "http.backoff_s", "http.max_backoff_s", "seed")
 
     @classmethod
     def check_args(cls, where: str, args: dict) -> None:

@@ -11,6 +11,7 @@ groups by streaming row-local maps, without re-running a model.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.dataset_report import write_report
 from raypref.config import (
-    BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
+    BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, record_settings, write_run_meta,
 )
 from raypref.metrics import json_text
 from raypref.models import resolve_model
@@ -32,7 +33,7 @@ from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
 from raypref.registry import constructor_kwargs, resolve
-from raypref.resume import checkpointed, put_back, swap_in
+from raypref.resume import checkpointed, local_files, put_back, swap_in, untracked_keys
 
 
 def pool_args(pool: PoolConf) -> dict:
@@ -262,19 +263,46 @@ SETTINGS_FILE = "build_settings.json"  # what the stored groups were made with (
 
 def guard_build_resume(b: BuildConf, out: Path) -> None:
     """A rerun resumes the groups already in <out> (by prompt id) only if they were made by the same
-    generators, scorers and pairing; with others it would mix two builds. Pool sizes, the prompts
-    (a rerun may add some) and the shard size may change. Records the settings for the next rerun."""
+    generators, scorers and pairing, and the same local files they load (fingerprints: a LoRA or reward
+    model retrained in place is another model); with others it would mix two builds. Pool sizes, the
+    args a class lists as untracked (a judge's retries, say), the prompts (a rerun may add some) and
+    the shard size may change. Records the settings for the next rerun."""
     mine = {"build": {"generators": [g.model_dump(mode="json", exclude={"pool"}) for g in b.generators],
-                      **labelling_settings(b)}}
+                      **labelling_settings(b)},
+            "files": build_files(b, out)}
+    record = out / SETTINGS_FILE
+    ignore = untracked_build_keys(b)
+    # a record from before files were fingerprinted cannot compare them: they are recorded from now on
+    unrecorded = ("files",) if record.is_file() and not any(
+        k == "files" or k.startswith("files.") for k in json.loads(record.read_text())) else ()
     has_work = any((out / "groups").glob("*.parquet")) or (out / "_checkpoint").exists()
-    guard_rerun(out / SETTINGS_FILE, mine, has_work,
+    guard_rerun(record, mine, has_work,
                 f"build: {out} holds groups made with other settings ({{changed}}); a rerun would mix the two builds. "
                 "Use another output_dir, re-pair the stored groups with `raypref pair` (scorer weights and "
-                f"normalisation, build.pairs), or delete {out} to build from scratch")
+                f"normalisation, build.pairs), or delete {out} to build from scratch", ignore + unrecorded)
+    if unrecorded:
+        record_settings(record, mine, ignore)
+
+
+def build_files(b: BuildConf, out: Path) -> dict:
+    """The fingerprints of the local files each generator and scorer loads, by its name and the key that
+    names the file (raypref.resume.local_files); the build's own output is left out."""
+    return {"generators": {g.name: local_files(g, skip=out) for g in b.generators},
+            "scorers": {s.name: local_files(s, skip=out) for s in b.scorers}}
+
+
+def untracked_build_keys(b: BuildConf, generators: bool = True) -> tuple[str, ...]:
+    """The settings keys of the args the scorers' (and generators') classes list as untracked (retries,
+    timeouts, logs): neither compared nor recorded, so changing them resumes the build."""
+    keys = tuple(k for i, s in enumerate(b.scorers) for k in untracked_keys(s, f"build.scorers.{i}.args"))
+    if generators:
+        keys += tuple(k for i, g in enumerate(b.generators) for k in untracked_keys(g, f"build.generators.{i}.args"))
+    return keys
 
 
 def labelling_settings(b: BuildConf) -> dict:
-    """What decides a sample's scores and its pairs: the scorers (less their pool sizes) and build.pairs."""
+    """What decides a sample's scores and its pairs: the scorers (less their pool sizes) and build.pairs.
+    A stage that records them ignores untracked_build_keys."""
     return {"scorers": [s.model_dump(mode="json", exclude={"pool"}) for s in b.scorers],
             "pairs": b.pairs.model_dump(mode="json")}
 

@@ -876,15 +876,16 @@ def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, igno
     record_settings(record, settings, ignore)
 
 
-def renew_if_changed(record: Path, settings: dict, what: str) -> None:
+def renew_if_changed(record: Path, settings: dict, what: str, ignore=()) -> None:
     """For derived work that a rerun may simply redo (eval's sides, accuracy's scorers): if the
-    directory of ``record`` holds work made with settings other than ``settings``, remove it, saying
-    so; then record ``settings``. (Work worth keeping is refused instead: guard_rerun.)"""
-    changed = settings_changed(record, settings)
+    directory of ``record`` holds work made with settings other than ``settings`` (less the dotted
+    keys in ``ignore``), remove it, saying so; then record ``settings``. (Work worth keeping is
+    refused instead: guard_rerun.)"""
+    changed = settings_changed(record, settings, ignore)
     if changed:
         print(f"{what}: the stored scores were made with other settings ({changed}); scoring again", flush=True)
         shutil.rmtree(record.parent)
-    record_settings(record, settings)
+    record_settings(record, settings, ignore)
 
 
 def stage_scorers(cfg: Config, stage: str | None) -> list[ScorerConf]:

@@ -24,7 +24,7 @@ from raypref.metrics import accuracy, json_text, paired_difference, win_rate
 from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
-from raypref.resume import actor_settings, checkpointed
+from raypref.resume import actor_settings, checkpointed, untracked_keys
 
 
 SETTINGS_FILE = "settings.json"  # in eval/base and eval/tuned: what their stored scores were made with
@@ -51,7 +51,8 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
     <side>/scores with Ray Data checkpointing, so a rerun scores only the prompts not yet written
     (and, when every one is written, starts no pipeline and loads no model). Scores made with other
     settings are removed first."""
-    renew_if_changed(side / SETTINGS_FILE, side_settings(generator, scorer, generator.num_samples), f"[eval] {side.name}")
+    renew_if_changed(side / SETTINGS_FILE, side_settings(generator, scorer, generator.num_samples), f"[eval] {side.name}",
+                     untracked_keys(generator, "generator.config.args") + untracked_keys(scorer, "scorer.config.args"))
     main = S.score_column(scorer.name)
     if _holds_all(side, prompts):
         print(f"[eval] {side.name}: every prompt's scores are stored; nothing to generate", flush=True)

@@ -35,7 +35,7 @@ from raypref import schema as S
 from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
-from raypref.resume import actor_settings, checkpointed, write_atomic
+from raypref.resume import actor_settings, checkpointed, untracked_keys, write_atomic
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
@@ -198,7 +198,8 @@ def scorer_done(s: ScorerConf, out: Path, keys: pa.Table) -> bool:
     """Whether <out>/scorers/<name> holds this scorer's scores of every staged pair; scores made with
     other settings are removed first (and this scorer's settings recorded)."""
     d = out / "scorers" / s.name
-    renew_if_changed(d / SETTINGS_FILE, actor_settings(s), f"[accuracy] {s.name}")
+    # a record from before an arg was untracked still holds it
+    renew_if_changed(d / SETTINGS_FILE, actor_settings(s), f"[accuracy] {s.name}", untracked_keys(s, "config.args"))
     return bool(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).all())
 
 

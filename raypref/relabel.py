@@ -44,6 +44,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.build import (
     _scorer_specs, explode_pairs, finalize_groups, generate_and_score, labelling_settings, scorer_kwargs,
+    untracked_build_keys,
 )
 from raypref.config import Config, format_options, guard_rerun, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, check_format, first_pairs, input_fingerprint, write_pairs
@@ -226,9 +227,10 @@ def guard_relabel_resume(cfg: Config, out: Path) -> None:
     refusal = (f"relabel: {out} holds pairs labelled with other settings ({{changed}}); a rerun would mix them. "
                f"Use another output_dir, or delete {out} to label from scratch")
     unrecorded = _unrecorded(record)
-    guard_rerun(record, mine, has_work, refusal, _LAYOUT + unrecorded)
+    untracked = untracked_build_keys(cfg.build, generators=False)  # a judge's retries, say: not what decides a label
+    guard_rerun(record, mine, has_work, refusal, _LAYOUT + untracked + unrecorded)
     if unrecorded:  # compared from now on
-        record_settings(record, mine, _LAYOUT)
+        record_settings(record, mine, _LAYOUT + untracked)
 
 
 def run_relabel(cfg: Config) -> dict:

@@ -89,17 +89,44 @@ _FILE_FIELDS = ("model", "pretrained", "lora", "unet")  # generator and scorer f
 _NOT_READ_BY_ACTORS = {"pool", "weight", "normalize", "value_range"}  # pool sizes and how the build aggregates
 
 
-def actor_settings(conf) -> dict:
-    """What decides a generator's or scorer's output: its config, less the pool and the aggregation
-    settings its actor never sees, with the fingerprints of the local files it names (its model,
-    pretrained weights, LoRA, UNet, and any ``args`` value that is a path). A class lists in
-    ``untracked_args`` the args that name no input of its output (a log it writes, say)."""
+def untracked_args(conf) -> tuple[str, ...]:
+    """The dotted ``args`` paths (e.g. "http.max_retries") that a generator's or scorer's class lists in
+    ``untracked_args``: settings that do not change its output (retries, timeouts, a log it writes)."""
     from raypref.registry import resolve
 
+    return tuple(getattr(resolve(conf.cls), "untracked_args", ()))
+
+
+def untracked_keys(conf, prefix: str) -> tuple[str, ...]:
+    """untracked_args as the dotted keys of a stage's settings record, each under ``prefix`` (the key of
+    the conf's args there, e.g. "build.scorers.0.args"): what a stage neither compares nor records."""
+    return tuple(f"{prefix}.{a}" for a in untracked_args(conf))
+
+
+def local_files(conf, skip: Path | None = None) -> dict:
+    """The fingerprints of the local files a generator or scorer names: its model, pretrained weights,
+    LoRA, UNet, and any ``args`` value that is a path, less its untracked_args.
+    Hub names and tiny:*/shapes:* refs name no local file and are left out (their name is in the config)."""
     d = conf.model_dump(mode="json")
-    untracked = set(getattr(resolve(conf.cls), "untracked_args", ()))
-    files = {k: fingerprint(d[k]) for k in _FILE_FIELDS if isinstance(d.get(k), str)}
-    files.update({f"args.{k}": fingerprint(v) for k, v in (d.get("args") or {}).items()
+    untracked = untracked_args(conf)
+    files = {k: fingerprint(d[k], skip) for k in _FILE_FIELDS if isinstance(d.get(k), str)}
+    files.update({f"args.{k}": fingerprint(v, skip) for k, v in (d.get("args") or {}).items()
                   if isinstance(v, str) and k not in untracked})
-    return {"config": {k: v for k, v in d.items() if k not in _NOT_READ_BY_ACTORS},
-            "files": {k: v for k, v in files.items() if v}}
+    return {k: v for k, v in files.items() if v}
+
+
+def actor_settings(conf) -> dict:
+    """What decides a generator's or scorer's output: its config, less the pool, the aggregation
+    settings its actor never sees and its class's ``untracked_args`` (dotted args paths), with the
+    fingerprints of the local files it names (local_files). A stage that compares it with a record
+    made before an arg was untracked ignores untracked_keys(conf, "config.args")."""
+    d = conf.model_dump(mode="json")
+    config = {k: v for k, v in d.items() if k not in _NOT_READ_BY_ACTORS}
+    for path in untracked_args(conf):
+        *head, last = path.split(".")
+        node = config.get("args")
+        for h in head:
+            node = node.get(h) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return {"config": config, "files": local_files(conf)}
