@@ -46,13 +46,12 @@ def generator_win_rates(chosen: list[str], rejected: list[str], labels=None) -> 
 
 
 def _parts(directory: Path) -> list[Path]:
-    """The *.parquet files under ``directory`` (sorted), an export's staging dirs left out."""
-    from raypref.formats._common import STAGING_SUFFIXES
+    """The *.parquet files under ``directory`` (sorted) that belong to its dataset (formats' in_dataset)."""
+    from raypref.formats._common import in_dataset
 
     if not directory.is_dir():
         return []
-    return sorted(f for f in directory.rglob("*.parquet") if f.is_file()
-                  and not any(d.endswith(STAGING_SUFFIXES) for d in f.relative_to(directory).parts[:-1]))
+    return sorted(f for f in directory.rglob("*.parquet") if f.is_file() and in_dataset(f.relative_to(directory).parts))
 
 
 def _columns(files: list[Path], want) -> tuple[int, dict[str, np.ndarray | list]]:
@@ -105,12 +104,13 @@ def _stats(v: np.ndarray) -> dict:
             "min": float(ok.min()), "max": float(ok.max())}
 
 
-def write_report(stage_dir: Path, out: Path | None = None) -> dict:
-    """Report on <stage_dir>/samples and <stage_dir>/pairs (either may be absent, not both); writes
-    report.json, report.md and PNG histograms to ``out`` (default <stage_dir>/report)."""
+def write_report(stage_dir: Path, out: Path | None = None, require_data: bool = True) -> dict:
+    """Report on <stage_dir>/samples and <stage_dir>/pairs; writes report.json, report.md and PNG histograms
+    to ``out`` (default <stage_dir>/report). With ``require_data`` (`raypref report`) either must hold Parquet;
+    a build or re-pairing whose every image was left out reports zeros."""
     stage_dir = Path(stage_dir)
     sample_files, pair_files = _parts(stage_dir / "samples"), _parts(stage_dir / "pairs")
-    if not sample_files and not pair_files:
+    if require_data and not sample_files and not pair_files:
         hint = (f"; it holds Parquet files itself: pass the stage dir above it ({stage_dir.parent})"
                 if _parts(stage_dir) else "")
         raise ValueError(f"report.input: {stage_dir} has no Parquet files under samples/ or pairs/{hint}")
@@ -125,7 +125,7 @@ def write_report(stage_dir: Path, out: Path | None = None) -> dict:
         _hist_png(samples, out / "score_histograms.png", "score distributions (per sample)")
         report["plots"].append("score_histograms.png")
     if pairs:
-        # pairs not scored yet (an import's, as relabel/imported) have no margin: the rest is still reported
+        # pairs of another source may have no margin: the rest is still reported
         if S.MARGIN in pairs:
             report["margin"] = _stats(pairs[S.MARGIN])
         series = {c: pairs[c] for c in (S.MARGIN, S.QUALITY) if c in pairs}

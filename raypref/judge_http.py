@@ -47,7 +47,8 @@ EVENTS = (REQUESTS, OK, HTTP_429, HTTP_5XX, HTTP_4XX, TIMEOUT, CONNECTION_ERROR,
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # the last word of an extra_body field naming a credential (api_key, x-api-key, apiKey, access_token,
 # Authorization...); 'max_tokens' or 'stop_token_ids' end in another word and pass
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "authorization", "bearer", "credential", "credentials"}
+_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "authorization", "auth", "bearer",
+                 "credential", "credentials", "cookie", "session"}
 
 _SCHEMA = re.compile(r"json|schema|format|grammar|regex|guided", re.I)
 

@@ -151,9 +151,9 @@ class TopK:
 
 
 def _files(src: str) -> tuple[pafs.FileSystem, list[str]]:
-    """The *.parquet files under ``src`` (or ``src`` itself), sorted; an export's staging dirs
-    (<dir>.partial, <dir>.old) and any other file are not part of the dataset."""
-    from raypref.formats._common import STAGING_SUFFIXES
+    """The *.parquet files under ``src`` (or ``src`` itself), sorted, that belong to its dataset (formats'
+    in_dataset: not in an export's staging dir, nor hidden or private)."""
+    from raypref.formats._common import in_dataset
 
     if "://" not in src and not Path(src).exists():
         raise FileNotFoundError(f"rank.input: no pairs at {src}")
@@ -162,7 +162,7 @@ def _files(src: str) -> tuple[pafs.FileSystem, list[str]]:
         return fs, [root]
     files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
                    if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                   and not any(d.endswith(STAGING_SUFFIXES) for d in i.path[len(root):].strip("/").split("/")[:-1]))
+                   and in_dataset(i.path[len(root):].strip("/").split("/")))
     if not files:
         raise FileNotFoundError(f"rank.input: no Parquet files under {src}")
     return fs, files

@@ -369,7 +369,7 @@ def test_an_odd_answer_body_is_malformed_not_a_crash(monkeypatch):
 def test_extra_body_refuses_a_credential_field_without_echoing_it():
     pasted = "sk-abc" + "Q7" * 16
     for extra in ({"api_key": pasted}, {"headers": {"Authorization": f"Bearer {pasted}"}}, {"apiKey": pasted},
-                  {"access_token": pasted}):
+                  {"access_token": pasted}, {"auth": pasted}, {"headers": {"Cookie": pasted}}, {"db_passwd": pasted}):
         with pytest.raises(ValueError, match=r"args\.http\.extra_body: .* looks like a credential") as e:
             resolve("llm_judge").check_args("scorer 'j'", http_args("http://127.0.0.1:9/v1", extra_body=extra))
         assert pasted not in str(e.value)

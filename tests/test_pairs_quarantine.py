@@ -344,15 +344,21 @@ def test_report_refuses_a_dir_without_samples_or_pairs_and_reports_unscored_pair
     assert main(["report", f"output_dir={tmp_path}", f"report.input={stage / 'pairs'}"]) == 2
     with pytest.raises(ValueError, match=r"report.input: .*empty has no Parquet files under samples/ or pairs/$"):
         write_report(tmp_path / "empty")
+    # a build whose every image was left out (no samples/, no pairs/) still writes its report of zeros
+    (tmp_path / "empty").mkdir()
+    assert (write_report(tmp_path / "empty", require_data=False)["samples"], (tmp_path / "empty" / "report" / "report.json").is_file()) == (0, True)
     # an unreadable part is named; a staging dir's parts and other files are not read
     (stage / "pairs" / "notes.txt").write_text("x")
     (stage / "pairs" / "x.old").mkdir()
     (stage / "pairs" / "x.old" / "part.parquet").write_text("not parquet")
+    (stage / "pairs" / "._p.parquet").write_text("a macOS copy's resource fork")  # hidden and private: skipped,
+    (stage / "pairs" / "_checkpoint").mkdir()  # as Arrow and Ray Data skip them
+    (stage / "pairs" / "_checkpoint" / "c.parquet").write_text("not parquet")
     assert write_report(stage)["pairs"] == 1
     (stage / "pairs" / "bad.parquet").write_text("not parquet")
     with pytest.raises(ValueError, match=r"report: .*bad.parquet is not a readable Parquet file"):
         write_report(stage)
-    # imported pairs (relabel/imported's layout): no margin, no scores; counts, ties and generators still
+    # pairs without a margin or scores: counts, ties and generators still
     imp = tmp_path / "imp"
     (imp / "pairs").mkdir(parents=True)
     pq.write_table(pa.table({S.CHOSEN_ID: ["a", "b", "c"], S.LABEL: pa.array([1.0, 0.5, 1.0], pa.float32()),

@@ -322,6 +322,7 @@ def test_rank_errors_name_the_problem(tmp_path, monkeypatch):
     (src / "report" / "report.json").write_text("{}")
     (src / "old.old").mkdir()
     (src / "old.old" / "part-000.parquet").write_text("not parquet")
+    (src / "._part.parquet").write_text("a macOS copy's resource fork")  # hidden: Arrow skips it, and so does rank
     assert SEL.rank_pairs(src, tmp_path / "o6", "margin", {}, 1.0, progress=False)["n_in"] == 3
     (src / "report" / "broken.parquet").write_text("not parquet")
     with pytest.raises(ValueError, match=r"rank.input: .*report/broken.parquet is not a readable Parquet file"):

@@ -162,8 +162,7 @@ def data_files(path: str | Path, what: str, suffix: str) -> list[Path]:
         return [p]
     if p.is_dir():
         # an export's staging dirs (<dir>.partial, <dir>.old) are never part of a dataset
-        files = sorted(f for f in p.rglob("*" + suffix) if f.is_file()
-                       and not any(d.endswith(STAGING_SUFFIXES) for d in f.relative_to(p).parts[:-1]))
+        files = sorted(f for f in p.rglob("*" + suffix) if f.is_file() and in_dataset(f.relative_to(p).parts))
         if files:
             return files
         raise FormatError(f"{what}: no {suffix} files under {p}")
@@ -335,6 +334,14 @@ def writable(t: pa.Table, q: Quarantine, what: str, allow_ties: bool = True) -> 
 
 
 STAGING_SUFFIXES = (".partial", ".old")
+
+
+def in_dataset(parts) -> bool:
+    """Whether a file, by the parts of its path below a dataset's root, belongs to the dataset: not in an
+    export's staging dir, and, as Arrow and Ray Data ignore them, no part hidden ('.', a macOS '._' copy)
+    or private ('_', a '_checkpoint' dir)."""
+    parts = list(parts)
+    return not any(d.endswith(STAGING_SUFFIXES) for d in parts[:-1]) and not any(x.startswith((".", "_")) for x in parts)
 
 
 @contextmanager
