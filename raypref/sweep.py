@@ -12,7 +12,8 @@ Resume: a finished point leaves ``result.json`` holding its config; a rerun skip
 config is the same, and runs it again (its stages resuming what they can) when it is not. A
 failed point leaves ``error.txt`` (removed once it succeeds), the others still run, and the sweep
 then fails naming it. A metric whose file a finished point holds but that is not a number there
-(a typo in its path) stops a rerun before any point runs again: running would not change the file.
+(a typo in its path) stops a rerun before any point runs again or is moved aside: running would not
+change the file.
 """
 
 from __future__ import annotations
@@ -186,17 +187,28 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
     return sweep_points(cfg)
 
 
+def point_label(i: int, n: int, point: dict[str, Any]) -> str:
+    """'sweep point 2/4 (a.b, c; sweep.set applied)': a point named in an error by its number and grid
+    keys, never by its values (a key pasted into the grid must not be echoed)."""
+    keys = ", ".join(point) if point else "no grid keys"
+    return f"sweep point {i}/{n} ({keys}; sweep.set applied)"
+
+
 def sweep_points(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
     """(name, overrides, config) for every point: the base with sweep.set and the point's grid values."""
     sw = cfg.sweep
     root = Path(cfg.output_dir) / STAGE / "points"
     base = cfg.model_dump(mode="json")
-    out, seen = [], {}
-    for point in expand_grid(sw.grid):
-        name = point_name(point)
+    grid = expand_grid(sw.grid)
+    names, seen = [point_name(p) for p in grid], {}
+    for i, name in enumerate(names, 1):
         if name in seen:
-            raise ConfigError(f"sweep.grid: points {seen[name]} and {point} share the dir name {name!r}")
-        seen[name] = point
+            raise ConfigError(f"sweep.grid: points {seen[name]}/{len(grid)} and {i}/{len(grid)} ({', '.join(grid[0])}) "
+                              "would share one dir: their values differ only in characters a dir name cannot hold "
+                              "(all but A-Z a-z 0-9 . _ = , + - become '-')")
+        seen[name] = i
+    out = []
+    for i, (name, point) in enumerate(zip(names, grid), 1):
         data = copy.deepcopy(base)
         for section, items in (("set", sw.set), ("grid", point)):
             for key, value in items.items():
@@ -205,22 +217,21 @@ def sweep_points(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
                 except ConfigError as e:
                     raise ConfigError(f"sweep.{section}.{key}: {e}") from None
         data["output_dir"] = str(root / name)
-        out.append((name, point, validate(substitute(data, str(root / name)), source=f"sweep point {name}")))
+        out.append((name, point, validate(substitute(data, str(root / name)), source=point_label(i, len(grid), point))))
     return out
 
 
 def check_point_args(points: list[tuple[str, dict[str, Any], Config]]) -> None:
     """Every point's scorers' own argument checks (config.check_scorer_args), before anything is written:
     a key pasted into sweep.set or the grid would otherwise reach sweep/config.yaml, the point dirs' names
-    and the results. The error names the point by number and grid keys, never by its values."""
+    and the results. The error names the point by number and grid keys (point_label)."""
     from raypref.config import check_scorer_args
 
     for i, (_, point, pcfg) in enumerate(points, 1):
         try:
             check_scorer_args(pcfg)
         except ValueError as e:
-            keys = ", ".join(point) if point else "no grid keys"
-            raise ConfigError(f"sweep point {i}/{len(points)} ({keys}; sweep.set applied): {e}") from None
+            raise ConfigError(f"{point_label(i, len(points), point)}: {e}") from None
 
 
 def _stage_fns() -> dict:
@@ -233,28 +244,33 @@ def _stage_fns() -> dict:
             "eval": stages.evaluate, "report": stages.report}
 
 
-def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None, str]:
-    """(this point's earlier result, or None with why it runs now). A point made under another config
-    is moved aside whole (its stages would refuse to resume it, and nothing is lost): it runs from
-    scratch. A point whose config differs only in scale or budget (a pool, the ray section,
-    max_steps...), or lacks a stage added since, runs again in place; its finished stages resume."""
+def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None, str, bool]:
+    """(this point's earlier result, or None with why it runs now, whether to move it aside first); reads
+    only, so that every point is judged before any is touched. A point made under another config is moved
+    aside whole (its stages would refuse to resume it, and nothing is lost): it runs from scratch. A point
+    whose config differs only in scale or budget (a pool, the ray section, max_steps...), or lacks a stage
+    added since, runs again in place; its finished stages resume."""
     f = point_dir / RESULT_FILE
     if not f.is_file():
-        return None, "runs"
+        return None, "runs", False
     try:
         r = json.loads(f.read_text())
     except json.JSONDecodeError:
-        return None, f"runs again ({f} is unreadable)"
+        return None, f"runs again ({f} is unreadable)", False
     if _config_changed(r.get("config"), config):
         if _scale_free(r.get("config")) == _scale_free(config):  # the same work: its stages resume it
-            return None, "runs again in place (only its scale or budget changed; its stages resume)"
-        aside = point_dir.with_name(f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        point_dir.rename(aside)
-        return None, f"its config changed: runs from scratch (the earlier run is kept in {aside})"
+            return None, "runs again in place (only its scale or budget changed; its stages resume)", False
+        return None, "its config changed: runs from scratch", True
     missing = [st for st in stages if st not in r.get("stages", stages)]
     if missing:
-        return None, f"runs again for the stage(s) added since: {', '.join(missing)}"
-    return r, "done"
+        return None, f"runs again for the stage(s) added since: {', '.join(missing)}", False
+    return r, "done", False
+
+
+def _move_aside(point_dir: Path) -> Path:
+    aside = point_dir.with_name(f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    point_dir.rename(aside)
+    return aside
 
 
 def _specs(m) -> list[tuple[str, str]]:
@@ -368,6 +384,22 @@ def run_sweep(cfg: Config) -> dict:
     sw = cfg.sweep
     points = point_configs(cfg)
     check_point_args(points)  # before write_run_meta writes sweep.set and the grid to sweep/config.yaml
+    # every finished point's metrics are read before anything is written, moved aside or removed: a typo
+    # in a metric's path stops the rerun with every point as it was
+    plan = []
+    for i, (name, point, pcfg) in enumerate(points, 1):
+        d = Path(pcfg.output_dir)
+        pconf = _point_config(pcfg)
+        prior, why, stale = _done(d, pconf, sw.stages)
+        if prior is not None:
+            try:
+                prior["metrics"] = collect(d, sw)
+            except FileNotFoundError as e:  # a metric added since whose file its stages did not write: they may now
+                prior, why = None, f"runs again (a metric cannot be read: {e})"
+            except ConfigError as e:  # the file is there: running again would write it alike, and fail alike
+                raise ConfigError(f"{e} (read from the finished point {name}, before any point ran; "
+                                  "to have its stages write that file again, delete it)") from None
+        plan.append((i, name, point, pcfg, pconf, prior, why, stale))
     out = write_run_meta(cfg, Path(cfg.output_dir) / STAGE, STAGE)
     rows: dict[int, dict] = {}
     pending, failed, resumed = [], [], 0
@@ -381,18 +413,10 @@ def run_sweep(cfg: Config) -> dict:
         rows[i] = {"point": name, **point, "status": "failed", "seconds": None}
         say(i, name, f"FAILED ({err}); see {Path(cfg.output_dir) / STAGE / 'points' / name / ERROR_FILE}")
 
-    for i, (name, point, pcfg) in enumerate(points, 1):
+    for i, name, point, pcfg, pconf, prior, why, stale in plan:
         d = Path(pcfg.output_dir)
-        pconf = _point_config(pcfg)
-        prior, why = _done(d, pconf, sw.stages)
-        if prior is not None:
-            try:
-                prior["metrics"] = collect(d, sw)
-            except FileNotFoundError as e:  # a metric added since whose file its stages did not write: they may now
-                prior, why = None, f"runs again (a metric cannot be read: {e})"
-            except ConfigError as e:  # the file is there: running again would write it alike, and fail alike
-                raise ConfigError(f"{e} (read from the finished point {name}, before any point ran; "
-                                  "to have its stages write that file again, delete it)") from None
+        if stale:
+            why += f" (the earlier run is kept in {_move_aside(d)})"
         if prior is None:
             if why != "runs":
                 say(i, name, why)

@@ -149,7 +149,7 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     d.mkdir()
     (d / "result.json").write_text(json.dumps({"config": {"a": 1}, "stages": ["rank"]}))
     assert _done(d, {"a": 1}, ["rank"])[0]["stages"] == ["rank"]
-    assert _done(d, {"a": 1}, ["rank", "report"]) == (None, "runs again for the stage(s) added since: report")
+    assert _done(d, {"a": 1}, ["rank", "report"]) == (None, "runs again for the stage(s) added since: report", False)
     # a key raypref added since the point ran, at its default, is no change; at another value it is one
     assert _done(d, {"a": 1, "ray": {"v1_read_max_mb": 32.0}}, ["rank"])[1] == "done"
     assert _done(d, {"a": 1, "ray": {"v1_read_max_mb": 0.0}}, ["rank"])[1].startswith("runs again in place")
@@ -159,14 +159,13 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     (d / "result.json").write_text(json.dumps({"config": base, "stages": ["rank"]}))
     scaled = {"a": 1, "ray": {"num_cpus": 2}, "reward": {"max_steps": 20, "lr": 1.0},
               "build": {"scorers": [{"name": "s", "pool": {"batch_size": 16}}]}}
-    assert _done(d, scaled, ["rank"]) == (None, "runs again in place (only its scale or budget changed; its stages resume)")
+    assert _done(d, scaled, ["rank"]) == (None, "runs again in place (only its scale or budget changed; its stages resume)", False)
     assert (d / "result.json").is_file()  # not moved aside
     other = {**scaled, "reward": {"max_steps": 20, "lr": 2.0}}
-    assert _done(d, other, ["rank"])[1].startswith("its config changed: runs from scratch") and not d.exists()
-    d.mkdir()
+    # the config changed otherwise: it is to be moved aside, which run_sweep does once every point is judged
+    assert _done(d, other, ["rank"]) == (None, "its config changed: runs from scratch", True) and (d / "result.json").is_file()
     (d / "result.json").write_text('{"config": ')  # cut short
-    r, why = _done(d, {"a": 1}, ["rank"])
-    assert r is None and why == f"runs again ({d / 'result.json'} is unreadable)"
+    assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} is unreadable)", False)
     (d / "x.md").write_text("# not JSON")
     with pytest.raises(ConfigError, match=r"sweep.metrics.m.value: 'x.md:a': .*x\.md is not JSON"):
         read_metric(d, "x.md:a", "sweep.metrics.m.value")
@@ -222,6 +221,17 @@ def test_a_metric_typo_stops_a_rerun_before_any_finished_point_runs_again(tmp_pa
         run_sweep(_sweep_cfg(tmp_path, pairs, grid=grid, metrics=typo))
     assert "running" not in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no stage wrote anything again
+    # an earlier point that would be moved aside (its config changed) stays where it is too
+    first = out / "points" / "rank.top_p=0.25" / "result.json"
+    record = first.read_text()
+    changed = json.loads(record)
+    changed["config"]["rank"]["batch_mb"] = 128.0  # as the base config's test above changes it: not scale alone
+    first.write_text(json.dumps(changed))
+    with pytest.raises(ConfigError, match=r"read from the finished point rank.top_p=0.5, before any point ran"):
+        run_sweep(_sweep_cfg(tmp_path, pairs, grid=grid, metrics=typo))
+    assert not list((out / "points").glob("*.replaced-*")) and first.is_file()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    first.write_text(record)
     # a value that is not a number is a typo too; the CLI ends it as a config error (2), not a failed sweep
     not_number = [{"name": "q", "value": "rank/summary.json:quality_kept"}]
     with pytest.raises(ConfigError, match=r"sweep.metrics.q.value: 'rank/summary.json:quality_kept' in .* is a dict with keys"):
@@ -267,10 +277,15 @@ def test_a_null_metric_reads_as_no_number_in_the_table_and_plots(tmp_path, capsy
 def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp_path):
     pairs = _write_pairs(tmp_path)
     # a top_p of 2 is caught by the point's own validation before anything runs
-    with pytest.raises(ConfigError, match=r"sweep point rank.top_p=2.*\n  rank.top_p: Input should be less than or equal to 1"):
+    # named by number and grid keys, not by values
+    with pytest.raises(ConfigError, match=r"^sweep point 2/2 \(rank.top_p; sweep.set applied\): invalid config\n"
+                                          r"  rank.top_p: Input should be less than or equal to 1"):
         point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5, 2]}))
-    with pytest.raises(ConfigError, match="sweep point rank.nope.x=1: invalid config\n  rank.nope: unknown key"):
+    with pytest.raises(ConfigError, match=r"^sweep point 1/1 \(rank.nope.x; sweep.set applied\): invalid config\n  rank.nope: unknown key"):
         point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.nope.x": [1]}))
+    # two points whose values make one dir name: named by number and keys too, before any is validated
+    with pytest.raises(ConfigError, match=r"^sweep.grid: points 1/3 and 3/3 \(rank.metric\) would share one dir: "):
+        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.metric": ["a b", "margin", "a-b"]}))
     with pytest.raises(ConfigError, match="sweep.set.output_dir: the sweep sets output_dir"):
         point_configs(_sweep_cfg(tmp_path, pairs, set={"output_dir": "x"}))
     # metric_args that margin takes and random does not: the random point's stage fails
@@ -450,3 +465,20 @@ def test_cli_config_checks_the_sweep_points_without_echoing_a_key(tmp_path, caps
     assert out == "" and pasted not in err
     assert "raypref config: error: sweep point 1/1 (rank.top_p; sweep.set applied): scorer 'j'" in err
     assert main(["config", "-c", str(f)]) == 0 and "api_key_env: JUDGE_KEY" in capsys.readouterr().out
+
+
+def test_a_key_in_the_grid_that_fails_validation_is_not_echoed(tmp_path, capsys):
+    from raypref.cli import main
+
+    pasted = "gsk_secretvalue123"
+    f = tmp_path / "s.yaml"
+    f.write_text(json.dumps({"output_dir": str(tmp_path / "run"),
+                             "sweep": {"stages": ["train_pcclip"], "set": {"pcclip.llm": {"base_url": "http://h:8000/v1", "model": "m"}},
+                                       "grid": {"pcclip.llm.api_key_env": [pasted]}}}))
+    for command in ("config", "sweep"):
+        assert main([command, "-c", str(f)]) == 2
+        out, err = capsys.readouterr()
+        assert pasted not in out + err
+        assert (f"raypref {command}: error: sweep point 1/1 (pcclip.llm.api_key_env; sweep.set applied): invalid config\n"
+                "  pcclip.llm.api_key_env: Value error, must be the NAME of an environment variable") in err
+    assert not (tmp_path / "run").exists()
