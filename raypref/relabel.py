@@ -144,7 +144,8 @@ def _pairing_kwargs(cfg: Config) -> dict:
 def _import_settings(cfg: Config) -> dict:
     r = cfg.relabel
     return {"relabel": {"input": str(Path(r.input).resolve()), "format": r.format,
-                        "input_files": input_fingerprint(r.input, r.format, cfg.stage_dir("relabel"), **format_options(r)),
+                        "input_files": input_fingerprint(r.input, r.format, cfg.stage_dir("relabel"), cfg.output_dir,
+                                                          **format_options(r)),
                         "limit": r.limit,
                         "shard_size": r.shard_size}}
 

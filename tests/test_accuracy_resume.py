@@ -144,3 +144,37 @@ def test_accuracy_reads_hpdv2_images_from_image_root_and_sees_them_change(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"accuracy\.image_root: no such directory: .*nowhere"):
         run_accuracy(validate({"output_dir": str(tmp_path / "acc2"), "accuracy": {**acc, "image_root": str(tmp_path / "nowhere")}}))
     assert not (tmp_path / "acc2").exists()
+
+
+def test_accuracy_keeps_scores_recorded_with_the_input_path_alone(tmp_path):
+    """A record from before accuracy.files counted an HPD v2 JSON's images holds the JSON's own
+    fingerprint: while it matches, the stored scores stay and the new value is recorded; another
+    value voids them."""
+    import json
+
+    from raypref.formats import input_fingerprint, write_pairs
+    from raypref.pref_accuracy import STAGED_FILE, staged_pairs
+    from raypref.resume import fingerprint
+    from tests.test_formats import SOURCE
+
+    write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
+    js = tmp_path / "h" / "test.json"
+    cfg = validate({"output_dir": str(tmp_path / "acc"), "accuracy": {
+        "pairs": str(js), "format": "hpdv2", "scorers": [{"name": "jpeg", "cls": "jpeg_compressibility"}]}})
+    out = cfg.stage_dir("accuracy")
+    out.mkdir(parents=True)
+    staged_pairs(cfg, out, images=False)
+    record, scores = out / STAGED_FILE, out / "scorers" / "jpeg" / "scores"
+    new = input_fingerprint(js, "hpdv2")
+    assert json.loads(record.read_text())["accuracy.files"] == new != fingerprint(str(js))
+
+    def rerun(files: str) -> bool:
+        scores.mkdir(parents=True, exist_ok=True)
+        (scores / "part-0.parquet").write_bytes(b"kept")
+        record.write_text(json.dumps({**json.loads(record.read_text()), "accuracy.files": files}))
+        staged_pairs(cfg, out, images=False)
+        return (scores / "part-0.parquet").is_file()
+
+    assert rerun(fingerprint(str(js)))  # as the run before the upgrade recorded it
+    assert json.loads(record.read_text())["accuracy.files"] == new
+    assert not rerun("0123456789abcdef")  # another input

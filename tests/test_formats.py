@@ -486,8 +486,8 @@ def test_hpdv2_image_root_is_read_and_part_of_the_input(tmp_path):
     got = pa.concat_tables(first_pairs(js, "hpdv2", Quarantine("x"), None, "read", image_root=imgs))
     assert rows(got, S.CHOSEN_ID, S.REJECTED_ID, S.IMPORT_ROW) == [("s-blue", "s-noise", 1), ("s-gray", "s-red", 2),
                                                                    ("s-red", "s-green", 0)]
-    assert source_paths(js, "hpdv2", image_root=imgs) == [js, imgs]
-    assert source_paths(tmp_path / "h", "hpdv2", image_root=imgs) == [tmp_path / "h", imgs]
+    named = {js, *imgs.iterdir()}  # the JSON and the images it names, no folder
+    assert set(source_paths(js, "hpdv2", image_root=imgs)) == named == set(source_paths(tmp_path / "h", "hpdv2", image_root=imgs))
     before = input_fingerprint(js, "hpdv2", image_root=imgs)
     assert before != input_fingerprint(js, "hpdv2")
     (imgs / "s-red.png").write_bytes(GRAY)  # fixed in place, the JSON unchanged
@@ -509,7 +509,7 @@ def test_input_fingerprint_sees_every_file_a_format_reads(tmp_path):
 
     write_pairs(SOURCE, tmp_path / "h", "hpdv2", split="test")
     js = tmp_path / "h" / "test.json"
-    assert source_paths(js, "hpdv2") == [js, tmp_path / "h" / "test"]
+    assert set(source_paths(js, "hpdv2")) == {js, *(tmp_path / "h" / "test").iterdir()}
     before = input_fingerprint(js, "hpdv2")
     (tmp_path / "h" / "test" / "s-noise.png").unlink()  # the JSON itself unchanged
     assert input_fingerprint(js, "hpdv2") != before
@@ -517,10 +517,10 @@ def test_input_fingerprint_sees_every_file_a_format_reads(tmp_path):
     before = input_fingerprint(js, "hpdv2", stage)
     stage.mkdir(parents=True)
     (stage / "scores.parquet").write_bytes(b"x")
-    assert input_fingerprint(js, "hpdv2", stage) == before != input_fingerprint(js, "hpdv2")
+    assert input_fingerprint(js, "hpdv2", stage) == before == input_fingerprint(js, "hpdv2")
     folder = write_imagereward_folder(tmp_path / "ir", [(ir_record("u1", "p", "a cat", 1, 2), webp((0, 0, 0))),
                                                         (ir_record("u2", "p", "a cat", 2, 2), webp((9, 9, 9)))])
-    assert source_paths(folder, "imagereward_db") == [folder.parent]
+    assert source_paths(folder, "imagereward_db") == [folder, folder.parent / "u1.webp", folder.parent / "u2.webp"]
     before = input_fingerprint(folder, "imagereward_db")
     (folder.parent / "u2.webp").write_bytes(webp((200, 9, 9)))  # an image replaced in place
     assert input_fingerprint(folder, "imagereward_db") != before
@@ -530,6 +530,65 @@ def test_input_fingerprint_sees_every_file_a_format_reads(tmp_path):
     before = input_fingerprint(f, "pickapic")
     write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m"), ("q", RED, GREEN, 1.0, "c", "d", "m", "m")])
     assert input_fingerprint(f, "pickapic") != before
+
+
+def test_input_fingerprint_counts_only_the_files_read(tmp_path):
+    """A JSON input in a working folder (relabel.input: ./irdb.json): other stages' writes, a venv or
+    git beside it are no change; an image it names, found against the JSON's folder or a parent of it,
+    is. A folder read whole leaves the run's whole output_dir out, not only the stage's dir."""
+    from raypref.formats import input_fingerprint
+
+    work = tmp_path / "work"
+    (work / "imgs").mkdir(parents=True)
+    for u, c in (("u1", (0, 0, 0)), ("u2", (9, 9, 9))):
+        (work / "imgs" / f"{u}.webp").write_bytes(webp(c))
+    recs = [{**ir_record(u, "p", "a cat", r, 2), "image_path": f"imgs/{u}.webp"} for u, r in (("u1", 1), ("u2", 2))]
+    (work / "irdb.json").write_text(json.dumps(recs))
+    write_pairs(SOURCE, work / "h", "hpdv2", split="test")
+    for f in (work / "h" / "test").iterdir():  # HPD v2's flat layout: images beside the JSON
+        f.rename(work / "h" / f.name)
+    (work / "h" / "test").rmdir()
+    out = work / "runs" / "x"
+    inputs = [(work / "irdb.json", "imagereward_db"), (work / "h" / "test.json", "hpdv2"), (work, "raypref")]
+    assert read_pairs(work / "h" / "test.json", "hpdv2").num_rows == 3
+    before = [input_fingerprint(p, fmt, out / "relabel", out) for p, fmt in inputs]
+    for f in (out / "build" / "groups.parquet", work / ".venv" / "x.py", work / "h" / ".git" / "index"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    assert [input_fingerprint(p, fmt, out / "relabel", out) for p, fmt in inputs[:2]] == before[:2]
+    assert input_fingerprint(work, "raypref", out / "relabel", out) != before[2]  # .venv is in that folder
+    before = input_fingerprint(work, "raypref", out / "relabel", out)
+    (out / "eval" / "x").parent.mkdir(parents=True)
+    (out / "eval" / "x").write_bytes(b"x")
+    assert input_fingerprint(work, "raypref", out / "relabel", out) == before
+    irdb = input_fingerprint(work / "irdb.json", "imagereward_db", out / "relabel", out)
+    (work / "imgs" / "u2.webp").write_bytes(webp((200, 9, 9)))  # an image it names, fixed in place
+    assert input_fingerprint(work / "irdb.json", "imagereward_db", out / "relabel", out) != irdb
+    hpd = input_fingerprint(work / "h" / "test.json", "hpdv2")
+    (work / "h" / "s-red.png").write_bytes(GRAY)
+    assert input_fingerprint(work / "h" / "test.json", "hpdv2") != hpd
+
+
+def test_imagereward_db_fingerprint_follows_the_resolver_to_the_dataset_root(tmp_path):
+    """image_path is relative to the dataset root, a parent of the JSON's folder: the image the
+    reader finds there counts, the root's other files do not."""
+    from raypref.formats import input_fingerprint, source_paths
+
+    folder = tmp_path / "images" / "train" / "train_1"
+    folder.mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    for u, c in (("u1", (0, 0, 0)), ("u2", (9, 9, 9))):
+        (tmp_path / "other" / f"{u}.webp").write_bytes(webp(c))
+    recs = [{**ir_record(u, "p", "a cat", r, 2), "image_path": f"other/{u}.webp"} for u, r in (("u1", 1), ("u2", 2))]
+    (folder / "train_1.json").write_text(json.dumps(recs + [{"prompt": "no keys"}]))
+    js = folder / "train_1.json"
+    assert read_pairs(js, "imagereward_db", Quarantine("x")).num_rows == 1
+    assert source_paths(js, "imagereward_db") == [js, tmp_path / "other" / "u1.webp", tmp_path / "other" / "u2.webp"]
+    before = input_fingerprint(js, "imagereward_db")
+    (tmp_path / "notes.txt").write_text("x")
+    assert input_fingerprint(js, "imagereward_db") == before
+    (tmp_path / "other" / "u1.webp").write_bytes(webp((1, 200, 1)))
+    assert input_fingerprint(js, "imagereward_db") != before
 
 
 def test_check_input_names_the_file_and_what_is_missing(tmp_path):

@@ -76,27 +76,34 @@ def read_options(fmt: str, opts: dict) -> dict:
 
 
 def source_paths(path, fmt: str, **opts) -> list[Path]:
-    """The files and folders a read of ``path`` (with reader options ``opts``) opens: the input
-    itself, and for HPD v2 or ImageRewardDB the folder of its images."""
+    """What a read of ``path`` (with reader options ``opts``) opens: for HPD v2 and ImageRewardDB each
+    JSON and the image files its records name (as the reader resolves them); else the input itself,
+    a file or a folder read whole."""
     m = _module(fmt)
     read_options(fmt, opts)
     return m.source_paths(path, **opts) if hasattr(m, "source_paths") else [Path(path)]
 
 
-def input_fingerprint(path, fmt: str, stage_dir=None, **opts) -> str | None:
+def input_fingerprint(path, fmt: str, stage_dir=None, output_dir=None, **opts) -> str | None:
     """A hash of the path, size and modification time of every file a read of ``path`` (with reader
     options ``opts``, e.g. an HPD v2 image_root) opens (stat only, so cheap on a large image folder):
-    a file fixed, added or removed in place changes it. A stage's own ``stage_dir``, where it lies in
-    an image folder, is left out: its writes are no change."""
-    skip = None
-    if stage_dir is not None and not Path(path).resolve().is_relative_to(Path(stage_dir).resolve()):
-        skip = Path(stage_dir)
-    paths = source_paths(path, fmt, **opts)
-    if paths == [Path(path)]:  # the input alone: its own fingerprint, as records made before this hold
+    a file fixed, added or removed in place changes it. Where the input is a folder walked whole, the
+    run's ``output_dir`` (else the stage's own ``stage_dir``) is left out unless the input lies in it:
+    a stage's writes are no change to it."""
+    m = _module(fmt)
+    read_options(fmt, opts)
+    if not hasattr(m, "source_paths"):  # its own fingerprint, as records made before this hold
+        here = Path(path).resolve()
+        skip = next((Path(d) for d in (output_dir, stage_dir)
+                     if d is not None and not here.is_relative_to(Path(d).resolve())), None)
         return fingerprint(str(path), skip)
     h = hashlib.sha256()
-    for p in paths:
-        h.update(f"{p.resolve()}\0{fingerprint(str(p), skip)}\n".encode())
+    for f in m.source_paths(path, **opts):
+        try:
+            st = f.stat()
+            h.update(f"{f.absolute()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:  # named but absent: one put there later changes the hash
+            h.update(f"{f.absolute()}\0-\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -143,15 +143,17 @@ def check(path) -> None:
 
 
 def source_paths(path, image_root=None) -> list[Path]:
-    """What a read opens: the input, and its image folder too (for a JSON file, or any input
-    given an ``image_root``)."""
-    p = Path(path)
-    if image_root is not None:
-        return [p, Path(image_root)]
-    if not p.is_file():
-        return [p]
-    root = _image_root(p, None)
-    return [root] if root == p.parent else [p, root]
+    """The files a read opens: each JSON, then the image files its records name, under the image
+    root the reader uses (present or not, so one added later counts); no folder around them."""
+    files: list[Path] = []
+    for jf in _json_files(Path(path)):
+        root = _image_root(jf, image_root)
+        files.append(jf)
+        for rec in read_json_list(jf, NAME):
+            key = next((k for k in ("file_path", "image_path") if k in rec), None) if isinstance(rec, dict) else None
+            if key is not None and isinstance(rec[key], list):
+                files += [root / p for p in rec[key] if nonempty_text(p)]
+    return list(dict.fromkeys(files))  # an image in many train records counts once
 
 
 def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,

@@ -79,8 +79,8 @@ class _Resolver:
             return f.stem
 
 
-def _image(rec, where: str, resolve: _Resolver, q: Quarantine):
-    """(prompt_id, prompt, rank, id, bytes) of one image record, or None (quarantined)."""
+def _checked(rec, where: str, q: Quarantine) -> str | None:
+    """The image_path of a usable image record, or None (quarantined): the reader looks for no file of it."""
     if not isinstance(rec, dict):
         q.add(where, f"bad record: expected an object, found {type(rec).__name__}")
         return None
@@ -98,12 +98,19 @@ def _image(rec, where: str, resolve: _Resolver, q: Quarantine):
     if not nonempty_text(rec["image_path"]):
         q.add(where, f"missing key: image_path is empty ({rec['image_path']!r})")
         return None
+    return rec["image_path"]
+
+
+def _image(rec, where: str, resolve: _Resolver, q: Quarantine):
+    """(prompt_id, prompt, rank, id, bytes) of one image record, or None (quarantined)."""
+    if _checked(rec, where, q) is None:
+        return None
     f = resolve(rec["image_path"])
     missing = f"missing image file: {rec['image_path']} (looked under {resolve.folder} and its parents)"
     data = image_file(f, where, q, missing)
     if data is None:
         return None
-    return rec["prompt_id"], rec["prompt"], rank, resolve.image_id(f), data
+    return rec["prompt_id"], rec["prompt"], rec["rank"], resolve.image_id(f), data
 
 
 def _file_pairs(jf: Path, q: Quarantine) -> Iterator[dict]:
@@ -140,9 +147,14 @@ def check(path) -> None:
 
 
 def source_paths(path) -> list[Path]:
-    """What a read opens: the input, and for a JSON file the folder of its images."""
-    p = Path(path)
-    return [p.parent] if p.is_file() else [p]
+    """The files a read opens: each JSON, then the image file of each usable record as the reader
+    resolves it (present or not, so one added later counts); no folder around them."""
+    files: list[Path] = []
+    for jf in _json_files(Path(path)):
+        resolve, q = _Resolver(jf), Quarantine(f"fingerprint:{NAME}")  # the same lookups, in the same order
+        files.append(jf)
+        files += [resolve(rel) for rec in read_json_list(jf, NAME) if (rel := _checked(rec, "", q)) is not None]
+    return list(dict.fromkeys(files))
 
 
 def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
