@@ -337,7 +337,7 @@ def run_build(cfg: Config) -> dict:
     shards = write_prompt_shards(prompts, out / "prompts", b.shard_size)
     init_ray(cfg.ray)  # a no-op where the caller's Ray runs
 
-    with checkpointed(S.PROMPT_ID, out / "_checkpoint"):
+    with checkpointed(S.PROMPT_ID, out / "_checkpoint", out / "groups"):
         # one block per shard: Ray 2.60's V2 Parquet reader merges small files into one block (it
         # ignores override_num_blocks), and neither reader promises a block a file; a block is the
         # unit that streams from pool to pool and that is written, so one block would mean nothing

@@ -57,7 +57,7 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
     if _holds_all(side, prompts):
         print(f"[eval] {side.name}: every prompt's scores are stored; nothing to generate", flush=True)
     else:
-        with checkpointed(S.PROMPT_ID, side / "_checkpoint"):
+        with checkpointed(S.PROMPT_ID, side / "_checkpoint", side / "scores"):
             ds = read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
             ds = generate_and_score(ds, [generator], [scorer])
             ds = ds.map_batches(eval_columns, fn_kwargs={"main": main}, batch_format="pyarrow", batch_size=None,

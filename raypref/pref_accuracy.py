@@ -225,7 +225,7 @@ def score_pairs(out: Path, s: ScorerConf, task_cpus: float) -> None:
 
     d = out / "scorers" / s.name  # its settings recorded by scorer_done
     files = len(list((out / "staged").glob("part-*.parquet")))
-    with checkpointed(S.IMPORT_ROW, d / "_checkpoint"):
+    with checkpointed(S.IMPORT_ROW, d / "_checkpoint", d / "scores"):
         ds = read_parquet(str((out / "staged").resolve())).repartition(files)  # a block a file, as in the build
         ds = ds.map_batches(pairs_to_groups, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
         ds = generate_and_score(ds, [], [s])

@@ -264,7 +264,7 @@ def run_relabel(cfg: Config) -> dict:
         shutil.rmtree(d, ignore_errors=True)
     source = label_source(cfg)
     if n_imported:
-        with checkpointed(S.IMPORT_ROW, out / "_checkpoint"):
+        with checkpointed(S.IMPORT_ROW, out / "_checkpoint", out / "pairs"):
             # one streaming execution: pairs -> 2-sample groups -> scorer pools -> labelled pairs; one
             # block per imported shard (as in the build), so each is written, and resumable, when scored
             ds = read_parquet(str((out / "imported").resolve())).repartition(n_files)

@@ -16,12 +16,41 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def set_aside_torn(directory: Path) -> list[Path]:
+    """Move the Parquet files under ``directory`` whose footer cannot be read (a kill cut their write
+    short: Ray Data writes a file in place) to <directory>.torn/, and say so; returns where they went.
+    Their rows were not checkpointed, so the rerun writes them again; left in place, they would stop
+    every later read of the directory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = Path(directory)
+    moved = []
+    for f in sorted(directory.rglob("*.parquet")) if directory.is_dir() else []:
+        try:
+            pq.read_metadata(f)
+        except (pa.ArrowInvalid, OSError):
+            dest = directory.with_name(directory.name + ".torn") / f.relative_to(directory)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            f.replace(dest)
+            moved.append(dest)
+    if moved:
+        print(f"[resume] {len(moved)} file(s) in {directory} a crash left half-written moved to "
+              f"{directory.with_name(directory.name + '.torn')}; their rows are written again", flush=True)
+    return moved
+
+
 @contextmanager
-def checkpointed(id_column: str, checkpoint_dir: Path):
+def checkpointed(id_column: str, checkpoint_dir: Path, output_dir: Path | None = None):
     """Ray Data checkpointing, keyed on ``id_column`` and kept in ``checkpoint_dir``, for the
-    datasets written inside; kept after success, so a finished stage's rerun writes nothing again."""
+    datasets written inside (to ``output_dir``); kept after success, so a finished stage's rerun writes
+    nothing again. Files a crash left half-written in either are set aside first (set_aside_torn)."""
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
+
+    for d in (checkpoint_dir, output_dir):
+        if d is not None:
+            set_aside_torn(Path(d))
 
     ctx = DataContext.get_current()
     before = ctx.checkpoint_config

@@ -56,8 +56,10 @@ def test_killed_build_resumes_without_duplicates(ray_session, tmp_path, tiny_sd,
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    kept = {p.name: p.stat().st_mtime_ns for p in groups.glob("*.parquet")}
-    done = set(pds.dataset(groups, format="parquet").to_table(columns=[S.PROMPT]).column(S.PROMPT).to_pylist())
+    # the kill may cut a file's write short (Ray Data writes in place): the rerun sets such a file aside
+    whole = [p for p in groups.glob("*.parquet") if _readable(p)]
+    kept = {p.name: p.stat().st_mtime_ns for p in whole}
+    done = set(pds.dataset(whole, format="parquet").to_table(columns=[S.PROMPT]).column(S.PROMPT).to_pylist())
     assert 1 <= len(done) < len(PROMPTS), "the kill should land mid-build"
     assert not (tmp_path / "run" / "build" / "pairs").exists()
 
@@ -78,3 +80,30 @@ def test_killed_build_resumes_without_duplicates(ray_session, tmp_path, tiny_sd,
     samples = pds.dataset(tmp_path / "run" / "build" / "samples", format="parquet").to_table(columns=[S.SAMPLE_ID])
     assert samples.num_rows == 2 * 7 and len(set(samples.column(S.SAMPLE_ID).to_pylist())) == samples.num_rows
     assert "[build] 7 prompts -> 14 samples" in out and "1 quarantined [prompts: empty prompt 1]" in out
+
+
+def _readable(path) -> bool:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+        return True
+    except (pa.ArrowInvalid, OSError):
+        return False
+
+
+def test_files_a_kill_cut_short_are_set_aside_and_named(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raypref.resume import set_aside_torn
+
+    d = tmp_path / "groups"
+    (d / "sub").mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1]}), d / "whole.parquet")
+    (d / "sub" / "torn.parquet").write_bytes(b"PAR1")  # what a SIGKILL mid-write leaves: the magic, no footer
+    assert set_aside_torn(d) == [tmp_path / "groups.torn" / "sub" / "torn.parquet"]
+    assert [p.name for p in d.rglob("*.parquet")] == ["whole.parquet"]
+    assert "1 file(s) in" in capsys.readouterr().out and (tmp_path / "groups.torn" / "sub" / "torn.parquet").read_bytes() == b"PAR1"
+    assert set_aside_torn(d) == [] and set_aside_torn(tmp_path / "none") == []
