@@ -62,14 +62,17 @@ def _columns(files: list[Path], want) -> tuple[int, dict[str, np.ndarray | list]
 
     if not files:
         return 0, {}
-    for f in files:  # Arrow's dataset errors do not say which file is bad
-        try:
-            pq.read_metadata(f)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"report: {f} is not a readable Parquet file: {e}") from None
-    ds = pds.dataset([str(f) for f in files], format="parquet")
-    names = [c for c in ds.schema.names if want(c)]
-    t = ds.to_table(columns=names)
+    try:
+        ds = pds.dataset([str(f) for f in files], format="parquet")
+        names = [c for c in ds.schema.names if want(c)]
+        t = ds.to_table(columns=names)
+    except (pa.ArrowInvalid, OSError):  # Arrow's dataset errors do not say which file is bad: find it
+        for f in files:
+            try:
+                pq.read_metadata(f)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise ValueError(f"report: {f} is not a readable Parquet file: {e}") from None
+        raise
     return t.num_rows, {c: (t.column(c).to_pylist() if t.schema.field(c).type == "string"
                             else t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)) for c in names}
 

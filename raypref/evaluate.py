@@ -24,6 +24,7 @@ from raypref.metrics import accuracy, json_text, paired_difference, win_rate
 from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
+from raypref.report import value_text
 from raypref.resume import actor_settings, checkpointed, untracked_keys
 
 
@@ -153,11 +154,7 @@ def judge_events(side: pa.Table) -> dict[str, int] | None:
     cols = [c for c in side.column_names if c.startswith(S.JUDGE_EVENTS_PREFIX)]
     if not cols:
         return None
-    total: dict[str, int] = {}
-    for c in cols:
-        for k, v in sum_events(pc.list_flatten(side.column(c).combine_chunks()).to_pylist()).items():
-            total[k] = total.get(k, 0) + v
-    return dict(sorted(total.items()))
+    return sum_events(e for c in cols for e in pc.list_flatten(side.column(c).combine_chunks()).to_pylist())
 
 
 def exact_accuracy(pairs: pa.Table, main: str, clusters=None) -> dict:
@@ -256,6 +253,10 @@ def run_eval(cfg: Config) -> dict:
 
 def win_rate_table(r: dict) -> str:
     lo, hi = r["win_rate_ci95"]
+
+    def v(x) -> str:  # a rate or mean over no compared pair (every one had a NaN) has no value
+        return value_text(x, ".3f")
+
     return (
         f"Win rate's 95% CI: Wilson, with n divided by the design effect of a prompt's seeds "
         f"({r.get('design_effect', 1.0):.2f}). n counts the twin pairs compared; a pair with a NaN score on "
@@ -263,13 +264,8 @@ def win_rate_table(r: dict) -> str:
         f"| scorer | n | left out (NaN score) | tuned wins | ties | base wins | win rate (95% CI) | base mean | tuned mean |\n"
         f"|---|---|---|---|---|---|---|---|---|\n"
         f"| {r['scorer']} | {r['n']} | {r.get('skipped_nan', 0)} | {r['wins']} | {r['ties']} | {r['losses']} | "
-        f"{_f3(r['win_rate'])} ({_f3(lo)}-{_f3(hi)}) | {_f3(r['base_mean'])} | {_f3(r['tuned_mean'])} |\n"
+        f"{v(r['win_rate'])} ({v(lo)}-{v(hi)}) | {v(r['base_mean'])} | {v(r['tuned_mean'])} |\n"
     )
-
-
-def _f3(x) -> str:
-    """A rate or mean over no compared pair (every one had a NaN) has no value."""
-    return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
 def accuracy_table(r: dict) -> str:

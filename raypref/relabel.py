@@ -171,16 +171,17 @@ def _import_keys(d: Path) -> pa.Table | None:
     return pds.dataset(d, format="parquet").to_table(columns=cols).sort_by(S.IMPORT_ROW)
 
 
-def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
+def import_pairs(cfg: Config, out: Path, settings: dict | None = None) -> tuple[int, int]:
     """Stream relabel.input into <out>/imported (raypref pairs, shard_size rows per file, each row
     numbered in import_row) and its bad rows into <out>/quarantine/import; returns (pairs imported,
     shard files). An import that finished before from the same input is kept; the same input with
     another limit or shard_size is imported again, keeping the pairs labelled (checked to be the
-    same first rows)."""
+    same first rows). ``settings``: _import_settings(cfg), where the caller has them (the input's
+    fingerprint stats every file it reads)."""
     import pyarrow.dataset as pds
 
     r = cfg.relabel
-    done, mine = out / IMPORT_DONE, _import_settings(cfg)
+    done, mine = out / IMPORT_DONE, settings or _import_settings(cfg)
     if done.is_file() and settings_changed(done, mine, _unrecorded(done)) is None:
         return pds.dataset(out / "imported", format="parquet").count_rows(), len(list((out / "imported").glob("part-*.parquet")))
     same = done.is_file() and settings_changed(done, mine, _LAYOUT + _unrecorded(done)) is None
@@ -207,14 +208,14 @@ def import_pairs(cfg: Config, out: Path) -> tuple[int, int]:
     return n, len(list((out / "imported").glob("part-*.parquet")))
 
 
-def guard_relabel_resume(cfg: Config, out: Path) -> None:
+def guard_relabel_resume(cfg: Config, out: Path, settings: dict | None = None) -> None:
     """A rerun resumes the pairs already labelled only if the input (its files too), the scorers, the
     pairing and the orientation are the same; with others it would mix two labellings (pool sizes may
     change). A larger relabel.limit adds pairs; a smaller one than the import holds is refused, as it
     would keep pairs beyond it. Records them."""
     import pyarrow.dataset as pds
 
-    mine = {"relabel": {**_import_settings(cfg)["relabel"], "orient": cfg.relabel.orient},
+    mine = {"relabel": {**(settings or _import_settings(cfg))["relabel"], "orient": cfg.relabel.orient},
             "build": labelling_settings(cfg.build)}
     record = out / SETTINGS_FILE
     has_work = any((out / "pairs").glob("*.parquet")) or (out / "_checkpoint").exists()
@@ -257,9 +258,10 @@ def run_relabel(cfg: Config) -> dict:
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
     out = cfg.stage_dir("relabel")
-    guard_relabel_resume(cfg, out)
+    imports = _import_settings(cfg)  # once: the input's fingerprint stats every file a read opens
+    guard_relabel_resume(cfg, out, imports)
     write_run_meta(cfg, out, "relabel")
-    n_imported, n_files = import_pairs(cfg, out)
+    n_imported, n_files = import_pairs(cfg, out, imports)
     for d in (out / "quarantine" / "relabel", out / UNSCORED_DIR):  # unlabelled pairs are scored again
         shutil.rmtree(d, ignore_errors=True)
     source = label_source(cfg)

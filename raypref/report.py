@@ -5,7 +5,7 @@ from __future__ import annotations
 from raypref.train_checkpoint import TREND_STEPS
 
 
-def _f(x, spec=".4f"):
+def value_text(x, spec=".4f") -> str:
     return "n/a" if x is None or x != x else format(x, spec)  # None or NaN: no value
 
 
@@ -45,17 +45,17 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             f"[train] sft ({s['finetune']}) on {s['images']} images of {s['prompts']} prompts (top {s['top_p']:g} of "
             + (f"{s['images_scored']}" if s.get("per_prompt") is None else
                f"each prompt's best {s['per_prompt']}, {s['images_eligible']} of {s['images_scored']}")
-            + f" by {s['score']}, cut {_f(s['score_cut'])}; {s['images_unscored']} unscored), {s['workers']} worker(s), "
-            f"step {s['final_step']}: loss {_f(s['first_loss'])} -> {_f(s['last_loss'])} in {s['seconds']}s -> {s['weights']}"
+            + f" by {s['score']}, cut {value_text(s['score_cut'])}; {s['images_unscored']} unscored), {s['workers']} worker(s), "
+            f"step {s['final_step']}: loss {value_text(s['first_loss'])} -> {value_text(s['last_loss'])} in {s['seconds']}s -> {s['weights']}"
         )
     if stage == "train" and s.get("method") == "refl":
         r0, r1 = s["reward_first_last"] or (None, None)
         return (
             f"[train] refl ({s['finetune']}) on {s['prompts']} prompts, reward: {s['scorer']} ({s['head']}), "
-            f"{s['workers']} worker(s), step {s['final_step']}: reward ({_mean_of(s['final_step'])}) {_f(r0)} -> {_f(r1)}, "
-            f"{_f(s['below_margin'], '.0%')} of images below the margin {s['margin']:g}"
-            + (f", pretraining loss (x {s['pretrain_weight']:g}) {_f(s['pretrain_loss_first_last'][0])} -> "
-               f"{_f(s['pretrain_loss_first_last'][1])}" if s.get("pretrain_loss_first_last") else "")
+            f"{s['workers']} worker(s), step {s['final_step']}: reward ({_mean_of(s['final_step'])}) {value_text(r0)} -> {value_text(r1)}, "
+            f"{value_text(s['below_margin'], '.0%')} of images below the margin {s['margin']:g}"
+            + (f", pretraining loss (x {s['pretrain_weight']:g}) {value_text(s['pretrain_loss_first_last'][0])} -> "
+               f"{value_text(s['pretrain_loss_first_last'][1])}" if s.get("pretrain_loss_first_last") else "")
             + f" in {s['seconds']}s -> {s['weights']}"
             + ("\n[train] refl: WARNING no image scored below train.refl.margin, so none gave a gradient and the "
                "model did not change; raise the margin above the scorer's range" if s["below_margin"] == 0 else "")
@@ -65,7 +65,7 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             f"[train] dpo ({s['finetune']}) on {s['pairs']} pairs"
             + (f" ({s['ties_left_out']} ties left out)" if s.get("ties_left_out") else "")
             + f", {s['workers']} worker(s), step {s['final_step']}: "
-            f"loss {_f(s['first_loss'])} -> {_f(s['last_loss'])}, implicit acc {_f(s['last_implicit_acc'], '.2f')} "
+            f"loss {value_text(s['first_loss'])} -> {value_text(s['last_loss'])}, implicit acc {value_text(s['last_implicit_acc'], '.2f')} "
             f"in {s['seconds']}s -> {s['weights']}"
         )
     if stage == "eval":
@@ -75,8 +75,8 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             + (f", {s['skipped_nan']} left out for a NaN score" if s.get("skipped_nan") else "")
             + (f", {s['duplicate_prompts_dropped']} duplicate prompts dropped" if s.get("duplicate_prompts_dropped") else "")
             + f"), judged by {s['scorer']}: "
-            f"win rate {_f(s['win_rate'], '.3f')} (95% CI {_f(lo, '.3f')}-{_f(hi, '.3f')}), wins/ties/losses "
-            f"{s['wins']}/{s['ties']}/{s['losses']}, mean {_f(s['base_mean'], '.3f')} -> {_f(s['tuned_mean'], '.3f')}"
+            f"win rate {value_text(s['win_rate'], '.3f')} (95% CI {value_text(lo, '.3f')}-{value_text(hi, '.3f')}), wins/ties/losses "
+            f"{s['wins']}/{s['ties']}/{s['losses']}, mean {value_text(s['base_mean'], '.3f')} -> {value_text(s['tuned_mean'], '.3f')}"
             + (f", {_quarantined(s)}" if s.get("quarantined") else "")
             + "".join(f", {side} judge events " + " ".join(f"{k} {v}" for k, v in ev.items())
                       for side, ev in (s.get("judge_events") or {}).items() if ev)
@@ -85,10 +85,10 @@ def summary_line(stage: str, s: dict, where: str) -> str:
     if stage == "pretrain":
         parts = [f"[pretrain] {s['what']} on {s['workers']} worker(s)"]
         if s.get("vae_loss"):
-            parts.append(f"vae {s['vae_steps']} steps, loss {_f(s['vae_loss'][0])} -> {_f(s['vae_loss'][1])}")
+            parts.append(f"vae {s['vae_steps']} steps, loss {value_text(s['vae_loss'][0])} -> {value_text(s['vae_loss'][1])}")
         key = "unet_steps" if "unet_steps" in s else "steps"
         if s.get("loss"):
-            parts.append(f"{s[key]} steps, loss ({_mean_of(s[key])}) {_f(s['loss'][0])} -> {_f(s['loss'][1])}")
+            parts.append(f"{s[key]} steps, loss ({_mean_of(s[key])}) {value_text(s['loss'][0])} -> {value_text(s['loss'][1])}")
         return ", ".join(parts) + f" in {s['seconds']}s -> {where}"
     raise ValueError(f"unknown stage {stage!r}")
 

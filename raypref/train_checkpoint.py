@@ -126,7 +126,7 @@ DATA_DIRS = {"train": {"pairs": "build/pairs", "samples": "build/samples", "refl
              "reward": {"pairs": "build/pairs"}, "pcclip": {"samples": "build/samples"}}
 
 
-def _data_dirs(value, default: Path) -> list[str]:
+def data_dirs(value, default: Path) -> list[str]:
     """The dirs a data setting names (None: ``default``; a list: each, in order), resolved as the stages
     resolve them; a URI as it is."""
     given = value if isinstance(value, list) else [value or str(default)]
@@ -146,7 +146,7 @@ def _spelled_as_recorded(record: Path, section: str, settings: dict, output_dir:
             d = d.get(p) if isinstance(d, dict) else None
         flat = f"{section}.{key}"
         if isinstance(d, dict) and leaf in d and flat in recorded and recorded[flat] != d[leaf] \
-                and _data_dirs(recorded[flat], output_dir / default) == _data_dirs(d[leaf], output_dir / default):
+                and data_dirs(recorded[flat], output_dir / default) == data_dirs(d[leaf], output_dir / default):
             d[leaf] = recorded[flat]
     return settings
 

@@ -25,8 +25,8 @@ from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
 from raypref.mirroring import mirror_images, mirror_prompts
 from raypref.parquet_read import parquet_mb, read_parquet
-from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, first_last_means, fit_and_export, guard_resume,
-                                      load_state, report_step)
+from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, data_dirs, first_last_means, fit_and_export,
+                                      guard_resume, load_state, report_step)
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -347,8 +347,7 @@ def run_train_reward(cfg: Config) -> dict:
     r = cfg.reward
     guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json"))
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
-    given = r.pairs if isinstance(r.pairs, list) else [r.pairs or str(cfg.stage_dir("build") / "pairs")]
-    paths = [p if "://" in p else str(Path(p).resolve()) for p in given]
+    paths = data_dirs(r.pairs, cfg.stage_dir("build") / "pairs")
     for p in paths:
         if "://" not in p and not Path(p).exists():
             raise FileNotFoundError(f"reward.pairs: no pairs at {p} (run the build first, or set reward.pairs)")
