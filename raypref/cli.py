@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from raypref.config import ConfigError, describe, load_config
@@ -14,9 +15,11 @@ EPILOG = (
 )
 
 
-def _command(parent, name: str, help: str) -> argparse.ArgumentParser:
-    """A subcommand taking --config FILE and dotted overrides."""
+def _command(parent, name: str, help: str, run: str, *run_args: str) -> argparse.ArgumentParser:
+    """A subcommand taking --config FILE and dotted overrides, that calls ``run`` ('module:function',
+    imported only when chosen, so that `raypref config` loads no torch) with the config and ``run_args``."""
     p = parent.add_parser(name, help=help, description=help[0].upper() + help[1:].replace("%%", "%") + ".", epilog=EPILOG)
+    p.set_defaults(run=run, run_args=run_args)
     p.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded demo config)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     return p
@@ -25,33 +28,33 @@ def _command(parent, name: str, help: str) -> argparse.ArgumentParser:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raypref", description="Align text-to-image models with AI feedback on Ray.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
-    _command(sub, "build", "generate -> score -> pair; writes build/{samples,pairs}")
-    _command(sub, "pair", "re-pair stored groups from their scores (no model runs); writes pair/{samples,pairs}")
-    _command(sub, "rank", "keep the global top p%% of pairs by a quality metric (no Ray); writes rank/pairs")
+    _command(sub, "build", "generate -> score -> pair; writes build/{samples,pairs}", "raypref.stages:build")
+    _command(sub, "pair", "re-pair stored groups from their scores (no model runs); writes pair/{samples,pairs}", "raypref.stages:pair")
+    _command(sub, "rank", "keep the global top p%% of pairs by a quality metric (no Ray); writes rank/pairs", "raypref.stages:rank")
     _command(sub, "relabel", "score imported pairs (Pick-a-Pic, HPD v2, ImageRewardDB, AGFSync, raypref) with "
-             "build.scorers; writes relabel/{pairs,quarantine}")
+             "build.scorers; writes relabel/{pairs,quarantine}", "raypref.relabel:relabel")
     tsub = sub.add_parser("train", help="train: dpo, sft or refl (the diffusion model), reward (a reward model), pcclip (CLIP)").add_subparsers(dest="method", required=True)
     _command(tsub, "dpo", "Diffusion-DPO with a LoRA (or every UNet weight: train.finetune=full), in Ray Train; "
-             "writes train/lora (or train/unet)")
+             "writes train/lora (or train/unet)", "raypref.stages:train_dpo")
     _command(tsub, "sft", "supervised fine-tuning (a LoRA, or train.finetune=full) on the top train.sft_top_p of "
-             "the build's images by train.sft_score (self-reward), in Ray Train; writes train/lora (or train/unet)")
+             "the build's images by train.sft_score (self-reward), in Ray Train; writes train/lora (or train/unet)", "raypref.stages:train_sft")
     _command(tsub, "refl", "reward feedback learning (ImageReward's ReFL): the UNet (a LoRA, or train.finetune=full) "
-             "learns from the gradient of train.refl.scorer on images it draws, in Ray Train; writes train/lora (or train/unet)")
+             "learns from the gradient of train.refl.scorer on images it draws, in Ray Train; writes train/lora (or train/unet)", "raypref.stages:train_refl")
     _command(tsub, "pcclip", "PC-CLIP: fine-tune an open_clip model so image-embedding differences match "
-             "difference texts, in Ray Train; writes pcclip/model")
-    _command(tsub, "reward", "a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; writes reward/model")
+             "difference texts, in Ray Train; writes pcclip/model", "raypref.stages:train_pcclip")
+    _command(tsub, "reward", "a reward model (overall + per-aspect heads, Bradley-Terry) in Ray Train; writes reward/model", "raypref.stages:train_reward")
     psub = sub.add_parser("pretrain", help="pretrain a shapes-world model in Ray Train").add_subparsers(dest="model", required=True)
-    _command(psub, "t2i", "the tiny text-to-image pipeline (VAE, then UNet + text encoder)")
-    _command(psub, "clip", "the tiny open_clip model, contrastively")
+    _command(psub, "t2i", "the tiny text-to-image pipeline (VAE, then UNet + text encoder)", "raypref.stages:pretrain", "t2i")
+    _command(psub, "clip", "the tiny open_clip model, contrastively", "raypref.stages:pretrain", "clip")
     _command(sub, "accuracy", "preference-prediction accuracy of scorers on a pairs dataset, side by side; "
-             "writes accuracy/accuracy.{md,csv,json}")
-    _command(sub, "eval", "base vs tuned win rate on held-out prompts")
+             "writes accuracy/accuracy.{md,csv,json}", "raypref.stages:accuracy")
+    _command(sub, "eval", "base vs tuned win rate on held-out prompts", "raypref.stages:evaluate")
     _command(sub, "report", "dataset report of a stage dir (counts, score/margin histograms, per-generator "
-             "win rates); writes <dir>/report")
+             "win rates); writes <dir>/report", "raypref.stages:report")
     _command(sub, "sweep", "ablations and scaling curves: run sweep.stages at every point of sweep.grid; "
-             "writes sweep/{points/,results.{csv,md,json},<metric>.png}")
-    _command(sub, "demo", "build -> train dpo -> eval on the embedded default")
-    _command(sub, "config", "print the resolved config (or --doc: every key documented)").add_argument(
+             "writes sweep/{points/,results.{csv,md,json},<metric>.png}", "raypref.stages:sweep")
+    _command(sub, "demo", "build -> train dpo -> eval on the embedded default", "raypref.stages:demo")
+    _command(sub, "config", "print the resolved config (or --doc: every key documented)", "raypref.cli:print_config").add_argument(
         "--doc", action="store_true", help="list every key with type, default and description")
     return parser
 
@@ -78,55 +81,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> None:
-    from raypref import stages
-
     if args.command == "config" and args.doc:
         print("\n".join(describe()))
         return
     cfg = load_config(args.config, args.overrides)
-    if args.command == "config":
-        import yaml
+    module, function = args.run.split(":")
+    getattr(importlib.import_module(module), function)(cfg, *args.run_args)
 
-        from raypref.config import check_scorer_args
 
-        check_scorer_args(cfg)  # as every stage does before it writes the config: a pasted key is not echoed
-        if cfg.sweep.grid or cfg.sweep.set:  # and as a sweep does for each point, sweep.set and grid applied
-            from raypref.sweep import check_point_args, sweep_points
+def print_config(cfg) -> None:
+    """`raypref config`: the resolved config, checked as a stage would check it."""
+    import yaml
 
-            check_point_args(sweep_points(cfg))
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-    elif args.command == "build":
-        stages.build(cfg)
-    elif args.command == "pair":
-        stages.pair(cfg)
-    elif args.command == "rank":
-        stages.rank(cfg)
-    elif args.command == "sweep":
-        stages.sweep(cfg)
-    elif args.command == "relabel":
-        from raypref.relabel import relabel
+    from raypref.config import check_scorer_args
 
-        relabel(cfg)
-    elif args.command == "train" and args.method == "reward":
-        stages.train_reward(cfg)
-    elif args.command == "train" and args.method == "sft":
-        stages.train_sft(cfg)
-    elif args.command == "train" and args.method == "refl":
-        stages.train_refl(cfg)
-    elif args.command == "train" and args.method == "pcclip":
-        stages.train_pcclip(cfg)
-    elif args.command == "train":
-        stages.train_dpo(cfg)
-    elif args.command == "accuracy":
-        stages.accuracy(cfg)
-    elif args.command == "pretrain":
-        stages.pretrain(cfg, args.model)
-    elif args.command == "eval":
-        stages.evaluate(cfg)
-    elif args.command == "report":
-        stages.report(cfg)
-    elif args.command == "demo":
-        stages.demo(cfg)
+    check_scorer_args(cfg)  # as every stage does before it writes the config: a pasted key is not echoed
+    if cfg.sweep.grid or cfg.sweep.set:  # and as a sweep does for each point, sweep.set and grid applied
+        from raypref.sweep import check_point_args, sweep_points
+
+        check_point_args(sweep_points(cfg))
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
 
 
 if __name__ == "__main__":

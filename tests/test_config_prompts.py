@@ -202,6 +202,31 @@ def test_cli_help_on_every_subcommand():
         assert "usage: raypref" in r.stdout
 
 
+def test_every_subcommand_runs_a_function_that_exists(monkeypatch):
+    """Each subcommand names its function as 'module:function'; a typo would surface only when run."""
+    import argparse
+    import importlib
+
+    from raypref import cli
+
+    def leaves(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from leaves(sub, path + (name,)) if "run" not in sub._defaults else [(path + (name,), sub)]
+
+    found = dict(leaves(cli.make_parser()))
+    assert {" ".join(k) for k in found} >= {"build", "pair", "rank", "relabel", "train dpo", "train sft", "train refl",
+                                            "train reward", "train pcclip", "pretrain t2i", "pretrain clip", "accuracy",
+                                            "eval", "report", "sweep", "demo", "config"}
+    for words, sub in found.items():
+        module, function = sub._defaults["run"].split(":")
+        assert callable(getattr(importlib.import_module(module), function)), words
+    calls = []
+    monkeypatch.setattr("raypref.stages.pretrain", lambda cfg, what: calls.append(what))
+    assert cli.main(["pretrain", "clip"]) == 0 and calls == ["clip"]  # the subcommand's own argument reaches it
+
+
 def test_cli_errors_are_clear(tmp_path):
     r = _cli("config", "train.bogus=1")
     assert r.returncode == 2 and "train.bogus: unknown key" in r.stderr
