@@ -430,6 +430,39 @@ def test_cli_build_without_the_key_variable_exits_2_before_ray(tmp_path, monkeyp
     assert not list((tmp_path / "run").rglob("config.yaml"))
 
 
+@pytest.mark.parametrize("stage", ["relabel", "accuracy", "eval"])
+def test_a_stage_running_the_judge_without_its_key_variable_stops_before_ray(stage, tmp_path, monkeypatch):
+    from raypref import session
+    from raypref.config import validate
+    from raypref.evaluate import run_eval
+    from raypref.finetune import export_file
+    from raypref.pref_accuracy import run_accuracy
+    from raypref.relabel import run_relabel
+    from tests.test_reward_model import synthetic_pairs
+
+    for var in (KEY_ENV, "RAY_ADDRESS", session.LOCAL_RAY_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started before the judge's key variable was checked")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+    judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1")}
+    synthetic_pairs(tmp_path / "pairs", n_prompts=2)
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / export_file("lora")).write_bytes(b"never read")
+    d = {"output_dir": str(tmp_path / "run"),
+         "relabel": {"input": str(tmp_path / "pairs" / "a"), "format": "raypref"},
+         "accuracy": {"pairs": str(tmp_path / "pairs" / "a"), "format": "raypref", "scorers": [judge]},
+         "build": {"scorers": [judge], "generators": [{"name": "r", "cls": "shapes_render", "num_samples": 2}]},
+         "eval": {"prompts": str(tmp_path / "p.txt"), "scorer": "j", "lora": str(tmp_path / "lora")}}
+    run = {"relabel": run_relabel, "accuracy": run_accuracy, "eval": run_eval}[stage]
+    with pytest.raises(ValueError, match=f"^scorer 'j': judge API key: environment variable {KEY_ENV} is not set"):
+        run(validate(d))
+    assert not list((tmp_path / "run").rglob("config.yaml"))
+
+
 def test_judge_config_errors_never_echo_a_key(monkeypatch):
     pasted = "sk-live-" + "x9" * 20
     with pytest.raises(ValueError, match=r"args\.http\.api_key_env: .*NAME of an environment variable") as e:
