@@ -338,6 +338,20 @@ def test_http_judge_through_scorer_call_writes_columns(monkeypatch):
         [{"ok": 1, "requests": 1}] * 2, [{"malformed": 1, "requests": 1}]]
 
 
+def test_a_judge_dropped_as_ray_data_drops_its_actor_closes_its_client(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    with JudgeServer(scripted) as server:
+        judge = resolve("llm_judge")(name="j", **http_args(server.base_url))
+        judge.score([_img((1, 2, 3))] * 3, ["case:ok"] * 3)
+        client = judge.client
+        adapters = [a for s in client._sessions for a in s.adapters.values()]
+        assert sum(len(a.poolmanager.pools) for a in adapters) > 0  # connections held open between batches
+        del judge  # what Ray Data's actor shutdown does to its UDF (MapWorker.__ray_shutdown__)
+    assert client._pool._shutdown and all(len(a.poolmanager.pools) == 0 for a in adapters)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        client._pool.submit(print)
+
+
 def odd_bodies(text, attempt, n_images):
     """200 answers of shapes a parser may not expect."""
     case = re.search(r"case:(\w+)", text).group(1)
