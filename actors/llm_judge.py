@@ -149,6 +149,17 @@ class LLMJudge(Scorer):
             check_model_ref(model, what=f"scorer {name!r} model")
             self.client = LocalVLM(model, pick_device(num_gpus), conf.dtype, conf.max_new_tokens, conf.batch_size)
 
+    def close(self) -> None:
+        """Shut the http client's threads and connections (again: a no-op)."""
+        client = getattr(self, "client", None)  # an __init__ that failed set none
+        if isinstance(client, ChatClient):
+            client.close()
+
+    def __del__(self):
+        # Ray Data drops a map_batches actor's UDF when the pool winds down gracefully; a killed actor
+        # runs nothing, and its process exit frees the sockets anyway
+        self.close()
+
     def _job(self, prompt: str, images: list):
         n = len(images)
         what = f"prompt {prompt[:80]!r}" + (f", {n} images" if n > 1 else "")  # names the rows in a warning

@@ -220,8 +220,8 @@ def run_eval(cfg: Config) -> dict:
     part, weights = tuned_weights(cfg)  # and the tuned weights found
     from raypref.session import init_ray
 
+    out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")  # a judge's missing key stops it here, before Ray
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
-    out = write_run_meta(cfg, cfg.stage_dir("eval"), "eval")
     Q.write(bad_prompts, out / "quarantine" / "prompts.parquet")
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
     sides = eval_sides(cfg, (part, weights))

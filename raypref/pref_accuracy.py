@@ -319,9 +319,9 @@ def run_accuracy(cfg: Config) -> dict:
         check_format(a.pairs, a.format, "accuracy.pairs", "accuracy.format")
     from raypref.session import init_ray
 
+    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)  # a judge's missing key stops it here, before Ray
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
-    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     keys, staged = staged_pairs(cfg, out, images=False)
     todo = [s for s in a.scorers if not scorer_done(s, out, keys)]
     if todo and not staged["staged"]:  # a finished run removed the staged images

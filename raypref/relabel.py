@@ -255,12 +255,12 @@ def run_relabel(cfg: Config) -> dict:
     check_format(r.input, r.format, "relabel.input", "relabel.format")  # its first file, before Ray and any write
     from raypref.session import init_ray
 
-    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
     out = cfg.stage_dir("relabel")
     imports = _import_settings(cfg)  # once: the input's fingerprint stats every file a read opens
     guard_relabel_resume(cfg, out, imports)
-    write_run_meta(cfg, out, "relabel")
+    write_run_meta(cfg, out, "relabel")  # a judge's missing key stops it here, before Ray
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     n_imported, n_files = import_pairs(cfg, out, imports)
     for d in (out / "quarantine" / "relabel", out / UNSCORED_DIR):  # unlabelled pairs are scored again
         shutil.rmtree(d, ignore_errors=True)

@@ -338,6 +338,20 @@ def test_http_judge_through_scorer_call_writes_columns(monkeypatch):
         [{"ok": 1, "requests": 1}] * 2, [{"malformed": 1, "requests": 1}]]
 
 
+def test_a_judge_dropped_as_ray_data_drops_its_actor_closes_its_client(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    with JudgeServer(scripted) as server:
+        judge = resolve("llm_judge")(name="j", **http_args(server.base_url))
+        judge.score([_img((1, 2, 3))] * 3, ["case:ok"] * 3)
+        client = judge.client
+        adapters = [a for s in client._sessions for a in s.adapters.values()]
+        assert sum(len(a.poolmanager.pools) for a in adapters) > 0  # connections held open between batches
+        del judge  # what Ray Data's actor shutdown does to its UDF (MapWorker.__ray_shutdown__)
+    assert client._pool._shutdown and all(len(a.poolmanager.pools) == 0 for a in adapters)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        client._pool.submit(print)
+
+
 def odd_bodies(text, attempt, n_images):
     """200 answers of shapes a parser may not expect."""
     case = re.search(r"case:(\w+)", text).group(1)
@@ -427,6 +441,39 @@ def test_cli_build_without_the_key_variable_exits_2_before_ray(tmp_path, monkeyp
     out, err = capsys.readouterr()
     assert err.startswith(f"raypref build: error: scorer 'j': judge API key: environment variable {KEY_ENV} is not set")
     assert "[ray]" not in out and LOCAL_RAY_ENV not in os.environ  # Ray was never started
+    assert not list((tmp_path / "run").rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("stage", ["relabel", "accuracy", "eval"])
+def test_a_stage_running_the_judge_without_its_key_variable_stops_before_ray(stage, tmp_path, monkeypatch):
+    from raypref import session
+    from raypref.config import validate
+    from raypref.evaluate import run_eval
+    from raypref.finetune import export_file
+    from raypref.pref_accuracy import run_accuracy
+    from raypref.relabel import run_relabel
+    from tests.test_reward_model import synthetic_pairs
+
+    for var in (KEY_ENV, "RAY_ADDRESS", session.LOCAL_RAY_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started before the judge's key variable was checked")
+
+    monkeypatch.setattr(session, "init_ray", refuse)
+    judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1")}
+    synthetic_pairs(tmp_path / "pairs", n_prompts=2)
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / export_file("lora")).write_bytes(b"never read")
+    d = {"output_dir": str(tmp_path / "run"),
+         "relabel": {"input": str(tmp_path / "pairs" / "a"), "format": "raypref"},
+         "accuracy": {"pairs": str(tmp_path / "pairs" / "a"), "format": "raypref", "scorers": [judge]},
+         "build": {"scorers": [judge], "generators": [{"name": "r", "cls": "shapes_render", "num_samples": 2}]},
+         "eval": {"prompts": str(tmp_path / "p.txt"), "scorer": "j", "lora": str(tmp_path / "lora")}}
+    run = {"relabel": run_relabel, "accuracy": run_accuracy, "eval": run_eval}[stage]
+    with pytest.raises(ValueError, match=f"^scorer 'j': judge API key: environment variable {KEY_ENV} is not set"):
+        run(validate(d))
     assert not list((tmp_path / "run").rglob("config.yaml"))
 
 
