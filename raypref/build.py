@@ -28,7 +28,7 @@ from raypref.config import (
     BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, record_settings, write_run_meta,
 )
 from raypref.metrics import json_text
-from raypref.models import resolve_model
+from raypref.models import resolve_model, resolve_pretrained
 from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
@@ -65,7 +65,8 @@ def generator_kwargs(g: GeneratorConf) -> dict:
 def scorer_kwargs(s: ScorerConf) -> dict:
     """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none."""
     model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
-    kw = {"name": s.name, "model": model, "pretrained": s.pretrained, "num_gpus": s.pool.num_gpus}
+    pretrained = resolve_pretrained(model, s.pretrained, what=f"scorer {s.name!r} pretrained")
+    kw = {"name": s.name, "model": model, "pretrained": pretrained, "num_gpus": s.pool.num_gpus}
     return constructor_kwargs(resolve(s.cls, "scorer", f"scorer {s.name!r} cls"), kw, s.args, f"scorer {s.name!r}")
 
 
