@@ -28,7 +28,7 @@ from raypref.config import (
     BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, record_settings, write_run_meta,
 )
 from raypref.metrics import json_text
-from raypref.models import resolve_model
+from raypref.models import resolve_model, resolve_pretrained
 from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
@@ -65,7 +65,8 @@ def generator_kwargs(g: GeneratorConf) -> dict:
 def scorer_kwargs(s: ScorerConf) -> dict:
     """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none."""
     model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
-    kw = {"name": s.name, "model": model, "pretrained": s.pretrained, "num_gpus": s.pool.num_gpus}
+    pretrained = resolve_pretrained(model, s.pretrained, what=f"scorer {s.name!r} pretrained")
+    kw = {"name": s.name, "model": model, "pretrained": pretrained, "num_gpus": s.pool.num_gpus}
     return constructor_kwargs(resolve(s.cls, "scorer", f"scorer {s.name!r} cls"), kw, s.args, f"scorer {s.name!r}")
 
 
@@ -425,8 +426,9 @@ def regroup(batch: pa.Table, **pairing) -> pa.Table:
 
 def check_pair_input(cfg: Config, src: Path, out: Path) -> None:
     """What `raypref pair` can check before Ray starts: the stored groups exist, lie outside the pair
-    stage's own output (which it replaces), and hold the columns the pairing reads."""
-    import pyarrow.dataset as pds
+    stage's own output (which it replaces), and every file of them holds the columns the pairing reads
+    (footers only: a later file with other columns would otherwise fail inside Ray)."""
+    from raypref.formats._common import dataset_parquet_files, footer_names
 
     if not src.exists():
         raise FileNotFoundError(f"pair.groups: no stored groups at {src} (run the build first, or set pair.groups)")
@@ -435,21 +437,24 @@ def check_pair_input(cfg: Config, src: Path, out: Path) -> None:
         if o == i or o in i.parents or i in o.parents:
             raise ValueError(f"pair.groups: {src} overlaps the pair stage's output {o}, which a re-pairing replaces; "
                              "copy the groups elsewhere first, or re-pair the build's")
-    names = pds.dataset(i, format="parquet").schema.names
-    if not names:
+    files = dataset_parquet_files(i)
+    if not files:
         raise FileNotFoundError(f"pair.groups: no Parquet files at {src} (run the build first, or set pair.groups)")
-    score_cols = [c for c in names if S.is_score_column(c)]
-    missing = [c for c in [S.PROMPT_ID, S.PROMPT, *S.SAMPLE_LIST_FIELDS] if c not in names]
-    if missing:
-        raise ValueError(f"pair.groups: {src} has no column {missing}; is it a build's groups table?")
-    missing = [s["column"] for s in _scorer_specs(cfg) if s["column"] not in names]
-    if missing:
-        raise ValueError(f"build.scorers: the stored groups at {src} have no column {missing} (score columns there: "
-                         f"{score_cols}); re-pairing never runs a scorer")
+    required = [S.PROMPT_ID, S.PROMPT, *S.SAMPLE_LIST_FIELDS]
+    scorer_cols = [s["column"] for s in _scorer_specs(cfg)]
     on = cfg.build.pairs.on
-    if on and on not in names:
-        raise ValueError(f"build.pairs.on: the stored groups at {src} have no score column {on!r} (score columns there: "
-                         f"{score_cols})")
+    for f, names in footer_names(files, "pair.groups"):
+        score_cols = [c for c in names if S.is_score_column(c)]
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise ValueError(f"pair.groups: {f} has no column {missing}; is it a build's groups table?")
+        missing = [c for c in scorer_cols if c not in names]
+        if missing:
+            raise ValueError(f"build.scorers: the stored groups file {f} has no column {missing} (score columns there: "
+                             f"{score_cols}); re-pairing never runs a scorer")
+        if on and on not in names:
+            raise ValueError(f"build.pairs.on: the stored groups file {f} has no score column {on!r} (score columns "
+                             f"there: {score_cols})")
 
 
 def staging_dir(out: Path) -> Path:

@@ -159,6 +159,63 @@ def _check_offline_cache(repo: str, ref: str, what: str) -> None:
             f"(`hf download {repo}`) and copy the cache here, or give a local path")
 
 
+def resolve_pretrained(model: str, pretrained: str | None, what: str) -> str | None:
+    """The ``pretrained`` to pass with a resolved open_clip ``model``: a built-in name's tag as given (offline,
+    its weights must be cached already), a weights file made absolute (actors' cwd differs); unchanged where
+    open_clip ignores it (an 'hf-hub:' or 'local-dir:' model, checked by resolve_model) or there is no tag.
+    Checked on the driver, as open_clip would otherwise fail (or download) in every actor in turn."""
+    if not pretrained or model.startswith(("hf-hub:", _LOCAL_DIR)) or Path(model).exists():
+        return pretrained
+    import open_clip
+
+    name = model.replace("/", "-")  # as open_clip looks a built-in name up
+    if open_clip.get_model_config(name) is None:
+        return pretrained  # not an open_clip built-in: the scorer's own loader reads it
+    tag = open_clip.get_pretrained_cfg(name, pretrained)
+    if not tag:  # open_clip tries a known tag before a file path
+        if Path(pretrained).expanduser().is_file():
+            return str(Path(pretrained).expanduser().resolve())
+        raise ModelNotFound(f"{what}: {pretrained!r} is neither a pretrained tag of open_clip's {name} "
+                            f"(tags: {open_clip.list_pretrained_tags_by_model(name)}) nor a weights file")
+    if _offline() and not _open_clip_cached(tag):
+        raise ModelNotFound(
+            f"{what}: HF_HUB_OFFLINE is set while the weights of open_clip {name} pretrained={pretrained!r} are not "
+            f"in the local cache; {_open_clip_fetch(tag)} where there is a network and copy them here, or give a "
+            f"local weights file as pretrained")
+    return pretrained
+
+
+def _open_clip_fetch(tag: dict) -> str:
+    """How to fetch a tag's weights to where open_clip.pretrained.download_pretrained looks: a file the tag
+    names, else its Hugging Face repo (preferred, as huggingface_hub is installed), else its URL, cached
+    under ~/.cache/clip."""
+    if tag.get("file"):
+        return f"put {tag['file']} in place"
+    if tag.get("hf_hub"):
+        from huggingface_hub import constants
+
+        return f"download the hub repo (`hf download {os.path.split(tag['hf_hub'])[0]}`) into {constants.HF_HUB_CACHE}"
+    return f"download {tag.get('url')} into {os.path.expanduser('~/.cache/clip')}"
+
+
+def _open_clip_cached(tag: dict) -> bool:
+    """Whether the file open_clip.pretrained.download_pretrained would return for a tag is on disk, found the
+    way it looks for it (a .safetensors twin first on the hub), without any request."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import _get_safe_alternatives
+    from open_clip.constants import HF_WEIGHTS_NAME
+
+    if tag.get("file"):
+        return Path(tag["file"]).is_file()
+    if tag.get("hf_hub"):
+        repo, filename = os.path.split(tag["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        return any(isinstance(try_to_load_from_cache(repo, f), str)
+                   for f in [*_get_safe_alternatives(filename), filename])
+    url = tag.get("url", "")
+    return bool(url) and Path(os.path.expanduser("~/.cache/clip"), os.path.basename(url)).is_file()
+
+
 def check_model_ref(ref: str, what: str = "model") -> str:
     """In actors: the driver already resolved the ref; fail clearly if it still does not exist."""
     return resolve_model(ref, what)

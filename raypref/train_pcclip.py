@@ -288,7 +288,7 @@ def run_train_pcclip(cfg: Config) -> dict:
     from ray.data.dataset import MaterializedDataset
 
     from raypref.difference_text import resolve
-    from raypref.models import resolve_model
+    from raypref.models import resolve_model, resolve_pretrained
     from raypref.train_reward import heldout_mask, split_counts
 
     p = cfg.pcclip
@@ -313,6 +313,7 @@ def run_train_pcclip(cfg: Config) -> dict:
         return batch.filter(pa.array(mask if heldout else ~mask)).select([S.SAMPLE_ID, S.PROMPT, S.IMAGE])
 
     model = resolve_model(p.model, what="pcclip.model")
+    pretrained = resolve_pretrained(model, p.pretrained, what="pcclip.pretrained")
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs); the split counts need it
     n_train, n_held = split_counts([str(samples)], p.heldout_fraction, p.seed)
     # a worker's batches are whole (pcclip_loop drops a short last one)
@@ -324,7 +325,7 @@ def run_train_pcclip(cfg: Config) -> dict:
     cached = isinstance(train, MaterializedDataset)
     # only the rows rank 0 measures are read from the held-out split (the read stops at the limit)
     held = ds.map_batches(split, fn_kwargs={"heldout": True}, batch_format="pyarrow").limit(p.eval_images).take_all()
-    loop_cfg = {**p.model_dump(), "model": model,
+    loop_cfg = {**p.model_dump(), "model": model, "pretrained": pretrained,
                 "heldout_rows": {c: [r[c] for r in held] for c in (S.SAMPLE_ID, S.PROMPT, S.IMAGE)}}
     export = Path(p.export_dir) if p.export_dir else out / MODEL_DIR
     t0 = time.time()

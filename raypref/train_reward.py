@@ -340,7 +340,7 @@ def split_counts(paths: list[str], fraction: float, seed: int, train_fraction: f
 
 
 def run_train_reward(cfg: Config) -> dict:
-    from raypref.models import resolve_model
+    from raypref.models import resolve_model, resolve_pretrained
     from raypref.reward_model import aspect_score_columns
     from raypref.session import init_ray
 
@@ -358,6 +358,9 @@ def run_train_reward(cfg: Config) -> dict:
     aspect_cols = aspect_score_columns(r.aspect_scorer, r.aspects) if r.aspect_scorer else []
     check_pairs_columns(paths, aspect_cols)
     backbone = resolve_model(r.backbone, what="reward.backbone")
+    # blip reads no open_clip tag
+    pretrained = r.backbone_pretrained if r.backbone_kind == "blip" else resolve_pretrained(
+        backbone, r.backbone_pretrained, what="reward.backbone_pretrained")
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs); the split counts need it
     ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb, r.seed if r.interleave else None)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}
@@ -377,7 +380,7 @@ def run_train_reward(cfg: Config) -> dict:
                          "both need pairs from distinct prompts")
     check_rows_per_worker(n_train, "training pairs", r.num_workers, "reward.num_workers")
     loop_cfg = r.model_dump()
-    loop_cfg.update({"backbone": backbone, "aspect_columns": aspect_cols})
+    loop_cfg.update({"backbone": backbone, "backbone_pretrained": pretrained, "aspect_columns": aspect_cols})
     export = Path(r.export_dir) if r.export_dir else out / MODEL_DIR
     t0 = time.time()
     history = fit_and_export(reward_loop, r, loop_cfg, out, STAGE, MODEL_DIR, export,

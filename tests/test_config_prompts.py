@@ -171,6 +171,51 @@ def test_hub_names_offline_need_the_cache(tmp_path, monkeypatch):
     assert resolve_model(sd) == sd  # cached: the loader finds it offline
 
 
+def test_open_clip_tags_offline_need_the_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+    from raypref.models import _open_clip_cached, resolve_pretrained
+
+    # huggingface_hub reads HF_HUB_CACHE (else HF_HOME, XDG_CACHE_HOME) into constants once, at import, and
+    # looks files up under constants.HF_HUB_CACHE; open_clip's URL cache is expanduser('~/.cache/clip'): HOME
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip = ScorerConf(name="clip", cls="clip_score", model="ViT-B-32", pretrained="openai")
+    with pytest.raises(ModelNotFound, match=r"^scorer 'clip' pretrained: HF_HUB_OFFLINE is set while the weights of "
+                                            r"open_clip ViT-B-32 pretrained='openai' are not in the local cache; download "
+                                            r"the hub repo \(`hf download timm/vit_base_patch32_clip_224.openai`\) into "
+                                            r".*/hub .*or give a local weights file as pretrained"):
+        scorer_kwargs(clip)  # build, eval, relabel and accuracy call it before Ray starts
+    # cached as open_clip's hub download leaves it: the .safetensors twin, in the snapshot refs/main names
+    repo = tmp_path / "hub" / "models--timm--vit_base_patch32_clip_224.openai"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "open_clip_model.safetensors").write_bytes(b"w")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    assert scorer_kwargs(clip)["pretrained"] == "openai"
+    with pytest.raises(ModelNotFound, match=r"reward.backbone_pretrained: .* ViT-L-14 pretrained='openai' are not in"):
+        resolve_pretrained("ViT-L-14", "openai", "reward.backbone_pretrained")
+    # a weights file is never looked up, and reaches the actors as an absolute path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.pt").write_bytes(b"w")
+    assert resolve_pretrained("ViT-L-14", "w.pt", "pcclip.pretrained") == str((tmp_path / "w.pt").resolve())
+    with pytest.raises(ModelNotFound, match=r"pcclip.pretrained: 'nope' is neither a pretrained tag of open_clip's "
+                                            r"ViT-L-14 \(tags: \['openai'.*\]\) nor a weights file"):
+        resolve_pretrained("ViT-L-14", "nope", "pcclip.pretrained")
+    assert resolve_pretrained("hf-hub:laion/x", "openai", "w") == "openai"  # open_clip ignores it there
+    # a tag with a URL only: the file open_clip's download keeps under ~/.cache/clip
+    url = {"url": "https://example.invalid/clip/abc/RN50.pt"}
+    assert not _open_clip_cached(url)
+    (tmp_path / ".cache" / "clip").mkdir(parents=True)
+    (tmp_path / ".cache" / "clip" / "RN50.pt").write_bytes(b"w")
+    assert _open_clip_cached(url)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert resolve_pretrained("ViT-L-14", "openai", "w") == "openai"  # online: open_clip downloads it
+
+
 def test_shapes_prompt_source_is_balanced_and_checked():
     from raypref.shapes.world import prompts, template_of, parse_prompt
 

@@ -284,3 +284,37 @@ def test_repair_checks_before_ray_quarantines_a_missing_list_and_swaps_its_outpu
         run_pair(validate(d))
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "re" / "pair.partial").exists() and not (tmp_path / "re" / "pair.old").exists()
+
+
+def test_repair_checks_every_groups_files_columns_before_ray(tmp_path, monkeypatch):
+    """Only the second of two files lacks the score column: the check names that file, before Ray; the
+    hidden and private files Ray Data skips are not checked."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raypref import session
+    from raypref.build import run_pair
+
+    def no_ray(_):
+        raise AssertionError("Ray started before the inputs were checked")
+
+    monkeypatch.setattr(session, "init_ray", no_ray)
+    g = tmp_path / "g"
+    (g / "_tmp").mkdir(parents=True)
+    full = pa.table({S.PROMPT_ID: ["p"], S.PROMPT: ["a cat"], S.score_column("jpeg"): [[0.1, 0.2]],
+                     **{c: [["x", "y"]] for c in S.SAMPLE_LIST_FIELDS}})
+    thin = full.drop_columns([S.score_column("jpeg")])
+    pq.write_table(full, g / "a.parquet")
+    pq.write_table(thin, g / "b.parquet")
+    for skipped in (g / ".c.parquet", g / "_tmp" / "d.parquet"):
+        pq.write_table(thin, skipped)
+    cfg = validate({"output_dir": str(tmp_path / "run"), "pair": {"groups": str(g)},
+                    "build": {"scorers": [{"name": "jpeg", "cls": "jpeg_compressibility"}]}})
+    with pytest.raises(ValueError, match=r"^build.scorers: the stored groups file .*/g/b\.parquet has no column \['score_jpeg'\]"):
+        run_pair(cfg)
+    (g / "b.parquet").write_bytes(b"torn")
+    with pytest.raises(ValueError, match=r"^pair.groups: .*/g/b\.parquet is not a readable Parquet file"):
+        run_pair(cfg)
+    pq.write_table(full, g / "b.parquet")
+    with pytest.raises(AssertionError, match="Ray started"):  # the check passes: .c and _tmp/d are not read
+        run_pair(cfg)

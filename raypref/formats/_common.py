@@ -188,6 +188,32 @@ def check_parquet(path, what: str, required) -> None:
     require_columns(pq.read_schema(f).names, required, f, what)
 
 
+def dataset_parquet_files(path: Path) -> list[Path]:
+    """The Parquet files Ray Data reads at ``path`` (a file, or the *.parquet files under a dir that are
+    in_dataset), sorted; [] where there are none."""
+    if path.is_file():
+        return [path]
+    return sorted(f for f in path.rglob("*.parquet") if f.is_file() and in_dataset(f.relative_to(path).parts))
+
+
+def footer_names(files, what: str) -> list[tuple[Path, list[str]]]:
+    """(file, its column names) for each file, in order, from the footers alone; a file whose footer
+    cannot be read raises a FormatError naming it. Footers are read by a few threads, as a table of
+    thousands of files (on a network disk) would take long one footer at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    def names(f):
+        try:
+            return f, pq.read_schema(f).names
+        except (OSError, pa.ArrowInvalid) as e:
+            raise FormatError(f"{what}: {f} is not a readable Parquet file ({e})") from None
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(names, files))
+
+
 def iter_parquet_pairs(path, what: str, required, optional, to_pair, batch_rows: int) -> Iterator[pa.Table]:
     """Pairs tables from a Parquet layout, one per batch of ``batch_rows`` rows (files are never
     loaded whole): ``to_pair(row dict, where)`` returns a pair row, or None for a quarantined one,
