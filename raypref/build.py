@@ -11,7 +11,6 @@ groups by streaming row-local maps, without re-running a model.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.dataset_report import write_report
 from raypref.config import (
-    BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, record_settings, write_run_meta,
+    BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
 )
 from raypref.metrics import json_text
 from raypref.models import resolve_model, resolve_pretrained
@@ -271,25 +270,21 @@ def guard_build_resume(b: BuildConf, out: Path) -> None:
     mine = {"build": {"generators": [g.model_dump(mode="json", exclude={"pool"}) for g in b.generators],
                       **labelling_settings(b)},
             "files": build_files(b, out)}
-    record = out / SETTINGS_FILE
-    ignore = untracked_build_keys(b)
-    # a record from before files were fingerprinted cannot compare them: they are recorded from now on
-    unrecorded = ("files",) if record.is_file() and not any(
-        k == "files" or k.startswith("files.") for k in json.loads(record.read_text())) else ()
     has_work = any((out / "groups").glob("*.parquet")) or (out / "_checkpoint").exists()
-    guard_rerun(record, mine, has_work,
+    # a record from before files were fingerprinted cannot compare them: they are recorded from now on
+    guard_rerun(out / SETTINGS_FILE, mine, has_work,
                 f"build: {out} holds groups made with other settings ({{changed}}); a rerun would mix the two builds. "
                 "Use another output_dir, re-pair the stored groups with `raypref pair` (scorer weights and "
-                f"normalisation, build.pairs), or delete {out} to build from scratch", ignore + unrecorded)
-    if unrecorded:
-        record_settings(record, mine, ignore)
+                f"normalisation, build.pairs), or delete {out} to build from scratch", untracked_build_keys(b),
+                added=("files",))
 
 
-def build_files(b: BuildConf, out: Path) -> dict:
-    """The fingerprints of the local files each generator and scorer loads, by its name and the key that
-    names the file (raypref.resume.local_files); the build's own output is left out."""
-    return {"generators": {g.name: local_files(g, skip=out) for g in b.generators},
-            "scorers": {s.name: local_files(s, skip=out) for s in b.scorers}}
+def build_files(b: BuildConf, out: Path, generators: bool = True) -> dict:
+    """The fingerprints of the local files each generator (unless not ``generators``) and scorer loads,
+    by its name and the key that names the file (raypref.resume.local_files); the stage's own output
+    ``out`` is left out."""
+    files = {"generators": {g.name: local_files(g, skip=out) for g in b.generators}} if generators else {}
+    return {**files, "scorers": {s.name: local_files(s, skip=out) for s in b.scorers}}
 
 
 def untracked_build_keys(b: BuildConf, generators: bool = True) -> tuple[str, ...]:

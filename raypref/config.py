@@ -843,34 +843,69 @@ def config_changes(recorded: dict, current: dict) -> list[str]:
     return changed_keys(_flat(recorded, ""), _flat(current, ""))
 
 
+def _under(key: str, keys) -> bool:
+    """Whether the dotted ``key`` is one of ``keys`` or under one."""
+    return any(key == i or key.startswith(i + ".") for i in keys)
+
+
 def _without(flat: dict, ignore) -> dict:
     """A flat config less the dotted keys in ``ignore`` and every key under them."""
-    return {k: v for k, v in flat.items() if not any(k == i or k.startswith(i + ".") for i in ignore)}
+    return {k: v for k, v in flat.items() if not _under(k, ignore)}
 
 
-def settings_changed(record: Path, settings: dict, ignore=()) -> str | None:
-    """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ..."),
-    or None when they are the same or nothing was recorded (work from before records were kept).
+# a key an earlier record lacks (added= of settings_changed)
+NOT_RECORDED = object()
+
+
+def _earlier(theirs: dict, added) -> tuple[str, ...]:
+    """The keys of ``added`` (settings_changed's) that a flat record ``theirs`` was made before."""
+    added = added if isinstance(added, dict) else dict.fromkeys(added, NOT_RECORDED)
+    return tuple(k for k, then in added.items()
+                 if (then is NOT_RECORDED and not any(_under(t, (k,)) for t in theirs))
+                 or (then is not NOT_RECORDED and k in theirs and theirs[k] == then))
+
+
+def _shown(flat: dict, k: str) -> str:
+    return repr(str(flat[k])[:60]) if k in flat else "(not set)"
+
+
+def settings_changed(record: Path, settings: dict, ignore=(), added=()) -> str | None:
+    """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ...",
+    a key one side lacks shown as "(not set)"), or None when they are the same or nothing was recorded
+    (work from before records were kept).
     A config key the record lacks (work from before the key existed) is the same while it holds
     its default (or, for a key in _BEFORE_KEY, what the code did before it), so adding a key with a
     default does not refuse every earlier run's rerun. The dotted keys in ``ignore`` (settings this
-    run does not read) are left out of the record too, which may hold them from an earlier run."""
+    run does not read) are left out of the record too, which may hold them from an earlier run.
+    ``added``: settings keys a stage began to record later (a fingerprint of files), which a record made
+    before cannot compare: the dotted keys such a record lacks (nor any key under them), or
+    {key: the value such a record holds there} where the key's value was once worked out otherwise
+    (NOT_RECORDED: lacks it). A record made before one is compared without it, once: when nothing else
+    changed, the record gains this run's value of it, so the next rerun compares it."""
     if not record.is_file():
         return None
-    theirs, mine = _without(json.loads(record.read_text()), ignore), _without(_flat(settings, ""), ignore)
-    changed = changed_keys(theirs, mine)
+    recorded = json.loads(record.read_text())
+    theirs, mine = _without(recorded, ignore), _without(_flat(settings, ""), ignore)
+    earlier = _earlier(theirs, added)
+    changed = changed_keys(_without(theirs, earlier), _without(mine, earlier))
     if not changed:
+        if earlier:
+            from raypref.resume import write_atomic
+
+            now = {**_without(recorded, earlier), **{k: v for k, v in mine.items() if _under(k, earlier)}}
+            write_atomic(record, json.dumps(now, indent=1, sort_keys=True) + "\n")
         return None
-    said = "; ".join(f"{k}: {str(theirs.get(k))[:60]!r} -> {str(mine.get(k))[:60]!r}" for k in changed[:4])
+    said = "; ".join(f"{k}: {_shown(theirs, k)} -> {_shown(mine, k)}" for k in changed[:4])
     return said + ("; ..." if len(changed) > 4 else "")
 
 
-def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, ignore=()) -> None:
+def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, ignore=(), added=()) -> None:
     """Before a stage writes anything: if it already holds work (``has_work``) made with settings
     other than ``settings`` (as recorded in ``record``; the dotted keys in ``ignore``, which this run
-    does not read, neither compared nor recorded), a rerun would resume or mix another run's work, so
+    does not read, neither compared nor recorded; a record from before a key of ``added`` compared
+    without it, as settings_changed does), a rerun would resume or mix another run's work, so
     raise ``refusal`` with its {changed} filled in; otherwise record ``settings``."""
-    changed = settings_changed(record, settings, ignore) if has_work else None
+    changed = settings_changed(record, settings, ignore, added) if has_work else None
     if changed:
         raise ValueError(refusal.replace("{changed}", changed))  # not format(): a path may hold braces
     record_settings(record, settings, ignore)

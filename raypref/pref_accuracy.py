@@ -111,17 +111,6 @@ def _write_json(path: Path, value: dict) -> None:
     write_atomic(path, json.dumps(value) + "\n")
 
 
-def _files_then(record: Path, pairs: str, mine: dict) -> dict:
-    """``mine`` as a record from before accuracy.files counted a JSON format's images holds it: that
-    was the fingerprint of the input path alone, which still matching means the same input (its images
-    were not counted then, so cannot be compared now); ``mine`` for any other record."""
-    old = fingerprint(pairs)
-    theirs = json.loads(record.read_text()).get("accuracy.files") if record.is_file() else None
-    if old is None or theirs != old or old == mine["accuracy"]["files"]:
-        return mine
-    return {"accuracy": {**mine["accuracy"], "files": old}}
-
-
 def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
     """The pairs' keys (<out>/pairs_keys.parquet: import_row, ids, label) and counts (pairs,
     quarantined, limit, staged). With ``images`` (a scorer has pairs left to score) the pairs are
@@ -135,10 +124,12 @@ def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
     # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen
     mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format,
                          "files": input_fingerprint(a.pairs, a.format, out, cfg.output_dir, **format_options(a))}}
-    then = _files_then(record, a.pairs, mine)
-    same = record.is_file() and keys_file.is_file() and counts_file.is_file() and settings_changed(record, then) is None
-    if same and then is not mine:  # from now on the record holds every file the format reads
-        record_settings(record, mine)
+    # a record from before accuracy.files counted a JSON format's images holds the fingerprint of the
+    # input path alone: while that still matches, the input is the same (its images were not counted
+    # then, so cannot be compared now); the record then gains every file the format reads
+    then = fingerprint(a.pairs)
+    same = record.is_file() and keys_file.is_file() and counts_file.is_file() and settings_changed(
+        record, mine, added={"accuracy.files": then} if then is not None else {}) is None
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
         return pq.read_table(keys_file), counts

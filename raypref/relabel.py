@@ -30,7 +30,6 @@ margin is kept (its margin says how sure the AI is; rank it with ``raypref rank`
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -43,7 +42,7 @@ import pyarrow.compute as pc
 from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.build import (
-    _scorer_specs, explode_pairs, finalize_groups, generate_and_score, labelling_settings, scorer_kwargs,
+    _scorer_specs, build_files, explode_pairs, finalize_groups, generate_and_score, labelling_settings, scorer_kwargs,
     untracked_build_keys,
 )
 from raypref.config import Config, format_options, guard_rerun, record_settings, settings_changed, write_run_meta
@@ -153,13 +152,9 @@ def _import_settings(cfg: Config) -> dict:
 # import_row numbers the pairs of the same input in the same order whatever the limit or the shard files, so
 # labels made under another limit or shard_size are still those of the same rows
 _LAYOUT = ("relabel.limit", "relabel.shard_size")
-
-
-def _unrecorded(record: Path) -> tuple:
-    """relabel.input_files where ``record`` predates it: such a run's input files cannot be compared."""
-    if record.is_file() and "relabel.input_files" not in json.loads(record.read_text()):
-        return ("relabel.input_files",)
-    return ()
+# fingerprints a record made before them lacks: compared from its next rerun on (settings_changed's added)
+_ADDED_IMPORT = ("relabel.input_files",)
+_ADDED = _ADDED_IMPORT + ("files",)
 
 
 def _import_keys(d: Path) -> pa.Table | None:
@@ -182,9 +177,9 @@ def import_pairs(cfg: Config, out: Path, settings: dict | None = None) -> tuple[
 
     r = cfg.relabel
     done, mine = out / IMPORT_DONE, settings or _import_settings(cfg)
-    if done.is_file() and settings_changed(done, mine, _unrecorded(done)) is None:
+    if done.is_file() and settings_changed(done, mine, added=_ADDED_IMPORT) is None:
         return pds.dataset(out / "imported", format="parquet").count_rows(), len(list((out / "imported").glob("part-*.parquet")))
-    same = done.is_file() and settings_changed(done, mine, _LAYOUT + _unrecorded(done)) is None
+    same = done.is_file() and settings_changed(done, mine, _LAYOUT, _ADDED_IMPORT) is None
     before = _import_keys(out / "imported") if same else None
     q = Quarantine(f"import:{r.format}")
     if not same:  # labels of an earlier import are keyed on its rows
@@ -209,14 +204,14 @@ def import_pairs(cfg: Config, out: Path, settings: dict | None = None) -> tuple[
 
 
 def guard_relabel_resume(cfg: Config, out: Path, settings: dict | None = None) -> None:
-    """A rerun resumes the pairs already labelled only if the input (its files too), the scorers, the
-    pairing and the orientation are the same; with others it would mix two labellings (pool sizes may
-    change). A larger relabel.limit adds pairs; a smaller one than the import holds is refused, as it
-    would keep pairs beyond it. Records them."""
+    """A rerun resumes the pairs already labelled only if the input (its files too), the scorers (and the
+    local files they load, as the build fingerprints them), the pairing and the orientation are the same;
+    with others it would mix two labellings (pool sizes may change). A larger relabel.limit adds pairs; a
+    smaller one than the import holds is refused, as it would keep pairs beyond it. Records them."""
     import pyarrow.dataset as pds
 
     mine = {"relabel": {**(settings or _import_settings(cfg))["relabel"], "orient": cfg.relabel.orient},
-            "build": labelling_settings(cfg.build)}
+            "build": labelling_settings(cfg.build), "files": build_files(cfg.build, out, generators=False)}
     record = out / SETTINGS_FILE
     has_work = any((out / "pairs").glob("*.parquet")) or (out / "_checkpoint").exists()
     limit = cfg.relabel.limit
@@ -228,11 +223,8 @@ def guard_relabel_resume(cfg: Config, out: Path, settings: dict | None = None) -
                          f"output_dir, or delete {out} to label from scratch")
     refusal = (f"relabel: {out} holds pairs labelled with other settings ({{changed}}); a rerun would mix them. "
                f"Use another output_dir, or delete {out} to label from scratch")
-    unrecorded = _unrecorded(record)
     untracked = untracked_build_keys(cfg.build, generators=False)  # a judge's retries, say: not what decides a label
-    guard_rerun(record, mine, has_work, refusal, _LAYOUT + untracked + unrecorded)
-    if unrecorded:  # compared from now on
-        record_settings(record, mine, _LAYOUT + untracked)
+    guard_rerun(record, mine, has_work, refusal, _LAYOUT + untracked, _ADDED)
 
 
 def run_relabel(cfg: Config) -> dict:

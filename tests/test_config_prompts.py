@@ -334,9 +334,9 @@ def test_a_key_added_since_a_record_holds_while_it_keeps_its_default(tmp_path):
     same = {"pcclip": {"loss": "contrastive", "train_towers": "both"}, "relabel": {"format": "pickapic", "orient": "ai"}}
     assert settings_changed(old, same) is None
     changed = {"pcclip": {"loss": "contrastive", "train_towers": "text"}, "relabel": {"format": "pickapic", "orient": "ai"}}
-    assert settings_changed(old, changed) == "pcclip.train_towers: 'None' -> 'text'"
+    assert settings_changed(old, changed) == "pcclip.train_towers: (not set) -> 'text'"
     # a key the config does not define, or a recorded value that changed, is a change as before
-    assert settings_changed(old, {**same, "extra": 1}) == "extra: 'None' -> '1'"
+    assert settings_changed(old, {**same, "extra": 1}) == "extra: (not set) -> '1'"
     assert settings_changed(old, {**same, "pcclip": {"loss": "hinge", "train_towers": "both"}}) == \
         "pcclip.loss: 'contrastive' -> 'hinge'"
 

@@ -109,7 +109,7 @@ def test_a_record_from_before_refl_sampler_existed_was_made_with_ddim(tmp_path):
     record_settings(old, {"train": {"refl": {"num_inference_steps": 20}}})  # before train.refl.sampler
     assert settings_changed(old, {"train": {"refl": {"num_inference_steps": 20, "sampler": "ddim"}}}) is None
     assert settings_changed(old, {"train": {"refl": {"num_inference_steps": 20, "sampler": "ddpm"}}}) == \
-        "train.refl.sampler: 'None' -> 'ddpm'"
+        "train.refl.sampler: (not set) -> 'ddpm'"
 
 
 def test_a_record_from_before_hflip_existed_resumes_while_the_new_keys_hold_their_defaults(tmp_path):
@@ -120,9 +120,9 @@ def test_a_record_from_before_hflip_existed_resumes_while_the_new_keys_hold_thei
     before = {k: v for k, v in TrainConf().model_dump(mode="json").items() if k not in ("hflip", "hflip_swap")}
     record_settings(old, {"train": before})
     assert settings_changed(old, {"train": TrainConf().model_dump(mode="json")}) is None
-    assert settings_changed(old, {"train": TrainConf(hflip=0.5).model_dump(mode="json")}) == "train.hflip: 'None' -> '0.5'"
+    assert settings_changed(old, {"train": TrainConf(hflip=0.5).model_dump(mode="json")}) == "train.hflip: (not set) -> '0.5'"
     swapped = TrainConf(hflip_swap={"left": "right", "right": "left", "top": "top"}).model_dump(mode="json")
-    assert settings_changed(old, {"train": swapped}) == "train.hflip_swap.top: 'None' -> 'top'"
+    assert settings_changed(old, {"train": swapped}) == "train.hflip_swap.top: (not set) -> 'top'"
 
 
 def test_hflip_draws_nothing_when_off_and_mirrors_both_images_of_a_pair_with_its_prompt():

@@ -47,7 +47,7 @@ def test_build_rerun_with_other_settings_is_refused_before_any_work(built_run):
     d["build"]["scorers"][0]["weight"] = 0.5
     d["build"]["scorers"].append({"name": "jpeg2", "cls": "jpeg_compressibility"})
     with pytest.raises(ValueError, match=r"build: .*build\.scorers\.0\.weight: '0\.9' -> '0\.5'; "
-                                         r"build\.scorers\.2\.args: 'None' -> '\{\}'.*would mix.*raypref pair"):
+                                         r"build\.scorers\.2\.args: \(not set\) -> '\{\}'.*would mix.*raypref pair"):
         run_build(validate(d))
     assert (out / "config.yaml").read_text() == meta  # nothing written
     # what only sizes the pools, or adds prompts, resumes the same build

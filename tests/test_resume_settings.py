@@ -35,7 +35,7 @@ def test_a_judges_retries_and_timeouts_resume_the_build_and_its_rubric_does_not(
     guard_build_resume(_build(tmp_path, scorers=[_judge(max_retries=6, max_concurrency=2, timeout_s=5.0,
                                                         connect_timeout_s=2.0, backoff_s=0.5, max_backoff_s=9.0)]), out)
     assert "max_retries" not in (out / "build_settings.json").read_text()
-    with pytest.raises(ValueError, match=r"build\.scorers\.0\.args\.http\.temperature: 'None' -> '0\.7'.*would mix"):
+    with pytest.raises(ValueError, match=r"build\.scorers\.0\.args\.http\.temperature: \(not set\) -> '0\.7'.*would mix"):
         guard_build_resume(_build(tmp_path, scorers=[_judge(temperature=0.7)]), out)
 
 
@@ -133,3 +133,69 @@ def test_relabel_resumes_after_a_judges_retries_change_and_refuses_another_rubri
     guard_relabel_resume(cfg(max_retries=6, max_concurrency=2), out)
     with pytest.raises(ValueError, match=r"relabel: .*build\.scorers\.0\.args\.http\.temperature"):
         guard_relabel_resume(cfg(temperature=0.7), out)
+
+
+def test_a_key_added_to_a_record_is_accepted_once_then_compared(tmp_path):
+    from raypref.config import settings_changed
+
+    record = tmp_path / "settings.json"
+    record.write_text(json.dumps({"a": 1}))  # from before "files" was recorded
+    mine = {"a": 1, "files": {"m": "f1"}}
+    assert settings_changed(record, mine, added=("files",)) is None
+    assert json.loads(record.read_text()) == {"a": 1, "files.m": "f1"}  # compared from now on
+    assert settings_changed(record, {"a": 1, "files": {"m": "f2"}}, added=("files",)) == "files.m: 'f1' -> 'f2'"
+    # another change: the old record is not rewritten, and a key one side lacks reads as not set
+    record.write_text(json.dumps({"a": 1}))
+    assert settings_changed(record, {"a": 2, "files": {"m": "f1"}}, added=("files",)) == "a: '1' -> '2'"
+    assert json.loads(record.read_text()) == {"a": 1}
+    assert settings_changed(record, {"a": 1, "b": 2}) == "b: (not set) -> '2'"
+    assert settings_changed(record, {"c": None}) == "a: '1' -> (not set)"
+    # a value once worked out otherwise: accepted while the record holds the earlier form of it
+    record.write_text(json.dumps({"a": 1, "files": "old"}))
+    assert settings_changed(record, {"a": 1, "files": "new"}, added={"files": "other"}) == "files: 'old' -> 'new'"
+    assert settings_changed(record, {"a": 1, "files": "new"}, added={"files": "old"}) is None
+    assert json.loads(record.read_text()) == {"a": 1, "files": "new"}
+
+
+def test_relabel_compares_its_scorers_files_and_takes_an_older_record_once(tmp_path):
+    from raypref.relabel import SETTINGS_FILE, guard_relabel_resume
+    from tests.test_formats import GREEN, RED, relabel_config, write_pickapic_file
+
+    f, head = tmp_path / "human.parquet", tmp_path / "head.safetensors"
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m")])
+    head.write_bytes(b"one")
+    d = relabel_config(tmp_path, f).model_dump(mode="json")
+    d["build"]["scorers"] = [{"name": "aes", "cls": "aesthetic", "model": "tiny:clip", "args": {"head": str(head)}}]
+    cfg = validate(d)
+    out = tmp_path / "run" / "relabel"
+    (out / "pairs").mkdir(parents=True)
+    (out / "pairs" / "part-0.parquet").write_bytes(b"")  # labelled pairs: the guard compares
+    guard_relabel_resume(cfg, out)
+    record = out / SETTINGS_FILE
+    recorded = json.loads(record.read_text())
+    assert "files.scorers.aes.args.head" in recorded
+    guard_relabel_resume(cfg, out)  # nothing changed: resumes
+    # a record from before the scorers' files were fingerprinted resumes, and compares them from then on
+    record.write_text(json.dumps({k: v for k, v in recorded.items() if not k.startswith("files")}))
+    guard_relabel_resume(cfg, out)
+    assert json.loads(record.read_text()) == recorded
+    head.write_bytes(b"retrained in place")
+    with pytest.raises(ValueError, match=r"relabel: .*files\.scorers\.aes\.args\.head: '\w+' -> '\w+'.*would mix"):
+        guard_relabel_resume(cfg, out)
+
+
+def test_an_import_recorded_before_its_input_files_is_kept_once_then_compared(tmp_path):
+    from raypref.relabel import IMPORT_DONE, import_pairs
+    from tests.test_formats import GREEN, RED, relabel_config, write_pickapic_file
+
+    f = tmp_path / "human.parquet"
+    write_pickapic_file(f, [("p", RED, GREEN, 1.0, "a", "b", "m", "m")])
+    cfg, out = relabel_config(tmp_path, f), tmp_path / "run" / "relabel"
+    assert import_pairs(cfg, out)[0] == 1
+    done = out / IMPORT_DONE
+    recorded = json.loads(done.read_text())
+    shard = next((out / "imported").glob("part-*.parquet"))
+    written = shard.stat().st_mtime_ns
+    done.write_text(json.dumps({k: v for k, v in recorded.items() if k != "relabel.input_files"}))
+    assert import_pairs(cfg, out)[0] == 1
+    assert shard.stat().st_mtime_ns == written and json.loads(done.read_text()) == recorded  # kept; compared from now on
