@@ -627,6 +627,24 @@ def test_check_input_names_the_file_and_what_is_missing(tmp_path):
         check_input(tmp_path / "cut.json", "hpdv2")
 
 
+def test_check_format_reads_every_parquet_footer(tmp_path):
+    """A later file without the required columns is refused naming it, its missing columns and the keys;
+    a file Ray Data skips is not looked at; an optional column in one file only still reads."""
+    from raypref.formats import check_format
+
+    d = tmp_path / "pick"
+    d.mkdir()
+    write_pickapic_file(d / "a.parquet", [("p", RED, GREEN, 1.0, "a", "b", "m0", "m1")])
+    pq.write_table(pa.table({"caption": ["q"], "jpg_0": [GREEN]}), d / "b.parquet")
+    pq.write_table(pa.table({"x": [1]}), d / "_tmp.parquet")
+    with pytest.raises(FormatError, match=r"^relabel\.format: relabel\.input does not read as 'pickapic': pickapic: "
+                                          r".*/b\.parquet has no column 'jpg_1' \(missing: \['jpg_1', 'label_0'\];"):
+        check_format(d, "pickapic", "relabel.input", "relabel.format")
+    pq.write_table(pa.table({"caption": ["q"], "jpg_0": [GREEN], "jpg_1": [RED], "label_0": [0.0]}), d / "b.parquet")
+    check_format(d, "pickapic", "relabel.input", "relabel.format")
+    assert rows(read_pairs(d, "pickapic"), S.PROMPT, S.CHOSEN_GENERATOR) == [("p", "m0"), ("q", None)]
+
+
 def test_image_check_catches_truncated_jpeg():
     big = I.encode(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "JPEG")
     assert image_problem(big) is None

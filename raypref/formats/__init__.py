@@ -51,9 +51,9 @@ def _module(fmt: str):
 
 
 def check_input(path, fmt: str) -> None:
-    """A look at a dataset before a stage starts Ray, reading no rows: the first file has the format's
-    columns (Parquet) or its first records the format's keys (JSON); FormatError naming the file and
-    what is missing otherwise."""
+    """A look at a dataset before a stage starts Ray, reading no rows: every file's footer has the format's
+    columns (Parquet) or a JSON's first records the format's keys; FormatError naming the file and what
+    is missing otherwise."""
     _module(fmt).check(path)
 
 

@@ -176,16 +176,17 @@ def parquet_files(path: str | Path, what: str) -> list[Path]:
 def require_columns(names, required, file, what: str) -> None:
     missing = [c for c in required if c not in names]
     if missing:
-        raise FormatError(f"{what}: {file} has no column {missing[0]!r} (required: {list(required)}; "
+        more = f"missing: {missing}; " if len(missing) > 1 else ""
+        raise FormatError(f"{what}: {file} has no column {missing[0]!r} ({more}required: {list(required)}; "
                           f"columns there: {list(names)})")
 
 
 def check_parquet(path, what: str, required) -> None:
-    """A format check that reads no rows: the first Parquet file's schema holds the required columns."""
-    import pyarrow.parquet as pq
-
-    f = parquet_files(path, what)[0]
-    require_columns(pq.read_schema(f).names, required, f, what)
+    """A format check that reads no rows: every Parquet file's footer holds the required columns, as a
+    later file without them would otherwise fail mid-read (inside Ray). (parquet_files: the files
+    dataset_parquet_files lists, or an error naming the path where there are none.)"""
+    for f, names in footer_names(parquet_files(path, what), what):
+        require_columns(names, required, f, what)
 
 
 def dataset_parquet_files(path: Path) -> list[Path]:

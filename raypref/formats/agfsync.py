@@ -67,7 +67,8 @@ def iter_read(path, quarantine: Quarantine | None = None, batch_rows: int = DEFA
 
 
 def check(path) -> None:
-    """Before a run: the first file has the format's columns (a FormatError naming the file and the column)."""
+    """Before a run: every file's footer has the format's columns (a FormatError naming the file and the
+    columns it lacks)."""
     check_parquet(path, NAME, REQUIRED)
 
 
