@@ -244,7 +244,7 @@ def run_relabel(cfg: Config) -> dict:
         raise ValueError("build.scorers: at least one scorer is needed to re-label pairs")
     for s in b.scorers:  # a missing model or a bad arg stops the run here, before the import
         scorer_kwargs(s)
-    check_format(r.input, r.format, "relabel.input", "relabel.format")  # its first file, before Ray and any write
+    check_format(r.input, r.format, "relabel.input", "relabel.format")  # every Parquet footer (or the first JSON records), before Ray and any write
     from raypref.session import init_ray
 
     t0 = time.time()

@@ -645,6 +645,20 @@ def test_check_format_reads_every_parquet_footer(tmp_path):
     assert rows(read_pairs(d, "pickapic"), S.PROMPT, S.CHOSEN_GENERATOR) == [("p", "m0"), ("q", None)]
 
 
+def test_check_format_reads_each_imagereward_db_json(tmp_path):
+    """The dataset root holds one JSON a split: a later split that holds no records is refused, named."""
+    from raypref.formats import check_format
+
+    write_imagereward_folder(tmp_path, [(ir_record("u1", "p", "a cat", 1, 2), webp((0, 0, 0))),
+                                        (ir_record("u2", "p", "a cat", 2, 2), webp((90, 0, 0)))])
+    check_format(tmp_path, "imagereward_db", "accuracy.pairs", "accuracy.format")
+    bad = tmp_path / "images" / "validation" / "validation.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(json.dumps([{"caption": "not an ImageRewardDB record"}]))
+    with pytest.raises(FormatError, match=r"validation\.json holds no ImageRewardDB records"):
+        check_format(tmp_path, "imagereward_db", "accuracy.pairs", "accuracy.format")
+
+
 def test_image_check_catches_truncated_jpeg():
     big = I.encode(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "JPEG")
     assert image_problem(big) is None

@@ -137,13 +137,13 @@ def _misfit(rec) -> str | None:
 
 
 def check(path) -> None:
-    """Before a run: the first JSON is a list whose first records (one of them at least) are ImageRewardDB
+    """Before a run: each JSON is a list whose first records (one of them at least) are ImageRewardDB
     image records; a bad record further on is the reader's to quarantine."""
-    jf = _json_files(Path(path))[0]
-    recs = first_json_records(jf, NAME)
-    if recs and all(_misfit(r) for r in recs):
-        raise FormatError(f"{NAME}: {jf} holds no ImageRewardDB records: its first record {_misfit(recs[0])} "
-                          f"(as do the first {len(recs)})")
+    for jf in _json_files(Path(path)):
+        recs = first_json_records(jf, NAME)
+        if recs and all(_misfit(r) for r in recs):
+            raise FormatError(f"{NAME}: {jf} holds no ImageRewardDB records: its first record {_misfit(recs[0])} "
+                              f"(as do the first {len(recs)})")
 
 
 def source_paths(path) -> list[Path]:
