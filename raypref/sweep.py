@@ -177,6 +177,10 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
             if key == "output_dir" or key.startswith("sweep."):
                 raise ConfigError(f"sweep.{section}.{key}: the sweep sets output_dir and its own section itself")
     x = x_axis(sw)
+    names = [m.name for m in sw.metrics]
+    if sw.x is not None and sw.x not in sw.grid and sw.x not in names:  # it would plot and fit nothing
+        raise ConfigError(f"sweep.x: {sw.x!r} is neither a grid key ({', '.join(sw.grid) or 'none'}) "
+                          f"nor a metric ({', '.join(names) or 'none'})")
     for m in sw.metrics:
         for field, spec in _specs(m):
             metric_spec(spec, f"sweep.metrics.{m.name}.{field}")

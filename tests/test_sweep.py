@@ -282,10 +282,10 @@ def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp
                                           r"  rank.top_p: Input should be less than or equal to 1"):
         point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5, 2]}))
     with pytest.raises(ConfigError, match=r"^sweep point 1/1 \(rank.nope.x; sweep.set applied\): invalid config\n  rank.nope: unknown key"):
-        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.nope.x": [1]}))
+        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.nope.x": [1]}, x=None))
     # two points whose values make one dir name: named by number and keys too, before any is validated
     with pytest.raises(ConfigError, match=r"^sweep.grid: points 1/3 and 3/3 \(rank.metric\) would share one dir: "):
-        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.metric": ["a b", "margin", "a-b"]}))
+        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.metric": ["a b", "margin", "a-b"]}, x=None))
     with pytest.raises(ConfigError, match="sweep.set.output_dir: the sweep sets output_dir"):
         point_configs(_sweep_cfg(tmp_path, pairs, set={"output_dir": "x"}))
     # metric_args that margin takes and random does not: the random point's stage fails
@@ -482,3 +482,12 @@ def test_a_key_in_the_grid_that_fails_validation_is_not_echoed(tmp_path, capsys)
         assert (f"raypref {command}: error: sweep point 1/1 (pcclip.llm.api_key_env; sweep.set applied): invalid config\n"
                 "  pcclip.llm.api_key_env: Value error, must be the NAME of an environment variable") in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_x_axis_that_is_neither_a_grid_key_nor_a_metric_is_a_config_error(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    with pytest.raises(ConfigError, match=r"^sweep.x: 'rank.topp' is neither a grid key \(rank.top_p, rank.metric\) "
+                                          r"nor a metric \(kept, qmin\)$"):
+        point_configs(_sweep_cfg(tmp_path, pairs, x="rank.topp"))
+    assert not (tmp_path / "run").exists()
+    assert len(point_configs(_sweep_cfg(tmp_path, pairs, x="kept"))) == 6  # a metric is an axis
