@@ -178,6 +178,13 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
                 raise ConfigError(f"sweep.{section}.{key}: the sweep sets output_dir and its own section itself")
     x = x_axis(sw)
     names = [m.name for m in sw.metrics]
+    taken = {"point": "a column of its own", "status": "a column of its own", "seconds": "a column of its own",
+             **{k: "a grid key" for k in sw.grid}}
+    for m in sw.metrics:  # a row holds them side by side: a second of one name would overwrite the first
+        for col in [m.name] + [f"{m.name}_{f}" for f, _ in _specs(m) if f != "value"]:
+            if col in taken:
+                raise ConfigError(f"sweep.metrics.{m.name}.name: its column {col!r} is already {taken[col]}")
+            taken[col] = f"metric {m.name}'s column"
     if sw.x is not None and sw.x not in sw.grid and sw.x not in names:  # it would plot and fit nothing
         raise ConfigError(f"sweep.x: {sw.x!r} is neither a grid key ({', '.join(sw.grid) or 'none'}) "
                           f"nor a metric ({', '.join(names) or 'none'})")

@@ -491,3 +491,17 @@ def test_an_x_axis_that_is_neither_a_grid_key_nor_a_metric_is_a_config_error(tmp
         point_configs(_sweep_cfg(tmp_path, pairs, x="rank.topp"))
     assert not (tmp_path / "run").exists()
     assert len(point_configs(_sweep_cfg(tmp_path, pairs, x="kept"))) == 6  # a metric is an axis
+
+
+def test_metric_columns_that_would_overwrite_another_are_a_config_error(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    kept = {"name": "kept", "value": "rank/summary.json:n_kept"}
+    cases = [([kept, {**kept, "value": "rank/summary.json:n_in"}], "kept", "metric kept's column"),
+             ([{"name": "k_low", "value": "rank/summary.json:n_in"}, {**kept, "name": "k", "low": "rank/summary.json:n_in"}],
+              "k_low", "metric k_low's column"),
+             ([{**kept, "name": "rank.metric"}], "rank.metric", "a grid key"),
+             ([{**kept, "name": "status"}], "status", "a column of its own")]
+    for metrics, col, what in cases:
+        name = metrics[-1]["name"]
+        with pytest.raises(ConfigError, match=rf"^sweep.metrics.{name}.name: its column '{col}' is already {what}$"):
+            point_configs(_sweep_cfg(tmp_path, pairs, metrics=metrics))
