@@ -99,3 +99,15 @@ def test_gpu_checks_halves_run_every_gpu_training_test_once():
     assert Path(os.environ["RAYPREF_TEST_SESSION_DIR"]).is_dir()
     assert all(halves), halves
     assert halves[0] | halves[1] == every and not halves[0] & halves[1], (halves, every)
+
+
+def test_gpu_checks_exits_1_naming_a_failed_part(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PARTS": "gpu_tests sd15_build", "PYTHON": "false"}  # a python that fails every part
+    p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_checks.sh"), str(tmp_path)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"failed: gpu_tests sd15_build (logs in {tmp_path})" in p.stdout
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [ln.split(" in ")[0] for ln in lines] == ["gpu_tests: rc=1", "sd15_build: rc=1"]
