@@ -505,3 +505,13 @@ def test_metric_columns_that_would_overwrite_another_are_a_config_error(tmp_path
         name = metrics[-1]["name"]
         with pytest.raises(ConfigError, match=rf"^sweep.metrics.{name}.name: its column '{col}' is already {what}$"):
             point_configs(_sweep_cfg(tmp_path, pairs, metrics=metrics))
+
+
+def test_cli_config_runs_the_sweeps_own_checks(tmp_path, capsys):
+    from raypref.cli import main
+
+    f = tmp_path / "s.yaml"
+    f.write_text(json.dumps(_sweep_cfg(tmp_path, _write_pairs(tmp_path), x="rank.topp").model_dump(mode="json")))
+    assert main(["config", "-c", str(f)]) == 2
+    assert "raypref config: error: sweep.x: 'rank.topp' is neither a grid key" in capsys.readouterr().err
+    assert main(["config", "-c", str(f), "sweep.x=rank.top_p"]) == 0
