@@ -111,3 +111,11 @@ def test_gpu_checks_exits_1_naming_a_failed_part(tmp_path):
     assert f"failed: gpu_tests sd15_build (logs in {tmp_path})" in p.stdout
     lines = (tmp_path / "summary.txt").read_text().splitlines()
     assert [ln.split(" in ")[0] for ln in lines] == ["gpu_tests: rc=1", "sd15_build: rc=1"]
+
+
+def test_scoring_throughput_refuses_more_prompts_than_the_split_holds():
+    # its images/s divide by --prompts x --per-prompt: fewer prompts scored would overstate them
+    mod = _load("scoring_throughput")
+    with pytest.raises(SystemExit, match=r"^--prompts 1509: the shapes-world train split holds 1508 prompts$"):
+        mod.groups_table(1509, 1)
+    assert mod.groups_table(2, 1).num_rows == 2
