@@ -525,7 +525,8 @@ def _series(rows: list[dict], sw: SweepConf, metric: str, x: str) -> tuple[bool,
     grid keys (a metric on the axis stands in for the first grid key), each sorted along x;
     (x numeric?, the x labels when it is not, series)."""
     others = [k for k in sw.grid if k != x] if x in sw.grid else list(sw.grid)[1:]
-    done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r]
+    done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r
+            and (x in sw.grid or _num(r[x]) is not None)]  # a metric on the axis that is null: no point to place
     numeric = all(_num(r[x]) is not None for r in done)
     labels = [] if numeric else list(dict.fromkeys(str(r[x]) for r in done))
     series: dict[str, list[dict]] = {}

@@ -537,3 +537,17 @@ def test_an_unfinished_point_whose_config_changed_is_moved_aside_whole(tmp_path,
     assert (aside / "rank" / "partial").is_dir() and (aside / "error.txt").is_file()
     assert not (d / "rank" / "partial").exists() and (d / "result.json").is_file()
     assert "its config changed since its unfinished attempt: runs from scratch" in capsys.readouterr().out
+
+
+def test_a_null_metric_on_the_x_axis_leaves_its_point_out_of_the_plot_and_the_fit(tmp_path):
+    from raypref.sweep import _series, fit_metrics
+
+    cfg = validate({"output_dir": str(tmp_path), "sweep": {
+        "stages": ["rank"], "grid": {"rank.top_p": [0.25, 0.5, 1.0, 0.75]}, "x": "pairs",
+        "metrics": [{"name": "pairs", "value": "a.json:n"}, {"name": "acc", "value": "a.json:acc", "fit": "power_law"}]}})
+    rows = [{"point": str(i), "rank.top_p": p, "pairs": n, "acc": a, "status": "done"}
+            for i, (p, n, a) in enumerate([(0.25, 10, 0.5), (0.5, 20, 0.6), (1.0, 40, 0.7), (0.75, None, 0.65)])]
+    numeric, labels, series = _series(rows, cfg.sweep, "acc", "pairs")
+    assert numeric and labels == [] and [r["pairs"] for r in series[""]] == [10, 20, 40]
+    fits = fit_metrics(rows, tmp_path, cfg.sweep, "pairs")
+    assert fits["acc"][""]["n"] == 3 and "error" not in fits["acc"][""]
