@@ -6,7 +6,7 @@
 # reference, and Adafactor), then a reward-model step on open_clip ViT-L-14. Each part has its own time limit and writes its own log
 # to the folder $1, so one failing or slow part does not cost the others. PARTS (space-separated
 # names) runs only those parts, in this file's order; on a machine lent for 10-minute calls, run gpu_train_a and
-# gpu_train_b each in a call of its own.
+# gpu_train_b each in a call of its own. Exits 1, naming them, when a part failed or ran out of time.
 #   bash benchmarks/gpu_checks.sh /tmp/gpu-checks
 #   PARTS="sd15_build refl_sd15" bash benchmarks/gpu_checks.sh /tmp/gpu-checks
 set -u
@@ -26,7 +26,9 @@ part() {  # part NAME SECONDS COMMAND...: run it under a time limit, log to $out
   local rc=$?
   echo "$name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
   tail -n 12 "$out/$name.txt"
+  if [ "$rc" -ne 0 ]; then failed="$failed $name"; fi
 }
+failed=""
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 $py -c "import torch, diffusers, transformers, peft, open_clip; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
@@ -50,3 +52,5 @@ part sdxl_full 300 $py benchmarks/train_step_memory.py --model "$models/sdxl" --
   --settings "fp32, full fine-tune;bf16, full fine-tune;bf16, full fine-tune, Adafactor"
 part reward_vitl 100 $py benchmarks/train_step_memory.py --loop reward --model ViT-L-14 --pairs 32 --steps 3 \
   --settings "fp32;bf16;bf16 + checkpointing"
+# the script's own status: a failed or timed-out part must not read as a clean run
+if [ -n "$failed" ]; then echo "failed:$failed (logs in $out)"; exit 1; fi

@@ -28,6 +28,8 @@ def groups_table(n_prompts: int, per_prompt: int):
     from raypref.shapes import parse_prompt, render
 
     prompts = read_prompts("shapes:train", limit=n_prompts).column(S.PROMPT).to_pylist()
+    if len(prompts) < n_prompts:  # the images/s figures count n_prompts x per_prompt images
+        raise SystemExit(f"--prompts {n_prompts}: the shapes-world train split holds {len(prompts)} prompts")
     rows = {S.PROMPT_ID: [], S.PROMPT: [], S.SAMPLE_ID: [], S.IMAGE: []}
     for p in prompts:
         spec = parse_prompt(p)

@@ -15,16 +15,20 @@ _JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 def check_output_dir(cfg: Config, environ=os.environ) -> None:
     """Under `ray job submit` with a working_dir, the driver runs in the job's unpacked copy of it, a
-    temporary directory Ray deletes: a relative output_dir would be written there (and, on several
-    nodes, on each node's own copy). Refused before anything is written."""
+    temporary directory Ray deletes: a relative output_dir, or export_dir, would be written there (and,
+    on several nodes, on each node's own copy). Refused before anything is written."""
     job = environ.get(_JOB_CONFIG)
-    if not job or Path(cfg.output_dir).is_absolute():
+    if not job or not (json.loads(job).get("runtime_env") or {}).get("working_dir"):
         return
-    if not (json.loads(job).get("runtime_env") or {}).get("working_dir"):
-        return
-    raise ValueError(f"output_dir: {cfg.output_dir!r} is relative, and this job runs in its uploaded working_dir, a "
-                     "temporary directory Ray deletes; give an absolute path on storage every node mounts, e.g. "
-                     f"output_dir=/mnt/raypref/{cfg.output_dir}")
+    # the keys that name where a job writes
+    for key, value in (("output_dir", cfg.output_dir), ("reward.export_dir", cfg.reward.export_dir),
+                       ("pcclip.export_dir", cfg.pcclip.export_dir),
+                       ("pretrain.t2i.export_dir", cfg.pretrain.t2i.export_dir),
+                       ("pretrain.clip.export_dir", cfg.pretrain.clip.export_dir)):
+        if value is not None and not Path(value).is_absolute():
+            raise ValueError(f"{key}: {value!r} is relative, and this job runs in its uploaded working_dir, a "
+                             "temporary directory Ray deletes; give an absolute path on storage every node mounts, "
+                             f"e.g. {key}=/mnt/raypref/{value}")
 
 
 def parse_config(description: str, argv: list[str] | None = None, prog: str | None = None) -> Config:

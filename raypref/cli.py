@@ -97,9 +97,10 @@ def print_config(cfg) -> None:
 
     check_scorer_args(cfg)  # as every stage does before it writes the config: a pasted key is not echoed
     if cfg.sweep.grid or cfg.sweep.set:  # and as a sweep does for each point, sweep.set and grid applied
-        from raypref.sweep import check_point_args, sweep_points
+        from raypref.sweep import check_point_args, point_configs, sweep_points
 
-        check_point_args(sweep_points(cfg))
+        # with stages to run, the sweep's own checks too (metrics, the x axis, fits)
+        check_point_args(point_configs(cfg) if cfg.sweep.stages else sweep_points(cfg))
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from raypref.config import Config
 from raypref.report import summary_line
-from raypref.session import init_ray
 
 RANDOM_WEIGHTS_NOTE = (
     "NOTE: tiny:* models have random weights (built by this run into the cache). Their images are "
@@ -127,14 +126,13 @@ def evaluate(cfg: Config) -> dict:
 
 def pretrain(cfg: Config, what: str) -> dict:
     """Pretrain a shapes-world model: 't2i' (the diffusers pipeline) or 'clip' (open_clip)."""
-    init_ray(cfg.ray)
     if what == "t2i":
         from raypref.shapes.pretrain_t2i import run_pretrain_t2i as run
     elif what == "clip":
         from raypref.shapes.pretrain_clip import run_pretrain_clip as run
     else:
         raise ValueError(f"pretrain: unknown model {what!r} (t2i or clip)")
-    s = run(cfg)
+    s = run(cfg)  # starts Ray once its inputs are checked
     print(summary_line("pretrain", s, s["export"]), flush=True)
     return s
 

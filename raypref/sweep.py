@@ -9,7 +9,8 @@ once, its stages asking for their own resources as they do outside a sweep. A me
 ``fit`` gets a scaling law fitted to it (raypref.scaling) in sweep/fits.json and on its plot.
 
 Resume: a finished point leaves ``result.json`` holding its config; a rerun skips it while the
-config is the same, and runs it again (its stages resuming what they can) when it is not. A
+config is the same, and runs it again (its stages resuming what they can) when it is not; an
+unfinished one is judged by the config its attempt started under (``started.json``). A
 failed point leaves ``error.txt`` (removed once it succeeds), the others still run, and the sweep
 then fails naming it. A metric whose file a finished point holds but that is not a number there
 (a typo in its path) stops a rerun before any point runs again or is moved aside: running would not
@@ -40,6 +41,7 @@ from raypref.resume import write_atomic
 STAGE = "sweep"
 POINT_TOKEN = "{point}"
 RESULT_FILE = "result.json"
+START_FILE = "started.json"  # the config a point's stages were started under, before they write anything
 ERROR_FILE = "error.txt"
 
 
@@ -177,6 +179,17 @@ def point_configs(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
             if key == "output_dir" or key.startswith("sweep."):
                 raise ConfigError(f"sweep.{section}.{key}: the sweep sets output_dir and its own section itself")
     x = x_axis(sw)
+    names = [m.name for m in sw.metrics]
+    taken = {"point": "a column of its own", "status": "a column of its own", "seconds": "a column of its own",
+             **{k: "a grid key" for k in sw.grid}}
+    for m in sw.metrics:  # a row holds them side by side: a second of one name would overwrite the first
+        for col in [m.name] + [f"{m.name}_{f}" for f, _ in _specs(m) if f != "value"]:
+            if col in taken:
+                raise ConfigError(f"sweep.metrics.{m.name}.name: its column {col!r} is already {taken[col]}")
+            taken[col] = f"metric {m.name}'s column"
+    if sw.x is not None and sw.x not in sw.grid and sw.x not in names:  # it would plot and fit nothing
+        raise ConfigError(f"sweep.x: {sw.x!r} is neither a grid key ({', '.join(sw.grid) or 'none'}) "
+                          f"nor a metric ({', '.join(names) or 'none'})")
     for m in sw.metrics:
         for field, spec in _specs(m):
             metric_spec(spec, f"sweep.metrics.{m.name}.{field}")
@@ -252,7 +265,7 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
     added since, runs again in place; its finished stages resume."""
     f = point_dir / RESULT_FILE
     if not f.is_file():
-        return None, "runs", False
+        return (None, *_unfinished(point_dir, config))
     try:
         r = json.loads(f.read_text())
     except json.JSONDecodeError:
@@ -265,6 +278,18 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
     if missing:
         return None, f"runs again for the stage(s) added since: {', '.join(missing)}", False
     return r, "done", False
+
+
+def _unfinished(point_dir: Path, config: dict) -> tuple[str, bool]:
+    """(why, move aside first) for a point with no result: one started (a failed or interrupted attempt)
+    under another config than a scale or budget change holds work its stages would refuse to resume."""
+    try:
+        started = json.loads((point_dir / START_FILE).read_text()).get("config")
+    except (OSError, ValueError, AttributeError):  # never started, or a record from before there were any
+        return "runs", False
+    if _config_changed(started, config) and _scale_free(started) != _scale_free(config):
+        return "its config changed since its unfinished attempt: runs from scratch", True
+    return "runs", False
 
 
 def _move_aside(point_dir: Path) -> Path:
@@ -319,6 +344,7 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
     earlier attempt goes first: a crash between the two leaves neither, not an error beside a result."""
     d = Path(pcfg.output_dir)
     t0 = time.time()
+    write_atomic(d / START_FILE, json.dumps({"config": pconf}, indent=2) + "\n")
     for stage in sw.stages:
         fns[stage](pcfg)
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
@@ -499,7 +525,8 @@ def _series(rows: list[dict], sw: SweepConf, metric: str, x: str) -> tuple[bool,
     grid keys (a metric on the axis stands in for the first grid key), each sorted along x;
     (x numeric?, the x labels when it is not, series)."""
     others = [k for k in sw.grid if k != x] if x in sw.grid else list(sw.grid)[1:]
-    done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r]
+    done = [r for r in rows if r.get("status") == "done" and _num(r.get(metric)) is not None and x in r
+            and (x in sw.grid or _num(r[x]) is not None)]  # a metric on the axis that is null: no point to place
     numeric = all(_num(r[x]) is not None for r in done)
     labels = [] if numeric else list(dict.fromkeys(str(r[x]) for r in done))
     series: dict[str, list[dict]] = {}

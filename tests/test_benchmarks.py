@@ -99,3 +99,23 @@ def test_gpu_checks_halves_run_every_gpu_training_test_once():
     assert Path(os.environ["RAYPREF_TEST_SESSION_DIR"]).is_dir()
     assert all(halves), halves
     assert halves[0] | halves[1] == every and not halves[0] & halves[1], (halves, every)
+
+
+def test_gpu_checks_exits_1_naming_a_failed_part(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PARTS": "gpu_tests sd15_build", "PYTHON": "false"}  # a python that fails every part
+    p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_checks.sh"), str(tmp_path)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"failed: gpu_tests sd15_build (logs in {tmp_path})" in p.stdout
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [ln.split(" in ")[0] for ln in lines] == ["gpu_tests: rc=1", "sd15_build: rc=1"]
+
+
+def test_scoring_throughput_refuses_more_prompts_than_the_split_holds():
+    # its images/s divide by --prompts x --per-prompt: fewer prompts scored would overstate them
+    mod = _load("scoring_throughput")
+    with pytest.raises(SystemExit, match=r"^--prompts 1509: the shapes-world train split holds 1508 prompts$"):
+        mod.groups_table(1509, 1)
+    assert mod.groups_table(2, 1).num_rows == 2

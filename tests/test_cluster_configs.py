@@ -168,7 +168,7 @@ def test_rayjob_entrypoint_is_a_job_whose_config_loads_here():
     assert cfg.output_dir.startswith("/mnt/raypref/")  # on the volume every pod mounts
 
 
-def test_a_submitted_job_refuses_a_relative_output_dir_in_its_temporary_working_dir():
+def test_a_submitted_job_refuses_a_relative_output_dir_or_export_dir_in_its_temporary_working_dir():
     import json
 
     from jobs._args import check_output_dir
@@ -181,3 +181,10 @@ def test_a_submitted_job_refuses_a_relative_output_dir_in_its_temporary_working_
     check_output_dir(validate({"output_dir": "runs/x"}), {})  # not a submitted job: a local run
     no_dir = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}})}
     check_output_dir(validate({"output_dir": "runs/x"}), no_dir)  # a job run where it was started
+    # an export goes where its key says, not under output_dir: the same holds for it
+    for section, key in (("reward", "reward"), ("pcclip", "pcclip"), ("pretrain", "pretrain.t2i"), ("pretrain", "pretrain.clip")):
+        inner = {"export_dir": "models/m"}
+        conf = {"output_dir": "/mnt/raypref/runs/x", section: {key.split(".")[1]: inner} if "." in key else inner}
+        with pytest.raises(ValueError, match=rf"^{key}.export_dir: 'models/m' is relative.*{key}.export_dir=/mnt/raypref/models/m$"):
+            check_output_dir(validate(conf), job)
+        check_output_dir(validate(conf), {})

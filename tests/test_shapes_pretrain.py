@@ -70,3 +70,20 @@ def test_pretrain_clip_on_two_workers(ray_session, tmp_path):
     assert any(not torch.allclose(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
     tok = open_clip.get_tokenizer(ref)
     assert tok(["a red circle"]).shape == (1, 16)
+
+
+@pytest.mark.parametrize("what", ["t2i", "clip"])
+def test_pretrain_checks_its_export_dir_before_ray_starts(tmp_path, monkeypatch, what):
+    from raypref import session, stages
+    from raypref.shapes import pretrain_clip, pretrain_t2i
+
+    started = []
+    for mod in (session, stages, pretrain_t2i, pretrain_clip):
+        monkeypatch.setattr(mod, "init_ray", lambda *a, **k: started.append(1), raising=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's folder")
+    cfg = _cfg(tmp_path / "run", t2i={"export_dir": str(mine)}, clip={"export_dir": str(mine)})
+    with pytest.raises(ValueError, match=rf"export_dir {mine} is a directory raypref did not export to"):
+        stages.pretrain(cfg, what)
+    assert not started and not list((tmp_path / "run").rglob("run_meta.json"))

@@ -282,10 +282,10 @@ def test_a_failed_point_is_reported_the_others_finish_and_a_rerun_retries_it(tmp
                                           r"  rank.top_p: Input should be less than or equal to 1"):
         point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5, 2]}))
     with pytest.raises(ConfigError, match=r"^sweep point 1/1 \(rank.nope.x; sweep.set applied\): invalid config\n  rank.nope: unknown key"):
-        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.nope.x": [1]}))
+        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.nope.x": [1]}, x=None))
     # two points whose values make one dir name: named by number and keys too, before any is validated
     with pytest.raises(ConfigError, match=r"^sweep.grid: points 1/3 and 3/3 \(rank.metric\) would share one dir: "):
-        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.metric": ["a b", "margin", "a-b"]}))
+        point_configs(_sweep_cfg(tmp_path, pairs, grid={"rank.metric": ["a b", "margin", "a-b"]}, x=None))
     with pytest.raises(ConfigError, match="sweep.set.output_dir: the sweep sets output_dir"):
         point_configs(_sweep_cfg(tmp_path, pairs, set={"output_dir": "x"}))
     # metric_args that margin takes and random does not: the random point's stage fails
@@ -317,7 +317,8 @@ def test_a_points_error_goes_before_its_result_is_written_and_a_stale_one_beside
     seen = []
     real = SW.write_atomic
     # what is on disk when result.json is put in place: a crash then must not leave the old error beside it
-    monkeypatch.setattr(SW, "write_atomic", lambda path, text: (seen.append((d / "error.txt").exists()), real(path, text)))
+    monkeypatch.setattr(SW, "write_atomic", lambda path, text: (path.name == "result.json" and seen.append((d / "error.txt").exists()),
+                                                                real(path, text)))
     SW.run_point(name, point, pcfg, SW._point_config(pcfg), cfg.sweep, SW._stage_fns())
     assert seen == [False] and (d / "result.json").is_file() and not (d / "error.txt").exists()
     monkeypatch.undo()
@@ -482,3 +483,71 @@ def test_a_key_in_the_grid_that_fails_validation_is_not_echoed(tmp_path, capsys)
         assert (f"raypref {command}: error: sweep point 1/1 (pcclip.llm.api_key_env; sweep.set applied): invalid config\n"
                 "  pcclip.llm.api_key_env: Value error, must be the NAME of an environment variable") in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_x_axis_that_is_neither_a_grid_key_nor_a_metric_is_a_config_error(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    with pytest.raises(ConfigError, match=r"^sweep.x: 'rank.topp' is neither a grid key \(rank.top_p, rank.metric\) "
+                                          r"nor a metric \(kept, qmin\)$"):
+        point_configs(_sweep_cfg(tmp_path, pairs, x="rank.topp"))
+    assert not (tmp_path / "run").exists()
+    assert len(point_configs(_sweep_cfg(tmp_path, pairs, x="kept"))) == 6  # a metric is an axis
+
+
+def test_metric_columns_that_would_overwrite_another_are_a_config_error(tmp_path):
+    pairs = _write_pairs(tmp_path)
+    kept = {"name": "kept", "value": "rank/summary.json:n_kept"}
+    cases = [([kept, {**kept, "value": "rank/summary.json:n_in"}], "kept", "metric kept's column"),
+             ([{"name": "k_low", "value": "rank/summary.json:n_in"}, {**kept, "name": "k", "low": "rank/summary.json:n_in"}],
+              "k_low", "metric k_low's column"),
+             ([{**kept, "name": "rank.metric"}], "rank.metric", "a grid key"),
+             ([{**kept, "name": "status"}], "status", "a column of its own")]
+    for metrics, col, what in cases:
+        name = metrics[-1]["name"]
+        with pytest.raises(ConfigError, match=rf"^sweep.metrics.{name}.name: its column '{col}' is already {what}$"):
+            point_configs(_sweep_cfg(tmp_path, pairs, metrics=metrics))
+
+
+def test_cli_config_runs_the_sweeps_own_checks(tmp_path, capsys):
+    from raypref.cli import main
+
+    f = tmp_path / "s.yaml"
+    f.write_text(json.dumps(_sweep_cfg(tmp_path, _write_pairs(tmp_path), x="rank.topp").model_dump(mode="json")))
+    assert main(["config", "-c", str(f)]) == 2
+    assert "raypref config: error: sweep.x: 'rank.topp' is neither a grid key" in capsys.readouterr().err
+    assert main(["config", "-c", str(f), "sweep.x=rank.top_p"]) == 0
+
+
+def test_an_unfinished_point_whose_config_changed_is_moved_aside_whole(tmp_path, capsys):
+    pairs = _write_pairs(tmp_path)
+    grid = {"rank.top_p": [0.5], "rank.metric": ["random"]}
+    cfg = _sweep_cfg(tmp_path, pairs, grid=grid)
+    bad = cfg.model_copy(update={"rank": cfg.rank.model_copy(update={"metric_args": {"column": "score"}})})
+    with pytest.raises(SweepFailed):  # the attempt fails after its stages started: no result.json
+        run_sweep(bad)
+    points = tmp_path / "run" / "sweep" / "points"
+    d = points / "rank.top_p=0.5,rank.metric=random"
+    (d / "rank" / "partial").mkdir(parents=True)  # what the attempt left, under its own settings
+    with pytest.raises(SweepFailed):  # the same settings at another scale: it runs again in place
+        run_sweep(bad.model_copy(update={"ray": bad.ray.model_copy(update={"num_cpus": 3})}))
+    assert not list(points.glob("*.replaced-*")) and (d / "rank" / "partial").is_dir()
+    s = run_sweep(cfg)  # other settings: the attempt's work is kept aside, the point runs from scratch
+    assert s["ran"] == 1 and not s["failed"]
+    [aside] = points.glob("*.replaced-*")
+    assert (aside / "rank" / "partial").is_dir() and (aside / "error.txt").is_file()
+    assert not (d / "rank" / "partial").exists() and (d / "result.json").is_file()
+    assert "its config changed since its unfinished attempt: runs from scratch" in capsys.readouterr().out
+
+
+def test_a_null_metric_on_the_x_axis_leaves_its_point_out_of_the_plot_and_the_fit(tmp_path):
+    from raypref.sweep import _series, fit_metrics
+
+    cfg = validate({"output_dir": str(tmp_path), "sweep": {
+        "stages": ["rank"], "grid": {"rank.top_p": [0.25, 0.5, 1.0, 0.75]}, "x": "pairs",
+        "metrics": [{"name": "pairs", "value": "a.json:n"}, {"name": "acc", "value": "a.json:acc", "fit": "power_law"}]}})
+    rows = [{"point": str(i), "rank.top_p": p, "pairs": n, "acc": a, "status": "done"}
+            for i, (p, n, a) in enumerate([(0.25, 10, 0.5), (0.5, 20, 0.6), (1.0, 40, 0.7), (0.75, None, 0.65)])]
+    numeric, labels, series = _series(rows, cfg.sweep, "acc", "pairs")
+    assert numeric and labels == [] and [r["pairs"] for r in series[""]] == [10, 20, 40]
+    fits = fit_metrics(rows, tmp_path, cfg.sweep, "pairs")
+    assert fits["acc"][""]["n"] == 3 and "error" not in fits["acc"][""]

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
-from raypref.train_checkpoint import cosine_adamw, first_last_means, fit_and_export, guard_resume, load_state, report_step
+from raypref.session import init_ray
+from raypref.train_checkpoint import (check_export_dir, cosine_adamw, first_last_means, fit_and_export, guard_resume,
+                                      load_state, report_step)
 
 MODEL_DIR = "clip"
 OPTIM_FILE = "optimizer.pt"
@@ -80,8 +82,10 @@ def clip_loop(c: dict) -> None:
 def run_pretrain_clip(cfg: Config) -> dict:
     p = cfg.pretrain.clip
     guard_resume(cfg.stage_dir("pretrain") / "clip_run", "clip", "pretrain.clip", p.model_dump(mode="json"))
-    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip")
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "clip"
+    check_export_dir(export, cfg.stage_dir("pretrain"))
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
+    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip")
     t0 = time.time()
     history = fit_and_export(clip_loop, p, p.model_dump(), out, "clip", MODEL_DIR, export)
     losses = [h["loss"] for h in history]

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
-from raypref.train_checkpoint import first_last_means, fit_and_export, guard_resume, load_state, report_step
+from raypref.session import init_ray
+from raypref.train_checkpoint import (check_export_dir, first_last_means, fit_and_export, guard_resume, load_state,
+                                      report_step)
 
 PIPELINE_DIR = "pipeline"  # inside each checkpoint: the loadable pipeline (EMA weights)
 RAW_FILE = "raw.safetensors"  # the trained (non-EMA) weights of the current phase, for resume
@@ -164,8 +166,10 @@ def run_pretrain_t2i(cfg: Config) -> dict:
     """Train (or resume), then export the pipeline directory; returns the summary."""
     p = cfg.pretrain.t2i
     guard_resume(cfg.stage_dir("pretrain") / "t2i", "t2i", "pretrain.t2i", p.model_dump(mode="json"))
-    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i")
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "sd"
+    check_export_dir(export, cfg.stage_dir("pretrain"))
+    init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
+    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i")
     t0 = time.time()
     history = fit_and_export(t2i_loop, p, p.model_dump(), out, "t2i", PIPELINE_DIR, export)
     vae_losses = [h["vae_loss"] for h in history if "vae_loss" in h]
