@@ -9,10 +9,10 @@ once, its stages asking for their own resources as they do outside a sweep. A me
 ``fit`` gets a scaling law fitted to it (raypref.scaling) in sweep/fits.json and on its plot.
 
 Resume: a finished point leaves ``result.json`` holding its config; a rerun skips it while the
-config is the same, and runs it again (its stages resuming what they can) when it is not; an
-unfinished one is judged by the config its attempt started under (``started.json``). A
+config is the same, and runs it again (its stages resuming what they can) when it is not. A
 failed point leaves ``error.txt`` (removed once it succeeds), the others still run, and the sweep
-then fails naming it. A metric whose file a finished point holds but that is not a number there
+then fails naming it; a rerun runs it again in place, its stages' own guards resuming or refusing
+what an earlier attempt wrote. A metric whose file a finished point holds but that is not a number there
 (a typo in its path) stops a rerun before any point runs again or is moved aside: running would not
 change the file.
 """
@@ -41,7 +41,6 @@ from raypref.resume import write_atomic
 STAGE = "sweep"
 POINT_TOKEN = "{point}"
 RESULT_FILE = "result.json"
-START_FILE = "started.json"  # the config a point's stages were started under, before they write anything
 ERROR_FILE = "error.txt"
 
 
@@ -265,7 +264,7 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
     added since, runs again in place; its finished stages resume."""
     f = point_dir / RESULT_FILE
     if not f.is_file():
-        return (None, *_unfinished(point_dir, config))
+        return None, "runs", False
     try:
         r = json.loads(f.read_text())
     except json.JSONDecodeError:
@@ -278,18 +277,6 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
     if missing:
         return None, f"runs again for the stage(s) added since: {', '.join(missing)}", False
     return r, "done", False
-
-
-def _unfinished(point_dir: Path, config: dict) -> tuple[str, bool]:
-    """(why, move aside first) for a point with no result: one started (a failed or interrupted attempt)
-    under another config than a scale or budget change holds work its stages would refuse to resume."""
-    try:
-        started = json.loads((point_dir / START_FILE).read_text()).get("config")
-    except (OSError, ValueError, AttributeError):  # never started, or a record from before there were any
-        return "runs", False
-    if _config_changed(started, config) and _scale_free(started) != _scale_free(config):
-        return "its config changed since its unfinished attempt: runs from scratch", True
-    return "runs", False
 
 
 def _move_aside(point_dir: Path) -> Path:
@@ -344,7 +331,6 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
     earlier attempt goes first: a crash between the two leaves neither, not an error beside a result."""
     d = Path(pcfg.output_dir)
     t0 = time.time()
-    write_atomic(d / START_FILE, json.dumps({"config": pconf}, indent=2) + "\n")
     for stage in sw.stages:
         fns[stage](pcfg)
     result = {"point": name, "overrides": point, "metrics": collect(d, sw), "seconds": round(time.time() - t0, 1),
