@@ -28,6 +28,8 @@ LOCAL_DIR = "local-dir:"
 
 
 class AestheticPredictor(Scorer):
+    READS_OPEN_CLIP_TAG = True  # `pretrained` is an open_clip tag (or weights file): checked on the driver
+
     def __init__(self, name: str = "aesthetic", model: str = "", pretrained: str | None = None,
                  head: str | None = None, num_gpus: float = 0.0):
         from actors.mlp_head import load_head, load_state_file

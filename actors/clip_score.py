@@ -18,6 +18,8 @@ from raypref.scoring import Scorer, pick_device
 
 
 class CLIPScore(Scorer):
+    READS_OPEN_CLIP_TAG = True  # `pretrained` is an open_clip tag (or weights file): checked on the driver
+
     def __init__(self, name: str = "clip", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  floor_at_zero: bool = True, prompt_chars: int | None = None):
         import open_clip

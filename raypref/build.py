@@ -27,7 +27,7 @@ from raypref.config import (
     BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
 )
 from raypref.metrics import json_text
-from raypref.models import resolve_model, resolve_pretrained
+from raypref.models import absolute_if_file, resolve_model, resolve_pretrained
 from raypref.parquet_read import read_parquet
 from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
@@ -64,9 +64,13 @@ def generator_kwargs(g: GeneratorConf) -> dict:
 def scorer_kwargs(s: ScorerConf) -> dict:
     """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none."""
     model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
-    pretrained = resolve_pretrained(model, s.pretrained, what=f"scorer {s.name!r} pretrained")
+    cls = resolve(s.cls, "scorer", f"scorer {s.name!r} cls")
+    what = f"scorer {s.name!r} pretrained"
+    # only a class that passes it to open_clip reads a tag (HPSv2's is its checkpoint file, or unread)
+    pretrained = (resolve_pretrained(model, s.pretrained, what) if getattr(cls, "READS_OPEN_CLIP_TAG", False)
+                  else absolute_if_file(s.pretrained))
     kw = {"name": s.name, "model": model, "pretrained": pretrained, "num_gpus": s.pool.num_gpus}
-    return constructor_kwargs(resolve(s.cls, "scorer", f"scorer {s.name!r} cls"), kw, s.args, f"scorer {s.name!r}")
+    return constructor_kwargs(cls, kw, s.args, f"scorer {s.name!r}")
 
 
 def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_margin: float, k: int = 1,

@@ -174,7 +174,7 @@ def resolve_pretrained(model: str, pretrained: str | None, what: str) -> str | N
     tag = open_clip.get_pretrained_cfg(name, pretrained)
     if not tag:  # open_clip tries a known tag before a file path
         if Path(pretrained).expanduser().is_file():
-            return str(Path(pretrained).expanduser().resolve())
+            return absolute_if_file(pretrained)
         raise ModelNotFound(f"{what}: {pretrained!r} is neither a pretrained tag of open_clip's {name} "
                             f"(tags: {open_clip.list_pretrained_tags_by_model(name)}) nor a weights file")
     if _offline() and not _open_clip_cached(tag):
@@ -183,6 +183,13 @@ def resolve_pretrained(model: str, pretrained: str | None, what: str) -> str | N
             f"in the local cache; {_open_clip_fetch(tag)} where there is a network and copy them here, or give a "
             f"local weights file as pretrained")
     return pretrained
+
+
+def absolute_if_file(path: str | None) -> str | None:
+    """``path`` made absolute where it names a file here (actors' and workers' cwd differs), else as given."""
+    if path and Path(path).expanduser().is_file():
+        return str(Path(path).expanduser().resolve())
+    return path
 
 
 def _open_clip_fetch(tag: dict) -> str:

@@ -206,6 +206,12 @@ def test_open_clip_tags_offline_need_the_cache(tmp_path, monkeypatch):
                                             r"ViT-L-14 \(tags: \['openai'.*\]\) nor a weights file"):
         resolve_pretrained("ViT-L-14", "nope", "pcclip.pretrained")
     assert resolve_pretrained("hf-hub:laion/x", "openai", "w") == "openai"  # open_clip ignores it there
+    # HPSv2 reads no tag (its weights are its checkpoint): neither looked up nor refused; a file made absolute
+    hps = ScorerConf(name="hps", cls="hpsv2", model="ViT-H-14", pretrained="laion2b_s32b_b79k",
+                     args={"checkpoint": str(tmp_path / "w.pt")})
+    assert scorer_kwargs(hps)["pretrained"] == "laion2b_s32b_b79k"
+    hps = hps.model_copy(update={"pretrained": "w.pt", "args": {}})
+    assert scorer_kwargs(hps)["pretrained"] == str((tmp_path / "w.pt").resolve())
     # a tag with a URL only: the file open_clip's download keeps under ~/.cache/clip
     url = {"url": "https://example.invalid/clip/abc/RN50.pt"}
     assert not _open_clip_cached(url)
