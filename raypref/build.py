@@ -427,7 +427,7 @@ def check_pair_input(cfg: Config, src: Path, out: Path) -> None:
     """What `raypref pair` can check before Ray starts: the stored groups exist, lie outside the pair
     stage's own output (which it replaces), and every file of them holds the columns the pairing reads
     (footers only: a later file with other columns would otherwise fail inside Ray)."""
-    from raypref.formats._common import dataset_parquet_files, footer_names
+    from raypref.formats._common import ray_parquet_files, footer_names
 
     if not src.exists():
         raise FileNotFoundError(f"pair.groups: no stored groups at {src} (run the build first, or set pair.groups)")
@@ -436,7 +436,7 @@ def check_pair_input(cfg: Config, src: Path, out: Path) -> None:
         if o == i or o in i.parents or i in o.parents:
             raise ValueError(f"pair.groups: {src} overlaps the pair stage's output {o}, which a re-pairing replaces; "
                              "copy the groups elsewhere first, or re-pair the build's")
-    files = dataset_parquet_files(i)
+    files = ray_parquet_files(i)
     if not files:
         raise FileNotFoundError(f"pair.groups: no Parquet files at {src} (run the build first, or set pair.groups)")
     required = [S.PROMPT_ID, S.PROMPT, *S.SAMPLE_LIST_FIELDS]

@@ -288,7 +288,7 @@ def test_repair_checks_before_ray_quarantines_a_missing_list_and_swaps_its_outpu
 
 def test_repair_checks_every_groups_files_columns_before_ray(tmp_path, monkeypatch):
     """Only the second of two files lacks the score column: the check names that file, before Ray; the
-    hidden and private files Ray Data skips are not checked."""
+    files Ray Data leaves out (a path below the root that starts with '.' or '_') are not checked."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -317,4 +317,8 @@ def test_repair_checks_every_groups_files_columns_before_ray(tmp_path, monkeypat
         run_pair(cfg)
     pq.write_table(full, g / "b.parquet")
     with pytest.raises(AssertionError, match="Ray started"):  # the check passes: .c and _tmp/d are not read
+        run_pair(cfg)
+    (g / "sub").mkdir()
+    pq.write_table(thin, g / "sub" / "_e.parquet")  # Ray Data reads a deeper '_' file: so does the check
+    with pytest.raises(ValueError, match=r"groups file .*/g/sub/_e\.parquet has no column \['score_jpeg'\]"):
         run_pair(cfg)

@@ -184,17 +184,19 @@ def require_columns(names, required, file, what: str) -> None:
 def check_parquet(path, what: str, required) -> None:
     """A format check that reads no rows: every Parquet file's footer holds the required columns, as a
     later file without them would otherwise fail mid-read (inside Ray). (parquet_files: the files
-    dataset_parquet_files lists, or an error naming the path where there are none.)"""
+    in_dataset, or an error naming the path where there are none.)"""
     for f, names in footer_names(parquet_files(path, what), what):
         require_columns(names, required, f, what)
 
 
-def dataset_parquet_files(path: Path) -> list[Path]:
-    """The Parquet files Ray Data reads at ``path`` (a file, or the *.parquet files under a dir that are
-    in_dataset), sorted; [] where there are none."""
+def ray_parquet_files(path: Path) -> list[Path]:
+    """The Parquet files Ray Data's read_parquet reads at ``path`` (a file, or the *.parquet files under a
+    dir), sorted; [] where there are none. Its listing leaves out a file whose path below ``path`` starts
+    with '.' or '_' (a '_checkpoint' dir, a macOS '._' copy), and only then: unlike Arrow's, and so
+    in_dataset's, a deeper part so named is read (ray.data's _expand_directory, Ray 2.60)."""
     if path.is_file():
         return [path]
-    return sorted(f for f in path.rglob("*.parquet") if f.is_file() and in_dataset(f.relative_to(path).parts))
+    return sorted(f for f in path.rglob("*.parquet") if f.is_file() and not f.relative_to(path).parts[0].startswith((".", "_")))
 
 
 def footer_names(files, what: str) -> list[tuple[Path, list[str]]]:
