@@ -166,6 +166,11 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     assert _done(d, other, ["rank"]) == (None, "its config changed: runs from scratch", True) and (d / "result.json").is_file()
     (d / "result.json").write_text('{"config": ')  # cut short
     assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} is unreadable)", False)
+    for other in ("[]", "null", "3"):  # valid JSON, but not a result: runs again too
+        (d / "result.json").write_text(other)
+        assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} holds no JSON object)", False)
+    (d / "result.json").write_bytes(b'{"config": "\xff"}')
+    assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} is unreadable)", False)
     (d / "x.md").write_text("# not JSON")
     with pytest.raises(ConfigError, match=r"sweep.metrics.m.value: 'x.md:a': .*x\.md is not JSON"):
         read_metric(d, "x.md:a", "sweep.metrics.m.value")
