@@ -539,12 +539,21 @@ def _series(rows: list[dict], sw: SweepConf, metric: str, x: str) -> tuple[bool,
     return numeric, labels, series
 
 
-def _sigma(rs: list[dict], metric: str) -> list[float] | None:
-    """Per-point sigma from a 95% interval (high - low) / (2 * 1.96), where every point has one."""
+def _sigma(rs: list[dict], metric: str) -> tuple[list[float] | None, str | None]:
+    """(per-point sigma from a 95% interval, (high - low) / (2 * 1.96), where every point has one; why the
+    line is fitted unweighted instead). A zero-width interval would weigh its point infinitely: the line
+    is fitted unweighted, naming it. One whose low is above its high is a ValueError naming it."""
     lo, hi = [r.get(f"{metric}_low") for r in rs], [r.get(f"{metric}_high") for r in rs]
     if not all(_num(v) is not None for v in lo + hi):
-        return None
-    return [(b - a) / 3.92 for a, b in zip(lo, hi)]
+        return None, None
+    for r, a, b in zip(rs, lo, hi):
+        if a > b:
+            raise ValueError(f"point {r['point']}: its {metric} interval is inverted ({metric}_low {_fmt(a)} > "
+                             f"{metric}_high {_fmt(b)})")
+    zero = [r["point"] for r, a, b in zip(rs, lo, hi) if a == b]
+    if zero:
+        return None, f"{'points' if len(zero) > 1 else 'point'} {_some(zero, ', ')}: a zero-width {metric} interval ({metric}_low = {metric}_high)"
+    return [(b - a) / 3.92 for a, b in zip(lo, hi)], None
 
 
 def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str, dict[str, dict]]:
@@ -559,10 +568,14 @@ def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str,
         # point_configs has checked that a fitted metric's x is numeric (a metric, or a grid key of numbers)
         for label, rs in _series(rows, sw, m.name, x)[2].items():
             try:
-                f = fit(m.fit, [r[x] for r in rs], [r[m.name] for r in rs], _sigma(rs, m.name)).as_dict()
+                sigma, unweighted = _sigma(rs, m.name)
+                f = fit(m.fit, [r[x] for r in rs], [r[m.name] for r in rs], sigma).as_dict()
+                if unweighted:
+                    f["unweighted"] = unweighted
                 text = f["formula"] + "".join(f"; {k} = {v:.4g} +- {f['stderr'][k]:.2g}" for k, v in f["params"].items()
                                               if f["stderr"].get(k) is not None and k in ("c", "b"))
                 text += " (b at the edge of its range: the points do not fix where it levels off)" if f.get("at_bound") else ""
+                text += f" (unweighted: {unweighted})" if unweighted else ""
             except ValueError as e:
                 f, text = {"form": m.fit, "error": str(e)}, f"no fit: {e}"
             fits.setdefault(m.name, {})[label] = {"x": x, **f}

@@ -556,3 +556,20 @@ def test_a_null_metric_on_the_x_axis_leaves_its_point_out_of_the_plot_and_the_fi
     assert numeric and labels == [] and [r["pairs"] for r in series[""]] == [10, 20, 40]
     fits = fit_metrics(rows, tmp_path, cfg.sweep, "pairs")
     assert fits["acc"][""]["n"] == 3 and "error" not in fits["acc"][""]
+
+
+def test_a_zero_width_interval_fits_its_line_unweighted_naming_the_point_and_an_inverted_one_no_fit(tmp_path, capsys):
+    from raypref.sweep import fit_metrics
+
+    cfg = validate({"output_dir": str(tmp_path), "sweep": {
+        "stages": ["rank"], "grid": {"n": [10, 20, 40]},
+        "metrics": [{"name": "acc", "value": "a.json:acc", "low": "a.json:lo", "high": "a.json:hi", "fit": "power_law"}]}})
+    rows = [{"point": f"n={n}", "n": n, "acc": a, "acc_low": lo, "acc_high": hi, "status": "done"}
+            for n, a, lo, hi in [(10, 0.5, 0.4, 0.6), (20, 0.6, 0.6, 0.6), (40, 0.7, 0.6, 0.8)]]
+    f = fit_metrics(rows, tmp_path, cfg.sweep, "n")["acc"][""]
+    assert "error" not in f and f["n"] == 3
+    assert f["unweighted"] == "point n=20: a zero-width acc interval (acc_low = acc_high)"
+    assert "(unweighted: point n=20: a zero-width acc interval" in capsys.readouterr().out
+    rows[1]["acc_low"] = 0.65  # low above high: no weights to trust, and no fit
+    f = fit_metrics(rows, tmp_path, cfg.sweep, "n")["acc"][""]
+    assert f["error"] == "point n=20: its acc interval is inverted (acc_low 0.65 > acc_high 0.6)"
