@@ -295,7 +295,12 @@ def _unfinished(point_dir: Path, config: dict) -> tuple[str, bool]:
 
 
 def _move_aside(point_dir: Path) -> Path:
-    aside = point_dir.with_name(f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    """<point>.replaced-<time>, or <...>-2, -3, ... where one of that second is there (a rerun within it)."""
+    name = f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, n = point_dir.with_name(name), 1
+    while aside.exists():
+        n += 1
+        aside = point_dir.with_name(f"{name}-{n}")
     point_dir.rename(aside)
     return aside
 

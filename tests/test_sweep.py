@@ -573,3 +573,18 @@ def test_a_zero_width_interval_fits_its_line_unweighted_naming_the_point_and_an_
     rows[1]["acc_low"] = 0.65  # low above high: no weights to trust, and no fit
     f = fit_metrics(rows, tmp_path, cfg.sweep, "n")["acc"][""]
     assert f["error"] == "point n=20: its acc interval is inverted (acc_low 0.65 > acc_high 0.6)"
+
+
+def test_two_move_asides_of_a_point_in_one_second_keep_both(tmp_path, monkeypatch):
+    from raypref import sweep
+
+    monkeypatch.setattr(sweep.time, "strftime", lambda fmt: "20260101-000000")  # both within one second
+    d = tmp_path / "p"
+    kept = []
+    for i in range(3):
+        d.mkdir()
+        (d / "result.json").write_text(str(i))
+        kept.append(sweep._move_aside(d))
+    assert [k.name for k in kept] == ["p.replaced-20260101-000000", "p.replaced-20260101-000000-2",
+                                      "p.replaced-20260101-000000-3"]
+    assert [(k / "result.json").read_text() for k in kept] == ["0", "1", "2"] and not d.exists()
