@@ -613,8 +613,15 @@ def plot_metric(rows: list[dict], out: Path, sw: SweepConf, metric: str, x: str,
         xs = [r[x] if numeric else labels.index(str(r[x])) for r in rs]
         ys = [r[metric] for r in rs]
         lo, hi = [r.get(f"{metric}_low") for r in rs], [r.get(f"{metric}_high") for r in rs]
-        if all(_num(v) is not None for v in lo + hi):
-            err = [[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]]
+        bars = all(_num(v) is not None for v in lo + hi)
+        err = [[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]] if bars else None
+        if bars and min(err[0] + err[1]) < 0:
+            # matplotlib refuses a negative bar, which would end the sweep after every point ran
+            outside = [r["point"] for r, a, y, b in zip(rs, lo, ys, hi) if not a <= y <= b]
+            print(f"[sweep] plot {metric}{f' ({label})' if label else ''}: no error bars, as the {metric} interval "
+                  f"of {_some(outside, ', ')} does not hold its value", flush=True)
+            bars = False
+        if bars:
             line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label or None).lines[0]
         else:
             (line,) = ax.plot(xs, ys, marker="o", label=label or None)

@@ -574,6 +574,18 @@ def test_a_zero_width_interval_fits_its_line_unweighted_naming_the_point_and_an_
     f = fit_metrics(rows, tmp_path, cfg.sweep, "n")["acc"][""]
     assert f["error"] == "point n=20: its acc interval is inverted (acc_low 0.65 > acc_high 0.6)"
 
+def test_an_interval_that_does_not_hold_its_value_is_plotted_without_bars_not_a_crash(tmp_path, capsys):
+    from raypref.sweep import plot_metric
+
+    cfg = validate({"output_dir": str(tmp_path), "sweep": {
+        "stages": ["rank"], "grid": {"n": [10, 20]},
+        "metrics": [{"name": "acc", "value": "a.json:acc", "low": "a.json:lo", "high": "a.json:hi"}]}})
+    rows = [{"point": f"n={n}", "n": n, "acc": a, "acc_low": lo, "acc_high": hi, "status": "done"}
+            for n, a, lo, hi in [(10, 0.5, 0.4, 0.6), (20, 0.7, 0.5, 0.6)]]
+    assert plot_metric(rows, tmp_path, cfg.sweep, "acc", "n") == "acc.png"
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[sweep] plot acc: no error bars, as the acc interval of n=20 does not hold its value" in capsys.readouterr().out
+
 
 def test_two_move_asides_of_a_point_in_one_second_keep_both(tmp_path, monkeypatch):
     from raypref import sweep
