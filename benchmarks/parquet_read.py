@@ -65,30 +65,32 @@ def main() -> None:
     from ray.data import DataContext
 
     work = Path(tempfile.mkdtemp(prefix="parquet-read-"))
-    (work / "src").mkdir()
-    write_table(work / "src", args.files, args.rows, args.image_bytes)
-    mb = sum(p.stat().st_size for p in (work / "src").iterdir()) / 2**20
-    # worker logs stay off: V2 kills its footer actors after each read, and their tracebacks are noise
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    print(f"{args.files} files, {args.files * args.rows} rows, {mb:.1f} MiB; read -> map_batches -> write_parquet, "
-          f"median of {args.repeats} after one warm-up, one local Ray of {args.num_cpus} CPUs")
-    medians = {}
-    for label, v2, actors in SETTINGS:
-        ctx.use_datasource_v2 = v2
-        # read by the footer indexer when each read is planned, in this process
-        os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = str(actors)
-        times = [one_run(work / "src", work / f"out-{len(medians)}-{i}") for i in range(args.repeats + 1)][1:]
-        medians[label] = statistics.median(times)
-    base = medians[SETTINGS[0][0]]
-    print("| reader | s / run (median) | vs Ray's default |")
-    print("|---|---:|---:|")
-    for label, s in medians.items():
-        print(f"| {label} | {s:.2f} | {s / base:.2f}x |")
-    ray.shutdown()
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        (work / "src").mkdir()
+        write_table(work / "src", args.files, args.rows, args.image_bytes)
+        mb = sum(p.stat().st_size for p in (work / "src").iterdir()) / 2**20
+        # worker logs stay off: V2 kills its footer actors after each read, and their tracebacks are noise
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        print(f"{args.files} files, {args.files * args.rows} rows, {mb:.1f} MiB; read -> map_batches -> write_parquet, "
+              f"median of {args.repeats} after one warm-up, one local Ray of {args.num_cpus} CPUs")
+        medians = {}
+        for label, v2, actors in SETTINGS:
+            ctx.use_datasource_v2 = v2
+            # read by the footer indexer when each read is planned, in this process
+            os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = str(actors)
+            times = [one_run(work / "src", work / f"out-{len(medians)}-{i}") for i in range(args.repeats + 1)][1:]
+            medians[label] = statistics.median(times)
+        base = medians[SETTINGS[0][0]]
+        print("| reader | s / run (median) | vs Ray's default |")
+        print("|---|---:|---:|")
+        for label, s in medians.items():
+            print(f"| {label} | {s:.2f} | {s / base:.2f}x |")
+    finally:  # a crash, or Ctrl-C, must not leave the table in the temp dir
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,22 +13,45 @@ from raypref.config import Config, load_config
 _JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
+def _in_working_dir(environ) -> bool:
+    job = environ.get(_JOB_CONFIG)
+    return bool(job and (json.loads(job).get("runtime_env") or {}).get("working_dir"))
+
+
+def _relative_dirs(cfg: Config) -> list[tuple[str, str]]:
+    """(key, value) of the keys that name where a job writes, where the value is a relative path."""
+    return [(key, value) for key, value in (
+        ("output_dir", cfg.output_dir), ("reward.export_dir", cfg.reward.export_dir),
+        ("pcclip.export_dir", cfg.pcclip.export_dir), ("pretrain.t2i.export_dir", cfg.pretrain.t2i.export_dir),
+        ("pretrain.clip.export_dir", cfg.pretrain.clip.export_dir)) if value is not None and not Path(value).is_absolute()]
+
+
 def check_output_dir(cfg: Config, environ=os.environ) -> None:
     """Under `ray job submit` with a working_dir, the driver runs in the job's unpacked copy of it, a
     temporary directory Ray deletes: a relative output_dir, or export_dir, would be written there (and,
     on several nodes, on each node's own copy). Refused before anything is written."""
-    job = environ.get(_JOB_CONFIG)
-    if not job or not (json.loads(job).get("runtime_env") or {}).get("working_dir"):
+    if not _in_working_dir(environ):
         return
-    # the keys that name where a job writes
-    for key, value in (("output_dir", cfg.output_dir), ("reward.export_dir", cfg.reward.export_dir),
-                       ("pcclip.export_dir", cfg.pcclip.export_dir),
-                       ("pretrain.t2i.export_dir", cfg.pretrain.t2i.export_dir),
-                       ("pretrain.clip.export_dir", cfg.pretrain.clip.export_dir)):
-        if value is not None and not Path(value).is_absolute():
-            raise ValueError(f"{key}: {value!r} is relative, and this job runs in its uploaded working_dir, a "
-                             "temporary directory Ray deletes; give an absolute path on storage every node mounts, "
-                             f"e.g. {key}=/mnt/raypref/{value}")
+    for key, value in _relative_dirs(cfg):
+        raise ValueError(f"{key}: {value!r} is relative, and this job runs in its uploaded working_dir, a "
+                         "temporary directory Ray deletes; give an absolute path on storage every node mounts, "
+                         f"e.g. {key}=/mnt/raypref/{value}")
+
+
+def check_point_dirs(cfg: Config, environ=os.environ) -> None:
+    """check_output_dir for every point of a sweep: sweep.set and the grid may set an export_dir too.
+    The error names the point by number and grid keys (sweep.point_label), never by its values."""
+    if not _in_working_dir(environ):
+        return
+    from raypref.sweep import point_configs, point_label
+
+    points = point_configs(cfg)
+    for i, (_, point, pcfg) in enumerate(points, 1):
+        for key, _ in _relative_dirs(pcfg):
+            where = "sweep.grid" if key in point else "sweep.set" if key in cfg.sweep.set else "the config"
+            raise ValueError(f"{point_label(i, len(points), point)}: {key} (from {where}) is relative, and this job "
+                             "runs in its uploaded working_dir, a temporary directory Ray deletes; give an absolute "
+                             "path on storage every node mounts, or one under '{point}', the point's own output_dir")
 
 
 def parse_config(description: str, argv: list[str] | None = None, prog: str | None = None) -> Config:

@@ -5,6 +5,9 @@ from raypref.stages import sweep
 
 
 def main(config: Config) -> dict:
+    from jobs._args import check_point_dirs
+
+    check_point_dirs(config)  # a point's relative export_dir would land in the job's temporary working_dir
     return sweep(config)
 
 

@@ -43,6 +43,23 @@ def _local_path(p: str | None) -> str | None:
 
 LocalPath = Annotated[str, AfterValidator(_local_path)]
 
+# raypref.shapes.world.SPLITS, spelt here so that loading a config does not import the shapes world (a test
+# checks that the two agree)
+SHAPES_SPLITS = ("train", "heldout", "align", "eval")
+
+
+def _prompts_source(p: str | None) -> str | None:
+    # a 'shapes:' split needs no file to check: a typo fails at config load, naming the key
+    if p is not None and p.startswith("shapes:"):
+        unknown = [s for s in p[len("shapes:"):].split("+") if s not in SHAPES_SPLITS]
+        if unknown:
+            raise ValueError(f"{p!r}: unknown shapes split {unknown[0]!r} (known: {', '.join(SHAPES_SPLITS)}; "
+                             "a union such as 'shapes:train+align')")
+    return p
+
+
+PromptsSource = Annotated[str, AfterValidator(_prompts_source)]
+
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo must not silently fall back to a default.
@@ -153,7 +170,7 @@ class PairConf(_Strict):
         "instead of the weighted aggregate of build.scorers.")
 
 class BuildConf(_Strict):
-    prompts: str = Field("", description="Prompts file: .txt (one per line), .jsonl or .parquet with a 'prompt' column; or 'shapes:<split>' (train, align, eval), or a union such as 'shapes:train+align'.")
+    prompts: PromptsSource = Field("", description="Prompts file: .txt (one per line), .jsonl or .parquet with a 'prompt' column; or 'shapes:<split>' (train, align, eval), or a union such as 'shapes:train+align'.")
     generators: list[GeneratorConf] = Field(
         default_factory=lambda: [GeneratorConf()], description="Generators; one actor pool each, each appends samples."
     )
@@ -215,7 +232,7 @@ class ReflConf(_Strict):
                         "differentiable_score: clip_score, aesthetic, pickscore, hpsv2, image_reward, or reward_model "
                         "(a `raypref train reward` export).")
     head: str = Field("", description="Which of the scorer's outputs is the reward: '' the main score, or an aspect (a reward model's prompt_following, ...).")
-    prompts: str | None = Field(None, description="Prompts file or 'shapes:<split>' the images are drawn for (None: build.prompts).")
+    prompts: PromptsSource | None = Field(None, description="Prompts file or 'shapes:<split>' the images are drawn for (None: build.prompts).")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     sampler: Literal["ddpm", "ddim"] = Field(
         "ddpm", description="How each drawing is sampled: ddpm (ancestral, stochastic; ImageReward's ReFL scripts) or "
@@ -314,7 +331,7 @@ class TrainConf(_RayTrainScale, _StepConf):
 
 
 class EvalConf(_Strict):
-    prompts: str = Field("", description="Held-out prompts file, or 'shapes:eval'.")
+    prompts: PromptsSource = Field("", description="Held-out prompts file, or 'shapes:eval'.")
     limit: int | None = Field(None, description="Use only the first N prompts.")
     lora: str | None = Field(None, description="LoRA to evaluate (None: this run's train/lora when train.finetune is lora).")
     unet: str | None = Field(None, description="Fine-tuned UNet directory to evaluate instead of a LoRA (None: this "
@@ -325,7 +342,7 @@ class EvalConf(_Strict):
     shard_size: int = Field(16, ge=1, description="Prompts per shard: the unit written, and skipped by a resumed eval, unless the generator's or scorer's pool.batch_size is larger (then that batch is; the eval warns).")
 
 
-_SHAPES_SPLITS = r"^(train|heldout|align|eval)(\+(train|heldout|align|eval))*$"
+_SHAPES_SPLITS = "^({0})(\\+({0}))*$".format("|".join(SHAPES_SPLITS))
 
 
 class PretrainT2IConf(_RayTrainScale):

@@ -65,8 +65,12 @@ def _check(form: str, x, y, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray |
         raise ValueError(f"fit power_law: y must be > 0 (it is fitted in log space), got {y.min():g}")
     if sigma is not None:
         sigma = np.asarray(sigma, dtype=np.float64)
-        if sigma.shape != x.shape or not (np.isfinite(sigma).all() and (sigma > 0).all()):
-            raise ValueError("fit: sigma must be finite, > 0, one per point")
+        if sigma.shape != x.shape:
+            raise ValueError(f"fit: sigma must be finite, > 0, one per point, got {sigma.shape} for {x.shape} points")
+        bad = np.flatnonzero(~(np.isfinite(sigma) & (sigma > 0)))
+        if len(bad):
+            raise ValueError(f"fit: sigma must be finite, > 0, one per point; point {bad[0] + 1} of {len(x)} (x = {x[bad[0]]:g}) "
+                             f"has {sigma[bad[0]]:g}")
     return x, y, sigma
 
 

@@ -267,8 +267,10 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
         return None, "runs", False
     try:
         r = json.loads(f.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None, f"runs again ({f} is unreadable)", False
+    if not isinstance(r, dict):  # valid JSON, but no result run_point writes (e.g. a hand-edited file)
+        return None, f"runs again ({f} holds no JSON object)", False
     if _config_changed(r.get("config"), config):
         if _scale_free(r.get("config")) == _scale_free(config):  # the same work: its stages resume it
             return None, "runs again in place (only its scale or budget changed; its stages resume)", False
@@ -280,7 +282,12 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
 
 
 def _move_aside(point_dir: Path) -> Path:
-    aside = point_dir.with_name(f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    """<point>.replaced-<time>, or <...>-2, -3, ... where one of that second is there (a rerun within it)."""
+    name = f"{point_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, n = point_dir.with_name(name), 1
+    while aside.exists():
+        n += 1
+        aside = point_dir.with_name(f"{name}-{n}")
     point_dir.rename(aside)
     return aside
 
@@ -523,12 +530,21 @@ def _series(rows: list[dict], sw: SweepConf, metric: str, x: str) -> tuple[bool,
     return numeric, labels, series
 
 
-def _sigma(rs: list[dict], metric: str) -> list[float] | None:
-    """Per-point sigma from a 95% interval (high - low) / (2 * 1.96), where every point has one."""
+def _sigma(rs: list[dict], metric: str) -> tuple[list[float] | None, str | None]:
+    """(per-point sigma from a 95% interval, (high - low) / (2 * 1.96), where every point has one; why the
+    line is fitted unweighted instead). A zero-width interval would weigh its point infinitely: the line
+    is fitted unweighted, naming it. One whose low is above its high is a ValueError naming it."""
     lo, hi = [r.get(f"{metric}_low") for r in rs], [r.get(f"{metric}_high") for r in rs]
     if not all(_num(v) is not None for v in lo + hi):
-        return None
-    return [(b - a) / 3.92 for a, b in zip(lo, hi)]
+        return None, None
+    for r, a, b in zip(rs, lo, hi):
+        if a > b:
+            raise ValueError(f"point {r['point']}: its {metric} interval is inverted ({metric}_low {_fmt(a)} > "
+                             f"{metric}_high {_fmt(b)})")
+    zero = [r["point"] for r, a, b in zip(rs, lo, hi) if a == b]
+    if zero:
+        return None, f"{'points' if len(zero) > 1 else 'point'} {_some(zero, ', ')}: a zero-width {metric} interval ({metric}_low = {metric}_high)"
+    return [(b - a) / 3.92 for a, b in zip(lo, hi)], None
 
 
 def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str, dict[str, dict]]:
@@ -543,10 +559,14 @@ def fit_metrics(rows: list[dict], out: Path, sw: SweepConf, x: str) -> dict[str,
         # point_configs has checked that a fitted metric's x is numeric (a metric, or a grid key of numbers)
         for label, rs in _series(rows, sw, m.name, x)[2].items():
             try:
-                f = fit(m.fit, [r[x] for r in rs], [r[m.name] for r in rs], _sigma(rs, m.name)).as_dict()
+                sigma, unweighted = _sigma(rs, m.name)
+                f = fit(m.fit, [r[x] for r in rs], [r[m.name] for r in rs], sigma).as_dict()
+                if unweighted:
+                    f["unweighted"] = unweighted
                 text = f["formula"] + "".join(f"; {k} = {v:.4g} +- {f['stderr'][k]:.2g}" for k, v in f["params"].items()
                                               if f["stderr"].get(k) is not None and k in ("c", "b"))
                 text += " (b at the edge of its range: the points do not fix where it levels off)" if f.get("at_bound") else ""
+                text += f" (unweighted: {unweighted})" if unweighted else ""
             except ValueError as e:
                 f, text = {"form": m.fit, "error": str(e)}, f"no fit: {e}"
             fits.setdefault(m.name, {})[label] = {"x": x, **f}
@@ -579,8 +599,15 @@ def plot_metric(rows: list[dict], out: Path, sw: SweepConf, metric: str, x: str,
         xs = [r[x] if numeric else labels.index(str(r[x])) for r in rs]
         ys = [r[metric] for r in rs]
         lo, hi = [r.get(f"{metric}_low") for r in rs], [r.get(f"{metric}_high") for r in rs]
-        if all(_num(v) is not None for v in lo + hi):
-            err = [[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]]
+        bars = all(_num(v) is not None for v in lo + hi)
+        err = [[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]] if bars else None
+        if bars and min(err[0] + err[1]) < 0:
+            # matplotlib refuses a negative bar, which would end the sweep after every point ran
+            outside = [r["point"] for r, a, y, b in zip(rs, lo, ys, hi) if not a <= y <= b]
+            print(f"[sweep] plot {metric}{f' ({label})' if label else ''}: no error bars, as the {metric} interval "
+                  f"of {_some(outside, ', ')} does not hold its value", flush=True)
+            bars = False
+        if bars:
             line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label or None).lines[0]
         else:
             (line,) = ax.plot(xs, ys, marker="o", label=label or None)

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -88,14 +89,17 @@ def report_step(rank: int, metrics: dict, history: list[dict], state: dict,
                 write: Callable[[str], None] | None) -> None:
     """Report this step to Ray Train every REPORT_EVERY steps, or with a checkpoint when ``write``
     is given (rank 0 writes it). Every step's metrics stay in ``history`` all the same; rank 0
-    prints a progress line whenever it reports."""
+    writes a progress line to stdout whenever it reports."""
     import ray.train
 
     step = metrics.get("step", 0)
     if write is None and step % REPORT_EVERY:
         return
     if rank == 0:
-        print(json.dumps(metrics), flush=True)
+        # not print(): in a Ray Train worker it is Train's, which logs the line to a console handler and, as
+        # Ray has replaced sys.stdout, also prints it, so the driver showed every progress line twice
+        sys.stdout.write(json.dumps(metrics) + "\n")
+        sys.stdout.flush()
     if write is None:
         ray.train.report(metrics)
         return

@@ -1,5 +1,6 @@
 """The benchmark scripts run: a training-step measurement on tiny SD / SDXL pipelines, and the
-full-size random pipelines have the released models' parameter counts."""
+full-size random pipelines have the released models' parameter counts; parquet_read leaves no temp dir
+when it crashes."""
 
 from __future__ import annotations
 
@@ -119,3 +120,20 @@ def test_scoring_throughput_refuses_more_prompts_than_the_split_holds():
     with pytest.raises(SystemExit, match=r"^--prompts 1509: the shapes-world train split holds 1508 prompts$"):
         mod.groups_table(1509, 1)
     assert mod.groups_table(2, 1).num_rows == 2
+
+
+def test_parquet_read_removes_its_temp_dir_on_a_crash(tmp_path, monkeypatch):
+    import tempfile
+
+    mod = _load("parquet_read")
+
+    def crash(root, *a):
+        (root / "part-000.parquet").write_bytes(b"half a table")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(mod, "write_table", crash)
+    monkeypatch.setattr(sys, "argv", ["parquet_read.py"])
+    with pytest.raises(OSError, match="disk full"):
+        mod.main()
+    assert not list(tmp_path.glob("parquet-read-*"))

@@ -188,3 +188,25 @@ def test_a_submitted_job_refuses_a_relative_output_dir_or_export_dir_in_its_temp
         with pytest.raises(ValueError, match=rf"^{key}.export_dir: 'models/m' is relative.*{key}.export_dir=/mnt/raypref/models/m$"):
             check_output_dir(validate(conf), job)
         check_output_dir(validate(conf), {})
+
+
+def test_a_submitted_sweep_refuses_a_points_relative_export_dir_before_anything_runs(tmp_path, monkeypatch):
+    import json
+
+    from jobs.sweep import main
+    from raypref.config import validate
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0a1b.zip"}}))
+    out = tmp_path / "run"
+    grid = {"output_dir": str(out), "sweep": {"stages": ["train_reward"], "grid": {"reward.export_dir": ["models/a"]}}}
+    with pytest.raises(ValueError, match=r"^sweep point 1/1 \(reward.export_dir; .*\): reward.export_dir \(from sweep.grid\) is relative"):
+        main(validate(grid))
+    put = {"output_dir": str(out), "sweep": {"stages": ["train_reward"], "grid": {"reward.seed": [1, 2]},
+                                             "set": {"pretrain.clip.export_dir": "models/c"}}}
+    with pytest.raises(ValueError, match=r"^sweep point 1/2 \(reward.seed; .*\): pretrain.clip.export_dir \(from sweep.set\)"):
+        main(validate(put))
+    assert not out.exists()  # refused before the sweep wrote anything
+    from jobs._args import check_point_dirs
+
+    # under '{point}', the point's own (absolute) output_dir: fine
+    check_point_dirs(validate({**grid, "sweep": {**grid["sweep"], "grid": {"reward.export_dir": ["{point}/m"]}}}))

@@ -241,6 +241,23 @@ def test_shapes_prompt_source_is_balanced_and_checked():
         read_prompts("shapes:train+tset")
 
 
+def test_a_shapes_split_typo_is_a_config_error_naming_its_key():
+    from raypref.config import SHAPES_SPLITS
+    from raypref.shapes.world import SPLITS
+
+    assert SHAPES_SPLITS == SPLITS  # config spells them so as not to import the shapes world
+    for key in ("build.prompts", "eval.prompts", "train.refl.prompts"):
+        with pytest.raises(ConfigError, match=rf"\n  {key}: Value error, 'shapes:train\+trian': unknown shapes split 'trian' "
+                                              r"\(known: train, heldout, align, eval;"):
+            load_config(None, [f"{key}=shapes:train+trian"])
+        section, *rest = key.split(".")
+        node = getattr(load_config(None, [f"{key}=shapes:heldout+align"]), section)
+        for part in rest:
+            node = getattr(node, part)
+        assert node == "shapes:heldout+align"  # a union of known splits loads
+    assert load_config(None, ["build.prompts=shapes.txt"]).build.prompts == "shapes.txt"  # a file: read when the build runs
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "raypref.cli", *args], capture_output=True, text=True, timeout=120)
 

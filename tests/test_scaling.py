@@ -64,5 +64,5 @@ def test_bad_points_name_the_problem():
         fit("saturating_power_law", [1, 1, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="unknown form 'cubic'"):
         fit("cubic", [1, 2], [1, 2])
-    with pytest.raises(ValueError, match="sigma must be finite, > 0"):
+    with pytest.raises(ValueError, match=r"sigma must be finite, > 0, one per point; point 2 of 2 \(x = 2\) has 0$"):
         fit("power_law", [1, 2], [1, 2], sigma=[0.1, 0.0])

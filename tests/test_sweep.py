@@ -166,6 +166,11 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     assert _done(d, other, ["rank"]) == (None, "its config changed: runs from scratch", True) and (d / "result.json").is_file()
     (d / "result.json").write_text('{"config": ')  # cut short
     assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} is unreadable)", False)
+    for other in ("[]", "null", "3"):  # valid JSON, but not a result: runs again too
+        (d / "result.json").write_text(other)
+        assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} holds no JSON object)", False)
+    (d / "result.json").write_bytes(b'{"config": "\xff"}')
+    assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} is unreadable)", False)
     (d / "x.md").write_text("# not JSON")
     with pytest.raises(ConfigError, match=r"sweep.metrics.m.value: 'x.md:a': .*x\.md is not JSON"):
         read_metric(d, "x.md:a", "sweep.metrics.m.value")
@@ -529,3 +534,47 @@ def test_a_null_metric_on_the_x_axis_leaves_its_point_out_of_the_plot_and_the_fi
     assert numeric and labels == [] and [r["pairs"] for r in series[""]] == [10, 20, 40]
     fits = fit_metrics(rows, tmp_path, cfg.sweep, "pairs")
     assert fits["acc"][""]["n"] == 3 and "error" not in fits["acc"][""]
+
+
+def test_a_zero_width_interval_fits_its_line_unweighted_naming_the_point_and_an_inverted_one_no_fit(tmp_path, capsys):
+    from raypref.sweep import fit_metrics
+
+    cfg = validate({"output_dir": str(tmp_path), "sweep": {
+        "stages": ["rank"], "grid": {"n": [10, 20, 40]},
+        "metrics": [{"name": "acc", "value": "a.json:acc", "low": "a.json:lo", "high": "a.json:hi", "fit": "power_law"}]}})
+    rows = [{"point": f"n={n}", "n": n, "acc": a, "acc_low": lo, "acc_high": hi, "status": "done"}
+            for n, a, lo, hi in [(10, 0.5, 0.4, 0.6), (20, 0.6, 0.6, 0.6), (40, 0.7, 0.6, 0.8)]]
+    f = fit_metrics(rows, tmp_path, cfg.sweep, "n")["acc"][""]
+    assert "error" not in f and f["n"] == 3
+    assert f["unweighted"] == "point n=20: a zero-width acc interval (acc_low = acc_high)"
+    assert "(unweighted: point n=20: a zero-width acc interval" in capsys.readouterr().out
+    rows[1]["acc_low"] = 0.65  # low above high: no weights to trust, and no fit
+    f = fit_metrics(rows, tmp_path, cfg.sweep, "n")["acc"][""]
+    assert f["error"] == "point n=20: its acc interval is inverted (acc_low 0.65 > acc_high 0.6)"
+
+def test_an_interval_that_does_not_hold_its_value_is_plotted_without_bars_not_a_crash(tmp_path, capsys):
+    from raypref.sweep import plot_metric
+
+    cfg = validate({"output_dir": str(tmp_path), "sweep": {
+        "stages": ["rank"], "grid": {"n": [10, 20]},
+        "metrics": [{"name": "acc", "value": "a.json:acc", "low": "a.json:lo", "high": "a.json:hi"}]}})
+    rows = [{"point": f"n={n}", "n": n, "acc": a, "acc_low": lo, "acc_high": hi, "status": "done"}
+            for n, a, lo, hi in [(10, 0.5, 0.4, 0.6), (20, 0.7, 0.5, 0.6)]]
+    assert plot_metric(rows, tmp_path, cfg.sweep, "acc", "n") == "acc.png"
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[sweep] plot acc: no error bars, as the acc interval of n=20 does not hold its value" in capsys.readouterr().out
+
+
+def test_two_move_asides_of_a_point_in_one_second_keep_both(tmp_path, monkeypatch):
+    from raypref import sweep
+
+    monkeypatch.setattr(sweep.time, "strftime", lambda fmt: "20260101-000000")  # both within one second
+    d = tmp_path / "p"
+    kept = []
+    for i in range(3):
+        d.mkdir()
+        (d / "result.json").write_text(str(i))
+        kept.append(sweep._move_aside(d))
+    assert [k.name for k in kept] == ["p.replaced-20260101-000000", "p.replaced-20260101-000000-2",
+                                      "p.replaced-20260101-000000-3"]
+    assert [(k / "result.json").read_text() for k in kept] == ["0", "1", "2"] and not d.exists()

@@ -348,3 +348,30 @@ def test_skip_groups_reads_past_the_groups_a_checkpoint_trained_on():
     batches = (read.append(i) or i for i in range(5))  # records each batch as it is read
     left = [[b for b, _ in g] for g in skip_groups(micro_groups(batches, 2), 1)]
     assert left == [[2, 3], [4]] and read == [0, 1, 2, 3, 4]  # the first group was read, not yielded
+
+
+def test_a_progress_line_shows_once_under_ray_trains_print(monkeypatch, capsys):
+    import builtins
+    import logging
+    import sys
+
+    import ray.train
+    from ray.train.v2._internal.logging.patch_print import redirected_print
+
+    from raypref.train_checkpoint import REPORT_EVERY, report_step
+
+    # a Ray Train worker: print is Train's, sys.stdout is Ray's log file (not sys.__stdout__), and the
+    # root logger shows INFO on a console handler
+    root, handler = logging.getLogger(), logging.StreamHandler(sys.stdout)
+    monkeypatch.setattr(builtins, "print", redirected_print)
+    monkeypatch.setattr(ray.train, "report", lambda *a, **k: None)
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        report_step(0, {"phase": 1, "step": REPORT_EVERY}, [], {}, None)
+        report_step(1, {"phase": 1, "step": REPORT_EVERY}, [], {}, None)  # only rank 0 shows it
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert capsys.readouterr().out.count(f'{{"phase": 1, "step": {REPORT_EVERY}}}') == 1
