@@ -176,18 +176,26 @@ def test_a_submitted_job_refuses_a_relative_output_dir_or_export_dir_in_its_temp
 
     job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0a1b.zip"}})}
     with pytest.raises(ValueError, match=r"output_dir: 'runs/x' is relative.*output_dir=/mnt/raypref/runs/x"):
-        check_output_dir(validate({"output_dir": "runs/x"}), job)
-    check_output_dir(validate({"output_dir": "/mnt/raypref/runs/x"}), job)  # absolute: fine
-    check_output_dir(validate({"output_dir": "runs/x"}), {})  # not a submitted job: a local run
+        check_output_dir(validate({"output_dir": "runs/x"}), environ=job)
+    check_output_dir(validate({"output_dir": "/mnt/raypref/runs/x"}), environ=job)  # absolute: fine
+    check_output_dir(validate({"output_dir": "runs/x"}), environ={})  # not a submitted job: a local run
     no_dir = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}})}
-    check_output_dir(validate({"output_dir": "runs/x"}), no_dir)  # a job run where it was started
+    check_output_dir(validate({"output_dir": "runs/x"}), environ=no_dir)  # a job run where it was started
     # an export goes where its key says, not under output_dir: the same holds for it
-    for section, key in (("reward", "reward"), ("pcclip", "pcclip"), ("pretrain", "pretrain.t2i"), ("pretrain", "pretrain.clip")):
+    for stage, section, key in (("train_reward", "reward", "reward"), ("train_pcclip", "pcclip", "pcclip"),
+                                ("pretrain_t2i", "pretrain", "pretrain.t2i"), ("pretrain_clip", "pretrain", "pretrain.clip")):
         inner = {"export_dir": "models/m"}
         conf = {"output_dir": "/mnt/raypref/runs/x", section: {key.split(".")[1]: inner} if "." in key else inner}
         with pytest.raises(ValueError, match=rf"^{key}.export_dir: 'models/m' is relative.*{key}.export_dir=/mnt/raypref/models/m$"):
-            check_output_dir(validate(conf), job)
-        check_output_dir(validate(conf), {})
+            check_output_dir(validate(conf), [stage], job)
+        check_output_dir(validate(conf), [stage], {})
+        check_output_dir(validate(conf), ["build"], job)  # a job that never exports does not read it (a shared config)
+    import importlib.util
+
+    from jobs._args import EXPORTS
+
+    # run_job names a job's stage by its module: each exporting stage is a job of that name
+    assert all(importlib.util.find_spec(f"jobs.{stage}") for stage in EXPORTS)
 
 
 def test_a_submitted_sweep_refuses_a_points_relative_export_dir_before_anything_runs(tmp_path, monkeypatch):
@@ -202,11 +210,14 @@ def test_a_submitted_sweep_refuses_a_points_relative_export_dir_before_anything_
     with pytest.raises(ValueError, match=r"^sweep point 1/1 \(reward.export_dir; .*\): reward.export_dir \(from sweep.grid\) is relative"):
         main(validate(grid))
     put = {"output_dir": str(out), "sweep": {"stages": ["train_reward"], "grid": {"reward.seed": [1, 2]},
-                                             "set": {"pretrain.clip.export_dir": "models/c"}}}
-    with pytest.raises(ValueError, match=r"^sweep point 1/2 \(reward.seed; .*\): pretrain.clip.export_dir \(from sweep.set\)"):
+                                             "set": {"reward.export_dir": "models/c"}}}
+    with pytest.raises(ValueError, match=r"^sweep point 1/2 \(reward.seed; .*\): reward.export_dir \(from sweep.set\)"):
         main(validate(put))
     assert not out.exists()  # refused before the sweep wrote anything
     from jobs._args import check_point_dirs
+
+    # an export of a stage the sweep does not run is not read: not refused
+    check_point_dirs(validate({**put, "sweep": {**put["sweep"], "set": {"pretrain.clip.export_dir": "models/c"}}}))
 
     # under '{point}', the point's own (absolute) output_dir: fine
     check_point_dirs(validate({**grid, "sweep": {**grid["sweep"], "grid": {"reward.export_dir": ["{point}/m"]}}}))
