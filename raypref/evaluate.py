@@ -278,9 +278,12 @@ def accuracy_table(r: dict) -> str:
              "| aspect | n | base | tuned | tuned - base (95% CI) |", "|---|---|---|---|---|"]
     for aspect, a in acc.items():
         b, t, d = a["base"], a["tuned"], a["diff"]
-        lines.append(
-            f"| {aspect} | {b['n']} | {b['accuracy']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) | "
-            f"{t['accuracy']:.3f} ({t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}) | "
-            f"{d['diff']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |"
-        )
+        lines.append(f"| {aspect} | {b['n']} | {_pass_rate(b)} | {_pass_rate(t)} | "
+                     + (f"{d['diff']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |" if d["n"] else "- |"))
     return "\n".join(lines) + "\n"
+
+
+def _pass_rate(a: dict) -> str:
+    """A side's pass rate and interval; none where no compared image has the aspect (every value NaN:
+    it does not apply to their prompts)."""
+    return f"{a['accuracy']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f})" if a["n"] else "no prompts"
