@@ -339,7 +339,7 @@ class EvalConf(_Strict):
     num_samples: int = Field(2, ge=1, description="Images per prompt per model, same seeds for base and tuned.")
     scorer: str = Field("", description="Name of a build scorer used to judge base vs tuned.")
     tie_tolerance: float = Field(1e-6, ge=0, description="Scores closer than this count as a tie.")
-    shard_size: int = Field(16, ge=1, description="Prompts per shard: the unit written, and skipped by a resumed eval, unless the generator's or scorer's pool.batch_size is larger (then that batch is; the eval warns).")
+    shard_size: int = Field(16, ge=1, description="Prompts per shard: the unit written, and skipped by a resumed eval, unless the generator's or scorer's pool.batch_size is larger (then that batch is; an eval that generates warns).")
 
 
 _SHAPES_SPLITS = "^({0})(\\+({0}))*$".format("|".join(SHAPES_SPLITS))

@@ -47,17 +47,24 @@ def _holds_all(side: Path, prompts: pa.Table) -> bool:
     return bool(pc.all(pc.is_in(prompts.column(S.PROMPT_ID), value_set=ids)).as_py())
 
 
-def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, side: Path, task_cpus: float) -> pa.Table:
-    """One side's scores of ``prompts``: generated and scored prompt shard by prompt shard into
-    <side>/scores with Ray Data checkpointing, so a rerun scores only the prompts not yet written
-    (and, when every one is written, starts no pipeline and loads no model). Scores made with other
-    settings are removed first."""
+def _stored(prompts: pa.Table, generator, scorer, side: Path) -> bool:
+    """Whether <side>/scores holds every prompt's scores, made with these settings (scores made with
+    other settings are removed first)."""
     renew_if_changed(side / SETTINGS_FILE, side_settings(generator, scorer, generator.num_samples), f"[eval] {side.name}",
                      untracked_keys(generator, "generator.config.args") + untracked_keys(scorer, "scorer.config.args"))
-    main = S.score_column(scorer.name)
     if _holds_all(side, prompts):
         print(f"[eval] {side.name}: every prompt's scores are stored; nothing to generate", flush=True)
-    else:
+        return True
+    return False
+
+
+def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, side: Path, task_cpus: float,
+            generate: bool) -> pa.Table:
+    """One side's scores of ``prompts``: with ``generate`` (not every one is _stored), generated and
+    scored prompt shard by prompt shard into <side>/scores with Ray Data checkpointing, so a rerun
+    scores only the prompts not yet written; without, read back (no pipeline starts, no model loads)."""
+    main = S.score_column(scorer.name)
+    if generate:
         with checkpointed(S.PROMPT_ID, side / "_checkpoint", side / "scores"):
             ds = read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
             ds = generate_and_score(ds, [generator], [scorer])
@@ -225,8 +232,10 @@ def run_eval(cfg: Config) -> dict:
     Q.write(bad_prompts, out / "quarantine" / "prompts.parquet")
     shards = write_prompt_shards(prompts, out / "prompts", e.shard_size)
     sides = eval_sides(cfg, (part, weights))
-    warn_batch_unit([("generator", sides["base"]), ("scorer", scorer)], e.shard_size, "eval.shard_size", "[eval]")
-    scored = {side: _scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus)
+    stored = {side: _stored(prompts, g, scorer, out / side) for side, g in sides.items()}
+    if not all(stored.values()):  # the batch unit matters only where a pipeline runs
+        warn_batch_unit([("generator", sides["base"]), ("scorer", scorer)], e.shard_size, "eval.shard_size", "[eval]")
+    scored = {side: _scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus, not stored[side])
               for side, g in sides.items()}
     col = S.score_column(scorer.name)
     pairs, unpaired = match_sides(scored["base"], scored["tuned"], col, sides["base"].name)
@@ -278,9 +287,12 @@ def accuracy_table(r: dict) -> str:
              "| aspect | n | base | tuned | tuned - base (95% CI) |", "|---|---|---|---|---|"]
     for aspect, a in acc.items():
         b, t, d = a["base"], a["tuned"], a["diff"]
-        lines.append(
-            f"| {aspect} | {b['n']} | {b['accuracy']:.3f} ({b['ci95'][0]:.3f}-{b['ci95'][1]:.3f}) | "
-            f"{t['accuracy']:.3f} ({t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}) | "
-            f"{d['diff']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |"
-        )
+        lines.append(f"| {aspect} | {b['n']} | {_pass_rate(b)} | {_pass_rate(t)} | "
+                     + (f"{d['diff']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) |" if d["n"] else "- |"))
     return "\n".join(lines) + "\n"
+
+
+def _pass_rate(a: dict) -> str:
+    """A side's pass rate and interval; none where no compared image has the aspect (every value NaN:
+    it does not apply to their prompts)."""
+    return f"{a['accuracy']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f})" if a["n"] else "no prompts"

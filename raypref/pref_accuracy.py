@@ -128,12 +128,14 @@ def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
     # input path alone: while that still matches, the input is the same (its images were not counted
     # then, so cannot be compared now); the record then gains every file the format reads
     then = fingerprint(a.pairs)
-    same = record.is_file() and keys_file.is_file() and counts_file.is_file() and settings_changed(
-        record, mine, added={"accuracy.files": then} if then is not None else {}) is None
+    changed = settings_changed(record, mine, added={"accuracy.files": then} if then is not None else {})
+    same = record.is_file() and keys_file.is_file() and counts_file.is_file() and changed is None
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
         return pq.read_table(keys_file), counts
     if not same:  # another input: no stored score is of its pairs
+        if changed and (out / "scorers").is_dir() and any((out / "scorers").iterdir()):
+            print(f"[accuracy] {a.pairs}: the input changed ({changed}); every scorer is scored again", flush=True)
         shutil.rmtree(out / "scorers", ignore_errors=True)
     _write_json(counts_file, {**counts, "staged": False})  # until the staged copy is whole again
     shutil.rmtree(out / "staged", ignore_errors=True)
@@ -206,6 +208,13 @@ def scorer_done(s: ScorerConf, out: Path, keys: pa.Table) -> bool:
     # a record from before an arg was untracked still holds it
     renew_if_changed(d / SETTINGS_FILE, actor_settings(s), f"[accuracy] {s.name}", untracked_keys(s, "config.args"))
     return bool(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).all())
+
+
+def scoring_line(name: str, pairs: int, stored: int) -> str:
+    """What a scorer's run scores: the staged ``pairs`` less the ``stored`` ones (score_pairs skips those)."""
+    if not stored:
+        return f"[accuracy] {name}: scoring {pairs} pairs"
+    return f"[accuracy] {name}: scoring {pairs - stored} of {pairs} pairs ({stored} stored)"
 
 
 def score_pairs(out: Path, s: ScorerConf, task_cpus: float) -> None:
@@ -318,9 +327,12 @@ def run_accuracy(cfg: Config) -> dict:
     if todo and not staged["staged"]:  # a finished run removed the staged images
         keys, staged = staged_pairs(cfg, out, images=True)
         todo = [s for s in a.scorers if not scorer_done(s, out, keys)]
-    print(f"[accuracy] {len(a.scorers) - len(todo)} of {len(a.scorers)} scorers' scores kept from an earlier run"
-          if len(todo) < len(a.scorers) else f"[accuracy] scoring {keys.num_rows} pairs", flush=True)
+    if len(todo) < len(a.scorers):
+        print(f"[accuracy] {len(a.scorers) - len(todo)} of {len(a.scorers)} scorers' scores kept from an earlier run", flush=True)
+    staged_rows = keys.column(S.IMPORT_ROW).to_numpy()
     for s in todo:
+        stored = int(np.isin(staged_rows, _stored_rows(out / "scorers" / s.name / "scores")).sum())
+        print(scoring_line(s.name, keys.num_rows, stored), flush=True)
         score_pairs(out, s, cfg.build.task_cpus)
     scores = merged_scores(out, keys, a.scorers)
     pq.write_table(scores, out / "scores.parquet")

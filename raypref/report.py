@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raypref.train_checkpoint import TREND_STEPS
+from raypref.train_checkpoint import mean_of
 
 
 def value_text(x, spec=".4f") -> str:
@@ -52,7 +52,7 @@ def summary_line(stage: str, s: dict, where: str) -> str:
         r0, r1 = s["reward_first_last"] or (None, None)
         return (
             f"[train] refl ({s['finetune']}) on {s['prompts']} prompts, reward: {s['scorer']} ({s['head']}), "
-            f"{s['workers']} worker(s), step {s['final_step']}: reward ({_mean_of(s['final_step'])}) {value_text(r0)} -> {value_text(r1)}, "
+            f"{s['workers']} worker(s), step {s['final_step']}: reward ({mean_of(s['final_step'])}) {value_text(r0)} -> {value_text(r1)}, "
             f"{value_text(s['below_margin'], '.0%')} of images below the margin {s['margin']:g}"
             + (f", pretraining loss (x {s['pretrain_weight']:g}) {value_text(s['pretrain_loss_first_last'][0])} -> "
                f"{value_text(s['pretrain_loss_first_last'][1])}" if s.get("pretrain_loss_first_last") else "")
@@ -88,12 +88,6 @@ def summary_line(stage: str, s: dict, where: str) -> str:
             parts.append(f"vae {s['vae_steps']} steps, loss {value_text(s['vae_loss'][0])} -> {value_text(s['vae_loss'][1])}")
         key = "unet_steps" if "unet_steps" in s else "steps"
         if s.get("loss"):
-            parts.append(f"{s[key]} steps, loss ({_mean_of(s[key])}) {value_text(s['loss'][0])} -> {value_text(s['loss'][1])}")
+            parts.append(f"{s[key]} steps, loss ({mean_of(s[key])}) {value_text(s['loss'][0])} -> {value_text(s['loss'][1])}")
         return ", ".join(parts) + f" in {s['seconds']}s -> {where}"
     raise ValueError(f"unknown stage {stage!r}")
-
-
-def _mean_of(steps: int) -> str:
-    """What each of first_last_means' two numbers averages, in a run of ``steps`` steps."""
-    n = min(TREND_STEPS, steps)
-    return f"mean of {n} step{'s' * (n != 1)}"

@@ -309,6 +309,12 @@ def first_last_means(values: list[float], n: int = TREND_STEPS) -> list[float] |
     return [sum(values[:n]) / len(values[:n]), sum(values[-n:]) / len(values[-n:])]
 
 
+def mean_of(steps: int) -> str:
+    """What each of first_last_means' two numbers averages, in a run of ``steps`` steps (for summary lines)."""
+    n = min(TREND_STEPS, steps)
+    return f"mean of {n} step{'s' * (n != 1)}"
+
+
 def scheduled_optimizer(params, lr: float, schedule: str, warmup: int, total: int, ckpt_dir: str | None, step: int,
                         optim_file: str = "optimizer.pt", kind: str = "adamw", weight_decay: float = 0.01):
     """An optimizer (``kind``: torch's AdamW, or transformers' Adafactor at a fixed learning rate, as

@@ -26,8 +26,8 @@ from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 from raypref.session import init_ray
-from raypref.train_checkpoint import (check_rows_per_worker, cosine_adamw, first_last_means, fit_and_export, guard_resume,
-                                      load_state, materialize_if_small, report_step)
+from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, cosine_adamw, first_last_means, fit_and_export,
+                                      guard_resume, load_state, materialize_if_small, mean_of, report_step)
 
 STAGE = "pcclip"
 MODEL_DIR = "model"
@@ -342,6 +342,7 @@ def run_train_pcclip(cfg: Config) -> dict:
         "workers": p.num_workers,
         "final_step": history[-1]["step"] if history else 0,
         "loss": first_last_means(losses),
+        "loss_mean_of": min(TREND_STEPS, len(losses)),  # the steps each of the two loss means averages
         "heldout_diff_retrieval": [evals[0]["heldout_diff_retrieval"], evals[-1]["heldout_diff_retrieval"]] if evals else None,
         "heldout_prompt_retrieval": [evals[0]["heldout_prompt_retrieval"], evals[-1]["heldout_prompt_retrieval"]] if evals else None,
         "heldout_prompt_retrieval_comparative": [evals[0]["heldout_prompt_retrieval_comparative"],
@@ -363,7 +364,8 @@ def summary_text(s: dict) -> str:
         return "n/a" if not v else f"{v[0]:.3f} -> {v[1]:.3f}"
 
     return (f"[pcclip] {s['loss_kind']} on {s['images_train']} images, {s['workers']} worker(s), step {s['final_step']}: "
-            f"loss {pair(s['loss'])}; held-out ({s['images_measured']} of {s['images_heldout']} images, {s['heldout_pairs']} pairs): difference -> "
+            + (f"loss ({mean_of(s['loss_mean_of'])}) {pair(s['loss'])}" if s["loss"] else "loss n/a")
+            + f"; held-out ({s['images_measured']} of {s['images_heldout']} images, {s['heldout_pairs']} pairs): difference -> "
             f"its text {pair(s['heldout_diff_retrieval'])}, image -> its prompt {pair(s['heldout_prompt_retrieval'])} "
             f"(comparative prompting {pair(s.get('heldout_prompt_retrieval_comparative'))}) "
             + (f"; LLM texts on rank 0: {t.get('requests', 0)} requests, {t.get('ok', 0)} answered, "

@@ -26,7 +26,7 @@ from raypref.metrics import json_text
 from raypref.mirroring import mirror_images, mirror_prompts
 from raypref.parquet_read import parquet_mb, read_parquet
 from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, data_dirs, first_last_means, fit_and_export,
-                                      guard_resume, load_state, report_step)
+                                      guard_resume, load_state, mean_of, report_step)
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -413,8 +413,8 @@ def summary_text(s: dict) -> str:
         return "n/a" if not x else f"{x[0]:{spec}} -> {x[1]:{spec}}"
 
     steps = f"steps {s['eval_steps'][0]} -> {s['eval_steps'][1]}" if s.get("eval_steps") else "no eval"
-    n = s["loss_mean_of"]  # the first and the last n steps: fewer than TREND_STEPS in a short run
-    loss = f"loss (mean of {n} step{'s' * (n != 1)}) {pair(s['loss'], '.4f')}" if s["loss"] else "loss n/a"
+    # the first and the last loss_mean_of steps: fewer than TREND_STEPS in a short run
+    loss = f"loss ({mean_of(s['loss_mean_of'])}) {pair(s['loss'], '.4f')}" if s["loss"] else "loss n/a"
     return (f"[reward] {s['pairs_train']} training / {s['pairs_heldout']} held-out pairs, {s['workers']} worker(s), "
             f"step {s['final_step']}: {loss}; held-out ({steps}) loss "
             f"{pair(s['eval_loss'], '.4f')}, accuracy {pair(s['eval_accuracy'], '.3f')} in {s['seconds']}s -> {s['export']}")

@@ -22,7 +22,7 @@ def _mtimes(d: Path) -> dict:
     return {p.name: p.stat().st_mtime_ns for p in d.glob("*.parquet")}
 
 
-def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path):
+def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path, capsys):
     table = synthetic_pairs(tmp_path / "pairs", n_prompts=8)  # 16 pairs; dir a holds the first 8 (2 shards of 4)
     log, flag = tmp_path / "scored.log", tmp_path / "fail"
     jpeg = {"name": "jpeg", "cls": "jpeg_compressibility", "pool": {"batch_size": 4, "num_cpus": 0.5}}
@@ -40,7 +40,11 @@ def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path):
     assert pq.read_table(out / "scorers" / "jpeg" / "scores").num_rows == 8
 
     flag.unlink()
+    capsys.readouterr()
     r = run_accuracy(_cfg(tmp_path, [jpeg, flaky]))
+    out_lines = capsys.readouterr().out.splitlines()  # what this run scores, not every staged pair
+    assert "[accuracy] 1 of 2 scorers' scores kept from an earlier run" in out_lines
+    assert "[accuracy] flaky: scoring 4 of 8 pairs (4 stored)" in out_lines
     second = log.read_text().splitlines()[len(first):]
     assert len(second) == 8 and not set(second) & set(first)  # only the shard the crash left
     assert set(first) | set(second) == set(table.column(S.PROMPT).to_pylist()[:8])
@@ -58,6 +62,8 @@ def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path):
     hard = {**jpeg, "name": "jpeg50", "args": {"quality": 50}}
     changed = {**flaky, "args": {**flaky["args"], "fail_after_lines": 1000}}
     r3 = run_accuracy(_cfg(tmp_path, [jpeg, changed, hard]))
+    out_lines = capsys.readouterr().out.splitlines()
+    assert "[accuracy] flaky: scoring 8 pairs" in out_lines and "[accuracy] jpeg50: scoring 8 pairs" in out_lines
     assert _mtimes(out / "scorers" / "jpeg" / "scores") == kept
     assert len(log.read_text().splitlines()) == len(first) + len(second) + 16  # the changed scorer: every pair again
     assert {x["scorer"] for x in r3["rows"]} == {"jpeg", "flaky", "jpeg50"} and all(x["pairs"] == 7 for x in r3["rows"])
@@ -72,7 +78,9 @@ def test_accuracy_resumes_and_keeps_each_scorers_scores(ray_session, tmp_path):
 
     # the same path, another input: every scorer is scored again
     pq.write_table(pq.read_table(tmp_path / "pairs" / "b"), tmp_path / "pairs" / "a" / "part-0.parquet")
+    capsys.readouterr()
     r5 = run_accuracy(_cfg(tmp_path, [jpeg, changed, hard]))
+    assert f"[accuracy] {tmp_path / 'pairs' / 'a'}: the input changed (accuracy.files: " in capsys.readouterr().out
     assert len(log.read_text().splitlines()) == logged + 16 and _mtimes(out / "scorers" / "jpeg" / "scores") != kept
     scored = pq.read_table(out / "scores.parquet").column(S.CHOSEN_ID).to_pylist()
     assert sorted(scored) == sorted(table.column(S.CHOSEN_ID).to_pylist()[8:]) and r5["pairs_read"] == 8
@@ -93,7 +101,7 @@ def test_actor_settings_see_what_the_actor_reads_and_its_files(tmp_path):
     assert actor_settings(conf) != before
 
 
-def test_an_image_added_beside_a_json_input_scores_every_scorer_again(tmp_path):
+def test_an_image_added_beside_a_json_input_scores_every_scorer_again(tmp_path, capsys):
     """HPD v2 test.json reads its images from test/: one added there is a change of the input, though
     the JSON is the same file, so the stored scores go and every pair is staged again."""
     from raypref.formats import write_pairs
@@ -114,10 +122,15 @@ def test_an_image_added_beside_a_json_input_scores_every_scorer_again(tmp_path):
     stored = out / "scorers" / "jpeg" / "settings.json"  # as a scorer's run leaves it
     stored.parent.mkdir(parents=True)
     stored.write_text("{}")
+    capsys.readouterr()
     assert staged_pairs(cfg, out, images=True)[0].num_rows == 2 and stored.is_file()  # nothing changed: kept
+    assert "input changed" not in capsys.readouterr().out
     image.write_bytes(data)
     keys, counts = staged_pairs(cfg, out, images=True)
     assert (keys.num_rows, counts["quarantined"]) == (3, 0) and not stored.exists()
+    said = capsys.readouterr().out  # why the stored scores went: the files' fingerprint, old -> new
+    assert f"[accuracy] {tmp_path / 'h' / 'test.json'}: the input changed (accuracy.files: '" in said
+    assert "; every scorer is scored again" in said
 
 
 def test_accuracy_reads_hpdv2_images_from_image_root_and_sees_them_change(tmp_path):
@@ -178,3 +191,10 @@ def test_accuracy_keeps_scores_recorded_with_the_input_path_alone(tmp_path):
     assert rerun(fingerprint(str(js)))  # as the run before the upgrade recorded it
     assert json.loads(record.read_text())["accuracy.files"] == new
     assert not rerun("0123456789abcdef")  # another input
+
+
+def test_the_scoring_line_counts_the_pairs_this_run_scores():
+    from raypref.pref_accuracy import scoring_line
+
+    assert scoring_line("clip", 4, 2) == "[accuracy] clip: scoring 2 of 4 pairs (2 stored)"  # a larger limit than before
+    assert scoring_line("clip", 4, 0) == "[accuracy] clip: scoring 4 pairs"

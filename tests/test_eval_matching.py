@@ -47,6 +47,24 @@ def test_twins_are_matched_by_prompt_and_seed_and_the_rest_set_aside():
     assert acc["colour"]["diff"]["diff"] == pytest.approx(2 / 3)
 
 
+def test_an_aspect_no_compared_prompt_has_shows_no_prompts_not_nan():
+    """A pass/fail aspect that applies to none of the eval prompts (every value NaN) has no rate: win_rate.md
+    says so in a row of the table's five cells (the JSON holds null)."""
+    from raypref.evaluate import accuracy_table
+
+    rows = [("p1", [1], [0.5], [np.nan]), ("p2", [2], [0.25], [np.nan])]
+    pairs, _ = match_sides(_side(rows), _side(rows), MAIN, "gen")
+    acc = exact_accuracy(pairs, MAIN, clusters=np.array([0, 1]))
+    passes = [("p1", [1], [0.5], [1]), ("p2", [2], [0.5], [1])]
+    acc["shape"] = exact_accuracy(match_sides(_side(passes), _side(passes[:1] + [("p2", [2], [0.5], [0])]), MAIN, "gen")[0],
+                                  MAIN)["colour"]
+    table = accuracy_table({"scorer": "vqa", "accuracy": acc})
+    assert "nan" not in table
+    assert "| colour | 0 | no prompts | no prompts | - |" in table
+    assert "| shape | 2 | 1.000 (" in table and "| -0.500 (" in table  # an aspect with prompts: as before
+    assert all(line.count("|") == 6 for line in table.splitlines() if line.startswith("|"))
+
+
 def test_no_twins_at_all_is_an_error():
     with pytest.raises(RuntimeError, match="no image of the base side has a twin"):
         match_sides(_side([("p1", [1], [0.5], [1])]), _side([("p1", [9], [0.5], [1])]), MAIN, "gen")

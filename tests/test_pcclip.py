@@ -294,11 +294,15 @@ def test_batches_without_two_pairs_are_skipped_and_counted_on_one_worker_only():
     assert list(learnable(["one prompt", "d"], make, world=1, rank=0, skipped=1)) == [("D", 2)]
     with pytest.raises(ValueError, match="a batch on rank 1 has fewer than 2 pairs of different prompts"):
         list(learnable(batches, make, world=2, rank=1))  # a skip on one rank would stall the others' all-reduce
-    s = {"loss_kind": "hinge", "images_train": 8, "workers": 1, "final_step": 2, "loss": [0.5, 0.4],
+    s = {"loss_kind": "hinge", "images_train": 8, "workers": 1, "final_step": 2, "loss": [0.5, 0.4], "loss_mean_of": 2,
          "images_measured": 4, "images_heldout": 4, "heldout_pairs": 2, "heldout_diff_retrieval": [0.5, 0.6],
          "heldout_prompt_retrieval": [0.5, 0.5], "skipped_batches": 3, "seconds": 1.0, "export": "x"}
     assert "; 3 batch(es) with under 2 pairs of different prompts skipped in" in summary_text(s)
     assert "skipped" not in summary_text(s | {"skipped_batches": 0})
+    # the loss pair is a mean over the first and the last steps, and says over how many, as the reward line does
+    assert "step 2: loss (mean of 2 steps) 0.500 -> 0.400; held-out" in summary_text(s)
+    assert "loss (mean of 1 step) " in summary_text(s | {"loss_mean_of": 1})
+    assert "loss n/a; held-out" in summary_text(s | {"loss": None})
 
 
 def test_a_batch_of_one_prompt_has_no_pairs_to_learn_from(tiny_clip):

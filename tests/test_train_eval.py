@@ -184,10 +184,14 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd, ca
     kept = {side: files(side) for side in ("base", "tuned")}
     assert kept["base"] and kept["tuned"]
     capsys.readouterr()
-    assert run_eval(_cfg(built_run, tmp_path / "r", max_steps=3))["wins"] == r["wins"]
+    # eval.shard_size below the pools' batch_size (2 and 4): a batch-unit warning, were anything generated
+    small = validate({**_cfg(built_run, tmp_path / "r", max_steps=3).model_dump(mode="json"), "eval": {
+        **_cfg(built_run, tmp_path / "r", max_steps=3).eval.model_dump(mode="json"), "shard_size": 1}})
+    assert run_eval(small)["wins"] == r["wins"]
     assert {side: files(side) for side in ("base", "tuned")} == kept
     out = capsys.readouterr().out  # a finished side starts no pipeline: no model is loaded again
     assert "[eval] base: every prompt's scores are stored" in out and "[eval] tuned: every prompt's scores are stored" in out
+    assert "warning" not in out  # nor warns of a batch unit
     # weights re-exported to the same path (here: changed in place) change the tuned side's settings, so
     # its stored scores would be made again; the base side's stay as they are
     from safetensors.torch import load_file, save_file
@@ -216,8 +220,12 @@ def test_dpo_trains_saves_resumes_and_evaluates(built_run, tmp_path, tiny_sd, ca
     twice.write_text(Path(cfg3.eval.prompts).read_text() + "a red circle\n")
     d = _cfg(built_run, tmp_path / "nan").model_dump(mode="json")
     d["build"]["scorers"][1].update(name="small", cls="tests.nan_scorer:NanForSmall", args={"min_width": 10**6})
-    d["eval"].update(scorer="small", prompts=str(twice), lora=str(lora.parent))
+    d["eval"].update(scorer="small", prompts=str(twice), lora=str(lora.parent), shard_size=1)
+    capsys.readouterr()
     r = run_eval(validate(d))
+    out = capsys.readouterr().out  # both sides generate: each pool's batch-unit warning, once
+    assert out.count("[eval] warning: generator 'tiny' pool.batch_size 2 > eval.shard_size 1") == 1
+    assert out.count("[eval] warning: scorer 'small' pool.batch_size 4 > eval.shard_size 1") == 1
     q = tmp_path / "nan" / "eval" / "quarantine"
     assert (r["n"], r["skipped_nan"], r["prompts"], r["duplicate_prompts_dropped"]) == (0, 4, 4, 1)
     assert r["quarantined"] == {"eval: NaN score": 8, "prompts: duplicate prompt": 1}
