@@ -216,14 +216,18 @@ _PER_SAMPLE = (S.SAMPLE_ID, S.IMAGE, S.GENERATOR, S.SCORE)
 
 
 READ_TASK_CPUS = 1.0  # what Ray Data's read tasks ask for by default
+# a rerun's (resume.checkpointed): Ray Data filters the read through an actor pool of its own, 1 CPU an
+# actor by default; a 0.5-CPU pool and a read task ran on a 2-CPU Ray, and the same rerun waited for ever
+CHECKPOINT_FILTER_CPUS = 1.0
 
 
 def check_pools_fit(generators: list[GeneratorConf], scorers: list[ScorerConf]) -> None:
-    """Ray Data starts every pool's actors at once and still needs a CPU for a read task: on a Ray with
-    fewer, the pipeline waits for ever, saying only "pending" in its log (measured here: two 1-CPU pools
-    on a 2-CPU local Ray never started; pools of 2 CPUs and a read task ran on 3, pools of 2.5 did not).
-    An error on a Ray raypref started here (session.started_here); a warning elsewhere: a joined cluster's
-    autoscaler may add nodes."""
+    """Ray Data starts every pool's actors at once and still needs a CPU for a read task, and on a rerun
+    one for its checkpoint filter: on a Ray with fewer, the pipeline waits for ever, saying only "pending"
+    in its log (measured here: two 1-CPU pools on a 2-CPU local Ray never started; pools of 2 CPUs and a
+    read task ran on 3, pools of 2.5 did not). Counted on a first run too, so that a run that starts can
+    also resume. An error on a Ray raypref started here (session.started_here); a warning elsewhere: a
+    joined cluster's autoscaler may add nodes."""
     import ray
 
     from raypref import session
@@ -231,12 +235,13 @@ def check_pools_fit(generators: list[GeneratorConf], scorers: list[ScorerConf]) 
     pools = [(f"generator {g.name!r}", g.pool) for g in generators] + [(f"scorer {s.name!r}", s.pool) for s in scorers]
     have = ray.cluster_resources()
     short = []
-    for res, key, extra in (("CPU", "num_cpus", READ_TASK_CPUS), ("GPU", "num_gpus", 0.0)):
+    for res, key, extra in (("CPU", "num_cpus", READ_TASK_CPUS + CHECKPOINT_FILTER_CPUS), ("GPU", "num_gpus", 0.0)):
         need = sum(p.concurrency * getattr(p, key) for _, p in pools) + extra
         if need > have.get(res, 0.0) + 1e-9:
             parts = [f"{w} {p.concurrency} x {getattr(p, key):g}" for w, p in pools if getattr(p, key)]
-            short.append(f"{need:g} {res}s at once ({', '.join(parts)}{' and a read task 1' if extra else ''}) "
-                         f"where this Ray has {have.get(res, 0.0):g}")
+            more = (f", a read task {READ_TASK_CPUS:g} and a rerun's checkpoint filter {CHECKPOINT_FILTER_CPUS:g}"
+                    if extra else "")
+            short.append(f"{need:g} {res}s at once ({', '.join(parts)}{more}) where this Ray has {have.get(res, 0.0):g}")
     if not short:
         return
     msg = ("the actor pools need " + "; and ".join(short) + ": the pipeline would wait for ever. Lower the pools' "

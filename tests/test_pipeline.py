@@ -92,18 +92,20 @@ def test_pool_args_applied_to_map_batches(ray_session, tmp_path, tiny_sd, monkey
 
 
 def test_pools_that_do_not_fit_the_ray_are_refused_before_the_pipeline(ray_session, monkeypatch, capsys):
-    # the session's Ray has 8 CPUs and no GPU; Ray Data's read task needs one CPU beside the pools
+    # the session's Ray has 8 CPUs and no GPU; Ray Data's read task needs one CPU beside the pools, and a
+    # rerun's checkpoint filter another
     from raypref import session
     from raypref.build import check_pools_fit
     from raypref.config import ConfigError, GeneratorConf, ScorerConf
 
     assert session.started_here()  # init_ray started the session's Ray, and says so to its workers' environment
     gen = GeneratorConf(name="g", cls="shapes_render", pool=PoolConf(num_cpus=4))
-    fits = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(concurrency=2, num_cpus=1.5))  # 4 + 3 + 1 = 8
+    fits = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(concurrency=2, num_cpus=1))  # 4 + 2 + 1 + 1 = 8
     check_pools_fit([gen], [fits])
-    over = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(concurrency=2, num_cpus=2))  # 4 + 4 + 1 = 9
-    with pytest.raises(ConfigError, match=r"need 9 CPUs at once \(generator 'g' 1 x 4, scorer 's' 2 x 2 and a read "
-                                          r"task 1\) where this Ray has 8: .*raise ray.num_cpus"):
+    over = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(concurrency=2, num_cpus=1.5))  # 4 + 3 + 1 + 1 = 9
+    with pytest.raises(ConfigError, match=r"need 9 CPUs at once \(generator 'g' 1 x 4, scorer 's' 2 x 1.5, a read "
+                                          r"task 1 and a rerun's checkpoint filter 1\) where this Ray has 8: .*raise "
+                                          r"ray.num_cpus"):
         check_pools_fit([gen], [over])
     gpu = ScorerConf(name="s", cls="shapes_vqa", pool=PoolConf(num_cpus=0.5, num_gpus=0.25))
     with pytest.raises(ConfigError, match=r"need 0.25 GPUs at once \(scorer 's' 1 x 0.25\) where this Ray has 0"):
