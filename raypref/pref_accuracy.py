@@ -35,7 +35,7 @@ from raypref import schema as S
 from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
-from raypref.resume import actor_settings, checkpointed, fingerprint, untracked_keys, write_atomic
+from raypref.resume import actor_settings, checkpointed, fingerprint, set_aside_torn, untracked_keys, write_atomic
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
@@ -195,7 +195,10 @@ def groups_to_sides(batch: pa.Table) -> pa.Table:
 
 
 def _stored_rows(d: Path) -> np.ndarray:
-    """The pairs scored in ``d``, each once: a block written again after a crash holds its pairs twice."""
+    """The pairs scored in ``d``, each once: a block written again after a crash holds its pairs twice.
+    A file a crash cut short is set aside first (its rows were not checkpointed: they are scored again),
+    as checkpointed() would, which comes only after this read."""
+    set_aside_torn(d)
     if not any(d.glob("*.parquet")):
         return np.zeros(0, np.int64)
     return np.unique(pq.read_table(d, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy())

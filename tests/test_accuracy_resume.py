@@ -198,3 +198,23 @@ def test_the_scoring_line_counts_the_pairs_this_run_scores():
 
     assert scoring_line("clip", 4, 2) == "[accuracy] clip: scoring 2 of 4 pairs (2 stored)"  # a larger limit than before
     assert scoring_line("clip", 4, 0) == "[accuracy] clip: scoring 4 pairs"
+
+
+def test_a_scores_file_a_crash_cut_short_is_set_aside_before_the_stored_rows_are_read(tmp_path, capsys):
+    """scorer_done reads a scorer's stored scores before checkpointed() runs: a torn file there was a raw
+    Arrow error that stopped every rerun; it goes to scores.torn/ and its pairs count as not scored."""
+    import pyarrow as pa
+
+    from raypref.config import ScorerConf
+    from raypref.pref_accuracy import scorer_done
+
+    s = ScorerConf(name="jpeg", cls="jpeg_compressibility")
+    scores = tmp_path / "scorers" / "jpeg" / "scores"
+    scores.mkdir(parents=True)
+    pq.write_table(pa.table({S.IMPORT_ROW: [0, 1]}), scores / "a.parquet")
+    keys = pa.table({S.IMPORT_ROW: [0, 1]})
+    assert scorer_done(s, tmp_path, keys)
+    (scores / "b.parquet").write_bytes(b"PAR1 cut short")
+    assert not scorer_done(s, tmp_path, pa.table({S.IMPORT_ROW: [0, 1, 2]}))  # no ArrowInvalid
+    assert (tmp_path / "scorers" / "jpeg" / "scores.torn" / "b.parquet").is_file()
+    assert "1 file(s) in" in capsys.readouterr().out and scorer_done(s, tmp_path, keys)
