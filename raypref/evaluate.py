@@ -213,7 +213,7 @@ def eval_prompts(e) -> tuple[pa.Table, list[dict]]:
     if not e.prompts:
         raise ValueError("eval.prompts: not set (a held-out prompts file, or 'shapes:eval')")
     bad: list[dict] = []
-    return read_prompts(resolve_path(e.prompts), limit=e.limit, quarantine=bad), bad
+    return read_prompts(resolve_path(e.prompts), limit=e.limit, quarantine=bad, key="eval.prompts"), bad
 
 
 def run_eval(cfg: Config) -> dict:

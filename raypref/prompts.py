@@ -96,7 +96,18 @@ def _shapes_rows(ref: str) -> list[tuple[str, dict]]:
 
 
 def read_prompts(path: str | Path, limit: int | None = None, source: str | None = None,
-                 quarantine: list | None = None) -> pa.Table:
+                 quarantine: list | None = None, key: str | None = None) -> pa.Table:
+    """_read_prompts, its errors led by the config ``key`` that named ``path`` (build.prompts, say)."""
+    try:
+        return _read_prompts(path, limit, source, quarantine)
+    except PromptsError as e:
+        if key is None or str(e).startswith(key):
+            raise
+        raise PromptsError(f"{key}: {e}") from None
+
+
+def _read_prompts(path: str | Path, limit: int | None = None, source: str | None = None,
+                  quarantine: list | None = None) -> pa.Table:
     """The prompts table (schema.PROMPTS_SCHEMA). A row without a prompt (empty, not text, or a line that
     is not UTF-8) is an error naming the row, or, when a ``quarantine`` list is given, a quarantine note
     appended to it (the build's way), as is a repeated prompt.

@@ -170,7 +170,8 @@ def run_train_refl(cfg: Config) -> dict:
     source = t.refl.prompts or cfg.build.prompts
     if not source:
         raise ValueError("train.refl.prompts: no prompts given (nor build.prompts)")
-    prompts = read_prompts(resolve_path(source), limit=t.refl.limit).select([S.PROMPT_ID, S.PROMPT])
+    key = "train.refl.prompts" if t.refl.prompts else "build.prompts"
+    prompts = read_prompts(resolve_path(source), limit=t.refl.limit, key=key).select([S.PROMPT_ID, S.PROMPT])
     if prompts.num_rows == 0:
         raise ValueError(f"train.refl.prompts: {source} has no prompts")
     check_rows_per_worker(prompts.num_rows, f"prompts in {source}", t.num_workers, "train.num_workers")

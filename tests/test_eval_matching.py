@@ -158,3 +158,5 @@ def test_eval_prompts_write_aside_duplicates_and_name_an_unset_key(tmp_path):
     assert [(b[S.ROW], b[S.REASON].split(":")[0]) for b in bad] == [(f"{p}:2", "empty prompt"), (f"{p}:3", "duplicate prompt")]
     with pytest.raises(ValueError, match="eval.prompts: not set"):
         run_eval(load_config(None, ["eval.prompts="]))
+    with pytest.raises(ValueError, match=r"^eval.prompts: prompts file not found: .*/none.txt"):  # the key that named it
+        eval_prompts(load_config(None, [f"eval.prompts={tmp_path / 'none.txt'}"]).eval)
