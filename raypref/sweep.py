@@ -271,6 +271,9 @@ def _done(point_dir: Path, config: dict, stages: list[str]) -> tuple[dict | None
         return None, f"runs again ({f} is unreadable)", False
     if not isinstance(r, dict):  # valid JSON, but no result run_point writes (e.g. a hand-edited file)
         return None, f"runs again ({f} holds no JSON object)", False
+    lacks = [k for k in ("point", "overrides", "seconds") if k not in r]  # what the results table reads of it
+    if lacks:
+        return None, f"runs again ({f} lacks {', '.join(lacks)})", False
     if _config_changed(r.get("config"), config):
         if _scale_free(r.get("config")) == _scale_free(config):  # the same work: its stages resume it
             return None, "runs again in place (only its scale or budget changed; its stages resume)", False

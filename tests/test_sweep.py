@@ -147,7 +147,10 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
 
     d = tmp_path / "p"
     d.mkdir()
+    row = {"point": "p", "overrides": {}, "seconds": 1.0}  # what the results table reads of a result
     (d / "result.json").write_text(json.dumps({"config": {"a": 1}, "stages": ["rank"]}))
+    assert _done(d, {"a": 1}, ["rank"]) == (None, f"runs again ({d / 'result.json'} lacks point, overrides, seconds)", False)
+    (d / "result.json").write_text(json.dumps({**row, "config": {"a": 1}, "stages": ["rank"]}))
     assert _done(d, {"a": 1}, ["rank"])[0]["stages"] == ["rank"]
     assert _done(d, {"a": 1}, ["rank", "report"]) == (None, "runs again for the stage(s) added since: report", False)
     # a key raypref added since the point ran, at its default, is no change; at another value it is one
@@ -156,7 +159,7 @@ def test_a_point_reruns_for_an_added_stage_or_an_unreadable_result(tmp_path):
     # only its scale or budget changed: it runs again where it is, and its stages resume
     base = {"a": 1, "ray": {"num_cpus": 8}, "reward": {"max_steps": 10, "lr": 1.0},
             "build": {"scorers": [{"name": "s", "pool": {"batch_size": 4}}]}}
-    (d / "result.json").write_text(json.dumps({"config": base, "stages": ["rank"]}))
+    (d / "result.json").write_text(json.dumps({**row, "config": base, "stages": ["rank"]}))
     scaled = {"a": 1, "ray": {"num_cpus": 2}, "reward": {"max_steps": 20, "lr": 1.0},
               "build": {"scorers": [{"name": "s", "pool": {"batch_size": 16}}]}}
     assert _done(d, scaled, ["rank"]) == (None, "runs again in place (only its scale or budget changed; its stages resume)", False)
