@@ -300,7 +300,7 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "train.bogus: unknown key" in r.stderr
     r = _cli("build", f"output_dir={tmp_path}", f"build.prompts={tmp_path}/none.txt")
     assert r.returncode == 2 and "build.prompts: prompts file not found" in r.stderr  # the key that named it
-    assert "[ray]" not in r.stdout  # found before Ray starts
+    assert "[ray]" not in r.stdout and not (tmp_path / "build").exists()  # found before Ray starts, and any write
     r = _cli("build", f"output_dir={tmp_path}", "build.prompts=")
     assert r.returncode == 2 and "build.prompts: not set" in r.stderr and "[ray]" not in r.stdout
     r = _cli("build", f"output_dir={tmp_path}", "build.generators.0.model=/no/such/sd")
