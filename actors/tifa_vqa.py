@@ -48,9 +48,13 @@ class TifaVQA(Scorer):
         if answers not in ("choices", "generate"):
             raise ValueError(f"scorer {name!r}: answers must be 'choices' or 'generate', got {answers!r}")
         self.answers = answers
+        try:  # before the model loads: a wrong generator path fails at once, naming the scorer
+            generator = load_generator(questions)
+        except ValueError as e:
+            raise ValueError(f"scorer {name!r}: args.{e}") from e
         self.device, self.processor, self.model, self.generate_kwargs = load_blip(
             name, model, BlipForQuestionAnswering, num_gpus, max_new_tokens, num_beams, batch_size)
-        self.questions = QuestionCache(load_generator(questions))
+        self.questions = QuestionCache(generator)
         self.batch_size = batch_size
 
     @torch.no_grad()

@@ -169,6 +169,9 @@ def test_question_hook_and_cache(tmp_path, monkeypatch):
         load_generator("my_questions:missing")
     with pytest.raises(ValueError, match="expected 'template' or 'module:function'"):
         load_generator("nonsense")
+    # the actor loads it before its model (none given here), and the error names the scorer and key
+    with pytest.raises(ValueError, match=r"scorer 't': args.questions='my_questions:missing': cannot load"):
+        resolve("tifa_vqa")(name="t", model="", questions="my_questions:missing")
 
 
 def test_count_detections_hand_boxes():
