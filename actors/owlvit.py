@@ -6,7 +6,8 @@ whatever else the prompt says ("a majestic elephant walking at sunset", label "e
 comes from the prompt (``raypref.prompt_nouns.detection_class``): with ``classes=[...]`` the listed
 class named in the prompt (longest match, plural allowed), else the prompt's subject minus a
 leading article or count word ("a photo of a dog" -> "dog"). It is queried as
-``query_template.format(class)`` ("a photo of a {}", the OWL-ViT paper's prompt).
+``query_template.format(class)`` ("a photo of a {}", the OWL-ViT paper's prompt), cut to the text
+encoder's 16 tokens when longer (a long prompt's subject).
 
 Outputs: main score = the highest detection confidence (sigmoid of OWL-ViT's class logit over
 all predicted boxes, 0..1); aspect 'count' = detections with confidence >= ``threshold`` left
@@ -68,7 +69,10 @@ class OwlViTDetector(Scorer):
     @torch.no_grad()
     def detect(self, images, queries: list[str]) -> list[dict]:
         """Per image: scores and boxes (pixels) of every predicted box for its own text query."""
-        inputs = self.processor(text=[[q] for q in queries], images=[im.convert("RGB") for im in images], return_tensors="pt")
+        # a query longer than the text encoder's positions (16 for OWL-ViT) is cut to them, as CLIP-style
+        # encoders take prompts: else a long prompt's subject failed the whole batch
+        inputs = self.processor(text=[[q] for q in queries], images=[im.convert("RGB") for im in images], return_tensors="pt",
+                                truncation=True, max_length=self.model.config.text_config.max_position_embeddings)
         outputs = self.model(**inputs.to(self.device))
         sizes = [(im.height, im.width) for im in images]
         return self.processor.post_process_grounded_object_detection(outputs, threshold=0.0, target_sizes=sizes)

@@ -356,6 +356,17 @@ def test_owlvit_actor(tiny_path):
     assert why[2][0] == "no object class found in the prompt"
 
 
+
+def test_owlvit_cuts_a_query_longer_than_its_text_positions(tiny_path):
+    # a long prompt's subject is the query: past OWL-ViT's 16 text positions it failed the whole batch
+    det = resolve("owlvit")(name="owl", model=tiny_path("owlvit"))
+    imgs = _images()[:2]
+    long = "a photo of a " + " ".join(["majestic elephant walking slowly"] * 6)
+    out = det.score(imgs, [long, "a photo of a dog"])
+    assert np.isfinite(out[""]).all() and np.isfinite(out["count"]).all()
+    assert out[""][1] == pytest.approx(det.score(imgs[1:], ["a photo of a dog"])[""][0], abs=1e-6)  # a short one as before
+    assert out[""][0] == pytest.approx(det.score(imgs[:1], [long + " and more words after the cut"])[""][0], abs=1e-6)
+
 def _face(size: int = 100) -> Image.Image:
     """A drawn face: light oval, dark brows, eyes and mouth, lighter nose (what Haar features look for)."""
     im = Image.new("L", (size, size), 40)
