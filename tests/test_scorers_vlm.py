@@ -289,6 +289,19 @@ def test_vqascore_is_the_decoders_first_token_probability_of_yes(tiny_path):
         resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"), question_template="Is it good?")
 
 
+
+def test_blip_vqa_questions_are_cut_to_the_text_positions(tiny_path):
+    # VQAScore's question holds the whole prompt: past the encoder's positions it failed the whole batch
+    vs = resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"))
+    limit = vs.model.config.text_config.max_position_embeddings
+    long = "a photo of a " + " ".join(["majestic elephant walking slowly"] * limit)
+    imgs = _images()[:2]
+    out = vs.score(imgs, [long, "a red circle"])
+    assert np.isfinite(out[""]).all() and np.isfinite(out["no"]).all()
+    assert out[""][1] == pytest.approx(vs.score(imgs[1:], ["a red circle"])[""][0], rel=1e-5)  # a short one as before
+    tifa = resolve("tifa_vqa")(name="t", model=tiny_path("blip_vqa"), answers="generate", max_new_tokens=2)
+    assert len(tifa.answer(vs.processor(images=imgs[:1], return_tensors="pt")["pixel_values"], long + "?")) == 1
+
 def test_tifa_vqa_answers_by_ranking_the_choices(tiny_path):
     from raypref.answer_match import tifa_score as fraction
 
