@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raypref.scoring import Scorer, pick_device
+from raypref.scoring import Scorer, check_template, pick_device
 
 
 def count_detections(scores: torch.Tensor, boxes: torch.Tensor, threshold: float, nms_iou: float) -> int:
@@ -55,8 +55,7 @@ class OwlViTDetector(Scorer):
         from raypref.models import check_model_ref
 
         super().__init__(name)
-        if "{}" not in query_template:
-            raise ValueError(f"scorer {name!r}: query_template {query_template!r} needs a '{{}}' for the class")
+        check_template(query_template, f"scorer {name!r}", "query_template", "class")
         if not 0.0 <= threshold <= 1.0 or not 0.0 <= nms_iou <= 1.0 or batch_size < 1:
             raise ValueError(f"scorer {name!r}: threshold and nms_iou must be in [0, 1], batch_size >= 1")
         ref = check_model_ref(model, what=f"scorer {name!r} model")

@@ -287,6 +287,15 @@ def test_vqascore_is_the_decoders_first_token_probability_of_yes(tiny_path):
     assert out["rationale"][2].startswith('Does this figure show "two squares"? Please answer yes or no. -> P(yes) ')
     with pytest.raises(ValueError, match="needs a '{}' for the prompt"):
         resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"), question_template="Is it good?")
+    # one that format() cannot fill failed only at scoring time, in every batch; now at start, before the model
+    for bad in ('Does it show "{}" or "{}"?', "Is {0} {x}?", 'Does it show {"{}"}?'):
+        with pytest.raises(ValueError, match=r"scorer 'vs': question_template .* needs a '\{\}' for the prompt, once"):
+            resolve("vqascore")(name="vs", model="", question_template=bad)
+        with pytest.raises(ValueError, match=r"scorer 'o': query_template .* needs a '\{\}' for the class, once"):
+            resolve("owlvit")(name="o", model="", query_template=bad)
+    assert vs.score(imgs[:1], ["p"])[""].shape == (1,)
+    braces = resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"), question_template='{{Q}} Does it show "{}"?')
+    assert braces.score(imgs[:1], ["a cat"])["rationale"][0].startswith('{Q} Does it show "a cat"? -> P(yes)')
 
 
 
