@@ -30,6 +30,13 @@ LOCAL_DIR = "local-dir:"
 class AestheticPredictor(Scorer):
     READS_OPEN_CLIP_TAG = True  # `pretrained` is an open_clip tag (or weights file): checked on the driver
 
+    @classmethod
+    def check_files(cls, where: str, args: dict) -> None:
+        """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the head file exists."""
+        from raypref.models import check_file_args
+
+        check_file_args(where, args, files=("head",))
+
     def __init__(self, name: str = "aesthetic", model: str = "", pretrained: str | None = None,
                  head: str | None = None, num_gpus: float = 0.0):
         from actors.mlp_head import load_head, load_state_file

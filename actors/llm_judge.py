@@ -146,7 +146,7 @@ class LLMJudge(Scorer):
         else:
             from raypref.models import check_model_ref
 
-            check_model_ref(model, what=f"scorer {name!r} model")
+            model = check_model_ref(model, what=f"scorer {name!r} model")  # also turns a tiny: ref into its path
             self.client = LocalVLM(model, pick_device(num_gpus), conf.dtype, conf.max_new_tokens, conf.batch_size)
 
     def close(self) -> None:

@@ -6,7 +6,8 @@ whatever else the prompt says ("a majestic elephant walking at sunset", label "e
 comes from the prompt (``raypref.prompt_nouns.detection_class``): with ``classes=[...]`` the listed
 class named in the prompt (longest match, plural allowed), else the prompt's subject minus a
 leading article or count word ("a photo of a dog" -> "dog"). It is queried as
-``query_template.format(class)`` ("a photo of a {}", the OWL-ViT paper's prompt).
+``query_template.format(class)`` ("a photo of a {}", the OWL-ViT paper's prompt), cut to the text
+encoder's 16 tokens when longer (a long prompt's subject).
 
 Outputs: main score = the highest detection confidence (sigmoid of OWL-ViT's class logit over
 all predicted boxes, 0..1); aspect 'count' = detections with confidence >= ``threshold`` left
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raypref.scoring import Scorer, pick_device
+from raypref.scoring import Scorer, check_template, pick_device
 
 
 def count_detections(scores: torch.Tensor, boxes: torch.Tensor, threshold: float, nms_iou: float) -> int:
@@ -54,8 +55,7 @@ class OwlViTDetector(Scorer):
         from raypref.models import check_model_ref
 
         super().__init__(name)
-        if "{}" not in query_template:
-            raise ValueError(f"scorer {name!r}: query_template {query_template!r} needs a '{{}}' for the class")
+        check_template(query_template, f"scorer {name!r}", "query_template", "class")
         if not 0.0 <= threshold <= 1.0 or not 0.0 <= nms_iou <= 1.0 or batch_size < 1:
             raise ValueError(f"scorer {name!r}: threshold and nms_iou must be in [0, 1], batch_size >= 1")
         ref = check_model_ref(model, what=f"scorer {name!r} model")
@@ -68,7 +68,10 @@ class OwlViTDetector(Scorer):
     @torch.no_grad()
     def detect(self, images, queries: list[str]) -> list[dict]:
         """Per image: scores and boxes (pixels) of every predicted box for its own text query."""
-        inputs = self.processor(text=[[q] for q in queries], images=[im.convert("RGB") for im in images], return_tensors="pt")
+        # a query longer than the text encoder's positions (16 for OWL-ViT) is cut to them, as CLIP-style
+        # encoders take prompts: else a long prompt's subject failed the whole batch
+        inputs = self.processor(text=[[q] for q in queries], images=[im.convert("RGB") for im in images], return_tensors="pt",
+                                truncation=True, max_length=self.model.config.text_config.max_position_embeddings)
         outputs = self.model(**inputs.to(self.device))
         sizes = [(im.height, im.width) for im in images]
         return self.processor.post_process_grounded_object_detection(outputs, threshold=0.0, target_sizes=sizes)

@@ -13,6 +13,8 @@ class RewardModelScorer(Scorer):
         from raypref.reward_model import RewardModel
 
         super().__init__(name)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # else range() fails in every batch
+            raise ValueError(f"scorer {name!r}: args.batch_size must be an int >= 1, got {batch_size!r}")
         path = check_model_ref(model, what=f"scorer {name!r} model")
         self.batch_size = batch_size
         self.model = RewardModel.load(path, device=pick_device(num_gpus))

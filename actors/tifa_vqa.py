@@ -48,15 +48,25 @@ class TifaVQA(Scorer):
         if answers not in ("choices", "generate"):
             raise ValueError(f"scorer {name!r}: answers must be 'choices' or 'generate', got {answers!r}")
         self.answers = answers
+        try:  # before the model loads: a wrong generator path fails at once, naming the scorer
+            generator = load_generator(questions)
+        except ValueError as e:
+            raise ValueError(f"scorer {name!r}: args.{e}") from e
         self.device, self.processor, self.model, self.generate_kwargs = load_blip(
             name, model, BlipForQuestionAnswering, num_gpus, max_new_tokens, num_beams, batch_size)
-        self.questions = QuestionCache(load_generator(questions))
+        self.questions = QuestionCache(generator)
         self.batch_size = batch_size
+
+    def question_tokens(self, question: str, n: int):
+        """The question for ``n`` images, cut to the text encoder's positions (512 for BLIP): a question that
+        holds a very long prompt (VQAScore's does) failed the whole batch."""
+        return self.processor.tokenizer([question] * n, return_tensors="pt", return_token_type_ids=False, truncation=True,
+                                        max_length=self.model.config.text_config.max_position_embeddings)
 
     @torch.no_grad()
     def answer(self, pixel_values: torch.Tensor, question: str) -> list[str]:
         """The model's answers to one question about each image in ``pixel_values``."""
-        tok = self.processor.tokenizer([question] * len(pixel_values), return_tensors="pt", return_token_type_ids=False)
+        tok = self.question_tokens(question, len(pixel_values))
         out = self.model.generate(
             input_ids=tok["input_ids"].to(self.device),
             attention_mask=tok["attention_mask"].to(self.device),
@@ -72,7 +82,7 @@ class TifaVQA(Scorer):
         its first, under the answer decoder; ``ids`` start with BLIP's [DEC] token, as generate()'s
         output does, and ``mask`` marks their real tokens."""
         n, k = len(pixel_values), len(ids)
-        tok = self.processor.tokenizer([question] * n, return_tensors="pt", return_token_type_ids=False).to(self.device)
+        tok = self.question_tokens(question, n).to(self.device)
         image = self.model.vision_model(pixel_values=pixel_values)[0]
         image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=self.device)
         q = self.model.text_encoder(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],

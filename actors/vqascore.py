@@ -30,8 +30,9 @@ class VQAScore(TifaVQA):
 
     def __init__(self, name: str = "vqascore", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
                  question_template: str = DEFAULT_QUESTION, batch_size: int = 32):
-        if "{}" not in question_template:
-            raise ValueError(f"scorer {name!r}: question_template {question_template!r} needs a '{{}}' for the prompt")
+        from raypref.scoring import check_template
+
+        check_template(question_template, f"scorer {name!r}", "question_template", "prompt")
         super().__init__(name=name, model=model, num_gpus=num_gpus, batch_size=batch_size)
         self.template = question_template
         tok = self.processor.tokenizer

@@ -84,7 +84,8 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
     each goes in only if ``cls.__init__`` names it, so a class takes just what it uses. ``args`` are
     the config's own arguments for this actor: each must be a parameter of ``cls.__init__``, or a
     misspelt one would be silently ignored; a class with ``**kwargs`` takes them all and checks them
-    itself, in its ``check_args(where, args)`` classmethod if it has one (called here). ``where``
+    itself, in its ``check_args(where, args)`` classmethod if it has one (called here); a ``check_files(where,
+    args)`` classmethod checks that the files its args name exist (called here too). ``where``
     names the config entry in the error.
     """
     params = inspect.signature(cls.__init__).parameters.values()
@@ -98,4 +99,7 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
     check = getattr(cls, "check_args", None)  # a class that validates its own args does it here, on the driver,
     if check is not None:                     # before a run writes its config (a pasted secret fails first)
         check(where, args)
+    files = getattr(cls, "check_files", None)  # the files its args name exist here (only where it runs, unlike
+    if files is not None:                      # check_args, which config.check_scorer_args runs in every stage)
+        files(where, args)
     return {**{k: v for k, v in given.items() if takes_any or k in named}, **args}

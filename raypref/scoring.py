@@ -126,6 +126,16 @@ def _spread(values, ok: list[bool], text: bool) -> list:
     return [next(it) if good else ("" if text else float("nan")) for good in ok]
 
 
+def check_template(template: str, where: str, key: str, fills: str) -> None:
+    """A template with one '{}' that format() fills: else it failed only at scoring time, in every batch."""
+    try:
+        ok = "{}" in template and template.format("\0").count("\0") == 1
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: {key} {template!r} needs a '{{}}' for the {fills}, once (other braces doubled: '{{{{')")
+
+
 def pick_device(num_gpus: float = 0.0) -> str:
     import torch
 

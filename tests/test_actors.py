@@ -93,6 +93,18 @@ def test_scorers_add_float_columns(tiny_sd, tiny_clip):
         resolve("jpeg_compressibility")(name="jpeg")(out)
 
 
+
+@pytest.mark.parametrize("quality", [0, 150, "keep", 90.5, True])
+def test_jpeg_quality_outside_1_to_100_is_refused_naming_the_key(quality):
+    # PIL would clamp 0 and 150 silently, and fail on 'keep' only when saving, in every batch
+    with pytest.raises(ValueError, match=r"scorer 'j': args.quality must be an int in 1..100"):
+        resolve("jpeg_compressibility")(name="j", quality=quality)
+    from PIL import Image
+
+    low, high = (resolve("jpeg_compressibility")(name="j", quality=q).score([Image.effect_noise((64, 64), 64)], [""])
+                 for q in (1, 100))
+    assert low[0] > high[0]  # -kB: the lower quality's smaller file scores higher
+
 def test_clip_score_can_cut_prompts_to_characters_as_agfsync_does(tiny_clip):
     from PIL import Image
 

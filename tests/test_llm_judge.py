@@ -560,3 +560,10 @@ def test_local_judge_on_a_tiny_llava_counts_garbage_as_malformed(tmp_path):
     # pairs (0,1), (2,0) and a lone image 3, in one padded generate call: random weights answer noise
     assert R.sum_events(out["judge_events"]) == {"malformed": 3, "requests": 3}
     assert np.isnan(out[""]).all() and all(r.startswith("[missing] malformed answer") for r in out["rationale"])
+
+
+def test_local_judge_loads_the_model_its_ref_resolves_to(tmp_path, monkeypatch):
+    # a tiny: ref (as other scorers take it) is resolved to its path; the loader cannot read the ref itself
+    monkeypatch.setenv("RAYPREF_CACHE", str(tmp_path / "cache"))
+    judge = resolve("llm_judge")(name="lj", model="tiny:llava", backend="local", max_new_tokens=4)
+    assert judge.client.model.config.vision_config is not None

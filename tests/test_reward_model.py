@@ -207,6 +207,15 @@ def test_freeze_modes_and_export_roundtrip(tiny_clip, tmp_path, caplog):
         RewardModel.load(tmp_path)
 
 
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_reward_model_scorer_refuses_a_batch_size_below_one_naming_the_key(batch_size, tmp_path):
+    # checked before the model loads: else range() failed in every batch with no scorer named
+    from raypref.registry import resolve
+
+    with pytest.raises(ValueError, match=r"scorer 'rm': args.batch_size must be an int >= 1"):
+        resolve("reward_model")(name="rm", model=str(tmp_path), batch_size=batch_size)
+
 def test_pairs_to_groups_keeps_chosen_first():
     from actors.compressibility import JpegCompressibility
 

@@ -236,6 +236,21 @@ def test_scorer_configs_build_the_actors(scorers, images):
         np.testing.assert_array_equal(actor.score(images, PROMPTS), scorers[conf.name].score(images, PROMPTS))
 
 
+
+@pytest.mark.parametrize("cls,key", [("aesthetic", "head"), ("hpsv2", "checkpoint"), ("image_reward", "med_config"),
+                                     ("image_reward", "tokenizer"), ("pickscore", "processor")])
+def test_a_missing_file_in_args_stops_the_driver_naming_scorer_and_key(cls, key, tmp_path):
+    """The driver's scorer_kwargs (before Ray starts) refuses a file arg that does not exist, so it
+    does not fail only later, in every actor."""
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+
+    conf = ScorerConf(name="s", cls=cls, args={key: str(tmp_path / "nope.pt")})
+    with pytest.raises(FileNotFoundError, match=rf"scorer 's'.*args\.{key}.*nope\.pt"):
+        scorer_kwargs(conf)
+    (tmp_path / "nope.pt").write_bytes(b"")  # there now: the driver lets it through, the actor reads it
+    assert scorer_kwargs(conf)[key] == str(tmp_path / "nope.pt")
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_scorers_on_gpu_match_cpu(scorers, images):

@@ -169,6 +169,9 @@ def test_question_hook_and_cache(tmp_path, monkeypatch):
         load_generator("my_questions:missing")
     with pytest.raises(ValueError, match="expected 'template' or 'module:function'"):
         load_generator("nonsense")
+    # the actor loads it before its model (none given here), and the error names the scorer and key
+    with pytest.raises(ValueError, match=r"scorer 't': args.questions='my_questions:missing': cannot load"):
+        resolve("tifa_vqa")(name="t", model="", questions="my_questions:missing")
 
 
 def test_count_detections_hand_boxes():
@@ -284,7 +287,29 @@ def test_vqascore_is_the_decoders_first_token_probability_of_yes(tiny_path):
     assert out["rationale"][2].startswith('Does this figure show "two squares"? Please answer yes or no. -> P(yes) ')
     with pytest.raises(ValueError, match="needs a '{}' for the prompt"):
         resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"), question_template="Is it good?")
+    # one that format() cannot fill failed only at scoring time, in every batch; now at start, before the model
+    for bad in ('Does it show "{}" or "{}"?', "Is {0} {x}?", 'Does it show {"{}"}?'):
+        with pytest.raises(ValueError, match=r"scorer 'vs': question_template .* needs a '\{\}' for the prompt, once"):
+            resolve("vqascore")(name="vs", model="", question_template=bad)
+        with pytest.raises(ValueError, match=r"scorer 'o': query_template .* needs a '\{\}' for the class, once"):
+            resolve("owlvit")(name="o", model="", query_template=bad)
+    assert vs.score(imgs[:1], ["p"])[""].shape == (1,)
+    braces = resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"), question_template='{{Q}} Does it show "{}"?')
+    assert braces.score(imgs[:1], ["a cat"])["rationale"][0].startswith('{Q} Does it show "a cat"? -> P(yes)')
 
+
+
+def test_blip_vqa_questions_are_cut_to_the_text_positions(tiny_path):
+    # VQAScore's question holds the whole prompt: past the encoder's positions it failed the whole batch
+    vs = resolve("vqascore")(name="vs", model=tiny_path("blip_vqa"))
+    limit = vs.model.config.text_config.max_position_embeddings
+    long = "a photo of a " + " ".join(["majestic elephant walking slowly"] * limit)
+    imgs = _images()[:2]
+    out = vs.score(imgs, [long, "a red circle"])
+    assert np.isfinite(out[""]).all() and np.isfinite(out["no"]).all()
+    assert out[""][1] == pytest.approx(vs.score(imgs[1:], ["a red circle"])[""][0], rel=1e-5)  # a short one as before
+    tifa = resolve("tifa_vqa")(name="t", model=tiny_path("blip_vqa"), answers="generate", max_new_tokens=2)
+    assert len(tifa.answer(vs.processor(images=imgs[:1], return_tensors="pt")["pixel_values"], long + "?")) == 1
 
 def test_tifa_vqa_answers_by_ranking_the_choices(tiny_path):
     from raypref.answer_match import tifa_score as fraction
@@ -352,6 +377,17 @@ def test_owlvit_actor(tiny_path):
     assert why[0][0].startswith("'a photo of a elephant': best") and why[1][0].startswith("'a photo of a dog': best")
     assert why[2][0] == "no object class found in the prompt"
 
+
+
+def test_owlvit_cuts_a_query_longer_than_its_text_positions(tiny_path):
+    # a long prompt's subject is the query: past OWL-ViT's 16 text positions it failed the whole batch
+    det = resolve("owlvit")(name="owl", model=tiny_path("owlvit"))
+    imgs = _images()[:2]
+    long = "a photo of a " + " ".join(["majestic elephant walking slowly"] * 6)
+    out = det.score(imgs, [long, "a photo of a dog"])
+    assert np.isfinite(out[""]).all() and np.isfinite(out["count"]).all()
+    assert out[""][1] == pytest.approx(det.score(imgs[1:], ["a photo of a dog"])[""][0], abs=1e-6)  # a short one as before
+    assert out[""][0] == pytest.approx(det.score(imgs[:1], [long + " and more words after the cut"])[""][0], abs=1e-6)
 
 def _face(size: int = 100) -> Image.Image:
     """A drawn face: light oval, dark brows, eyes and mouth, lighter nose (what Haar features look for)."""
