@@ -31,11 +31,12 @@ class AestheticPredictor(Scorer):
     READS_OPEN_CLIP_TAG = True  # `pretrained` is an open_clip tag (or weights file): checked on the driver
 
     @classmethod
-    def check_files(cls, where: str, args: dict) -> None:
-        """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the head file exists."""
+    def check_files(cls, where: str, args: dict) -> dict:
+        """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the head file
+        exists; returns the args, that path absolute."""
         from raypref.models import check_file_args
 
-        check_file_args(where, args, files=("head",))
+        return check_file_args(where, args, files=("head",))
 
     def __init__(self, name: str = "aesthetic", model: str = "", pretrained: str | None = None,
                  head: str | None = None, num_gpus: float = 0.0):

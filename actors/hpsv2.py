@@ -45,11 +45,12 @@ def _checkpoint(what: str, model: str, pretrained: str | None, checkpoint: str |
 
 class HPSv2(Scorer):
     @classmethod
-    def check_files(cls, where: str, args: dict) -> None:
-        """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the checkpoint file exists."""
+    def check_files(cls, where: str, args: dict) -> dict:
+        """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the checkpoint
+        file exists; returns the args, that path absolute."""
         from raypref.models import check_file_args
 
-        check_file_args(where, args, files=("checkpoint",))
+        return check_file_args(where, args, files=("checkpoint",))
 
     def __init__(self, name: str = "hpsv2", model: str = "", pretrained: str | None = None,
                  checkpoint: str | None = None, num_gpus: float = 0.0):

@@ -157,12 +157,12 @@ def _load(module, state: dict, what: str):
 
 class ImageReward(Scorer):
     @classmethod
-    def check_files(cls, where: str, args: dict) -> None:
+    def check_files(cls, where: str, args: dict) -> dict:
         """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): med_config exists, tokenizer
-        is a path or hub name."""
+        is a path or hub name; returns the args, those paths absolute."""
         from raypref.models import check_file_args
 
-        check_file_args(where, args, files=("med_config",), refs=("tokenizer",))
+        return check_file_args(where, args, files=("med_config",), refs=("tokenizer",))
 
     def __init__(self, name: str = "image_reward", model: str = "", med_config: str | None = None,
                  tokenizer: str | None = None, vision_heads: int | None = None, num_gpus: float = 0.0):

@@ -26,11 +26,12 @@ def _embeds(out) -> torch.Tensor:
 
 class PickScore(Scorer):
     @classmethod
-    def check_files(cls, where: str, args: dict) -> None:
-        """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the processor is a path or hub name."""
+    def check_files(cls, where: str, args: dict) -> dict:
+        """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the processor
+        is a path or hub name; returns the args, a path made absolute."""
         from raypref.models import check_file_args
 
-        check_file_args(where, args, refs=("processor",))
+        return check_file_args(where, args, refs=("processor",))
 
     def __init__(self, name: str = "pickscore", model: str = "", processor: str | None = None,
                  num_gpus: float = 0.0):

@@ -223,16 +223,21 @@ def _open_clip_cached(tag: dict) -> bool:
     return bool(url) and Path(os.path.expanduser("~/.cache/clip"), os.path.basename(url)).is_file()
 
 
-def check_file_args(where: str, args: dict, files: tuple[str, ...] = (), refs: tuple[str, ...] = ()) -> None:
-    """A scorer's check_args for the paths in its ``args``: each of ``files`` given must be a file here, each of
+def check_file_args(where: str, args: dict, files: tuple[str, ...] = (), refs: tuple[str, ...] = ()) -> dict:
+    """A scorer's check_files for the paths in its ``args``: each of ``files`` given must be a file here, each of
     ``refs`` a model reference resolve_model accepts (a path, or a hub name). On the driver, before Ray starts,
-    so that a typo stops the run with its key rather than failing in every actor in turn."""
+    so that a typo stops the run with its key rather than failing in every actor in turn. Returns ``args`` with
+    those paths made absolute, as ``model`` is: an actor's cwd is not the driver's on another node."""
+    args = dict(args)
     for key in files:
-        if args.get(key) is not None and not Path(str(args[key])).expanduser().is_file():
-            raise FileNotFoundError(f"{where}: args.{key}: file does not exist: {args[key]}")
+        if args.get(key) is not None:
+            if not Path(str(args[key])).expanduser().is_file():
+                raise FileNotFoundError(f"{where}: args.{key}: file does not exist: {args[key]}")
+            args[key] = absolute_if_file(str(args[key]))
     for key in refs:
         if args.get(key) is not None:
-            resolve_model(str(args[key]), what=f"{where}: args.{key}")
+            args[key] = resolve_model(str(args[key]), what=f"{where}: args.{key}")
+    return args
 
 
 def check_model_ref(ref: str, what: str = "model") -> str:

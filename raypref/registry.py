@@ -85,7 +85,8 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
     the config's own arguments for this actor: each must be a parameter of ``cls.__init__``, or a
     misspelt one would be silently ignored; a class with ``**kwargs`` takes them all and checks them
     itself, in its ``check_args(where, args)`` classmethod if it has one (called here); a ``check_files(where,
-    args)`` classmethod checks that the files its args name exist (called here too). ``where``
+    args)`` classmethod checks that the files its args name exist, and returns the args with them made
+    absolute (called here too). ``where``
     names the config entry in the error.
     """
     params = inspect.signature(cls.__init__).parameters.values()
@@ -101,5 +102,5 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
         check(where, args)
     files = getattr(cls, "check_files", None)  # the files its args name exist here (only where it runs, unlike
     if files is not None:                      # check_args, which config.check_scorer_args runs in every stage)
-        files(where, args)
+        args = files(where, args)              # and are passed on absolute: an actor's cwd may not be the driver's
     return {**{k: v for k, v in given.items() if takes_any or k in named}, **args}

@@ -239,7 +239,7 @@ def test_scorer_configs_build_the_actors(scorers, images):
 
 @pytest.mark.parametrize("cls,key", [("aesthetic", "head"), ("hpsv2", "checkpoint"), ("image_reward", "med_config"),
                                      ("image_reward", "tokenizer"), ("pickscore", "processor")])
-def test_a_missing_file_in_args_stops_the_driver_naming_scorer_and_key(cls, key, tmp_path):
+def test_a_missing_file_in_args_stops_the_driver_naming_scorer_and_key(cls, key, tmp_path, monkeypatch):
     """The driver's scorer_kwargs (before Ray starts) refuses a file arg that does not exist, so it
     does not fail only later, in every actor."""
     from raypref.build import scorer_kwargs
@@ -250,6 +250,9 @@ def test_a_missing_file_in_args_stops_the_driver_naming_scorer_and_key(cls, key,
         scorer_kwargs(conf)
     (tmp_path / "nope.pt").write_bytes(b"")  # there now: the driver lets it through, the actor reads it
     assert scorer_kwargs(conf)[key] == str(tmp_path / "nope.pt")
+    # given relative, it reaches the actors absolute: on another node their cwd is not the driver's
+    monkeypatch.chdir(tmp_path)
+    assert scorer_kwargs(conf.model_copy(update={"args": {key: "nope.pt"}}))[key] == str((tmp_path / "nope.pt").resolve())
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
