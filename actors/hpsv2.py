@@ -9,8 +9,8 @@ torch.load(weights_only=True); a .safetensors file of the bare state dict works 
     model: ViT-H-14
     args: {checkpoint: /data/HPS_v2.1_compressed.pt}
 
-``pretrained: /data/HPS_v2.1_compressed.pt`` is accepted in place of ``checkpoint``; a pretrained
-*tag* is refused, since the checkpoint replaces every weight. Locally, 'local-dir:<dir>' gives an
+``pretrained: /data/HPS_v2.1_compressed.pt`` is accepted in place of ``checkpoint`` (not beside it); a
+pretrained *tag* is refused, since the checkpoint replaces every weight. Locally, 'local-dir:<dir>' gives an
 open_clip config directory; when ``checkpoint`` is omitted it is ``<dir>/HPS_v2.1_compressed.pt``
 (the layout ``tiny:hpsv2`` builds). Images are resized on their longest side and padded to
 square, as HPSv2's evaluation transform does.
@@ -30,6 +30,9 @@ LOCAL_DIR = "local-dir:"
 
 
 def _checkpoint(what: str, model: str, pretrained: str | None, checkpoint: str | None) -> str:
+    if checkpoint and pretrained:  # one would be dropped without a word
+        raise ValueError(f"{what}: both pretrained={pretrained!r} and args.checkpoint are given; HPSv2's weights are "
+                         "its checkpoint alone: give args.checkpoint (or a checkpoint file as pretrained), not both")
     if checkpoint:
         return checkpoint
     if pretrained:

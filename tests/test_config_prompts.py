@@ -206,7 +206,8 @@ def test_open_clip_tags_offline_need_the_cache(tmp_path, monkeypatch):
                                             r"ViT-L-14 \(tags: \['openai'.*\]\) nor a weights file"):
         resolve_pretrained("ViT-L-14", "nope", "pcclip.pretrained")
     assert resolve_pretrained("hf-hub:laion/x", "openai", "w") == "openai"  # open_clip ignores it there
-    # HPSv2 reads no tag (its weights are its checkpoint): neither looked up nor refused; a file made absolute
+    # HPSv2 reads no tag (its weights are its checkpoint): the offline check leaves it to the actor's own message
+    # (actors/hpsv2.py refuses a tag); a checkpoint file given as pretrained is made absolute
     hps = ScorerConf(name="hps", cls="hpsv2", model="ViT-H-14", pretrained="laion2b_s32b_b79k",
                      args={"checkpoint": str(tmp_path / "w.pt")})
     assert scorer_kwargs(hps)["pretrained"] == "laion2b_s32b_b79k"

@@ -295,3 +295,19 @@ def test_openai_clip_weights_get_the_quickgelu_they_were_trained_with(monkeypatc
     monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda ref, pretrained=None, **kw: ("m", None, "p"))
     assert open_clip_model("ViT-L-14", "openai")[2]["quick_gelu"] is True
     assert "quick_gelu" not in open_clip_model("ViT-L-14", "laion2b_s32b_b82k")[2]
+
+
+def test_hpsv2_takes_its_checkpoint_from_one_key(tmp_path):
+    """args.checkpoint, or a checkpoint file as pretrained; both at once would drop one without a word, and
+    a pretrained tag is no checkpoint."""
+    from actors.hpsv2 import _checkpoint
+
+    f = tmp_path / "HPS_v2.1_compressed.pt"
+    f.write_bytes(b"")
+    assert _checkpoint("scorer 'h'", "ViT-H-14", None, str(f)) == str(f)
+    assert _checkpoint("scorer 'h'", "ViT-H-14", str(f), None) == str(f)
+    assert _checkpoint("scorer 'h'", f"local-dir:{tmp_path}", None, None) == str(f)
+    with pytest.raises(ValueError, match=r"^scorer 'h': both pretrained='laion2b_s32b_b79k' and args.checkpoint"):
+        _checkpoint("scorer 'h'", "ViT-H-14", "laion2b_s32b_b79k", str(f))
+    with pytest.raises(ValueError, match=r"pretrained='laion2b_s32b_b79k' is not a file"):
+        _checkpoint("scorer 'h'", "ViT-H-14", "laion2b_s32b_b79k", None)
