@@ -379,6 +379,9 @@ def run_train_reward(cfg: Config) -> dict:
                          f"(reward.heldout_fraction={r.heldout_fraction}, reward.train_fraction={r.train_fraction}); "
                          "both need pairs from distinct prompts")
     check_rows_per_worker(n_train, "training pairs", r.num_workers, "reward.num_workers")
+    # split as the training pairs are: a worker with none would report NaN for the whole held-out set
+    check_rows_per_worker(n_held, "held-out pairs", r.num_workers, "reward.num_workers",
+                          why=f" (reward.heldout_fraction={r.heldout_fraction})")
     loop_cfg = r.model_dump()
     loop_cfg.update({"backbone": backbone, "backbone_pretrained": pretrained, "aspect_columns": aspect_cols})
     export = Path(r.export_dir) if r.export_dir else out / MODEL_DIR
