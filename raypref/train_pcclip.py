@@ -26,8 +26,8 @@ from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 from raypref.session import init_ray
-from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, cosine_adamw, first_last_means, fit_and_export,
-                                      guard_resume, load_state, materialize_if_small, mean_of, report_step)
+from raypref.train_checkpoint import (TREND_STEPS, check_export_dir, check_rows_per_worker, cosine_adamw, first_last_means,
+                                      fit_and_export, guard_resume, load_state, materialize_if_small, mean_of, report_step)
 
 STAGE = "pcclip"
 MODEL_DIR = "model"
@@ -299,6 +299,8 @@ def run_train_pcclip(cfg: Config) -> dict:
     else:
         resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
     guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json"))
+    if p.export_dir:  # before Ray starts and reads the samples, not after
+        check_export_dir(Path(p.export_dir), cfg.stage_dir(STAGE).parent, "pcclip.export_dir")
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():
