@@ -193,10 +193,14 @@ def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, d
                 best = (img[s:s + EVAL_CHUNK] @ tc.T).argmax(dim=1).tolist()
                 comp_hits += sum(uniq[k] == p for k, p in zip(best, ps))
     model.train()
-    out = {"heldout_diff_retrieval": diff_hits / max(len(a), 1), "heldout_prompt_retrieval": img_hits / max(n_img, 1),
+
+    def rate(hits: int, n: int) -> float:  # none measured is no value (null in the summary), not 0% right
+        return hits / n if n else float("nan")
+
+    out = {"heldout_diff_retrieval": rate(diff_hits, len(a)), "heldout_prompt_retrieval": rate(img_hits, n_img),
            "heldout_pairs": len(a)}
     if c["comparatives_per_class"] > 0:
-        out["heldout_prompt_retrieval_comparative"] = comp_hits / max(n_img, 1)
+        out["heldout_prompt_retrieval_comparative"] = rate(comp_hits, n_img)
     return out
 
 
