@@ -195,7 +195,13 @@ def tuned_weights(cfg: Config) -> tuple[str, Path]:
     given = e.unet or e.lora
     where = Path(given) if given else cfg.stage_dir("train") / export_name(finetune)
     if not (where / export_file(finetune)).is_file():
-        raise FileNotFoundError(f"eval.{key}: no {export_file(finetune)} in {where} (train first, or set eval.{key})")
+        hint = ""
+        if not given:  # eval reads train.finetune, not the run's record: say where the other kind's export is
+            other = "full" if finetune == "lora" else "lora"
+            there = cfg.stage_dir("train") / export_name(other)
+            if (there / export_file(other)).is_file():
+                hint = f"; {there} holds a train.finetune={other} export: set train.finetune={other} to evaluate it"
+        raise FileNotFoundError(f"eval.{key}: no {export_file(finetune)} in {where} (train first, or set eval.{key}){hint}")
     return key, where
 
 

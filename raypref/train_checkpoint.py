@@ -241,13 +241,14 @@ def warn_if_another_run(export: Path, name: str, has_export_dir: bool) -> None:
           + (" or export_dir" if has_export_dir else ""), flush=True)
 
 
-def check_export_dir(export: Path, run_root: Path) -> None:
+def check_export_dir(export: Path, run_root: Path, key: str = "export_dir") -> None:
     """A directory that is not empty may be replaced by an export only if raypref exported it (it
-    holds EXPORT_MARK) or it lies under ``run_root`` (the run's own dirs): never a user's folder."""
+    holds EXPORT_MARK) or it lies under ``run_root`` (the run's own dirs): never a user's folder.
+    ``key`` names the setting in the error."""
     export = export.resolve()
     if export.exists() and any(export.iterdir()) and not (export / EXPORT_MARK).exists() \
             and not export.is_relative_to(run_root.resolve()):
-        raise ValueError(f"export_dir {export} is a directory raypref did not export to, and it is not empty; "
+        raise ValueError(f"{key}: {export} is a directory raypref did not export to, and it is not empty; "
                          "name a new or empty directory")
 
 

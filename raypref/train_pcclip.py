@@ -26,8 +26,8 @@ from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
 from raypref.session import init_ray
-from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, cosine_adamw, first_last_means, fit_and_export,
-                                      guard_resume, load_state, materialize_if_small, mean_of, report_step)
+from raypref.train_checkpoint import (TREND_STEPS, check_export_dir, check_rows_per_worker, cosine_adamw, first_last_means,
+                                      fit_and_export, guard_resume, load_state, materialize_if_small, mean_of, report_step)
 
 STAGE = "pcclip"
 MODEL_DIR = "model"
@@ -193,10 +193,14 @@ def heldout_eval(model, preprocess, tokenizer, rows: dict, c: dict, generator, d
                 best = (img[s:s + EVAL_CHUNK] @ tc.T).argmax(dim=1).tolist()
                 comp_hits += sum(uniq[k] == p for k, p in zip(best, ps))
     model.train()
-    out = {"heldout_diff_retrieval": diff_hits / max(len(a), 1), "heldout_prompt_retrieval": img_hits / max(n_img, 1),
+
+    def rate(hits: int, n: int) -> float:  # none measured is no value (null in the summary), not 0% right
+        return hits / n if n else float("nan")
+
+    out = {"heldout_diff_retrieval": rate(diff_hits, len(a)), "heldout_prompt_retrieval": rate(img_hits, n_img),
            "heldout_pairs": len(a)}
     if c["comparatives_per_class"] > 0:
-        out["heldout_prompt_retrieval_comparative"] = comp_hits / max(n_img, 1)
+        out["heldout_prompt_retrieval_comparative"] = rate(comp_hits, n_img)
     return out
 
 
@@ -299,6 +303,8 @@ def run_train_pcclip(cfg: Config) -> dict:
     else:
         resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
     guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json"))
+    if p.export_dir:  # before Ray starts and reads the samples, not after
+        check_export_dir(Path(p.export_dir), cfg.stage_dir(STAGE).parent, "pcclip.export_dir")
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():

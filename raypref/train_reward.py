@@ -25,8 +25,8 @@ from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
 from raypref.mirroring import mirror_images, mirror_prompts
 from raypref.parquet_read import parquet_mb, read_parquet
-from raypref.train_checkpoint import (TREND_STEPS, check_rows_per_worker, data_dirs, first_last_means, fit_and_export,
-                                      guard_resume, load_state, mean_of, report_step)
+from raypref.train_checkpoint import (TREND_STEPS, check_export_dir, check_rows_per_worker, data_dirs, first_last_means,
+                                      fit_and_export, guard_resume, load_state, mean_of, report_step)
 
 MODEL_DIR = "model"  # inside each checkpoint, and the exported copy under <output_dir>/reward/
 OPTIM_FILE = "optimizer.pt"
@@ -346,6 +346,8 @@ def run_train_reward(cfg: Config) -> dict:
 
     r = cfg.reward
     guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json"))
+    if r.export_dir:  # before Ray starts and reads the pairs, not after
+        check_export_dir(Path(r.export_dir), cfg.stage_dir(STAGE).parent, "reward.export_dir")
     out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     paths = data_dirs(r.pairs, cfg.stage_dir("build") / "pairs")
     for p in paths:
@@ -379,6 +381,9 @@ def run_train_reward(cfg: Config) -> dict:
                          f"(reward.heldout_fraction={r.heldout_fraction}, reward.train_fraction={r.train_fraction}); "
                          "both need pairs from distinct prompts")
     check_rows_per_worker(n_train, "training pairs", r.num_workers, "reward.num_workers")
+    # split as the training pairs are: a worker with none would report NaN for the whole held-out set
+    check_rows_per_worker(n_held, "held-out pairs", r.num_workers, "reward.num_workers",
+                          why=f" (reward.heldout_fraction={r.heldout_fraction})")
     loop_cfg = r.model_dump()
     loop_cfg.update({"backbone": backbone, "backbone_pretrained": pretrained, "aspect_columns": aspect_cols})
     export = Path(r.export_dir) if r.export_dir else out / MODEL_DIR

@@ -121,6 +121,11 @@ def test_heldout_eval_comparative_at_alpha_1_is_the_plain_measure(tmp_path, tiny
     assert plain["heldout_prompt_retrieval_comparative"] == plain["heldout_prompt_retrieval"]
     off = heldout_eval(model, preprocess, tokenizer, rows, {**c, "comparatives_per_class": 0}, shapes_text, "cpu")
     assert "heldout_prompt_retrieval_comparative" not in off and off["heldout_prompt_retrieval"] == plain["heldout_prompt_retrieval"]
+    # one prompt's images make no pair: no difference retrieval to measure, not 0% of it right
+    one = {k: v[:2] for k, v in rows.items()}
+    none = heldout_eval(model, preprocess, tokenizer, one, c, shapes_text, "cpu")
+    assert none["heldout_pairs"] == 0 and math.isnan(none["heldout_diff_retrieval"])
+    assert none["heldout_prompt_retrieval"] == 1.0  # one prompt to choose from
     rows[S.IMAGE][5] = b"not an image"  # a bad image names its sample
     with pytest.raises(ValueError, match=r"samples row sample_id='2-1': undecodable image bytes \(12 bytes\)"):
         heldout_eval(model, preprocess, tokenizer, rows, c, shapes_text, "cpu")

@@ -84,6 +84,6 @@ def test_pretrain_checks_its_export_dir_before_ray_starts(tmp_path, monkeypatch,
     mine.mkdir()
     (mine / "notes.txt").write_text("a user's folder")
     cfg = _cfg(tmp_path / "run", t2i={"export_dir": str(mine)}, clip={"export_dir": str(mine)})
-    with pytest.raises(ValueError, match=rf"export_dir {mine} is a directory raypref did not export to"):
+    with pytest.raises(ValueError, match=rf"export_dir: {mine} is a directory raypref did not export to"):
         stages.pretrain(cfg, what)
     assert not started and not list((tmp_path / "run").rglob("run_meta.json"))

@@ -286,3 +286,10 @@ def test_eval_without_lora_is_a_clear_error(built_run, tmp_path):
     with pytest.raises(ValueError, match="eval.lora and eval.unet are both set"):
         run_eval(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"lora": "x", "unet": "y"})}))
     assert not (tmp_path / "none" / "eval").exists()  # checked before anything is written
+    # a full fine-tune's run evaluated without train.finetune=full: the error says where its UNet is
+    unet = tmp_path / "full" / "train" / "unet"
+    unet.mkdir(parents=True)
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=rf"eval.lora: no pytorch_lora_weights.safetensors .*; {unet} holds a "
+                                                r"train.finetune=full export: set train.finetune=full to evaluate it"):
+        run_eval(_cfg(built_run, tmp_path / "full"))

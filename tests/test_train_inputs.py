@@ -94,3 +94,34 @@ def test_reward_and_pcclip_refuse_more_workers_than_rows(ray_session, tmp_path, 
     with pytest.raises(ValueError, match=r"pcclip.num_workers=2: \d+ training images in .* give each worker \d, and "
                                          r"each needs at least 16 rows \(pcclip.batch_size\)"):
         run_train_pcclip(cfg)
+
+
+def test_reward_refuses_more_workers_than_heldout_pairs(ray_session, tmp_path, tiny_clip):
+    from raypref.train_reward import heldout_mask, run_train_reward
+
+    table = synthetic_pairs(tmp_path / "pairs", n_prompts=8)
+    ids = table.slice(0, 8).column(S.PROMPT_ID).to_pylist()  # dir "a": the first half
+    n_held = int(heldout_mask(ids, 0.25).sum())
+    workers = n_held + 1
+    assert 0 < n_held and len(ids) - n_held >= workers  # training pairs enough, held-out ones not
+    # Ray Train would give each worker no held-out pair: every evaluation NaN over 0 pairs
+    with pytest.raises(ValueError, match=rf"reward.num_workers={workers}: {n_held} held-out pairs give each worker 0, "
+                                         r"and each needs at least one row \(reward.heldout_fraction=0.25\)"):
+        run_train_reward(reward_cfg(tmp_path / "run", tmp_path / "pairs" / "a", num_workers=workers))
+
+
+def test_reward_and_pcclip_refuse_a_users_export_dir_before_ray(tmp_path, no_ray):
+    from raypref.train_pcclip import run_train_pcclip
+    from raypref.train_reward import run_train_reward
+
+    synthetic_pairs(tmp_path / "pairs", n_prompts=4)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("a user's folder")
+    with pytest.raises(ValueError, match=rf"reward.export_dir: {mine} is a directory raypref did not export to"):
+        run_train_reward(reward_cfg(tmp_path / "run", tmp_path / "pairs" / "a", export_dir=str(mine)))
+    cfg = validate({"output_dir": str(tmp_path / "run"), "pcclip": {"samples": str(tmp_path / "nope"),
+                                                                     "export_dir": str(mine)}})
+    with pytest.raises(ValueError, match=rf"pcclip.export_dir: {mine} is a directory raypref did not export to"):
+        run_train_pcclip(cfg)
+    assert (mine / "keep.txt").read_text() == "a user's folder"

@@ -255,7 +255,7 @@ def test_export_replaces_only_its_own_exports_whole(tmp_path):
     mine = tmp_path / "my_models"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match=r"export_dir .*my_models is a directory raypref did not export to"):
+    with pytest.raises(ValueError, match=r"export_dir: .*my_models is a directory raypref did not export to"):
         export_dir(src, mine, run_root)
     assert (mine / "keep.txt").read_text() == "mine"
     # one inside the run's own dirs (an export from before the mark) is replaced

@@ -83,7 +83,7 @@ def run_pretrain_clip(cfg: Config) -> dict:
     p = cfg.pretrain.clip
     guard_resume(cfg.stage_dir("pretrain") / "clip_run", "clip", "pretrain.clip", p.model_dump(mode="json"))
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "clip"
-    check_export_dir(export, cfg.stage_dir("pretrain"))
+    check_export_dir(export, cfg.stage_dir("pretrain"), "pretrain.clip.export_dir")
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip")
     t0 = time.time()

@@ -167,7 +167,7 @@ def run_pretrain_t2i(cfg: Config) -> dict:
     p = cfg.pretrain.t2i
     guard_resume(cfg.stage_dir("pretrain") / "t2i", "t2i", "pretrain.t2i", p.model_dump(mode="json"))
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "sd"
-    check_export_dir(export, cfg.stage_dir("pretrain"))
+    check_export_dir(export, cfg.stage_dir("pretrain"), "pretrain.t2i.export_dir")
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i")
     t0 = time.time()
