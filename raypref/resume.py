@@ -40,6 +40,9 @@ def set_aside_torn(directory: Path) -> list[Path]:
     return moved
 
 
+FILTER_ACTORS = 1  # Ray Data's checkpoint filter actors on a rerun (build.CHECKPOINT_FILTER_CPUS each)
+
+
 @contextmanager
 def checkpointed(id_column: str, checkpoint_dir: Path, output_dir: Path | None = None):
     """Ray Data checkpointing, keyed on ``id_column`` and kept in ``checkpoint_dir``, for the
@@ -54,8 +57,12 @@ def checkpointed(id_column: str, checkpoint_dir: Path, output_dir: Path | None =
 
     ctx = DataContext.get_current()
     before = ctx.checkpoint_config
-    ctx.checkpoint_config = CheckpointConfig(id_column=id_column, checkpoint_path=str(Path(checkpoint_dir).resolve()),
-                                             delete_checkpoint_on_success=False)
+    config = CheckpointConfig(id_column=id_column, checkpoint_path=str(Path(checkpoint_dir).resolve()),
+                              delete_checkpoint_on_success=False)
+    # one filter actor, as build.check_pools_fit counts: Ray Data grows the pool to 10 by default, and
+    # actors it cannot place behind the stage's pools kept the filter from finishing, so a rerun waited for ever
+    config.checkpoint_actor_pool_max_size = FILTER_ACTORS
+    ctx.checkpoint_config = config
     try:
         yield
     finally:

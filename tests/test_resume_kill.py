@@ -107,3 +107,21 @@ def test_files_a_kill_cut_short_are_set_aside_and_named(tmp_path, capsys):
     assert [p.name for p in d.rglob("*.parquet")] == ["whole.parquet"]
     assert "1 file(s) in" in capsys.readouterr().out and (tmp_path / "groups.torn" / "sub" / "torn.parquet").read_bytes() == b"PAR1"
     assert set_aside_torn(d) == [] and set_aside_torn(tmp_path / "none") == []
+
+
+def test_a_rerun_filters_through_the_one_checkpoint_actor_the_pool_fit_check_counts(tmp_path):
+    """Ray Data's checkpoint filter pool grows to 10 actors by default; on a Ray the stage's pools all
+    but fill, the ones it could not place kept the filter from finishing: a killed eval, rerun as the
+    CLI on 4 CPUs (a generator and a scorer of 1 CPU each), waited for ever."""
+    from ray.data import DataContext
+
+    from raypref.build import CHECKPOINT_FILTER_CPUS
+    from raypref.resume import checkpointed
+
+    before = DataContext.get_current().checkpoint_config
+    with checkpointed("id", tmp_path / "_checkpoint", tmp_path / "out"):
+        conf = DataContext.get_current().checkpoint_config
+        assert conf.checkpoint_actor_pool_max_size == 1 and conf.checkpoint_actor_pool_min_size == 1
+        assert conf.checkpoint_actor_pool_max_size * 1.0 == CHECKPOINT_FILTER_CPUS  # what check_pools_fit reserves
+        assert not conf.delete_checkpoint_on_success
+    assert DataContext.get_current().checkpoint_config is before
