@@ -65,12 +65,14 @@ def main() -> None:
     from ray.data import DataContext
 
     work = Path(tempfile.mkdtemp(prefix="parquet-read-"))
+    started = False  # shut down only the Ray this run started (main() may run inside a process that has one)
     try:
         (work / "src").mkdir()
         write_table(work / "src", args.files, args.rows, args.image_bytes)
         mb = sum(p.stat().st_size for p in (work / "src").iterdir()) / 2**20
         # worker logs stay off: V2 kills its footer actors after each read, and their tracebacks are noise
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        started = True
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -89,7 +91,8 @@ def main() -> None:
         for label, s in medians.items():
             print(f"| {label} | {s:.2f} | {s / base:.2f}x |")
     finally:  # a crash, or Ctrl-C, must not leave the table in the temp dir
-        ray.shutdown()
+        if started:
+            ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -122,7 +122,7 @@ def test_scoring_throughput_refuses_more_prompts_than_the_split_holds():
     assert mod.groups_table(2, 1).num_rows == 2
 
 
-def test_parquet_read_removes_its_temp_dir_on_a_crash(tmp_path, monkeypatch):
+def test_parquet_read_removes_its_temp_dir_on_a_crash(ray_session, tmp_path, monkeypatch):
     import tempfile
 
     mod = _load("parquet_read")
@@ -134,6 +134,9 @@ def test_parquet_read_removes_its_temp_dir_on_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(mod, "write_table", crash)
     monkeypatch.setattr(sys, "argv", ["parquet_read.py"])
+    import ray
+
     with pytest.raises(OSError, match="disk full"):
         mod.main()
     assert not list(tmp_path.glob("parquet-read-*"))
+    assert ray.is_initialized()  # the session's Ray, which it did not start, still runs for the tests after it
