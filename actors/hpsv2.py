@@ -48,6 +48,12 @@ def _checkpoint(what: str, model: str, pretrained: str | None, checkpoint: str |
 
 class HPSv2(Scorer):
     @classmethod
+    def check_pretrained(cls, where: str, pretrained: str | None, args: dict) -> None:
+        """On the driver (build.scorer_kwargs): what _checkpoint refuses in every actor, refused once, before Ray."""
+        if pretrained:
+            _checkpoint(where, "", pretrained, args.get("checkpoint"))
+
+    @classmethod
     def check_files(cls, where: str, args: dict) -> dict:
         """Where a stage runs this scorer, on the driver (registry.constructor_kwargs): the checkpoint
         file exists; returns the args, that path absolute."""

@@ -84,5 +84,6 @@ def run_job(main, description: str, argv: list[str] | None = None) -> None:
 
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     prog = f"python -m {spec.name}" if spec else None  # not the file name argparse would print
-    stage = spec.name.rsplit(".", 1)[-1] if spec else None  # jobs.train_reward runs train_reward
+    # jobs.train_reward (or jobs/train_reward.py run as a file) runs train_reward
+    stage = spec.name.rsplit(".", 1)[-1] if spec else Path(sys.argv[0]).stem
     sys.exit(exit_status(prog or "job", lambda: main(parse_config(description, argv, prog, [stage]))))

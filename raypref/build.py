@@ -69,6 +69,9 @@ def scorer_kwargs(s: ScorerConf) -> dict:
     # only a class that passes it to open_clip reads a tag (HPSv2's is its checkpoint file, or unread)
     pretrained = (resolve_pretrained(model, s.pretrained, what) if getattr(cls, "READS_OPEN_CLIP_TAG", False)
                   else absolute_if_file(s.pretrained))
+    check = getattr(cls, "check_pretrained", None)  # a class that reads it otherwise checks it here, before Ray
+    if check is not None:
+        check(f"scorer {s.name!r}", s.pretrained, s.args)
     kw = {"name": s.name, "model": model, "pretrained": pretrained, "num_gpus": s.pool.num_gpus}
     return constructor_kwargs(cls, kw, s.args, f"scorer {s.name!r}")
 

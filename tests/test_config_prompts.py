@@ -206,11 +206,12 @@ def test_open_clip_tags_offline_need_the_cache(tmp_path, monkeypatch):
                                             r"ViT-L-14 \(tags: \['openai'.*\]\) nor a weights file"):
         resolve_pretrained("ViT-L-14", "nope", "pcclip.pretrained")
     assert resolve_pretrained("hf-hub:laion/x", "openai", "w") == "openai"  # open_clip ignores it there
-    # HPSv2 reads no tag (its weights are its checkpoint): the offline check leaves it to the actor's own message
-    # (actors/hpsv2.py refuses a tag); a checkpoint file given as pretrained is made absolute
+    # HPSv2 reads no tag (its weights are its checkpoint): not the offline check's to look up, but its own
+    # check_pretrained's to refuse; a checkpoint file given as pretrained is made absolute
     hps = ScorerConf(name="hps", cls="hpsv2", model="ViT-H-14", pretrained="laion2b_s32b_b79k",
                      args={"checkpoint": str(tmp_path / "w.pt")})
-    assert scorer_kwargs(hps)["pretrained"] == "laion2b_s32b_b79k"
+    with pytest.raises(ValueError, match=r"^scorer 'hps': both pretrained='laion2b_s32b_b79k' and args.checkpoint"):
+        scorer_kwargs(hps)  # HPSv2's own refusal, not the cache's: it would never load that tag
     hps = hps.model_copy(update={"pretrained": "w.pt", "args": {}})
     assert scorer_kwargs(hps)["pretrained"] == str((tmp_path / "w.pt").resolve())
     # a tag with a URL only: the file open_clip's download keeps under ~/.cache/clip
@@ -348,6 +349,14 @@ def test_jobs_end_a_config_error_with_its_message_alone():
     assert r.stderr.startswith("python -m jobs.rank_pairs: error: ") and "rank.top_pp: unknown key (did you mean rank.top_p?)" in r.stderr
     r = subprocess.run([sys.executable, "-m", "jobs.build", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("usage: python -m jobs.build ")
+    # run as a file, a submitted job still knows its stage: its relative export_dir is refused before anything runs
+    import os
+
+    env = dict(os.environ, RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0.zip"}}),
+               PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "jobs/train_reward.py", "output_dir=/mnt/x", "reward.export_dir=models/rm"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert r.returncode == 2 and "reward.export_dir: 'models/rm' is relative" in r.stderr, r.stderr
 
 
 def test_a_key_added_since_a_record_holds_while_it_keeps_its_default(tmp_path):

@@ -311,3 +311,12 @@ def test_hpsv2_takes_its_checkpoint_from_one_key(tmp_path):
         _checkpoint("scorer 'h'", "ViT-H-14", "laion2b_s32b_b79k", str(f))
     with pytest.raises(ValueError, match=r"pretrained='laion2b_s32b_b79k' is not a file"):
         _checkpoint("scorer 'h'", "ViT-H-14", "laion2b_s32b_b79k", None)
+    # the same refusals on the driver, before Ray starts (build.scorer_kwargs), not in every actor
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+
+    with pytest.raises(ValueError, match=r"^scorer 'h': pretrained=.*compresed.pt' is not a file"):
+        scorer_kwargs(ScorerConf(name="h", cls="hpsv2", model="ViT-H-14", pretrained=str(tmp_path / "HPS_v2.1_compresed.pt")))
+    with pytest.raises(ValueError, match=r"^scorer 'h': both pretrained="):
+        scorer_kwargs(ScorerConf(name="h", cls="hpsv2", model="ViT-H-14", pretrained=str(f), args={"checkpoint": str(f)}))
+    assert scorer_kwargs(ScorerConf(name="h", cls="hpsv2", model="ViT-H-14", pretrained=str(f)))["pretrained"] == str(f)
