@@ -58,7 +58,6 @@ def _columns(files: list[Path], want) -> tuple[int, dict[str, np.ndarray | list]
     """(rows, {column: values}) of the wanted columns of these Parquet files."""
     import pyarrow as pa
     import pyarrow.dataset as pds
-    import pyarrow.parquet as pq
 
     if not files:
         return 0, {}
@@ -67,11 +66,9 @@ def _columns(files: list[Path], want) -> tuple[int, dict[str, np.ndarray | list]
         names = [c for c in ds.schema.names if want(c)]
         t = ds.to_table(columns=names)
     except (pa.ArrowInvalid, OSError):  # Arrow's dataset errors do not say which file is bad: find it
-        for f in files:
-            try:
-                pq.read_metadata(f)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise ValueError(f"report: {f} is not a readable Parquet file: {e}") from None
+        from raypref.formats._common import footer_names
+
+        footer_names(files, "report")  # a FormatError naming the first file whose footer cannot be read
         raise
     return t.num_rows, {c: (t.column(c).to_pylist() if t.schema.field(c).type == "string"
                             else t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)) for c in names}
