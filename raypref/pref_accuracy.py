@@ -204,13 +204,13 @@ def _stored_rows(d: Path) -> np.ndarray:
     return np.unique(pq.read_table(d, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy())
 
 
-def scorer_done(s: ScorerConf, out: Path, keys: pa.Table) -> bool:
-    """Whether <out>/scorers/<name> holds this scorer's scores of every staged pair; scores made with
-    other settings are removed first (and this scorer's settings recorded)."""
+def stored_count(s: ScorerConf, out: Path, keys: pa.Table) -> int:
+    """How many of the staged pairs <out>/scorers/<name> holds this scorer's scores of (all of them: it is
+    done); scores made with other settings are removed first (and this scorer's settings recorded)."""
     d = out / "scorers" / s.name
     # a record from before an arg was untracked still holds it
     renew_if_changed(d / SETTINGS_FILE, actor_settings(s), f"[accuracy] {s.name}", untracked_keys(s, "config.args"))
-    return bool(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).all())
+    return int(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).sum())
 
 
 def scoring_line(name: str, pairs: int, stored: int) -> str:
@@ -226,7 +226,7 @@ def score_pairs(out: Path, s: ScorerConf, task_cpus: float) -> None:
     not yet written. Only scores are written; the images stay in the staged copy."""
     from raypref.build import generate_and_score
 
-    d = out / "scorers" / s.name  # its settings recorded by scorer_done
+    d = out / "scorers" / s.name  # its settings recorded by stored_count
     files = len(list((out / "staged").glob("part-*.parquet")))
     with checkpointed(S.IMPORT_ROW, d / "_checkpoint", d / "scores"):
         ds = read_parquet(str((out / "staged").resolve())).repartition(files)  # a block a file, as in the build
@@ -326,16 +326,15 @@ def run_accuracy(cfg: Config) -> dict:
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
     keys, staged = staged_pairs(cfg, out, images=False)
-    todo = [s for s in a.scorers if not scorer_done(s, out, keys)]
-    if todo and not staged["staged"]:  # a finished run removed the staged images
+    stored = {s.name: stored_count(s, out, keys) for s in a.scorers}
+    if any(n < keys.num_rows for n in stored.values()) and not staged["staged"]:  # a finished run removed the staged images
         keys, staged = staged_pairs(cfg, out, images=True)
-        todo = [s for s in a.scorers if not scorer_done(s, out, keys)]
+        stored = {s.name: stored_count(s, out, keys) for s in a.scorers}
+    todo = [s for s in a.scorers if stored[s.name] < keys.num_rows]
     if len(todo) < len(a.scorers):
         print(f"[accuracy] {len(a.scorers) - len(todo)} of {len(a.scorers)} scorers' scores kept from an earlier run", flush=True)
-    staged_rows = keys.column(S.IMPORT_ROW).to_numpy()
     for s in todo:
-        stored = int(np.isin(staged_rows, _stored_rows(out / "scorers" / s.name / "scores")).sum())
-        print(scoring_line(s.name, keys.num_rows, stored), flush=True)
+        print(scoring_line(s.name, keys.num_rows, stored[s.name]), flush=True)
         score_pairs(out, s, cfg.build.task_cpus)
     scores = merged_scores(out, keys, a.scorers)
     pq.write_table(scores, out / "scores.parquet")

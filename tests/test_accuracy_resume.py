@@ -201,20 +201,20 @@ def test_the_scoring_line_counts_the_pairs_this_run_scores():
 
 
 def test_a_scores_file_a_crash_cut_short_is_set_aside_before_the_stored_rows_are_read(tmp_path, capsys):
-    """scorer_done reads a scorer's stored scores before checkpointed() runs: a torn file there was a raw
+    """stored_count reads a scorer's stored scores before checkpointed() runs: a torn file there was a raw
     Arrow error that stopped every rerun; it goes to scores.torn/ and its pairs count as not scored."""
     import pyarrow as pa
 
     from raypref.config import ScorerConf
-    from raypref.pref_accuracy import scorer_done
+    from raypref.pref_accuracy import stored_count
 
     s = ScorerConf(name="jpeg", cls="jpeg_compressibility")
     scores = tmp_path / "scorers" / "jpeg" / "scores"
     scores.mkdir(parents=True)
     pq.write_table(pa.table({S.IMPORT_ROW: [0, 1]}), scores / "a.parquet")
     keys = pa.table({S.IMPORT_ROW: [0, 1]})
-    assert scorer_done(s, tmp_path, keys)
+    assert stored_count(s, tmp_path, keys) == 2  # every staged pair: done
     (scores / "b.parquet").write_bytes(b"PAR1 cut short")
-    assert not scorer_done(s, tmp_path, pa.table({S.IMPORT_ROW: [0, 1, 2]}))  # no ArrowInvalid
+    assert stored_count(s, tmp_path, pa.table({S.IMPORT_ROW: [0, 1, 2]})) == 2  # not done, and no ArrowInvalid
     assert (tmp_path / "scorers" / "jpeg" / "scores.torn" / "b.parquet").is_file()
-    assert "1 file(s) in" in capsys.readouterr().out and scorer_done(s, tmp_path, keys)
+    assert "1 file(s) in" in capsys.readouterr().out and stored_count(s, tmp_path, keys) == 2
