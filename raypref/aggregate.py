@@ -31,7 +31,7 @@ def normalize(scores: Sequence[float], method: str, value_range: tuple[float, fl
         lo, hi = value_range
         if not hi > lo:
             raise ValueError(f"value range must have hi > lo, got [{lo}, {hi}]")
-        return 100.0 * (x - lo) / (hi - lo)
+        return 100.0 * (x - lo) / (hi - lo)  # An et al. 2025 (AGFSync): every judge on 0..100 before weighting
     v = x[valid]
     if method == "zscore":
         # equal values: 0 (their std is often a rounding residue such as 1e-17, not 0)
@@ -54,13 +54,13 @@ def normalize(scores: Sequence[float], method: str, value_range: tuple[float, fl
 
 
 def weighted_sum(columns: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """sum_k w_k * s_k per sample (AGFSync Eq. for the total score: 0.35 VQA + 0.55 CLIP + 0.10
-    aesthetic). NaN in any weighted column makes the sample's aggregate NaN."""
+    """sum_k w_k * s_k per sample (AGFSync's total score: 0.35 VQA + 0.55 CLIP + 0.10 aesthetic, each
+    on 0..100). NaN in any weighted column makes the sample's aggregate NaN."""
     if len(columns) != len(weights):
         raise ValueError(f"{len(columns)} score columns but {len(weights)} weights")
     if not columns:
         raise ValueError("no score columns to aggregate")
     total = np.zeros_like(np.asarray(columns[0], dtype=np.float64))
     for col, w in zip(columns, weights):
-        total = total + float(w) * np.asarray(col, dtype=np.float64)
+        total = total + float(w) * np.asarray(col, dtype=np.float64)  # An et al. 2025 (AGFSync), weighted total score
     return total

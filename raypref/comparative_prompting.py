@@ -31,7 +31,7 @@ def comparative_class_embeddings(text, diffs, pairs: list[tuple[int, int]], alph
     sums = torch.zeros_like(t).index_add_(0, c, t[i] - d)  # sum over (i, c) of t_i - d_{i,c}
     counts = torch.zeros(len(t), device=t.device, dtype=t.dtype).index_add_(0, c, torch.ones_like(c, dtype=t.dtype))
     means = sums / counts.clamp(min=1).unsqueeze(1)  # no comparative: 0, so t~_c = t_c after normalising
-    return F.normalize(alpha * t + (1 - alpha) * means, dim=-1)
+    return F.normalize(alpha * t + (1 - alpha) * means, dim=-1)  # Sam et al. 2024 (PC-CLIP), comparative prompting
 
 
 def nearest_others(text, k: int) -> list[list[int]]:

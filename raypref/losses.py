@@ -28,8 +28,8 @@ def diffusion_dpo_loss(
     """
     model_diff = model_err_w - model_err_l
     ref_diff = ref_err_w - ref_err_l
-    inside = -0.5 * beta * (model_diff - ref_diff)
-    loss = -F.logsigmoid(inside).mean()  # mean of per-pair terms, not logsigmoid of a batch mean
+    inside = -0.5 * beta * (model_diff - ref_diff)  # Wallace et al. 2023, Eq. 14 (T*omega(lambda_t) in beta)
+    loss = -F.logsigmoid(inside).mean()  # Eq. 14's -log sigma per pair, then the mean (not of a batch-mean inside)
     metrics = {
         "implicit_acc": (inside > 0).float().mean().detach(),
         "inside_term": inside.mean().detach(),
@@ -45,7 +45,7 @@ def diffusion_sft_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.
     the velocity for a v-prediction model), the squared error averaged over each image's elements
     and then over images, so every image counts alike. Returns the loss and the detached per-image
     error's spread (max - min) as a diagnostic."""
-    err = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+    err = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)  # Ho et al. 2020, Eq. 14 (L_simple), per image
     return err.mean(), {"err_spread": (err.max() - err.min()).detach()}
 
 
@@ -53,7 +53,7 @@ def refl_loss(reward: torch.Tensor, margin: float, weight: float) -> torch.Tenso
     """Reward feedback learning's reward loss (Xu et al. 2023, ImageReward, Sec. 4.2:
     L_reward = lambda * E_y[phi(r(y, g_theta(y)))]), with phi(r) = ReLU(margin - r): an image whose
     reward already exceeds ``margin`` adds no gradient. ``reward`` holds one reward per image."""
-    return weight * torch.relu(margin - reward.float()).mean()
+    return weight * torch.relu(margin - reward.float()).mean()  # Xu et al. 2023 (ImageReward), Sec. 4.2
 
 
 def bradley_terry_loss(
@@ -81,6 +81,7 @@ def bradley_terry_loss(
     """
     d = r_chosen - r_rejected
     w = torch.ones_like(d) if weight is None else weight.to(d.dtype)
+    # Rafailov et al. 2023 (DPO), Eq. 2 at y = 1 (Ouyang et al. 2022, Eq. 1); y = 0.5 as Kirstain et al. 2023, Sec. 4
     per = F.binary_cross_entropy_with_logits(d, target.to(d.dtype), reduction="none")
     loss = (w * per).sum() / w.sum().clamp_min(1e-12)  # no weight: numerator 0, loss 0
     with torch.no_grad():
@@ -148,11 +149,12 @@ def difference_alignment_loss(
     negative = ~same
     if kind == "contrastive":
         logits = (logit_scale * sim).masked_fill(same & ~eye, float("-inf"))
-        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))  # Radford et al. 2021, Fig. 3
     elif kind == "squared":
         loss = ((d - u) ** 2).sum(-1).mean()
     elif kind == "hinge":
         pos = sim.diag()
+        # Faghri et al. 2018 (VSE++), Eq. 2: image-to-text and text-to-image hinges
         cost = (margin - pos[:, None] + sim).clamp_min(0) + (margin - pos[None, :] + sim).clamp_min(0)
         loss = (cost * negative).sum() / n
     else:

@@ -33,10 +33,10 @@ def wilson_interval(successes: float, n: int, z: float = 1.96, deff: float = 1.0
     if n == 0:
         return (float("nan"), float("nan"))
     p = successes / n
-    n = n / max(deff, 1.0)
+    n = n / max(deff, 1.0)  # Kish 1965: effective sample size n / deff
     denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    centre = (p + z * z / (2 * n)) / denom  # Wilson 1927, score interval
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom  # Wilson 1927
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
@@ -63,6 +63,7 @@ def mean_variance(values, clusters=None) -> float:
     sums, g = _cluster_sums(x, clusters)
     if g < 2:
         return float("nan")
+    # Liang and Zeger 1986, robust (sandwich) variance of a mean; G/(G-1): the usual few-cluster correction
     return float(g / (g - 1) * np.square(sums).sum() / (n * n))
 
 
@@ -75,7 +76,7 @@ def design_effect(values, clusters) -> float:
         return 1.0
     plain, clustered = mean_variance(x), mean_variance(x, clusters)
     if plain > 0 and clustered >= 0:
-        return max(1.0, clustered / plain)
+        return max(1.0, clustered / plain)  # Kish 1965, design effect
     return x.size / _cluster_sums(x, clusters)[1]
 
 

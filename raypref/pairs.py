@@ -56,7 +56,7 @@ def _make(x, i, j, min_margin, tie_tolerance, keep_ties) -> Pair | None:
         if not keep_ties:
             return None
         a, b = (i, j) if i < j else (j, i)
-        return Pair(int(a), int(b), abs(margin), 0.5)
+        return Pair(int(a), int(b), abs(margin), 0.5)  # a tie as P = 0.5, as Kirstain et al. 2023 (Pick-a-Pic), Sec. 4
     if margin < min_margin:
         return None
     return Pair(int(i), int(j), margin)
@@ -76,7 +76,7 @@ def best_vs_worst(scores: Sequence[float], min_margin: float = 0.0, tie_toleranc
             if i != j and _allowed(i, j, generators, generator_rule):
                 m = x[i] - x[j]
                 if best is None or m > best[2]:
-                    best = (i, j, m)
+                    best = (i, j, m)  # An et al. 2025 (AGFSync): highest total score chosen, lowest rejected
                 break  # for this i, the first allowed j from the bottom has the largest margin
     if best is None:
         return []
@@ -115,6 +115,7 @@ def all_pairs(scores: Sequence[float], min_margin: float = 0.0, tie_tolerance: f
     chosen sample, then of the rejected one."""
     x, order, _ = _valid_order(scores)
     out = []
+    # all C(K, 2) pairs of K ranked samples, as in Ouyang et al. 2022 (InstructGPT), Eq. 1
     for a in range(len(order)):
         for b in range(a + 1, len(order)):
             i, j = order[a], order[b]

@@ -47,7 +47,7 @@ def all_pairs(scores, offsets, min_margin: float = 0.0) -> AllPairs:
         if n < 2:
             continue
         g = np.flatnonzero(sizes == n)
-        ii, jj = np.triu_indices(int(n), 1)
+        ii, jj = np.triu_indices(int(n), 1)  # all C(n, 2) pairs, as in Ouyang et al. 2022 (InstructGPT), Eq. 1
         base = off[g][:, None]
         d = x[base + ii] - x[base + jj]  # (groups, C(n,2)): score_i - score_j
         nan = np.isnan(d)

@@ -74,7 +74,7 @@ def chosen_quality(batch, column: str | None = None) -> np.ndarray:
 
     "What Matters in Data for DPO?" (Pan et al. 2025, arXiv 2508.18312) finds the chosen sample's
     quality dominates what DPO learns, the rejected one's matters little."""
-    return _values(batch, _side_columns(column)[0])  # q = r(x_w)  (arXiv 2508.18312, chosen quality)
+    return _values(batch, _side_columns(column)[0])  # q = r(x_w): Pan et al. 2025 (arXiv 2508.18312), chosen quality
 
 
 def _combined_columns(names, margin_weight=0.5, chosen_weight=0.5, column=None, margin_column=None, chosen_column=None):
@@ -95,7 +95,8 @@ def combined(
     column's scale, so pick a, b for those scales."""
     m = margin(batch, margin_column or column)
     c = chosen_quality(batch, chosen_column or column)
-    return float(margin_weight) * m + float(chosen_weight) * c  # q = a (r(x_w) - r(x_l)) + b r(x_w)  (YfxGcOjpiJ margin + 2508.18312 chosen quality)
+    # q = a (r(x_w) - r(x_l)) + b r(x_w): OpenReview YfxGcOjpiJ's margin plus Pan et al. 2025's chosen quality
+    return float(margin_weight) * m + float(chosen_weight) * c
 
 
 def _agreement_columns(names, columns=None, weights=None, margin_weighted=False, tie_tolerance=0.0):
@@ -166,7 +167,7 @@ def agreement(
         gain = np.abs(m) if margin_weighted else 1.0
         present = ~np.isnan(m)
         wk = float(w.get(c, 1.0))
-        num += np.where(present, wk * vote * gain, 0.0)  # sum_k w_k v_k g_k  (BalancedDPO 2503.12575, scorer majority vote)
+        num += np.where(present, wk * vote * gain, 0.0)  # sum_k w_k v_k g_k: BalancedDPO (arXiv 2503.12575), scorers' vote
         den += np.where(present, wk, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = num / den

@@ -34,8 +34,8 @@ class Fit:
         x = np.asarray(x, dtype=np.float64)
         p = self.params
         if self.form == "power_law":
-            return p["a"] * x ** p["b"]
-        return p["c"] + p["a"] * (x / self.x0) ** p["b"]
+            return p["a"] * x ** p["b"]  # Kaplan et al. 2020, Eq. 1.2
+        return p["c"] + p["a"] * (x / self.x0) ** p["b"]  # Hoffmann et al. 2022, Eq. 2, data term
 
     def formula(self) -> str:
         p = self.params
@@ -83,7 +83,7 @@ def fit_power_law(x, y, sigma=None) -> Fit:
     w = None if sigma is None else y / sigma
     A = np.stack([np.ones_like(lx), lx], axis=1)
     Aw, lyw = (A, ly) if w is None else (A * w[:, None], ly * w)
-    coef, *_ = np.linalg.lstsq(Aw, lyw, rcond=None)
+    coef, *_ = np.linalg.lstsq(Aw, lyw, rcond=None)  # Kaplan et al. 2020, Eq. 1.2, linear in log x
     se = _stderr(Aw, lyw - Aw @ coef, absolute=sigma is not None)
     fit = Fit("power_law", {"a": float(np.exp(coef[0])), "b": float(coef[1])}, {"log_a": se[0], "b": se[1]}, len(x), 0.0)
     fit.rmse = _rmse(fit, x, y)
@@ -137,7 +137,7 @@ def fit_saturating_power_law(x, y, sigma=None, b_range: tuple[float, float] = (-
     (c, a), _ = _linear_ca(t**b, y, w)
     # Jacobian of the model in (c, a, b), weighted, at the optimum
     J = np.stack([np.ones_like(t), t**b, a * t**b * np.log(t)], axis=1) * w[:, None]
-    resid = (c + a * t**b - y) * w
+    resid = (c + a * t**b - y) * w  # Hoffmann et al. 2022, Eq. 2, data term
     se = _stderr(J, resid, absolute=sigma is not None)
     fit = Fit("saturating_power_law", {"c": float(c), "a": float(a), "b": b},
               {"c": se[0], "a": se[1], "b": se[2]}, len(x), 0.0, x0=x0)

@@ -70,7 +70,7 @@ def top_k_count(top_p: float, n: int) -> int:
     """K = ceil(p * n), computed on the decimal value of p (0.0533 * 10000 is 533, not 534)."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"rank.top_p must be in (0, 1], got {top_p}")
-    return math.ceil(Fraction(repr(float(top_p))) * n)
+    return math.ceil(Fraction(repr(float(top_p))) * n)  # the top p% (OpenReview YfxGcOjpiJ keeps p = 5.33%)
 
 
 def rank_value(q: np.ndarray) -> np.ndarray:

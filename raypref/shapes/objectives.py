@@ -23,7 +23,7 @@ class VAEReconstruction(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         posterior = self.vae.encode(pixels).latent_dist
         recon = self.vae.decode(posterior.sample()).sample
-        return F.mse_loss(recon, pixels) + self.kl_weight * posterior.kl().mean()
+        return F.mse_loss(recon, pixels) + self.kl_weight * posterior.kl().mean()  # Kingma & Welling 2014, Eq. 10
 
 
 class TextToImageDenoising(nn.Module):
@@ -39,7 +39,7 @@ class TextToImageDenoising(nn.Module):
                 target: torch.Tensor) -> torch.Tensor:
         text = self.text_encoder(input_ids)[0]
         pred = self.unet(noisy, timesteps, text).sample
-        return F.mse_loss(pred.float(), target.float())
+        return F.mse_loss(pred.float(), target.float())  # Ho et al. 2020, Eq. 14 (L_simple)
 
 
 class ContrastiveCLIP(nn.Module):
@@ -50,7 +50,7 @@ class ContrastiveCLIP(nn.Module):
         import open_clip
 
         self.model = model
-        self.loss = open_clip.ClipLoss()  # world_size 1: negatives come from this worker's batch
+        self.loss = open_clip.ClipLoss()  # Radford et al. 2021, Fig. 3; world_size 1: negatives from this worker's batch
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         out = self.model(images, texts)
