@@ -181,3 +181,43 @@ def test_training_pixels_keep_proportions_short_side_scaled_then_center_cropped(
     sq = to_tensor([Image.fromarray(arr[:, :32])], size=8)
     assert sq.shape == (1, 3, 8, 8)
     torch.testing.assert_close(sq[0, 0], torch.ones(8, 8), atol=1e-5, rtol=0)
+
+
+def test_pretraining_objectives_hand_values():
+    from types import SimpleNamespace
+
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from raypref.shapes.objectives import ContrastiveCLIP, TextToImageDenoising, VAEReconstruction
+
+    # VAE (Kingma & Welling 2014, Eq. 10): KL(N(mu, 1) || N(0, I)) = 0.5 * sum mu^2 per image: image 0 has
+    # mu = (1, 0) -> 0.5, image 1 mu = (2, 0) -> 2; their mean 1.25. Every pixel is 0 and decodes to 0.5:
+    # MSE 0.25. Loss with kl_weight 0.2: 0.25 + 0.2 * 1.25 = 0.5
+    mean = torch.tensor([[[[1.0, 0.0]]], [[[2.0, 0.0]]]])  # (2, 1, 1, 2)
+    posterior = DiagonalGaussianDistribution(torch.cat([mean, torch.zeros_like(mean)], dim=1))
+    vae = SimpleNamespace(encode=lambda px: SimpleNamespace(latent_dist=posterior),
+                          decode=lambda z: SimpleNamespace(sample=torch.full((2, 3, 2, 2), 0.5)))
+    assert VAEReconstruction(vae, kl_weight=0.2)(torch.zeros(2, 3, 2, 2)).item() == pytest.approx(0.5)
+
+    # denoising (Ho et al. 2020, Eq. 14): the UNet predicts 0 where the noise is (1, 3): (1 + 9) / 2 = 5
+    seen = {}
+
+    def unet(noisy, t, text):
+        seen["text"] = text
+        return SimpleNamespace(sample=torch.zeros(1, 1, 1, 2))
+
+    obj = TextToImageDenoising(unet, lambda ids: (ids.float() * 10,))
+    loss = obj(torch.zeros(1, 1, 1, 2), torch.tensor([3]), torch.tensor([[2]]), torch.tensor([[[[1.0, 3.0]]]]))
+    assert loss.item() == pytest.approx(5.0) and seen["text"].tolist() == [[20.0]]  # conditioned on the text
+
+    # CLIP (Radford et al. 2021, Fig. 3) at scale 1: images e1, e2; texts e1, (e1 + e2)/sqrt(2): logits
+    # [[1, r], [0, r]]; loss = (CE rows + CE columns) / 2, each CE the mean over the batch
+    r = 1 / math.sqrt(2)
+    img, txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [r, r]])
+
+    def ce(logits, k):
+        return -logits[k] + math.log(sum(math.exp(x) for x in logits))
+
+    want = 0.5 * ((ce([1, r], 0) + ce([0, r], 1)) / 2 + (ce([1, 0], 0) + ce([r, r], 1)) / 2)
+    clip = ContrastiveCLIP(lambda images, texts: (img, txt, torch.tensor(1.0)))
+    assert clip(None, None).item() == pytest.approx(want, rel=1e-6)

@@ -66,3 +66,15 @@ def test_bad_points_name_the_problem():
         fit("cubic", [1, 2], [1, 2])
     with pytest.raises(ValueError, match=r"sigma must be finite, > 0, one per point; point 2 of 2 \(x = 2\) has 0$"):
         fit("power_law", [1, 2], [1, 2], sigma=[0.1, 0.0])
+
+
+def test_power_law_standard_errors_hand_values():
+    # log x = 0, 1, 2 and log y = 0, 1, 3: least squares log y = -1/6 + 1.5 log x, residuals 1/6, -1/3, 1/6,
+    # s^2 = (1/36 + 4/36 + 1/36) / (3 - 2) = 1/6; (A^T A)^-1 = [[5/6, -1/2], [-1/2, 1/2]] for A = [1, log x], so
+    # se(b) = sqrt(1/2 * 1/6) = sqrt(1/12) and se(log a) = sqrt(5/6 * 1/6) = sqrt(5)/6
+    f = fit_power_law(np.exp([0.0, 1.0, 2.0]), np.exp([0.0, 1.0, 3.0]))
+    assert f.params["b"] == pytest.approx(1.5) and f.params["a"] == pytest.approx(np.exp(-1 / 6))
+    assert f.stderr["b"] == pytest.approx(np.sqrt(1 / 12)) and f.stderr["log_a"] == pytest.approx(np.sqrt(5) / 6)
+    # sigmas taken as absolute (s^2 = 1): the same points with sigma = y, i.e. 1 on log y, give sqrt of the diagonal
+    g = fit_power_law(np.exp([0.0, 1.0, 2.0]), np.exp([0.0, 1.0, 3.0]), sigma=np.exp([0.0, 1.0, 3.0]))
+    assert g.stderr["b"] == pytest.approx(np.sqrt(1 / 2)) and g.stderr["log_a"] == pytest.approx(np.sqrt(5 / 6))
