@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Callable, Literal, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -951,14 +951,16 @@ def stage_scorers(cfg: Config, stage: str | None) -> list[ScorerConf]:
     return []
 
 
-def check_scorer_args(cfg: Config, stage: str | None = None) -> None:
+def check_scorer_args(cfg: Config, stage: str | None = None, stored: Callable[[ScorerConf], bool] | None = None) -> None:
     """Each configured scorer whose class checks its own args (registry.constructor_kwargs: the LLM judge
     refuses a pasted key or a URL holding credentials) checks them now, so that no stage writes a config
     that holds a secret, whether or not it runs that scorer. A built-in without such a check is not
     imported (a stage that runs no model need not load torch); a class of one's own that cannot be
     imported here is left to the stages that run it, which stop on it. The scorers ``stage`` runs also
     check this machine's environment, where their class has ``check_env(where, args, local_ray)`` (the
-    judge's API key variable): only a stage that runs a scorer needs what it needs."""
+    judge's API key variable): only a stage that runs a scorer needs what it needs. ``stored`` (asked only
+    of such a class's scorers) tells those whose scores the stage already holds in full: it runs none of
+    their actors, so their environment is not checked."""
     from raypref.registry import BUILTIN, CHECK_ARGS, resolve
 
     runs = {id(s) for s in stage_scorers(cfg, stage)}
@@ -973,15 +975,17 @@ def check_scorer_args(cfg: Config, stage: str | None = None) -> None:
         if check is not None:
             check(f"scorer {s.name!r}", s.args)
         check_env = getattr(cls, "check_env", None)
-        if check_env is not None and id(s) in runs:
+        if check_env is not None and id(s) in runs and not (stored is not None and stored(s)):
             from raypref.session import ray_is_local
 
             check_env(f"scorer {s.name!r}", s.args, ray_is_local(cfg.ray))
 
 
-def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:
-    """Write the resolved config and the git SHA next to a stage's outputs (its scorers' args checked first)."""
-    check_scorer_args(cfg, stage)
+def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str,
+                   stored: Callable[[ScorerConf], bool] | None = None) -> Path:
+    """Write the resolved config and the git SHA next to a stage's outputs (its scorers' args checked
+    first; ``stored``: see check_scorer_args)."""
+    check_scorer_args(cfg, stage, stored)
     d = Path(stage_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
