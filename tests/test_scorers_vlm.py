@@ -421,6 +421,10 @@ def test_haar_faces_actor(tmp_path):
     (tmp_path / "bad.xml").write_text("<not a cascade/>")
     with pytest.raises(ValueError, match="cannot load a Haar cascade"):
         resolve("haar_faces")(name="faces", model=str(tmp_path / "bad.xml"))
+    # a bare name is no file (the resolver passes it as a hub name): said so, not called malformed
+    with pytest.raises(ValueError, match=r"^scorer 'faces' model: the Haar cascade file 'haarcascade_frontalface_alt2\.xml' "
+                                         r"does not exist \(give the path of a cascade XML file; OpenCV's own are in "):
+        resolve("haar_faces")(name="faces", model="haarcascade_frontalface_alt2.xml")
 
 
 @pytest.mark.parametrize("cls, kind, model_cls", [
