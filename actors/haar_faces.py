@@ -13,6 +13,8 @@ detectMultiScale's own knobs (higher min_neighbors: fewer, surer detections).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from raypref.scoring import Scorer
@@ -39,6 +41,9 @@ class HaarFaces(Scorer):
         if scale_factor <= 1.0 or min_neighbors < 0 or min_size < 1:
             raise ValueError(f"scorer {name!r}: need scale_factor > 1, min_neighbors >= 0, min_size >= 1")
         path = check_model_ref(model, what=f"scorer {name!r} model") if model else default_cascade_path()
+        if not Path(path).is_file():  # a bare name passes check_model_ref as a hub name; OpenCV would call it malformed
+            raise ValueError(f"scorer {name!r} model: the Haar cascade file {path!r} does not exist (give the path of "
+                             f"a cascade XML file; OpenCV's own are in {cv2.data.haarcascades})")
         try:
             self.cascade = cv2.CascadeClassifier(path)
         except (cv2.error, SystemError):  # malformed XML raises inside OpenCV's parser; empty() covers the rest

@@ -19,7 +19,8 @@ On a cluster pass model='Salesforce/blip-vqa-base' (BlipForQuestionAnswering + B
 'Salesforce/blip-vqa-capfilt-large', or a local save_pretrained directory of either. Locally,
 'tiny:blip_vqa' is the same architecture with random weights (its answers are meaningless).
 
-Each image is preprocessed once; each distinct question is then asked of all the images that
+A question past the text encoder's positions (512 tokens for BLIP) is cut to them, and its rationale
+says so. Each image is preprocessed once; each distinct question is then asked of all the images that
 need it in one batch, so every batch is one question with no padding (BLIP's answer decoder
 attends to every question position, padding included).
 """
@@ -62,6 +63,13 @@ class TifaVQA(Scorer):
         holds a very long prompt (VQAScore's does) failed the whole batch."""
         return self.processor.tokenizer([question] * n, return_tensors="pt", return_token_type_ids=False, truncation=True,
                                         max_length=self.model.config.text_config.max_position_embeddings)
+
+    def cut_note(self, question: str) -> str:
+        """'' for a question that fits the text encoder's positions; else a note for the rationale that
+        question_tokens cut it, so a score read from its first part alone is not taken for the whole's."""
+        limit = self.model.config.text_config.max_position_embeddings
+        n = len(self.processor.tokenizer(question, verbose=False)["input_ids"])  # verbose: no warning of the length
+        return f" [question cut to its first {limit} of {n} tokens]" if n > limit else ""
 
     @torch.no_grad()
     def answer(self, pixel_values: torch.Tensor, question: str) -> list[str]:
@@ -132,6 +140,7 @@ class TifaVQA(Scorer):
                 answers.update(zip(((i, text, choices) for i in chunk), got))
 
         out = {"": np.full(n, np.nan, np.float32), **{e: np.full(n, np.nan, np.float32) for e in ELEMENTS}}
+        cuts = {text: self.cut_note(text) for text, _ in asks}
         reasons = []
         for i, qs in enumerate(qsets):
             got = [answers[(i, *key(q))] for q in qs]
@@ -143,7 +152,7 @@ class TifaVQA(Scorer):
             reasons.append(
                 " | ".join(
                     f"{q.text} -> {a!r} " + ("(correct)" if answer_matches(a, q.answer) else f"(expected {q.answer!r})")
-                    for q, a in zip(qs, got)
+                    + cuts[q.text] for q, a in zip(qs, got)
                 )
                 or "no questions for this prompt"
             )

@@ -9,7 +9,8 @@ question still differ. The paper's own model is CLIP-FlanT5; this is the same me
 BLIP (the paper also reports it for BLIP-2 and InstructBLIP, with lower agreement with humans).
 
 Outputs: main score = P(yes); aspect 'no' = P(no), so P(yes) / (P(yes) + P(no)) can be formed
-downstream; rationale = the question and both probabilities.
+downstream; rationale = the question and both probabilities, and a note where the question (the
+whole prompt in it) was cut to the text encoder's 512 tokens, the score then being of its first part.
 
 On a cluster pass model='Salesforce/blip-vqa-base' or 'Salesforce/blip-vqa-capfilt-large' (or a
 local save_pretrained directory); locally 'tiny:blip_vqa' (random weights: meaningless values).
@@ -55,10 +56,12 @@ class VQAScore(TifaVQA):
         by_prompt: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             by_prompt.setdefault(p, []).append(i)
+        cuts = {}
         for prompt, idx in by_prompt.items():  # one question a batch: no padding reaches the decoder
+            cuts[prompt] = self.cut_note(self.template.format(prompt))
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
                 probs = self.yes_no(pixels[chunk], self.template.format(prompt)).float().cpu().numpy()
                 yes[chunk], no[chunk] = probs[:, 0], probs[:, 1]
-        reasons = [f"{self.template.format(p)} -> P(yes) {y:.4f}, P(no) {x:.4f}" for p, y, x in zip(prompts, yes, no)]
+        reasons = [f"{self.template.format(p)} -> P(yes) {y:.4f}, P(no) {x:.4f}{cuts[p]}" for p, y, x in zip(prompts, yes, no)]
         return {"": yes, "no": no, "rationale": reasons}

@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Callable, Literal, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -661,15 +661,34 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
+def _no_entry(key: str, parts: list[str], i: int, node: list | None, source: str) -> ConfigError:
+    """The error for an override that indexes (``parts[i]``) a list entry ``source`` lacks (``node``: the
+    list there, None where there is none): an override changes an entry, it cannot make one."""
+    lst, idx = ".".join(parts[:i]), parts[i]
+    if node is None:
+        has = f"{lst} has no list in {source} (an override changes an entry the file holds, not a default's)"
+    else:
+        n = len(node)
+        has = f"{lst} has {n} entr{'y' if n == 1 else 'ies'} in {source}" + (
+            " (index 0)" if n == 1 else f" (indices 0-{n - 1})" if n else "")
+    if not idx.isdigit():
+        return ConfigError(f"override {key}: {lst} takes a list and {idx!r} is not an index; {has}")
+    return ConfigError(f"override {key}: {has}, so there is no entry {idx} to change; add the entry to the file,"
+                       f" or set the whole list ({lst}=[...])")
+
+
+def _set_dotted(data: dict, key: str, value: Any, source: str = "the config file") -> None:
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {key!r}: {where!r} is not an index of a list of {len(node)}")
+                raise _no_entry(key, parts, i, node, source)
             node = node[int(part)]
+        elif part not in node and _is_list_key(parts[: i + 1]):
+            # setdefault would make a dict of it, which validation then reports as "not a valid list"
+            raise _no_entry(key, parts, i + 1, None, source)
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
@@ -677,7 +696,7 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     last = parts[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"override {key!r}: {last!r} is not an index of a list of {len(node)}")
+            raise _no_entry(key, parts, len(parts) - 1, node, source)
         node[int(last)] = value
     else:
         node[last] = value
@@ -723,27 +742,54 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(data, source=str(path), overrides=given)
 
 
+def _field(model: type[BaseModel] | None, loc):
+    """The field that following ``loc`` (list indices skipped) from ``model`` reaches, or None where the
+    path leaves the typed models (a dict of free args)."""
+    import typing
+
+    field = None
+    for part in loc:
+        if isinstance(part, int) or str(part).isdigit():
+            continue
+        if field is not None:
+            todo, model = [field.annotation], None
+            while todo:  # unwrap list[X], X | None, Annotated[X, ...] to the section's model
+                t = todo.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    model = t
+                    break
+                todo.extend(typing.get_args(t))
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+    return field
+
+
+def _is_list_key(loc: list[str]) -> bool:
+    """Whether the config key at ``loc`` is typed a list (list[X], or list[X] | None)."""
+    import typing
+
+    field = _field(Config, loc)
+    ann = field.annotation if field is not None else None
+    return ann is not None and any(get_origin(t) is list for t in (ann, *typing.get_args(ann)))
+
+
 def _field_names(model: type[BaseModel], loc) -> list[str]:
     """The keys a config section takes, the section found by following ``loc`` from ``model`` (list
     indices skipped); [] where the path leaves the typed models (a dict of free args)."""
     import typing
 
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return []
-        todo, model = [field.annotation], None
-        while todo:  # unwrap list[X], X | None, Annotated[X, ...] to the section's model
-            t = todo.pop()
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                model = t
-                break
-            todo.extend(typing.get_args(t))
-        if model is None:
-            return []
-    return list(model.model_fields) if model is not None else []
+    if not loc:
+        return list(model.model_fields)
+    field = _field(model, loc)
+    todo, section = [field.annotation] if field is not None else [], None
+    while todo:
+        t = todo.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            section = t
+            break
+        todo.extend(typing.get_args(t))
+    return list(section.model_fields) if section is not None else []
 
 
 def validation_lines(e: ValidationError, prefix: str = "", overrides=(), model: type[BaseModel] | None = None) -> list[str]:
@@ -951,14 +997,16 @@ def stage_scorers(cfg: Config, stage: str | None) -> list[ScorerConf]:
     return []
 
 
-def check_scorer_args(cfg: Config, stage: str | None = None) -> None:
+def check_scorer_args(cfg: Config, stage: str | None = None, stored: Callable[[ScorerConf], bool] | None = None) -> None:
     """Each configured scorer whose class checks its own args (registry.constructor_kwargs: the LLM judge
     refuses a pasted key or a URL holding credentials) checks them now, so that no stage writes a config
     that holds a secret, whether or not it runs that scorer. A built-in without such a check is not
     imported (a stage that runs no model need not load torch); a class of one's own that cannot be
     imported here is left to the stages that run it, which stop on it. The scorers ``stage`` runs also
     check this machine's environment, where their class has ``check_env(where, args, local_ray)`` (the
-    judge's API key variable): only a stage that runs a scorer needs what it needs."""
+    judge's API key variable): only a stage that runs a scorer needs what it needs. ``stored`` (asked only
+    of such a class's scorers) tells those whose scores the stage already holds in full: it runs none of
+    their actors, so their environment is not checked."""
     from raypref.registry import BUILTIN, CHECK_ARGS, resolve
 
     runs = {id(s) for s in stage_scorers(cfg, stage)}
@@ -973,15 +1021,17 @@ def check_scorer_args(cfg: Config, stage: str | None = None) -> None:
         if check is not None:
             check(f"scorer {s.name!r}", s.args)
         check_env = getattr(cls, "check_env", None)
-        if check_env is not None and id(s) in runs:
+        if check_env is not None and id(s) in runs and not (stored is not None and stored(s)):
             from raypref.session import ray_is_local
 
             check_env(f"scorer {s.name!r}", s.args, ray_is_local(cfg.ray))
 
 
-def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str) -> Path:
-    """Write the resolved config and the git SHA next to a stage's outputs (its scorers' args checked first)."""
-    check_scorer_args(cfg, stage)
+def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str,
+                   stored: Callable[[ScorerConf], bool] | None = None) -> Path:
+    """Write the resolved config and the git SHA next to a stage's outputs (its scorers' args checked
+    first; ``stored``: see check_scorer_args)."""
+    check_scorer_args(cfg, stage, stored)
     d = Path(stage_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

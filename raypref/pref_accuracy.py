@@ -25,7 +25,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -111,14 +111,13 @@ def _write_json(path: Path, value: dict) -> None:
     write_atomic(path, json.dumps(value) + "\n")
 
 
-def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
-    """The pairs' keys (<out>/pairs_keys.parquet: import_row, ids, label) and counts (pairs,
-    quarantined, limit, staged). With ``images`` (a scorer has pairs left to score) the pairs are
-    staged with their images in <out>/staged too. Stored scores are keyed on import_row: another
-    input (path, format or files) voids them all; the same input read again with another limit
-    keeps them, the first rows being the same pairs (checked)."""
+KEYS_FILE = "pairs_keys.parquet"
+
+
+def _staged_input(cfg: Config, out: Path) -> tuple[dict, str | None, bool]:
+    """(this input's settings, how they differ from those the pairs in <out> were staged from, whether
+    the staged keys are this input's). Stat only: no pair is read."""
     a = cfg.accuracy
-    record, keys_file, counts_file = out / STAGED_FILE, out / "pairs_keys.parquet", out / STAGED_COUNTS
     from raypref.formats import input_fingerprint
 
     # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen
@@ -128,8 +127,36 @@ def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
     # input path alone: while that still matches, the input is the same (its images were not counted
     # then, so cannot be compared now); the record then gains every file the format reads
     then = fingerprint(a.pairs)
-    changed = settings_changed(record, mine, added={"accuracy.files": then} if then is not None else {})
-    same = record.is_file() and keys_file.is_file() and counts_file.is_file() and changed is None
+    changed = settings_changed(out / STAGED_FILE, mine, added={"accuracy.files": then} if then is not None else {})
+    same = all((out / f).is_file() for f in (STAGED_FILE, KEYS_FILE, STAGED_COUNTS)) and changed is None
+    return mine, changed, same
+
+
+def stored_in_full(cfg: Config, out: Path) -> Callable[[ScorerConf], bool]:
+    """A test of a scorer: does <out> hold its scores of every pair this run reads (the same input, limit and
+    scorer settings as the run that scored them)? Read without Ray, so that a judge whose scores are all
+    stored needs no API key on a rerun; the staged keys are read once, at the first question."""
+    keys = []
+
+    def stored(s: ScorerConf) -> bool:
+        if not keys:
+            _, _, same = _staged_input(cfg, out)
+            counts = json.loads((out / STAGED_COUNTS).read_text()) if same else {}
+            keys.append(pq.read_table(out / KEYS_FILE) if same and counts.get("limit") == cfg.accuracy.limit else None)
+        return keys[0] is not None and stored_count(s, out, keys[0]) == keys[0].num_rows
+
+    return stored
+
+
+def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
+    """The pairs' keys (<out>/pairs_keys.parquet: import_row, ids, label) and counts (pairs,
+    quarantined, limit, staged). With ``images`` (a scorer has pairs left to score) the pairs are
+    staged with their images in <out>/staged too. Stored scores are keyed on import_row: another
+    input (path, format or files) voids them all; the same input read again with another limit
+    keeps them, the first rows being the same pairs (checked)."""
+    a = cfg.accuracy
+    record, keys_file, counts_file = out / STAGED_FILE, out / KEYS_FILE, out / STAGED_COUNTS
+    mine, changed, same = _staged_input(cfg, out)
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
         return pq.read_table(keys_file), counts
@@ -322,7 +349,9 @@ def run_accuracy(cfg: Config) -> dict:
         check_format(a.pairs, a.format, "accuracy.pairs", "accuracy.format")
     from raypref.session import init_ray
 
-    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)  # a judge's missing key stops it here, before Ray
+    out = cfg.stage_dir(STAGE)
+    # a judge's missing key stops it here, before Ray, unless its scores are all stored: none is asked for
+    write_run_meta(cfg, out, STAGE, stored_in_full(cfg, out))
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
     keys, staged = staged_pairs(cfg, out, images=False)

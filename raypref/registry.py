@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 
 GENERATORS = {
     "diffusers": "actors.generators:DiffusersGenerator",
@@ -77,6 +78,46 @@ def resolve(name: str, kind: str | None = None, what: str | None = None) -> type
     return cls
 
 
+def _type_text(t) -> str:
+    return t.__name__ if isinstance(t, type) and not typing.get_args(t) else str(t).replace("typing.", "")
+
+
+_KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
+          dict: "a mapping"}
+
+
+def _kind(value) -> str:
+    """What a YAML value is, in the config's words; not the value, which may be long or private."""
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def check_arg_types(cls: type, args: dict, where: str) -> None:
+    """Each of ``args`` that ``cls.__init__`` annotates holds that type (pydantic, strict: a YAML "77" is no
+    int, and fails here naming its key rather than as a TypeError inside the actor). A parameter whose
+    annotation cannot be read (a class of one's own may name a type pydantic does not know) is left to
+    the class."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation naming what its module does not import at run time
+        return
+    for key, value in args.items():
+        if key not in hints:
+            continue
+        try:
+            adapter = TypeAdapter(hints[key], config=ConfigDict(strict=True))
+        except Exception:  # not a type pydantic can check
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as e:
+            err = e.errors()[0]
+            at = "".join(f".{p}" for p in err["loc"])
+            raise ValueError(f"{where}: args.{key}{at}: {err['msg']}, not {_kind(err['input'])} "
+                             f"(args.{key} takes {_type_text(hints[key])})") from None
+
+
 def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
     """Keyword arguments to build ``cls`` with.
 
@@ -97,6 +138,7 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
         own = sorted(named - set(given)) or ["none"]
         raise ValueError(f"{where}: args.{unknown[0]}: {cls.__module__}:{cls.__qualname__} takes no argument "
                          f"{unknown[0]!r}; its arguments: {', '.join(own)}")
+    check_arg_types(cls, args, where)
     check = getattr(cls, "check_args", None)  # a class that validates its own args does it here, on the driver,
     if check is not None:                     # before a run writes its config (a pasted secret fails first)
         check(where, args)

@@ -225,7 +225,7 @@ def sweep_points(cfg: Config) -> list[tuple[str, dict[str, Any], Config]]:
         for section, items in (("set", sw.set), ("grid", point)):
             for key, value in items.items():
                 try:
-                    _set_dotted(data, key, copy.deepcopy(value))
+                    _set_dotted(data, key, copy.deepcopy(value), "the config")
                 except ConfigError as e:
                     raise ConfigError(f"sweep.{section}.{key}: {e}") from None
         data["output_dir"] = str(root / name)

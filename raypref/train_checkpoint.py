@@ -2,8 +2,8 @@
 small training data.
 
 Every checkpoint holds train_state.json (where to resume), metrics.jsonl (every step's metrics
-since step 1, so a resumed run's history is whole) and whatever the loop's writer adds. Rank 0
-writes; every rank reports, as Ray Train requires.
+since step 1, so a resumed run's history is whole; strict JSON, a NaN metric as null) and whatever
+the loop's writer adds. Rank 0 writes; every rank reports, as Ray Train requires.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from raypref.metrics import finite_or_null
 from raypref.parquet_read import parquet_mb
 
 STATE_FILE = "train_state.json"
@@ -69,6 +70,19 @@ def _removing_resume_copies(loop: Callable) -> Callable:
     return run
 
 
+def history_line(metrics: dict) -> str:
+    """One step's metrics as a line of strict JSON, NaN and infinities as null: json.dumps would write
+    a bare NaN (a loss over no pair, say), which jq and other strict readers reject."""
+    return json.dumps(finite_or_null(metrics), allow_nan=False) + "\n"
+
+
+def read_history(path: Path) -> list[dict]:
+    """The steps of a metrics.jsonl, a null metric read back as NaN: the loops and the summaries
+    compute with NaN as they had it, and a mean over a None would fail."""
+    return [{k: float("nan") if v is None else v for k, v in json.loads(x).items()}
+            for x in path.read_text().splitlines() if x]
+
+
 def load_state(ckpt) -> tuple[dict, list[dict], str | None]:
     """(state, metric history, local checkpoint dir) of the checkpoint to resume from, or empties."""
     remove_orphaned_copies(Path(tempfile.gettempdir()))  # a fresh run too: an earlier one's workers may have been ended
@@ -81,8 +95,7 @@ def load_state(ckpt) -> tuple[dict, list[dict], str | None]:
     atexit.register(shutil.rmtree, d, True)  # for a loop run outside fit_and_export
     ckpt.to_directory(d)
     state = json.loads((Path(d) / STATE_FILE).read_text())
-    history = [json.loads(x) for x in (Path(d) / METRICS_FILE).read_text().splitlines() if x]
-    return state, history, d
+    return state, read_history(Path(d) / METRICS_FILE), d
 
 
 def report_step(rank: int, metrics: dict, history: list[dict], state: dict,
@@ -98,7 +111,7 @@ def report_step(rank: int, metrics: dict, history: list[dict], state: dict,
     if rank == 0:
         # not print(): in a Ray Train worker it is Train's, which logs the line to a console handler and, as
         # Ray has replaced sys.stdout, also prints it, so the driver showed every progress line twice
-        sys.stdout.write(json.dumps(metrics) + "\n")
+        sys.stdout.write(history_line(metrics))
         sys.stdout.flush()
     if write is None:
         ray.train.report(metrics)
@@ -109,7 +122,7 @@ def report_step(rank: int, metrics: dict, history: list[dict], state: dict,
         if rank == 0:
             write(tmp)
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-            (Path(tmp) / METRICS_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
+            (Path(tmp) / METRICS_FILE).write_text("".join(map(history_line, history)))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
@@ -212,7 +225,7 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     with result.checkpoint.as_directory() as d:
         export_dir(Path(d) / subdir, export, out.parent, name)
         shutil.copy2(Path(d) / METRICS_FILE, out / METRICS_FILE)
-    return [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines() if x]
+    return read_history(out / METRICS_FILE)
 
 
 EXPORT_MARK = ".raypref-export"  # in every export dir: a re-export may replace it, and no other dir; names the run

@@ -188,3 +188,24 @@ def test_actor_args_are_checked_against_the_class():
         scorer_kwargs(judge)
     ok = {"backend": "http", "http": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}
     assert scorer_kwargs(judge.model_copy(update={"args": ok}))["http"] == ok["http"]
+
+
+def test_an_actor_arg_of_the_wrong_type_is_named_on_the_driver():
+    from raypref.build import generator_kwargs, scorer_kwargs
+    from raypref.config import GeneratorConf, ScorerConf
+
+    clip = ScorerConf(name="c", cls="clip_score", model="tiny:clip", args={"prompt_chars": "77"})  # a YAML string
+    with pytest.raises(ValueError) as e:
+        scorer_kwargs(clip)  # before Ray: it failed as a TypeError inside the actor
+    assert str(e.value) == ("scorer 'c': args.prompt_chars: Input should be a valid integer, not a string "
+                            "(args.prompt_chars takes int | None)")
+    with pytest.raises(ValueError, match=r"^scorer 'o': args\.classes\.1: Input should be a valid string, not an integer"):
+        scorer_kwargs(ScorerConf(name="o", cls="owlvit", model="tiny:owlvit", args={"classes": ["circle", 3]}))
+    with pytest.raises(ValueError, match=r"^scorer 'j': args\.quality: Input should be a valid integer, not null"):
+        scorer_kwargs(ScorerConf(name="j", cls="jpeg_compressibility", args={"quality": None}))
+    with pytest.raises(ValueError, match=r"^generator 'r': args\.true_renders: .*integer, not a float"):
+        generator_kwargs(GeneratorConf(name="r", cls="shapes_render", args={"true_renders": 1.5}))
+    # what the annotation takes passes as given: an int where a float is named, null where None is
+    kw = scorer_kwargs(clip.model_copy(update={"args": {"prompt_chars": None, "floor_at_zero": False}}))
+    assert kw["prompt_chars"] is None and kw["floor_at_zero"] is False
+    assert scorer_kwargs(ScorerConf(name="f", cls="haar_faces", args={"scale_factor": 2}))["scale_factor"] == 2

@@ -62,10 +62,32 @@ def test_unknown_key_is_named(tmp_path):
         load_config(p)
 
 
+def test_an_override_of_a_list_entry_the_file_lacks_names_the_key_and_the_list(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run")}))  # no build.generators: the default's
+    for key in ("build.generators.0.model", "accuracy.scorers.0"):
+        lst = key.rsplit(".", 2)[0] if key.endswith("model") else key.rsplit(".", 1)[0]
+        with pytest.raises(ConfigError) as e:
+            load_config(p, [f"{key}=x"])
+        assert str(e.value) == (f"override {key}: {lst} has no list in the config file (an override changes an entry "
+                                f"the file holds, not a default's), so there is no entry 0 to change; add the entry to "
+                                f"the file, or set the whole list ({lst}=[...])")
+    p.write_text(yaml.safe_dump({"build": {"generators": [{"name": "a"}]}}))
+    with pytest.raises(ConfigError, match=r"^override build\.generators\.1\.model: build\.generators has 1 entry in the "
+                                          r"config file \(index 0\), so there is no entry 1 to change"):
+        load_config(p, ["build.generators.1.model=x"])
+    with pytest.raises(ConfigError, match=r"^override build\.generators\.first\.model: build\.generators takes a list "
+                                          r"and 'first' is not an index"):
+        load_config(p, ["build.generators.first.model=x"])
+    # a free args dict still takes a new key, a digit too; a list the file has takes its entries' overrides
+    c = load_config(p, ["build.generators.0.model=x", "build.generators.0.args.steps.0=3"])
+    assert c.build.generators[0].model == "x" and c.build.generators[0].args == {"steps": {"0": 3}}
+
+
 def test_bad_values_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.num_workers"):
         load_config(None, ["train.num_workers=0"])
-    with pytest.raises(ConfigError, match="not an index"):
+    with pytest.raises(ConfigError, match=r"build\.scorers has 2 entries in the config file \(indices 0-1\), so there is no entry 9"):
         load_config(None, ["build.scorers.9.weight=1"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -477,6 +477,48 @@ def test_a_stage_running_the_judge_without_its_key_variable_stops_before_ray(sta
     assert not list((tmp_path / "run").rglob("config.yaml"))
 
 
+def test_an_accuracy_rerun_with_every_judge_score_stored_needs_no_key(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from raypref import session
+    from raypref.config import validate
+    from raypref.pref_accuracy import run_accuracy, staged_pairs, stored_count
+    from tests.test_reward_model import synthetic_pairs
+
+    for var in (KEY_ENV, "RAY_ADDRESS", session.LOCAL_RAY_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+    class RayStarted(Exception):
+        pass
+
+    def started(*a, **k):
+        raise RayStarted
+
+    monkeypatch.setattr(session, "init_ray", started)
+    judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1")}
+    synthetic_pairs(tmp_path / "pairs", n_prompts=2)
+    cfg = validate({"output_dir": str(tmp_path / "run"),
+                    "accuracy": {"pairs": str(tmp_path / "pairs" / "a"), "format": "raypref", "scorers": [judge]}})
+    out = cfg.stage_dir("accuracy")
+    out.mkdir(parents=True)
+    keys, _ = staged_pairs(cfg, out, images=False)  # what an earlier run, which had the key, left
+    s = cfg.accuracy.scorers[0]
+    assert stored_count(s, out, keys) == 0  # records the judge's settings
+    rows = keys.column(S.IMPORT_ROW).to_pylist()
+    (out / "scorers" / "j" / "scores").mkdir(parents=True)
+    pq.write_table(pa.table({S.IMPORT_ROW: rows[:-1]}), out / "scorers" / "j" / "scores" / "part-0.parquet")
+    # one pair left to score: the judge runs, so its key is still checked before Ray
+    with pytest.raises(ValueError, match=f"^scorer 'j': judge API key: environment variable {KEY_ENV} is not set"):
+        run_accuracy(cfg)
+    pq.write_table(pa.table({S.IMPORT_ROW: rows[-1:]}), out / "scorers" / "j" / "scores" / "part-1.parquet")
+    with pytest.raises(RayStarted):  # every pair scored: no judge actor runs, and no key is asked for
+        run_accuracy(cfg)
+    # another limit: which pairs it reads is known only once they are staged again, after the check
+    more = validate({**cfg.model_dump(mode="json"), "accuracy": {**cfg.accuracy.model_dump(mode="json"), "limit": 1}})
+    with pytest.raises(ValueError, match=f"environment variable {KEY_ENV} is not set"):
+        run_accuracy(more)
+
+
 def test_judge_config_errors_never_echo_a_key(monkeypatch):
     pasted = "sk-live-" + "x9" * 20
     with pytest.raises(ValueError, match=r"args\.http\.api_key_env: .*NAME of an environment variable") as e:

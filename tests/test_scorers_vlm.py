@@ -308,8 +308,17 @@ def test_blip_vqa_questions_are_cut_to_the_text_positions(tiny_path):
     out = vs.score(imgs, [long, "a red circle"])
     assert np.isfinite(out[""]).all() and np.isfinite(out["no"]).all()
     assert out[""][1] == pytest.approx(vs.score(imgs[1:], ["a red circle"])[""][0], rel=1e-5)  # a short one as before
+    # the cut is said where the score is read, the long question's own token count given
+    n = len(vs.processor.tokenizer(vs.template.format(long))["input_ids"])
+    assert n > limit and out["rationale"][0].endswith(f" [question cut to its first {limit} of {n} tokens]")
+    assert "cut" not in out["rationale"][1]
     tifa = resolve("tifa_vqa")(name="t", model=tiny_path("blip_vqa"), answers="generate", max_new_tokens=2)
     assert len(tifa.answer(vs.processor(images=imgs[:1], return_tensors="pt")["pixel_values"], long + "?")) == 1
+    # TIFA's question about a long subject ("Is there a photo of a majestic ...?") the same way
+    (q,) = tifa.questions(long)
+    m = len(vs.processor.tokenizer(q.text)["input_ids"])
+    assert m > limit and tifa.score(imgs[:1], [long])["rationale"][0].endswith(f" [question cut to its first {limit} of {m} tokens]")
+    assert "cut" not in tifa.score(imgs[:1], ["a red circle"])["rationale"][0]
 
 def test_tifa_vqa_answers_by_ranking_the_choices(tiny_path):
     from raypref.answer_match import tifa_score as fraction
@@ -421,6 +430,10 @@ def test_haar_faces_actor(tmp_path):
     (tmp_path / "bad.xml").write_text("<not a cascade/>")
     with pytest.raises(ValueError, match="cannot load a Haar cascade"):
         resolve("haar_faces")(name="faces", model=str(tmp_path / "bad.xml"))
+    # a bare name is no file (the resolver passes it as a hub name): said so, not called malformed
+    with pytest.raises(ValueError, match=r"^scorer 'faces' model: the Haar cascade file 'haarcascade_frontalface_alt2\.xml' "
+                                         r"does not exist \(give the path of a cascade XML file; OpenCV's own are in "):
+        resolve("haar_faces")(name="faces", model="haarcascade_frontalface_alt2.xml")
 
 
 @pytest.mark.parametrize("cls, kind, model_cls", [

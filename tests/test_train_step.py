@@ -375,3 +375,34 @@ def test_a_progress_line_shows_once_under_ray_trains_print(monkeypatch, capsys):
         root.removeHandler(handler)
         root.setLevel(level)
     assert capsys.readouterr().out.count(f'{{"phase": 1, "step": {REPORT_EVERY}}}') == 1
+
+
+def test_the_step_history_is_strict_json_and_a_resume_reads_its_nan_back(monkeypatch, tmp_path, capsys):
+    import json
+    import math
+    import shutil
+
+    import ray.train
+
+    from raypref.train_checkpoint import METRICS_FILE, load_state, report_step
+
+    def strict(text):  # json.loads alone takes a bare NaN
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c} in {text!r}"))
+
+    saved = tmp_path / "ckpt"
+    monkeypatch.setattr(ray.train, "report", lambda m, checkpoint=None: shutil.copytree(checkpoint.path, saved))
+    history = [{"step": 1, "loss": 0.5, "eval_accuracy": float("nan")},
+               {"step": 2, "loss": float("inf"), "eval_accuracy": 1.0}]
+    report_step(0, history[-1], history, {"step": 2}, lambda d: None)
+    lines = (saved / METRICS_FILE).read_text().splitlines()
+    assert [strict(x) for x in lines] == [{"step": 1, "loss": 0.5, "eval_accuracy": None},
+                                          {"step": 2, "loss": None, "eval_accuracy": 1.0}]
+    assert strict(capsys.readouterr().out.splitlines()[-1]) == {"step": 2, "loss": None, "eval_accuracy": 1.0}
+
+    class Ckpt:  # what ray.train.get_checkpoint() gives a resumed worker
+        def to_directory(self, d):
+            shutil.copytree(saved, d, dirs_exist_ok=True)
+
+    _, resumed, _ = load_state(Ckpt())
+    assert math.isnan(resumed[0]["eval_accuracy"]) and math.isnan(resumed[1]["loss"])  # as the loop had them
+    assert resumed[0]["loss"] == 0.5 and resumed[1]["step"] == 2
