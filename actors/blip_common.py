@@ -1,4 +1,4 @@
-"""The set-up the BLIP generating scorers share (captioner, TIFA VQA): argument checks, the
+"""The set-up the BLIP generating scorers share (captioner, TIFA VQA): the
 processor and the model from one checkpoint, greedy generation settings."""
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ def load_blip(scorer: str, model: str, model_cls, num_gpus: float, max_new_token
 
     from raypref.models import check_model_ref
 
-    if batch_size < 1 or max_new_tokens < 1 or num_beams < 1:
-        raise ValueError(f"scorer {scorer!r}: batch_size, max_new_tokens and num_beams must be >= 1")
     ref = check_model_ref(model, what=f"scorer {scorer!r} model")
     device = pick_device(num_gpus)
     processor = BlipProcessor.from_pretrained(ref)

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import PositiveInt
 
+from raypref.registry import checked_args
 from raypref.scoring import Scorer
 
 
 class CaptionSimilarity(Scorer):
     outputs = ("precision", "recall", "rationale")
 
+    @checked_args("scorer")
     def __init__(self, name: str = "caption", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 max_new_tokens: int = 30, num_beams: int = 1, batch_size: int = 32):
+                 max_new_tokens: PositiveInt = 30, num_beams: PositiveInt = 1, batch_size: PositiveInt = 32):
         from transformers import BlipForConditionalGeneration
 
         from actors.blip_common import load_blip

@@ -11,24 +11,27 @@ open_clip directory (open_clip_config.json + weights) with no network.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
+from pydantic import Field
 
+from raypref.registry import checked_args
 from raypref.scoring import Scorer, pick_device
 
 
 class CLIPScore(Scorer):
     READS_OPEN_CLIP_TAG = True  # `pretrained` is an open_clip tag (or weights file): checked on the driver
 
+    @checked_args("scorer")
     def __init__(self, name: str = "clip", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 floor_at_zero: bool = True, prompt_chars: int | None = None):
+                 floor_at_zero: bool = True, prompt_chars: Annotated[int, Field(ge=1)] | None = None):
         import open_clip
 
         from raypref.models import check_model_ref, open_clip_model
 
         super().__init__(name)
-        if prompt_chars is not None and prompt_chars < 1:
-            raise ValueError(f"scorer {name!r}: prompt_chars must be >= 1 (or null), got {prompt_chars}")
         self.floor, self.chars = floor_at_zero, prompt_chars
         model = check_model_ref(model, what=f"scorer {name!r} model")  # also turns a tiny: ref into its path
         self.device = pick_device(num_gpus)

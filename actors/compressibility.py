@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import io
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
+from raypref.registry import checked_args
 from raypref.scoring import Scorer
 
 
 class JpegCompressibility(Scorer):
     """score = -(JPEG size in kB) at the given quality; with ``incompressible`` the sign flips."""
 
-    def __init__(self, name: str = "jpeg_compressibility", quality: int = 95, incompressible: bool = False):
+    # quality: PIL clamps any other int without a word (the score would not be at the quality recorded), and fails on
+    # a string only at save time, in every batch
+    @checked_args("scorer")
+    def __init__(self, name: str = "jpeg_compressibility", quality: Annotated[int, Field(ge=1, le=100)] = 95, incompressible: bool = False):
         super().__init__(name)
-        # PIL clamps any other int without a word (the score would not be at the quality recorded) and fails
-        # on a string only at save time, in every batch
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-            raise ValueError(f"scorer {name!r}: args.quality must be an int in 1..100 (JPEG quality), got {quality!r}")
         self.quality = quality
         self.sign = 1.0 if incompressible else -1.0
 

@@ -14,9 +14,12 @@ detectMultiScale's own knobs (higher min_neighbors: fewer, surer detections).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveInt
 
+from raypref.registry import checked_args
 from raypref.scoring import Scorer
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
@@ -31,15 +34,15 @@ def default_cascade_path() -> str:
 class HaarFaces(Scorer):
     outputs = ("present",)
 
+    @checked_args("scorer")
     def __init__(self, name: str = "faces", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24):
+                 scale_factor: Annotated[float, Field(gt=1)] = 1.1, min_neighbors: NonNegativeInt = 5,
+                 min_size: PositiveInt = 24):
         import cv2
 
         from raypref.models import check_model_ref
 
         super().__init__(name)
-        if scale_factor <= 1.0 or min_neighbors < 0 or min_size < 1:
-            raise ValueError(f"scorer {name!r}: need scale_factor > 1, min_neighbors >= 0, min_size >= 1")
         path = check_model_ref(model, what=f"scorer {name!r} model") if model else default_cascade_path()
         if not Path(path).is_file():  # a bare name passes check_model_ref as a hub name; OpenCV would call it malformed
             raise ValueError(f"scorer {name!r} model: the Haar cascade file {path!r} does not exist (give the path of "

@@ -21,10 +21,16 @@ Locally, 'tiny:owlvit' is the same architecture with random weights (meaningless
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
+from pydantic import Field, PositiveInt
 
+from raypref.registry import checked_args
 from raypref.scoring import Scorer, check_template, pick_device
+
+Unit = Annotated[float, Field(ge=0, le=1)]
 
 
 def count_detections(scores: torch.Tensor, boxes: torch.Tensor, threshold: float, nms_iou: float) -> int:
@@ -47,17 +53,16 @@ class OwlViTDetector(Scorer):
     wants_class_labels = True
     outputs = ("count", "rationale")
 
+    @checked_args("scorer")
     def __init__(self, name: str = "owlvit", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 classes: list[str] | None = None, query_template: str = "a photo of a {}", threshold: float = 0.1,
-                 nms_iou: float = 0.3, batch_size: int = 16):
+                 classes: list[str] | None = None, query_template: str = "a photo of a {}", threshold: Unit = 0.1,
+                 nms_iou: Unit = 0.3, batch_size: PositiveInt = 16):
         from transformers import OwlViTForObjectDetection, OwlViTProcessor
 
         from raypref.models import check_model_ref
 
         super().__init__(name)
         check_template(query_template, f"scorer {name!r}", "query_template", "class")
-        if not 0.0 <= threshold <= 1.0 or not 0.0 <= nms_iou <= 1.0 or batch_size < 1:
-            raise ValueError(f"scorer {name!r}: threshold and nms_iou must be in [0, 1], batch_size >= 1")
         ref = check_model_ref(model, what=f"scorer {name!r} model")
         self.device = pick_device(num_gpus)
         self.processor = OwlViTProcessor.from_pretrained(ref)

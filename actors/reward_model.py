@@ -4,17 +4,19 @@ overall head; each aspect head adds a ``score_<name>_<aspect>`` column."""
 
 from __future__ import annotations
 
+from pydantic import PositiveInt
+
+from raypref.registry import checked_args
 from raypref.scoring import Scorer, pick_device
 
 
 class RewardModelScorer(Scorer):
-    def __init__(self, name: str = "reward", model: str = "", num_gpus: float = 0.0, batch_size: int = 64):
+    @checked_args("scorer")  # batch_size: a non-int or one below 1 failed range() in every batch
+    def __init__(self, name: str = "reward", model: str = "", num_gpus: float = 0.0, batch_size: PositiveInt = 64):
         from raypref.models import check_model_ref
         from raypref.reward_model import RewardModel
 
         super().__init__(name)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:  # else range() fails in every batch
-            raise ValueError(f"scorer {name!r}: args.batch_size must be an int >= 1, got {batch_size!r}")
         path = check_model_ref(model, what=f"scorer {name!r} model")
         self.batch_size = batch_size
         self.model = RewardModel.load(path, device=pick_device(num_gpus))

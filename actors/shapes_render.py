@@ -13,28 +13,30 @@ generator's. No model is loaded; the build's other generator columns are filled 
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import pyarrow as pa
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from actors.generators import append_samples, sample_columns, sample_seed
 from raypref import images as I
 from raypref import quarantine as Q
 from raypref import schema as S
+from raypref.registry import checked_args
+from raypref.shapes.render import PERTURBATIONS
+
+Kinds = Annotated[list[Literal[PERTURBATIONS]], Field(min_length=1)]
 
 
 class ShapesRenderGenerator:
     loads_model = False  # the build leaves generators[].model empty for it (raypref.build.generator_kwargs)
 
-    def __init__(self, name: str = "shapes-render", num_samples: int = 8, true_renders: int = 2,
-                 kinds: list[str] | None = None, seed: int = 0, width: int | None = None):
-        from raypref.shapes import PERTURBATIONS
-
-        if not 0 <= true_renders <= num_samples:
+    @checked_args("generator")
+    def __init__(self, name: str = "shapes-render", num_samples: PositiveInt = 8, true_renders: NonNegativeInt = 2,
+                 kinds: Kinds | None = None, seed: int = 0, width: PositiveInt | None = None):
+        if true_renders > num_samples:  # two args: beyond what one's annotation can say
             raise ValueError(f"generator {name!r}: true_renders must be in [0, num_samples={num_samples}], "
                              f"got {true_renders}")
-        unknown = set(kinds or ()) - set(PERTURBATIONS)
-        if unknown or kinds == []:
-            raise ValueError(f"generator {name!r}: kinds must be a non-empty subset of {list(PERTURBATIONS)}, "
-                             f"got {kinds}")
         self.name, self.n, self.true, self.seed = name, num_samples, true_renders, seed
         self.kinds = list(kinds or PERTURBATIONS)
         self.size = width or 32

@@ -16,7 +16,9 @@ The main score is the mean of the four aspects, after noise and rounding to whol
 from __future__ import annotations
 
 import numpy as np
+from pydantic import NonNegativeFloat
 
+from raypref.registry import checked_args
 from raypref.scoring import Scorer
 
 ASPECTS = ("prompt_following", "fidelity", "aesthetic", "harmlessness")
@@ -35,10 +37,9 @@ def _clean_fraction(image) -> float:
 class SimulatedShapesJudge(Scorer):
     outputs = (*ASPECTS, "rationale")
 
-    def __init__(self, name: str = "simjudge", noise: float = 0.0, seed: int = 0):
+    @checked_args("scorer")
+    def __init__(self, name: str = "simjudge", noise: NonNegativeFloat = 0.0, seed: int = 0):
         super().__init__(name)
-        if noise < 0:
-            raise ValueError(f"scorer {name!r}: noise must be >= 0, got {noise}")
         self.noise = noise
         self.rng = np.random.default_rng(seed)
 

@@ -27,9 +27,13 @@ attends to every question position, padding included).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import PositiveInt
 
+from raypref.registry import checked_args
 from raypref.scoring import Scorer
 from raypref.vqa_questions import ELEMENTS
 
@@ -37,17 +41,16 @@ from raypref.vqa_questions import ELEMENTS
 class TifaVQA(Scorer):
     outputs = (*ELEMENTS, "rationale")
 
+    @checked_args("scorer")
     def __init__(self, name: str = "tifa", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 questions: str = "template", answers: str = "choices", max_new_tokens: int = 10, num_beams: int = 1,
-                 batch_size: int = 32):
+                 questions: str = "template", answers: Literal["choices", "generate"] = "choices",
+                 max_new_tokens: PositiveInt = 10, num_beams: PositiveInt = 1, batch_size: PositiveInt = 32):
         from transformers import BlipForQuestionAnswering
 
         from actors.blip_common import load_blip
         from raypref.vqa_questions import QuestionCache, load_generator
 
         super().__init__(name)
-        if answers not in ("choices", "generate"):
-            raise ValueError(f"scorer {name!r}: answers must be 'choices' or 'generate', got {answers!r}")
         self.answers = answers
         try:  # before the model loads: a wrong generator path fails at once, naming the scorer
             generator = load_generator(questions)

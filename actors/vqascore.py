@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import PositiveInt
 
 from actors.tifa_vqa import TifaVQA
+from raypref.registry import checked_args
 
 DEFAULT_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 
@@ -29,8 +31,9 @@ DEFAULT_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 class VQAScore(TifaVQA):
     outputs = ("no", "rationale")
 
+    @checked_args("scorer")
     def __init__(self, name: str = "vqascore", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
-                 question_template: str = DEFAULT_QUESTION, batch_size: int = 32):
+                 question_template: str = DEFAULT_QUESTION, batch_size: PositiveInt = 32):
         from raypref.scoring import check_template
 
         check_template(question_template, f"scorer {name!r}", "question_template", "prompt")

@@ -6,8 +6,11 @@ by writing one class and naming its import path in a config, without touching ra
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import reprlib
+import types
 import typing
 
 GENERATORS = {
@@ -79,7 +82,19 @@ def resolve(name: str, kind: str | None = None, what: str | None = None) -> type
 
 
 def _type_text(t) -> str:
-    return t.__name__ if isinstance(t, type) and not typing.get_args(t) else str(t).replace("typing.", "")
+    """A type as a config's reader writes it: constraints (Annotated) left to the error's own words."""
+    origin, targs = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Annotated:
+        return _type_text(targs[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in targs)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in targs)
+    if origin is not None and targs:
+        return f"{_type_text(origin)}[{', '.join(_type_text(a) for a in targs)}]"
+    if t is type(None):
+        return "None"
+    return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
 
 
 _KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
@@ -91,16 +106,29 @@ def _kind(value) -> str:
     return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
-def check_arg_types(cls: type, args: dict, where: str) -> None:
-    """Each of ``args`` that ``cls.__init__`` annotates holds that type (pydantic, strict: a YAML "77" is no
-    int, and fails here naming its key rather than as a TypeError inside the actor). A parameter whose
-    annotation cannot be read (a class of one's own may name a type pydantic does not know) is left to
-    the class."""
+def _is_type_error(err: dict) -> bool:
+    """A pydantic error about the value's kind (a string for an int), not about a value of the right kind
+    (an int out of range, a string not among the choices)."""
+    return err["type"].endswith("_type") or err["type"] in ("none_required", "is_instance_of")
+
+
+def _hints(fn) -> dict | None:
+    try:
+        return typing.get_type_hints(fn, include_extras=True)  # extras: the Annotated constraints
+    except Exception:  # an annotation naming what its module does not import at run time
+        return None
+
+
+def check_arg_types(cls, args: dict, where: str) -> None:
+    """Each of ``args`` that ``cls.__init__`` (or the function ``cls``) annotates holds that type, and any
+    constraint the annotation declares (``Annotated[int, Field(ge=1)]``, ``Literal[...]``): pydantic, strict, so
+    a YAML "77" is no int, and a bad value fails here naming its key rather than inside the actor, under Ray.
+    A parameter whose annotation cannot be read (a class of one's own may name a type pydantic does not know)
+    is left to the class."""
     from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation naming what its module does not import at run time
+    hints = _hints(cls.__init__ if isinstance(cls, type) else cls)
+    if hints is None:
         return
     for key, value in args.items():
         if key not in hints:
@@ -114,8 +142,30 @@ def check_arg_types(cls: type, args: dict, where: str) -> None:
         except ValidationError as e:
             err = e.errors()[0]
             at = "".join(f".{p}" for p in err["loc"])
-            raise ValueError(f"{where}: args.{key}{at}: {err['msg']}, not {_kind(err['input'])} "
-                             f"(args.{key} takes {_type_text(hints[key])})") from None
+            if _is_type_error(err):
+                raise ValueError(f"{where}: args.{key}{at}: {err['msg']}, not {_kind(err['input'])} "
+                                 f"(args.{key} takes {_type_text(hints[key])})") from None
+            # a number, or a choice misspelt, is worth seeing; other text may be long or private
+            shown = isinstance(err["input"], (int, float)) or err["type"] == "literal_error"
+            got = f", got {reprlib.repr(err['input'])}" if shown else ""
+            raise ValueError(f"{where}: args.{key}{at}: {err['msg']}{got}") from None
+
+
+def checked_args(kind: str):
+    """Decorates an actor's ``__init__``: the arguments it is given are checked against its annotations
+    (check_arg_types), as the driver checks a config's args before Ray, so a constraint declared there holds
+    also for an actor built directly. ``kind`` ('scorer', 'generator') and the ``name`` argument name it."""
+    def wrap(init):
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def checked(self, *a, **kw):
+            bound = sig.bind(self, *a, **kw).arguments
+            name = bound.get("name", sig.parameters["name"].default if "name" in sig.parameters else type(self).__name__)
+            check_arg_types(init, {k: v for k, v in bound.items() if k != "self"}, f"{kind} {name!r}")
+            init(self, *a, **kw)
+        return checked
+    return wrap
 
 
 def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
