@@ -7,11 +7,12 @@ comes from the prompt (``raypref.prompt_nouns.detection_class``): with ``classes
 class named in the prompt (longest match, plural allowed), else the prompt's subject minus a
 leading article or count word ("a photo of a dog" -> "dog"). It is queried as
 ``query_template.format(class)`` ("a photo of a {}", the OWL-ViT paper's prompt), cut to the text
-encoder's 16 tokens when longer (a long prompt's subject).
+encoder's 16 tokens when longer (a long prompt's subject), which its rationale notes.
 
 Outputs: main score = the highest detection confidence (sigmoid of OWL-ViT's class logit over
 all predicted boxes, 0..1); aspect 'count' = detections with confidence >= ``threshold`` left
-after non-maximum suppression at IoU ``nms_iou``; rationale = the query and both numbers. A
+after non-maximum suppression at IoU ``nms_iou``; rationale = the query and both numbers, and
+'[query cut to its first 16 of N tokens]' where it was cut (the score is then the cut query's). A
 prompt with no class to look for gets NaN.
 
 On a cluster pass model='google/owlvit-base-patch32' (or owlvit-base-patch16 / owlvit-large-
@@ -81,6 +82,13 @@ class OwlViTDetector(Scorer):
         sizes = [(im.height, im.width) for im in images]
         return self.processor.post_process_grounded_object_detection(outputs, threshold=0.0, target_sizes=sizes)
 
+    def cut_note(self, query: str) -> str:
+        """'' for a query that fits the text encoder's positions; else a note for the rationale that detect cut
+        it, so a detection of its first part alone is not taken for the whole query's."""
+        limit = self.model.config.text_config.max_position_embeddings
+        n = len(self.processor.tokenizer(query, verbose=False)["input_ids"])  # verbose: no warning of the length
+        return f" [query cut to its first {limit} of {n} tokens]" if n > limit else ""
+
     def score(self, images, prompts, class_labels=None):
         from raypref.prompt_nouns import detection_class
 
@@ -97,5 +105,6 @@ class OwlViTDetector(Scorer):
                 scores, boxes = r["scores"].float().cpu(), r["boxes"].float().cpu()
                 best[i] = float(scores.max()) if scores.numel() else 0.0
                 count[i] = count_detections(scores, boxes, self.threshold, self.nms_iou)
-                reasons[i] = f"{query!r}: best {best[i]:.3f}, {int(count[i])} box(es) >= {self.threshold:g} after NMS"
+                reasons[i] = (f"{query!r}: best {best[i]:.3f}, {int(count[i])} box(es) >= {self.threshold:g} after NMS"
+                              f"{self.cut_note(query)}")
         return {"": best, "count": count, "rationale": reasons}

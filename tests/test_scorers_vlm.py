@@ -397,6 +397,14 @@ def test_owlvit_cuts_a_query_longer_than_its_text_positions(tiny_path):
     assert np.isfinite(out[""]).all() and np.isfinite(out["count"]).all()
     assert out[""][1] == pytest.approx(det.score(imgs[1:], ["a photo of a dog"])[""][0], abs=1e-6)  # a short one as before
     assert out[""][0] == pytest.approx(det.score(imgs[:1], [long + " and more words after the cut"])[""][0], abs=1e-6)
+    # and the rationale says so, with the query's whole length; a query that fits gets no note
+    from raypref.prompt_nouns import detection_class
+
+    query = det.template.format(detection_class(long, None))
+    n = len(det.processor.tokenizer(query, verbose=False)["input_ids"])
+    assert n > 16 and out["rationale"][0].startswith(repr(query))
+    assert out["rationale"][0].endswith(f" after NMS [query cut to its first 16 of {n} tokens]")
+    assert out["rationale"][1].endswith(" after NMS")
 
 def _face(size: int = 100) -> Image.Image:
     """A drawn face: light oval, dark brows, eyes and mouth, lighter nose (what Haar features look for)."""
