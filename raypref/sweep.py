@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from raypref.config import Config, ConfigError, SweepConf, _set_dotted, validate, write_run_meta
-from raypref.metrics import json_text
+from raypref.metrics import finite_or_null, json_text
 from raypref.resume import write_atomic
 
 STAGE = "sweep"
@@ -332,7 +332,7 @@ def _point_config(pcfg: Config) -> dict:
     so that adding a metric or changing the plot reruns nothing."""
     data = pcfg.model_dump(mode="json")
     data.pop("sweep", None)
-    return data
+    return finite_or_null(data)  # as result.json records it: a NaN setting reads back as null, and still matches
 
 
 def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, fns: dict) -> dict:
@@ -347,7 +347,7 @@ def run_point(name: str, point: dict, pcfg: Config, pconf: dict, sw: SweepConf, 
               "started": round(t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "config": pconf,
               "stages": list(sw.stages)}
     (d / ERROR_FILE).unlink(missing_ok=True)
-    write_atomic(d / RESULT_FILE, json.dumps(result, indent=2) + "\n")  # a crash mid-write must not read as done
+    write_atomic(d / RESULT_FILE, json_text(result))  # a crash mid-write must not read as done
     return result
 
 
@@ -459,7 +459,7 @@ def run_sweep(cfg: Config) -> dict:
     plots = write_results([rows[i] for i in sorted(rows)], out, sw)
     summary = {"points": len(points), "ran": len(points) - resumed - len(failed), "resumed": resumed,
                "failed": failed, "plots": plots, "seconds": round(time.time() - t0, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json_text(summary))
     print(f"[sweep] {len(points)} points ({summary['ran']} ran, {resumed} done before, {len(failed)} failed) "
           f"in {summary['seconds']}s -> {out}/results.md" + (f", plots {', '.join(plots)}" if plots else ""), flush=True)
     if failed:

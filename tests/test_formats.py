@@ -948,3 +948,17 @@ def test_relabel_extends_with_a_larger_limit_and_refuses_a_changed_input(ray_ses
     write_pickapic_file(f, pairs[:2] + [("p2", noisy, flat32, 0.0, "f2", "n2", "m", "m")])  # a row fixed in place
     with pytest.raises(ValueError, match=r"relabel: .* other settings \(relabel\.input_files: '\w+' -> '\w+'\)"):
         run_relabel(cfg())
+
+
+def test_an_exports_json_list_writes_nan_and_infinities_as_null(tmp_path):
+    # json.dumps wrote a bare NaN, which is no JSON; the formats' reader takes null
+    from raypref.formats._common import JsonListWriter, read_json_list
+
+    with JsonListWriter(tmp_path / "out.json") as out:
+        out.add({"prompt": "a red circle", "score": float("nan"), "ratings": [1.5, float("inf"), -float("inf")]})
+        out.add({"prompt": "two squares", "score": 0.25, "ratings": []})
+    text = (tmp_path / "out.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}")) == read_json_list(tmp_path / "out.json", "t")
+    assert read_json_list(tmp_path / "out.json", "t") == [
+        {"prompt": "a red circle", "score": None, "ratings": [1.5, None, None]},
+        {"prompt": "two squares", "score": 0.25, "ratings": []}]

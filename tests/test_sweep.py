@@ -581,3 +581,21 @@ def test_two_move_asides_of_a_point_in_one_second_keep_both(tmp_path, monkeypatc
     assert [k.name for k in kept] == ["p.replaced-20260101-000000", "p.replaced-20260101-000000-2",
                                       "p.replaced-20260101-000000-3"]
     assert [(k / "result.json").read_text() for k in kept] == ["0", "1", "2"] and not d.exists()
+
+
+def test_a_nan_setting_is_written_as_null_in_the_points_result_and_the_point_still_resumes(tmp_path, capsys):
+    # a grid value (or any config value) of NaN: json.dumps wrote a bare NaN, which is no JSON (jq and JavaScript
+    # reject it), and read back NaN != NaN, so the point's config never matched and it ran again from scratch
+    pairs = _write_pairs(tmp_path)
+    cfg = _sweep_cfg(tmp_path, pairs, grid={"rank.top_p": [0.5], "train.refl.margin": [float("nan")]})
+    assert run_sweep(cfg)["ran"] == 1
+    out = tmp_path / "run" / "sweep"
+    strict = {"parse_constant": lambda c: pytest.fail(f"bare {c}")}
+    (point,) = (out / "points").iterdir()
+    result = json.loads((point / "result.json").read_text(), **strict)
+    assert result["overrides"] == {"rank.top_p": 0.5, "train.refl.margin": None}
+    assert result["config"]["train"]["refl"]["margin"] is None
+    assert json.loads((out / "summary.json").read_text(), **strict)["ran"] == 1
+    rerun = run_sweep(cfg)
+    assert rerun["resumed"] == 1 and rerun["ran"] == 0
+    assert "runs from scratch" not in capsys.readouterr().out
