@@ -355,7 +355,8 @@ def run_train_dpo(cfg: Config) -> dict:
     loop_cfg = {**t.dump(), "base_model": base, "method": "dpo"}
     t0 = time.time()
     name = export_name(t.finetune)
-    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", name, out / name, datasets={"train": ds})
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "dpo", name, out / name, datasets={"train": ds},
+                             section="train")
     summary = {
         "pairs": n_pairs,
         "ties_left_out": ties,

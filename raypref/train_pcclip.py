@@ -335,7 +335,8 @@ def run_train_pcclip(cfg: Config) -> dict:
                 "heldout_rows": {c: [r[c] for r in held] for c in (S.SAMPLE_ID, S.PROMPT, S.IMAGE)}}
     export = Path(p.export_dir) if p.export_dir else out / MODEL_DIR
     t0 = time.time()
-    history = fit_and_export(pcclip_loop, p, loop_cfg, out, STAGE, MODEL_DIR, export, datasets={"train": train})
+    history = fit_and_export(pcclip_loop, p, loop_cfg, out, STAGE, MODEL_DIR, export, datasets={"train": train},
+                             section=STAGE)
     evals = [h for h in history if "heldout_diff_retrieval" in h]
     losses = [h["loss"] for h in history if "loss" in h]
     summary = {

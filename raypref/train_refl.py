@@ -189,7 +189,8 @@ def run_train_refl(cfg: Config) -> dict:
     loop_cfg = {**t.dump(), "method": "refl", "base_model": base, "refl": refl}
     t0 = time.time()
     name = export_name(t.finetune)
-    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "refl", name, out / name, datasets=datasets)
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "refl", name, out / name, datasets=datasets,
+                             section="train")
     rewards = first_last_means([h["reward"] for h in history])
     summary = {
         "method": "refl",

@@ -389,7 +389,7 @@ def run_train_reward(cfg: Config) -> dict:
     export = Path(r.export_dir) if r.export_dir else out / MODEL_DIR
     t0 = time.time()
     history = fit_and_export(reward_loop, r, loop_cfg, out, STAGE, MODEL_DIR, export,
-                             datasets={"train": train, "eval": held})
+                             datasets={"train": train, "eval": held}, section=STAGE)
     steps = [h for h in history if h["step"] > 0 and "loss" in h]
     evals = [h for h in history if "eval_loss" in h]
     summary = {

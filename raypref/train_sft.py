@@ -139,7 +139,8 @@ def run_train_sft(cfg: Config) -> dict:
     loop_cfg = {**t.dump(), "method": "sft", "base_model": base}
     t0 = time.time()
     name = export_name(t.finetune)
-    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", name, out / name, datasets={"train": ds})
+    history = fit_and_export(train_loop_per_worker, t, loop_cfg, out, "sft", name, out / name, datasets={"train": ds},
+                             section="train")
     summary = {
         "method": "sft",
         "finetune": t.finetune,

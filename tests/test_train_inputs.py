@@ -1,5 +1,6 @@
 """The training stages check their inputs before they start Ray, and refuse a worker count the data
-cannot feed before Ray Train starts (a worker with no rows would fail only once it had loaded its model)."""
+cannot feed before Ray Train starts (a worker with no rows would fail only once it had loaded its model),
+or one that, with the data it streams, does not fit the Ray (it would wait for ever)."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -125,3 +126,58 @@ def test_reward_and_pcclip_refuse_a_users_export_dir_before_ray(tmp_path, no_ray
     with pytest.raises(ValueError, match=rf"pcclip.export_dir: {mine} is a directory raypref did not export to"):
         run_train_pcclip(cfg)
     assert (mine / "keep.txt").read_text() == "a user's folder"
+
+
+@pytest.fixture
+def fit_reached(monkeypatch):
+    """Ray Train's fit raises this instead of training: what is checked before it must come first (a Ray
+    that cannot feed the workers would otherwise wait for ever)."""
+    from ray.train.torch import TorchTrainer
+
+    class FitReached(Exception):
+        pass
+
+    def fit(self):
+        raise FitReached
+
+    monkeypatch.setattr(TorchTrainer, "fit", fit)
+    return FitReached
+
+
+def test_workers_and_streamed_data_must_fit_the_ray_before_training(ray_session, tmp_path, tiny_sd, fit_reached,
+                                                                   monkeypatch, capsys):
+    # the session's Ray has 8 CPUs; data that streams (cache_*_max_mb=0) runs Ray Data read tasks, 1 CPU each,
+    # while the workers hold theirs: with none left over they would wait for ever for their first batch, and
+    # workers that alone do not fit would never start
+    from raypref import session
+    from raypref.config import ConfigError
+    from raypref.train_dpo import run_train_dpo
+    from raypref.train_reward import run_train_reward
+
+    synthetic_pairs(tmp_path / "pairs")
+    both = [str(tmp_path / "pairs" / "a"), str(tmp_path / "pairs" / "b")]
+    assert session.started_here()
+    with pytest.raises(ConfigError, match=r"^reward: the training workers and the data they stream need 9 CPUs "
+                                          r"at once \(reward.num_workers x reward.cpus_per_worker = 8 x 1, and a "
+                                          r"read task 1 for the datasets eval, train, read from the files as training "
+                                          r"goes\) where this Ray has 8: .*Lower reward.num_workers or "
+                                          r"reward.cpus_per_worker .*raise ray.num_cpus .*raise "
+                                          r"reward.cache_pairs_max_mb above its size"):
+        run_train_reward(reward_cfg(tmp_path / "r1", both, num_workers=8, cache_pairs_max_mb=0))
+    with pytest.raises(ConfigError, match=r"^dpo: .* need 8.5 CPUs at once \(train.num_workers x "
+                                          r"train.cpus_per_worker = 5 x 1.5, and a read task 1 for the dataset "
+                                          r"train, read "):
+        run_train_dpo(_train_cfg(tmp_path / "d1", tiny_sd, pairs=both[0], num_workers=5, cpus_per_worker=1.5,
+                                 cache_pairs_max_mb=0))
+    with pytest.raises(fit_reached):  # 7 workers leave the read task its CPU
+        run_train_dpo(_train_cfg(tmp_path / "d2", tiny_sd, pairs=both[0], num_workers=7, cache_pairs_max_mb=0))
+    with pytest.raises(fit_reached):  # held in the object store, the data runs no task beside the workers
+        run_train_reward(reward_cfg(tmp_path / "r2", both, num_workers=8))
+    with pytest.raises(ConfigError, match=r"^reward: the training workers need 9 CPUs at once \(reward.num_workers x "
+                                          r"reward.cpus_per_worker = 9 x 1\) where this Ray has 8: they would never "
+                                          r"start.*raise ray.num_cpus \([^;]*$"):  # no cache key: it would not help
+        run_train_reward(reward_cfg(tmp_path / "r3", both, num_workers=9))
+    monkeypatch.setenv(session.LOCAL_RAY_ENV, "0")  # a joined cluster's autoscaler may add nodes: a warning only
+    with pytest.raises(fit_reached):
+        run_train_dpo(_train_cfg(tmp_path / "d3", tiny_sd, pairs=both[0], num_workers=8, cache_pairs_max_mb=0))
+    assert "[ray] warning: dpo: the training workers and the data they stream need 9 CPUs" in capsys.readouterr().out

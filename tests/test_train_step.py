@@ -332,7 +332,7 @@ def test_a_failed_worker_is_restarted_from_the_latest_checkpoint_when_asked(ray_
         out.mkdir(parents=True)
         scale = SimpleNamespace(num_workers=1, use_gpu=False, cpus_per_worker=1.0, max_failures=max_failures)
         return fit_and_export(flaky_loop, scale, {"marker": str(tmp_path / where / "marker")}, out, "flaky", "model",
-                              out / "model"), out
+                              out / "model", section="flaky"), out
 
     # the first attempt checkpoints step 1 and dies; the restart resumes there and runs step 2
     hist, out = run("restarted", 1)

@@ -87,7 +87,7 @@ def run_pretrain_clip(cfg: Config) -> dict:
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip")
     t0 = time.time()
-    history = fit_and_export(clip_loop, p, p.model_dump(), out, "clip", MODEL_DIR, export)
+    history = fit_and_export(clip_loop, p, p.model_dump(), out, "clip", MODEL_DIR, export, section="pretrain.clip")
     losses = [h["loss"] for h in history]
     summary = {
         "what": "clip",

@@ -171,7 +171,7 @@ def run_pretrain_t2i(cfg: Config) -> dict:
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i")
     t0 = time.time()
-    history = fit_and_export(t2i_loop, p, p.model_dump(), out, "t2i", PIPELINE_DIR, export)
+    history = fit_and_export(t2i_loop, p, p.model_dump(), out, "t2i", PIPELINE_DIR, export, section="pretrain.t2i")
     vae_losses = [h["vae_loss"] for h in history if "vae_loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
     summary = {
