@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from raypref.registry import checked_args
-from raypref.scoring import Scorer, check_template, pick_device
+from raypref.scoring import Scorer, check_template, cut_note, pick_device
 
 Unit = Annotated[float, Field(ge=0, le=1)]
 
@@ -83,11 +83,8 @@ class OwlViTDetector(Scorer):
         return self.processor.post_process_grounded_object_detection(outputs, threshold=0.0, target_sizes=sizes)
 
     def cut_note(self, query: str) -> str:
-        """'' for a query that fits the text encoder's positions; else a note for the rationale that detect cut
-        it, so a detection of its first part alone is not taken for the whole query's."""
-        limit = self.model.config.text_config.max_position_embeddings
-        n = len(self.processor.tokenizer(query, verbose=False)["input_ids"])  # verbose: no warning of the length
-        return f" [query cut to its first {limit} of {n} tokens]" if n > limit else ""
+        """The rationale's note where detect cuts ``query`` (raypref.scoring.cut_note)."""
+        return cut_note(self.processor.tokenizer, query, self.model.config.text_config.max_position_embeddings, "query")
 
     def score(self, images, prompts, class_labels=None):
         from raypref.prompt_nouns import detection_class
@@ -98,6 +95,8 @@ class OwlViTDetector(Scorer):
         reasons = ["no object class found in the prompt"] * n
         todo = [(i, c) for i, c in ((i, _label_class(lab) or detection_class(p, self.classes))
                                     for i, (p, lab) in enumerate(zip(prompts, labels))) if c]
+        # a batch often asks one query of many images: each tokenized once, for the rationale's note
+        notes = {q: self.cut_note(q) for q in {self.template.format(c) for _, c in todo}}
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             queries = [self.template.format(c) for _, c in chunk]
@@ -106,5 +105,5 @@ class OwlViTDetector(Scorer):
                 best[i] = float(scores.max()) if scores.numel() else 0.0
                 count[i] = count_detections(scores, boxes, self.threshold, self.nms_iou)
                 reasons[i] = (f"{query!r}: best {best[i]:.3f}, {int(count[i])} box(es) >= {self.threshold:g} after NMS"
-                              f"{self.cut_note(query)}")
+                              f"{notes[query]}")
         return {"": best, "count": count, "rationale": reasons}

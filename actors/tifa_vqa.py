@@ -34,7 +34,7 @@ import torch
 from pydantic import PositiveInt
 
 from raypref.registry import checked_args
-from raypref.scoring import Scorer
+from raypref.scoring import Scorer, cut_note
 from raypref.vqa_questions import ELEMENTS
 
 
@@ -68,11 +68,9 @@ class TifaVQA(Scorer):
                                         max_length=self.model.config.text_config.max_position_embeddings)
 
     def cut_note(self, question: str) -> str:
-        """'' for a question that fits the text encoder's positions; else a note for the rationale that
-        question_tokens cut it, so a score read from its first part alone is not taken for the whole's."""
-        limit = self.model.config.text_config.max_position_embeddings
-        n = len(self.processor.tokenizer(question, verbose=False)["input_ids"])  # verbose: no warning of the length
-        return f" [question cut to its first {limit} of {n} tokens]" if n > limit else ""
+        """The rationale's note where question_tokens cuts ``question`` (raypref.scoring.cut_note)."""
+        return cut_note(self.processor.tokenizer, question, self.model.config.text_config.max_position_embeddings,
+                        "question")
 
     @torch.no_grad()
     def answer(self, pixel_values: torch.Tensor, question: str) -> list[str]:

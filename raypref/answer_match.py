@@ -60,7 +60,7 @@ def token_f1(candidate: str, reference: str) -> tuple[float, float, float]:
     as multisets as in SQuAD's token F1 (Rajpurkar et al., 2016): overlap = |C ∩ R|,
     P = overlap/|C|, R = overlap/|R|, F1 = 2PR/(P+R); 0 where a side is empty or nothing overlaps."""
     cand, ref = Counter(content_tokens(candidate)), Counter(content_tokens(reference))
-    overlap = sum((cand & ref).values())  # Rajpurkar et al. 2016 (SQuAD), token F1 from here on
+    overlap = sum((cand & ref).values())  # SQuAD token F1 (Rajpurkar et al. 2016)
     if overlap == 0:
         return 0.0, 0.0, 0.0
     p = overlap / sum(cand.values())

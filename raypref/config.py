@@ -742,24 +742,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(data, source=str(path), overrides=given)
 
 
+def _section_model(annotation) -> type[BaseModel] | None:
+    """The config section model a field's annotation holds: list[X], X | None, Annotated[X, ...] unwrapped
+    to X; None where it holds none (a dict of free args, a plain value)."""
+    import typing
+
+    todo = [annotation]
+    while todo:
+        t = todo.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+        todo.extend(typing.get_args(t))
+    return None
+
+
 def _field(model: type[BaseModel] | None, loc):
     """The field that following ``loc`` (list indices skipped) from ``model`` reaches, or None where the
     path leaves the typed models (a dict of free args)."""
-    import typing
-
     field = None
     for part in loc:
         if isinstance(part, int) or str(part).isdigit():
             continue
         if field is not None:
-            todo, model = [field.annotation], None
-            while todo:  # unwrap list[X], X | None, Annotated[X, ...] to the section's model
-                t = todo.pop()
-                if isinstance(t, type) and issubclass(t, BaseModel):
-                    model = t
-                    break
-                todo.extend(typing.get_args(t))
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+            model = _section_model(field.annotation)
+        field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return None
     return field
@@ -777,18 +783,10 @@ def _is_list_key(loc: list[str]) -> bool:
 def _field_names(model: type[BaseModel], loc) -> list[str]:
     """The keys a config section takes, the section found by following ``loc`` from ``model`` (list
     indices skipped); [] where the path leaves the typed models (a dict of free args)."""
-    import typing
-
     if not loc:
         return list(model.model_fields)
     field = _field(model, loc)
-    todo, section = [field.annotation] if field is not None else [], None
-    while todo:
-        t = todo.pop()
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            section = t
-            break
-        todo.extend(typing.get_args(t))
+    section = _section_model(field.annotation) if field is not None else None
     return list(section.model_fields) if section is not None else []
 
 

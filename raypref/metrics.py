@@ -20,10 +20,15 @@ def finite_or_null(value: Any) -> Any:
     return value
 
 
+def strict_json(value: Any, **kw) -> str:
+    """``value`` as JSON, NaN and infinities as null: json.dumps would write a bare NaN, which is not JSON
+    (jq, JavaScript and strict parsers reject it). ``kw``: json.dumps's own (indent, ensure_ascii)."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **kw)
+
+
 def json_text(value: Any) -> str:
-    """A summary or metrics file's JSON, NaN and infinities as null: json.dumps would write a bare NaN,
-    which is not JSON (jq, JavaScript and strict parsers reject it)."""
-    return json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n"
+    """A summary or metrics file's JSON, indented, NaN and infinities as null (strict_json)."""
+    return strict_json(value, indent=2) + "\n"
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96, deff: float = 1.0) -> tuple[float, float]:

@@ -137,7 +137,7 @@ def fit_saturating_power_law(x, y, sigma=None, b_range: tuple[float, float] = (-
     (c, a), _ = _linear_ca(t**b, y, w)
     # Jacobian of the model in (c, a, b), weighted, at the optimum
     J = np.stack([np.ones_like(t), t**b, a * t**b * np.log(t)], axis=1) * w[:, None]
-    resid = (c + a * t**b - y) * w  # Hoffmann et al. 2022, Eq. 2, data term
+    resid = (c + a * t**b - y) * w  # least squares on the model above (Hoffmann et al. fit Eq. 2 with a Huber loss)
     se = _stderr(J, resid, absolute=sigma is not None)
     fit = Fit("saturating_power_law", {"c": float(c), "a": float(a), "b": b},
               {"c": se[0], "a": se[1], "b": se[2]}, len(x), 0.0, x0=x0)

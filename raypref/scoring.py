@@ -136,6 +136,14 @@ def check_template(template: str, where: str, key: str, fills: str) -> None:
         raise ValueError(f"{where}: {key} {template!r} needs a '{{}}' for the {fills}, once (other braces doubled: '{{{{')")
 
 
+def cut_note(tokenizer, text: str, limit: int, what: str) -> str:
+    """'' for a ``text`` that fits a text encoder's ``limit`` positions; else the rationale's note that it
+    was cut to them (``what``: "question", "query"), so a score of its first part alone is not taken for
+    the whole's."""
+    n = len(tokenizer(text, verbose=False)["input_ids"])  # verbose: no warning of the length
+    return f" [{what} cut to its first {limit} of {n} tokens]" if n > limit else ""
+
+
 def pick_device(num_gpus: float = 0.0) -> str:
     import torch
 

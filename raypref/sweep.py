@@ -432,7 +432,7 @@ def run_sweep(cfg: Config) -> dict:
 
     def fail(i: int, name: str, point: dict, err: str):
         failed.append(name)
-        rows[i] = {"point": name, **point, "status": "failed", "seconds": None}
+        rows[i] = finite_or_null({"point": name, **point, "status": "failed", "seconds": None})
         say(i, name, f"FAILED ({err}); see {Path(cfg.output_dir) / STAGE / 'points' / name / ERROR_FILE}")
 
     for i, name, point, pcfg, pconf, prior, why, stale in plan:
@@ -469,8 +469,9 @@ def run_sweep(cfg: Config) -> dict:
 
 
 def _row(result: dict, status: str) -> dict:
-    return {"point": result["point"], **result["overrides"], **result["metrics"], "status": status,
-            "seconds": result["seconds"]}
+    # a point run now holds NaN where one read back from result.json holds null: one spelling in the table
+    return finite_or_null({"point": result["point"], **result["overrides"], **result["metrics"], "status": status,
+                           "seconds": result["seconds"]})
 
 
 def _fmt(v: float) -> str:

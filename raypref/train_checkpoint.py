@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from raypref.metrics import finite_or_null
+from raypref.metrics import strict_json
 from raypref.parquet_read import parquet_mb
 
 STATE_FILE = "train_state.json"
@@ -73,12 +73,13 @@ def _removing_resume_copies(loop: Callable) -> Callable:
 def history_line(metrics: dict) -> str:
     """One step's metrics as a line of strict JSON, NaN and infinities as null: json.dumps would write
     a bare NaN (a loss over no pair, say), which jq and other strict readers reject."""
-    return json.dumps(finite_or_null(metrics), allow_nan=False) + "\n"
+    return strict_json(metrics) + "\n"
 
 
 def read_history(path: Path) -> list[dict]:
     """The steps of a metrics.jsonl, a null metric read back as NaN: the loops and the summaries
-    compute with NaN as they had it, and a mean over a None would fail."""
+    compute with NaN as they had it, and a mean over a None would fail. A step's metrics are flat and
+    numeric (every null is a number that was not finite); keep them so."""
     return [{k: float("nan") if v is None else v for k, v in json.loads(x).items()}
             for x in path.read_text().splitlines() if x]
 
@@ -195,8 +196,9 @@ def check_workers_fit(scale, datasets: dict, section: str, name: str) -> None:
     dpo streaming with 2 workers x 1 CPU never reached a step in 180 s, pcclip with 2 x 0.75 neither in
     240 s; with 1 worker each finished, and materialised each finished with 2 workers. Workers that
     alone do not fit (3 x 1) never start: Ray Train retries their start every 60 s without end. Ray
-    Train's controller, its dataset manager and Ray Data's split coordinator ask for no CPU. An error
-    on a Ray raypref started here (session.started_here); a warning elsewhere: a joined cluster's
+    Train's controller (Train V2, Ray 2.60's default), its dataset manager and Ray Data's split coordinator
+    ask for no CPU. With ``use_gpu`` each worker holds a GPU: more workers than GPUs never start either.
+    An error on a Ray raypref started here (session.started_here); a warning elsewhere: a joined cluster's
     autoscaler may add nodes. ``section`` names the config keys in the message."""
     import ray
     from ray.data.dataset import MaterializedDataset
@@ -208,6 +210,12 @@ def check_workers_fit(scale, datasets: dict, section: str, name: str) -> None:
     streamed = sorted(k for k, ds in datasets.items() if not isinstance(ds, MaterializedDataset))
     need = scale.num_workers * scale.cpus_per_worker + (READ_TASK_CPUS if streamed else 0.0)
     have = ray.cluster_resources().get("CPU", 0.0)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if getattr(scale, "use_gpu", False) and scale.num_workers > gpus + 1e-9:
+        _refuse_or_warn(f"{name}: {section}.use_gpu gives each of the {section}.num_workers = {scale.num_workers} "
+                        f"workers a GPU, where this Ray has {gpus:g}: they would never start, and Ray Train would "
+                        f"wait for them for ever. Lower {section}.num_workers, or set {section}.use_gpu=false",
+                        session.started_here(), ConfigError)
     if need <= have + 1e-9:
         return
     workers = (f"{section}.num_workers x {section}.cpus_per_worker = {scale.num_workers} x "
@@ -226,10 +234,14 @@ def check_workers_fit(scale, datasets: dict, section: str, name: str) -> None:
            "raise ray.num_cpus (logical slots: more than the machine's cores oversubscribes it, as the shipped "
            "configs do)" + (f"; or, for data on local disk, raise {cache[0]} above its size, so that it is read once "
                             "into Ray's object store" if streamed and cache else ""))
-    if not session.started_here():
-        print(f"[ray] warning: {msg}; it goes on, in case the cluster's autoscaler adds nodes", flush=True)
-    else:
-        raise ConfigError(msg)
+    _refuse_or_warn(msg, session.started_here(), ConfigError)
+
+
+def _refuse_or_warn(msg: str, local: bool, error: type[Exception]) -> None:
+    """Raise on a Ray raypref started here; elsewhere warn, as a joined cluster's autoscaler may add nodes."""
+    if local:
+        raise error(msg)
+    print(f"[ray] warning: {msg}; it goes on, in case the cluster's autoscaler adds nodes", flush=True)
 
 
 def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,

@@ -149,6 +149,8 @@ def test_workers_and_streamed_data_must_fit_the_ray_before_training(ray_session,
     # the session's Ray has 8 CPUs; data that streams (cache_*_max_mb=0) runs Ray Data read tasks, 1 CPU each,
     # while the workers hold theirs: with none left over they would wait for ever for their first batch, and
     # workers that alone do not fit would never start
+    import ray
+
     from raypref import session
     from raypref.config import ConfigError
     from raypref.train_dpo import run_train_dpo
@@ -177,6 +179,12 @@ def test_workers_and_streamed_data_must_fit_the_ray_before_training(ray_session,
                                           r"reward.cpus_per_worker = 9 x 1\) where this Ray has 8: they would never "
                                           r"start.*raise ray.num_cpus \([^;]*$"):  # no cache key: it would not help
         run_train_reward(reward_cfg(tmp_path / "r3", both, num_workers=9))
+    # one GPU worker more than the Ray has GPUs (none here) would never be placed
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    with pytest.raises(ConfigError, match=rf"^dpo: train.use_gpu gives each of the train.num_workers = {gpus + 1} "
+                                          rf"workers a GPU, where this Ray has {gpus}: they would never start.*"
+                                          r"train.use_gpu=false$"):
+        run_train_dpo(_train_cfg(tmp_path / "d4", tiny_sd, pairs=both[0], use_gpu=True, num_workers=gpus + 1))
     monkeypatch.setenv(session.LOCAL_RAY_ENV, "0")  # a joined cluster's autoscaler may add nodes: a warning only
     with pytest.raises(fit_reached):
         run_train_dpo(_train_cfg(tmp_path / "d3", tiny_sd, pairs=both[0], num_workers=8, cache_pairs_max_mb=0))

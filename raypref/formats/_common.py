@@ -19,7 +19,7 @@ from PIL import Image
 
 from raypref import quarantine as Q
 from raypref import schema as S
-from raypref.metrics import finite_or_null
+from raypref.metrics import strict_json
 from raypref.resume import swap_in
 
 log = logging.getLogger(__name__)
@@ -405,7 +405,7 @@ class JsonListWriter:
 
     def add(self, record: dict) -> None:
         # strict JSON, as raypref's other files: a bare NaN is no JSON (jq and JavaScript reject the file)
-        self.f.write(("," if self.n else "") + "\n" + json.dumps(finite_or_null(record), ensure_ascii=False, allow_nan=False))
+        self.f.write(("," if self.n else "") + "\n" + strict_json(record, ensure_ascii=False))
         self.n += 1
 
     def __enter__(self):
