@@ -930,7 +930,7 @@ def _shown(flat: dict, k: str) -> str:
     return repr(str(flat[k])[:60]) if k in flat else "(not set)"
 
 
-def settings_changed(record: Path, settings: dict, ignore=(), added=()) -> str | None:
+def settings_changed(record: Path, settings: dict, ignore=(), added=(), write: bool = True) -> str | None:
     """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ...",
     a key one side lacks shown as "(not set)"), or None when they are the same or nothing was recorded
     (work from before records were kept).
@@ -942,7 +942,8 @@ def settings_changed(record: Path, settings: dict, ignore=(), added=()) -> str |
     before cannot compare: the dotted keys such a record lacks (nor any key under them), or
     {key: the value such a record holds there} where the key's value was once worked out otherwise
     (NOT_RECORDED: lacks it). A record made before one is compared without it, once: when nothing else
-    changed, the record gains this run's value of it, so the next rerun compares it."""
+    changed, the record gains this run's value of it, so the next rerun compares it; with ``write`` False
+    (a check that must leave everything as it found it) it does not, and a later call with ``write`` does."""
     if not record.is_file():
         return None
     recorded = json.loads(record.read_text())
@@ -950,7 +951,7 @@ def settings_changed(record: Path, settings: dict, ignore=(), added=()) -> str |
     earlier = _earlier(theirs, added)
     changed = changed_keys(_without(theirs, earlier), _without(mine, earlier))
     if not changed:
-        if earlier:
+        if earlier and write:
             from raypref.resume import write_atomic
 
             now = {**_without(recorded, earlier), **{k: v for k, v in mine.items() if _under(k, earlier)}}

@@ -21,6 +21,7 @@ large dataset streams instead of being scored in one process.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import shutil
 import time
@@ -35,7 +36,7 @@ from raypref import schema as S
 from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
-from raypref.resume import actor_settings, checkpointed, fingerprint, set_aside_torn, untracked_keys, write_atomic
+from raypref.resume import actor_settings, checkpointed, fingerprint, is_torn, set_aside_torn, untracked_keys, write_atomic
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
@@ -114,9 +115,12 @@ def _write_json(path: Path, value: dict) -> None:
 KEYS_FILE = "pairs_keys.parquet"
 
 
-def _staged_input(cfg: Config, out: Path) -> tuple[dict, str | None, bool]:
-    """(this input's settings, how they differ from those the pairs in <out> were staged from, whether
-    the staged keys are this input's). Stat only: no pair is read."""
+InputSettings = Callable[[], tuple[dict, dict]]  # _input_settings of a run, worked out once (run_accuracy)
+
+
+def _input_settings(cfg: Config, out: Path) -> tuple[dict, dict]:
+    """(this input's settings, settings_changed's ``added`` for a record made before they held every file
+    the format reads). Stat only, no pair is read, but every file is stat'ed (an HPD v2 image folder's too)."""
     a = cfg.accuracy
     from raypref.formats import input_fingerprint
 
@@ -127,36 +131,46 @@ def _staged_input(cfg: Config, out: Path) -> tuple[dict, str | None, bool]:
     # input path alone: while that still matches, the input is the same (its images were not counted
     # then, so cannot be compared now); the record then gains every file the format reads
     then = fingerprint(a.pairs)
-    changed = settings_changed(out / STAGED_FILE, mine, added={"accuracy.files": then} if then is not None else {})
+    return mine, {"accuracy.files": then} if then is not None else {}
+
+
+def _staged_input(cfg: Config, out: Path, seen: InputSettings | None, write: bool) -> tuple[dict, str | None, bool]:
+    """(this input's settings, how they differ from those the pairs in <out> were staged from, whether
+    the staged keys are this input's). ``seen``: the input's settings if already worked out. ``write``
+    False leaves an older record without every file the format reads as it is (settings_changed)."""
+    mine, added = seen() if seen is not None else _input_settings(cfg, out)
+    changed = settings_changed(out / STAGED_FILE, mine, added=added, write=write)
     same = all((out / f).is_file() for f in (STAGED_FILE, KEYS_FILE, STAGED_COUNTS)) and changed is None
     return mine, changed, same
 
 
-def stored_in_full(cfg: Config, out: Path) -> Callable[[ScorerConf], bool]:
+def stored_in_full(cfg: Config, out: Path, seen: InputSettings | None = None) -> Callable[[ScorerConf], bool]:
     """A test of a scorer: does <out> hold its scores of every pair this run reads (the same input, limit and
     scorer settings as the run that scored them)? Read without Ray, so that a judge whose scores are all
-    stored needs no API key on a rerun; the staged keys are read once, at the first question."""
+    stored needs no API key on a rerun; the staged keys are read once, at the first question. It changes
+    nothing: a run it lets stop (the key missing) leaves <out> as it was, scores made with other settings
+    included (stored_count removes those once Ray has started). ``seen``: see run_accuracy."""
     keys = []
 
     def stored(s: ScorerConf) -> bool:
         if not keys:
-            _, _, same = _staged_input(cfg, out)
+            _, _, same = _staged_input(cfg, out, seen, write=False)
             counts = json.loads((out / STAGED_COUNTS).read_text()) if same else {}
             keys.append(pq.read_table(out / KEYS_FILE) if same and counts.get("limit") == cfg.accuracy.limit else None)
-        return keys[0] is not None and stored_count(s, out, keys[0]) == keys[0].num_rows
+        return keys[0] is not None and stored_as_is(s, out, keys[0]) == keys[0].num_rows
 
     return stored
 
 
-def staged_pairs(cfg: Config, out: Path, images: bool) -> tuple[pa.Table, dict]:
+def staged_pairs(cfg: Config, out: Path, images: bool, seen: InputSettings | None = None) -> tuple[pa.Table, dict]:
     """The pairs' keys (<out>/pairs_keys.parquet: import_row, ids, label) and counts (pairs,
     quarantined, limit, staged). With ``images`` (a scorer has pairs left to score) the pairs are
     staged with their images in <out>/staged too. Stored scores are keyed on import_row: another
     input (path, format or files) voids them all; the same input read again with another limit
-    keeps them, the first rows being the same pairs (checked)."""
+    keeps them, the first rows being the same pairs (checked). ``seen``: see run_accuracy."""
     a = cfg.accuracy
     record, keys_file, counts_file = out / STAGED_FILE, out / KEYS_FILE, out / STAGED_COUNTS
-    mine, changed, same = _staged_input(cfg, out)
+    mine, changed, same = _staged_input(cfg, out, seen, write=True)
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
         return pq.read_table(keys_file), counts
@@ -221,23 +235,41 @@ def groups_to_sides(batch: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-def _stored_rows(d: Path) -> np.ndarray:
-    """The pairs scored in ``d``, each once: a block written again after a crash holds its pairs twice.
-    A file a crash cut short is set aside first (its rows were not checkpointed: they are scored again),
-    as checkpointed() would, which comes only after this read."""
-    set_aside_torn(d)
-    if not any(d.glob("*.parquet")):
-        return np.zeros(0, np.int64)
-    return np.unique(pq.read_table(d, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy())
+def _scorer_settings(s: ScorerConf) -> tuple[dict, tuple[str, ...]]:
+    """What a scorer's stored scores must have been made with, and the keys not compared: a record from
+    before an arg was untracked still holds it."""
+    return actor_settings(s), untracked_keys(s, "config.args")
+
+
+def _stored(keys: pa.Table, scores: Path, whole: bool) -> int:
+    """How many of the staged pairs the Parquet files under ``scores`` hold, each once (a block written
+    again after a crash holds its pairs twice). ``whole``: a file a crash cut short was set aside; else
+    such a file is skipped here, as its rows were not checkpointed."""
+    files = sorted(scores.rglob("*.parquet")) if scores.is_dir() else []
+    files = files if whole else [f for f in files if not is_torn(f)]
+    rows = pq.read_table(files, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy() if files else []
+    return int(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), rows).sum())
+
+
+def stored_as_is(s: ScorerConf, out: Path, keys: pa.Table) -> int:
+    """What stored_count would find, changing nothing: none where this scorer's settings differ from
+    those recorded (stored_count would remove its scores)."""
+    d = out / "scorers" / s.name
+    settings, ignore = _scorer_settings(s)
+    if settings_changed(d / SETTINGS_FILE, settings, ignore):  # no added=: it would write the record
+        return 0
+    return _stored(keys, d / "scores", whole=False)
 
 
 def stored_count(s: ScorerConf, out: Path, keys: pa.Table) -> int:
     """How many of the staged pairs <out>/scorers/<name> holds this scorer's scores of (all of them: it is
-    done); scores made with other settings are removed first (and this scorer's settings recorded)."""
+    done); scores made with other settings are removed first (and this scorer's settings recorded), and a
+    file a crash cut short is set aside (as checkpointed() would, which comes only after this read)."""
     d = out / "scorers" / s.name
-    # a record from before an arg was untracked still holds it
-    renew_if_changed(d / SETTINGS_FILE, actor_settings(s), f"[accuracy] {s.name}", untracked_keys(s, "config.args"))
-    return int(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), _stored_rows(d / "scores")).sum())
+    settings, ignore = _scorer_settings(s)
+    renew_if_changed(d / SETTINGS_FILE, settings, f"[accuracy] {s.name}", ignore)
+    set_aside_torn(d / "scores")
+    return _stored(keys, d / "scores", whole=True)
 
 
 def scoring_line(name: str, pairs: int, stored: int) -> str:
@@ -350,14 +382,17 @@ def run_accuracy(cfg: Config) -> dict:
     from raypref.session import init_ray
 
     out = cfg.stage_dir(STAGE)
+    # the input's files are stat'ed once a run, by the check before Ray where a judge asks it, else by
+    # staged_pairs: the stage writes none of them (input_fingerprint leaves its own output out)
+    seen = functools.cache(functools.partial(_input_settings, cfg, out))
     # a judge's missing key stops it here, before Ray, unless its scores are all stored: none is asked for
-    write_run_meta(cfg, out, STAGE, stored_in_full(cfg, out))
+    write_run_meta(cfg, out, STAGE, stored_in_full(cfg, out, seen))
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     t0 = time.time()
-    keys, staged = staged_pairs(cfg, out, images=False)
+    keys, staged = staged_pairs(cfg, out, images=False, seen=seen)
     stored = {s.name: stored_count(s, out, keys) for s in a.scorers}
     if any(n < keys.num_rows for n in stored.values()) and not staged["staged"]:  # a finished run removed the staged images
-        keys, staged = staged_pairs(cfg, out, images=True)
+        keys, staged = staged_pairs(cfg, out, images=True, seen=seen)
         stored = {s.name: stored_count(s, out, keys) for s in a.scorers}
     todo = [s for s in a.scorers if stored[s.name] < keys.num_rows]
     if len(todo) < len(a.scorers):

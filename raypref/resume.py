@@ -16,20 +16,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def is_torn(f: Path) -> bool:
+    """Whether a Parquet file's footer cannot be read: a kill cut its write short (Ray Data writes a file
+    in place), so none of its rows was checkpointed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(f)
+    except (pa.ArrowInvalid, OSError):
+        return True
+    return False
+
+
 def set_aside_torn(directory: Path) -> list[Path]:
     """Move the Parquet files under ``directory`` whose footer cannot be read (a kill cut their write
     short: Ray Data writes a file in place) to <directory>.torn/, and say so; returns where they went.
     Their rows were not checkpointed, so the rerun writes them again; left in place, they would stop
     every later read of the directory."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     directory = Path(directory)
     moved = []
     for f in sorted(directory.rglob("*.parquet")) if directory.is_dir() else []:
-        try:
-            pq.read_metadata(f)
-        except (pa.ArrowInvalid, OSError):
+        if is_torn(f):
             dest = directory.with_name(directory.name + ".torn") / f.relative_to(directory)
             dest.parent.mkdir(parents=True, exist_ok=True)
             f.replace(dest)

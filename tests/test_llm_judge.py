@@ -519,6 +519,59 @@ def test_an_accuracy_rerun_with_every_judge_score_stored_needs_no_key(tmp_path, 
         run_accuracy(more)
 
 
+def test_an_accuracy_rerun_stopped_for_the_judge_key_leaves_its_stored_scores(tmp_path, monkeypatch):
+    # the check before Ray only reads: removing scores made with other settings (and setting aside a file a
+    # crash cut short) waits for stored_count, once the run goes ahead; a rerun refused for the key keeps them
+    import pyarrow.parquet as pq
+
+    from raypref import session
+    from raypref.config import validate
+    from raypref.pref_accuracy import run_accuracy, staged_pairs, stored_count
+    from tests.test_reward_model import synthetic_pairs
+
+    for var in (KEY_ENV, "RAY_ADDRESS", session.LOCAL_RAY_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+    class RayStarted(Exception):
+        pass
+
+    def started(*a, **k):
+        raise RayStarted
+
+    monkeypatch.setattr(session, "init_ray", started)
+    synthetic_pairs(tmp_path / "pairs", n_prompts=2)
+
+    def config(**http):
+        judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1", **http)}
+        return validate({"output_dir": str(tmp_path / "run"),
+                         "accuracy": {"pairs": str(tmp_path / "pairs" / "a"), "format": "raypref", "scorers": [judge]}})
+
+    cfg = config()
+    out = cfg.stage_dir("accuracy")
+    out.mkdir(parents=True)
+    keys, _ = staged_pairs(cfg, out, images=False)  # what an earlier run, which had the key, left
+    assert stored_count(cfg.accuracy.scorers[0], out, keys) == 0  # records the judge's settings
+    scores = out / "scorers" / "j" / "scores"
+    scores.mkdir(parents=True)
+    pq.write_table(pa.table({S.IMPORT_ROW: keys.column(S.IMPORT_ROW)}), scores / "part-0.parquet")
+
+    def files():
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*")
+                if p.is_file() and p.name not in ("config.yaml", "run_meta.json")}
+
+    before = files()
+    other = config(model="another-vlm")  # its scores are another judge's: it runs, and needs its key
+    with pytest.raises(ValueError, match=f"^scorer 'j': judge API key: environment variable {KEY_ENV} is not set"):
+        run_accuracy(other)
+    assert (scores / "part-0.parquet").is_file() and files() == before
+    (scores / "part-1.parquet").write_bytes(b"PAR1 cut short")
+    before = files()
+    with pytest.raises(RayStarted):  # every pair in a whole file, a retry count untracked: stored in full
+        run_accuracy(config(max_retries=5))
+    assert files() == before and not (out / "scorers" / "j" / "scores.torn").exists()
+    assert stored_count(other.accuracy.scorers[0], out, keys) == 0 and not scores.exists()  # once Ray has started
+
+
 def test_judge_config_errors_never_echo_a_key(monkeypatch):
     pasted = "sk-live-" + "x9" * 20
     with pytest.raises(ValueError, match=r"args\.http\.api_key_env: .*NAME of an environment variable") as e:

@@ -141,6 +141,8 @@ def test_a_key_added_to_a_record_is_accepted_once_then_compared(tmp_path):
     record = tmp_path / "settings.json"
     record.write_text(json.dumps({"a": 1}))  # from before "files" was recorded
     mine = {"a": 1, "files": {"m": "f1"}}
+    assert settings_changed(record, mine, added=("files",), write=False) is None  # a check that changes nothing
+    assert json.loads(record.read_text()) == {"a": 1}
     assert settings_changed(record, mine, added=("files",)) is None
     assert json.loads(record.read_text()) == {"a": 1, "files.m": "f1"}  # compared from now on
     assert settings_changed(record, {"a": 1, "files": {"m": "f2"}}, added=("files",)) == "files.m: 'f1' -> 'f2'"
