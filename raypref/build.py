@@ -47,6 +47,9 @@ def pool_args(pool: PoolConf) -> dict:
     }
 
 
+_POOL_KEYS = {"num_gpus": "pool.num_gpus"}  # the build's settings an actor takes that are not its conf's own keys
+
+
 def generator_kwargs(g: GeneratorConf) -> dict:
     """Constructor arguments for a generator actor, model references resolved on the driver."""
     kw = g.model_dump(exclude={"pool", "cls", "args"})
@@ -58,7 +61,7 @@ def generator_kwargs(g: GeneratorConf) -> dict:
         if kw.get(part):
             kw[part] = resolve_model(kw[part], what=f"generator {g.name!r} {part}")
     kw["num_gpus"] = g.pool.num_gpus
-    return constructor_kwargs(cls, kw, g.args, f"generator {g.name!r}")
+    return constructor_kwargs(cls, kw, g.args, f"generator {g.name!r}", keys=_POOL_KEYS)
 
 
 def scorer_kwargs(s: ScorerConf) -> dict:
@@ -73,7 +76,7 @@ def scorer_kwargs(s: ScorerConf) -> dict:
     if check is not None:
         check(f"scorer {s.name!r}", s.pretrained, s.args)
     kw = {"name": s.name, "model": model, "pretrained": pretrained, "num_gpus": s.pool.num_gpus}
-    return constructor_kwargs(cls, kw, s.args, f"scorer {s.name!r}")
+    return constructor_kwargs(cls, kw, s.args, f"scorer {s.name!r}", keys=_POOL_KEYS)
 
 
 def finalize_groups(batch: pa.Table, scorers: list[dict], strategy: str, min_margin: float, k: int = 1,

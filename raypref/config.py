@@ -117,8 +117,9 @@ class GeneratorConf(_Strict):
     num_samples: int = Field(8, ge=1, description="Images per prompt (N).")
     num_inference_steps: int = Field(20, ge=1, description="Denoising steps.")
     guidance_scale: float = Field(7.5, description="Classifier-free guidance scale.")
-    height: int | None = Field(None, description="Image height (None: the model's default).")
-    width: int | None = Field(None, description="Image width (None: the model's default).")
+    # ge=1: 0 was read as the default only by the generators' `width or default`; shapes_render now refuses it
+    height: int | None = Field(None, ge=1, description="Image height in pixels (None: the model's default).")
+    width: int | None = Field(None, ge=1, description="Image width in pixels (None: the model's default).")
     embedding_noise_sigma: float = Field(
         0.0, ge=0, description="AGFSync: std of Gaussian noise added to the prompt embedding (SDXL: and "
         "the pooled one) of each sample but a prompt's first, which keeps the clean embedding (AGFSync's "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
+import re
 import reprlib
 import types
 import typing
@@ -119,12 +121,56 @@ def _hints(fn) -> dict | None:
         return None
 
 
-def check_arg_types(cls, args: dict, where: str) -> None:
+_YAML11_FLOAT = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d+)")
+
+
+def _yaml11_hint(errors: list[dict]) -> str:
+    """PyYAML reads YAML 1.1, where an exponent needs a dot before it and a sign (``1.0e-1``): ``1e-1`` is text.
+    Where that text stands for a float the annotation takes, the fix, to end the error's parenthesis; else ''."""
+    for err in errors:
+        text = err["input"]
+        if err["type"] == "float_type" and isinstance(text, str) and (m := _YAML11_FLOAT.fullmatch(text)):
+            mantissa, exponent = m.groups()
+            mantissa = re.sub(r"^([-+]?)\.", r"\g<1>0.", mantissa if "." in mantissa else mantissa + ".0")
+            exponent = exponent if exponent[0] in "+-" else "+" + exponent
+            return f"; YAML 1.1 reads {text} as text: write {mantissa}e{exponent} or {float(text)!r}"
+    return ""
+
+
+def _value_path(value, loc: tuple) -> str:
+    """The part of a pydantic error's loc that indexes into ``value`` ('.1', '.key'): a union's loc also holds the
+    member tried ('str', 'int', "literal['auto']"), which is no place in the value."""
+    path = ""
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        else:
+            continue
+        path += f".{part}"
+    return path
+
+
+def _validate(adapter, value) -> None:
+    """Strict, on the value as JSON, YAML's data model: a list is a tuple[int, int] or a set, a string a Path or
+    an Enum's value, an int a float; a quoted "77" is still no int, nor 2.0 an int or 1 a bool. A value JSON cannot
+    hold (a tensor or an object given to an actor built directly) came from no config: it is left to the class,
+    as before these checks (strict Python mode would refuse a Path for a str; lax mode would coerce, not check)."""
+    try:
+        text = json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return
+    adapter.validate_json(text, strict=True)
+
+
+def check_arg_types(cls, args: dict, where: str, prefix: str = "args.", keys: dict[str, str] | None = None) -> None:
     """Each of ``args`` that ``cls.__init__`` (or the function ``cls``) annotates holds that type, and any
-    constraint the annotation declares (``Annotated[int, Field(ge=1)]``, ``Literal[...]``): pydantic, strict, so
-    a YAML "77" is no int, and a bad value fails here naming its key rather than inside the actor, under Ray.
-    A parameter whose annotation cannot be read (a class of one's own may name a type pydantic does not know)
-    is left to the class."""
+    constraint the annotation declares (``Annotated[int, Field(ge=1)]``, ``Literal[...]``): pydantic, strict, on the
+    value as JSON (_validate), so a YAML "77" is no int, and a bad value fails here naming its key rather than inside
+    the actor, under Ray. The error names a key as ``keys[key]`` where given (the config key that set it), else
+    ``prefix + key``. A parameter whose annotation cannot be read (a class of one's own may name a type pydantic
+    does not know) is left to the class."""
     from pydantic import ConfigDict, TypeAdapter, ValidationError
 
     hints = _hints(cls.__init__ if isinstance(cls, type) else cls)
@@ -138,23 +184,28 @@ def check_arg_types(cls, args: dict, where: str) -> None:
         except Exception:  # not a type pydantic can check
             continue
         try:
-            adapter.validate_python(value)
+            _validate(adapter, value)
         except ValidationError as e:
-            err = e.errors()[0]
-            at = "".join(f".{p}" for p in err["loc"])
+            errors = e.errors()
+            # of a union's errors, the one that reaches deepest into the value: ['a', 3] for str | list[str] is
+            # a list with a bad item, not a bad string
+            err = max(errors, key=lambda err: len(_value_path(value, err["loc"])))
+            name, at = (keys or {}).get(key, prefix + key), _value_path(value, err["loc"])
             if _is_type_error(err):
-                raise ValueError(f"{where}: args.{key}{at}: {err['msg']}, not {_kind(err['input'])} "
-                                 f"(args.{key} takes {_type_text(hints[key])})") from None
+                raise ValueError(f"{where}: {name}{at}: {err['msg']}, not {_kind(err['input'])} "
+                                 f"({name} takes {_type_text(hints[key])}{_yaml11_hint(errors)})") from None
             # a number, or a choice misspelt, is worth seeing; other text may be long or private
-            shown = isinstance(err["input"], (int, float)) or err["type"] == "literal_error"
+            shown = isinstance(err["input"], (int, float)) or err["type"] in ("literal_error", "enum")
             got = f", got {reprlib.repr(err['input'])}" if shown else ""
-            raise ValueError(f"{where}: args.{key}{at}: {err['msg']}{got}") from None
+            raise ValueError(f"{where}: {name}{at}: {err['msg']}{got}") from None
 
 
 def checked_args(kind: str):
     """Decorates an actor's ``__init__``: the arguments it is given are checked against its annotations
-    (check_arg_types), as the driver checks a config's args before Ray, so a constraint declared there holds
-    also for an actor built directly. ``kind`` ('scorer', 'generator') and the ``name`` argument name it."""
+    (check_arg_types), as the driver checks a config's before Ray, so a constraint declared there holds
+    also for an actor built directly. ``kind`` ('scorer', 'generator') and the ``name`` argument name it; each
+    argument is named as the parameter it is (``quality``), not as a config key: here there may be no config,
+    and under Ray the build's settings and the config's args arrive as one set of keyword arguments."""
     def wrap(init):
         sig = inspect.signature(init)
 
@@ -162,17 +213,19 @@ def checked_args(kind: str):
         def checked(self, *a, **kw):
             bound = sig.bind(self, *a, **kw).arguments
             name = bound.get("name", sig.parameters["name"].default if "name" in sig.parameters else type(self).__name__)
-            check_arg_types(init, {k: v for k, v in bound.items() if k != "self"}, f"{kind} {name!r}")
+            check_arg_types(init, {k: v for k, v in bound.items() if k != "self"}, f"{kind} {name!r}", prefix="")
             init(self, *a, **kw)
         return checked
     return wrap
 
 
-def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
+def constructor_kwargs(cls: type, given: dict, args: dict, where: str, keys: dict[str, str] | None = None) -> dict:
     """Keyword arguments to build ``cls`` with.
 
     ``given`` are the settings the build hands every actor of its kind (name, model, num_gpus...):
-    each goes in only if ``cls.__init__`` names it, so a class takes just what it uses. ``args`` are
+    each goes in only if ``cls.__init__`` names it, so a class takes just what it uses, and is checked against
+    its annotation as args are, named by its config key: ``keys[key]`` where the build gives one
+    (num_gpus: pool.num_gpus), else the key itself (width). ``args`` are
     the config's own arguments for this actor: each must be a parameter of ``cls.__init__``, or a
     misspelt one would be silently ignored; a class with ``**kwargs`` takes them all and checks them
     itself, in its ``check_args(where, args)`` classmethod if it has one (called here); a ``check_files(where,
@@ -189,10 +242,14 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str) -> dict:
         raise ValueError(f"{where}: args.{unknown[0]}: {cls.__module__}:{cls.__qualname__} takes no argument "
                          f"{unknown[0]!r}; its arguments: {', '.join(own)}")
     check_arg_types(cls, args, where)
+    passed = {k: v for k, v in given.items() if takes_any or k in named}
+    # None is the build's "not set" (pretrained, width), handed over whatever the class annotates, as before
+    # these checks: a class of one's own that names `pretrained: str` and copes with None still runs
+    check_arg_types(cls, {k: v for k, v in passed.items() if v is not None and k not in args}, where, prefix="", keys=keys)
     check = getattr(cls, "check_args", None)  # a class that validates its own args does it here, on the driver,
     if check is not None:                     # before a run writes its config (a pasted secret fails first)
         check(where, args)
     files = getattr(cls, "check_files", None)  # the files its args name exist here (only where it runs, unlike
     if files is not None:                      # check_args, which config.check_scorer_args runs in every stage)
         args = files(where, args)              # and are passed on absolute: an actor's cwd may not be the driver's
-    return {**{k: v for k, v in given.items() if takes_any or k in named}, **args}
+    return {**passed, **args}

@@ -97,7 +97,7 @@ def test_scorers_add_float_columns(tiny_sd, tiny_clip):
 @pytest.mark.parametrize("quality", [0, 150, "keep", 90.5, True])
 def test_jpeg_quality_outside_1_to_100_is_refused_naming_the_key(quality):
     # PIL would clamp 0 and 150 silently, and fail on 'keep' only when saving, in every batch
-    with pytest.raises(ValueError, match=r"^scorer 'j': args\.quality: Input should be "):
+    with pytest.raises(ValueError, match=r"^scorer 'j': quality: Input should be "):
         resolve("jpeg_compressibility")(name="j", quality=quality)
     from PIL import Image
 
@@ -116,7 +116,7 @@ def test_clip_score_can_cut_prompts_to_characters_as_agfsync_does(tiny_clip):
     plain = resolve("clip_score")(name="c", model=resolve_model("tiny:clip"), floor_at_zero=False)
     np.testing.assert_allclose(cut.score(imgs, long), plain.score(imgs, [p[:8] for p in long]), rtol=1e-5)
     assert not np.allclose(plain.score(imgs, long), plain.score(imgs, [p[:8] for p in long]))
-    with pytest.raises(ValueError, match=r"args\.prompt_chars: Input should be greater than or equal to 1, got 0"):
+    with pytest.raises(ValueError, match=r"^scorer 'c': prompt_chars: Input should be greater than or equal to 1, got 0"):
         resolve("clip_score")(name="c", model=tiny_clip, prompt_chars=0)
 
 
@@ -212,16 +212,16 @@ def test_an_actor_arg_of_the_wrong_type_is_named_on_the_driver():
 
 
 @pytest.mark.parametrize("cls, model, args, message", [
-    ("jpeg_compressibility", "", {"quality": 150}, "args.quality: Input should be less than or equal to 100, got 150"),
-    ("clip_score", "tiny:clip", {"prompt_chars": 0}, "args.prompt_chars: Input should be greater than or equal to 1, got 0"),
-    ("tifa_vqa", "tiny:blip_vqa", {"answers": "vote"}, "args.answers: Input should be 'choices' or 'generate', got 'vote'"),
-    ("tifa_vqa", "tiny:blip_vqa", {"num_beams": 0}, "args.num_beams: Input should be greater than 0, got 0"),
-    ("captioner", "tiny:blip_caption", {"max_new_tokens": 0}, "args.max_new_tokens: Input should be greater than 0, got 0"),
-    ("vqascore", "tiny:blip_vqa", {"batch_size": -2}, "args.batch_size: Input should be greater than 0, got -2"),
-    ("owlvit", "tiny:owlvit", {"nms_iou": 1.5}, "args.nms_iou: Input should be less than or equal to 1, got 1.5"),
-    ("haar_faces", "", {"scale_factor": 1.0}, "args.scale_factor: Input should be greater than 1, got 1.0"),
-    ("haar_faces", "", {"min_neighbors": -1}, "args.min_neighbors: Input should be greater than or equal to 0, got -1"),
-    ("simulated_judge", "", {"noise": -0.5}, "args.noise: Input should be greater than or equal to 0, got -0.5"),
+    ("jpeg_compressibility", "", {"quality": 150}, "quality: Input should be less than or equal to 100, got 150"),
+    ("clip_score", "tiny:clip", {"prompt_chars": 0}, "prompt_chars: Input should be greater than or equal to 1, got 0"),
+    ("tifa_vqa", "tiny:blip_vqa", {"answers": "vote"}, "answers: Input should be 'choices' or 'generate', got 'vote'"),
+    ("tifa_vqa", "tiny:blip_vqa", {"num_beams": 0}, "num_beams: Input should be greater than 0, got 0"),
+    ("captioner", "tiny:blip_caption", {"max_new_tokens": 0}, "max_new_tokens: Input should be greater than 0, got 0"),
+    ("vqascore", "tiny:blip_vqa", {"batch_size": -2}, "batch_size: Input should be greater than 0, got -2"),
+    ("owlvit", "tiny:owlvit", {"nms_iou": 1.5}, "nms_iou: Input should be less than or equal to 1, got 1.5"),
+    ("haar_faces", "", {"scale_factor": 1.0}, "scale_factor: Input should be greater than 1, got 1.0"),
+    ("haar_faces", "", {"min_neighbors": -1}, "min_neighbors: Input should be greater than or equal to 0, got -1"),
+    ("simulated_judge", "", {"noise": -0.5}, "noise: Input should be greater than or equal to 0, got -0.5"),
 ])
 def test_an_actor_arg_out_of_range_is_named_on_the_driver_and_refused_when_built(cls, model, args, message):
     from raypref.build import scorer_kwargs
@@ -230,8 +230,9 @@ def test_an_actor_arg_out_of_range_is_named_on_the_driver_and_refused_when_built
     # before Ray, from the class's annotations: it failed only in the actor's __init__, under Ray
     with pytest.raises(ValueError) as e:
         scorer_kwargs(ScorerConf(name="s", cls=cls, model=model, args=args))
-    assert str(e.value) == f"scorer 's': {message}"
-    # the same annotation holds for the class built directly (before any model loads: model="" would fail later)
+    assert str(e.value) == f"scorer 's': args.{message}"
+    # the same annotation holds for the class built directly (before any model loads: model="" would fail later),
+    # which names the parameter: there is no config
     with pytest.raises(ValueError) as e:
         resolve(cls)(name="s", model=model, **args) if model else resolve(cls)(name="s", **args)
     assert str(e.value) == f"scorer 's': {message}"
@@ -241,30 +242,122 @@ def test_a_generator_arg_out_of_range_is_named_on_the_driver_and_refused_when_bu
     from raypref.build import generator_kwargs
     from raypref.config import GeneratorConf
 
-    for args, message in [({"kinds": []}, "args.kinds: List should have at least 1 item after validation, not 0"),
-                          ({"kinds": ["upside_down"]}, "args.kinds.0: Input should be 'wrong_colour', 'extra_object', "
+    for args, message in [({"kinds": []}, "kinds: List should have at least 1 item after validation, not 0"),
+                          ({"kinds": ["upside_down"]}, "kinds.0: Input should be 'wrong_colour', 'extra_object', "
                                                        "'moved_object', 'wrong_shape' or 'wrong_count', got 'upside_down'"),
-                          ({"true_renders": -1}, "args.true_renders: Input should be greater than or equal to 0, got -1")]:
+                          ({"true_renders": -1}, "true_renders: Input should be greater than or equal to 0, got -1")]:
         with pytest.raises(ValueError) as e:
             generator_kwargs(GeneratorConf(name="r", cls="shapes_render", args=args))
-        assert str(e.value) == f"generator 'r': {message}"
+        assert str(e.value) == f"generator 'r': args.{message}"
         with pytest.raises(ValueError) as e:
             resolve("shapes_render")(name="r", **args)
         assert str(e.value) == f"generator 'r': {message}"
 
 
-def test_every_shipped_config_passes_its_actors_arg_checks():
+def test_every_shipped_config_passes_its_actors_arg_checks(monkeypatch):
     from pathlib import Path
 
+    from raypref import build
     from raypref.config import load_config
-    from raypref.registry import check_arg_types
 
-    checked = 0
+    # model refs as written: some are other stages' outputs (runs/...), and a tiny: one would be written here
+    monkeypatch.setattr(build, "resolve_model", lambda ref, what=None: ref)
+    monkeypatch.setattr(build, "resolve_pretrained", lambda model, tag, what=None: tag)
+    checked, failed = 0, []
     for path in sorted((Path(__file__).parents[1] / "raypref" / "configs").glob("*.yaml")):
         cfg = load_config(path)
-        actors = [("generator", g) for g in cfg.build.generators]
-        actors += [("scorer", s) for s in cfg.build.scorers + cfg.accuracy.scorers]
-        for kind, a in actors:
-            check_arg_types(resolve(a.cls, kind), a.args, f"{path.name}: {kind} {a.name!r}")
-            checked += bool(a.args)
-    assert checked >= 5  # some args were checked, not only empty ones
+        # the build's settings (name, width, num_gpus...) as well as args, each against its class's annotations
+        actors = [(build.generator_kwargs, g) for g in cfg.build.generators]
+        actors += [(build.scorer_kwargs, s) for s in cfg.build.scorers + cfg.accuracy.scorers]
+        for kwargs, conf in actors:
+            try:
+                checked += len(kwargs(conf))
+            except ValueError as e:
+                failed.append(f"{path.name}: {e}")
+    assert not failed
+    assert checked >= 150  # the settings of every actor of every config, not only their args
+
+
+TYPED = "tests.typed_actors:TypedScorer"  # a class of one's own, with annotations YAML writes only one way
+
+
+def test_a_class_of_ones_own_takes_args_as_yaml_writes_them():
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+
+    # checked as JSON, YAML's data model: a list is a tuple or a set, a string a Path or an Enum, an int a float
+    args = {"size": [1, 2], "out": "x", "tags": ["a", "b"], "mode": "max", "noise": 3, "weights": {"a": 1}}
+    assert scorer_kwargs(ScorerConf(name="t", cls=TYPED, args=args)) == {"name": "t", "pretrained": None, **args}
+    # still strict: a quoted number is no number, a float no int, an int no bool
+    for args, message in [({"count": "77"}, "args.count: Input should be a valid integer, not a string (args.count takes int)"),
+                          ({"count": 2.0}, "args.count: Input should be a valid integer, not a float (args.count takes int)"),
+                          ({"flag": 1}, "args.flag: Input should be a valid boolean, not an integer (args.flag takes bool)"),
+                          ({"mode": "median"}, "args.mode: Input should be 'mean' or 'max', got 'median'"),
+                          ({"tags": "ab"}, "args.tags: Input should be a valid array, not a string (args.tags takes set[str])")]:
+        with pytest.raises(ValueError) as e:
+            scorer_kwargs(ScorerConf(name="t", cls=TYPED, args=args))
+        assert str(e.value) == f"scorer 't': {message}"
+
+
+def test_an_arg_error_names_places_in_the_value_not_a_unions_members():
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+
+    # pydantic's loc for a union holds the member tried ('str', 'int'): no key of the config
+    for args, message in [({"words": 3}, "args.words: Input should be a valid string, not an integer "
+                                         "(args.words takes str | list[str])"),
+                          ({"limit": "x"}, "args.limit: Input should be a valid integer, not a string "
+                                           "(args.limit takes int | 'auto')"),
+                          ({"words": ["a", 3]}, "args.words.1: Input should be a valid string, not an integer "
+                                                "(args.words takes str | list[str])"),
+                          ({"weights": {"a": "x"}}, "args.weights.a: Input should be a valid number, not a string "
+                                                    "(args.weights takes dict[str, float] | None)"),
+                          ({"size": [1, "a"]}, "args.size.1: Input should be a valid integer, not a string "
+                                               "(args.size takes tuple[int, int])")]:
+        with pytest.raises(ValueError) as e:
+            scorer_kwargs(ScorerConf(name="t", cls=TYPED, args=args))
+        assert str(e.value) == f"scorer 't': {message}"
+
+
+def test_a_float_yaml_1_1_reads_as_text_is_named_with_its_fix(tmp_path):
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf, load_config
+
+    path = tmp_path / "c.yaml"
+    for written, fix in [("1e-1", "1.0e-1 or 0.1"), ("5E3", "5.0e+3 or 5000.0"), ("2.5e3", "2.5e+3 or 2500.0")]:
+        path.write_text(f"build:\n  scorers:\n    - {{name: j, cls: simulated_judge, args: {{noise: {written}}}}}\n")
+        with pytest.raises(ValueError) as e:
+            scorer_kwargs(load_config(path).build.scorers[0])
+        assert str(e.value) == (f"scorer 'j': args.noise: Input should be a valid number, not a string (args.noise "
+                                f"takes float; YAML 1.1 reads {written} as text: write {fix})")
+        # the fix as YAML 1.1 reads it
+        path.write_text(f"build:\n  scorers:\n    - {{name: j, cls: simulated_judge, args: {{noise: {fix.split()[0]}}}}}\n")
+        assert scorer_kwargs(load_config(path).build.scorers[0])["noise"] == float(written)
+    # other text, or text where no float is taken, gets no such hint
+    for args in ({"noise": "0.1x"}, {"count": "1e-1"}):
+        with pytest.raises(ValueError) as e:
+            scorer_kwargs(ScorerConf(name="t", cls=TYPED, args=args))
+        assert "YAML 1.1" not in str(e.value)
+
+
+def test_the_builds_settings_are_checked_on_the_driver_named_by_their_config_keys():
+    from pydantic import ValidationError
+
+    from raypref.build import generator_kwargs, scorer_kwargs
+    from raypref.config import GeneratorConf, ScorerConf
+
+    # settings outside args reach the actor too: checked before Ray, named as the generator's keys, not args.
+    typed = GeneratorConf(name="g", cls="tests.typed_actors:TypedGenerator", width=24)
+    assert generator_kwargs(typed)["width"] == 24
+    for update, message in [({"width": 30}, "width: Input should be a multiple of 8, got 30"),
+                            ({"pool": {"num_gpus": 1}}, "pool.num_gpus: Input should be less than or equal to 0, got 1.0")]:
+        with pytest.raises(ValueError) as e:
+            generator_kwargs(GeneratorConf(**{**typed.model_dump(), **update}))
+        assert str(e.value) == f"generator 'g': {message}"
+    # None is the build's "not set": passed as before to a class that annotates a str for it
+    assert scorer_kwargs(ScorerConf(name="t", cls=TYPED))["pretrained"] is None
+    # a width of 0 was the default only through `width or 32`: the config refuses it for every generator
+    for cls in ("shapes_render", "diffusers"):
+        with pytest.raises(ValidationError, match=r"width\n  Input should be greater than or equal to 1"):
+            GeneratorConf(name="r", cls=cls, width=0)
+    assert generator_kwargs(GeneratorConf(name="r", cls="shapes_render", width=16))["width"] == 16

@@ -213,7 +213,7 @@ def test_reward_model_scorer_refuses_a_batch_size_below_one_naming_the_key(batch
     # checked before the model loads: else range() failed in every batch with no scorer named
     from raypref.registry import resolve
 
-    with pytest.raises(ValueError, match=r"^scorer 'rm': args\.batch_size: Input should be "):
+    with pytest.raises(ValueError, match=r"^scorer 'rm': batch_size: Input should be "):
         resolve("reward_model")(name="rm", model=str(tmp_path), batch_size=batch_size)
 
 def test_pairs_to_groups_keeps_chosen_first():

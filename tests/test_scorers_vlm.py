@@ -339,7 +339,7 @@ def test_tifa_vqa_answers_by_ranking_the_choices(tiny_path):
     free = vqa.answer(pixels[:1], "What is it?")[0]
     vqa.questions = QuestionCache(lambda p: [Q("Is there a circle?", said, "object", ("yes", "no")), Q("What is it?", free)])
     assert vqa.score(imgs[:1], ["anything"])[""][0] == 1.0
-    with pytest.raises(ValueError, match=r"args\.answers: Input should be 'choices' or 'generate', got 'vote'"):
+    with pytest.raises(ValueError, match=r"^scorer 'tifa': answers: Input should be 'choices' or 'generate', got 'vote'"):
         resolve("tifa_vqa")(name="tifa", model=tiny_path("blip_vqa"), answers="vote")
 
 

@@ -68,5 +68,5 @@ def test_simulated_judge_rubric_rationale_and_noise():
              for s in (0, 0, 1)]
     cols = [n.column(S.score_column("judge", "prompt_following")).to_pylist()[0] for n in noisy]
     assert cols[0] == cols[1] and cols[0] != cols[2] and min(cols[0]) < 10.0
-    with pytest.raises(ValueError, match=r"args\.noise: Input should be greater than or equal to 0, got -1"):
+    with pytest.raises(ValueError, match=r"^scorer 'judge': noise: Input should be greater than or equal to 0, got -1"):
         resolve("simulated_judge")(name="judge", noise=-1)
