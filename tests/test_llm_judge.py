@@ -477,13 +477,10 @@ def test_a_stage_running_the_judge_without_its_key_variable_stops_before_ray(sta
     assert not list((tmp_path / "run").rglob("config.yaml"))
 
 
-def test_an_accuracy_rerun_with_every_judge_score_stored_needs_no_key(tmp_path, monkeypatch):
-    import pyarrow.parquet as pq
-
+@pytest.fixture
+def ray_started(monkeypatch):
+    """No judge key set, a local Ray to start, and init_ray raising this instead: how far a run gets before Ray."""
     from raypref import session
-    from raypref.config import validate
-    from raypref.pref_accuracy import run_accuracy, staged_pairs, stored_count
-    from tests.test_reward_model import synthetic_pairs
 
     for var in (KEY_ENV, "RAY_ADDRESS", session.LOCAL_RAY_ENV):
         monkeypatch.delenv(var, raising=False)
@@ -495,6 +492,17 @@ def test_an_accuracy_rerun_with_every_judge_score_stored_needs_no_key(tmp_path, 
         raise RayStarted
 
     monkeypatch.setattr(session, "init_ray", started)
+    return RayStarted
+
+
+def test_an_accuracy_rerun_with_every_judge_score_stored_needs_no_key(tmp_path, ray_started):
+    import pyarrow.parquet as pq
+
+    from raypref.config import validate
+    from raypref.pref_accuracy import run_accuracy, staged_pairs, stored_count
+    from tests.test_reward_model import synthetic_pairs
+
+    RayStarted = ray_started
     judge = {"name": "j", "cls": "llm_judge", "args": http_args("http://127.0.0.1:9/v1")}
     synthetic_pairs(tmp_path / "pairs", n_prompts=2)
     cfg = validate({"output_dir": str(tmp_path / "run"),
@@ -519,26 +527,16 @@ def test_an_accuracy_rerun_with_every_judge_score_stored_needs_no_key(tmp_path, 
         run_accuracy(more)
 
 
-def test_an_accuracy_rerun_stopped_for_the_judge_key_leaves_its_stored_scores(tmp_path, monkeypatch):
+def test_an_accuracy_rerun_stopped_for_the_judge_key_leaves_its_stored_scores(tmp_path, ray_started):
     # the check before Ray only reads: removing scores made with other settings (and setting aside a file a
     # crash cut short) waits for stored_count, once the run goes ahead; a rerun refused for the key keeps them
     import pyarrow.parquet as pq
 
-    from raypref import session
     from raypref.config import validate
     from raypref.pref_accuracy import run_accuracy, staged_pairs, stored_count
     from tests.test_reward_model import synthetic_pairs
 
-    for var in (KEY_ENV, "RAY_ADDRESS", session.LOCAL_RAY_ENV):
-        monkeypatch.delenv(var, raising=False)
-
-    class RayStarted(Exception):
-        pass
-
-    def started(*a, **k):
-        raise RayStarted
-
-    monkeypatch.setattr(session, "init_ray", started)
+    RayStarted = ray_started
     synthetic_pairs(tmp_path / "pairs", n_prompts=2)
 
     def config(**http):
