@@ -59,12 +59,12 @@ class VQAScore(TifaVQA):
         by_prompt: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             by_prompt.setdefault(p, []).append(i)
-        cuts = {}
+        questions = {p: self.template.format(p) for p in by_prompt}
+        cuts = {p: self.cut_note(q) for p, q in questions.items()}
         for prompt, idx in by_prompt.items():  # one question a batch: no padding reaches the decoder
-            cuts[prompt] = self.cut_note(self.template.format(prompt))
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
-                probs = self.yes_no(pixels[chunk], self.template.format(prompt)).float().cpu().numpy()
+                probs = self.yes_no(pixels[chunk], questions[prompt]).float().cpu().numpy()
                 yes[chunk], no[chunk] = probs[:, 0], probs[:, 1]
-        reasons = [f"{self.template.format(p)} -> P(yes) {y:.4f}, P(no) {x:.4f}{cuts[p]}" for p, y, x in zip(prompts, yes, no)]
+        reasons = [f"{questions[p]} -> P(yes) {y:.4f}, P(no) {x:.4f}{cuts[p]}" for p, y, x in zip(prompts, yes, no)]
         return {"": yes, "no": no, "rationale": reasons}

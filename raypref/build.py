@@ -24,7 +24,7 @@ from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.dataset_report import write_report
 from raypref.config import (
-    BuildConf, Config, ConfigError, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
+    BuildConf, Config, GeneratorConf, PoolConf, ScorerConf, guard_rerun, write_run_meta,
 )
 from raypref.metrics import json_text
 from raypref.models import absolute_if_file, resolve_model, resolve_pretrained
@@ -253,10 +253,7 @@ def check_pools_fit(generators: list[GeneratorConf], scorers: list[ScorerConf]) 
     msg = ("the actor pools need " + "; and ".join(short) + ": the pipeline would wait for ever. Lower the pools' "
            "pool.num_cpus / pool.num_gpus (fractions are fine) or their concurrency, or raise ray.num_cpus (logical "
            "slots: more than the machine's cores oversubscribes it, as the shipped configs do)")
-    if not session.started_here():
-        print(f"[ray] warning: {msg}; it goes on, in case the cluster's autoscaler adds nodes", flush=True)
-    else:
-        raise ConfigError(msg)
+    session.refuse_or_warn(msg)
 
 
 def generate_and_score(ds, generators: list[GeneratorConf], scorers: list[ScorerConf]):

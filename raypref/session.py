@@ -26,6 +26,14 @@ def started_here() -> bool:
     return os.environ.get(LOCAL_RAY_ENV) == "1"
 
 
+def refuse_or_warn(msg: str) -> None:
+    """A stage that would wait for ever for resources (the pool and training fit checks): a ConfigError on a Ray
+    raypref started here; elsewhere a warning, as a joined cluster's autoscaler may add nodes."""
+    if started_here():
+        raise ConfigError(msg)
+    print(f"[ray] warning: {msg}; it goes on, in case the cluster's autoscaler adds nodes", flush=True)
+
+
 def ray_is_local(conf: RayConf) -> bool:
     """Whether the Ray this process uses is, or will be, one raypref starts on this machine: init_ray's
     mark once it ran (a sweep's points inherit it), before that whether no cluster address is configured."""

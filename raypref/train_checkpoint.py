@@ -203,19 +203,17 @@ def check_workers_fit(scale, datasets: dict, section: str, name: str) -> None:
     import ray
     from ray.data.dataset import MaterializedDataset
 
-    from raypref import session
     from raypref.build import READ_TASK_CPUS
-    from raypref.config import ConfigError
+    from raypref.session import refuse_or_warn
 
     streamed = sorted(k for k, ds in datasets.items() if not isinstance(ds, MaterializedDataset))
     need = scale.num_workers * scale.cpus_per_worker + (READ_TASK_CPUS if streamed else 0.0)
-    have = ray.cluster_resources().get("CPU", 0.0)
-    gpus = ray.cluster_resources().get("GPU", 0.0)
+    resources = ray.cluster_resources()
+    have, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     if getattr(scale, "use_gpu", False) and scale.num_workers > gpus + 1e-9:
-        _refuse_or_warn(f"{name}: {section}.use_gpu gives each of the {section}.num_workers = {scale.num_workers} "
-                        f"workers a GPU, where this Ray has {gpus:g}: they would never start, and Ray Train would "
-                        f"wait for them for ever. Lower {section}.num_workers, or set {section}.use_gpu=false",
-                        session.started_here(), ConfigError)
+        refuse_or_warn(f"{name}: {section}.use_gpu gives each of the {section}.num_workers = {scale.num_workers} "
+                       f"workers a GPU, where this Ray has {gpus:g}: they would never start, and Ray Train would "
+                       f"wait for them for ever. Lower {section}.num_workers, or set {section}.use_gpu=false")
     if need <= have + 1e-9:
         return
     workers = (f"{section}.num_workers x {section}.cpus_per_worker = {scale.num_workers} x "
@@ -234,14 +232,7 @@ def check_workers_fit(scale, datasets: dict, section: str, name: str) -> None:
            "raise ray.num_cpus (logical slots: more than the machine's cores oversubscribes it, as the shipped "
            "configs do)" + (f"; or, for data on local disk, raise {cache[0]} above its size, so that it is read once "
                             "into Ray's object store" if streamed and cache else ""))
-    _refuse_or_warn(msg, session.started_here(), ConfigError)
-
-
-def _refuse_or_warn(msg: str, local: bool, error: type[Exception]) -> None:
-    """Raise on a Ray raypref started here; elsewhere warn, as a joined cluster's autoscaler may add nodes."""
-    if local:
-        raise error(msg)
-    print(f"[ray] warning: {msg}; it goes on, in case the cluster's autoscaler adds nodes", flush=True)
+    refuse_or_warn(msg)
 
 
 def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,
