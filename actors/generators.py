@@ -7,14 +7,18 @@ pipeline directory; the pipeline is loaded once per actor with from_pretrained.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import NonNegativeFloat, PositiveInt
 
 from raypref import images as I
 from raypref import quarantine as Q
 from raypref import schema as S
 from raypref.models import check_model_ref
+from raypref.registry import checked_args
 from raypref.scoring import pick_device
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,20 +34,23 @@ def _list_column(values: list[list], typ: pa.DataType) -> pa.Array:
 
 
 class DiffusersGenerator:
+    # the ranges GeneratorConf declares, here too: an arg of the same name as a setting overrides it, and a
+    # generator built directly has no config; either took num_samples: 0 unchecked
+    @checked_args("generator")
     def __init__(
         self,
         model: str,
         name: str = "sd",
         lora: str | None = None,
         unet: str | None = None,
-        num_samples: int = 8,
-        num_inference_steps: int = 20,
+        num_samples: PositiveInt = 8,
+        num_inference_steps: PositiveInt = 20,
         guidance_scale: float = 7.5,
-        height: int | None = None,
-        width: int | None = None,
-        embedding_noise_sigma: float = 0.0,
+        height: PositiveInt | None = None,
+        width: PositiveInt | None = None,
+        embedding_noise_sigma: NonNegativeFloat = 0.0,
         seed: int = 0,
-        dtype: str = "float32",
+        dtype: Literal["float32", "float16", "bfloat16"] = "float32",
         num_gpus: float = 0.0,
     ):
         from diffusers import DiffusionPipeline
