@@ -8,7 +8,8 @@ The real weights ship inside opencv-python-headless 4.x: by default
 ``cv2.data.haarcascades + 'haarcascade_frontalface_default.xml'``; ``model`` may name another
 cascade XML file by path (e.g. haarcascade_frontalface_alt2.xml from the same folder). Faces
 smaller than ``min_size`` pixels are not looked for; ``scale_factor`` and ``min_neighbors`` are
-detectMultiScale's own knobs (higher min_neighbors: fewer, surer detections).
+detectMultiScale's own knobs (higher min_neighbors: fewer, surer detections). ``model`` is checked on
+the driver, before Ray starts (check_model), and again by the actor built directly.
 """
 
 from __future__ import annotations
@@ -31,8 +32,29 @@ def default_cascade_path() -> str:
     return cv2.data.haarcascades + DEFAULT_CASCADE
 
 
+def cascade_file(what: str, model: str) -> str:
+    """The cascade file ``model`` names, absolute ('' stays '': OpenCV's default); a ValueError starting with
+    ``what`` where it is no file. A cascade is no model reference: a bare name is not looked up on a hub."""
+    if not model:
+        return ""
+    path = Path(model).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    import cv2
+
+    problem = "is a directory, not a cascade XML file" if path.is_dir() else "does not exist"
+    raise ValueError(f"{what}: the Haar cascade file {model!r} {problem} (give the path of a cascade XML file; "
+                     f"OpenCV's own are in {cv2.data.haarcascades})")
+
+
 class HaarFaces(Scorer):
     outputs = ("present",)
+
+    @classmethod
+    def check_model(cls, where: str, model: str) -> str:
+        """On the driver (build.scorer_kwargs), in place of the model-reference check: the cascade file exists
+        here, before Ray starts, rather than in every actor; returns its path made absolute."""
+        return cascade_file(f"{where} model", model)
 
     @checked_args("scorer")
     def __init__(self, name: str = "faces", model: str = "", pretrained: str | None = None, num_gpus: float = 0.0,
@@ -40,13 +62,9 @@ class HaarFaces(Scorer):
                  min_size: PositiveInt = 24):
         import cv2
 
-        from raypref.models import check_model_ref
-
         super().__init__(name)
-        path = check_model_ref(model, what=f"scorer {name!r} model") if model else default_cascade_path()
-        if not Path(path).is_file():  # a bare name passes check_model_ref as a hub name; OpenCV would call it malformed
-            raise ValueError(f"scorer {name!r} model: the Haar cascade file {path!r} does not exist (give the path of "
-                             f"a cascade XML file; OpenCV's own are in {cv2.data.haarcascades})")
+        # built directly, no driver has checked it; OpenCV would call a missing file malformed
+        path = cascade_file(f"scorer {name!r} model", model) or default_cascade_path()
         try:
             self.cascade = cv2.CascadeClassifier(path)
         except (cv2.error, SystemError):  # malformed XML raises inside OpenCV's parser; empty() covers the rest

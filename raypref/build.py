@@ -65,9 +65,15 @@ def generator_kwargs(g: GeneratorConf) -> dict:
 
 
 def scorer_kwargs(s: ScorerConf) -> dict:
-    """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none."""
-    model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
+    """Constructor arguments for a scorer actor; a scorer with no model (jpeg) gets none. A class whose model
+    is no model reference (haar_faces: a cascade file) checks it in its ``check_model(where, model)`` classmethod,
+    which returns it as the actor takes it."""
     cls = resolve(s.cls, "scorer", f"scorer {s.name!r} cls")
+    check_model = getattr(cls, "check_model", None)
+    if check_model is not None:
+        model = check_model(f"scorer {s.name!r}", s.model)
+    else:
+        model = resolve_model(s.model, what=f"scorer {s.name!r} model") if s.model else ""
     what = f"scorer {s.name!r} pretrained"
     # only a class that passes it to open_clip reads a tag (HPSv2's is its checkpoint file, or unread)
     pretrained = (resolve_pretrained(model, s.pretrained, what) if getattr(cls, "READS_OPEN_CLIP_TAG", False)

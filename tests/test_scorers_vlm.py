@@ -444,6 +444,37 @@ def test_haar_faces_actor(tmp_path):
         resolve("haar_faces")(name="faces", model="haarcascade_frontalface_alt2.xml")
 
 
+def test_a_haar_cascade_that_is_no_file_is_named_before_ray(tmp_path, monkeypatch):
+    import re
+    import shutil
+
+    from actors.haar_faces import default_cascade_path
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(default_cascade_path(), tmp_path / "faces.xml")
+
+    def faces(model):
+        return ScorerConf(name="f", cls="haar_faces", model=model)
+
+    # a cascade is a file, not a model reference: on the driver a directory passed, and a bare or relative name
+    # passed as a hub name (or, offline, was called missing from the hub cache); each failed in every actor
+    for model, problem in [(str(tmp_path), "is a directory, not a cascade XML file"),
+                           ("haarcascade_frontalface_alt2.xml", "does not exist"),
+                           ("cascades/faces.xml", "does not exist"),
+                           (str(tmp_path / "nope.xml"), "does not exist")]:
+        with pytest.raises(ValueError, match=rf"^scorer 'f' model: the Haar cascade file {re.escape(repr(model))} "
+                                             rf"{problem} \(give the path of a cascade XML file; OpenCV's own are in "):
+            scorer_kwargs(faces(model))
+    # a file reaches the actors absolute (their cwd is not the driver's); none leaves OpenCV's default to the actor
+    assert scorer_kwargs(faces("faces.xml"))["model"] == str((tmp_path / "faces.xml").resolve())
+    assert scorer_kwargs(faces(""))["model"] == ""
+    # built directly, the actor checks it itself, a directory too
+    with pytest.raises(ValueError, match=r"^scorer 'f' model: the Haar cascade file '.*' is a directory, not a cascade"):
+        resolve("haar_faces")(name="f", model=str(tmp_path))
+
+
 @pytest.mark.parametrize("cls, kind, model_cls", [
     ("captioner", "blip_caption", "BlipForConditionalGeneration"),
     ("tifa_vqa", "blip_vqa", "BlipForQuestionAnswering"),
