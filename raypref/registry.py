@@ -108,6 +108,17 @@ def _kind(value) -> str:
     return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
+# pydantic's JSON-mode words for a container ("a valid array", "an object") in YAML's, the config's: a tuple
+# or set arg is written as a list
+_YAML_WORDS = {"list_type": "a list", "tuple_type": "a list", "set_type": "a list", "frozen_set_type": "a list",
+               "dict_type": "a mapping"}
+
+
+def _message(err: dict) -> str:
+    word = _YAML_WORDS.get(err["type"])
+    return f"Input should be {word}" if word else err["msg"]
+
+
 def _is_type_error(err: dict) -> bool:
     """A pydantic error about the value's kind (a string for an int), not about a value of the right kind
     (an int out of range, a string not among the choices)."""
@@ -192,7 +203,7 @@ def check_arg_types(cls, args: dict, where: str, prefix: str = "args.", keys: di
             err = max(errors, key=lambda err: len(_value_path(value, err["loc"])))
             name, at = (keys or {}).get(key, prefix + key), _value_path(value, err["loc"])
             if _is_type_error(err):
-                raise ValueError(f"{where}: {name}{at}: {err['msg']}, not {_kind(err['input'])} "
+                raise ValueError(f"{where}: {name}{at}: {_message(err)}, not {_kind(err['input'])} "
                                  f"({name} takes {_type_text(hints[key])}{_yaml11_hint(errors)})") from None
             # a number, or a choice misspelt, is worth seeing; other text may be long or private
             shown = isinstance(err["input"], (int, float)) or err["type"] in ("literal_error", "enum")

@@ -283,6 +283,33 @@ def test_a_diffusers_generator_arg_out_of_range_is_named_on_the_driver_and_refus
         assert (kw["width"], kw["height"]) == (size.get("width"), size.get("height"))
 
 
+def test_a_container_arg_of_the_wrong_kind_is_named_in_yaml_words():
+    from raypref.build import generator_kwargs, scorer_kwargs
+    from raypref.config import GeneratorConf, ScorerConf
+
+    # strict JSON mode says "a valid array" for a tuple, set or list, "an object" for a dict: YAML writes a list,
+    # a mapping
+    for args, message in [({"size": "8x8"}, "args.size: Input should be a list, not a string (args.size takes tuple[int, int])"),
+                          ({"tags": {"a": 1}}, "args.tags: Input should be a list, not a mapping (args.tags takes set[str])"),
+                          ({"labels": 3}, "args.labels: Input should be a list, not an integer (args.labels takes "
+                                          "frozenset[str])"),
+                          ({"weights": ["a"]}, "args.weights: Input should be a mapping, not a list (args.weights takes "
+                                               "dict[str, float] | None)")]:
+        with pytest.raises(ValueError) as e:
+            scorer_kwargs(ScorerConf(name="t", cls=TYPED, args=args))
+        assert str(e.value) == f"scorer 't': {message}"
+    # a built-in's list arg, on the driver and built directly
+    with pytest.raises(ValueError) as e:
+        scorer_kwargs(ScorerConf(name="o", cls="owlvit", model="tiny:owlvit", args={"classes": "circle"}))
+    assert str(e.value) == "scorer 'o': args.classes: Input should be a list, not a string (args.classes takes list[str] | None)"
+    with pytest.raises(ValueError) as e:
+        generator_kwargs(GeneratorConf(name="r", cls="shapes_render", args={"kinds": "wrong_colour"}))
+    assert str(e.value).startswith("generator 'r': args.kinds: Input should be a list, not a string (args.kinds takes ")
+    with pytest.raises(ValueError) as e:
+        resolve("shapes_render")(name="r", kinds="wrong_colour")
+    assert str(e.value).startswith("generator 'r': kinds: Input should be a list, not a string (kinds takes ")
+
+
 def test_every_shipped_config_passes_its_actors_arg_checks(monkeypatch):
     from pathlib import Path
 
@@ -322,7 +349,7 @@ def test_a_class_of_ones_own_takes_args_as_yaml_writes_them():
                           ({"count": 2.0}, "args.count: Input should be a valid integer, not a float (args.count takes int)"),
                           ({"flag": 1}, "args.flag: Input should be a valid boolean, not an integer (args.flag takes bool)"),
                           ({"mode": "median"}, "args.mode: Input should be 'mean' or 'max', got 'median'"),
-                          ({"tags": "ab"}, "args.tags: Input should be a valid array, not a string (args.tags takes set[str])")]:
+                          ({"tags": "ab"}, "args.tags: Input should be a list, not a string (args.tags takes set[str])")]:
         with pytest.raises(ValueError) as e:
             scorer_kwargs(ScorerConf(name="t", cls=TYPED, args=args))
         assert str(e.value) == f"scorer 't': {message}"

@@ -20,7 +20,7 @@ class TypedScorer(Scorer):
     def __init__(self, name: str = "typed", pretrained: str = "none", size: tuple[int, int] = (8, 8),
                  out: Path | None = None, tags: set[str] = frozenset(), mode: Mode = Mode.MEAN, noise: float = 0.0,
                  count: int = 1, flag: bool = False, words: str | list[str] = "", limit: int | Literal["auto"] = "auto",
-                 weights: dict[str, float] | None = None):
+                 weights: dict[str, float] | None = None, labels: frozenset[str] = frozenset()):
         super().__init__(name)
         self.size = size
 
