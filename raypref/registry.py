@@ -252,11 +252,17 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str, keys: dic
         own = sorted(named - set(given)) or ["none"]
         raise ValueError(f"{where}: args.{unknown[0]}: {cls.__module__}:{cls.__qualname__} takes no argument "
                          f"{unknown[0]!r}; its arguments: {', '.join(own)}")
+    # an arg named as a build setting would replace it in the actor while the run's record kept the setting
+    shadowed = [k for k in args if k in given]
+    if shadowed:
+        k = shadowed[0]
+        raise ValueError(f"{where}: args.{k}: {k} is a setting of the config entry itself, not an extra argument; "
+                         f"set {(keys or {}).get(k, k)} there instead")
     check_arg_types(cls, args, where)
     passed = {k: v for k, v in given.items() if takes_any or k in named}
     # None is the build's "not set" (pretrained, width), handed over whatever the class annotates, as before
     # these checks: a class of one's own that names `pretrained: str` and copes with None still runs
-    check_arg_types(cls, {k: v for k, v in passed.items() if v is not None and k not in args}, where, prefix="", keys=keys)
+    check_arg_types(cls, {k: v for k, v in passed.items() if v is not None}, where, prefix="", keys=keys)
     check = getattr(cls, "check_args", None)  # a class that validates its own args does it here, on the driver,
     if check is not None:                     # before a run writes its config (a pasted secret fails first)
         check(where, args)

@@ -265,11 +265,8 @@ def test_a_diffusers_generator_arg_out_of_range_is_named_on_the_driver_and_refus
                                 ("width", -8, "Input should be greater than 0, got -8"),
                                 ("embedding_noise_sigma", -0.1, "Input should be greater than or equal to 0, got -0.1"),
                                 ("dtype", "fp16", "Input should be 'float32', 'float16' or 'bfloat16', got 'fp16'")]:
-        # the config refuses these at load; an arg of the same name, or a conf copied past validation (as
-        # eval_sides copies build.generators.0), reached the actor unchecked. Named once, by the key that set it
-        with pytest.raises(ValueError) as e:
-            generator_kwargs(sd.model_copy(update={"args": {key: value}}))
-        assert str(e.value) == f"generator 'sd': args.{key}: {message}"
+        # the config refuses these at load; a conf copied past validation (as eval_sides copies
+        # build.generators.0) reached the actor unchecked. Named by the key that set it
         with pytest.raises(ValueError) as e:
             generator_kwargs(sd.model_copy(update={key: value}))
         assert str(e.value) == f"generator 'sd': {key}: {message}"
@@ -277,6 +274,14 @@ def test_a_diffusers_generator_arg_out_of_range_is_named_on_the_driver_and_refus
         with pytest.raises(ValueError) as e:
             resolve("diffusers")(model="no/such-model", name="sd", **{key: value})
         assert str(e.value) == f"generator 'sd': {key}: {message}"
+    # an arg named as a setting would replace it in the actor while the run recorded the setting (8 images a
+    # prompt recorded, 4 made): refused, naming the key to set instead, whether or not its value is valid
+    for key, value, setting in [("num_samples", 4, "num_samples"), ("num_samples", 0, "num_samples"),
+                                ("width", 64, "width"), ("num_gpus", 1, "pool.num_gpus")]:
+        with pytest.raises(ValueError) as e:
+            generator_kwargs(sd.model_copy(update={"args": {key: value}}))
+        assert str(e.value) == (f"generator 'sd': args.{key}: {key} is a setting of the config entry itself, not an "
+                                f"extra argument; set {setting} there instead")
     # width and height unset (None: the pipeline's default) pass as set ones do
     for size in ({}, {"width": 64, "height": 48}):
         kw = generator_kwargs(GeneratorConf(name="sd", model="shapes:sd", **size))
