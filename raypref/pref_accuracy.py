@@ -36,7 +36,8 @@ from raypref import schema as S
 from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
-from raypref.resume import actor_settings, checkpointed, fingerprint, is_torn, set_aside_torn, untracked_keys, write_atomic
+from raypref.resume import (actor_settings, checkpointed, fingerprint, is_torn, set_aside_torn, uncommitted, untracked_keys,
+                            write_atomic)
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
@@ -241,11 +242,14 @@ def _scorer_settings(s: ScorerConf) -> tuple[dict, tuple[str, ...]]:
     return actor_settings(s), untracked_keys(s, "config.args")
 
 
-def _stored(keys: pa.Table, scores: Path, whole: bool) -> int:
-    """How many of the staged pairs the Parquet files under ``scores`` hold, each once (a block written
-    again after a crash holds its pairs twice). ``whole``: a file a crash cut short was set aside; else
-    such a file is skipped here, as its rows were not checkpointed."""
-    files = sorted(scores.rglob("*.parquet")) if scores.is_dir() else []
+def _stored(keys: pa.Table, d: Path, whole: bool) -> int:
+    """How many of the staged pairs the Parquet files under <d>/scores hold, each once (a block written
+    again after a crash holds its pairs twice), less the files whose checkpoint is still pending (the
+    rerun deletes and scores them again). ``whole``: a file a crash cut short was set aside; else such a
+    file is skipped here, as its rows were not checkpointed."""
+    scores = d / "scores"
+    pending = uncommitted(scores, d / "_checkpoint")
+    files = sorted(f for f in scores.rglob("*.parquet") if f not in pending) if scores.is_dir() else []
     files = files if whole else [f for f in files if not is_torn(f)]
     rows = pq.read_table(files, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy() if files else []
     return int(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), rows).sum())
@@ -258,7 +262,7 @@ def stored_as_is(s: ScorerConf, out: Path, keys: pa.Table) -> int:
     settings, ignore = _scorer_settings(s)
     if settings_changed(d / SETTINGS_FILE, settings, ignore):  # no added=: it would write the record
         return 0
-    return _stored(keys, d / "scores", whole=False)
+    return _stored(keys, d, whole=False)
 
 
 def stored_count(s: ScorerConf, out: Path, keys: pa.Table) -> int:
@@ -269,7 +273,7 @@ def stored_count(s: ScorerConf, out: Path, keys: pa.Table) -> int:
     settings, ignore = _scorer_settings(s)
     renew_if_changed(d / SETTINGS_FILE, settings, f"[accuracy] {s.name}", ignore)
     set_aside_torn(d / "scores")
-    return _stored(keys, d / "scores", whole=True)
+    return _stored(keys, d, whole=True)
 
 
 def scoring_line(name: str, pairs: int, stored: int) -> str:

@@ -48,6 +48,23 @@ def set_aside_torn(directory: Path) -> list[Path]:
     return moved
 
 
+# Ray Data 2.60 (checkpoint_writer.PENDING_CHECKPOINT_SUFFIX + ".parquet"): spelled out, as importing
+# ray.data for it would cost a run that stops before Ray seconds
+PENDING = ".pending.parquet"
+
+
+def uncommitted(output_dir: Path, checkpoint_dir: Path) -> set[Path]:
+    """The Parquet files under ``output_dir`` whose block's checkpoint in ``checkpoint_dir`` is still
+    pending. Ray Data records a block's ids as <id>.pending.parquet before it writes the block's files
+    (named <id>...) and commits them once the files are whole; a rerun deletes such files, whole or not,
+    and writes their rows again, so they hold no stored row."""
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    ids = tuple(f.name[:-len(PENDING)] for f in checkpoint_dir.glob("*" + PENDING)) if checkpoint_dir.is_dir() else ()
+    if not ids or not output_dir.is_dir():
+        return set()
+    return {f for f in output_dir.rglob("*.parquet") if f.name.startswith(ids)}
+
+
 FILTER_ACTORS = 1  # Ray Data's checkpoint filter actors on a rerun (build.CHECKPOINT_FILTER_CPUS each)
 
 
