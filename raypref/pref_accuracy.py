@@ -36,7 +36,7 @@ from raypref import schema as S
 from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
-from raypref.resume import (actor_settings, checkpointed, fingerprint, is_torn, set_aside_torn, uncommitted, untracked_keys,
+from raypref.resume import (actor_settings, checkpointed, is_torn, set_aside_torn, uncommitted, untracked_keys,
                             write_atomic)
 
 STAGE = "accuracy"
@@ -123,15 +123,14 @@ def _input_settings(cfg: Config, out: Path) -> tuple[dict, dict]:
     """(this input's settings, settings_changed's ``added`` for a record made before they held every file
     the format reads). Stat only, no pair is read, but every file is stat'ed (an HPD v2 image folder's too)."""
     a = cfg.accuracy
-    from raypref.formats import input_fingerprint
+    from raypref.formats import input_fingerprints
 
-    # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen
-    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format,
-                         "files": input_fingerprint(a.pairs, a.format, out, cfg.output_dir, **format_options(a))}}
-    # a record from before accuracy.files counted a JSON format's images holds the fingerprint of the
+    # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen;
+    # then: a record from before accuracy.files counted a JSON format's images holds the fingerprint of the
     # input path alone: while that still matches, the input is the same (its images were not counted
     # then, so cannot be compared now); the record then gains every file the format reads
-    then = fingerprint(a.pairs)
+    files, then = input_fingerprints(a.pairs, a.format, out, cfg.output_dir, **format_options(a))
+    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format, "files": files}}
     return mine, {"accuracy.files": then} if then is not None else {}
 
 
@@ -387,7 +386,7 @@ def run_accuracy(cfg: Config) -> dict:
 
     out = cfg.stage_dir(STAGE)
     # the input's files are stat'ed once a run, by the check before Ray where a judge asks it, else by
-    # staged_pairs: the stage writes none of them (input_fingerprint leaves its own output out)
+    # staged_pairs: the stage writes none of them (input_fingerprints leaves its own output out)
     seen = functools.cache(functools.partial(_input_settings, cfg, out))
     # a judge's missing key stops it here, before Ray, unless its scores are all stored: none is asked for
     write_run_meta(cfg, out, STAGE, stored_in_full(cfg, out, seen))

@@ -252,3 +252,35 @@ def test_a_block_whose_checkpoint_is_still_pending_counts_as_not_stored(tmp_path
     assert len(list((d / "scores").glob("*.parquet"))) == 2  # the file left for Ray's rerun to delete
     writer.commit_checkpoint(second)
     assert stored_as_is(s, tmp_path, keys) == 4 and stored_count(s, tmp_path, keys) == 4
+
+
+def test_a_pairs_folder_is_walked_once_for_both_of_its_fingerprints(tmp_path, monkeypatch):
+    """_input_settings gives the files' fingerprint (less the run's output_dir inside the folder) and the
+    folder's own (what an older record holds) from one walk of the folder, the values of two walks."""
+    import pathlib
+
+    import pyarrow as pa
+
+    from raypref.pref_accuracy import _input_settings
+    from raypref.resume import fingerprint
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"x": [i]}), pairs / f"part-{i}.parquet")
+    cfg = validate({"output_dir": str(pairs / "run"), "accuracy": {
+        "pairs": str(pairs), "format": "raypref", "scorers": [{"name": "jpeg", "cls": "jpeg_compressibility"}]}})
+    out = cfg.stage_dir("accuracy")
+    out.mkdir(parents=True)
+    (out / "pairs_keys.parquet").write_bytes(b"the run's own output, not the input")
+    walks = []
+    rglob = pathlib.Path.rglob
+    monkeypatch.setattr(pathlib.Path, "rglob", lambda self, *a, **k: walks.append(self) or rglob(self, *a, **k))
+
+    mine, added = _input_settings(cfg, out)
+    assert walks == [pairs]
+    monkeypatch.undo()
+    files, then = fingerprint(str(pairs), pairs / "run"), fingerprint(str(pairs))
+    assert files != then  # the output_dir left out of one only
+    assert mine == {"accuracy": {"pairs": str(pairs.resolve()), "format": "raypref", "files": files}}
+    assert added == {"accuracy.files": then}
