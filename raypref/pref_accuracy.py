@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypref import schema as S
-from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
+from raypref.config import Config, ScorerConf, format_options, record_added, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
 from raypref.resume import (actor_settings, checkpointed, is_torn, set_aside_torn, uncommitted, untracked_keys,
@@ -134,14 +134,14 @@ def _input_settings(cfg: Config, out: Path) -> tuple[dict, dict]:
     return mine, {"accuracy.files": then} if then is not None else {}
 
 
-def _staged_input(cfg: Config, out: Path, seen: InputSettings | None, write: bool) -> tuple[dict, str | None, bool]:
-    """(this input's settings, how they differ from those the pairs in <out> were staged from, whether
-    the staged keys are this input's). ``seen``: the input's settings if already worked out. ``write``
-    False leaves an older record without every file the format reads as it is (settings_changed)."""
+def _staged_input(cfg: Config, out: Path, seen: InputSettings | None) -> tuple[dict, dict, str | None, bool]:
+    """(this input's settings, settings_changed's ``added`` for them, how they differ from those the pairs
+    in <out> were staged from, whether the staged keys are this input's); it writes nothing. ``seen``: the
+    input's settings if already worked out."""
     mine, added = seen() if seen is not None else _input_settings(cfg, out)
-    changed = settings_changed(out / STAGED_FILE, mine, added=added, write=write)
+    changed = settings_changed(out / STAGED_FILE, mine, added=added)
     same = all((out / f).is_file() for f in (STAGED_FILE, KEYS_FILE, STAGED_COUNTS)) and changed is None
-    return mine, changed, same
+    return mine, added, changed, same
 
 
 def stored_in_full(cfg: Config, out: Path, seen: InputSettings | None = None) -> Callable[[ScorerConf], bool]:
@@ -154,7 +154,7 @@ def stored_in_full(cfg: Config, out: Path, seen: InputSettings | None = None) ->
 
     def stored(s: ScorerConf) -> bool:
         if not keys:
-            _, _, same = _staged_input(cfg, out, seen, write=False)
+            *_, same = _staged_input(cfg, out, seen)
             counts = json.loads((out / STAGED_COUNTS).read_text()) if same else {}
             keys.append(pq.read_table(out / KEYS_FILE) if same and counts.get("limit") == cfg.accuracy.limit else None)
         return keys[0] is not None and stored_as_is(s, out, keys[0]) == keys[0].num_rows
@@ -170,7 +170,9 @@ def staged_pairs(cfg: Config, out: Path, images: bool, seen: InputSettings | Non
     keeps them, the first rows being the same pairs (checked). ``seen``: see run_accuracy."""
     a = cfg.accuracy
     record, keys_file, counts_file = out / STAGED_FILE, out / KEYS_FILE, out / STAGED_COUNTS
-    mine, changed, same = _staged_input(cfg, out, seen, write=True)
+    mine, added, changed, same = _staged_input(cfg, out, seen)
+    if changed is None:  # a record made before every file the format reads was counted gains them
+        record_added(record, mine, added=added)
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
         return pq.read_table(keys_file), counts
@@ -259,7 +261,7 @@ def stored_as_is(s: ScorerConf, out: Path, keys: pa.Table) -> int:
     those recorded (stored_count would remove its scores)."""
     d = out / "scorers" / s.name
     settings, ignore = _scorer_settings(s)
-    if settings_changed(d / SETTINGS_FILE, settings, ignore):  # no added=: it would write the record
+    if settings_changed(d / SETTINGS_FILE, settings, ignore):
         return 0
     return _stored(keys, d, whole=False)
 
