@@ -918,7 +918,7 @@ def _without(flat: dict, ignore) -> dict:
     return {k: v for k, v in flat.items() if not _under(k, ignore)}
 
 
-# a key an earlier record lacks (added= of settings_changed)
+# a key an earlier record lacks (added= of settings_changed and record_added)
 NOT_RECORDED = object()
 
 
@@ -934,10 +934,22 @@ def _shown(flat: dict, k: str) -> str:
     return repr(str(flat[k])[:60]) if k in flat else "(not set)"
 
 
-def settings_changed(record: Path, settings: dict, ignore=(), added=(), write: bool = True) -> str | None:
+def _compared(record: Path, settings: dict, ignore, added):
+    """What settings_changed and record_added read: (the record as written, this run's flat settings
+    less ``ignore``, the keys of ``added`` the record was made before, the keys that differ), or None
+    where nothing was recorded."""
+    if not record.is_file():
+        return None
+    recorded = json.loads(record.read_text())
+    theirs, mine = _without(recorded, ignore), _without(_flat(settings, ""), ignore)
+    earlier = _earlier(theirs, added)
+    return recorded, theirs, mine, earlier, changed_keys(_without(theirs, earlier), _without(mine, earlier))
+
+
+def settings_changed(record: Path, settings: dict, ignore=(), added=()) -> str | None:
     """How ``settings`` differ from those record_settings wrote to ``record`` ("key: old -> new; ...",
     a key one side lacks shown as "(not set)"), or None when they are the same or nothing was recorded
-    (work from before records were kept).
+    (work from before records were kept). It writes nothing.
     A config key the record lacks (work from before the key existed) is the same while it holds
     its default (or, for a key in _BEFORE_KEY, what the code did before it), so adding a key with a
     default does not refuse every earlier run's rerun. The dotted keys in ``ignore`` (settings this
@@ -945,24 +957,31 @@ def settings_changed(record: Path, settings: dict, ignore=(), added=(), write: b
     ``added``: settings keys a stage began to record later (a fingerprint of files), which a record made
     before cannot compare: the dotted keys such a record lacks (nor any key under them), or
     {key: the value such a record holds there} where the key's value was once worked out otherwise
-    (NOT_RECORDED: lacks it). A record made before one is compared without it, once: when nothing else
-    changed, the record gains this run's value of it, so the next rerun compares it; with ``write`` False
-    (a check that must leave everything as it found it) it does not, and a later call with ``write`` does."""
-    if not record.is_file():
+    (NOT_RECORDED: lacks it). A record made before one is compared without it, once: a stage that keeps
+    the work then calls record_added, so the next rerun compares it."""
+    c = _compared(record, settings, ignore, added)
+    if c is None:
         return None
-    recorded = json.loads(record.read_text())
-    theirs, mine = _without(recorded, ignore), _without(_flat(settings, ""), ignore)
-    earlier = _earlier(theirs, added)
-    changed = changed_keys(_without(theirs, earlier), _without(mine, earlier))
+    _, theirs, mine, _, changed = c
     if not changed:
-        if earlier and write:
-            from raypref.resume import write_atomic
-
-            now = {**_without(recorded, earlier), **{k: v for k, v in mine.items() if _under(k, earlier)}}
-            write_atomic(record, json.dumps(now, indent=1, sort_keys=True) + "\n")
         return None
     said = "; ".join(f"{k}: {_shown(theirs, k)} -> {_shown(mine, k)}" for k in changed[:4])
     return said + ("; ..." if len(changed) > 4 else "")
+
+
+def record_added(record: Path, settings: dict, ignore=(), added=()) -> None:
+    """Where ``record`` was made before keys of ``added`` and nothing else changed (settings_changed
+    with the same arguments is None), write this run's values of those keys to it, the rest as it was,
+    so the next rerun compares them; otherwise leave it as it is."""
+    c = _compared(record, settings, ignore, added)
+    if c is None:
+        return
+    recorded, _, mine, earlier, changed = c
+    if earlier and not changed:
+        from raypref.resume import write_atomic
+
+        now = {**_without(recorded, earlier), **{k: v for k, v in mine.items() if _under(k, earlier)}}
+        write_atomic(record, json.dumps(now, indent=1, sort_keys=True) + "\n")
 
 
 def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, ignore=(), added=()) -> None:
@@ -970,7 +989,8 @@ def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, igno
     other than ``settings`` (as recorded in ``record``; the dotted keys in ``ignore``, which this run
     does not read, neither compared nor recorded; a record from before a key of ``added`` compared
     without it, as settings_changed does), a rerun would resume or mix another run's work, so
-    raise ``refusal`` with its {changed} filled in; otherwise record ``settings``."""
+    raise ``refusal`` with its {changed} filled in; otherwise record ``settings`` (whole: record_added's
+    keys among them)."""
     changed = settings_changed(record, settings, ignore, added) if has_work else None
     if changed:
         raise ValueError(refusal.replace("{changed}", changed))  # not format(): a path may hold braces

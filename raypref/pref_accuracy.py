@@ -33,10 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypref import schema as S
-from raypref.config import Config, ScorerConf, format_options, record_settings, renew_if_changed, settings_changed, write_run_meta
+from raypref.config import Config, ScorerConf, format_options, record_added, record_settings, renew_if_changed, settings_changed, write_run_meta
 from raypref.metrics import design_effect, json_text, wilson_interval
 from raypref.parquet_read import read_parquet
-from raypref.resume import actor_settings, checkpointed, fingerprint, is_torn, set_aside_torn, untracked_keys, write_atomic
+from raypref.resume import (actor_settings, checkpointed, is_torn, set_aside_torn, uncommitted, untracked_keys,
+                            write_atomic)
 
 STAGE = "accuracy"
 STAGED_FILE = "staged_settings.json"  # in accuracy/: the input, format and limit the staged pairs came from
@@ -122,26 +123,25 @@ def _input_settings(cfg: Config, out: Path) -> tuple[dict, dict]:
     """(this input's settings, settings_changed's ``added`` for a record made before they held every file
     the format reads). Stat only, no pair is read, but every file is stat'ed (an HPD v2 image folder's too)."""
     a = cfg.accuracy
-    from raypref.formats import input_fingerprint
+    from raypref.formats import input_fingerprints
 
-    # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen
-    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format,
-                         "files": input_fingerprint(a.pairs, a.format, out, cfg.output_dir, **format_options(a))}}
-    # a record from before accuracy.files counted a JSON format's images holds the fingerprint of the
+    # the files: every one the format reads (an HPD v2 JSON's images too), so one added or fixed is seen;
+    # then: a record from before accuracy.files counted a JSON format's images holds the fingerprint of the
     # input path alone: while that still matches, the input is the same (its images were not counted
     # then, so cannot be compared now); the record then gains every file the format reads
-    then = fingerprint(a.pairs)
+    files, then = input_fingerprints(a.pairs, a.format, out, cfg.output_dir, **format_options(a))
+    mine = {"accuracy": {"pairs": str(Path(a.pairs).resolve()), "format": a.format, "files": files}}
     return mine, {"accuracy.files": then} if then is not None else {}
 
 
-def _staged_input(cfg: Config, out: Path, seen: InputSettings | None, write: bool) -> tuple[dict, str | None, bool]:
-    """(this input's settings, how they differ from those the pairs in <out> were staged from, whether
-    the staged keys are this input's). ``seen``: the input's settings if already worked out. ``write``
-    False leaves an older record without every file the format reads as it is (settings_changed)."""
+def _staged_input(cfg: Config, out: Path, seen: InputSettings | None) -> tuple[dict, dict, str | None, bool]:
+    """(this input's settings, settings_changed's ``added`` for them, how they differ from those the pairs
+    in <out> were staged from, whether the staged keys are this input's); it writes nothing. ``seen``: the
+    input's settings if already worked out."""
     mine, added = seen() if seen is not None else _input_settings(cfg, out)
-    changed = settings_changed(out / STAGED_FILE, mine, added=added, write=write)
+    changed = settings_changed(out / STAGED_FILE, mine, added=added)
     same = all((out / f).is_file() for f in (STAGED_FILE, KEYS_FILE, STAGED_COUNTS)) and changed is None
-    return mine, changed, same
+    return mine, added, changed, same
 
 
 def stored_in_full(cfg: Config, out: Path, seen: InputSettings | None = None) -> Callable[[ScorerConf], bool]:
@@ -154,7 +154,7 @@ def stored_in_full(cfg: Config, out: Path, seen: InputSettings | None = None) ->
 
     def stored(s: ScorerConf) -> bool:
         if not keys:
-            _, _, same = _staged_input(cfg, out, seen, write=False)
+            *_, same = _staged_input(cfg, out, seen)
             counts = json.loads((out / STAGED_COUNTS).read_text()) if same else {}
             keys.append(pq.read_table(out / KEYS_FILE) if same and counts.get("limit") == cfg.accuracy.limit else None)
         return keys[0] is not None and stored_as_is(s, out, keys[0]) == keys[0].num_rows
@@ -170,7 +170,9 @@ def staged_pairs(cfg: Config, out: Path, images: bool, seen: InputSettings | Non
     keeps them, the first rows being the same pairs (checked). ``seen``: see run_accuracy."""
     a = cfg.accuracy
     record, keys_file, counts_file = out / STAGED_FILE, out / KEYS_FILE, out / STAGED_COUNTS
-    mine, changed, same = _staged_input(cfg, out, seen, write=True)
+    mine, added, changed, same = _staged_input(cfg, out, seen)
+    if changed is None:  # a record made before every file the format reads was counted gains them
+        record_added(record, mine, added=added)
     counts = json.loads(counts_file.read_text()) if same else {}
     if same and counts.get("limit") == a.limit and (counts.get("staged") or not images):
         return pq.read_table(keys_file), counts
@@ -241,11 +243,14 @@ def _scorer_settings(s: ScorerConf) -> tuple[dict, tuple[str, ...]]:
     return actor_settings(s), untracked_keys(s, "config.args")
 
 
-def _stored(keys: pa.Table, scores: Path, whole: bool) -> int:
-    """How many of the staged pairs the Parquet files under ``scores`` hold, each once (a block written
-    again after a crash holds its pairs twice). ``whole``: a file a crash cut short was set aside; else
-    such a file is skipped here, as its rows were not checkpointed."""
-    files = sorted(scores.rglob("*.parquet")) if scores.is_dir() else []
+def _stored(keys: pa.Table, d: Path, whole: bool) -> int:
+    """How many of the staged pairs the Parquet files under <d>/scores hold, each once (a block written
+    again after a crash holds its pairs twice), less the files whose checkpoint is still pending (the
+    rerun deletes and scores them again). ``whole``: a file a crash cut short was set aside; else such a
+    file is skipped here, as its rows were not checkpointed."""
+    scores = d / "scores"
+    pending = uncommitted(scores, d / "_checkpoint")
+    files = sorted(f for f in scores.rglob("*.parquet") if f not in pending) if scores.is_dir() else []
     files = files if whole else [f for f in files if not is_torn(f)]
     rows = pq.read_table(files, columns=[S.IMPORT_ROW]).column(S.IMPORT_ROW).to_numpy() if files else []
     return int(np.isin(keys.column(S.IMPORT_ROW).to_numpy(), rows).sum())
@@ -256,9 +261,9 @@ def stored_as_is(s: ScorerConf, out: Path, keys: pa.Table) -> int:
     those recorded (stored_count would remove its scores)."""
     d = out / "scorers" / s.name
     settings, ignore = _scorer_settings(s)
-    if settings_changed(d / SETTINGS_FILE, settings, ignore):  # no added=: it would write the record
+    if settings_changed(d / SETTINGS_FILE, settings, ignore):
         return 0
-    return _stored(keys, d / "scores", whole=False)
+    return _stored(keys, d, whole=False)
 
 
 def stored_count(s: ScorerConf, out: Path, keys: pa.Table) -> int:
@@ -269,7 +274,7 @@ def stored_count(s: ScorerConf, out: Path, keys: pa.Table) -> int:
     settings, ignore = _scorer_settings(s)
     renew_if_changed(d / SETTINGS_FILE, settings, f"[accuracy] {s.name}", ignore)
     set_aside_torn(d / "scores")
-    return _stored(keys, d / "scores", whole=True)
+    return _stored(keys, d, whole=True)
 
 
 def scoring_line(name: str, pairs: int, stored: int) -> str:
@@ -383,7 +388,7 @@ def run_accuracy(cfg: Config) -> dict:
 
     out = cfg.stage_dir(STAGE)
     # the input's files are stat'ed once a run, by the check before Ray where a judge asks it, else by
-    # staged_pairs: the stage writes none of them (input_fingerprint leaves its own output out)
+    # staged_pairs: the stage writes none of them (input_fingerprints leaves its own output out)
     seen = functools.cache(functools.partial(_input_settings, cfg, out))
     # a judge's missing key stops it here, before Ray, unless its scores are all stored: none is asked for
     write_run_meta(cfg, out, STAGE, stored_in_full(cfg, out, seen))

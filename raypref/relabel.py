@@ -45,7 +45,7 @@ from raypref.build import (
     _scorer_specs, build_files, explode_pairs, finalize_groups, generate_and_score, labelling_settings, scorer_kwargs,
     untracked_build_keys,
 )
-from raypref.config import Config, format_options, guard_rerun, record_settings, settings_changed, write_run_meta
+from raypref.config import Config, format_options, guard_rerun, record_added, record_settings, settings_changed, write_run_meta
 from raypref.formats import FORMATS, Quarantine, check_format, first_pairs, input_fingerprint, write_pairs
 from raypref.metrics import json_text
 from raypref.parquet_read import read_parquet
@@ -178,8 +178,11 @@ def import_pairs(cfg: Config, out: Path, settings: dict | None = None) -> tuple[
     r = cfg.relabel
     done, mine = out / IMPORT_DONE, settings or _import_settings(cfg)
     if done.is_file() and settings_changed(done, mine, added=_ADDED_IMPORT) is None:
+        record_added(done, mine, added=_ADDED_IMPORT)
         return pds.dataset(out / "imported", format="parquet").count_rows(), len(list((out / "imported").glob("part-*.parquet")))
     same = done.is_file() and settings_changed(done, mine, _LAYOUT, _ADDED_IMPORT) is None
+    if same:  # an older record gains the input's files now: a rerun after a crash below compares them
+        record_added(done, mine, _LAYOUT, _ADDED_IMPORT)
     before = _import_keys(out / "imported") if same else None
     q = Quarantine(f"import:{r.format}")
     if not same:  # labels of an earlier import are keyed on its rows

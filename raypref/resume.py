@@ -48,6 +48,23 @@ def set_aside_torn(directory: Path) -> list[Path]:
     return moved
 
 
+# Ray Data 2.60 (checkpoint_writer.PENDING_CHECKPOINT_SUFFIX + ".parquet"): spelled out, as importing
+# ray.data for it would cost a run that stops before Ray seconds
+PENDING = ".pending.parquet"
+
+
+def uncommitted(output_dir: Path, checkpoint_dir: Path) -> set[Path]:
+    """The Parquet files under ``output_dir`` whose block's checkpoint in ``checkpoint_dir`` is still
+    pending. Ray Data records a block's ids as <id>.pending.parquet before it writes the block's files
+    (named <id>...) and commits them once the files are whole; a rerun deletes such files, whole or not,
+    and writes their rows again, so they hold no stored row."""
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    ids = tuple(f.name[:-len(PENDING)] for f in checkpoint_dir.glob("*" + PENDING)) if checkpoint_dir.is_dir() else ()
+    if not ids or not output_dir.is_dir():
+        return set()
+    return {f for f in output_dir.rglob("*.parquet") if f.name.startswith(ids)}
+
+
 FILTER_ACTORS = 1  # Ray Data's checkpoint filter actors on a rerun (build.CHECKPOINT_FILTER_CPUS each)
 
 
@@ -105,11 +122,9 @@ def swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def fingerprint(model: str | None, skip: Path | None = None) -> str | None:
-    """For a local file or directory, a hash of each file's path in it, size and modification time:
-    a re-export changes it, without reading gigabytes of weights. None for anything else (a hub
-    name, tiny:*, shapes:*), which the settings name as they are. Files under ``skip`` (a stage's own
-    output inside the directory) are left out."""
+def _local_files(model: str | None) -> tuple[Path, list[Path]] | None:
+    """The path ``model`` names and its files (itself, or every file under it), or None where it names
+    no local file."""
     if not model:
         return None
     try:
@@ -118,15 +133,48 @@ def fingerprint(model: str | None, skip: Path | None = None) -> str | None:
             return None
     except (OSError, ValueError, RuntimeError):  # not a path at all (a long text, a NUL byte, ~user unknown)
         return None
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    if skip is not None:
-        skip = Path(skip).resolve()
-        files = [f for f in files if not f.resolve().is_relative_to(skip)]
+    return p, [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+
+
+def _entry(p: Path, f: Path) -> bytes:
+    st = f.stat()
+    return f"{f.relative_to(p) if f != p else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+
+
+def _digest(entries) -> str:
     h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(p) if f != p else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for e in entries:
+        h.update(e)
     return h.hexdigest()[:16]
+
+
+def _outside(files: list[Path], skip: Path | None) -> list[Path]:
+    if skip is None:
+        return files
+    skip = Path(skip).resolve()
+    return [f for f in files if not f.resolve().is_relative_to(skip)]
+
+
+def fingerprint(model: str | None, skip: Path | None = None) -> str | None:
+    """For a local file or directory, a hash of each file's path in it, size and modification time:
+    a re-export changes it, without reading gigabytes of weights. None for anything else (a hub
+    name, tiny:*, shapes:*), which the settings name as they are. Files under ``skip`` (a stage's own
+    output inside the directory) are left out."""
+    found = _local_files(model)
+    if found is None:
+        return None
+    p, files = found
+    return _digest(_entry(p, f) for f in _outside(files, skip))
+
+
+def fingerprints(model: str | None, skip: Path | None) -> tuple[str | None, str | None]:
+    """(fingerprint(model, skip), fingerprint(model)) from one walk of a directory, each file stat'ed once."""
+    found = _local_files(model)
+    if found is None:
+        return None, None
+    p, files = found
+    entries = {f: _entry(p, f) for f in files}
+    return _digest(entries[f] for f in _outside(files, skip)), _digest(entries.values())
 
 
 _FILE_FIELDS = ("model", "pretrained", "lora", "unet")  # generator and scorer fields that may name local files

@@ -218,3 +218,69 @@ def test_a_scores_file_a_crash_cut_short_is_set_aside_before_the_stored_rows_are
     assert stored_count(s, tmp_path, pa.table({S.IMPORT_ROW: [0, 1, 2]})) == 2  # not done, and no ArrowInvalid
     assert (tmp_path / "scorers" / "jpeg" / "scores.torn" / "b.parquet").is_file()
     assert "1 file(s) in" in capsys.readouterr().out and stored_count(s, tmp_path, keys) == 2
+
+
+def test_a_block_whose_checkpoint_is_still_pending_counts_as_not_stored(tmp_path):
+    """Ray Data 2.60 records a block's ids as pending before it writes the block's file and commits them
+    once the file is whole; a kill in between leaves a whole file that the rerun deletes and scores again,
+    so its pairs are not among the "(N stored)" nor make a scorer's scores whole."""
+    import pyarrow as pa
+    from ray.data.checkpoint import CheckpointConfig
+    from ray.data.checkpoint.checkpoint_writer import PENDING_CHECKPOINT_SUFFIX, BatchBasedCheckpointWriter
+
+    from raypref.config import ScorerConf
+    from raypref.pref_accuracy import stored_as_is, stored_count
+    from raypref.resume import PENDING
+
+    assert PENDING == PENDING_CHECKPOINT_SUFFIX + ".parquet"  # the name Ray gives a pending checkpoint
+    s = ScorerConf(name="jpeg", cls="jpeg_compressibility")
+    d = tmp_path / "scorers" / "jpeg"
+    (d / "scores").mkdir(parents=True)
+    writer = BatchBasedCheckpointWriter(CheckpointConfig(id_column=S.IMPORT_ROW, checkpoint_path=str(d / "_checkpoint")))
+
+    def write_block(task: int, rows: list[int]):
+        """As Ray's write task does: the pending checkpoint, then the file (<write uuid>_<task>-0.parquet)."""
+        block = f"0355aNTq_a958b292_{task:06}"
+        pending = writer.write_pending_checkpoint(pa.array(rows), block)
+        pq.write_table(pa.table({S.IMPORT_ROW: rows}), d / "scores" / f"{block}-0.parquet")
+        return pending
+
+    keys = pa.table({S.IMPORT_ROW: [0, 1, 2, 3]})
+    writer.commit_checkpoint(write_block(0, [0, 1]))
+    second = write_block(1, [2, 3])  # killed before the commit: its file whole, its checkpoint pending
+    assert stored_as_is(s, tmp_path, keys) == 2 and stored_count(s, tmp_path, keys) == 2
+    assert len(list((d / "scores").glob("*.parquet"))) == 2  # the file left for Ray's rerun to delete
+    writer.commit_checkpoint(second)
+    assert stored_as_is(s, tmp_path, keys) == 4 and stored_count(s, tmp_path, keys) == 4
+
+
+def test_a_pairs_folder_is_walked_once_for_both_of_its_fingerprints(tmp_path, monkeypatch):
+    """_input_settings gives the files' fingerprint (less the run's output_dir inside the folder) and the
+    folder's own (what an older record holds) from one walk of the folder, the values of two walks."""
+    import pathlib
+
+    import pyarrow as pa
+
+    from raypref.pref_accuracy import _input_settings
+    from raypref.resume import fingerprint
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"x": [i]}), pairs / f"part-{i}.parquet")
+    cfg = validate({"output_dir": str(pairs / "run"), "accuracy": {
+        "pairs": str(pairs), "format": "raypref", "scorers": [{"name": "jpeg", "cls": "jpeg_compressibility"}]}})
+    out = cfg.stage_dir("accuracy")
+    out.mkdir(parents=True)
+    (out / "pairs_keys.parquet").write_bytes(b"the run's own output, not the input")
+    walks = []
+    rglob = pathlib.Path.rglob
+    monkeypatch.setattr(pathlib.Path, "rglob", lambda self, *a, **k: walks.append(self) or rglob(self, *a, **k))
+
+    mine, added = _input_settings(cfg, out)
+    assert walks == [pairs]
+    monkeypatch.undo()
+    files, then = fingerprint(str(pairs), pairs / "run"), fingerprint(str(pairs))
+    assert files != then  # the output_dir left out of one only
+    assert mine == {"accuracy": {"pairs": str(pairs.resolve()), "format": "raypref", "files": files}}
+    assert added == {"accuracy.files": then}

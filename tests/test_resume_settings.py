@@ -136,19 +136,23 @@ def test_relabel_resumes_after_a_judges_retries_change_and_refuses_another_rubri
 
 
 def test_a_key_added_to_a_record_is_accepted_once_then_compared(tmp_path):
-    from raypref.config import settings_changed
+    """settings_changed only reads: a record made before a key of added= gains it through record_added,
+    which the stages that keep the work call."""
+    from raypref.config import record_added, settings_changed
 
     record = tmp_path / "settings.json"
     record.write_text(json.dumps({"a": 1}))  # from before "files" was recorded
     mine = {"a": 1, "files": {"m": "f1"}}
-    assert settings_changed(record, mine, added=("files",), write=False) is None  # a check that changes nothing
-    assert json.loads(record.read_text()) == {"a": 1}
     assert settings_changed(record, mine, added=("files",)) is None
+    assert settings_changed(record, mine, added=("files",)) is None  # a query: it changes nothing
+    assert json.loads(record.read_text()) == {"a": 1}
+    record_added(record, mine, added=("files",))
     assert json.loads(record.read_text()) == {"a": 1, "files.m": "f1"}  # compared from now on
     assert settings_changed(record, {"a": 1, "files": {"m": "f2"}}, added=("files",)) == "files.m: 'f1' -> 'f2'"
     # another change: the old record is not rewritten, and a key one side lacks reads as not set
     record.write_text(json.dumps({"a": 1}))
     assert settings_changed(record, {"a": 2, "files": {"m": "f1"}}, added=("files",)) == "a: '1' -> '2'"
+    record_added(record, {"a": 2, "files": {"m": "f1"}}, added=("files",))
     assert json.loads(record.read_text()) == {"a": 1}
     assert settings_changed(record, {"a": 1, "b": 2}) == "b: (not set) -> '2'"
     assert settings_changed(record, {"c": None}) == "a: '1' -> (not set)"
@@ -156,7 +160,11 @@ def test_a_key_added_to_a_record_is_accepted_once_then_compared(tmp_path):
     record.write_text(json.dumps({"a": 1, "files": "old"}))
     assert settings_changed(record, {"a": 1, "files": "new"}, added={"files": "other"}) == "files: 'old' -> 'new'"
     assert settings_changed(record, {"a": 1, "files": "new"}, added={"files": "old"}) is None
+    assert json.loads(record.read_text()) == {"a": 1, "files": "old"}
+    record_added(record, {"a": 1, "files": "new"}, added={"files": "old"})
     assert json.loads(record.read_text()) == {"a": 1, "files": "new"}
+    record_added(tmp_path / "none.json", mine, added=("files",))  # nothing recorded: nothing written
+    assert not (tmp_path / "none.json").exists()
 
 
 def test_relabel_compares_its_scorers_files_and_takes_an_older_record_once(tmp_path):

@@ -29,7 +29,7 @@ import pyarrow as pa
 from raypref import schema as S
 from raypref.formats import agfsync, hpdv2, imagereward_db, pickapic, raypref_pairs
 from raypref.formats._common import DEFAULT_BATCH_ROWS, FormatError, Quarantine, concat
-from raypref.resume import fingerprint
+from raypref.resume import fingerprint, fingerprints
 
 FORMATS = {
     "raypref": raypref_pairs,
@@ -40,7 +40,7 @@ FORMATS = {
 }
 
 __all__ = ["FORMATS", "FormatError", "Quarantine", "check_format", "check_input", "convert", "first_pairs",
-           "input_fingerprint", "iter_pairs", "read_options", "read_pairs", "source_paths", "with_progress", "write_pairs"]
+           "input_fingerprint", "input_fingerprints", "iter_pairs", "read_options", "read_pairs", "source_paths", "with_progress", "write_pairs"]
 
 
 def _module(fmt: str):
@@ -84,6 +84,24 @@ def source_paths(path, fmt: str, **opts) -> list[Path]:
     return m.source_paths(path, **opts) if hasattr(m, "source_paths") else [Path(path)]
 
 
+def _skip(path, stage_dir, output_dir) -> Path | None:
+    """What a fingerprint of an input folder walked whole leaves out: the run's ``output_dir``, else the
+    stage's ``stage_dir``, unless the input lies in it."""
+    here = Path(path).resolve()
+    return next((Path(d) for d in (output_dir, stage_dir) if d is not None and not here.is_relative_to(Path(d).resolve())),
+                None)
+
+
+def input_fingerprints(path, fmt: str, stage_dir=None, output_dir=None, **opts) -> tuple[str | None, str | None]:
+    """(input_fingerprint, resume.fingerprint of ``path`` alone: what a record made before every file
+    the format reads was counted holds). A folder read whole is walked once for both."""
+    m = _module(fmt)
+    if hasattr(m, "source_paths"):
+        return input_fingerprint(path, fmt, stage_dir, output_dir, **opts), fingerprint(str(path))
+    read_options(fmt, opts)
+    return fingerprints(str(path), _skip(path, stage_dir, output_dir))
+
+
 def input_fingerprint(path, fmt: str, stage_dir=None, output_dir=None, **opts) -> str | None:
     """A hash of the path, size and modification time of every file a read of ``path`` (with reader
     options ``opts``, e.g. an HPD v2 image_root) opens (stat only, so cheap on a large image folder):
@@ -93,10 +111,7 @@ def input_fingerprint(path, fmt: str, stage_dir=None, output_dir=None, **opts) -
     m = _module(fmt)
     read_options(fmt, opts)
     if not hasattr(m, "source_paths"):  # its own fingerprint, as records made before this hold
-        here = Path(path).resolve()
-        skip = next((Path(d) for d in (output_dir, stage_dir)
-                     if d is not None and not here.is_relative_to(Path(d).resolve())), None)
-        return fingerprint(str(path), skip)
+        return fingerprint(str(path), _skip(path, stage_dir, output_dir))
     h = hashlib.sha256()
     for f in m.source_paths(path, **opts):
         try:
