@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from raypref.config import ConfigError, RayConf
 
@@ -43,6 +44,38 @@ def ray_is_local(conf: RayConf) -> bool:
     return not (conf.address or os.environ.get("RAY_ADDRESS"))
 
 
+# Ray's state API, in a worker of a Ray that ray.init started, finds its Ray from this variable; without it, among
+# the host's processes, and with another Ray on the host it raised "Found multiple active Ray instances". Ray
+# Train's placement-group cleaner (a detached actor) polls that API to see whether the run's controller lives:
+# the error ended its watch, and a controller that died then left its placement group, and CPUs, held.
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+DEFAULT_DASHBOARD_PORT = 8265  # Ray's
+
+
+def dashboard_port(host: str) -> int:
+    """Ray's default dashboard port where it is free on ``host``, else one the system picks: chosen here rather
+    than by Ray, so that the Ray's workers can be told it when they start (API_SERVER_ENV)."""
+    try:
+        family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+    except OSError as e:
+        raise ConfigError(f"ray.dashboard_host: {host!r} is not an address of this machine ({e})") from None
+    for port in (DEFAULT_DASHBOARD_PORT, 0):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                if port == 0:
+                    raise ConfigError(f"ray.dashboard_host: the dashboard cannot listen on {host} ({e})") from None
+                continue
+            return s.getsockname()[1]
+
+
+def api_server_url(host: str, port: int) -> str:
+    """Where the dashboard bound to ``host``:``port`` is reached on this machine."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def init_ray(conf: RayConf):
     import ray
 
@@ -55,10 +88,13 @@ def init_ray(conf: RayConf):
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
+        port = dashboard_port(conf.dashboard_host) if conf.include_dashboard else None
         ctx = ray.init(
             num_cpus=conf.num_cpus,
             include_dashboard=conf.include_dashboard,
             dashboard_host=conf.dashboard_host,
+            dashboard_port=port,
+            runtime_env={"env_vars": {API_SERVER_ENV: api_server_url(conf.dashboard_host, port)}} if port else None,
             logging_level=logging.WARNING,
         )
         # Ray's own "View the dashboard at" line is INFO, below the level set above

@@ -235,6 +235,18 @@ def check_workers_fit(scale, datasets: dict, section: str, name: str) -> None:
     refuse_or_warn(msg)
 
 
+def ingest_options():
+    """Ray Data's options for the training datasets' shards: what Ray Train's DataConfig.default_ingest_options
+    reads from this driver's DataContext, less ``exclude_resources``. Ray 2.60's default copies that field through
+    its deprecated setter, so Ray Train without a dataset_config warned "ExecutionOptions.exclude_resources is
+    deprecated" in every run with datasets; raypref never sets it, and label_selector replaces it."""
+    from ray.data import DataContext, ExecutionOptions
+
+    now = DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=now.resource_limits, preserve_order=now.preserve_order,
+                            verbose_progress=now.verbose_progress)
+
+
 def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: str, export: Path,
                    datasets: dict | None = None, *, section: str) -> list[dict]:
     """Run ``loop`` in a TorchTrainer scaled by ``scale`` (num_workers, use_gpu, cpus_per_worker; max_failures
@@ -243,7 +255,7 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
     checkpoint's ``subdir`` to ``export`` (replacing it) and its metric history to
     <out>/metrics.jsonl. Returns the history. ``section``: the config section ``scale`` is, which
     check_workers_fit's message names."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     check_export_dir(export, out.parent)  # before training, not after it
@@ -261,6 +273,7 @@ def fit_and_export(loop, scale, loop_cfg: dict, out: Path, name: str, subdir: st
             failure_config=FailureConfig(max_failures=getattr(scale, "max_failures", 0)),
         ),
         datasets=datasets or {},
+        dataset_config=DataConfig(execution_options=ingest_options()),
     )
     try:
         result = trainer.fit()

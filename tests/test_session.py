@@ -41,3 +41,50 @@ def test_ray_data_settings_apply_to_the_driver(monkeypatch):
     assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "2"
     with pytest.raises(ConfigError, match=r"ray\.data_context\.no_such_knob"):
         set_data_context(RayConf(data_context={"no_such_knob": 1}))
+
+
+def test_the_rays_workers_reach_its_state_api_with_other_rays_on_the_host(ray_session, ray_started_line):
+    # Ray Train's placement-group cleaner asks Ray's state API, from a worker, whether the run's controller lives;
+    # with other Rays on the host that API could not tell which was its own, and the cleaner's watch ended
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError:
+        pytest.skip("a minimal Ray without ray[default] has no state API")
+    if not ray_started_line:
+        pytest.skip("a Ray was started before the session fixture")
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def own_state(self):
+            from ray._private import services
+            from ray.dashboard.utils import get_address_for_submission_client
+            from ray.util.state import get_actor
+
+            # as on a host where another Ray runs (this process is killed after)
+            services.find_gcs_addresses = lambda: frozenset({"192.0.2.1:6379", "192.0.2.1:6380"})
+            url = os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+            try:
+                get_address_for_submission_client(None)
+                unaided = "found"
+            except ConnectionError as e:
+                unaided = str(e)
+            if url is not None:
+                os.environ["RAY_API_SERVER_ADDRESS"] = url
+            return unaided, get_actor(ray.get_runtime_context().get_actor_id()).state
+
+    probe = Probe.remote()
+    try:
+        unaided, state = ray.get(probe.own_state.remote(), timeout=120)
+    finally:
+        ray.kill(probe)
+    assert unaided.startswith("Found multiple active Ray instances")  # what the workers met without the address
+    assert state == "ALIVE"
+
+
+def test_the_workers_are_given_a_dashboard_address_they_can_reach():
+    from raypref.session import api_server_url
+
+    assert api_server_url("127.0.0.1", 8265) == "http://127.0.0.1:8265"
+    assert api_server_url("0.0.0.0", 8266) == "http://127.0.0.1:8266"  # bound everywhere: reached on loopback
+    assert api_server_url("::", 8267) == "http://[::1]:8267"
