@@ -25,8 +25,8 @@ class ScorerHost:
         return self.scorer(batch)
 
     def __ray_shutdown__(self):
-        # Ray calls this on a graceful exit (the last handle dropped); dropping the scorer runs its own
-        # cleanup, as Ray Data's MapWorker does for its UDF (a judge closes its http client)
+        # Ray calls this on a graceful exit: the scorer's cleanup (a judge closes its http client) runs here,
+        # not whenever the exit happens to drop this instance (it did in the tests; Ray does not promise it)
         self.scorer = None
 
 
