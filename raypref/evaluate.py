@@ -3,11 +3,13 @@
 Each side's scores are written prompt shard by prompt shard (eval/base/scores, eval/tuned/scores)
 with Ray Data checkpointing: a rerun scores only the prompts not yet written, and a side whose
 settings changed (the tuned weights re-exported by a longer training run, another scorer) is
-scored again while the other side's scores are kept."""
+scored again while the other side's scores are kept. Where both sides generate, one set of scorer
+actors (raypref.shared_scorer) scores both: the scorer is loaded once, not once per side."""
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pyarrow.parquet as pq
 
 from raypref import quarantine as Q
 from raypref import schema as S
-from raypref.build import _duplicates, generate_and_score, scorer_kwargs, warn_batch_unit
+from raypref.build import _duplicates, check_pools_fit, generate_and_score, scorer_kwargs, warn_batch_unit
 from raypref.config import Config, renew_if_changed, write_run_meta
 from raypref.finetune import export_file, export_name
 from raypref.metrics import accuracy, json_text, paired_difference, win_rate
@@ -26,6 +28,7 @@ from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
 from raypref.report import value_text
 from raypref.resume import actor_settings, checkpointed, untracked_keys
+from raypref.shared_scorer import score_on, scorer_hosts
 
 
 SETTINGS_FILE = "settings.json"  # in eval/base and eval/tuned: what their stored scores were made with
@@ -59,15 +62,19 @@ def _stored(prompts: pa.Table, generator, scorer, side: Path) -> bool:
 
 
 def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, side: Path, task_cpus: float,
-            generate: bool) -> pa.Table:
+            generate: bool, hosts: list | None = None) -> pa.Table:
     """One side's scores of ``prompts``: with ``generate`` (not every one is _stored), generated and
     scored prompt shard by prompt shard into <side>/scores with Ray Data checkpointing, so a rerun
-    scores only the prompts not yet written; without, read back (no pipeline starts, no model loads)."""
+    scores only the prompts not yet written; without, read back (no pipeline starts, no model loads).
+    ``hosts``: the scorer's shared actors (_scorer_hosts), else the side starts its own pool."""
     main = S.score_column(scorer.name)
     if generate:
         with checkpointed(S.PROMPT_ID, side / "_checkpoint", side / "scores"):
             ds = read_parquet(str(shards.resolve())).repartition(n_shards)  # a block a shard, as in the build
-            ds = generate_and_score(ds, [generator], [scorer])
+            if hosts is None:
+                ds = generate_and_score(ds, [generator], [scorer])
+            else:
+                ds = score_on(generate_and_score(ds, [generator], []), hosts, scorer)
             ds = ds.map_batches(eval_columns, fn_kwargs={"main": main}, batch_format="pyarrow", batch_size=None,
                                 num_cpus=task_cpus)
             ds.write_parquet(str((side / "scores").resolve()), ray_remote_args={"num_cpus": task_cpus})
@@ -79,6 +86,15 @@ def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, s
         raise RuntimeError(f"eval: {side}/scores holds {len(first)} of the {prompts.num_rows} prompts, though its "
                            f"checkpoint says they were written; delete {side} and rerun to score that side again")
     return stored.take(pa.array(first)).sort_by(S.PROMPT_ID)
+
+
+def _scorer_hosts(sides: dict, stored: dict, scorer):
+    """Where both sides generate, the scorer's actors made once for both (raypref.shared_scorer), the
+    pools checked to fit first; else nothing shared (a side that generates alone starts its own pool)."""
+    if sum(not s for s in stored.values()) < 2:
+        return nullcontext(None)
+    check_pools_fit([sides["base"]], [scorer])  # the tuned side's generator pool is the base side's
+    return scorer_hosts(scorer, scorer_kwargs(scorer))
 
 
 def eval_columns(t: pa.Table, main: str) -> pa.Table:
@@ -241,8 +257,9 @@ def run_eval(cfg: Config) -> dict:
     stored = {side: _stored(prompts, g, scorer, out / side) for side, g in sides.items()}
     if not all(stored.values()):  # the batch unit matters only where a pipeline runs
         warn_batch_unit([("generator", sides["base"]), ("scorer", scorer)], e.shard_size, "eval.shard_size", "[eval]")
-    scored = {side: _scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus, not stored[side])
-              for side, g in sides.items()}
+    with _scorer_hosts(sides, stored, scorer) as hosts:
+        scored = {side: _scores(prompts, out / "prompts", len(shards), g, scorer, out / side, cfg.build.task_cpus,
+                                not stored[side], hosts) for side, g in sides.items()}
     col = S.score_column(scorer.name)
     pairs, unpaired = match_sides(scored["base"], scored["tuned"], col, sides["base"].name)
     nan = nan_notes(pairs, col, sides["base"].name)

@@ -184,7 +184,8 @@ def _is_timeout(exc: Exception) -> bool:
 
 
 class ChatClient:
-    """Sends chat-completions requests with bounded concurrency, retries and event counts."""
+    """Sends chat-completions requests with bounded concurrency, retries and event counts. It holds
+    threads and open connections until ``close`` (or the end of a ``with`` block)."""
 
     def __init__(self, conf: HttpJudgeConf, seed: int | None = None):
         self.conf = conf
@@ -197,11 +198,20 @@ class ChatClient:
         self._rng_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(conf.max_concurrency, thread_name_prefix="judge-http")
         self._sleep = time.sleep  # a test records the delays instead of waiting them out
+        self._closed = False
+
+    def __enter__(self) -> "ChatClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:  # no headers: the key must not leak through a repr
         return f"ChatClient(url={self.url!r}, model={self.conf.model!r})"
 
     def _session(self) -> requests.Session:
+        if self._closed:  # a new session here would open connections that nothing closes
+            raise RuntimeError(f"{self!r} is closed")
         s = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = requests.Session()
@@ -279,6 +289,9 @@ class ChatClient:
         return list(self._pool.map(lambda job: self.complete(*job), jobs))
 
     def close(self) -> None:
+        """Wait for the requests in flight, then end the threads and close every connection; the
+        client takes no request after (a second close does nothing)."""
         self._pool.shutdown(wait=True)
+        self._closed = True  # after the requests in flight: a retry of theirs takes a session
         for s in self._sessions:
             s.close()

@@ -352,6 +352,58 @@ def test_a_judge_dropped_as_ray_data_drops_its_actor_closes_its_client(monkeypat
         client._pool.submit(print)
 
 
+def test_a_client_closes_its_connections_when_its_with_block_ends_and_takes_no_request_after():
+    with JudgeServer(scripted) as server:
+        msgs = R.openai_messages("case:ok", [_img((0, 0, 0))])
+        with ChatClient(HttpJudgeConf(base_url=server.base_url, model="m")) as client:
+            assert [o.events["ok"] for o in client.complete_all([(msgs, R.answer_text)] * 2)] == [1, 1]
+            sessions = list(client._sessions)
+            adapters = [a for s in sessions for a in s.adapters.values()]
+            assert sum(len(a.poolmanager.pools) for a in adapters) > 0
+        assert client._pool._shutdown and all(len(a.poolmanager.pools) == 0 for a in adapters)
+        # a request from another thread after close would open a session (and connections) nothing closes
+        with pytest.raises(RuntimeError, match=r"ChatClient\(url=.* is closed"):
+            client.complete(msgs, R.answer_text)
+        assert client._sessions == sessions  # and made none
+        client.close()  # again: nothing
+
+
+def _wait_for(path, line: str, seconds: float = 60.0) -> list[str]:
+    deadline = time.time() + seconds
+    while time.time() < deadline and line not in (lines := path.read_text().splitlines() if path.exists() else []):
+        time.sleep(0.2)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_judge_in_ray_data_or_the_evals_shared_scorer_closes_its_client_when_the_pool_ends(ray_session, tmp_path):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from raypref import images as I
+    from raypref.config import PoolConf, ScorerConf
+    from raypref.shared_scorer import scorer_hosts
+    from tests.closing_judge import ClosingJudge
+
+    batch = pa.table({S.PROMPT_ID: ["p1"], S.PROMPT: ["case:ok"], S.SAMPLE_ID: [["a", "b"]],
+                      S.IMAGE: [[I.encode(_img((1, 2, 3))), I.encode(_img((4, 5, 6)))]]})
+    with JudgeServer(scripted) as server:
+        args = http_args(server.base_url, api_key_env=None)  # the session's Ray workers lack a key set here
+        # Ray Data drops the UDF when its pool winds down (MapWorker.__ray_shutdown__), and the judge closes
+        rows = ray.data.from_arrow(batch).map_batches(
+            ClosingJudge,
+            fn_constructor_kwargs={"name": "j", "log": str(tmp_path / "data.log"), **args}, batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=1), num_cpus=0.5).take_all()
+        assert rows[0][S.score_column("j")] == [7.75, 7.75]
+        assert _wait_for(tmp_path / "data.log", "closed") == ["closed"]
+        # the eval's shared scorer actors end gracefully, and drop their scorer as Ray Data does
+        conf = ScorerConf(name="j", cls="tests.closing_judge:ClosingJudge", pool=PoolConf(num_cpus=0.5))
+        with scorer_hosts(conf, {"name": "j", "log": str(tmp_path / "hosts.log"), **args}) as hosts:
+            out = ray.get(hosts[0].score.remote(batch))
+            assert out.column(S.score_column("j")).to_pylist() == [[7.75, 7.75]]
+            assert not (tmp_path / "hosts.log").exists()  # open while the stage may still send batches
+        assert _wait_for(tmp_path / "hosts.log", "closed") == ["closed"]
+
+
 def odd_bodies(text, attempt, n_images):
     """200 answers of shapes a parser may not expect."""
     case = re.search(r"case:(\w+)", text).group(1)

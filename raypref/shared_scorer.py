@@ -1,0 +1,72 @@
+"""A scorer pool that outlives one pipeline, so that several checkpointed pipelines load it once.
+
+Ray Data starts a map_batches actor pool for each execution, and a checkpointed write is one
+execution per output: eval's two sides (two outputs, two checkpoints) loaded the scorer once each.
+Here the scorer's actors are plain Ray actors with the pool's size and resources, made once; each
+pipeline hands its batches to them through a stage that holds no CPU."""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+
+from raypref.config import ScorerConf
+
+
+class ScorerHost:
+    """One scorer, built once, scoring the batches any pipeline sends it."""
+
+    def __init__(self, cls: str, kwargs: dict):
+        from raypref.registry import resolve
+
+        self.scorer = resolve(cls)(**kwargs)
+
+    def score(self, batch):
+        return self.scorer(batch)
+
+    def __ray_shutdown__(self):
+        # Ray calls this on a graceful exit: the scorer's cleanup (a judge closes its http client) runs here,
+        # not whenever the exit happens to drop this instance (it did in the tests; Ray does not promise it)
+        self.scorer = None
+
+
+class ToHosts:
+    """A pipeline stage (map_batches callable class) that scores each batch on the shared hosts,
+    round robin from a random start, so that the stage's actors spread their batches."""
+
+    def __init__(self, hosts: list):
+        self.hosts = hosts
+        self.next = random.randrange(len(hosts))
+
+    def __call__(self, batch):
+        import ray
+
+        host = self.hosts[self.next % len(self.hosts)]
+        self.next += 1
+        return ray.get(host.score.remote(batch))
+
+
+@contextmanager
+def scorer_hosts(s: ScorerConf, kwargs: dict):
+    """``s.pool.concurrency`` ScorerHost actors of ``s`` (its constructor ``kwargs``), with the pool's
+    CPUs and GPUs and Ray Data's restart settings for its map actors; ended on exit, gracefully (each
+    after the calls it holds), so that none outlives the stage in a sweep's shared Ray."""
+    import ray
+
+    p = s.pool
+    host = ray.remote(ScorerHost).options(num_cpus=p.num_cpus, num_gpus=p.num_gpus, max_restarts=-1,
+                                          max_task_retries=-1)
+    hosts = [host.remote(s.cls, kwargs) for _ in range(p.concurrency)]
+    try:
+        yield hosts
+    finally:
+        for h in hosts:  # not retried: a retry of the exit warns that the actor is unavailable
+            h.__ray_terminate__.options(max_task_retries=0).remote()
+
+
+def score_on(ds, hosts: list, s: ScorerConf):
+    """``ds`` scored by ``hosts`` in batches of the scorer pool's batch_size, as its own pool would."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(ToHosts, fn_constructor_kwargs={"hosts": hosts}, batch_format="pyarrow",
+                          batch_size=s.pool.batch_size, compute=ActorPoolStrategy(size=len(hosts)), num_cpus=0)

@@ -1,0 +1,58 @@
+"""An eval whose two sides both generate builds its scorer's actors once, not once per side, and
+keeps what it wrote and how it resumes."""
+
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from raypref import schema as S
+
+
+def _cfg(tmp_path, log, unet):
+    from raypref.config import validate
+
+    return validate({
+        "output_dir": str(tmp_path / "run"), "ray": {"num_cpus": 8},
+        "build": {"generators": [{"name": "shapes", "cls": "shapes_render", "num_samples": 2, "args": {"true_renders": 2},
+                                  "pool": {"batch_size": 2, "num_cpus": 0.5}}],
+                  "scorers": [{"name": "jpeg", "cls": "tests.counted_scorer:CountedJpeg", "args": {"log": str(log)},
+                               "pool": {"concurrency": 2, "batch_size": 2, "num_cpus": 0.5}}]},
+        # the shapes renderer takes no unet: both sides draw the same images, so every pair ties
+        "eval": {"prompts": "shapes:eval", "limit": 4, "num_samples": 2, "scorer": "jpeg", "unet": str(unet),
+                 "shard_size": 2},
+    })
+
+
+def _builds(log) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_both_sides_are_scored_by_one_build_of_each_scorer_actor(ray_session, tmp_path):
+    from raypref.evaluate import run_eval
+
+    log, unet = tmp_path / "builds.log", tmp_path / "unet"
+    unet.mkdir()
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"v1")
+    total = ray_session.cluster_resources()["CPU"]
+    r = run_eval(_cfg(tmp_path, log, unet))
+    assert _builds(log) == 2  # the pool's two actors, for both sides (each side built its own two before)
+    assert (r["prompts"], r["n"], r["ties"]) == (4, 8, 8)
+    scores = pq.read_table(tmp_path / "run" / "eval" / "scores.parquet").to_pydict()
+    assert scores[S.base_column("score_jpeg")] == scores[S.tuned_column("score_jpeg")]
+    assert all(s < 0 for s in scores[S.base_column("score_jpeg")])  # real scores, not a default
+    # the shared actors end with the eval: a sweep's next stage gets their CPUs back
+    deadline = time.time() + 30
+    while ray_session.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray_session.available_resources().get("CPU", 0) == pytest.approx(total)
+
+    # a rerun keeps both sides; weights changed in place rescore the tuned side alone, in its own pool
+    def files(side):
+        return {f.name: f.stat().st_mtime_ns for f in (tmp_path / "run" / "eval" / side / "scores").glob("*.parquet")}
+
+    kept = {side: files(side) for side in ("base", "tuned")}
+    assert run_eval(_cfg(tmp_path, log, unet))["ties"] == 8 and _builds(log) == 2
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"v2")
+    assert run_eval(_cfg(tmp_path, log, unet))["ties"] == 8 and _builds(log) == 4
+    assert files("base") == kept["base"] and files("tuned") != kept["tuned"]
