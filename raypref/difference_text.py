@@ -106,6 +106,11 @@ class LLMDifferences:
     def __call__(self, a: str, b: str) -> str | None:
         return self.many([(a, b)])[0]
 
+    def close(self) -> None:
+        """End the client's threads and connections (a training worker lives on after its loop in Ray
+        Train's worker process); no request after."""
+        self.client.close()
+
     def many(self, pairs: list[tuple[str, str]]) -> list[str | None]:
         todo = list(dict.fromkeys(p for p in pairs if p[0] != p[1] and p not in self.cache))
         self.events["cache_hits"] += sum(p[0] != p[1] and p not in todo for p in pairs)

@@ -286,6 +286,8 @@ class ChatClient:
 
     def complete_all(self, jobs: list[tuple]) -> list[Outcome]:
         """Many (messages, parse[, what]) requests, at most ``max_concurrency`` in flight; outcomes in input order."""
+        if self._closed:  # as _session says it, rather than the thread pool's "cannot schedule new futures"
+            raise RuntimeError(f"{self!r} is closed")
         return list(self._pool.map(lambda job: self.complete(*job), jobs))
 
     def close(self) -> None:

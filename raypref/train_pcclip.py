@@ -235,55 +235,60 @@ def pcclip_loop(c: dict) -> None:
     obj = ray.train.torch.prepare_model(objective(model, c))
     opt, sched = cosine_adamw(params, c["learning_rate"], c["warmup_steps"], c["max_steps"], ckpt_dir, step, OPTIM_FILE)
     generator = resolve(c["text_generator"], c["llm"], c["llm_instruction"])
-    held = c["heldout_rows"]
+    try:
+        held = c["heldout_rows"]
 
-    def evaluate() -> dict:
-        return heldout_eval(model, preprocess, tokenizer, held, c, generator, device) if rank == 0 and held else {}
+        def evaluate() -> dict:
+            return heldout_eval(model, preprocess, tokenizer, held, c, generator, device) if rank == 0 and held else {}
 
-    def write(d):
-        save_open_clip(model, cfg, Path(d) / MODEL_DIR)
-        torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
+        def write(d):
+            save_open_clip(model, cfg, Path(d) / MODEL_DIR)
+            torch.save(opt.state_dict(), Path(d) / OPTIM_FILE)
 
-    if step == 0 and rank == 0:
-        history.append({"step": 0, **evaluate()})  # the model as it came: the baseline
-    if step >= c["max_steps"]:  # a rerun of a finished run: re-export
-        report_step(rank, {"step": step}, history, {"step": step}, write)
-    shard = ray.train.get_dataset_shard("train")
+        if step == 0 and rank == 0:
+            history.append({"step": 0, **evaluate()})  # the model as it came: the baseline
+        if step >= c["max_steps"]:  # a rerun of a finished run: re-export
+            report_step(rank, {"step": step}, history, {"step": step}, write)
+        shard = ray.train.get_dataset_shard("train")
 
-    def make(batch):
-        return batch_inputs(batch, preprocess, tokenizer, np.random.default_rng([c["seed"], rank, step]), generator, device)
+        def make(batch):
+            return batch_inputs(batch, preprocess, tokenizer, np.random.default_rng([c["seed"], rank, step]), generator, device)
 
-    carried = 0  # batches skipped at an epoch's end: counted with the next epoch's first step
-    while step < c["max_steps"]:
-        seen = 0
-        batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=True,
-                                     local_shuffle_buffer_size=c["shuffle_buffer"] or None,
-                                     local_shuffle_seed=c["seed"] * 1009 + rank * 31 + step)
-        for inputs, skipped in learnable(batches, make, world, rank, carried):
-            carried = 0
-            if inputs is None:
-                carried = skipped
-                break
-            loss, m = obj(*inputs)
-            metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2]), "skipped_batches": skipped}
-            if hasattr(generator, "events"):  # the LLM's requests so far on this worker: failures are skipped pairs
-                metrics |= {f"texts_{k}": v for k, v in generator.events.items()}
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            seen += 1
-            last = step >= c["max_steps"]
-            ckpt = last or step % c["checkpoint_every"] == 0
-            metrics = {"step": step, "loss": float(loss.detach()), **metrics, **(evaluate() if ckpt else {})}
-            history.append(metrics)
-            report_step(rank, metrics, history, {"step": step}, write if ckpt else None)
-            if last:
-                break
-        if seen == 0:
-            raise ValueError("pcclip: no batch of batch_size images with two prompts reached this worker; "
-                             "fewer images than pcclip.batch_size, or one prompt only?")
+        carried = 0  # batches skipped at an epoch's end: counted with the next epoch's first step
+        while step < c["max_steps"]:
+            seen = 0
+            batches = shard.iter_batches(batch_size=c["batch_size"], batch_format="numpy", drop_last=True,
+                                         local_shuffle_buffer_size=c["shuffle_buffer"] or None,
+                                         local_shuffle_seed=c["seed"] * 1009 + rank * 31 + step)
+            for inputs, skipped in learnable(batches, make, world, rank, carried):
+                carried = 0
+                if inputs is None:
+                    carried = skipped
+                    break
+                loss, m = obj(*inputs)
+                metrics = {k: float(v) for k, v in m.items()} | {"pairs": len(inputs[2]), "skipped_batches": skipped}
+                if hasattr(generator, "events"):  # the LLM's requests so far on this worker: failures are skipped pairs
+                    metrics |= {f"texts_{k}": v for k, v in generator.events.items()}
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                seen += 1
+                last = step >= c["max_steps"]
+                ckpt = last or step % c["checkpoint_every"] == 0
+                metrics = {"step": step, "loss": float(loss.detach()), **metrics, **(evaluate() if ckpt else {})}
+                history.append(metrics)
+                report_step(rank, metrics, history, {"step": step}, write if ckpt else None)
+                if last:
+                    break
+            if seen == 0:
+                raise ValueError("pcclip: no batch of batch_size images with two prompts reached this worker; "
+                                 "fewer images than pcclip.batch_size, or one prompt only?")
+    finally:
+        close = getattr(generator, "close", None)  # an LLM's client: its threads and sockets, not the process's life
+        if close is not None:
+            close()
 
 
 def run_train_pcclip(cfg: Config) -> dict:

@@ -173,6 +173,13 @@ def test_llm_difference_texts_from_a_chat_server(monkeypatch, caplog):
         a, b, t = pair_within([rc, bc], np.random.default_rng(swap), gen)  # a permutation that swaps the two
         assert t == [f"{[rc, bc][i]} rather than {[rc, bc][j]}" for i, j in zip(a, b)] and len(t) == 2
         assert set(srv.auth) == {"Bearer sekret-123"}
+        # pcclip_loop closes it when the worker's loop ends: threads and connections released, no request after
+        adapters = [a for s in gen.client._sessions for a in s.adapters.values()]
+        assert sum(len(a.poolmanager.pools) for a in adapters) > 0
+        gen.close()
+        assert gen.client._pool._shutdown and all(len(a.poolmanager.pools) == 0 for a in adapters)
+        with pytest.raises(RuntimeError, match="is closed"):
+            gen.many([("a green cross", "a red cross")])
     assert "sekret-123" not in repr(gen) + caplog.text
     with pytest.raises(ValueError, match=r"needs both \{a\} and \{b\}"):
         LLMDifferences(gen.client.conf, "How do they differ? {a}")
