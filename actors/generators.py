@@ -34,8 +34,8 @@ def _list_column(values: list[list], typ: pa.DataType) -> pa.Array:
 
 
 class DiffusersGenerator:
-    # the ranges GeneratorConf declares, here too: an arg of the same name as a setting overrides it, and a
-    # generator built directly has no config; either took num_samples: 0 unchecked
+    # the ranges GeneratorConf declares, here too: a generator built directly (or from a conf copied past
+    # validation) has no config to check them, and took num_samples: 0 unchecked
     @checked_args("generator")
     def __init__(
         self,

@@ -791,9 +791,13 @@ def _field_names(model: type[BaseModel], loc) -> list[str]:
     return list(section.model_fields) if section is not None else []
 
 
+# a number out of range is worth seeing; one of the wrong kind is not (a key pasted where a name goes)
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of", "finite_number")
+
+
 def validation_lines(e: ValidationError, prefix: str = "", overrides=(), model: type[BaseModel] | None = None) -> list[str]:
     """One '  key: problem' line per error; keys and messages, and the offending value only where it is a number
-    (text may be a secret pasted in the wrong place). An unknown
+    out of range (a value of the wrong kind may be a secret pasted in the wrong place). An unknown
     key names the likeliest one meant (of ``model``'s, where given); a key set by one of ``overrides``
     (the command line's dotted keys) says so, since the file named above it does not hold it."""
     import difflib
@@ -802,7 +806,7 @@ def validation_lines(e: ValidationError, prefix: str = "", overrides=(), model: 
     for err in e.errors():
         key = (prefix + ".".join(str(p) for p in err["loc"])).rstrip(".")
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        if err["type"] != "extra_forbidden" and type(err.get("input")) in (int, float):  # as actor args show theirs
+        if err["type"] in _RANGE_ERRORS and type(err.get("input")) in (int, float):  # as actor args show theirs
             msg += f", got {err['input']}"
         if err["type"] == "extra_forbidden" and model is not None and err["loc"]:
             near = difflib.get_close_matches(str(err["loc"][-1]), _field_names(model, err["loc"][:-1]), n=1)

@@ -16,6 +16,7 @@ at once; callers use it when it is there (the LLM's requests then run concurrent
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
@@ -121,6 +122,16 @@ class LLMDifferences:
             if out.value is not None:
                 self.cache[pair] = out.value
         return [None if a == b else self.cache.get((a, b)) for a, b in pairs]
+
+
+def close_quietly(generator: LLMDifferences) -> None:
+    """Close an LLM generator at the end of a training loop: its client's threads and sockets, which
+    would last as long as the worker process; a failure to close is logged, never raised over the
+    loop's own outcome (a training error in flight)."""
+    try:
+        generator.close()
+    except Exception as e:  # noqa: BLE001 - whatever it is, the loop's own error matters more
+        logging.getLogger(__name__).warning("pcclip: closing %r failed: %s", generator, e)
 
 
 def texts_for(generator, pairs: list[tuple[str, str]]) -> list[str | None]:

@@ -42,7 +42,9 @@ def side_settings(gen, scorer, num_samples: int) -> dict:
 
 
 def _holds_all(side: Path, prompts: pa.Table) -> bool:
-    """Whether <side>/scores already holds every prompt asked for (unreadable or missing: no)."""
+    """Whether <side>/scores already holds every prompt asked for (unreadable or missing: no). A file whose
+    Ray Data checkpoint is still pending counts (unlike accuracy's stored count): read whole, its scores
+    are as good as a committed file's, and no pipeline runs to delete it when every prompt is held."""
     try:
         ids = pq.read_table(side / "scores", columns=[S.PROMPT_ID]).column(S.PROMPT_ID).combine_chunks()
     except (OSError, pa.ArrowInvalid):  # FileNotFoundError is an OSError

@@ -292,7 +292,8 @@ class ChatClient:
 
     def close(self) -> None:
         """Wait for the requests in flight, then end the threads and close every connection; the
-        client takes no request after (a second close does nothing)."""
+        client takes no request after (a second close does nothing). The requests it waits for are
+        complete_all's: a complete() called directly on another thread must end before close."""
         self._pool.shutdown(wait=True)
         self._closed = True  # after the requests in flight: a retry of theirs takes a session
         for s in self._sessions:

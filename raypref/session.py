@@ -9,9 +9,13 @@ set. raypref never turns auth off.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 from raypref.config import ConfigError, RayConf
 
@@ -61,6 +65,8 @@ def dashboard_port(host: str) -> int:
         raise ConfigError(f"ray.dashboard_host: {host!r} is not an address of this machine ({e})") from None
     for port in (DEFAULT_DASHBOARD_PORT, 0):
         with socket.socket(family, socket.SOCK_STREAM) as s:
+            # as Ray's own check binds: a port that only closed connections linger on is free to it
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError as e:
@@ -68,6 +74,16 @@ def dashboard_port(host: str) -> int:
                     raise ConfigError(f"ray.dashboard_host: the dashboard cannot listen on {host} ({e})") from None
                 continue
             return s.getsockname()[1]
+
+
+@contextmanager
+def dashboard_port_lock():
+    """Held from choosing the port until ray.init has bound it: two raypref runs starting together would
+    otherwise both choose the free 8265, and Ray refuses a port given it that is taken (the second run
+    failed, leaving a GCS process behind) where it would have tried the next one itself."""
+    with open(Path(tempfile.gettempdir()) / "raypref-dashboard-port.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def api_server_url(host: str, port: int) -> str:
@@ -88,15 +104,16 @@ def init_ray(conf: RayConf):
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        port = dashboard_port(conf.dashboard_host) if conf.include_dashboard else None
-        ctx = ray.init(
-            num_cpus=conf.num_cpus,
-            include_dashboard=conf.include_dashboard,
-            dashboard_host=conf.dashboard_host,
-            dashboard_port=port,
-            runtime_env={"env_vars": {API_SERVER_ENV: api_server_url(conf.dashboard_host, port)}} if port else None,
-            logging_level=logging.WARNING,
-        )
+        with dashboard_port_lock():
+            port = dashboard_port(conf.dashboard_host) if conf.include_dashboard else None
+            ctx = ray.init(
+                num_cpus=conf.num_cpus,
+                include_dashboard=conf.include_dashboard,
+                dashboard_host=conf.dashboard_host,
+                dashboard_port=port,
+                runtime_env={"env_vars": {API_SERVER_ENV: api_server_url(conf.dashboard_host, port)}} if port else None,
+                logging_level=logging.WARNING,
+            )
         # Ray's own "View the dashboard at" line is INFO, below the level set above
         print(started_line(int(ray.cluster_resources().get("CPU", 0)), ctx.dashboard_url), flush=True)
     return ray

@@ -32,7 +32,9 @@ class ScorerHost:
 
 class ToHosts:
     """A pipeline stage (map_batches callable class) that scores each batch on the shared hosts,
-    round robin from a random start, so that the stage's actors spread their batches."""
+    round robin from a random start, so that the stage's actors spread their batches. The spread is
+    best effort, not Ray Data's (a batch to a free actor): two stage actors may wait on one host a while
+    another is idle. Each batch, images too, passes through the object store to the host and back."""
 
     def __init__(self, hosts: list):
         self.hosts = hosts
@@ -56,8 +58,9 @@ def scorer_hosts(s: ScorerConf, kwargs: dict):
     p = s.pool
     host = ray.remote(ScorerHost).options(num_cpus=p.num_cpus, num_gpus=p.num_gpus, max_restarts=-1,
                                           max_task_retries=-1)
-    hosts = [host.remote(s.cls, kwargs) for _ in range(p.concurrency)]
-    try:
+    hosts = []
+    try:  # a host already made is ended even if making the next one fails
+        hosts.extend(host.remote(s.cls, kwargs) for _ in range(p.concurrency))
         yield hosts
     finally:
         for h in hosts:  # not retried: a retry of the exit warns that the actor is unavailable

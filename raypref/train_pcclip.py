@@ -219,7 +219,7 @@ def pcclip_loop(c: dict) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from raypref.difference_text import resolve
+    from raypref.difference_text import LLMDifferences, close_quietly, resolve
     from raypref.tiny import save_open_clip
 
     device = ray.train.torch.get_device()
@@ -286,9 +286,8 @@ def pcclip_loop(c: dict) -> None:
                 raise ValueError("pcclip: no batch of batch_size images with two prompts reached this worker; "
                                  "fewer images than pcclip.batch_size, or one prompt only?")
     finally:
-        close = getattr(generator, "close", None)  # an LLM's client: its threads and sockets, not the process's life
-        if close is not None:
-            close()
+        if isinstance(generator, LLMDifferences):  # made here (a module:object of one's own is the user's to close)
+            close_quietly(generator)
 
 
 def run_train_pcclip(cfg: Config) -> dict:

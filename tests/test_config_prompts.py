@@ -345,8 +345,17 @@ def test_config_errors_name_the_override_and_the_likely_key(tmp_path):
     lines = str(e.value).splitlines()[1:]
     assert "  train.betta: unknown key (did you mean train.beta?) [from a command-line override]" in lines
     assert "  build.scorers.0.wieght: unknown key (did you mean build.scorers.0.weight?) [from a command-line override]" in lines
-    # a number out of range is shown, as actor args show theirs
+    # a number out of range is shown, as actor args show theirs; one of the wrong kind is not: it may be a key
     assert "  rank.top_p: Input should be less than or equal to 1, got 7 [from a command-line override]" in lines
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["pcclip.llm.api_key_env=123456789012"])
+    assert "pcclip.llm.api_key_env: Input should be a valid string [from" in str(e.value)
+    assert "123456789012" not in str(e.value)
+    from actors.llm_judge import parse_args
+
+    with pytest.raises(ValueError) as e:
+        parse_args("j", {"backend": "http", "http": {"base_url": "http://x/v1", "model": "m", "api_key_env": 98765432109876}})
+    assert "args.http.api_key_env: Input should be a valid string" in str(e.value) and "98765432109876" not in str(e.value)
     (tmp_path / "c.yaml").write_text("train:\n  max_steps: 5\nbuild:\n  limit: 3\ntrain:\n  beta: 100\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML: duplicate key 'train' \(first on line 1\)"):
         load_config(tmp_path / "c.yaml")  # PyYAML alone keeps the second section and drops max_steps

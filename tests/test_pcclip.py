@@ -154,7 +154,7 @@ def _llm_conf(base_url, **over) -> dict:
 def test_llm_difference_texts_from_a_chat_server(monkeypatch, caplog):
     from test_llm_judge import JudgeServer
 
-    from raypref.difference_text import LLMDifferences, resolve
+    from raypref.difference_text import LLMDifferences, close_quietly, resolve
 
     monkeypatch.setenv("PCCLIP_TEST_KEY", "sekret-123")
     with JudgeServer(_llm_script) as srv:
@@ -176,11 +176,18 @@ def test_llm_difference_texts_from_a_chat_server(monkeypatch, caplog):
         # pcclip_loop closes it when the worker's loop ends: threads and connections released, no request after
         adapters = [a for s in gen.client._sessions for a in s.adapters.values()]
         assert sum(len(a.poolmanager.pools) for a in adapters) > 0
-        gen.close()
+        close_quietly(gen)
         assert gen.client._pool._shutdown and all(len(a.poolmanager.pools) == 0 for a in adapters)
         with pytest.raises(RuntimeError, match="is closed"):
             gen.many([("a green cross", "a red cross")])
     assert "sekret-123" not in repr(gen) + caplog.text
+
+    class Broken:
+        def close(self):
+            raise OSError("socket gone")
+
+    close_quietly(Broken())  # logged, not raised over the loop's own outcome
+    assert "pcclip: closing" in caplog.text and "socket gone" in caplog.text
     with pytest.raises(ValueError, match=r"needs both \{a\} and \{b\}"):
         LLMDifferences(gen.client.conf, "How do they differ? {a}")
     with pytest.raises(ValueError, match="needs pcclip.llm"):

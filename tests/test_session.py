@@ -88,3 +88,23 @@ def test_the_workers_are_given_a_dashboard_address_they_can_reach():
     assert api_server_url("127.0.0.1", 8265) == "http://127.0.0.1:8265"
     assert api_server_url("0.0.0.0", 8266) == "http://127.0.0.1:8266"  # bound everywhere: reached on loopback
     assert api_server_url("::", 8267) == "http://[::1]:8267"
+
+
+def test_the_dashboard_port_is_rays_default_unless_taken():
+    import socket
+
+    from raypref.session import DEFAULT_DASHBOARD_PORT, dashboard_port
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", DEFAULT_DASHBOARD_PORT))
+        holder.listen()
+    except OSError:
+        pass  # another Ray's dashboard holds it already: the same case
+    try:
+        port = dashboard_port("127.0.0.1")
+        assert port != DEFAULT_DASHBOARD_PORT  # Ray refuses a port given it that is taken: another is chosen
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # and that one is free
+    finally:
+        holder.close()
