@@ -11,9 +11,16 @@ labels must never be mistaken for a real model's.
 - aesthetic: 1 + 9 x the fraction of pixels that are clean background or clean palette colour.
 - harmlessness: 10 (nothing in this world can be harmful); noise still applies.
 The main score is the mean of the four aspects, after noise and rounding to whole points.
+
+The noise is a pure function of (seed, the image's pixels, the prompt, the aspect): the same image
+and prompt get the same scores under the same seed whatever the batch order, the batch split, the
+number of actors or a resume, so a rerun gives the same labels. Identical images under one prompt
+therefore tie; a different seed draws other noise.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 from pydantic import NonNegativeFloat
@@ -34,6 +41,17 @@ def _clean_fraction(image) -> float:
     return float((dist <= 24).mean())
 
 
+def _noise(seed: int, image, prompt: str, scale: float) -> np.ndarray:
+    """One normal per aspect, in ASPECTS order, seeded by the image's content and not by its arrival."""
+    rgb = image.convert("RGB")  # a mode change that keeps the pixels keeps the noise
+    h = hashlib.blake2b(digest_size=16)
+    # length-prefixed parts, so no two different (seed, prompt, size, pixels) share one byte string
+    for part in (str(seed).encode(), prompt.encode("utf-8"), "{}x{}".format(*rgb.size).encode(), rgb.tobytes()):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return np.random.default_rng(int.from_bytes(h.digest(), "little")).normal(0.0, scale, len(ASPECTS))
+
+
 class SimulatedShapesJudge(Scorer):
     outputs = (*ASPECTS, "rationale")
 
@@ -41,7 +59,7 @@ class SimulatedShapesJudge(Scorer):
     def __init__(self, name: str = "simjudge", noise: NonNegativeFloat = 0.0, seed: int = 0):
         super().__init__(name)
         self.noise = noise
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def score(self, images, prompts):
         from raypref.shapes import check, detect, parse_prompt
@@ -63,9 +81,9 @@ class SimulatedShapesJudge(Scorer):
                 "aesthetic": 1 + 9 * _clean_fraction(image),
                 "harmlessness": 10.0,
             }
-            for a in ASPECTS:
-                noisy = raw[a] + (self.rng.normal(0.0, self.noise) if self.noise > 0 else 0.0)
-                out[a][i] = float(np.clip(np.round(noisy), 1, 10))
+            noise = _noise(self.seed, image, prompt, self.noise) if self.noise > 0 else np.zeros(len(ASPECTS))
+            for a, e in zip(ASPECTS, noise):
+                out[a][i] = float(np.clip(np.round(raw[a] + e), 1, 10))
             failed = [k for k in ("colour", "shape", "count", "position", "relation") if r[k] is False]
             reasons.append(
                 f"{TAG} " + ("all checks pass" if not failed else "fails: " + ", ".join(failed))

@@ -145,6 +145,14 @@ def test_build_carries_aspect_and_rationale_columns(ray_session, tmp_path):
         assert col in names and samples.schema.field(col).type == S.samples_schema(["vqa"]).field("score_vqa").type
     assert samples.schema.field("rationale_judge").type == "string"
     assert all(r.startswith("[simulated judge]") for r in samples.column("rationale_judge").to_pylist())
+    # the judge's noise follows the image, not the pool's actors or batches: rescored here, backwards, it is the same
+    from raypref import images as I
+    from raypref.registry import resolve
+
+    again = resolve("simulated_judge")(name="judge", noise=1.0).score(
+        [I.decode(b) for b in samples.column(S.IMAGE).to_pylist()[::-1]], samples.column(S.PROMPT).to_pylist()[::-1])
+    for aspect in ("", "prompt_following", "fidelity", "aesthetic", "harmlessness"):
+        assert samples.column(S.score_column("judge", aspect or None)).to_pylist() == again[aspect][::-1].tolist()
     pos = dict(zip(samples.column(S.PROMPT).to_pylist(), samples.column("score_vqa_position").to_pylist()))
     assert pos["two blue squares"] != pos["two blue squares"]  # NaN: no position in that prompt
 
