@@ -7,7 +7,6 @@ pipeline hands its batches to them through a stage that holds no CPU."""
 
 from __future__ import annotations
 
-import random
 from contextlib import contextmanager
 
 from raypref.config import ScorerConf
@@ -20,6 +19,12 @@ class ScorerHost:
         from raypref.registry import resolve
 
         self.scorer = resolve(cls)(**kwargs)
+        self.tickets = 0
+
+    def ticket(self) -> int:
+        """A number no other caller got from this host: the stage actors take theirs from the first host."""
+        self.tickets += 1
+        return self.tickets - 1
 
     def score(self, batch):
         return self.scorer(batch)
@@ -31,21 +36,22 @@ class ScorerHost:
 
 
 class ToHosts:
-    """A pipeline stage (map_batches callable class) that scores each batch on the shared hosts,
-    round robin from a random start, so that the stage's actors spread their batches. The spread is
-    best effort, not Ray Data's (a batch to a free actor): two stage actors may wait on one host a while
-    another is idle. Each batch, images too, passes through the object store to the host and back."""
+    """A pipeline stage (map_batches callable class) that scores each batch on one of the shared
+    hosts: stage actor k (by the ticket it takes from the first host) sends all its batches to host
+    k mod n. The stage has as many actors as there are hosts, so each has a host of its own, and Ray
+    Data's balancing (a batch to a free stage actor) is also the hosts'. (A round robin from a random
+    start let two stage actors that started on one host stay in step there, the other host idle.)
+    Each batch, images too, passes through the object store to the host and back."""
 
     def __init__(self, hosts: list):
-        self.hosts = hosts
-        self.next = random.randrange(len(hosts))
+        import ray
+
+        self.host = hosts[ray.get(hosts[0].ticket.remote()) % len(hosts)]
 
     def __call__(self, batch):
         import ray
 
-        host = self.hosts[self.next % len(self.hosts)]
-        self.next += 1
-        return ray.get(host.score.remote(batch))
+        return ray.get(self.host.score.remote(batch))
 
 
 @contextmanager

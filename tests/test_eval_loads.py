@@ -56,3 +56,26 @@ def test_both_sides_are_scored_by_one_build_of_each_scorer_actor(ray_session, tm
     (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"v2")
     assert run_eval(_cfg(tmp_path, log, unet))["ties"] == 8 and _builds(log) == 4
     assert files("base") == kept["base"] and files("tuned") != kept["tuned"]
+
+
+def test_each_stage_actor_sends_its_batches_to_a_host_of_its_own(ray_session, tmp_path):
+    import pyarrow as pa
+
+    from raypref import images as I
+    from raypref.config import PoolConf, ScorerConf
+    from raypref.shared_scorer import ToHosts, scorer_hosts
+    from PIL import Image
+
+    conf = ScorerConf(name="jpeg", cls="tests.counted_scorer:CountedJpeg", pool=PoolConf(concurrency=2, num_cpus=0.5))
+    calls = tmp_path / "calls.log"
+    batch = pa.table({S.PROMPT_ID: ["p"], S.PROMPT: ["a red circle"], S.SAMPLE_ID: [["a"]],
+                      S.IMAGE: [[I.encode(Image.new("RGB", (8, 8), (200, 10, 10)))]]})
+    with scorer_hosts(conf, {"name": "jpeg", "log": str(tmp_path / "builds.log"), "calls": str(calls)}) as hosts:
+        # as Ray Data makes a stage's actors, one after another: 8 of them over the 2 hosts
+        for stage in [ToHosts(hosts) for _ in range(8)]:
+            stage(batch)
+            stage(batch)  # a second batch goes where the first went
+    pids = calls.read_text().split()
+    # stage actor k scores on host k mod 2, both its batches (a random start put two in a row on one host
+    # half the time, and the round robin then kept them in step there)
+    assert len(set(pids)) == 2 and pids == [pids[0], pids[0], pids[2], pids[2]] * 4
