@@ -96,7 +96,9 @@ def print_config(cfg) -> None:
     from raypref.config import check_scorer_args
 
     check_scorer_args(cfg)  # as every stage does before it writes the config: a pasted key is not echoed
-    if cfg.sweep.grid or cfg.sweep.set:  # and as a sweep does for each point, sweep.set and grid applied
+    # and as a sweep does for each point, sweep.set and grid applied; with stages and no grid, the sweep
+    # is one point (the base config), whose metrics `raypref sweep` checks too
+    if cfg.sweep.grid or cfg.sweep.set or cfg.sweep.stages:
         from raypref.sweep import check_point_args, point_configs, sweep_points
 
         # with stages to run, the sweep's own checks too (metrics, the x axis, fits)

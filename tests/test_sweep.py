@@ -525,6 +525,19 @@ def test_cli_config_runs_the_sweeps_own_checks(tmp_path, capsys):
     assert main(["config", "-c", str(f), "sweep.x=rank.top_p"]) == 0
 
 
+def test_cli_config_checks_a_sweep_without_a_grid(tmp_path, capsys):
+    from raypref.cli import main
+
+    # one point, the base config: `raypref sweep` runs it, so `raypref config` checks its metrics as well
+    f = tmp_path / "s.yaml"
+    f.write_text(json.dumps({"output_dir": str(tmp_path / "run"),
+                             "sweep": {"stages": ["rank"], "metrics": [{"name": "kept", "value": "rank/summary.json"}]}}))
+    assert main(["config", "-c", str(f)]) == 2
+    assert "raypref config: error: sweep.metrics.kept.value: 'rank/summary.json' is not '<file>:<path>'" in capsys.readouterr().err
+    assert main(["config", "-c", str(f), "sweep.metrics.0.value=rank/summary.json:n_kept"]) == 0
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_null_metric_on_the_x_axis_leaves_its_point_out_of_the_plot_and_the_fit(tmp_path):
     from raypref.sweep import _series, fit_metrics
 
