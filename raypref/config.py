@@ -254,7 +254,7 @@ class ReflConf(_Strict):
         0.0, ge=0, description="ImageReward's L_pre: > 0 adds, to every ReFL micro-batch, a micro-batch of the plain "
         "denoising loss on pretrain_samples' images, times this weight, which holds the model near that data "
         "(the two gradients are averaged). 0: ReFL alone.")
-    pretrain_samples: str | None = Field(None, description="Samples Parquet dir (prompt and image columns) of "
+    pretrain_samples: str | None = Field(None, description="Samples Parquet dir (sample_id, prompt and image columns) of "
                                          "pretrain_weight's denoising loss (None: this run's build/samples).")
 
 

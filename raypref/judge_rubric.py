@@ -218,9 +218,13 @@ def encode_events(events) -> str:
 
 
 def sum_events(encoded) -> dict[str, int]:
-    """Total event counts over per-sample JSON strings (None or '' count as no events)."""
+    """Total event counts over per-sample JSON strings (None or '' count as no events), in judge_http.EVENTS'
+    order (requests, ok, then what went wrong), any other name after them, sorted."""
+    from raypref.judge_http import EVENTS  # here: judge_http imports this module
+
     total = Counter()
     for s in encoded:
         if s:
             total.update(json.loads(s))
-    return dict(sorted(total.items()))
+    rank = {k: i for i, k in enumerate(EVENTS)}
+    return dict(sorted(total.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))

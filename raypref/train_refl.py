@@ -179,8 +179,12 @@ def run_train_refl(cfg: Config) -> dict:
         pre = Path(t.refl.pretrain_samples or cfg.stage_dir("build") / "samples").resolve()
         if not pre.exists():
             raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
-        check_rows_per_worker(pads.dataset(str(pre), format="parquet").count_rows(), f"samples in {pre}",
-                              t.num_workers, "train.num_workers")
+        data = pads.dataset(str(pre), format="parquet")
+        # the loop reads these; a missing one would fail only inside Ray Train, in Arrow's words
+        missing = [col for col in (S.SAMPLE_ID, S.PROMPT, S.IMAGE) if col not in data.schema.names]
+        if missing:
+            raise ValueError(f"train.refl.pretrain_samples: {pre} has no column(s) {missing} (has {data.schema.names})")
+        check_rows_per_worker(data.count_rows(), f"samples in {pre}", t.num_workers, "train.num_workers")
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     datasets = {"train": ray.data.from_arrow(prompts)}
     if refl["pretrain_weight"] > 0:

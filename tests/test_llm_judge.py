@@ -127,6 +127,9 @@ def test_events_encode_and_sum():
     assert R.encode_events(Counter(requests=1, http_429=2, ok=0)) == '{"http_429":2,"requests":1}'
     assert R.sum_events(['{"requests":1,"ok":1}', "{}", "", None, '{"requests":1,"malformed":1}']) == {
         "malformed": 1, "ok": 1, "requests": 2}
+    # the summary lists them as the README shows: requests, ok, then the failures in judge_http.EVENTS' order
+    summed = R.sum_events(['{"http_5xx":1,"malformed":1,"ok":1,"requests":2,"zzz":1}', '{"http_429":1,"requests":1}'])
+    assert list(summed) == ["requests", "ok", "http_429", "http_5xx", "malformed", "zzz"]
 
 
 def test_backoff_and_retry_after():

@@ -251,6 +251,34 @@ def test_refl_with_pretraining_trains_in_ray_train_and_exports_a_lora(built_run,
         stages.train_refl(validate(d))
 
 
+def test_pretrain_samples_without_a_loop_column_are_refused_before_ray(tiny_sd, tiny_clip, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import raypref.session
+    from raypref import images as I
+    from raypref import schema as S
+    from raypref.config import validate
+    from raypref.train_refl import run_train_refl
+    from tests.conftest import tiny_config_dict
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started before train.refl.pretrain_samples was checked")
+
+    monkeypatch.setattr(raypref.session, "init_ray", no_ray)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    own = tmp_path / "own_set"  # a pretraining set of one's own: prompts and images, no sample ids
+    own.mkdir()
+    pq.write_table(pa.table({S.PROMPT: ["a red circle"], S.IMAGE: [I.encode(Image.new("RGB", (8, 8)))]}),
+                   own / "part-0.parquet")
+    d = tiny_config_dict(tmp_path / "run", prompts)
+    d["train"]["refl"] = {"scorer": "clip", "num_inference_steps": 2, "last_steps": [1, 1],
+                          "pretrain_weight": 0.5, "pretrain_samples": str(own)}
+    with pytest.raises(ValueError, match=r"train.refl.pretrain_samples: .*own_set has no column\(s\) \['sample_id'\]"):
+        run_train_refl(validate(d))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_refl_step_on_gpu_moves_the_scorer_to_the_workers_device(tiny_sd, tiny_rm):
