@@ -1,4 +1,5 @@
-"""Issue 4's end-to-end check: a build with every built-in scorer (tiny checkpoints), each in its own
+"""Issue 4's end-to-end check: a build with every general built-in scorer (tiny checkpoints; not the shapes
+world's three, nor reward_model, a trained export, which tests/test_reward_model.py builds with), each in its own
 actor pool, writes one column per scorer and aspect; the LLM judge talks to a real chat-completions
 server on loopback that fails on purpose, and the build completes and reports each failure."""
 
