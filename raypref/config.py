@@ -262,7 +262,7 @@ class TrainConf(_RayTrainScale, _StepConf):
     pairs: str | None = Field(None, description="Pairs Parquet dir (None: this run's build/pairs).")
     base_model: str | None = Field(None, description="Diffusers pipeline dir or hub name (None: build.generators[0].model).")
     method: Literal["dpo", "sft", "refl"] = Field("dpo", description="Training objective, set by the command that runs: dpo (`raypref train dpo`, on pairs), sft (`raypref train sft`, on the top images of the samples table) or refl (`raypref train refl`, on prompts, from a scorer's gradient).")
-    samples: str | None = Field(None, description="sft: samples Parquet dir (None: this run's build/samples).")
+    samples: str | None = Field(None, description="sft: samples Parquet dir, with sample_id, prompt_id, prompt, image and the train.sft_score column (None: this run's build/samples).")
     sft_score: str = Field(S.SCORE, description="sft: the samples column the images are ranked by (the build's aggregate 'score', or one scorer's 'score_<name>').")
     sft_top_p: float = Field(0.1, gt=0, le=1, description="sft: keep exactly the top ceil(p * n) images by sft_score over the whole table (n: images with a finite score; ties at the cut by sample_id).")
     sft_per_prompt: int | None = Field(None, ge=1, description="sft: first keep only each prompt's best k images by sft_score (ties by sample_id), then the top p of those; 1 is the self-reward authors' best-of-N per prompt. None: the top p over all images.")

@@ -95,6 +95,11 @@ def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
     if not samples.exists():
         raise FileNotFoundError(f"train.samples: no samples at {samples} (run the build first)")
     data = pads.dataset(str(samples), format="parquet")
+    # the selection reads the ids and prompts, the training loop the images: a missing one failed in
+    # Arrow's words, the images' only inside Ray Train
+    missing = [c for c in (S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE) if c not in data.schema.names]
+    if missing:
+        raise ValueError(f"train.samples: {samples} has no column(s) {missing} (has {data.schema.names})")
     if t.sft_score not in data.schema.names:
         cols = [c for c in data.schema.names if c == S.SCORE or c.startswith(S.SCORE_PREFIX)]
         raise ValueError(f"train.sft_score: no column {t.sft_score!r} in {samples} (score columns: {cols})")

@@ -115,3 +115,27 @@ def test_sft_summary_line_says_how_images_were_chosen():
          "first_loss": 1.0, "last_loss": 0.9, "seconds": 2.0, "weights": "w", "method": "sft"}
     assert "(top 1 of each prompt's best 1, 4 of 16 by score, cut 0.5000; 0 unscored)" in summary_line("train", s, "x")
     assert "(top 1 of 16 by score" in summary_line("train", {**s, "per_prompt": None}, "x")
+
+
+def test_samples_without_a_column_the_run_reads_are_refused_before_ray(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    import raypref.session
+    from raypref.config import validate
+    from raypref.train_sft import run_train_sft
+    from tests.conftest import tiny_config_dict
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started before train.samples was checked")
+
+    monkeypatch.setattr(raypref.session, "init_ray", no_ray)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    samples = tmp_path / "scores_only"  # a scores table without its images: the selection works, the loop cannot
+    samples.mkdir()
+    pq.write_table(pa.table({S.SAMPLE_ID: ["s1"], S.PROMPT_ID: ["p1"], S.PROMPT: ["a red circle"], S.SCORE: [1.0]}),
+                   samples / "part-0.parquet")
+    d = tiny_config_dict(tmp_path / "run", prompts)
+    d["train"].update({"method": "sft", "samples": str(samples), "sft_score": S.SCORE})
+    with pytest.raises(ValueError, match=r"train.samples: .*scores_only has no column\(s\) \['image'\]"):
+        run_train_sft(validate(d))
