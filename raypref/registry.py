@@ -247,17 +247,18 @@ def constructor_kwargs(cls: type, given: dict, args: dict, where: str, keys: dic
     params = inspect.signature(cls.__init__).parameters.values()
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-    unknown = [k for k in args if k not in named]
-    if unknown and not takes_any:
-        own = sorted(named - set(given)) or ["none"]
-        raise ValueError(f"{where}: args.{unknown[0]}: {cls.__module__}:{cls.__qualname__} takes no argument "
-                         f"{unknown[0]!r}; its arguments: {', '.join(own)}")
-    # an arg named as a build setting would replace it in the actor while the run's record kept the setting
+    # an arg named as a build setting would replace it in the actor while the run's record kept the setting;
+    # checked first, so that a class that does not take the setting still points to where it is set
     shadowed = [k for k in args if k in given]
     if shadowed:
         k = shadowed[0]
         raise ValueError(f"{where}: args.{k}: {k} is a setting of the config entry itself, not an extra argument; "
                          f"set {(keys or {}).get(k, k)} there instead")
+    unknown = [k for k in args if k not in named]
+    if unknown and not takes_any:
+        own = sorted(named - set(given)) or ["none"]
+        raise ValueError(f"{where}: args.{unknown[0]}: {cls.__module__}:{cls.__qualname__} takes no argument "
+                         f"{unknown[0]!r}; its arguments: {', '.join(own)}")
     check_arg_types(cls, args, where)
     passed = {k: v for k, v in given.items() if takes_any or k in named}
     # None is the build's "not set" (pretrained, width), handed over whatever the class annotates, as before

@@ -288,6 +288,19 @@ def test_a_diffusers_generator_arg_out_of_range_is_named_on_the_driver_and_refus
         assert (kw["width"], kw["height"]) == (size.get("width"), size.get("height"))
 
 
+def test_an_arg_named_as_a_setting_names_the_setting_where_the_class_does_not_take_it():
+    from raypref.build import scorer_kwargs
+    from raypref.config import ScorerConf
+
+    # the JPEG scorer takes neither num_gpus nor pretrained: the user is pointed to the setting all the same,
+    # not only told the class's own arguments
+    for key, setting in [("num_gpus", "pool.num_gpus"), ("pretrained", "pretrained")]:
+        with pytest.raises(ValueError) as e:
+            scorer_kwargs(ScorerConf(name="jpeg", cls="jpeg_compressibility", args={key: 1}))
+        assert str(e.value) == (f"scorer 'jpeg': args.{key}: {key} is a setting of the config entry itself, not an "
+                                f"extra argument; set {setting} there instead")
+
+
 def test_a_container_arg_of_the_wrong_kind_is_named_in_yaml_words():
     from raypref.build import generator_kwargs, scorer_kwargs
     from raypref.config import GeneratorConf, ScorerConf
