@@ -28,7 +28,7 @@ from raypref.paths import resolve_path
 from raypref.prompts import read_prompts, write_prompt_shards
 from raypref.report import value_text
 from raypref.resume import actor_settings, checkpointed, untracked_keys
-from raypref.shared_scorer import score_on, scorer_hosts
+from raypref.shared_scorer import Hosts, score_on, scorer_hosts
 
 
 SETTINGS_FILE = "settings.json"  # in eval/base and eval/tuned: what their stored scores were made with
@@ -64,7 +64,7 @@ def _stored(prompts: pa.Table, generator, scorer, side: Path) -> bool:
 
 
 def _scores(prompts: pa.Table, shards: Path, n_shards: int, generator, scorer, side: Path, task_cpus: float,
-            generate: bool, hosts: list | None = None) -> pa.Table:
+            generate: bool, hosts: Hosts | None = None) -> pa.Table:
     """One side's scores of ``prompts``: with ``generate`` (not every one is _stored), generated and
     scored prompt shard by prompt shard into <side>/scores with Ray Data checkpointing, so a rerun
     scores only the prompts not yet written; without, read back (no pipeline starts, no model loads).

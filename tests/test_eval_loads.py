@@ -58,24 +58,47 @@ def test_both_sides_are_scored_by_one_build_of_each_scorer_actor(ray_session, tm
     assert files("base") == kept["base"] and files("tuned") != kept["tuned"]
 
 
-def test_each_stage_actor_sends_its_batches_to_a_host_of_its_own(ray_session, tmp_path):
+def test_each_stage_actor_sends_its_batches_to_a_host_of_its_own_and_keeps_it_when_restarted(ray_session, tmp_path):
     import pyarrow as pa
+    import ray
+    from PIL import Image
 
     from raypref import images as I
     from raypref.config import PoolConf, ScorerConf
     from raypref.shared_scorer import ToHosts, scorer_hosts
-    from PIL import Image
 
     conf = ScorerConf(name="jpeg", cls="tests.counted_scorer:CountedJpeg", pool=PoolConf(concurrency=2, num_cpus=0.5))
     calls = tmp_path / "calls.log"
     batch = pa.table({S.PROMPT_ID: ["p"], S.PROMPT: ["a red circle"], S.SAMPLE_ID: [["a"]],
                       S.IMAGE: [[I.encode(Image.new("RGB", (8, 8), (200, 10, 10)))]]})
+
+    def served() -> list[str]:
+        return calls.read_text().split()
+
     with scorer_hosts(conf, {"name": "jpeg", "log": str(tmp_path / "builds.log"), "calls": str(calls)}) as hosts:
         # as Ray Data makes a stage's actors, one after another: 8 of them over the 2 hosts
-        for stage in [ToHosts(hosts) for _ in range(8)]:
+        for stage in [ToHosts(hosts.actors, hosts.tickets) for _ in range(8)]:
             stage(batch)
             stage(batch)  # a second batch goes where the first went
-    pids = calls.read_text().split()
-    # stage actor k scores on host k mod 2, both its batches (a random start put two in a row on one host
-    # half the time, and the round robin then kept them in step there)
-    assert len(set(pids)) == 2 and pids == [pids[0], pids[0], pids[2], pids[2]] * 4
+        pids = served()
+        # stage actor k scores on host k mod 2, both its batches (a random start put two in a row on one host
+        # half the time, and the round robin then kept them in step there)
+        assert len(set(pids)) == 2 and pids == [pids[0], pids[0], pids[2], pids[2]] * 4
+
+        # a stage actor that Ray restarts keeps its host (a new number would have put it on the other's)
+        @ray.remote(num_cpus=0, max_restarts=1, max_task_retries=-1)
+        class Stage:
+            def __init__(self, actors, tickets):
+                self.to = ToHosts(actors, tickets)
+
+            def score(self, b):
+                self.to(b)
+
+        first = Stage.remote(hosts.actors, hosts.tickets)
+        ray.get(first.score.remote(batch))
+        second = Stage.remote(hosts.actors, hosts.tickets)
+        ray.get(second.score.remote(batch))
+        ray.kill(second, no_restart=False)
+        ray.get(second.score.remote(batch))
+        a, b, b_again = served()[16:]
+        assert a != b and b_again == b

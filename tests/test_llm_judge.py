@@ -401,7 +401,7 @@ def test_a_judge_in_ray_data_or_the_evals_shared_scorer_closes_its_client_when_t
         # the eval's shared scorer actors end gracefully, and drop their scorer as Ray Data does
         conf = ScorerConf(name="j", cls="tests.closing_judge:ClosingJudge", pool=PoolConf(num_cpus=0.5))
         with scorer_hosts(conf, {"name": "j", "log": str(tmp_path / "hosts.log"), **args}) as hosts:
-            out = ray.get(hosts[0].score.remote(batch))
+            out = ray.get(hosts.actors[0].score.remote(batch))
             assert out.column(S.score_column("j")).to_pylist() == [[7.75, 7.75]]
             assert not (tmp_path / "hosts.log").exists()  # open while the stage may still send batches
         assert _wait_for(tmp_path / "hosts.log", "closed") == ["closed"]
