@@ -345,8 +345,9 @@ def run_build(cfg: Config) -> dict:
         scorer_kwargs(s)
     bad_prompts: list[dict] = []  # read before anything is written: a bad prompts file leaves no build/ behind
     prompts = read_prompts(resolve_path(b.prompts), limit=b.limit, quarantine=bad_prompts, key="build.prompts")
-    guard_build_resume(b, cfg.stage_dir("build"))
-    out = write_run_meta(cfg, cfg.stage_dir("build"), "build")
+    # the settings are recorded once the scorers' args (a judge's key variable) are checked too
+    out = write_run_meta(cfg, cfg.stage_dir("build"), "build",
+                         guard=lambda: guard_build_resume(b, cfg.stage_dir("build")))
     Q.write(bad_prompts, out / "quarantine" / "prompts" / "prompts.parquet")
     shards = write_prompt_shards(prompts, out / "prompts", b.shard_size)
     init_ray(cfg.ray)  # a no-op where the caller's Ray runs

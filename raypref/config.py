@@ -1055,10 +1055,15 @@ def check_scorer_args(cfg: Config, stage: str | None = None, stored: Callable[[S
 
 
 def write_run_meta(cfg: Config, stage_dir: str | Path, stage: str,
-                   stored: Callable[[ScorerConf], bool] | None = None) -> Path:
+                   stored: Callable[[ScorerConf], bool] | None = None,
+                   guard: Callable[[], None] | None = None) -> Path:
     """Write the resolved config and the git SHA next to a stage's outputs (its scorers' args checked
-    first; ``stored``: see check_scorer_args)."""
+    first; ``stored``: see check_scorer_args). ``guard`` (a rerun's check, which records the settings
+    it passes: guard_rerun) runs between the two, so that a refused run writes nothing. A stage calls
+    this once its own inputs are checked."""
     check_scorer_args(cfg, stage, stored)
+    if guard is not None:
+        guard()
     d = Path(stage_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

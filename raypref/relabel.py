@@ -253,8 +253,8 @@ def run_relabel(cfg: Config) -> dict:
     t0 = time.time()
     out = cfg.stage_dir("relabel")
     imports = _import_settings(cfg)  # once: the input's fingerprint stats every file a read opens
-    guard_relabel_resume(cfg, out, imports)
-    write_run_meta(cfg, out, "relabel")  # a judge's missing key stops it here, before Ray
+    # a judge's missing key stops it here, before Ray, and before the settings are recorded
+    write_run_meta(cfg, out, "relabel", guard=lambda: guard_relabel_resume(cfg, out, imports))
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     n_imported, n_files = import_pairs(cfg, out, imports)
     for d in (out / "quarantine" / "relabel", out / UNSCORED_DIR):  # unlabelled pairs are scored again

@@ -392,13 +392,15 @@ def summary_line(s: dict, where: str) -> str:
 
 def run_rank(cfg) -> dict:
     """The rank stage: <output_dir>/rank/{<rank.output>, summary.json, config.yaml, run_meta.json}."""
-    from raypref.config import write_run_meta
+    from raypref.config import check_scorer_args, write_run_meta
 
     r = cfg.rank
     src = r.input or str(cfg.stage_dir("build") / "pairs")
-    out = write_run_meta(cfg, cfg.stage_dir("rank"), "rank")
-    dst = out / r.output
+    check_scorer_args(cfg, "rank")  # write_run_meta's check, before the selection is made
+    dst = cfg.stage_dir("rank") / r.output
     s = rank_pairs(src, dst, r.metric, r.metric_args, r.top_p, batch_mb=r.batch_mb, overwrite=True)
+    # after rank_pairs, which checks its input before it writes: a refused run leaves output_dir as it was
+    out = write_run_meta(cfg, cfg.stage_dir("rank"), "rank")
     (out / "summary.json").write_text(json_text(s))
     print(summary_line(s, str(dst)), flush=True)
     return s

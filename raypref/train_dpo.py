@@ -343,13 +343,13 @@ def guard_train_resume(cfg: Config, method: str, base: str) -> None:
 def run_train_dpo(cfg: Config) -> dict:
     t = cfg.train
     base = base_model_ref(cfg)
-    guard_train_resume(cfg, "dpo", base)
-    out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     pairs_dir = Path(t.pairs or cfg.stage_dir("build") / "pairs").resolve()
     if not pairs_dir.exists():
         raise FileNotFoundError(f"train.pairs: no pairs at {pairs_dir} (run the build first)")
     n, ties = check_pairs(pairs_dir)
     check_rows_per_worker(n - ties, "strict pairs", t.num_workers, "train.num_workers")
+    # once every input is checked: a refused run leaves output_dir (a resumed run's records too) as it was
+    out = write_run_meta(cfg, cfg.stage_dir("train"), "train", guard=lambda: guard_train_resume(cfg, "dpo", base))
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     ds, n_pairs = _strict_dataset(pairs_dir, n, ties, t.cache_pairs_max_mb), n - ties
     loop_cfg = {**t.dump(), "base_model": base, "method": "dpo"}

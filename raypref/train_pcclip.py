@@ -306,10 +306,8 @@ def run_train_pcclip(cfg: Config) -> dict:
         read_api_key(p.llm.api_key_env)  # a missing key fails here, not in every worker
     else:
         resolve(p.text_generator)  # a bad name fails here, before Ray Train starts
-    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json"))
     if p.export_dir:  # before Ray starts and reads the samples, not after
         check_export_dir(Path(p.export_dir), cfg.stage_dir(STAGE).parent, "pcclip.export_dir")
-    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():
         raise FileNotFoundError(f"pcclip.samples: no samples at {samples} (run the build first)")
@@ -329,6 +327,10 @@ def run_train_pcclip(cfg: Config) -> dict:
     # a worker's batches are whole (pcclip_loop drops a short last one)
     check_rows_per_worker(n_train, f"training images in {samples}", p.num_workers, "pcclip.num_workers",
                           per_worker=p.batch_size, why=" (pcclip.batch_size)")
+    # once every input is checked, the worker count too: a refused run leaves output_dir (a resumed run's
+    # records too) as it was; before the samples are read
+    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE,
+                         guard=lambda: guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json")))
     ds = read_parquet(str(samples), columns=[S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE])
     train = materialize_if_small(ds.map_batches(split, fn_kwargs={"heldout": False}, batch_format="pyarrow"),
                                  [samples], p.cache_samples_max_mb, share=n_train / max(n_train + n_held, 1))

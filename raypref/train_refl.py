@@ -165,8 +165,6 @@ def run_train_refl(cfg: Config) -> dict:
     t = cfg.train
     refl = resolved(cfg)
     base = base_model_ref(cfg)
-    guard_train_resume(cfg, "refl", base)
-    out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
     source = t.refl.prompts or cfg.build.prompts
     if not source:
         raise ValueError("train.refl.prompts: no prompts given (nor build.prompts)")
@@ -185,6 +183,8 @@ def run_train_refl(cfg: Config) -> dict:
         if missing:
             raise ValueError(f"train.refl.pretrain_samples: {pre} has no column(s) {missing} (has {data.schema.names})")
         check_rows_per_worker(data.count_rows(), f"samples in {pre}", t.num_workers, "train.num_workers")
+    # once every input is checked: a refused run leaves output_dir (a resumed run's records too) as it was
+    out = write_run_meta(cfg, cfg.stage_dir("train"), "train", guard=lambda: guard_train_resume(cfg, "refl", base))
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     datasets = {"train": ray.data.from_arrow(prompts)}
     if refl["pretrain_weight"] > 0:

@@ -345,10 +345,8 @@ def run_train_reward(cfg: Config) -> dict:
     from raypref.session import init_ray
 
     r = cfg.reward
-    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json"))
     if r.export_dir:  # before Ray starts and reads the pairs, not after
         check_export_dir(Path(r.export_dir), cfg.stage_dir(STAGE).parent, "reward.export_dir")
-    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE)
     paths = data_dirs(r.pairs, cfg.stage_dir("build") / "pairs")
     for p in paths:
         if "://" not in p and not Path(p).exists():
@@ -384,6 +382,10 @@ def run_train_reward(cfg: Config) -> dict:
     # split as the training pairs are: a worker with none would report NaN for the whole held-out set
     check_rows_per_worker(n_held, "held-out pairs", r.num_workers, "reward.num_workers",
                           why=f" (reward.heldout_fraction={r.heldout_fraction})")
+    # once every input is checked, the worker counts too: a refused run leaves output_dir (a resumed run's
+    # records too) as it was
+    out = write_run_meta(cfg, cfg.stage_dir(STAGE), STAGE,
+                         guard=lambda: guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json")))
     loop_cfg = r.model_dump()
     loop_cfg.update({"backbone": backbone, "backbone_pretrained": pretrained, "aspect_columns": aspect_cols})
     export = Path(r.export_dir) if r.export_dir else out / MODEL_DIR

@@ -85,9 +85,9 @@ def sft_step(unet_ddp, latents, enc, sched, gen):
     return diffusion_sft_loss(unet_ddp(noisy, t, **Cond.of(enc).unet_kwargs()).sample, target)
 
 
-def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
-    """Score column of the samples table (no images read) -> the kept images' ids, listed in
-    <out>/sft_selected.parquet with their prompt and score."""
+def select(cfg: Config) -> tuple[Path, pa.Table, dict]:
+    """Score column of the samples table (no images read) -> the kept images' ids, with their prompt and
+    score (run_train_sft lists them in train/sft_selected.parquet)."""
     import pyarrow.dataset as pads
 
     t = cfg.train
@@ -110,7 +110,6 @@ def select(cfg: Config, out: Path) -> tuple[Path, pa.Table, dict]:
     if counts["kept"] == 0:
         raise ValueError(f"train.sft_score: no image in {samples} has a finite {t.sft_score!r}")
     kept = table.filter(pa.array(keep)).rename_columns([S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.SELECTED_SCORE])
-    pq.write_table(kept, out / SELECTED_FILE)
     return samples, kept, counts
 
 
@@ -135,10 +134,11 @@ def run_train_sft(cfg: Config) -> dict:
 
     t = cfg.train
     base = base_model_ref(cfg)
-    guard_train_resume(cfg, "sft", base)
-    out = write_run_meta(cfg, cfg.stage_dir("train"), "train")
-    samples, kept, counts = select(cfg, out)
+    samples, kept, counts = select(cfg)
     check_rows_per_worker(counts["kept"], "kept images", t.num_workers, "train.num_workers")
+    # once every input is checked: a refused run leaves output_dir (a resumed run's records too) as it was
+    out = write_run_meta(cfg, cfg.stage_dir("train"), "train", guard=lambda: guard_train_resume(cfg, "sft", base))
+    pq.write_table(kept, out / SELECTED_FILE)
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
     ds = kept_images(samples, kept, t.cache_pairs_max_mb, t.sft_top_p)
     loop_cfg = {**t.dump(), "method": "sft", "base_model": base}

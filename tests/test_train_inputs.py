@@ -86,6 +86,7 @@ def test_reward_and_pcclip_refuse_more_workers_than_rows(ray_session, tmp_path, 
     table = synthetic_pairs(tmp_path / "pairs", n_prompts=8)
     with pytest.raises(ValueError, match=r"reward.num_workers=64: \d+ training pairs give each worker 0"):
         run_train_reward(reward_cfg(tmp_path / "run", tmp_path / "pairs" / "a", num_workers=64))
+    assert not (tmp_path / "run").exists()  # refused once Ray counted the pairs, before anything was written
     (tmp_path / "samples").mkdir()
     ids = table.column(S.CHOSEN_ID).to_pylist()
     pq.write_table(pa.table({S.SAMPLE_ID: ids, S.PROMPT_ID: table.column(S.PROMPT_ID), S.PROMPT: table.column(S.PROMPT),
@@ -95,6 +96,7 @@ def test_reward_and_pcclip_refuse_more_workers_than_rows(ray_session, tmp_path, 
     with pytest.raises(ValueError, match=r"pcclip.num_workers=2: \d+ training images in .* give each worker \d, and "
                                          r"each needs at least 16 rows \(pcclip.batch_size\)"):
         run_train_pcclip(cfg)
+    assert not (tmp_path / "run2").exists()
 
 
 def test_reward_refuses_more_workers_than_heldout_pairs(ray_session, tmp_path, tiny_clip):

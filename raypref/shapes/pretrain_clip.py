@@ -81,11 +81,12 @@ def clip_loop(c: dict) -> None:
 
 def run_pretrain_clip(cfg: Config) -> dict:
     p = cfg.pretrain.clip
-    guard_resume(cfg.stage_dir("pretrain") / "clip_run", "clip", "pretrain.clip", p.model_dump(mode="json"))
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "clip"
     check_export_dir(export, cfg.stage_dir("pretrain"), "pretrain.clip.export_dir")
+    # once every input is checked: a refused run leaves output_dir (a resumed run's records too) as it was
+    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip", guard=lambda: guard_resume(
+        cfg.stage_dir("pretrain") / "clip_run", "clip", "pretrain.clip", p.model_dump(mode="json")))
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
-    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "clip_run", "pretrain_clip")
     t0 = time.time()
     history = fit_and_export(clip_loop, p, p.model_dump(), out, "clip", MODEL_DIR, export, section="pretrain.clip")
     losses = [h["loss"] for h in history]

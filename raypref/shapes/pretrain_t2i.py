@@ -165,11 +165,12 @@ def t2i_loop(c: dict) -> None:
 def run_pretrain_t2i(cfg: Config) -> dict:
     """Train (or resume), then export the pipeline directory; returns the summary."""
     p = cfg.pretrain.t2i
-    guard_resume(cfg.stage_dir("pretrain") / "t2i", "t2i", "pretrain.t2i", p.model_dump(mode="json"))
     export = Path(p.export_dir) if p.export_dir else cfg.stage_dir("pretrain") / "sd"
     check_export_dir(export, cfg.stage_dir("pretrain"), "pretrain.t2i.export_dir")
+    # once every input is checked: a refused run leaves output_dir (a resumed run's records too) as it was
+    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i", guard=lambda: guard_resume(
+        cfg.stage_dir("pretrain") / "t2i", "t2i", "pretrain.t2i", p.model_dump(mode="json")))
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs)
-    out = write_run_meta(cfg, cfg.stage_dir("pretrain") / "t2i", "pretrain_t2i")
     t0 = time.time()
     history = fit_and_export(t2i_loop, p, p.model_dump(), out, "t2i", PIPELINE_DIR, export, section="pretrain.t2i")
     vae_losses = [h["vae_loss"] for h in history if "vae_loss" in h]
