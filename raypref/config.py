@@ -988,17 +988,19 @@ def record_added(record: Path, settings: dict, ignore=(), added=()) -> None:
         write_atomic(record, json.dumps(now, indent=1, sort_keys=True) + "\n")
 
 
-def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, ignore=(), added=()) -> None:
+def guard_rerun(record: Path, settings: dict, has_work: bool, refusal: str, ignore=(), added=(),
+                write: bool = True) -> None:
     """Before a stage writes anything: if it already holds work (``has_work``) made with settings
     other than ``settings`` (as recorded in ``record``; the dotted keys in ``ignore``, which this run
     does not read, neither compared nor recorded; a record from before a key of ``added`` compared
     without it, as settings_changed does), a rerun would resume or mix another run's work, so
     raise ``refusal`` with its {changed} filled in; otherwise record ``settings`` (whole: record_added's
-    keys among them)."""
+    keys among them), unless not ``write`` (a refusal ahead of checks that must pass before the record)."""
     changed = settings_changed(record, settings, ignore, added) if has_work else None
     if changed:
         raise ValueError(refusal.replace("{changed}", changed))  # not format(): a path may hold braces
-    record_settings(record, settings, ignore)
+    if write:
+        record_settings(record, settings, ignore)
 
 
 def renew_if_changed(record: Path, settings: dict, what: str, ignore=()) -> None:

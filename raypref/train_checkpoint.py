@@ -169,13 +169,14 @@ def _spelled_as_recorded(record: Path, section: str, settings: dict, output_dir:
     return settings
 
 
-def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) -> None:
+def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=(), write: bool = True) -> None:
     """Before a training stage writes anything: a rerun resumes the checkpoints under <out>/ray/<name>
     only if they were trained with the same ``settings`` (the config ``section``'s values, less
     RESUMABLE, the keys in ``ignore``, and hflip_swap where hflip is 0, which this run does not read;
     compared with the record less the same keys; the DATA_DIRS keys as the dirs they name, ``out``
     being <output_dir>/<stage>); otherwise it would continue,
-    or re-export, another run's model under this config. Records the settings for the next rerun."""
+    or re-export, another run's model under this config. Records the settings for the next rerun, unless
+    not ``write`` (the same refusal, early, writing nothing)."""
     from raypref.config import guard_rerun
 
     run = out / "ray" / name
@@ -185,7 +186,7 @@ def guard_resume(out: Path, name: str, section: str, settings: dict, ignore=()) 
     guard_rerun(run / RUN_FILE, {section: settings}, any(run.glob("checkpoint_*")),
                 f"{name}: {run} holds checkpoints trained with other settings ({{changed}}); a rerun resumes only "
                 f"the same run. Use another output_dir, or delete {run} to train from scratch",
-                ignore=[f"{section}.{k}" for k in skip])
+                ignore=[f"{section}.{k}" for k in skip], write=write)
 
 
 def check_workers_fit(scale, datasets: dict, section: str, name: str) -> None:

@@ -322,6 +322,8 @@ def run_train_pcclip(cfg: Config) -> dict:
 
     model = resolve_model(p.model, what="pcclip.model")
     pretrained = resolve_pretrained(model, p.pretrained, what="pcclip.pretrained")
+    # a rerun with other settings is refused here, before Ray; the settings are recorded once the counts pass too
+    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, p.model_dump(mode="json"), write=False)
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs); the split counts need it
     n_train, n_held = split_counts([str(samples)], p.heldout_fraction, p.seed)
     # a worker's batches are whole (pcclip_loop drops a short last one)

@@ -361,6 +361,8 @@ def run_train_reward(cfg: Config) -> dict:
     # blip reads no open_clip tag
     pretrained = r.backbone_pretrained if r.backbone_kind == "blip" else resolve_pretrained(
         backbone, r.backbone_pretrained, what="reward.backbone_pretrained")
+    # a rerun with other settings is refused here, before Ray; the settings are recorded once the counts pass too
+    guard_resume(cfg.stage_dir(STAGE), STAGE, STAGE, r.model_dump(mode="json"), write=False)
     init_ray(cfg.ray)  # once its inputs are checked (a no-op where the caller's Ray runs); the split counts need it
     ds = _read_pairs(paths, aspect_cols, r.cache_pairs_max_mb, r.seed if r.interleave else None)
     fn = {"fraction": r.heldout_fraction, "seed": r.seed}

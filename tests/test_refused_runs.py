@@ -95,3 +95,28 @@ def test_a_refused_run_leaves_output_dir_as_it_was(case, earlier, tmp_path, no_r
     with pytest.raises((ValueError, FileNotFoundError), match=error):
         run(cfg)
     assert _listing(out) == before
+
+
+@pytest.mark.parametrize("stage", ["train_reward", "train_pcclip"])
+def test_a_rerun_with_other_settings_is_refused_before_ray(stage, tmp_path, no_ray, tiny_clip):
+    from raypref import stages
+    from raypref.config import load_config
+    from raypref.train_checkpoint import guard_resume
+
+    synthetic_pairs(tmp_path / "pairs", n_prompts=4)
+    (tmp_path / "samples").mkdir()
+    pq.write_table(pa.table({S.SAMPLE_ID: ["s0"], S.PROMPT_ID: ["p0"], S.PROMPT: ["a"],
+                             S.IMAGE: [b"never read"]}), tmp_path / "samples" / "p.parquet")
+    section = {"train_reward": "reward", "train_pcclip": "pcclip"}[stage]
+    data = {"reward": [f"reward.pairs={tmp_path}/pairs/a", f"reward.backbone={tiny_clip}", "reward.backbone_pretrained=null"],
+            "pcclip": [f"pcclip.samples={tmp_path}/samples", f"pcclip.model={tiny_clip}", "pcclip.pretrained=null"]}[section]
+    out = tmp_path / "run"
+    earlier = load_config(None, [f"output_dir={out}", *data])
+    # an earlier run's record and a checkpoint: these reward/pcclip runs counted their data with Ray first
+    guard_resume(earlier.stage_dir(section), section, section, getattr(earlier, section).model_dump(mode="json"))
+    (earlier.stage_dir(section) / "ray" / section / "checkpoint_000001").mkdir(parents=True)
+    before = _listing(out)
+    cfg = load_config(None, [f"output_dir={out}", *data, f"{section}.seed=7"])
+    with pytest.raises(ValueError, match=rf"{section}: .* other settings \({section}\.seed: '0' -> '7'\)"):
+        getattr(stages, stage)(cfg)
+    assert _listing(out) == before
