@@ -99,10 +99,11 @@ def test_sft_trains_on_the_top_images_and_exports(built_run, tmp_path, capsys):
     # (a longer budget resumes: the loop is DPO's, whose test resumes it; tests/test_gpu_train.py resumes
     # SFT on a GPU)
     # another score column is another run: not resumed from these checkpoints
-    d["train"]["sft_score"] = "score_nope"
-    with pytest.raises(ValueError, match=r"sft: .* other settings \(train\.sft_score: 'score_clip' -> 'score_nope'\)"):
+    d["train"]["sft_score"] = S.SCORE
+    with pytest.raises(ValueError, match=r"sft: .* other settings \(train\.sft_score: 'score_clip' -> 'score'\)"):
         stages.train_sft(validate(d))
-    d["output_dir"] = str(tmp_path / "fresh")
+    # a column the samples lack is named, in a fresh output_dir as over these checkpoints (checked first)
+    d["train"]["sft_score"] = "score_nope"
     with pytest.raises(ValueError, match=r"train.sft_score: no column 'score_nope' in .*score columns: \[.*'score_clip'"):
         stages.train_sft(validate(d))
 
