@@ -58,3 +58,12 @@ def read_parquet(paths, **kwargs):
         return ray.data.read_parquet(paths, **kwargs)
     finally:
         ctx.use_datasource_v2 = True
+
+
+def check_columns(names: list[str], needed, key: str, where) -> None:
+    """A table at ``where`` (schema ``names``) that lacks a column of ``needed``: an error naming ``key``, the
+    table, the columns it lacks and those it has; a training loop that reads one would fail only inside Ray
+    Train, in Arrow's words."""
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise ValueError(f"{key}: {where} has no column(s) {missing} (has {names})")

@@ -24,7 +24,7 @@ import numpy as np
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
-from raypref.parquet_read import read_parquet
+from raypref.parquet_read import check_columns, read_parquet
 from raypref.session import init_ray
 from raypref.train_checkpoint import (TREND_STEPS, check_export_dir, check_rows_per_worker, cosine_adamw, first_last_means,
                                       fit_and_export, guard_resume, load_state, materialize_if_small, mean_of, report_step)
@@ -311,10 +311,8 @@ def run_train_pcclip(cfg: Config) -> dict:
     samples = Path(p.samples or cfg.stage_dir("build") / "samples").resolve()
     if not samples.exists():
         raise FileNotFoundError(f"pcclip.samples: no samples at {samples} (run the build first)")
-    names = pads.dataset(str(samples), format="parquet").schema.names
-    missing = [col for col in (S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE) if col not in names]
-    if missing:
-        raise ValueError(f"pcclip.samples: {samples} has no column(s) {missing} (has {names})")
+    check_columns(pads.dataset(str(samples), format="parquet").schema.names,
+                  (S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE), "pcclip.samples", samples)
 
     def split(batch: pa.Table, heldout: bool) -> pa.Table:
         mask = heldout_mask(batch.column(S.PROMPT_ID).to_pylist(), p.heldout_fraction, p.seed)

@@ -23,7 +23,7 @@ from pathlib import Path
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
-from raypref.parquet_read import read_parquet
+from raypref.parquet_read import check_columns, read_parquet
 
 
 def grad_step_index(num_steps: int, last_steps, gen) -> int:
@@ -178,10 +178,7 @@ def run_train_refl(cfg: Config) -> dict:
         if not pre.exists():
             raise FileNotFoundError(f"train.refl.pretrain_samples: no samples at {pre} (run a build, or set it)")
         data = pads.dataset(str(pre), format="parquet")
-        # the loop reads these; a missing one would fail only inside Ray Train, in Arrow's words
-        missing = [col for col in (S.SAMPLE_ID, S.PROMPT, S.IMAGE) if col not in data.schema.names]
-        if missing:
-            raise ValueError(f"train.refl.pretrain_samples: {pre} has no column(s) {missing} (has {data.schema.names})")
+        check_columns(data.schema.names, (S.SAMPLE_ID, S.PROMPT, S.IMAGE), "train.refl.pretrain_samples", pre)
         check_rows_per_worker(data.count_rows(), f"samples in {pre}", t.num_workers, "train.num_workers")
     # once every input is checked: a refused run leaves output_dir (a resumed run's records too) as it was
     out = write_run_meta(cfg, cfg.stage_dir("train"), "train", guard=lambda: guard_train_resume(cfg, "refl", base))

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from raypref import schema as S
 from raypref.config import Config, write_run_meta
 from raypref.metrics import json_text
-from raypref.parquet_read import read_parquet
+from raypref.parquet_read import check_columns, read_parquet
 
 SELECTED_FILE = "sft_selected.parquet"
 
@@ -95,11 +95,8 @@ def select(cfg: Config) -> tuple[Path, pa.Table, dict]:
     if not samples.exists():
         raise FileNotFoundError(f"train.samples: no samples at {samples} (run the build first)")
     data = pads.dataset(str(samples), format="parquet")
-    # the selection reads the ids and prompts, the training loop the images: a missing one failed in
-    # Arrow's words, the images' only inside Ray Train
-    missing = [c for c in (S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE) if c not in data.schema.names]
-    if missing:
-        raise ValueError(f"train.samples: {samples} has no column(s) {missing} (has {data.schema.names})")
+    # the selection reads the ids and prompts, the training loop the images
+    check_columns(data.schema.names, (S.SAMPLE_ID, S.PROMPT_ID, S.PROMPT, S.IMAGE), "train.samples", samples)
     if t.sft_score not in data.schema.names:
         cols = [c for c in data.schema.names if c == S.SCORE or c.startswith(S.SCORE_PREFIX)]
         raise ValueError(f"train.sft_score: no column {t.sft_score!r} in {samples} (score columns: {cols})")
