@@ -164,3 +164,22 @@ def built_run(ray_session, session_dir, tiny_sd, tiny_clip):
     cfg = validate(tiny_config_dict(session_dir / "run", prompts))
     summary = run_build(cfg)
     return cfg, summary
+
+
+@pytest.fixture
+def ray_refused(monkeypatch):
+    """Starting Ray fails the test: for checks that must refuse a run before it. The modules that import
+    init_ray by name are imported first and patched too; one first imported while only raypref.session
+    was patched would keep the refusing function for the rest of the session."""
+    import raypref.shapes.pretrain_clip
+    import raypref.shapes.pretrain_t2i
+    import raypref.train_dpo
+    import raypref.train_pcclip
+    from raypref import session
+
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started before the inputs were checked")
+
+    for module in (session, raypref.train_dpo, raypref.train_pcclip, raypref.shapes.pretrain_t2i,
+                   raypref.shapes.pretrain_clip):
+        monkeypatch.setattr(module, "init_ray", refuse)

@@ -49,20 +49,10 @@ def _listing(d):
 
 
 @pytest.fixture
-def no_ray(monkeypatch):
+def no_ray(monkeypatch, ray_refused):
     """Starting Ray fails the test (every case fails before it), and no judge key is set."""
-    import raypref.shapes.pretrain_clip
-    import raypref.shapes.pretrain_t2i
-    import raypref.train_dpo
-    import raypref.train_pcclip
     from raypref import session
 
-    def refuse(*a, **k):
-        raise AssertionError("Ray was started before the inputs were checked")
-
-    for module in (session, raypref.train_dpo, raypref.train_pcclip, raypref.shapes.pretrain_t2i,
-                   raypref.shapes.pretrain_clip):
-        monkeypatch.setattr(module, "init_ray", refuse)
     for var in (KEY_ENV, "RAY_ADDRESS", session.LOCAL_RAY_ENV):
         monkeypatch.delenv(var, raising=False)
 

@@ -251,21 +251,16 @@ def test_refl_with_pretraining_trains_in_ray_train_and_exports_a_lora(built_run,
         stages.train_refl(validate(d))
 
 
-def test_pretrain_samples_without_a_loop_column_are_refused_before_ray(tiny_sd, tiny_clip, tmp_path, monkeypatch):
+def test_pretrain_samples_without_a_loop_column_are_refused_before_ray(tiny_sd, tiny_clip, tmp_path, ray_refused):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import raypref.session
     from raypref import images as I
     from raypref import schema as S
     from raypref.config import validate
     from raypref.train_refl import run_train_refl
     from tests.conftest import tiny_config_dict
 
-    def no_ray(*a, **k):
-        raise AssertionError("Ray started before train.refl.pretrain_samples was checked")
-
-    monkeypatch.setattr(raypref.session, "init_ray", no_ray)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")
     own = tmp_path / "own_set"  # a pretraining set of one's own: prompts and images, no sample ids

@@ -118,18 +118,13 @@ def test_sft_summary_line_says_how_images_were_chosen():
     assert "(top 1 of 16 by score" in summary_line("train", {**s, "per_prompt": None}, "x")
 
 
-def test_samples_without_a_column_the_run_reads_are_refused_before_ray(tmp_path, monkeypatch):
+def test_samples_without_a_column_the_run_reads_are_refused_before_ray(tmp_path, ray_refused):
     import pyarrow as pa
 
-    import raypref.session
     from raypref.config import validate
     from raypref.train_sft import run_train_sft
     from tests.conftest import tiny_config_dict
 
-    def no_ray(*a, **k):
-        raise AssertionError("Ray started before train.samples was checked")
-
-    monkeypatch.setattr(raypref.session, "init_ray", no_ray)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     samples = tmp_path / "scores_only"  # a scores table without its images: the selection works, the loop cannot
